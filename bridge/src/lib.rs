@@ -1,0 +1,120 @@
+//! Portico bridge: the connection proxy.
+//!
+//! It trusts only short-lived session tokens signed by the webapp, checks them on every WebSocket before the
+//! upgrade, claims them once through the control plane (which hands over the target credentials), and then
+//! translates between the target protocol (SSH today) and the browser wire protocol (`portico_proto::wire`).
+//! It keeps no durable state: live sessions exist only in memory.
+
+pub mod control;
+pub mod session;
+pub mod ssh;
+pub mod ws;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::routing::get;
+use portico_proto::control::SyncRequest;
+use portico_proto::token::{SessionClaims, TokenError, TokenVerifier};
+use tokio::sync::RwLock;
+
+pub use control::{ControlPlane, HttpControlPlane};
+pub use session::Registry;
+
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    /// Unique name of this bridge node (logs, session ownership).
+    pub bridge_id: String,
+    /// Bridge pool; tokens must name it as their audience.
+    pub zone: String,
+    /// How often live sessions are reconciled with the control plane (ended sessions are closed).
+    pub sync_interval: Duration,
+}
+
+impl BridgeConfig {
+    pub fn new(bridge_id: impl Into<String>, zone: impl Into<String>) -> Self {
+        Self { bridge_id: bridge_id.into(), zone: zone.into(), sync_interval: Duration::from_millis(750) }
+    }
+}
+
+pub struct Bridge {
+    pub config: BridgeConfig,
+    pub control: Arc<dyn ControlPlane>,
+    pub registry: Arc<Registry>,
+    verifier: RwLock<Option<(TokenVerifier, std::time::Instant)>>,
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+impl Bridge {
+    pub fn new(config: BridgeConfig, control: Arc<dyn ControlPlane>) -> Arc<Bridge> {
+        Arc::new(Bridge { config, control, registry: Arc::new(Registry::default()), verifier: RwLock::new(None) })
+    }
+
+    /// Fetch the token keys (again). Refreshes are rate-limited to one per 10 s.
+    async fn refresh_keys(&self, force: bool) -> Result<TokenVerifier, TokenError> {
+        let mut guard = self.verifier.write().await;
+        if let Some((v, at)) = guard.as_ref()
+            && (!force || at.elapsed() < Duration::from_secs(10))
+        {
+            return Ok(v.clone());
+        }
+        match self.control.token_keys().await.and_then(|k| control::verifying_keys(&k)) {
+            Ok(keys) => {
+                let v = TokenVerifier::new(keys, self.config.zone.clone());
+                *guard = Some((v.clone(), std::time::Instant::now()));
+                Ok(v)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot fetch token keys from the control plane");
+                guard.as_ref().map(|(v, _)| v.clone()).ok_or(TokenError::UnknownKey)
+            }
+        }
+    }
+
+    /// Check a token for `session_id` (signature, type, time, audience, session binding).
+    pub async fn verify(&self, token: &str, session_id: &str) -> Result<SessionClaims, TokenError> {
+        let verifier = self.refresh_keys(false).await?;
+        match verifier.verify(token, now_unix(), session_id) {
+            Err(TokenError::UnknownKey) => self.refresh_keys(true).await?.verify(token, now_unix(), session_id),
+            other => other,
+        }
+    }
+
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new().route("/bridge/v1/ws", get(ws::handler)).with_state(self.clone())
+    }
+
+    /// Close sessions that the control plane has ended (API `DELETE`, admin kill, logout).
+    pub fn spawn_sync(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let bridge = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(bridge.config.sync_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let ids = bridge.registry.ids();
+                if ids.is_empty() {
+                    continue;
+                }
+                let req = SyncRequest { bridge_id: bridge.config.bridge_id.clone(), sessions: ids };
+                match bridge.control.sync(&req).await {
+                    Ok(res) => {
+                        for id in res.ended {
+                            if let Some(live) = bridge.registry.get(&id) {
+                                let _ = live
+                                    .cmd
+                                    .send(session::Cmd::End { code: "ended", reason: "the session was ended".into(), from_control: true })
+                                    .await;
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "Session sync with the control plane failed"),
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,136 @@
+//! The WebSocket endpoint: authenticate the upgrade request (session token or resume token) **before**
+//! upgrading, then pump wire messages between the browser and the session actor.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt as _, StreamExt as _};
+use portico_proto::control::{ClaimRequest, ControlError};
+use portico_proto::wire::{self, ClientMsg, ServerMsg};
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::Bridge;
+use crate::session::{self, CLIENT_QUEUE, Cmd, LiveSession};
+
+#[derive(Deserialize)]
+pub struct WsQuery {
+    session: Option<String>,
+}
+
+enum Credential {
+    Token(String),
+    Resume(String),
+}
+
+fn credential(headers: &HeaderMap) -> Option<Credential> {
+    for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL).iter().filter_map(|v| v.to_str().ok()) {
+        for item in value.split(',').map(str::trim) {
+            if let Some(t) = item.strip_prefix(wire::TOKEN_PREFIX) {
+                return Some(Credential::Token(t.to_owned()));
+            }
+            if let Some(t) = item.strip_prefix(wire::RESUME_PREFIX) {
+                return Some(Credential::Resume(t.to_owned()));
+            }
+        }
+    }
+    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    auth.strip_prefix("Bearer ").map(|t| Credential::Token(t.trim().to_owned()))
+}
+
+fn refuse(status: StatusCode, msg: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": msg }))).into_response()
+}
+
+pub async fn handler(State(bridge): State<Arc<Bridge>>, Query(q): Query<WsQuery>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    let Some(session_id) = q.session.filter(|s| !s.is_empty() && s.len() <= 64) else {
+        return refuse(StatusCode::BAD_REQUEST, "missing session parameter");
+    };
+    let live = match credential(&headers) {
+        None => return refuse(StatusCode::UNAUTHORIZED, "missing session token"),
+        Some(Credential::Resume(token)) => match bridge.registry.get(&session_id) {
+            Some(live) if live.resume_matches(&token) => live,
+            _ => {
+                tracing::info!(%session_id, "Refused reattach: invalid or expired resume token");
+                return refuse(StatusCode::UNAUTHORIZED, "invalid or expired resume token");
+            }
+        },
+        Some(Credential::Token(token)) => {
+            let claims = match bridge.verify(&token, &session_id).await {
+                Ok(c) => c,
+                Err(e) => {
+                    let status = if e.is_forbidden() { StatusCode::FORBIDDEN } else { StatusCode::UNAUTHORIZED };
+                    tracing::info!(%session_id, error = %e, "Refused token");
+                    return refuse(status, &e.to_string());
+                }
+            };
+            let req = ClaimRequest { jti: claims.jti.clone(), bridge_id: bridge.config.bridge_id.clone() };
+            let target = match bridge.control.claim(&session_id, &req).await {
+                Ok(t) => t,
+                Err(e @ (ControlError::AlreadyUsed | ControlError::Ended | ControlError::NotFound)) => {
+                    tracing::warn!(%session_id, error = %e, "Refused token claim");
+                    return refuse(StatusCode::FORBIDDEN, &e.to_string());
+                }
+                Err(e) => {
+                    tracing::error!(%session_id, error = %e, "Token claim failed");
+                    return refuse(StatusCode::SERVICE_UNAVAILABLE, "control plane unavailable");
+                }
+            };
+            session::spawn(bridge.registry.clone(), bridge.control.clone(), claims, target)
+        }
+    };
+    ws.protocols([wire::SUBPROTOCOL])
+        .max_message_size(wire::MAX_CLIENT_MESSAGE + 16)
+        .on_upgrade(move |socket| pump(socket, live))
+}
+
+async fn pump(socket: WebSocket, live: Arc<LiveSession>) {
+    let (client_tx, mut client_rx) = mpsc::channel(CLIENT_QUEUE);
+    let (reply_tx, reply_rx) = oneshot::channel();
+    if live.cmd.send(Cmd::Attach { client: client_tx, reply: reply_tx }).await.is_err() {
+        return;
+    }
+    let Ok(generation) = reply_rx.await else { return };
+    let (mut tx, mut rx) = socket.split();
+    loop {
+        tokio::select! {
+            out = client_rx.recv() => {
+                let Some(msg) = out else { break };
+                let closing = matches!(msg, ServerMsg::Closed(_));
+                if tx.send(Message::Binary(msg.encode().into())).await.is_err() {
+                    break;
+                }
+                if closing {
+                    let _ = tx.send(Message::Close(Some(CloseFrame { code: 1000, reason: "session closed".into() }))).await;
+                    return;
+                }
+            }
+            incoming = rx.next() => {
+                let reply = match incoming {
+                    Some(Ok(Message::Binary(b))) => match ClientMsg::decode(&b) {
+                        Ok(msg) => {
+                            if live.cmd.send(Cmd::Client { generation, msg }).await.is_err() {
+                                break;
+                            }
+                            None
+                        }
+                        Err(e) => Some(format!("malformed message: {e}")),
+                    },
+                    Some(Ok(Message::Text(_))) => Some("malformed message: text frames are not part of the protocol".to_owned()),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                };
+                if let Some(text) = reply {
+                    tracing::debug!(session_id = %live.id, error = %text, "Malformed client message");
+                    if tx.send(Message::Binary(ServerMsg::error("malformed_message", text, false).encode().into())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let _ = live.cmd.send(Cmd::Detach { generation }).await;
+}

@@ -1,0 +1,10 @@
+//! sans-IO core shared by every Portico tier: session tokens, the browser wire protocol and secret wrappers.
+//!
+//! Nothing here performs I/O, reads the clock or draws randomness: time and keys are passed in by the caller.
+
+pub mod control;
+pub mod secret;
+pub mod token;
+pub mod wire;
+
+pub use secret::Secret;

@@ -1,0 +1,274 @@
+//! The browser wire protocol, version 1: one binary WebSocket message = `[version, type, payload..]`.
+//!
+//! See `docs/protocol.md` for the table of message types. This module only encodes and decodes.
+
+use serde::{Deserialize, Serialize};
+
+pub const VERSION: u8 = 1;
+/// WebSocket sub-protocol the bridge selects.
+pub const SUBPROTOCOL: &str = "portico.v1";
+/// Prefix of the sub-protocol entry that carries a session token.
+pub const TOKEN_PREFIX: &str = "portico.token.";
+/// Prefix of the sub-protocol entry that carries a resume token.
+pub const RESUME_PREFIX: &str = "portico.resume.";
+/// Largest client message accepted, in bytes.
+pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+/// Largest terminal size accepted in either dimension.
+pub const MAX_TERM_DIM: u16 = 1000;
+
+mod ty {
+    pub const HELLO: u8 = 0x01;
+    pub const TERM_OUTPUT: u8 = 0x02;
+    pub const STATUS: u8 = 0x03;
+    pub const ERROR: u8 = 0x04;
+    pub const CLOSED: u8 = 0x05;
+    pub const PONG: u8 = 0x06;
+
+    pub const TERM_INPUT: u8 = 0x81;
+    pub const RESIZE: u8 = 0x82;
+    pub const PING: u8 = 0x83;
+    pub const FRAME_ACK: u8 = 0x84;
+    pub const CLIPBOARD: u8 = 0x85;
+    pub const DISCONNECT: u8 = 0x86;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub session_id: String,
+    pub protocol: String,
+    pub resume_token: String,
+    pub grace_seconds: u32,
+    pub reattached: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub state: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    pub code: String,
+    pub message: String,
+    pub fatal: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Closed {
+    pub code: String,
+    pub reason: String,
+}
+
+/// Bridge → client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerMsg {
+    Hello(Hello),
+    TermOutput(Vec<u8>),
+    Status(Status),
+    Error(ErrorInfo),
+    Closed(Closed),
+    Pong([u8; 8]),
+}
+
+/// Client → bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMsg {
+    TermInput(Vec<u8>),
+    Resize { cols: u16, rows: u16, width_px: u16, height_px: u16 },
+    Ping([u8; 8]),
+    FrameAck { frame_id: u32 },
+    Clipboard(String),
+    Disconnect,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    #[error("empty message")]
+    Empty,
+    #[error("unsupported protocol version {0}")]
+    Version(u8),
+    #[error("unknown message type {0:#04x}")]
+    UnknownType(u8),
+    #[error("message type {ty:#04x} needs {expected} payload bytes, got {got}")]
+    Length { ty: u8, expected: usize, got: usize },
+    #[error("message of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    #[error("terminal size {cols}x{rows} out of range")]
+    BadSize { cols: u16, rows: u16 },
+    #[error("invalid utf-8 text")]
+    Utf8,
+    #[error("invalid json payload")]
+    Json,
+}
+
+fn frame(ty: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + payload.len());
+    out.push(VERSION);
+    out.push(ty);
+    out.extend_from_slice(payload);
+    out
+}
+
+fn json_frame<T: Serialize>(ty: u8, value: &T) -> Vec<u8> {
+    // INVARIANT: these payload structs contain only strings, numbers and bools.
+    frame(ty, &serde_json::to_vec(value).expect("payload serializes"))
+}
+
+fn split(bytes: &[u8]) -> Result<(u8, &[u8]), WireError> {
+    match bytes {
+        [] | [_] => Err(WireError::Empty),
+        [v, ..] if *v != VERSION => Err(WireError::Version(*v)),
+        [_, ty, payload @ ..] => Ok((*ty, payload)),
+    }
+}
+
+fn fixed<const N: usize>(ty: u8, payload: &[u8]) -> Result<[u8; N], WireError> {
+    payload.try_into().map_err(|_| WireError::Length { ty, expected: N, got: payload.len() })
+}
+
+impl ServerMsg {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            ServerMsg::Hello(h) => json_frame(ty::HELLO, h),
+            ServerMsg::TermOutput(b) => frame(ty::TERM_OUTPUT, b),
+            ServerMsg::Status(s) => json_frame(ty::STATUS, s),
+            ServerMsg::Error(e) => json_frame(ty::ERROR, e),
+            ServerMsg::Closed(c) => json_frame(ty::CLOSED, c),
+            ServerMsg::Pong(p) => frame(ty::PONG, p),
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ServerMsg, WireError> {
+        let (t, payload) = split(bytes)?;
+        fn json<T: for<'a> Deserialize<'a>>(p: &[u8]) -> Result<T, WireError> {
+            serde_json::from_slice(p).map_err(|_| WireError::Json)
+        }
+        Ok(match t {
+            ty::HELLO => ServerMsg::Hello(json(payload)?),
+            ty::TERM_OUTPUT => ServerMsg::TermOutput(payload.to_vec()),
+            ty::STATUS => ServerMsg::Status(json(payload)?),
+            ty::ERROR => ServerMsg::Error(json(payload)?),
+            ty::CLOSED => ServerMsg::Closed(json(payload)?),
+            ty::PONG => ServerMsg::Pong(fixed(t, payload)?),
+            other => return Err(WireError::UnknownType(other)),
+        })
+    }
+
+    pub fn error(code: &str, message: impl Into<String>, fatal: bool) -> ServerMsg {
+        ServerMsg::Error(ErrorInfo { code: code.into(), message: message.into(), fatal })
+    }
+
+    pub fn closed(code: &str, reason: impl Into<String>) -> ServerMsg {
+        ServerMsg::Closed(Closed { code: code.into(), reason: reason.into() })
+    }
+
+    pub fn status(state: &str, message: impl Into<String>) -> ServerMsg {
+        ServerMsg::Status(Status { state: state.into(), message: message.into() })
+    }
+}
+
+impl ClientMsg {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            ClientMsg::TermInput(b) => frame(ty::TERM_INPUT, b),
+            ClientMsg::Resize { cols, rows, width_px, height_px } => {
+                let mut p = [0u8; 8];
+                p[0..2].copy_from_slice(&cols.to_be_bytes());
+                p[2..4].copy_from_slice(&rows.to_be_bytes());
+                p[4..6].copy_from_slice(&width_px.to_be_bytes());
+                p[6..8].copy_from_slice(&height_px.to_be_bytes());
+                frame(ty::RESIZE, &p)
+            }
+            ClientMsg::Ping(p) => frame(ty::PING, p),
+            ClientMsg::FrameAck { frame_id } => frame(ty::FRAME_ACK, &frame_id.to_be_bytes()),
+            ClientMsg::Clipboard(text) => frame(ty::CLIPBOARD, text.as_bytes()),
+            ClientMsg::Disconnect => frame(ty::DISCONNECT, &[]),
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ClientMsg, WireError> {
+        if bytes.len() > MAX_CLIENT_MESSAGE {
+            return Err(WireError::TooLarge(bytes.len()));
+        }
+        let (t, payload) = split(bytes)?;
+        Ok(match t {
+            ty::TERM_INPUT => ClientMsg::TermInput(payload.to_vec()),
+            ty::RESIZE => {
+                let p: [u8; 8] = fixed(t, payload)?;
+                let be = |i: usize| u16::from_be_bytes([p[i], p[i + 1]]);
+                let (cols, rows) = (be(0), be(2));
+                if cols == 0 || rows == 0 || cols > MAX_TERM_DIM || rows > MAX_TERM_DIM {
+                    return Err(WireError::BadSize { cols, rows });
+                }
+                ClientMsg::Resize { cols, rows, width_px: be(4), height_px: be(6) }
+            }
+            ty::PING => ClientMsg::Ping(fixed(t, payload)?),
+            ty::FRAME_ACK => ClientMsg::FrameAck { frame_id: u32::from_be_bytes(fixed(t, payload)?) },
+            ty::CLIPBOARD => {
+                ClientMsg::Clipboard(String::from_utf8(payload.to_vec()).map_err(|_| WireError::Utf8)?)
+            }
+            ty::DISCONNECT => match payload {
+                [] => ClientMsg::Disconnect,
+                _ => return Err(WireError::Length { ty: t, expected: 0, got: payload.len() }),
+            },
+            other => return Err(WireError::UnknownType(other)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_round_trip() {
+        let msgs = [
+            ClientMsg::TermInput(b"ls -l\r".to_vec()),
+            ClientMsg::Resize { cols: 120, rows: 40, width_px: 1200, height_px: 800 },
+            ClientMsg::Ping(*b"12345678"),
+            ClientMsg::FrameAck { frame_id: 7 },
+            ClientMsg::Clipboard("héllo".into()),
+            ClientMsg::Disconnect,
+        ];
+        for m in msgs {
+            assert_eq!(ClientMsg::decode(&m.encode()).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn server_round_trip() {
+        let msgs = [
+            ServerMsg::Hello(Hello {
+                session_id: "s".into(),
+                protocol: "ssh".into(),
+                resume_token: "r".into(),
+                grace_seconds: 60,
+                reattached: true,
+            }),
+            ServerMsg::TermOutput(vec![0xe2, 0x82]),
+            ServerMsg::status("connected", "ok"),
+            ServerMsg::error("auth_failed", "nope", true),
+            ServerMsg::closed("ended", "bye"),
+            ServerMsg::Pong(*b"abcdefgh"),
+        ];
+        for m in msgs {
+            assert_eq!(ServerMsg::decode(&m.encode()).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn malformed_client_messages_are_errors() {
+        assert_eq!(ClientMsg::decode(&[]), Err(WireError::Empty));
+        assert_eq!(ClientMsg::decode(&[2, 0x81]), Err(WireError::Version(2)));
+        assert_eq!(ClientMsg::decode(&[1, 0x7f]), Err(WireError::UnknownType(0x7f)));
+        assert!(matches!(ClientMsg::decode(&[1, 0x82, 0, 1]), Err(WireError::Length { .. })));
+        assert!(matches!(ClientMsg::decode(&[1, 0x82, 0, 0, 0, 1, 0, 0, 0, 0]), Err(WireError::BadSize { .. })));
+        assert!(matches!(ClientMsg::decode(&[1, 0x82, 0xff, 0xff, 0, 1, 0, 0, 0, 0]), Err(WireError::BadSize { .. })));
+        assert_eq!(ClientMsg::decode(&[1, 0x85, 0xff]), Err(WireError::Utf8));
+        assert!(matches!(ClientMsg::decode(&[1, 0x86, 0]), Err(WireError::Length { .. })));
+        let big = vec![1u8; MAX_CLIENT_MESSAGE + 1];
+        assert!(matches!(ClientMsg::decode(&big), Err(WireError::TooLarge(_))));
+    }
+}

@@ -1,0 +1,155 @@
+//! Settings of the `portico` binary: a TOML file (`--config`), overridden by environment variables and flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use clap::Args;
+use serde::Deserialize;
+
+/// Every setting; each is a flag, an environment variable and a key of the TOML file.
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Settings {
+    /// Directory for the SQLite database, generated keys and the self-signed certificate.
+    #[arg(long, env = "PORTICO_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on (HTTPS).
+    #[arg(long, env = "PORTICO_LISTEN")]
+    pub listen: Option<String>,
+    /// `sqlite://FILE` or `postgres://USER:PASS@HOST:PORT/DB`; default: SQLite in the data directory.
+    #[arg(long, env = "PORTICO_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Base64 of 32 random bytes; default: generated once into DATA_DIR/master.key. Every webapp must share it.
+    #[arg(long, env = "PORTICO_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<String>,
+    /// Credential bridges use for the internal API; default: generated once into DATA_DIR/node.secret.
+    #[arg(long, env = "PORTICO_NODE_SECRET", hide_env_values = true)]
+    pub node_secret: Option<String>,
+    /// URL browsers use to reach the webapp (default: https://LISTEN).
+    #[arg(long, env = "PORTICO_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// URL browsers use to reach the bridge (default: the public URL with wss://).
+    #[arg(long, env = "PORTICO_BRIDGE_PUBLIC_URL")]
+    pub bridge_public_url: Option<String>,
+    /// Bridge pool name (token audience).
+    #[arg(long, env = "PORTICO_ZONE")]
+    pub zone: Option<String>,
+    /// PEM certificate chain; default: self-signed, generated into DATA_DIR/tls.
+    #[arg(long, env = "PORTICO_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "PORTICO_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Password of the first admin (default: generated and printed once).
+    #[arg(long, env = "PORTICO_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+    /// Bridge/agent: base URL of the webapp tier (its load balancer).
+    #[arg(long, env = "PORTICO_WEBAPP_URL")]
+    pub webapp_url: Option<String>,
+    /// Bridge/agent: SHA-256 (hex) of the webapp's certificate, to trust a self-signed webapp.
+    #[arg(long, env = "PORTICO_WEBAPP_CERT_SHA256")]
+    pub webapp_cert_sha256: Option<String>,
+    /// Bridge/agent: CA certificate (PEM) that signed the webapp's certificate.
+    #[arg(long, env = "PORTICO_WEBAPP_CA")]
+    pub webapp_ca: Option<PathBuf>,
+    /// Name of this bridge node (default: bridge-<random>).
+    #[arg(long, env = "PORTICO_BRIDGE_ID")]
+    pub bridge_id: Option<String>,
+    /// Seconds a dropped browser may take to reattach to its session.
+    #[arg(long, env = "PORTICO_SESSION_GRACE_SECS")]
+    pub session_grace_secs: Option<u64>,
+    /// Seconds without user input before a session ends (0 = never).
+    #[arg(long, env = "PORTICO_SESSION_IDLE_SECS")]
+    pub session_idle_secs: Option<u64>,
+    /// Maximum session length in seconds (0 = unlimited).
+    #[arg(long, env = "PORTICO_SESSION_MAX_SECS")]
+    pub session_max_secs: Option<u64>,
+    /// Docker engine socket for the agent.
+    #[arg(long, env = "PORTICO_DOCKER_SOCKET")]
+    pub docker_socket: Option<String>,
+}
+
+macro_rules! merge {
+    ($a:ident, $b:ident, $($f:ident),*) => { $( if $a.$f.is_none() { $a.$f = $b.$f.clone(); } )* };
+}
+
+impl Settings {
+    /// Flags/env (`self`) win over the file.
+    pub fn with_file(mut self, path: Option<&Path>) -> anyhow::Result<Settings> {
+        let Some(path) = path else { return Ok(self) };
+        let text = std::fs::read_to_string(path).with_context(|| format!("read config file {}", path.display()))?;
+        let file: Settings = toml::from_str(&text).with_context(|| format!("parse config file {}", path.display()))?;
+        merge!(self, file, data_dir, listen, database_url, master_key, node_secret, public_url, bridge_public_url, zone, tls_cert, tls_key,
+            admin_password, webapp_url, webapp_cert_sha256, webapp_ca, bridge_id, session_grace_secs, session_idle_secs, session_max_secs,
+            docker_socket);
+        Ok(self)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| PathBuf::from("portico-data"))
+    }
+
+    pub fn listen(&self) -> anyhow::Result<SocketAddr> {
+        let s = self.listen.as_deref().unwrap_or("127.0.0.1:8443");
+        s.parse().with_context(|| format!("invalid listen address {s:?} (expected IP:PORT)"))
+    }
+
+    pub fn database_url(&self) -> anyhow::Result<String> {
+        if let Some(u) = &self.database_url {
+            return Ok(u.clone());
+        }
+        let dir = self.data_dir();
+        std::fs::create_dir_all(&dir).with_context(|| format!("create data directory {}", dir.display()))?;
+        Ok(format!("sqlite://{}", dir.join("portico.db").display()))
+    }
+
+    pub fn master_key(&self) -> anyhow::Result<[u8; 32]> {
+        let b64 = match &self.master_key {
+            Some(k) => k.clone(),
+            None => read_or_generate(&self.data_dir().join("master.key"))?,
+        };
+        base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .context("master key must be base64 of exactly 32 bytes")
+    }
+
+    pub fn node_secret(&self) -> anyhow::Result<String> {
+        match &self.node_secret {
+            Some(s) if s.len() >= 16 => Ok(s.clone()),
+            Some(_) => anyhow::bail!("node secret must have at least 16 characters"),
+            None => read_or_generate(&self.data_dir().join("node.secret")),
+        }
+    }
+}
+
+/// Read a base64 secret from `path`, generating 32 random bytes (mode 0600) on first use.
+fn read_or_generate(path: &Path) -> anyhow::Result<String> {
+    if let Ok(s) = std::fs::read_to_string(path) {
+        return Ok(s.trim().to_owned());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("os random number generator: {e}"))?;
+    let s = base64::engine::general_purpose::STANDARD.encode(b);
+    write_private(path, s.as_bytes())?;
+    Ok(s)
+}
+
+pub fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("write {}", path.display()))?;
+    f.write_all(data).with_context(|| format!("write {}", path.display()))
+}

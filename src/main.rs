@@ -1,0 +1,191 @@
+//! `portico`: one binary for every tier. Without a subcommand it runs all-in-one (webapp + bridge, and the
+//! agent when a Docker socket is present) on one HTTPS listener with an embedded SQLite database.
+
+mod config;
+mod local;
+mod serve;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use config::Settings;
+use portico_bridge::{Bridge, BridgeConfig, HttpControlPlane};
+use portico_proto::Secret;
+use portico_webapp::{AppState, WebappConfig};
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(name = "portico", version, about = "Browser access to SSH, VNC and RDP without exposing their ports")]
+struct Cli {
+    /// TOML file with the same settings as the flags (kebab-case keys); flags and env win.
+    #[arg(long, short, global = true, env = "PORTICO_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: Settings,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Webapp + bridge (+ agent when Docker is present) in one process (the default).
+    AllInOne,
+    /// Only the control plane (API, web client, token minting); stateless, run several behind a load balancer.
+    Webapp,
+    /// Only the connection proxy; needs --webapp-url and --node-secret.
+    Bridge,
+    /// Only the Docker agent.
+    Agent,
+    /// Run database migrations and exit.
+    Migrate,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PORTICO_LOG").unwrap_or_else(|_| "info,sqlx=warn,russh=warn,hyper=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = cli.settings.with_file(cli.config.as_deref())?;
+    match cli.command.unwrap_or(Command::AllInOne) {
+        Command::AllInOne => all_in_one(settings).await,
+        Command::Webapp => webapp_only(settings).await,
+        Command::Bridge => bridge_only(settings).await,
+        Command::Agent => portico_agent::run(agent_config(&settings)).await,
+        Command::Migrate => {
+            portico_webapp::db::Db::connect(&settings.database_url()?).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+    }
+}
+
+fn agent_config(s: &Settings) -> portico_agent::AgentConfig {
+    portico_agent::AgentConfig {
+        docker_socket: s.docker_socket.clone().unwrap_or_else(|| "/var/run/docker.sock".into()),
+        upstream: s.webapp_url.clone(),
+    }
+}
+
+async fn bind(settings: &Settings) -> anyhow::Result<(TcpListener, String)> {
+    let addr = settings.listen()?;
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    let host = if local.ip().is_unspecified() { "127.0.0.1".to_owned() } else { local.ip().to_string() };
+    let host = if local.is_ipv6() && !local.ip().is_unspecified() { format!("[{host}]") } else { host };
+    Ok((listener, format!("https://{host}:{}", local.port())))
+}
+
+async fn webapp_state(settings: &Settings, public_url: &str) -> anyhow::Result<AppState> {
+    let mut cfg = WebappConfig::new(
+        settings.database_url()?,
+        settings.master_key()?,
+        settings.node_secret()?,
+        settings.public_url.clone().unwrap_or_else(|| public_url.to_owned()),
+    );
+    if let Some(b) = &settings.bridge_public_url {
+        cfg.bridge_public_url = b.clone();
+    }
+    if let Some(z) = &settings.zone {
+        cfg.zone = z.clone();
+    }
+    if let Some(s) = settings.session_grace_secs {
+        cfg.session_grace = Duration::from_secs(s);
+    }
+    if let Some(s) = settings.session_idle_secs {
+        cfg.session_idle_timeout = Duration::from_secs(s);
+    }
+    if let Some(s) = settings.session_max_secs {
+        cfg.session_max_duration = Duration::from_secs(s);
+    }
+    let state = AppState::new(cfg).await?;
+    if let Some(pw) = state.ensure_admin(settings.admin_password.clone()).await? {
+        println!("created the first admin user: admin / {pw}  (shown once; set PORTICO_ADMIN_PASSWORD to choose it)");
+    }
+    state.spawn_maintenance();
+    Ok(state)
+}
+
+fn bridge_id(settings: &Settings) -> String {
+    settings.bridge_id.clone().unwrap_or_else(|| {
+        let mut b = [0u8; 4];
+        let _ = getrandom::fill(&mut b);
+        format!("bridge-{}", hex::encode(b))
+    })
+}
+
+fn announce(url: &str, tls: &serve::Tls) {
+    // Tests and scripts read this line.
+    println!("portico listening on {url} (certificate sha256 {})", tls.fingerprint);
+}
+
+async fn all_in_one(settings: Settings) -> anyhow::Result<()> {
+    let tls = serve::tls(&settings)?;
+    let (listener, url) = bind(&settings).await?;
+    let state = webapp_state(&settings, &url).await?;
+    let control = Arc::new(local::LocalControl::new(portico_webapp::Internal::new(state.clone())));
+    let bridge = Bridge::new(BridgeConfig::new(bridge_id(&settings), state.config.zone.clone()), control);
+    bridge.spawn_sync();
+    let agent_cfg = agent_config(&settings);
+    if portico_agent::docker_socket_present(&agent_cfg.docker_socket) {
+        tokio::spawn(async move {
+            if let Err(e) = portico_agent::run(agent_cfg).await {
+                tracing::warn!(error = format!("{e:#}"), "Agent stopped");
+            }
+        });
+    }
+    let app = portico_webapp::router(state).merge(bridge.router());
+    announce(&url, &tls);
+    serve::serve(listener, tls.acceptor, app).await
+}
+
+async fn webapp_only(settings: Settings) -> anyhow::Result<()> {
+    let tls = serve::tls(&settings)?;
+    let (listener, url) = bind(&settings).await?;
+    let state = webapp_state(&settings, &url).await?;
+    announce(&url, &tls);
+    serve::serve(listener, tls.acceptor, portico_webapp::router(state)).await
+}
+
+async fn bridge_only(settings: Settings) -> anyhow::Result<()> {
+    let webapp_url = settings.webapp_url.clone().context("the bridge needs --webapp-url (the webapp tier's address)")?;
+    let node_secret = settings.node_secret.clone().context("the bridge needs --node-secret (the webapps' node credential)")?;
+    let ca = match &settings.webapp_ca {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("read {}", p.display()))?),
+        None => None,
+    };
+    if settings.webapp_cert_sha256.is_none() && ca.is_none() {
+        anyhow::bail!("the bridge needs --webapp-cert-sha256 or --webapp-ca to trust the webapp's certificate");
+    }
+    let control = HttpControlPlane::new(webapp_url, Secret::new(node_secret), settings.webapp_cert_sha256.as_deref(), ca.as_deref())?;
+    let zone = settings.zone.clone().unwrap_or_else(|| "default".into());
+    let bridge = Bridge::new(BridgeConfig::new(bridge_id(&settings), zone), Arc::new(control));
+    bridge.spawn_sync();
+    let tls = serve::tls(&settings)?;
+    let (listener, url) = bind(&settings).await?;
+    announce(&url, &tls);
+    serve::serve(listener, tls.acceptor, bridge.router()).await
+}

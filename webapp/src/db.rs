@@ -1,0 +1,470 @@
+//! The only SQL in Portico: one `AnyPool` over SQLite or PostgreSQL, portable queries (`$N`, integers for
+//! times and flags), and one migration directory per dialect.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor as _, Row as _};
+
+static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub dialect: Dialect,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct User {
+    pub id: String,
+    pub username: String,
+    pub role: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub id: String,
+    pub name: String,
+    pub protocol: String,
+    pub host: String,
+    pub port: i64,
+    pub username: String,
+    pub password_enc: Option<String>,
+    pub private_key_enc: Option<String>,
+    pub host_key_fingerprint: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionRow {
+    pub id: String,
+    pub user_id: String,
+    pub connection_id: String,
+    pub state: String,
+    #[serde(skip)]
+    pub token_jti: String,
+    pub token_expires_at: i64,
+    pub claimed_at: Option<i64>,
+    pub bridge_id: Option<String>,
+    pub created_at: i64,
+    pub ended_at: Option<i64>,
+    pub end_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ApiKey {
+    pub id: String,
+    pub user_id: String,
+    pub name: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+}
+
+/// Session states stored in `sessions.state`.
+pub mod state {
+    pub const PENDING: &str = "pending";
+    pub const ACTIVE: &str = "active";
+    pub const ENDED: &str = "ended";
+}
+
+fn user(r: &AnyRow) -> sqlx::Result<User> {
+    Ok(User { id: r.try_get("id")?, username: r.try_get("username")?, role: r.try_get("role")?, created_at: r.try_get("created_at")? })
+}
+
+fn connection(r: &AnyRow) -> sqlx::Result<Connection> {
+    Ok(Connection {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        protocol: r.try_get("protocol")?,
+        host: r.try_get("host")?,
+        port: r.try_get("port")?,
+        username: r.try_get("username")?,
+        password_enc: r.try_get("password_enc")?,
+        private_key_enc: r.try_get("private_key_enc")?,
+        host_key_fingerprint: r.try_get("host_key_fingerprint")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+fn session(r: &AnyRow) -> sqlx::Result<SessionRow> {
+    Ok(SessionRow {
+        id: r.try_get("id")?,
+        user_id: r.try_get("user_id")?,
+        connection_id: r.try_get("connection_id")?,
+        state: r.try_get("state")?,
+        token_jti: r.try_get("token_jti")?,
+        token_expires_at: r.try_get("token_expires_at")?,
+        claimed_at: r.try_get("claimed_at")?,
+        bridge_id: r.try_get("bridge_id")?,
+        created_at: r.try_get("created_at")?,
+        ended_at: r.try_get("ended_at")?,
+        end_reason: r.try_get("end_reason")?,
+    })
+}
+
+const CONNECTION_COLS: &str = "id, name, protocol, host, port, username, password_enc, private_key_enc, host_key_fingerprint, created_at, updated_at";
+const SESSION_COLS: &str =
+    "id, user_id, connection_id, state, token_jti, token_expires_at, claimed_at, bridge_id, created_at, ended_at, end_reason";
+
+impl Db {
+    /// Connect (creating a SQLite file if needed) and run the migrations of the dialect.
+    pub async fn connect(url: &str) -> anyhow::Result<Db> {
+        sqlx::any::install_default_drivers();
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Dialect::Postgres
+        } else {
+            anyhow::bail!("unsupported database url scheme (expected sqlite: or postgres:)");
+        };
+        let url = match dialect {
+            Dialect::Sqlite if !url.contains("mode=") => {
+                format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+            }
+            _ => url.to_owned(),
+        };
+        let mut opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(3)).max_connections(16);
+        if dialect == Dialect::Sqlite {
+            opts = opts.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL")
+                        .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = opts.connect(&url).await.context("connect to the database")?;
+        let db = Db { pool, dialect };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let migrator = match self.dialect {
+            Dialect::Sqlite => &SQLITE_MIGRATOR,
+            Dialect::Postgres => &POSTGRES_MIGRATOR,
+        };
+        migrator.run(&self.pool).await.context("run database migrations")
+    }
+
+    /// One real round trip to the database.
+    pub async fn ping(&self) -> sqlx::Result<()> {
+        let v: i64 = sqlx::query_scalar("SELECT CAST(1 AS BIGINT)").fetch_one(&self.pool).await?;
+        debug_assert_eq!(v, 1);
+        Ok(())
+    }
+
+    // ---- users
+
+    pub async fn count_users(&self) -> sqlx::Result<i64> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(&self.pool).await
+    }
+
+    pub async fn insert_user(&self, id: &str, username: &str, password_hash: &str, role: &str, now: i64) -> sqlx::Result<()> {
+        sqlx::query("INSERT INTO users (id, username, password_hash, role, created_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(id)
+            .bind(username)
+            .bind(password_hash)
+            .bind(role)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn user_with_hash(&self, username: &str) -> sqlx::Result<Option<(User, String)>> {
+        let row = sqlx::query("SELECT id, username, role, created_at, password_hash FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((user(&r)?, r.try_get("password_hash")?))).transpose()
+    }
+
+    pub async fn set_password(&self, user_id: &str, password_hash: &str) -> sqlx::Result<bool> {
+        let r = sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2").bind(password_hash).bind(user_id).execute(&self.pool).await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn list_users(&self) -> sqlx::Result<Vec<User>> {
+        let rows = sqlx::query("SELECT id, username, role, created_at FROM users ORDER BY username").fetch_all(&self.pool).await?;
+        rows.iter().map(user).collect()
+    }
+
+    pub async fn delete_user(&self, id: &str) -> sqlx::Result<bool> {
+        let r = sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(&self.pool).await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    // ---- login sessions and rate limiting
+
+    pub async fn insert_login_session(&self, id_hash: &str, user_id: &str, csrf: &str, now: i64, expires_at: i64) -> sqlx::Result<()> {
+        sqlx::query("INSERT INTO login_sessions (id_hash, user_id, csrf_token, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(id_hash)
+            .bind(user_id)
+            .bind(csrf)
+            .bind(now)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
+
+    /// The user and CSRF token of a live login session.
+    pub async fn login_session(&self, id_hash: &str, now: i64) -> sqlx::Result<Option<(User, String)>> {
+        let row = sqlx::query(
+            "SELECT u.id, u.username, u.role, u.created_at, s.csrf_token FROM login_sessions s \
+             JOIN users u ON u.id = s.user_id WHERE s.id_hash = $1 AND s.expires_at > $2",
+        )
+        .bind(id_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok((user(&r)?, r.try_get("csrf_token")?))).transpose()
+    }
+
+    pub async fn delete_login_session(&self, id_hash: &str) -> sqlx::Result<()> {
+        sqlx::query("DELETE FROM login_sessions WHERE id_hash = $1").bind(id_hash).execute(&self.pool).await.map(|_| ())
+    }
+
+    pub async fn record_login_failure(&self, subject: &str, now: i64) -> sqlx::Result<()> {
+        sqlx::query("INSERT INTO login_attempts (subject, at) VALUES ($1, $2)").bind(subject).bind(now).execute(&self.pool).await.map(|_| ())
+    }
+
+    pub async fn login_failures_since(&self, subject: &str, since: i64) -> sqlx::Result<i64> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM login_attempts WHERE subject = $1 AND at > $2")
+            .bind(subject)
+            .bind(since)
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    pub async fn clear_login_failures(&self, subject: &str) -> sqlx::Result<()> {
+        sqlx::query("DELETE FROM login_attempts WHERE subject = $1").bind(subject).execute(&self.pool).await.map(|_| ())
+    }
+
+    /// Drop expired login sessions and old login attempts.
+    pub async fn prune(&self, now: i64) -> sqlx::Result<()> {
+        sqlx::query("DELETE FROM login_sessions WHERE expires_at <= $1").bind(now).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM login_attempts WHERE at <= $1").bind(now - 3600).execute(&self.pool).await?;
+        sqlx::query("UPDATE sessions SET state = $1, ended_at = $2, end_reason = $3 WHERE state = $4 AND token_expires_at < $5")
+            .bind(state::ENDED)
+            .bind(now)
+            .bind("token expired unused")
+            .bind(state::PENDING)
+            .bind(now - 60)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // ---- API keys
+
+    pub async fn insert_api_key(&self, id: &str, user_id: &str, name: &str, key_hash: &str, now: i64) -> sqlx::Result<()> {
+        sqlx::query("INSERT INTO api_keys (id, user_id, name, key_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(id)
+            .bind(user_id)
+            .bind(name)
+            .bind(key_hash)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn user_by_api_key(&self, key_hash: &str, now: i64) -> sqlx::Result<Option<User>> {
+        let row = sqlx::query(
+            "SELECT u.id, u.username, u.role, u.created_at FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = $1",
+        )
+        .bind(key_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        if row.is_some() {
+            sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE key_hash = $2").bind(now).bind(key_hash).execute(&self.pool).await?;
+        }
+        row.as_ref().map(user).transpose()
+    }
+
+    pub async fn list_api_keys(&self, user_id: &str) -> sqlx::Result<Vec<ApiKey>> {
+        let rows = sqlx::query("SELECT id, user_id, name, created_at, last_used_at FROM api_keys WHERE user_id = $1 ORDER BY created_at")
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ApiKey {
+                    id: r.try_get("id")?,
+                    user_id: r.try_get("user_id")?,
+                    name: r.try_get("name")?,
+                    created_at: r.try_get("created_at")?,
+                    last_used_at: r.try_get("last_used_at")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn delete_api_key(&self, id: &str, user_id: &str) -> sqlx::Result<bool> {
+        let r = sqlx::query("DELETE FROM api_keys WHERE id = $1 AND user_id = $2").bind(id).bind(user_id).execute(&self.pool).await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    // ---- connections
+
+    pub async fn insert_connection(&self, c: &Connection) -> sqlx::Result<()> {
+        sqlx::query(sqlx::AssertSqlSafe(format!("INSERT INTO connections ({CONNECTION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")))
+            .bind(&c.id)
+            .bind(&c.name)
+            .bind(&c.protocol)
+            .bind(&c.host)
+            .bind(c.port)
+            .bind(&c.username)
+            .bind(&c.password_enc)
+            .bind(&c.private_key_enc)
+            .bind(&c.host_key_fingerprint)
+            .bind(c.created_at)
+            .bind(c.updated_at)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn update_connection(&self, c: &Connection) -> sqlx::Result<bool> {
+        let r = sqlx::query(
+            "UPDATE connections SET name = $1, protocol = $2, host = $3, port = $4, username = $5, password_enc = $6, \
+             private_key_enc = $7, host_key_fingerprint = $8, updated_at = $9 WHERE id = $10",
+        )
+        .bind(&c.name)
+        .bind(&c.protocol)
+        .bind(&c.host)
+        .bind(c.port)
+        .bind(&c.username)
+        .bind(&c.password_enc)
+        .bind(&c.private_key_enc)
+        .bind(&c.host_key_fingerprint)
+        .bind(c.updated_at)
+        .bind(&c.id)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn connection(&self, id: &str) -> sqlx::Result<Option<Connection>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {CONNECTION_COLS} FROM connections WHERE id = $1"))).bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(connection).transpose()
+    }
+
+    pub async fn list_connections(&self) -> sqlx::Result<Vec<Connection>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {CONNECTION_COLS} FROM connections ORDER BY name, id"))).fetch_all(&self.pool).await?;
+        rows.iter().map(connection).collect()
+    }
+
+    pub async fn delete_connection(&self, id: &str) -> sqlx::Result<bool> {
+        let r = sqlx::query("DELETE FROM connections WHERE id = $1").bind(id).execute(&self.pool).await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Record a host key seen on first use; a pinned key is never overwritten.
+    pub async fn pin_host_key_if_unset(&self, connection_id: &str, fingerprint: &str, now: i64) -> sqlx::Result<bool> {
+        let r = sqlx::query(
+            "UPDATE connections SET host_key_fingerprint = $1, updated_at = $2 WHERE id = $3 AND host_key_fingerprint IS NULL",
+        )
+        .bind(fingerprint)
+        .bind(now)
+        .bind(connection_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    // ---- remote sessions
+
+    pub async fn insert_session(&self, s: &SessionRow) -> sqlx::Result<()> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO sessions ({SESSION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        )))
+        .bind(&s.id)
+        .bind(&s.user_id)
+        .bind(&s.connection_id)
+        .bind(&s.state)
+        .bind(&s.token_jti)
+        .bind(s.token_expires_at)
+        .bind(s.claimed_at)
+        .bind(&s.bridge_id)
+        .bind(s.created_at)
+        .bind(s.ended_at)
+        .bind(&s.end_reason)
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn session(&self, id: &str) -> sqlx::Result<Option<SessionRow>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {SESSION_COLS} FROM sessions WHERE id = $1"))).bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(session).transpose()
+    }
+
+    pub async fn list_sessions(&self, user_id: Option<&str>, include_ended: bool) -> sqlx::Result<Vec<SessionRow>> {
+        let mut sql = format!("SELECT {SESSION_COLS} FROM sessions WHERE ($1 = '' OR user_id = $1)");
+        if !include_ended {
+            sql.push_str(" AND state <> 'ended'");
+        }
+        sql.push_str(" ORDER BY created_at DESC LIMIT 500");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id.unwrap_or("")).fetch_all(&self.pool).await?;
+        rows.iter().map(session).collect()
+    }
+
+    /// Atomically claim a session token: succeeds once per `jti`, fleet-wide.
+    pub async fn claim_session(&self, id: &str, jti: &str, bridge_id: &str, now: i64) -> sqlx::Result<bool> {
+        let r = sqlx::query(
+            "UPDATE sessions SET state = $1, claimed_at = $2, bridge_id = $3 \
+             WHERE id = $4 AND token_jti = $5 AND state = $6 AND claimed_at IS NULL",
+        )
+        .bind(state::ACTIVE)
+        .bind(now)
+        .bind(bridge_id)
+        .bind(id)
+        .bind(jti)
+        .bind(state::PENDING)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn end_session(&self, id: &str, reason: &str, now: i64) -> sqlx::Result<bool> {
+        let r = sqlx::query("UPDATE sessions SET state = $1, ended_at = $2, end_reason = $3 WHERE id = $4 AND state <> $1")
+            .bind(state::ENDED)
+            .bind(now)
+            .bind(reason)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Of `ids`, the sessions that are ended (or unknown).
+    pub async fn ended_among(&self, ids: &[String]) -> sqlx::Result<Vec<String>> {
+        let mut ended = Vec::new();
+        for chunk in ids.chunks(200) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!("SELECT id FROM sessions WHERE state <> 'ended' AND id IN ({})", placeholders.join(", "));
+            let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id);
+            }
+            let live: Vec<String> = q.fetch_all(&self.pool).await?;
+            ended.extend(chunk.iter().filter(|id| !live.contains(id)).cloned());
+        }
+        Ok(ended)
+    }
+}

@@ -1,0 +1,87 @@
+//! Portico webapp: the stateless control plane.
+//!
+//! Users, API keys, connections and sessions live in the database; this crate is the only one that knows SQL.
+//! It mints the Ed25519 session tokens that the bridge checks, and serves the internal API that bridges
+//! use to claim tokens (once, fleet-wide) and to fetch target credentials.
+
+pub mod api;
+pub mod assets;
+pub mod auth;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod error;
+pub mod internal;
+pub mod openapi;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use axum::Router;
+use portico_proto::token::TokenSigner;
+
+pub use config::WebappConfig;
+pub use internal::Internal;
+
+/// Shared state of every request handler. Cloning is cheap; nothing in here is mutable.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: db::Db,
+    pub keys: Arc<crypto::Keys>,
+    pub signer: Arc<TokenSigner>,
+    pub config: Arc<WebappConfig>,
+}
+
+pub fn now_unix() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+impl AppState {
+    /// Connect to the database, run migrations and derive the keys.
+    pub async fn new(config: WebappConfig) -> anyhow::Result<AppState> {
+        let db = db::Db::connect(config.database_url.expose()).await?;
+        let keys = crypto::Keys::derive(config.master_key.expose());
+        let signer = TokenSigner::new(keys.token_signing.clone());
+        Ok(AppState { db, keys: Arc::new(keys), signer: Arc::new(signer), config: Arc::new(config) })
+    }
+
+    /// Create the first admin when there is no user yet. Returns the generated password, if one was generated.
+    pub async fn ensure_admin(&self, password: Option<String>) -> anyhow::Result<Option<String>> {
+        if self.db.count_users().await? > 0 {
+            return Ok(None);
+        }
+        let generated = password.is_none();
+        let password = password.unwrap_or_else(|| crypto::random_token()[..20].to_owned());
+        let hash = crypto::hash_password(&password)?;
+        self.db
+            .insert_user(&uuid::Uuid::new_v4().to_string(), "admin", &hash, auth::ROLE_ADMIN, now_unix())
+            .await
+            .context("create the first admin")?;
+        tracing::info!(username = "admin", "Created the first admin");
+        Ok(generated.then_some(password))
+    }
+
+    /// Periodic clean-up of expired rows; safe to run on every instance at once.
+    pub fn spawn_maintenance(&self) -> tokio::task::JoinHandle<()> {
+        let db = self.db.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                if let Err(e) = db.prune(now_unix()).await {
+                    tracing::warn!(error = %e, "Database maintenance failed");
+                }
+            }
+        })
+    }
+}
+
+/// The webapp's HTTP routes: public API, internal API, health, OpenAPI and the web client.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(api::routes())
+        .merge(internal::routes())
+        .merge(assets::routes())
+        .with_state(state)
+}

@@ -1,0 +1,105 @@
+//! The OpenAPI 3.1 document served at `/api/openapi.json`, written by hand next to the handlers in `api.rs`.
+
+use serde_json::{Value, json};
+
+fn body(schema: &str) -> Value {
+    json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } })
+}
+
+fn ok(desc: &str, schema: Option<&str>) -> Value {
+    match schema {
+        Some(s) => json!({ "description": desc, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{s}") } } } }),
+        None => json!({ "description": desc }),
+    }
+}
+
+fn errors() -> Value {
+    json!({ "description": "error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } })
+}
+
+fn op(summary: &str, req: Option<&str>, code: &str, resp: Option<&str>) -> Value {
+    let mut o = json!({ "summary": summary, "responses": { code: ok(summary, resp), "default": errors() } });
+    if let Some(r) = req {
+        o["requestBody"] = body(r);
+    }
+    o
+}
+
+pub fn document() -> Value {
+    let id = json!([{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }]);
+    let with_id = |mut v: Value| {
+        v["parameters"] = id.clone();
+        v
+    };
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": "Portico API", "version": "1",
+                  "description": "Cookie sessions need the X-CSRF-Token header on state-changing requests; API keys use Authorization: Bearer pk_... and need none." },
+        "components": {
+            "securitySchemes": {
+                "cookie": { "type": "apiKey", "in": "cookie", "name": "portico_session" },
+                "apiKey": { "type": "http", "scheme": "bearer" }
+            },
+            "schemas": {
+                "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "string" } } },
+                "Login": { "type": "object", "required": ["username", "password"], "properties": { "username": { "type": "string" }, "password": { "type": "string" } } },
+                "User": { "type": "object", "properties": { "id": { "type": "string" }, "username": { "type": "string" }, "role": { "enum": ["admin", "user"] }, "created_at": { "type": "integer" } } },
+                "Me": { "type": "object", "properties": { "user": { "$ref": "#/components/schemas/User" }, "csrf_token": { "type": ["string", "null"] } } },
+                "NewUser": { "type": "object", "required": ["username", "password"], "properties": { "username": { "type": "string" }, "password": { "type": "string", "minLength": 8 }, "role": { "enum": ["admin", "user"] } } },
+                "PasswordChange": { "type": "object", "required": ["current_password", "new_password"], "properties": { "current_password": { "type": "string" }, "new_password": { "type": "string" } } },
+                "NewApiKey": { "type": "object", "required": ["name"], "properties": { "name": { "type": "string" } } },
+                "ApiKeyCreated": { "type": "object", "properties": { "id": { "type": "string" }, "name": { "type": "string" }, "key": { "type": "string", "description": "shown once" } } },
+                "ConnectionInput": { "type": "object", "required": ["protocol", "host"], "properties": {
+                    "name": { "type": "string" }, "protocol": { "enum": ["ssh", "vnc", "rdp"] }, "host": { "type": "string" },
+                    "port": { "type": "integer", "minimum": 1, "maximum": 65535 }, "username": { "type": "string" },
+                    "password": { "type": "string", "writeOnly": true }, "private_key": { "type": "string", "writeOnly": true },
+                    "host_key_fingerprint": { "type": "string", "description": "SHA256:<base64>; empty = trust on first use" },
+                    "clear_password": { "type": "boolean" }, "clear_private_key": { "type": "boolean" } } },
+                "Connection": { "type": "object", "properties": {
+                    "id": { "type": "string" }, "name": { "type": "string" }, "protocol": { "type": "string" }, "host": { "type": "string" },
+                    "port": { "type": "integer" }, "username": { "type": "string" }, "has_password": { "type": "boolean" },
+                    "has_private_key": { "type": "boolean" }, "host_key_fingerprint": { "type": ["string", "null"] },
+                    "created_at": { "type": "integer" }, "updated_at": { "type": "integer" } } },
+                "NewSession": { "type": "object", "required": ["connection_id"], "properties": { "connection_id": { "type": "string" }, "cols": { "type": "integer" }, "rows": { "type": "integer" } } },
+                "SessionCreated": { "type": "object", "properties": {
+                    "session_id": { "type": "string" }, "token": { "type": "string", "description": "one-time, valid 60 s" },
+                    "ws_url": { "type": "string" }, "connect_url": { "type": "string", "description": "secret in the fragment" },
+                    "expires_at": { "type": "integer" } } },
+                "Session": { "type": "object", "properties": {
+                    "id": { "type": "string" }, "user_id": { "type": "string" }, "connection_id": { "type": "string" },
+                    "state": { "enum": ["pending", "active", "ended"] }, "created_at": { "type": "integer" },
+                    "ended_at": { "type": ["integer", "null"] }, "end_reason": { "type": ["string", "null"] } } },
+                "Health": { "type": "object", "properties": { "ok": { "type": "boolean" } } }
+            }
+        },
+        "security": [{ "cookie": [] }, { "apiKey": [] }],
+        "paths": {
+            "/api/__healthcheck": { "get": op("health including a database round trip (503 when the database is down)", None, "200", Some("Health")) },
+            "/api/v1/auth/login": { "post": op("log in; sets the session cookie", Some("Login"), "200", Some("Me")) },
+            "/api/v1/auth/logout": { "post": op("log out", None, "200", None) },
+            "/api/v1/auth/me": { "get": op("current user and csrf token", None, "200", Some("Me")) },
+            "/api/v1/auth/password": { "post": op("change own password", Some("PasswordChange"), "200", None) },
+            "/api/v1/users": { "get": op("list users (admin)", None, "200", None), "post": op("create a user (admin)", Some("NewUser"), "201", Some("User")) },
+            "/api/v1/users/{id}": { "delete": with_id(op("delete a user (admin)", None, "204", None)) },
+            "/api/v1/api-keys": { "get": op("list own api keys", None, "200", None), "post": op("create an api key", Some("NewApiKey"), "201", Some("ApiKeyCreated")) },
+            "/api/v1/api-keys/{id}": { "delete": with_id(op("delete an api key", None, "204", None)) },
+            "/api/v1/connections": {
+                "get": op("list connections (secrets never returned)", None, "200", None),
+                "post": op("create a connection (admin)", Some("ConnectionInput"), "201", Some("Connection"))
+            },
+            "/api/v1/connections/{id}": {
+                "get": with_id(op("get a connection", None, "200", Some("Connection"))),
+                "put": with_id(op("update a connection (admin); empty secrets keep the stored ones", Some("ConnectionInput"), "200", Some("Connection"))),
+                "delete": with_id(op("delete a connection (admin)", None, "204", None))
+            },
+            "/api/v1/sessions": {
+                "get": op("list live sessions (own; all for admins)", None, "200", None),
+                "post": op("start a session: one-time token, websocket url and embeddable connect url", Some("NewSession"), "201", Some("SessionCreated"))
+            },
+            "/api/v1/sessions/{id}": {
+                "get": with_id(op("get a session", None, "200", Some("Session"))),
+                "delete": with_id(op("end a session; the bridge closes it within 2 s", None, "204", None))
+            }
+        }
+    })
+}
