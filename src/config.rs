@@ -13,61 +13,61 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Settings {
     /// Directory for the SQLite database, generated keys and the self-signed certificate.
-    #[arg(long, env = "PORTICO_DATA_DIR")]
+    #[arg(long, global = true, env = "PORTICO_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Address to listen on (HTTPS).
-    #[arg(long, env = "PORTICO_LISTEN")]
+    #[arg(long, global = true, env = "PORTICO_LISTEN")]
     pub listen: Option<String>,
     /// `sqlite://FILE` or `postgres://USER:PASS@HOST:PORT/DB`; default: SQLite in the data directory.
-    #[arg(long, env = "PORTICO_DATABASE_URL")]
+    #[arg(long, global = true, env = "PORTICO_DATABASE_URL")]
     pub database_url: Option<String>,
     /// Base64 of 32 random bytes; default: generated once into DATA_DIR/master.key. Every webapp must share it.
-    #[arg(long, env = "PORTICO_MASTER_KEY", hide_env_values = true)]
+    #[arg(long, global = true, env = "PORTICO_MASTER_KEY", hide_env_values = true)]
     pub master_key: Option<String>,
     /// Credential bridges use for the internal API; default: generated once into DATA_DIR/node.secret.
-    #[arg(long, env = "PORTICO_NODE_SECRET", hide_env_values = true)]
+    #[arg(long, global = true, env = "PORTICO_NODE_SECRET", hide_env_values = true)]
     pub node_secret: Option<String>,
     /// URL browsers use to reach the webapp (default: https://LISTEN).
-    #[arg(long, env = "PORTICO_PUBLIC_URL")]
+    #[arg(long, global = true, env = "PORTICO_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// URL browsers use to reach the bridge (default: the public URL with wss://).
-    #[arg(long, env = "PORTICO_BRIDGE_PUBLIC_URL")]
+    #[arg(long, global = true, env = "PORTICO_BRIDGE_PUBLIC_URL")]
     pub bridge_public_url: Option<String>,
     /// Bridge pool name (token audience).
-    #[arg(long, env = "PORTICO_ZONE")]
+    #[arg(long, global = true, env = "PORTICO_ZONE")]
     pub zone: Option<String>,
     /// PEM certificate chain; default: self-signed, generated into DATA_DIR/tls.
-    #[arg(long, env = "PORTICO_TLS_CERT")]
+    #[arg(long, global = true, env = "PORTICO_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for --tls-cert.
-    #[arg(long, env = "PORTICO_TLS_KEY")]
+    #[arg(long, global = true, env = "PORTICO_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
     /// Password of the first admin (default: generated and printed once).
-    #[arg(long, env = "PORTICO_ADMIN_PASSWORD", hide_env_values = true)]
+    #[arg(long, global = true, env = "PORTICO_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
     /// Bridge/agent: base URL of the webapp tier (its load balancer).
-    #[arg(long, env = "PORTICO_WEBAPP_URL")]
+    #[arg(long, global = true, env = "PORTICO_WEBAPP_URL")]
     pub webapp_url: Option<String>,
     /// Bridge/agent: SHA-256 (hex) of the webapp's certificate, to trust a self-signed webapp.
-    #[arg(long, env = "PORTICO_WEBAPP_CERT_SHA256")]
+    #[arg(long, global = true, env = "PORTICO_WEBAPP_CERT_SHA256")]
     pub webapp_cert_sha256: Option<String>,
     /// Bridge/agent: CA certificate (PEM) that signed the webapp's certificate.
-    #[arg(long, env = "PORTICO_WEBAPP_CA")]
+    #[arg(long, global = true, env = "PORTICO_WEBAPP_CA")]
     pub webapp_ca: Option<PathBuf>,
     /// Name of this bridge node (default: bridge-<random>).
-    #[arg(long, env = "PORTICO_BRIDGE_ID")]
+    #[arg(long, global = true, env = "PORTICO_BRIDGE_ID")]
     pub bridge_id: Option<String>,
     /// Seconds a dropped browser may take to reattach to its session.
-    #[arg(long, env = "PORTICO_SESSION_GRACE_SECS")]
+    #[arg(long, global = true, env = "PORTICO_SESSION_GRACE_SECS")]
     pub session_grace_secs: Option<u64>,
     /// Seconds without user input before a session ends (0 = never).
-    #[arg(long, env = "PORTICO_SESSION_IDLE_SECS")]
+    #[arg(long, global = true, env = "PORTICO_SESSION_IDLE_SECS")]
     pub session_idle_secs: Option<u64>,
     /// Maximum session length in seconds (0 = unlimited).
-    #[arg(long, env = "PORTICO_SESSION_MAX_SECS")]
+    #[arg(long, global = true, env = "PORTICO_SESSION_MAX_SECS")]
     pub session_max_secs: Option<u64>,
     /// Docker engine socket for the agent.
-    #[arg(long, env = "PORTICO_DOCKER_SOCKET")]
+    #[arg(long, global = true, env = "PORTICO_DOCKER_SOCKET")]
     pub docker_socket: Option<String>,
 }
 

@@ -92,23 +92,7 @@ impl HttpControlPlane {
     /// `cert_sha256`: hex SHA-256 of the webapp's certificate (pinning), or `None` to use `ca_pem` roots.
     pub fn new(base: String, node_secret: Secret<String>, cert_sha256: Option<&str>, ca_pem: Option<&[u8]>) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
-        let tls = if let Some(pin) = cert_sha256 {
-            let sha256: [u8; 32] = hex::decode(pin.replace(':', ""))
-                .ok()
-                .and_then(|v| v.try_into().ok())
-                .context("webapp certificate pin must be 64 hex digits")?;
-            builder.dangerous().with_custom_certificate_verifier(Arc::new(PinnedCert { sha256, provider })).with_no_client_auth()
-        } else {
-            let mut roots = rustls::RootCertStore::empty();
-            if let Some(pem) = ca_pem {
-                for cert in rustls_pemfile_certs(pem)? {
-                    roots.add(cert).context("add webapp ca certificate")?;
-                }
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        };
+        let tls = client_tls_config(cert_sha256, ca_pem)?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .timeout(Duration::from_secs(10))
@@ -140,6 +124,29 @@ impl HttpControlPlane {
             _ => ControlError::Unavailable(format!("http {status}: {text}")),
         })
     }
+}
+
+/// A rustls client configuration (ring provider) that trusts either exactly the certificate whose SHA-256
+/// is `cert_sha256` (hex), or the CA certificates in `ca_pem`.
+pub fn client_tls_config(cert_sha256: Option<&str>, ca_pem: Option<&[u8]>) -> anyhow::Result<rustls::ClientConfig> {
+    use anyhow::Context as _;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    Ok(if let Some(pin) = cert_sha256 {
+        let sha256: [u8; 32] = hex::decode(pin.replace(':', ""))
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .context("certificate pin must be 64 hex digits")?;
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(PinnedCert { sha256, provider })).with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(pem) = ca_pem {
+            for cert in rustls_pemfile_certs(pem)? {
+                roots.add(cert).context("add ca certificate")?;
+            }
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    })
 }
 
 fn rustls_pemfile_certs(pem: &[u8]) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {

@@ -148,7 +148,8 @@ pub fn classify(msg: Option<ChannelMsg>) -> Output {
         Some(ChannelMsg::Data { data }) => Output::Data(data.to_vec()),
         Some(ChannelMsg::ExtendedData { data, .. }) => Output::Data(data.to_vec()),
         Some(ChannelMsg::ExitStatus { exit_status }) => Output::Exited(Some(exit_status)),
-        Some(ChannelMsg::Eof) | Some(ChannelMsg::Close) | None => Output::Closed,
+        // EOF comes before the exit status; only the channel close ends the session.
+        Some(ChannelMsg::Close) | None => Output::Closed,
         Some(_) => Output::Other,
     }
 }

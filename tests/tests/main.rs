@@ -1,1 +1,44 @@
+//! Portico integration tests against real peers: OpenSSH sshd, PostgreSQL, headless Chromium, and the
+//! real `portico` binary in its all-in-one and split (webapp + bridges) topologies.
 
+mod api;
+mod bad_input;
+mod browser;
+mod db;
+mod health;
+mod ssh;
+mod token;
+
+use portico_tests::client::{Api, Term, ws_with_token};
+use portico_tests::peers::Sshd;
+use portico_tests::portico::Portico;
+use serde_json::{Value, json};
+
+/// An SSH connection to `sshd` with the given extra fields (password, private_key, host_key_fingerprint...).
+pub async fn ssh_connection(api: &Api, sshd: &Sshd, extra: Value) -> anyhow::Result<String> {
+    let mut body = json!({
+        "name": format!("sshd {}", sshd.port),
+        "protocol": "ssh",
+        "host": "127.0.0.1",
+        "port": sshd.port,
+        "username": sshd.user.name,
+    });
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    api.create_connection(body).await
+}
+
+/// Start a session on `conn` and attach a terminal to it through the bridge.
+pub async fn open_term(p: &Portico, api: &Api, conn: &str) -> anyhow::Result<(Value, Term)> {
+    let s = api.create_session(conn).await?;
+    let ws = ws_with_token(s["ws_url"].as_str().unwrap_or_default(), &p.cert_sha256, s["token"].as_str().unwrap_or_default())
+        .await?
+        .map_err(|r| anyhow::anyhow!("upgrade refused: {} {}", r.status, r.body))?;
+    Ok((s, Term::new(ws)))
+}
+
+/// A unique file path on this machine that the test user can write.
+pub fn marker_path(tag: &str) -> String {
+    format!("/tmp/portico-test-{tag}-{}", uuid::Uuid::new_v4())
+}

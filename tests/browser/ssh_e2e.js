@@ -1,0 +1,56 @@
+// Log in as admin, create an SSH connection in the UI, open it, type a command, see its output;
+// then a connection with a wrong password shows a clear error.
+'use strict';
+const { launch, newPage, shot, waitState, waitText, main } = require('./lib');
+const env = process.env;
+
+async function createConnection(page, name, password) {
+  await page.click('#conn-new');
+  await page.waitForSelector('#conn-form');
+  await page.fill('#conn-name', name);
+  await page.selectOption('#conn-protocol', 'ssh');
+  await page.fill('#conn-host', '127.0.0.1');
+  await page.fill('#conn-port', env.SSH_PORT);
+  await page.fill('#conn-username', env.SSH_USER);
+  await page.fill('#conn-password', password);
+  await page.click('#conn-save');
+  await page.locator(`tr.conn-row[data-name="${name}"]`).waitFor({ timeout: 10000 });
+}
+
+main(async () => {
+  const browser = await launch();
+  const page = await newPage(browser);
+  await page.goto(`${env.PORTICO_URL}/`);
+  await page.fill('#login-username', 'admin');
+  await page.fill('#login-password', 'definitely-wrong');
+  await page.click('#login-submit');
+  await page.waitForFunction(() => (document.querySelector('#login-error')?.textContent || '').includes('invalid username or password'));
+  await page.fill('#login-password', env.ADMIN_PASSWORD);
+  await shot(page, 'login');
+  await page.click('#login-submit');
+  await page.waitForSelector('#conn-new', { timeout: 10000 });
+
+  await createConnection(page, 'e2e ssh', env.SSH_PASSWORD);
+  await createConnection(page, 'e2e wrong password', 'not-the-password');
+  await shot(page, 'connections');
+
+  await page.locator('tr.conn-row[data-name="e2e ssh"] .conn-open').click();
+  await waitState(page, 'connected');
+  await page.click('#terminal');
+  await page.keyboard.type(`echo from-browser-$((6*7)) > ${env.MARKER_FILE}; echo typed-$((2+3))-ok\n`);
+  await waitText(page, 'typed-5-ok');
+  await page.keyboard.type('ls / | head -5; printf "\\033[1;32mPortico\\033[0m over SSH\\n"\n');
+  await waitText(page, 'Portico over SSH');
+  await shot(page, 'terminal');
+  await page.click('#session-end');
+  await waitState(page, 'closed');
+  await page.click('#session-back');
+
+  await page.locator('tr.conn-row[data-name="e2e wrong password"] .conn-open').click();
+  await waitState(page, 'closed', 30000);
+  const status = await page.textContent('#session-status');
+  if (!/authentication failed/.test(status)) throw new Error(`expected an authentication error, got: ${status}`);
+  await shot(page, 'wrong-password');
+  console.log(`status: ${status}`);
+  await browser.close();
+});

@@ -1,0 +1,430 @@
+//! Real peers for the tests, started on loopback and stopped by PID: OpenSSH sshd (with a real local user),
+//! PostgreSQL 15, and Chromium driven by playwright-core scripts in `tests/browser/`.
+
+use std::fs;
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::workspace_root;
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+/// Poll `f` every 50 ms until it holds; a clear error naming `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("timed out after {timeout:?} waiting for {what}")
+}
+
+fn scratch(kind: &str) -> anyhow::Result<PathBuf> {
+    let dir = workspace_root().join(".test-runs").join(format!("{kind}-{}", uuid::Uuid::new_v4()));
+    fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn run(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("{what}: could not start (run scripts/install-test-deps.sh)"))?;
+    if !out.status.success() {
+        bail!("{what} failed ({}): {}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn need(path: &str, package: &str) -> anyhow::Result<()> {
+    if Path::new(path).exists() {
+        Ok(())
+    } else {
+        bail!("{path} not found: install the Debian package {package} (scripts/install-test-deps.sh does)")
+    }
+}
+
+/// Stop a child: SIGTERM, then SIGKILL after 2 s.
+fn stop_child(child: &mut Child) {
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Serializes changes to the test user and its authorized_keys across the test threads.
+static USER_LOCK: Mutex<()> = Mutex::new(());
+
+/// A real local Linux user for SSH logins.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub name: String,
+    pub password: String,
+    pub home: PathBuf,
+}
+
+/// Create (once) the local user `portico-t` with a known password.
+pub fn ensure_test_user() -> anyhow::Result<TestUser> {
+    let _guard = USER_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let name = "portico-t";
+    let password = "portico-pass-1";
+    if Command::new("id").arg(name).stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| !s.success()).unwrap_or(true) {
+        run(Command::new("useradd").args(["-m", "-s", "/bin/bash", name]), "useradd (the tests must run as root)")?;
+    }
+    // Setting the password every time also unlocks an account another run left behind.
+    let mut child = Command::new("chpasswd").stdin(Stdio::piped()).spawn().context("chpasswd")?;
+    child.stdin.take().context("chpasswd stdin")?.write_all(format!("{name}:{password}\n").as_bytes())?;
+    anyhow::ensure!(child.wait()?.success(), "chpasswd failed");
+    let home = PathBuf::from(format!("/home/{name}"));
+    Ok(TestUser { name: name.into(), password: password.into(), home })
+}
+
+/// An OpenSSH server on 127.0.0.1 with its own host key and config, for the test user.
+pub struct Sshd {
+    pub port: u16,
+    pub user: TestUser,
+    pub dir: PathBuf,
+    pub client_key_path: PathBuf,
+    /// OpenSSH private key (ed25519) authorized for the user.
+    pub client_private_key: String,
+    /// `SHA256:…` of the host key, as `ssh-keygen -lf` prints it.
+    pub host_key_fingerprint: String,
+    child: Option<Child>,
+    extra_config: String,
+}
+
+impl Sshd {
+    pub fn start() -> anyhow::Result<Sshd> {
+        Self::start_with_config("")
+    }
+
+    /// Start with extra lines appended to sshd_config (e.g. `ForceCommand …` for benchmarks).
+    pub fn start_with_config(extra: &str) -> anyhow::Result<Sshd> {
+        need("/usr/sbin/sshd", "openssh-server")?;
+        let user = ensure_test_user()?;
+        let dir = scratch("sshd")?;
+        let client_key_path = dir.join("client_ed25519");
+        run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "portico-test", "-f"]).arg(&client_key_path), "ssh-keygen")?;
+        let pubkey = fs::read_to_string(dir.join("client_ed25519.pub"))?;
+        authorize(&user, &pubkey)?;
+        let client_private_key = fs::read_to_string(&client_key_path)?;
+        let mut sshd = Sshd {
+            port: 0,
+            user,
+            dir,
+            client_key_path,
+            client_private_key,
+            host_key_fingerprint: String::new(),
+            child: None,
+            extra_config: extra.to_owned(),
+        };
+        sshd.new_host_key()?;
+        // Another process may grab a free port between choosing and binding: retry.
+        let mut last = None;
+        for _ in 0..5 {
+            sshd.port = free_port();
+            match sshd.launch() {
+                Ok(()) => return Ok(sshd),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("sshd did not start")))
+    }
+
+    fn new_host_key(&mut self) -> anyhow::Result<()> {
+        let key = self.dir.join("ssh_host_ed25519_key");
+        let _ = fs::remove_file(&key);
+        let _ = fs::remove_file(self.dir.join("ssh_host_ed25519_key.pub"));
+        run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key), "ssh-keygen host key")?;
+        let out = run(Command::new("ssh-keygen").arg("-lf").arg(self.dir.join("ssh_host_ed25519_key.pub")), "ssh-keygen -lf")?;
+        self.host_key_fingerprint = out.split_whitespace().nth(1).context("fingerprint in ssh-keygen output")?.to_owned();
+        Ok(())
+    }
+
+    fn launch(&mut self) -> anyhow::Result<()> {
+        fs::create_dir_all("/run/sshd").context("create /run/sshd")?;
+        let cfg = self.dir.join("sshd_config");
+        fs::write(
+            &cfg,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {dir}/ssh_host_ed25519_key\nPidFile {dir}/sshd.pid\n\
+                 PermitRootLogin no\nPasswordAuthentication yes\nPubkeyAuthentication yes\nKbdInteractiveAuthentication no\n\
+                 UsePAM yes\nAuthorizedKeysFile .ssh/authorized_keys\nAllowUsers {user}\nMaxStartups 2000:30:4000\nMaxSessions 100\n\
+                 LogLevel VERBOSE\nPrintMotd no\n{extra}\n",
+                port = self.port,
+                dir = self.dir.display(),
+                user = self.user.name,
+                extra = self.extra_config,
+            ),
+        )?;
+        run(Command::new("/usr/sbin/sshd").arg("-t").arg("-f").arg(&cfg), "sshd -t")?;
+        let log = fs::File::create(self.dir.join("sshd.log"))?;
+        let child = Command::new("/usr/sbin/sshd")
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("start sshd")?;
+        self.child = Some(child);
+        let port = self.port;
+        let ready = wait_for("sshd banner", Duration::from_secs(10), || banner(port).is_some_and(|b| b.starts_with("SSH-2.0")));
+        if let Err(e) = ready {
+            if let Some(mut c) = self.child.take() {
+                stop_child(&mut c);
+            }
+            bail!("{e}: sshd log:\n{}", self.log());
+        }
+        Ok(())
+    }
+
+    /// Stop, make a new host key, start again on the same port.
+    pub fn restart_with_new_host_key(&mut self) -> anyhow::Result<()> {
+        if let Some(mut c) = self.child.take() {
+            stop_child(&mut c);
+        }
+        self.new_host_key()?;
+        self.launch()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop_child(&mut c);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn banner(port: u16) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+fn authorize(user: &TestUser, pubkey: &str) -> anyhow::Result<()> {
+    let _guard = USER_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let ssh_dir = user.home.join(".ssh");
+    fs::create_dir_all(&ssh_dir)?;
+    let keys = ssh_dir.join("authorized_keys");
+    let mut f = fs::OpenOptions::new().create(true).append(true).open(&keys)?;
+    f.write_all(pubkey.as_bytes())?;
+    let owner = format!("{0}:{0}", user.name);
+    run(Command::new("chown").arg("-R").arg(&owner).arg(&ssh_dir), "chown .ssh")?;
+    run(Command::new("chmod").arg("700").arg(&ssh_dir), "chmod .ssh")?;
+    run(Command::new("chmod").arg("600").arg(&keys), "chmod authorized_keys")?;
+    Ok(())
+}
+
+/// A PostgreSQL server on 127.0.0.1 with database `portico`, password auth over TCP.
+pub struct Postgres {
+    pub port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+    password: String,
+}
+
+fn pg_bin() -> anyhow::Result<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .context("/usr/lib/postgresql not found: install postgresql-15 (scripts/install-test-deps.sh does)")?
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .filter(|(_, p)| p.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, p)| p).context("no PostgreSQL server binaries (initdb) found: install postgresql-15")
+}
+
+fn as_postgres(bin: &Path, tool: &str) -> Command {
+    let mut c = Command::new("runuser");
+    c.args(["-u", "postgres", "--"]).arg(bin.join(tool));
+    c
+}
+
+impl Postgres {
+    pub fn start() -> anyhow::Result<Postgres> {
+        let bin = pg_bin()?;
+        // Under /tmp: the postgres user must be able to traverse every parent directory.
+        let dir = PathBuf::from(format!("/tmp/portico-pg-{}", uuid::Uuid::new_v4()));
+        fs::create_dir_all(dir.join("sock"))?;
+        let password = format!("pg-{}", uuid::Uuid::new_v4().simple());
+        fs::write(dir.join("pwfile"), &password)?;
+        run(Command::new("chown").arg("-R").arg("postgres:postgres").arg(&dir), "chown postgres dir")?;
+        run(
+            as_postgres(&bin, "initdb")
+                .arg("-D")
+                .arg(dir.join("data"))
+                .args(["-U", "postgres", "--auth-local=peer", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"])
+                .arg(format!("--pwfile={}", dir.join("pwfile").display())),
+            "initdb",
+        )?;
+        let mut pg = Postgres { port: 0, dir, bin, password };
+        let mut last = None;
+        for _ in 0..5 {
+            pg.port = free_port();
+            match pg.start_again() {
+                Ok(()) => {
+                    run(
+                        Command::new("psql").arg(pg.url_for("postgres")).args(["-q", "-c", "CREATE DATABASE portico"]),
+                        "create database",
+                    )?;
+                    return Ok(pg);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("postgres did not start")))
+    }
+
+    fn url_for(&self, db: &str) -> String {
+        format!("postgres://postgres:{}@127.0.0.1:{}/{db}", self.password, self.port)
+    }
+
+    pub fn url(&self) -> String {
+        self.url_for("portico")
+    }
+
+    /// Start (again) with the same data directory and port.
+    pub fn start_again(&self) -> anyhow::Result<()> {
+        let opts = format!("-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off", self.port, self.dir.join("sock").display());
+        run(
+            as_postgres(&self.bin, "pg_ctl")
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .arg("-l")
+                .arg(self.dir.join("server.log"))
+                .args(["-w", "-t", "30", "-o", &opts, "start"]),
+            "pg_ctl start",
+        )
+        .map_err(|e| anyhow::anyhow!("{e:#}\n{}", fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()))?;
+        Ok(())
+    }
+
+    pub fn stop(&self) -> anyhow::Result<()> {
+        run(as_postgres(&self.bin, "pg_ctl").arg("-D").arg(self.dir.join("data")).args(["-m", "fast", "-w", "stop"]), "pg_ctl stop")?;
+        Ok(())
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // pg_ctl stops the postmaster by the PID in its pid file.
+        let _ = self.stop();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn chromium_path() -> anyhow::Result<PathBuf> {
+    need("/usr/bin/chromium", "chromium")?;
+    Ok(PathBuf::from("/usr/bin/chromium"))
+}
+
+pub fn node_browser_dir() -> PathBuf {
+    workspace_root().join("tests/browser")
+}
+
+/// Run `node tests/browser/<script>` with `env`; stdout on success, an error with all output otherwise.
+pub fn run_browser_script(script: &str, env: &[(&str, &str)], timeout: Duration) -> anyhow::Result<String> {
+    let chromium = chromium_path()?;
+    let dir = node_browser_dir();
+    if !dir.join("node_modules/playwright-core").exists() {
+        bail!("playwright-core is not installed in tests/browser: run scripts/install-test-deps.sh");
+    }
+    let out_path = std::env::temp_dir().join(format!("portico-browser-{}.log", uuid::Uuid::new_v4()));
+    let out = fs::File::create(&out_path)?;
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join(script)).current_dir(&dir).env("CHROMIUM", chromium).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().context("start node (install nodejs)")?;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break Some(s);
+        }
+        if start.elapsed() > timeout {
+            stop_child(&mut child);
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = fs::read_to_string(&out_path).unwrap_or_default();
+    let _ = fs::remove_file(&out_path);
+    match status {
+        Some(s) if s.success() => Ok(output),
+        Some(s) => bail!("browser script {script} failed ({s}):\n{output}"),
+        None => bail!("browser script {script} timed out after {timeout:?}:\n{output}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sshd_accepts_key_and_password_logins() -> anyhow::Result<()> {
+        let sshd = Sshd::start()?;
+        let common = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"];
+        let out = run(
+            Command::new("ssh")
+                .args(common)
+                .args(["-o", "IdentitiesOnly=yes", "-i"])
+                .arg(&sshd.client_key_path)
+                .args(["-p", &sshd.port.to_string(), &format!("{}@127.0.0.1", sshd.user.name), "id -un"]),
+            "ssh with key",
+        )?;
+        assert_eq!(out.trim(), sshd.user.name);
+        let out = run(
+            Command::new("sshpass")
+                .args(["-p", &sshd.user.password, "ssh"])
+                .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "PubkeyAuthentication=no"])
+                .args(["-p", &sshd.port.to_string(), &format!("{}@127.0.0.1", sshd.user.name), "echo pw-ok"]),
+            "ssh with password",
+        )?;
+        assert_eq!(out.trim(), "pw-ok");
+        assert!(sshd.host_key_fingerprint.starts_with("SHA256:"));
+        Ok(())
+    }
+
+    #[test]
+    fn postgres_stops_and_starts_again() -> anyhow::Result<()> {
+        let pg = Postgres::start()?;
+        let q = |url: &str| Command::new("psql").arg(url).args(["-tAc", "select 1"]).output();
+        assert_eq!(String::from_utf8_lossy(&q(&pg.url())?.stdout).trim(), "1");
+        pg.stop()?;
+        assert!(!q(&pg.url())?.status.success());
+        pg.start_again()?;
+        assert_eq!(String::from_utf8_lossy(&q(&pg.url())?.stdout).trim(), "1");
+        Ok(())
+    }
+}

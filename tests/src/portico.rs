@@ -1,0 +1,205 @@
+//! Start the real `portico` binary (all-in-one, webapp, or bridge) on a free loopback port and stop it by PID.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+
+use crate::workspace_root;
+
+/// Path of the `portico` binary, built once per test process (`cargo build --bin portico`).
+pub fn binary() -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let release = std::env::var("PORTICO_BENCH_RELEASE").is_ok();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "--quiet", "-p", "portico", "--bin", "portico"]).current_dir(workspace_root());
+            if release {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().map_err(|e| format!("run cargo build: {e}"))?;
+            if !status.success() {
+                return Err(format!("cargo build --bin portico failed: {status}"));
+            }
+            let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("target"));
+            Ok(target.join(if release { "release" } else { "debug" }).join("portico"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// A fresh random master key (base64), so tests can derive the same signing key as the webapp.
+pub fn random_master_key() -> String {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).expect("os rng");
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+pub struct Options {
+    /// `None` = all-in-one; else `webapp` / `bridge`.
+    pub subcommand: Option<&'static str>,
+    pub database_url: Option<String>,
+    pub master_key: String,
+    pub node_secret: String,
+    pub admin_password: String,
+    pub extra_env: Vec<(String, String)>,
+    pub extra_args: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            subcommand: None,
+            database_url: None,
+            master_key: random_master_key(),
+            node_secret: format!("node-{}", uuid::Uuid::new_v4()),
+            admin_password: "admin-pass-1".into(),
+            extra_env: Vec::new(),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// A running `portico` process.
+pub struct Portico {
+    child: Child,
+    pub url: String,
+    pub cert_sha256: String,
+    pub data_dir: PathBuf,
+    pub master_key: String,
+    pub node_secret: String,
+    pub admin_password: String,
+    log: std::sync::Arc<Mutex<String>>,
+}
+
+impl Portico {
+    pub fn start() -> anyhow::Result<Portico> {
+        Self::start_with(Options::default())
+    }
+
+    pub fn start_with(opts: Options) -> anyhow::Result<Portico> {
+        let bin = binary()?;
+        let data_dir = workspace_root().join(".test-runs").join(format!("portico-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&data_dir)?;
+        let mut cmd = Command::new(bin);
+        if let Some(sc) = opts.subcommand {
+            cmd.arg(sc);
+        }
+        cmd.arg("--data-dir").arg(&data_dir).args(["--listen", "127.0.0.1:0"]);
+        cmd.args(&opts.extra_args);
+        cmd.env("PORTICO_MASTER_KEY", &opts.master_key)
+            .env("PORTICO_NODE_SECRET", &opts.node_secret)
+            .env("PORTICO_ADMIN_PASSWORD", &opts.admin_password)
+            .env("PORTICO_LOG", "info,portico_bridge=debug")
+            .env_remove("PORTICO_DATABASE_URL");
+        if let Some(db) = &opts.database_url {
+            cmd.env("PORTICO_DATABASE_URL", db);
+        }
+        for (k, v) in &opts.extra_env {
+            cmd.env(k, v);
+        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("spawn portico")?;
+        let log = std::sync::Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().context("stderr")?;
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut l) = log2.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log3 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(mut l) = log3.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+                if let Some(rest) = line.strip_prefix("portico listening on ") {
+                    let _ = tx.send(rest.to_owned());
+                }
+            }
+        });
+        let started = Instant::now();
+        let line = loop {
+            if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+                break l;
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("portico exited early ({status}):\n{}", log.lock().map(|l| l.clone()).unwrap_or_default());
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                bail!("portico did not start within 60 s:\n{}", log.lock().map(|l| l.clone()).unwrap_or_default());
+            }
+        };
+        // "https://127.0.0.1:PORT (certificate sha256 HEX)"
+        let (url, rest) = line.split_once(' ').context("listening line")?;
+        let cert_sha256 = rest.trim_start_matches("(certificate sha256 ").trim_end_matches(')').to_owned();
+        Ok(Portico {
+            child,
+            url: url.to_owned(),
+            cert_sha256,
+            data_dir,
+            master_key: opts.master_key,
+            node_secret: opts.node_secret,
+            admin_password: opts.admin_password,
+            log,
+        })
+    }
+
+    /// Options for a standalone bridge that talks to this webapp.
+    pub fn bridge_options(&self, bridge_id: &str) -> Options {
+        Options {
+            subcommand: Some("bridge"),
+            master_key: self.master_key.clone(),
+            node_secret: self.node_secret.clone(),
+            extra_args: vec![
+                "--webapp-url".into(),
+                self.url.clone(),
+                "--webapp-cert-sha256".into(),
+                self.cert_sha256.clone(),
+                "--bridge-id".into(),
+                bridge_id.into(),
+            ],
+            ..Options::default()
+        }
+    }
+
+    pub fn ws_base(&self) -> String {
+        self.url.replacen("https://", "wss://", 1)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The Ed25519 key the webapp signs tokens with (derived from the master key exactly as the webapp does).
+    pub fn signing_key(&self) -> ed25519_dalek::SigningKey {
+        let raw: [u8; 32] = base64::engine::general_purpose::STANDARD.decode(&self.master_key).expect("b64").try_into().expect("32");
+        portico_webapp::crypto::Keys::derive(&raw).token_signing
+    }
+}
+
+impl Drop for Portico {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}

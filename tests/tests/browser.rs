@@ -1,0 +1,66 @@
+//! End to end in headless Chromium (Debian's), driven by playwright-core: the real web client, served by
+//! the real binary, talking to a real sshd.
+
+use std::time::Duration;
+
+use portico_tests::client::Api;
+use portico_tests::peers::{Sshd, run_browser_script};
+use portico_tests::portico::Portico;
+use reqwest::Method;
+use serde_json::json;
+
+use crate::{marker_path, ssh_connection};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_creates_and_uses_an_ssh_connection_in_the_browser() -> anyhow::Result<()> {
+    let sshd = Sshd::start()?;
+    let p = Portico::start()?;
+    let marker = marker_path("browser");
+    let port = sshd.port.to_string();
+    let shots = std::env::var("PORTICO_SCREENSHOTS").unwrap_or_default();
+    let out = run_browser_script(
+        "ssh_e2e.js",
+        &[
+            ("PORTICO_URL", p.url.as_str()),
+            ("ADMIN_PASSWORD", p.admin_password.as_str()),
+            ("SSH_PORT", port.as_str()),
+            ("SSH_USER", sshd.user.name.as_str()),
+            ("SSH_PASSWORD", sshd.user.password.as_str()),
+            ("MARKER_FILE", marker.as_str()),
+            ("SCREENSHOT_DIR", shots.as_str()),
+        ],
+        Duration::from_secs(120),
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}\nportico log:\n{}", p.log()))?;
+    let written = std::fs::read_to_string(&marker).map_err(|e| anyhow::anyhow!("{e}: browser output:\n{out}"))?;
+    let _ = std::fs::remove_file(&marker);
+    assert_eq!(written.trim(), "from-browser-42");
+    assert!(out.contains("authentication failed"), "{out}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_url_embeds_one_session_and_delete_closes_it() -> anyhow::Result<()> {
+    let sshd = Sshd::start()?;
+    let p = Portico::start()?;
+    let api = Api::admin(&p).await?;
+    let conn = ssh_connection(&api, &sshd, json!({ "password": sshd.user.password })).await?;
+    let key = api.ok(Method::POST, "/api/v1/api-keys", Some(json!({ "name": "embed" }))).await?;
+    let s = api.create_session(&conn).await?;
+    let shots = std::env::var("PORTICO_SCREENSHOTS").unwrap_or_default();
+    let out = run_browser_script(
+        "embed.js",
+        &[
+            ("PORTICO_URL", p.url.as_str()),
+            ("CONNECT_URL", s["connect_url"].as_str().unwrap_or_default()),
+            ("SESSION_ID", s["session_id"].as_str().unwrap_or_default()),
+            ("API_KEY", key["key"].as_str().unwrap_or_default()),
+            ("NODE_TLS_REJECT_UNAUTHORIZED", "0"),
+            ("SCREENSHOT_DIR", shots.as_str()),
+        ],
+        Duration::from_secs(90),
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}\nportico log:\n{}", p.log()))?;
+    assert!(out.contains("closed-after-ms"), "{out}");
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! The database layer against both engines: SQLite (file) and PostgreSQL 15 (real server).
+
+use portico_tests::peers::Postgres;
+use portico_tests::workspace_root;
+use portico_webapp::db::{Connection, Db, SessionRow, state};
+
+async fn exercise(db: &Db) -> anyhow::Result<()> {
+    db.ping().await?;
+    db.migrate().await?; // Idempotent.
+    let now = 1_800_000_000;
+    db.insert_user("u1", "alice", "hash", "admin", now).await?;
+    assert!(db.insert_user("u2", "alice", "hash", "user", now).await.is_err(), "usernames are unique");
+    assert_eq!(db.count_users().await?, 1);
+    let (u, hash) = db.user_with_hash("alice").await?.expect("user");
+    assert_eq!((u.id.as_str(), hash.as_str(), u.role.as_str()), ("u1", "hash", "admin"));
+
+    db.insert_login_session("sess-hash", "u1", "csrf", now, now + 10).await?;
+    assert_eq!(db.login_session("sess-hash", now).await?.map(|(u, c)| (u.username, c)), Some(("alice".into(), "csrf".into())));
+    assert!(db.login_session("sess-hash", now + 11).await?.is_none(), "expired login sessions are invisible");
+
+    for _ in 0..3 {
+        db.record_login_failure("user:alice", now).await?;
+    }
+    assert_eq!(db.login_failures_since("user:alice", now - 1).await?, 3);
+    db.clear_login_failures("user:alice").await?;
+    assert_eq!(db.login_failures_since("user:alice", now - 1).await?, 0);
+
+    let c = Connection {
+        id: "c1".into(),
+        name: "box".into(),
+        protocol: "ssh".into(),
+        host: "127.0.0.1".into(),
+        port: 22,
+        username: "root".into(),
+        password_enc: Some("v1:sealed".into()),
+        private_key_enc: None,
+        host_key_fingerprint: None,
+        created_at: now,
+        updated_at: now,
+    };
+    db.insert_connection(&c).await?;
+    assert!(db.pin_host_key_if_unset("c1", "SHA256:first", now).await?);
+    assert!(!db.pin_host_key_if_unset("c1", "SHA256:second", now).await?, "a pinned key is never replaced");
+    assert_eq!(db.connection("c1").await?.and_then(|c| c.host_key_fingerprint).as_deref(), Some("SHA256:first"));
+    assert_eq!(db.list_connections().await?.len(), 1);
+
+    let s = SessionRow {
+        id: "s1".into(),
+        user_id: "u1".into(),
+        connection_id: "c1".into(),
+        state: state::PENDING.into(),
+        token_jti: "jti-1".into(),
+        token_expires_at: now + 60,
+        claimed_at: None,
+        bridge_id: None,
+        created_at: now,
+        ended_at: None,
+        end_reason: None,
+    };
+    db.insert_session(&s).await?;
+    assert!(!db.claim_session("s1", "wrong-jti", "b1", now).await?);
+    assert!(db.claim_session("s1", "jti-1", "b1", now).await?, "first claim wins");
+    assert!(!db.claim_session("s1", "jti-1", "b2", now).await?, "second claim loses");
+    let row = db.session("s1").await?.expect("session");
+    assert_eq!((row.state.as_str(), row.bridge_id.as_deref()), (state::ACTIVE, Some("b1")));
+
+    let ids = vec!["s1".to_owned(), "ghost".to_owned()];
+    assert_eq!(db.ended_among(&ids).await?, vec!["ghost".to_owned()]);
+    assert!(db.end_session("s1", "test", now + 5).await?);
+    assert!(!db.end_session("s1", "test", now + 6).await?, "ending twice is a no-op");
+    assert_eq!(db.ended_among(&ids).await?, ids);
+    assert_eq!(db.list_sessions(Some("u1"), false).await?.len(), 0);
+    assert_eq!(db.list_sessions(None, true).await?.len(), 1);
+
+    db.insert_api_key("k1", "u1", "ci", "keyhash", now).await?;
+    assert_eq!(db.user_by_api_key("keyhash", now).await?.map(|u| u.id).as_deref(), Some("u1"));
+    assert!(db.delete_user("u1").await?);
+    assert!(db.user_by_api_key("keyhash", now).await?.is_none(), "keys go with their user");
+    db.prune(now + 100_000).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn database_layer_on_sqlite() -> anyhow::Result<()> {
+    let dir = workspace_root().join(".test-runs").join(format!("sqlite-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir)?;
+    let db = Db::connect(&format!("sqlite://{}", dir.join("t.db").display())).await?;
+    let res = exercise(&db).await;
+    db.pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    res
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn database_layer_on_postgres() -> anyhow::Result<()> {
+    let pg = Postgres::start()?;
+    let db = Db::connect(&pg.url()).await?;
+    let res = exercise(&db).await;
+    db.pool.close().await;
+    res
+}
