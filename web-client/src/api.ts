@@ -1,0 +1,66 @@
+// The Portico REST API (see /api/openapi.json). Errors carry the server's message.
+
+export interface User { id: string; username: string; role: 'admin' | 'user'; created_at: number }
+export interface Me { user: User; csrf_token: string | null }
+export interface Connection {
+  id: string; name: string; protocol: 'ssh' | 'vnc' | 'rdp'; host: string; port: number; username: string;
+  has_password: boolean; has_private_key: boolean; host_key_fingerprint: string | null; created_at: number; updated_at: number;
+}
+export interface ConnectionInput {
+  name: string; protocol: string; host: string; port: number; username: string;
+  password?: string; private_key?: string; host_key_fingerprint?: string;
+}
+export interface SessionCreated { session_id: string; token: string; ws_url: string; connect_url: string; expires_at: number }
+export interface ApiKey { id: string; name: string; created_at: number; last_used_at: number | null }
+
+export class ApiError extends Error {
+  constructor(public status: number, message: string) { super(message); }
+}
+
+let csrf: string | null = null;
+
+async function call<T>(method: string, path: string, body?: unknown): Promise<T> {
+  const headers: Record<string, string> = {};
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  if (method !== 'GET' && csrf) headers['x-csrf-token'] = csrf;
+  const res = await fetch(path, { method, headers, credentials: 'same-origin', body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await res.text();
+  let data: unknown = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = null; }
+  if (!res.ok) {
+    const msg = (data && typeof data === 'object' && 'error' in data) ? String((data as { error: unknown }).error) : `${res.status} ${res.statusText}`;
+    throw new ApiError(res.status, msg);
+  }
+  return data as T;
+}
+
+export async function me(): Promise<Me | null> {
+  try {
+    const m = await call<Me>('GET', '/api/v1/auth/me');
+    csrf = m.csrf_token;
+    return m;
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 401) return null;
+    throw e;
+  }
+}
+
+export async function login(username: string, password: string): Promise<Me> {
+  const m = await call<Me>('POST', '/api/v1/auth/login', { username, password });
+  csrf = m.csrf_token;
+  return m;
+}
+
+export const logout = () => call<unknown>('POST', '/api/v1/auth/logout');
+export const connections = () => call<Connection[]>('GET', '/api/v1/connections');
+export const createConnection = (c: ConnectionInput) => call<Connection>('POST', '/api/v1/connections', c);
+export const updateConnection = (id: string, c: ConnectionInput) => call<Connection>('PUT', `/api/v1/connections/${encodeURIComponent(id)}`, c);
+export const deleteConnection = (id: string) => call<unknown>('DELETE', `/api/v1/connections/${encodeURIComponent(id)}`);
+export const createSession = (connection_id: string) => call<SessionCreated>('POST', '/api/v1/sessions', { connection_id });
+export const endSession = (id: string) => call<unknown>('DELETE', `/api/v1/sessions/${encodeURIComponent(id)}`);
+export const users = () => call<User[]>('GET', '/api/v1/users');
+export const createUser = (username: string, password: string, role: string) => call<User>('POST', '/api/v1/users', { username, password, role });
+export const deleteUser = (id: string) => call<unknown>('DELETE', `/api/v1/users/${encodeURIComponent(id)}`);
+export const apiKeys = () => call<ApiKey[]>('GET', '/api/v1/api-keys');
+export const createApiKey = (name: string) => call<{ id: string; name: string; key: string }>('POST', '/api/v1/api-keys', { name });
+export const deleteApiKey = (id: string) => call<unknown>('DELETE', `/api/v1/api-keys/${encodeURIComponent(id)}`);

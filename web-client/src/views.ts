@@ -1,0 +1,238 @@
+// Login, the connection list and editor, users and API keys.
+
+import * as api from './api';
+import { h, mount, errorText } from './dom';
+import { openSession, type SessionTarget } from './terminal';
+
+const DEFAULT_PORTS: Record<string, number> = { ssh: 22, vnc: 5900, rdp: 3389 };
+
+export function showLogin(onDone: (me: api.Me) => void): void {
+  const user = h('input', { id: 'login-username', autocomplete: 'username', required: true, autofocus: true });
+  const pass = h('input', { id: 'login-password', type: 'password', autocomplete: 'current-password', required: true });
+  const err = h('div', { id: 'login-error', class: 'error', role: 'alert' });
+  const submit = h('button', { id: 'login-submit', class: 'primary', type: 'submit' }, 'Log in');
+  const form = h('form', { id: 'login-form', class: 'login' },
+    h('h1', {}, 'Portico'), h('p', { class: 'muted' }, 'Browser access to your servers'),
+    h('label', { for: 'login-username' }, 'User name'), user,
+    h('label', { for: 'login-password' }, 'Password'), pass, submit, err);
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    err.textContent = '';
+    submit.disabled = true;
+    try {
+      onDone(await api.login(user.value.trim(), pass.value));
+    } catch (e2) {
+      err.textContent = errorText(e2);
+    } finally {
+      submit.disabled = false;
+    }
+  });
+  mount(form);
+  user.focus();
+}
+
+export async function launch(conn: api.Connection, me: api.Me, back: () => void): Promise<void> {
+  const start = async (): Promise<SessionTarget> => {
+    const s = await api.createSession(conn.id);
+    return { sessionId: s.session_id, token: s.token, wsUrl: s.ws_url, title: conn.name };
+  };
+  const first = await start();
+  openSession(first, { embed: false, onBack: back, newSession: start, endSession: api.endSession });
+  void me;
+}
+
+function connectionEditor(existing: api.Connection | null, onSaved: () => void, onCancel: () => void): HTMLElement {
+  const name = h('input', { id: 'conn-name', value: existing?.name ?? '', placeholder: 'e.g. build server' });
+  const protocol = h('select', { id: 'conn-protocol' },
+    ...['ssh', 'vnc', 'rdp'].map((p) => h('option', { value: p, selected: (existing?.protocol ?? 'ssh') === p }, p.toUpperCase())));
+  const host = h('input', { id: 'conn-host', value: existing?.host ?? '', placeholder: 'host name or IP', required: true });
+  const port = h('input', { id: 'conn-port', type: 'number', min: '1', max: '65535', value: String(existing?.port ?? 22) });
+  const username = h('input', { id: 'conn-username', value: existing?.username ?? '', autocomplete: 'off' });
+  const password = h('input', { id: 'conn-password', type: 'password', autocomplete: 'new-password',
+    placeholder: existing?.has_password ? '(stored; leave empty to keep)' : '' });
+  const key = h('textarea', { id: 'conn-private-key', placeholder: existing?.has_private_key ? '(stored; leave empty to keep)' : '-----BEGIN OPENSSH PRIVATE KEY-----' });
+  const hostKey = h('input', { id: 'conn-host-key', value: existing?.host_key_fingerprint ?? '', placeholder: 'empty = trust on first use' });
+  const err = h('div', { id: 'conn-error', class: 'error wide', role: 'alert' });
+  const save = h('button', { id: 'conn-save', class: 'primary', type: 'submit' }, existing ? 'Save' : 'Create');
+  const cancel = h('button', { id: 'conn-cancel', type: 'button' }, 'Cancel');
+  protocol.addEventListener('change', () => {
+    if (Object.values(DEFAULT_PORTS).includes(Number(port.value))) port.value = String(DEFAULT_PORTS[protocol.value] ?? 22);
+  });
+  const form = h('form', { id: 'conn-form', class: 'editor' },
+    h('div', {}, h('label', { for: 'conn-name' }, 'Name'), name),
+    h('div', {}, h('label', { for: 'conn-protocol' }, 'Protocol'), protocol),
+    h('div', {}, h('label', { for: 'conn-host' }, 'Host'), host),
+    h('div', {}, h('label', { for: 'conn-port' }, 'Port'), port),
+    h('div', {}, h('label', { for: 'conn-username' }, 'User name'), username),
+    h('div', {}, h('label', { for: 'conn-password' }, 'Password'), password),
+    h('div', { class: 'wide' }, h('label', { for: 'conn-private-key' }, 'Private key (SSH)'), key),
+    h('div', { class: 'wide' }, h('label', { for: 'conn-host-key' }, 'Host key fingerprint (SHA256:…)'), hostKey),
+    err, h('div', { class: 'buttons' }, save, cancel));
+  cancel.addEventListener('click', onCancel);
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    err.textContent = '';
+    const body: api.ConnectionInput = {
+      name: name.value.trim(), protocol: protocol.value, host: host.value.trim(), port: Number(port.value),
+      username: username.value, host_key_fingerprint: hostKey.value.trim(),
+    };
+    if (password.value) body.password = password.value;
+    if (key.value.trim()) body.private_key = key.value;
+    save.disabled = true;
+    try {
+      if (existing) await api.updateConnection(existing.id, body);
+      else await api.createConnection(body);
+      onSaved();
+    } catch (e2) {
+      err.textContent = errorText(e2);
+    } finally {
+      save.disabled = false;
+    }
+  });
+  return form;
+}
+
+function fmtTime(t: number | null): string {
+  return t ? new Date(t * 1000).toLocaleString() : '—';
+}
+
+export async function showMain(me: api.Me, onLogout: () => void): Promise<void> {
+  const refresh = () => void showMain(me, onLogout);
+  const isAdmin = me.user.role === 'admin';
+  const logout = h('button', { id: 'logout' }, 'Log out');
+  logout.addEventListener('click', async () => {
+    await api.logout().catch(() => undefined);
+    onLogout();
+  });
+  const header = h('header', { class: 'top' }, h('span', { class: 'brand' }, 'Portico'),
+    h('span', { class: 'muted' }, `${me.user.username} (${me.user.role})`), logout);
+
+  const err = h('div', { class: 'error', role: 'alert' });
+  const editorSlot = h('div');
+  const newBtn = isAdmin ? h('button', { id: 'conn-new', class: 'primary' }, 'New connection') : null;
+  const tbody = h('tbody');
+  const connCard = h('section', { class: 'card' },
+    h('h2', {}, 'Connections', h('span', { class: 'spacer' }), newBtn), editorSlot,
+    h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Protocol'), h('th', {}, 'Target'), h('th', {}, 'Host key'), h('th', {}))), tbody),
+    err);
+  newBtn?.addEventListener('click', () => editorSlot.replaceChildren(connectionEditor(null, refresh, () => editorSlot.replaceChildren())));
+
+  const page = h('main', { class: 'page' }, connCard);
+  mount(header, page);
+
+  let conns: api.Connection[] = [];
+  try {
+    conns = await api.connections();
+  } catch (e) {
+    err.textContent = errorText(e);
+  }
+  if (conns.length === 0) tbody.append(h('tr', {}, h('td', { colspan: '5', class: 'muted' }, isAdmin ? 'No connections yet: create one.' : 'No connections yet.')));
+  for (const c of conns) {
+    const open = h('button', { class: 'conn-open primary' }, 'Open');
+    open.addEventListener('click', async () => {
+      try {
+        await launch(c, me, refresh);
+      } catch (e) {
+        err.textContent = errorText(e);
+      }
+    });
+    const actions = h('td', { class: 'actions' }, open);
+    if (isAdmin) {
+      const edit = h('button', { class: 'conn-edit' }, 'Edit');
+      edit.addEventListener('click', () => editorSlot.replaceChildren(connectionEditor(c, refresh, () => editorSlot.replaceChildren())));
+      const del = h('button', { class: 'conn-delete danger' }, 'Delete');
+      del.addEventListener('click', async () => {
+        if (!confirm(`Delete connection "${c.name}"?`)) return;
+        try {
+          await api.deleteConnection(c.id);
+          refresh();
+        } catch (e) {
+          err.textContent = errorText(e);
+        }
+      });
+      actions.append(edit, del);
+    }
+    tbody.append(h('tr', { class: 'conn-row', 'data-id': c.id, 'data-name': c.name },
+      h('td', {}, c.name), h('td', {}, h('span', { class: 'tag' }, c.protocol)),
+      h('td', {}, `${c.username ? `${c.username}@` : ''}${c.host}:${c.port}`),
+      h('td', { class: 'muted' }, c.host_key_fingerprint ?? (c.protocol === 'ssh' ? 'trust on first use' : '—')), actions));
+  }
+
+  page.append(await apiKeysCard());
+  if (isAdmin) page.append(await usersCard(me, refresh));
+
+  const m = /^#open=(.+)$/.exec(location.hash);
+  if (m) {
+    history.replaceState(null, '', location.pathname);
+    const c = conns.find((x) => x.id === decodeURIComponent(m[1] ?? ''));
+    if (c) await launch(c, me, refresh);
+  }
+}
+
+async function apiKeysCard(): Promise<HTMLElement> {
+  const err = h('div', { class: 'error', role: 'alert' });
+  const shown = h('div');
+  const name = h('input', { id: 'apikey-name', placeholder: 'key name, e.g. ci' });
+  const create = h('button', { id: 'apikey-create' }, 'Create API key');
+  const list = h('tbody');
+  const card = h('section', { class: 'card' }, h('h2', {}, 'API keys'),
+    h('div', { class: 'inline-form' }, name, create), shown,
+    h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Created'), h('th', {}, 'Last used'), h('th', {}))), list), err);
+  const load = async () => {
+    list.replaceChildren();
+    for (const k of await api.apiKeys()) {
+      const del = h('button', { class: 'danger' }, 'Revoke');
+      del.addEventListener('click', async () => {
+        await api.deleteApiKey(k.id).catch((e) => { err.textContent = errorText(e); });
+        await load();
+      });
+      list.append(h('tr', {}, h('td', {}, k.name), h('td', {}, fmtTime(k.created_at)), h('td', {}, fmtTime(k.last_used_at)), h('td', { class: 'actions' }, del)));
+    }
+  };
+  create.addEventListener('click', async () => {
+    err.textContent = '';
+    try {
+      const k = await api.createApiKey(name.value.trim());
+      shown.replaceChildren(h('p', { class: 'muted' }, 'Copy this key now; it is not shown again:'), h('div', { class: 'secret-key', id: 'apikey-value' }, k.key));
+      name.value = '';
+      await load();
+    } catch (e) {
+      err.textContent = errorText(e);
+    }
+  });
+  await load().catch((e) => { err.textContent = errorText(e); });
+  return card;
+}
+
+async function usersCard(me: api.Me, refresh: () => void): Promise<HTMLElement> {
+  const err = h('div', { class: 'error', role: 'alert' });
+  const name = h('input', { id: 'user-name', placeholder: 'user name', autocomplete: 'off' });
+  const pass = h('input', { id: 'user-password', type: 'password', placeholder: 'password (8+ characters)', autocomplete: 'new-password' });
+  const role = h('select', { id: 'user-role' }, h('option', { value: 'user' }, 'user'), h('option', { value: 'admin' }, 'admin'));
+  const create = h('button', { id: 'user-create' }, 'Add user');
+  const list = h('tbody');
+  create.addEventListener('click', async () => {
+    err.textContent = '';
+    try {
+      await api.createUser(name.value.trim(), pass.value, role.value);
+      refresh();
+    } catch (e) {
+      err.textContent = errorText(e);
+    }
+  });
+  try {
+    for (const u of await api.users()) {
+      const del = h('button', { class: 'danger', disabled: u.id === me.user.id }, 'Delete');
+      del.addEventListener('click', async () => {
+        if (!confirm(`Delete user "${u.username}"?`)) return;
+        await api.deleteUser(u.id).then(refresh, (e) => { err.textContent = errorText(e); });
+      });
+      list.append(h('tr', {}, h('td', {}, u.username), h('td', {}, u.role), h('td', {}, fmtTime(u.created_at)), h('td', { class: 'actions' }, del)));
+    }
+  } catch (e) {
+    err.textContent = errorText(e);
+  }
+  return h('section', { class: 'card' }, h('h2', {}, 'Users'),
+    h('div', { class: 'inline-form' }, name, pass, role, create),
+    h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'User'), h('th', {}, 'Role'), h('th', {}, 'Created'), h('th', {}))), list), err);
+}
