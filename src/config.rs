@@ -22,10 +22,20 @@ pub struct Settings {
     #[arg(long, global = true, env = "PORTICO_DATABASE_URL")]
     pub database_url: Option<String>,
     /// Base64 of 32 random bytes; default: generated once into DATA_DIR/master.key. Every webapp must share it.
-    #[arg(long, global = true, env = "PORTICO_MASTER_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "PORTICO_MASTER_KEY",
+        hide_env_values = true
+    )]
     pub master_key: Option<String>,
     /// Credential bridges use for the internal API; default: generated once into DATA_DIR/node.secret.
-    #[arg(long, global = true, env = "PORTICO_NODE_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "PORTICO_NODE_SECRET",
+        hide_env_values = true
+    )]
     pub node_secret: Option<String>,
     /// URL browsers use to reach the webapp (default: https://LISTEN).
     #[arg(long, global = true, env = "PORTICO_PUBLIC_URL")]
@@ -43,7 +53,12 @@ pub struct Settings {
     #[arg(long, global = true, env = "PORTICO_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
     /// Password of the first admin (default: generated and printed once).
-    #[arg(long, global = true, env = "PORTICO_ADMIN_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "PORTICO_ADMIN_PASSWORD",
+        hide_env_values = true
+    )]
     pub admin_password: Option<String>,
     /// Bridge/agent: base URL of the webapp tier (its load balancer).
     #[arg(long, global = true, env = "PORTICO_WEBAPP_URL")]
@@ -79,21 +94,46 @@ impl Settings {
     /// Flags/env (`self`) win over the file.
     pub fn with_file(mut self, path: Option<&Path>) -> anyhow::Result<Settings> {
         let Some(path) = path else { return Ok(self) };
-        let text = std::fs::read_to_string(path).with_context(|| format!("read config file {}", path.display()))?;
-        let file: Settings = toml::from_str(&text).with_context(|| format!("parse config file {}", path.display()))?;
-        merge!(self, file, data_dir, listen, database_url, master_key, node_secret, public_url, bridge_public_url, zone, tls_cert, tls_key,
-            admin_password, webapp_url, webapp_cert_sha256, webapp_ca, bridge_id, session_grace_secs, session_idle_secs, session_max_secs,
-            docker_socket);
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read config file {}", path.display()))?;
+        let file: Settings = toml::from_str(&text)
+            .with_context(|| format!("parse config file {}", path.display()))?;
+        merge!(
+            self,
+            file,
+            data_dir,
+            listen,
+            database_url,
+            master_key,
+            node_secret,
+            public_url,
+            bridge_public_url,
+            zone,
+            tls_cert,
+            tls_key,
+            admin_password,
+            webapp_url,
+            webapp_cert_sha256,
+            webapp_ca,
+            bridge_id,
+            session_grace_secs,
+            session_idle_secs,
+            session_max_secs,
+            docker_socket
+        );
         Ok(self)
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.data_dir.clone().unwrap_or_else(|| PathBuf::from("portico-data"))
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("portico-data"))
     }
 
     pub fn listen(&self) -> anyhow::Result<SocketAddr> {
         let s = self.listen.as_deref().unwrap_or("127.0.0.1:8443");
-        s.parse().with_context(|| format!("invalid listen address {s:?} (expected IP:PORT)"))
+        s.parse()
+            .with_context(|| format!("invalid listen address {s:?} (expected IP:PORT)"))
     }
 
     pub fn database_url(&self) -> anyhow::Result<String> {
@@ -101,7 +141,8 @@ impl Settings {
             return Ok(u.clone());
         }
         let dir = self.data_dir();
-        std::fs::create_dir_all(&dir).with_context(|| format!("create data directory {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("create data directory {}", dir.display()))?;
         Ok(format!("sqlite://{}", dir.join("portico.db").display()))
     }
 
@@ -151,5 +192,6 @@ pub fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("write {}", path.display()))?;
-    f.write_all(data).with_context(|| format!("write {}", path.display()))
+    f.write_all(data)
+        .with_context(|| format!("write {}", path.display()))
 }

@@ -18,7 +18,11 @@ use portico_webapp::{AppState, WebappConfig};
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
-#[command(name = "portico", version, about = "Browser access to SSH, VNC and RDP without exposing their ports")]
+#[command(
+    name = "portico",
+    version,
+    about = "Browser access to SSH, VNC and RDP without exposing their ports"
+)]
 struct Cli {
     /// TOML file with the same settings as the flags (kebab-case keys); flags and env win.
     #[arg(long, short, global = true, env = "PORTICO_CONFIG")]
@@ -47,12 +51,16 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PORTICO_LOG").unwrap_or_else(|_| "info,sqlx=warn,russh=warn,hyper=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("PORTICO_LOG")
+                .unwrap_or_else(|_| "info,sqlx=warn,russh=warn,hyper=warn".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: start the async runtime: {e}");
@@ -85,17 +93,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn agent_config(s: &Settings) -> portico_agent::AgentConfig {
     portico_agent::AgentConfig {
-        docker_socket: s.docker_socket.clone().unwrap_or_else(|| "/var/run/docker.sock".into()),
+        docker_socket: s
+            .docker_socket
+            .clone()
+            .unwrap_or_else(|| "/var/run/docker.sock".into()),
         upstream: s.webapp_url.clone(),
     }
 }
 
 async fn bind(settings: &Settings) -> anyhow::Result<(TcpListener, String)> {
     let addr = settings.listen()?;
-    let listener = TcpListener::bind(addr).await.with_context(|| format!("listen on {addr}"))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listen on {addr}"))?;
     let local = listener.local_addr()?;
-    let host = if local.ip().is_unspecified() { "127.0.0.1".to_owned() } else { local.ip().to_string() };
-    let host = if local.is_ipv6() && !local.ip().is_unspecified() { format!("[{host}]") } else { host };
+    let host = if local.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        local.ip().to_string()
+    };
+    let host = if local.is_ipv6() && !local.ip().is_unspecified() {
+        format!("[{host}]")
+    } else {
+        host
+    };
     Ok((listener, format!("https://{host}:{}", local.port())))
 }
 
@@ -104,7 +125,10 @@ async fn webapp_state(settings: &Settings, public_url: &str) -> anyhow::Result<A
         settings.database_url()?,
         settings.master_key()?,
         settings.node_secret()?,
-        settings.public_url.clone().unwrap_or_else(|| public_url.to_owned()),
+        settings
+            .public_url
+            .clone()
+            .unwrap_or_else(|| public_url.to_owned()),
     );
     if let Some(b) = &settings.bridge_public_url {
         cfg.bridge_public_url = b.clone();
@@ -123,7 +147,9 @@ async fn webapp_state(settings: &Settings, public_url: &str) -> anyhow::Result<A
     }
     let state = AppState::new(cfg).await?;
     if let Some(pw) = state.ensure_admin(settings.admin_password.clone()).await? {
-        println!("created the first admin user: admin / {pw}  (shown once; set PORTICO_ADMIN_PASSWORD to choose it)");
+        println!(
+            "created the first admin user: admin / {pw}  (shown once; set PORTICO_ADMIN_PASSWORD to choose it)"
+        );
     }
     state.spawn_maintenance();
     Ok(state)
@@ -139,15 +165,23 @@ fn bridge_id(settings: &Settings) -> String {
 
 fn announce(url: &str, tls: &serve::Tls) {
     // Tests and scripts read this line.
-    println!("portico listening on {url} (certificate sha256 {})", tls.fingerprint);
+    println!(
+        "portico listening on {url} (certificate sha256 {})",
+        tls.fingerprint
+    );
 }
 
 async fn all_in_one(settings: Settings) -> anyhow::Result<()> {
     let tls = serve::tls(&settings)?;
     let (listener, url) = bind(&settings).await?;
     let state = webapp_state(&settings, &url).await?;
-    let control = Arc::new(local::LocalControl::new(portico_webapp::Internal::new(state.clone())));
-    let bridge = Bridge::new(BridgeConfig::new(bridge_id(&settings), state.config.zone.clone()), control);
+    let control = Arc::new(local::LocalControl::new(portico_webapp::Internal::new(
+        state.clone(),
+    )));
+    let bridge = Bridge::new(
+        BridgeConfig::new(bridge_id(&settings), state.config.zone.clone()),
+        control,
+    );
     bridge.spawn_sync();
     let agent_cfg = agent_config(&settings);
     if portico_agent::docker_socket_present(&agent_cfg.docker_socket) {
@@ -171,18 +205,34 @@ async fn webapp_only(settings: Settings) -> anyhow::Result<()> {
 }
 
 async fn bridge_only(settings: Settings) -> anyhow::Result<()> {
-    let webapp_url = settings.webapp_url.clone().context("the bridge needs --webapp-url (the webapp tier's address)")?;
-    let node_secret = settings.node_secret.clone().context("the bridge needs --node-secret (the webapps' node credential)")?;
+    let webapp_url = settings
+        .webapp_url
+        .clone()
+        .context("the bridge needs --webapp-url (the webapp tier's address)")?;
+    let node_secret = settings
+        .node_secret
+        .clone()
+        .context("the bridge needs --node-secret (the webapps' node credential)")?;
     let ca = match &settings.webapp_ca {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("read {}", p.display()))?),
         None => None,
     };
     if settings.webapp_cert_sha256.is_none() && ca.is_none() {
-        anyhow::bail!("the bridge needs --webapp-cert-sha256 or --webapp-ca to trust the webapp's certificate");
+        anyhow::bail!(
+            "the bridge needs --webapp-cert-sha256 or --webapp-ca to trust the webapp's certificate"
+        );
     }
-    let control = HttpControlPlane::new(webapp_url, Secret::new(node_secret), settings.webapp_cert_sha256.as_deref(), ca.as_deref())?;
+    let control = HttpControlPlane::new(
+        webapp_url,
+        Secret::new(node_secret),
+        settings.webapp_cert_sha256.as_deref(),
+        ca.as_deref(),
+    )?;
     let zone = settings.zone.clone().unwrap_or_else(|| "default".into());
-    let bridge = Bridge::new(BridgeConfig::new(bridge_id(&settings), zone), Arc::new(control));
+    let bridge = Bridge::new(
+        BridgeConfig::new(bridge_id(&settings), zone),
+        Arc::new(control),
+    );
     bridge.spawn_sync();
     let tls = serve::tls(&settings)?;
     let (listener, url) = bind(&settings).await?;

@@ -7,11 +7,23 @@ use std::process::Command;
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../web-client");
     println!("cargo:rerun-if-changed={}", root.join("src").display());
-    println!("cargo:rerun-if-changed={}", root.join("package.json").display());
-    println!("cargo:rerun-if-changed={}", root.join("build.mjs").display());
-    println!("cargo:rerun-if-changed={}", root.join("dist/index.html").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("package.json").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("build.mjs").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("dist/index.html").display()
+    );
     let dist_index = root.join("dist/index.html");
-    let stale = match (dist_index.metadata().and_then(|m| m.modified()), newest_source(&root)) {
+    let stale = match (
+        dist_index.metadata().and_then(|m| m.modified()),
+        newest_source(&root),
+    ) {
         (Ok(built), Some(src)) => src > built,
         (Ok(_), None) => false,
         (Err(_), _) => true,
@@ -21,14 +33,24 @@ fn main() {
     }
     let npm = std::env::var("NPM").unwrap_or_else(|_| "npm".into());
     if !root.join("node_modules").exists() {
-        run(Command::new(&npm).args(["ci", "--no-audit", "--no-fund"]).current_dir(&root), "npm ci");
+        run(
+            Command::new(&npm)
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(&root),
+            "npm ci",
+        );
     }
-    run(Command::new(&npm).args(["run", "build"]).current_dir(&root), "npm run build");
+    run(
+        Command::new(&npm).args(["run", "build"]).current_dir(&root),
+        "npm run build",
+    );
 }
 
 fn newest_source(root: &Path) -> Option<std::time::SystemTime> {
     fn walk(dir: &Path, newest: &mut Option<std::time::SystemTime>) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
         for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -47,6 +69,8 @@ fn run(cmd: &mut Command, what: &str) {
     match cmd.status() {
         Ok(s) if s.success() => {}
         Ok(s) => panic!("{what} failed ({s}) in web-client/: install node and npm, then retry"),
-        Err(e) => panic!("{what} could not start ({e}): install node and npm (Debian: nodejs npm), then retry"),
+        Err(e) => panic!(
+            "{what} could not start ({e}): install node and npm (Debian: nodejs npm), then retry"
+        ),
     }
 }

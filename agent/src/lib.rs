@@ -28,11 +28,21 @@ pub fn docker_socket_present(path: &str) -> bool {
 
 /// Connect to the engine and negotiate the API version.
 pub async fn probe(config: &AgentConfig) -> anyhow::Result<EngineInfo> {
-    let docker = bollard::Docker::connect_with_socket(&config.docker_socket, 10, bollard::API_DEFAULT_VERSION)
-        .with_context(|| format!("connect to docker at {}", config.docker_socket))?;
-    let docker = docker.negotiate_version().await.context("negotiate the docker api version")?;
+    let docker = bollard::Docker::connect_with_socket(
+        &config.docker_socket,
+        10,
+        bollard::API_DEFAULT_VERSION,
+    )
+    .with_context(|| format!("connect to docker at {}", config.docker_socket))?;
+    let docker = docker
+        .negotiate_version()
+        .await
+        .context("negotiate the docker api version")?;
     let v = docker.version().await.context("query the docker version")?;
-    Ok(EngineInfo { version: v.version.unwrap_or_default(), api_version: v.api_version.unwrap_or_default() })
+    Ok(EngineInfo {
+        version: v.version.unwrap_or_default(),
+        api_version: v.api_version.unwrap_or_default(),
+    })
 }
 
 /// Run the agent until the process stops: probe the engine, then keep checking that it stays reachable.

@@ -8,13 +8,20 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use ed25519_dalek::VerifyingKey;
 use portico_proto::Secret;
-use portico_proto::control::{ClaimRequest, ControlError, EndRequest, HostKeyReport, SyncRequest, SyncResponse, Target, TokenKeys};
+use portico_proto::control::{
+    ClaimRequest, ControlError, EndRequest, HostKeyReport, SyncRequest, SyncResponse, Target,
+    TokenKeys,
+};
 
 #[async_trait]
 pub trait ControlPlane: Send + Sync + 'static {
     async fn token_keys(&self) -> Result<TokenKeys, ControlError>;
     async fn claim(&self, session_id: &str, req: &ClaimRequest) -> Result<Target, ControlError>;
-    async fn record_host_key(&self, session_id: &str, report: &HostKeyReport) -> Result<(), ControlError>;
+    async fn record_host_key(
+        &self,
+        session_id: &str,
+        report: &HostKeyReport,
+    ) -> Result<(), ControlError>;
     async fn end_session(&self, session_id: &str, req: &EndRequest) -> Result<(), ControlError>;
     async fn sync(&self, req: &SyncRequest) -> Result<SyncResponse, ControlError>;
 }
@@ -29,7 +36,8 @@ pub fn verifying_keys(keys: &TokenKeys) -> Result<Vec<VerifyingKey>, ControlErro
                 .ok()
                 .and_then(|v| v.try_into().ok())
                 .ok_or_else(|| ControlError::Unavailable("malformed token key".into()))?;
-            VerifyingKey::from_bytes(&raw).map_err(|_| ControlError::Unavailable("invalid token key".into()))
+            VerifyingKey::from_bytes(&raw)
+                .map_err(|_| ControlError::Unavailable("invalid token key".into()))
         })
         .collect()
 }
@@ -61,7 +69,9 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCert {
         if sha2::Sha256::digest(end_entity.as_ref()).as_slice() == self.sha256 {
             Ok(rustls::client::danger::ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General("webapp certificate does not match the pinned fingerprint".into()))
+            Err(rustls::Error::General(
+                "webapp certificate does not match the pinned fingerprint".into(),
+            ))
         }
     }
 
@@ -71,7 +81,12 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCert {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -80,17 +95,29 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCert {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
 impl HttpControlPlane {
     /// `cert_sha256`: hex SHA-256 of the webapp's certificate (pinning), or `None` to use `ca_pem` roots.
-    pub fn new(base: String, node_secret: Secret<String>, cert_sha256: Option<&str>, ca_pem: Option<&[u8]>) -> anyhow::Result<Self> {
+    pub fn new(
+        base: String,
+        node_secret: Secret<String>,
+        cert_sha256: Option<&str>,
+        ca_pem: Option<&[u8]>,
+    ) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         let tls = client_tls_config(cert_sha256, ca_pem)?;
         let http = reqwest::Client::builder()
@@ -99,21 +126,40 @@ impl HttpControlPlane {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .context("build http client")?;
-        Ok(Self { base: base.trim_end_matches('/').to_owned(), node_secret, http })
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            node_secret,
+            http,
+        })
     }
 
-    async fn call<T: serde::de::DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: Option<&impl serde::Serialize>) -> Result<Option<T>, ControlError> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(self.node_secret.expose());
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&impl serde::Serialize>,
+    ) -> Result<Option<T>, ControlError> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(self.node_secret.expose());
         if let Some(b) = body {
             req = req.json(b);
         }
-        let res = req.send().await.map_err(|e| ControlError::Unavailable(format!("{e}")))?;
+        let res = req
+            .send()
+            .await
+            .map_err(|e| ControlError::Unavailable(format!("{e}")))?;
         let status = res.status();
         if status == reqwest::StatusCode::NO_CONTENT {
             return Ok(None);
         }
         if status.is_success() {
-            return res.json().await.map(Some).map_err(|e| ControlError::Unavailable(format!("bad response: {e}")));
+            return res
+                .json()
+                .await
+                .map(Some)
+                .map_err(|e| ControlError::Unavailable(format!("bad response: {e}")));
         }
         let text = res.text().await.unwrap_or_default();
         Err(match status.as_u16() {
@@ -128,16 +174,23 @@ impl HttpControlPlane {
 
 /// A rustls client configuration (ring provider) that trusts either exactly the certificate whose SHA-256
 /// is `cert_sha256` (hex), or the CA certificates in `ca_pem`.
-pub fn client_tls_config(cert_sha256: Option<&str>, ca_pem: Option<&[u8]>) -> anyhow::Result<rustls::ClientConfig> {
+pub fn client_tls_config(
+    cert_sha256: Option<&str>,
+    ca_pem: Option<&[u8]>,
+) -> anyhow::Result<rustls::ClientConfig> {
     use anyhow::Context as _;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
     Ok(if let Some(pin) = cert_sha256 {
         let sha256: [u8; 32] = hex::decode(pin.replace(':', ""))
             .ok()
             .and_then(|v| v.try_into().ok())
             .context("certificate pin must be 64 hex digits")?;
-        builder.dangerous().with_custom_certificate_verifier(Arc::new(PinnedCert { sha256, provider })).with_no_client_auth()
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCert { sha256, provider }))
+            .with_no_client_auth()
     } else {
         let mut roots = rustls::RootCertStore::empty();
         if let Some(pem) = ca_pem {
@@ -149,9 +202,13 @@ pub fn client_tls_config(cert_sha256: Option<&str>, ca_pem: Option<&[u8]>) -> an
     })
 }
 
-fn rustls_pemfile_certs(pem: &[u8]) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+fn rustls_pemfile_certs(
+    pem: &[u8],
+) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
     use rustls::pki_types::pem::PemObject as _;
-    rustls::pki_types::CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>().map_err(|e| anyhow::anyhow!("read ca pem: {e}"))
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("read ca pem: {e}"))
 }
 
 fn required<T>(v: Option<T>) -> Result<T, ControlError> {
@@ -161,24 +218,51 @@ fn required<T>(v: Option<T>) -> Result<T, ControlError> {
 #[async_trait]
 impl ControlPlane for HttpControlPlane {
     async fn token_keys(&self) -> Result<TokenKeys, ControlError> {
-        required(self.call(reqwest::Method::GET, "/internal/v1/token-keys", None::<&()>).await?)
+        required(
+            self.call(reqwest::Method::GET, "/internal/v1/token-keys", None::<&()>)
+                .await?,
+        )
     }
 
     async fn claim(&self, session_id: &str, req: &ClaimRequest) -> Result<Target, ControlError> {
-        required(self.call(reqwest::Method::POST, &format!("/internal/v1/sessions/{session_id}/claim"), Some(req)).await?)
+        required(
+            self.call(
+                reqwest::Method::POST,
+                &format!("/internal/v1/sessions/{session_id}/claim"),
+                Some(req),
+            )
+            .await?,
+        )
     }
 
-    async fn record_host_key(&self, session_id: &str, report: &HostKeyReport) -> Result<(), ControlError> {
-        self.call::<serde_json::Value>(reqwest::Method::POST, &format!("/internal/v1/sessions/{session_id}/host-key"), Some(report))
-            .await
-            .map(|_| ())
+    async fn record_host_key(
+        &self,
+        session_id: &str,
+        report: &HostKeyReport,
+    ) -> Result<(), ControlError> {
+        self.call::<serde_json::Value>(
+            reqwest::Method::POST,
+            &format!("/internal/v1/sessions/{session_id}/host-key"),
+            Some(report),
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn end_session(&self, session_id: &str, req: &EndRequest) -> Result<(), ControlError> {
-        self.call::<serde_json::Value>(reqwest::Method::POST, &format!("/internal/v1/sessions/{session_id}/end"), Some(req)).await.map(|_| ())
+        self.call::<serde_json::Value>(
+            reqwest::Method::POST,
+            &format!("/internal/v1/sessions/{session_id}/end"),
+            Some(req),
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn sync(&self, req: &SyncRequest) -> Result<SyncResponse, ControlError> {
-        required(self.call(reqwest::Method::POST, "/internal/v1/bridge/sync", Some(req)).await?)
+        required(
+            self.call(reqwest::Method::POST, "/internal/v1/bridge/sync", Some(req))
+                .await?,
+        )
     }
 }

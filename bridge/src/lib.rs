@@ -34,7 +34,11 @@ pub struct BridgeConfig {
 
 impl BridgeConfig {
     pub fn new(bridge_id: impl Into<String>, zone: impl Into<String>) -> Self {
-        Self { bridge_id: bridge_id.into(), zone: zone.into(), sync_interval: Duration::from_millis(750) }
+        Self {
+            bridge_id: bridge_id.into(),
+            zone: zone.into(),
+            sync_interval: Duration::from_millis(750),
+        }
     }
 }
 
@@ -46,12 +50,20 @@ pub struct Bridge {
 }
 
 fn now_unix() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 impl Bridge {
     pub fn new(config: BridgeConfig, control: Arc<dyn ControlPlane>) -> Arc<Bridge> {
-        Arc::new(Bridge { config, control, registry: Arc::new(Registry::default()), verifier: RwLock::new(None) })
+        Arc::new(Bridge {
+            config,
+            control,
+            registry: Arc::new(Registry::default()),
+            verifier: RwLock::new(None),
+        })
     }
 
     /// Fetch the token keys (again). Refreshes are rate-limited to one per 10 s.
@@ -62,7 +74,12 @@ impl Bridge {
         {
             return Ok(v.clone());
         }
-        match self.control.token_keys().await.and_then(|k| control::verifying_keys(&k)) {
+        match self
+            .control
+            .token_keys()
+            .await
+            .and_then(|k| control::verifying_keys(&k))
+        {
             Ok(keys) => {
                 let v = TokenVerifier::new(keys, self.config.zone.clone());
                 *guard = Some((v.clone(), std::time::Instant::now()));
@@ -70,7 +87,10 @@ impl Bridge {
             }
             Err(e) => {
                 tracing::error!(error = %e, "Cannot fetch token keys from the control plane");
-                guard.as_ref().map(|(v, _)| v.clone()).ok_or(TokenError::UnknownKey)
+                guard
+                    .as_ref()
+                    .map(|(v, _)| v.clone())
+                    .ok_or(TokenError::UnknownKey)
             }
         }
     }
@@ -79,13 +99,19 @@ impl Bridge {
     pub async fn verify(&self, token: &str, session_id: &str) -> Result<SessionClaims, TokenError> {
         let verifier = self.refresh_keys(false).await?;
         match verifier.verify(token, now_unix(), session_id) {
-            Err(TokenError::UnknownKey) => self.refresh_keys(true).await?.verify(token, now_unix(), session_id),
+            Err(TokenError::UnknownKey) => {
+                self.refresh_keys(true)
+                    .await?
+                    .verify(token, now_unix(), session_id)
+            }
             other => other,
         }
     }
 
     pub fn router(self: &Arc<Self>) -> Router {
-        Router::new().route("/bridge/v1/ws", get(ws::handler)).with_state(self.clone())
+        Router::new()
+            .route("/bridge/v1/ws", get(ws::handler))
+            .with_state(self.clone())
     }
 
     /// Close sessions that the control plane has ended (API `DELETE`, admin kill, logout).
@@ -100,19 +126,28 @@ impl Bridge {
                 if ids.is_empty() {
                     continue;
                 }
-                let req = SyncRequest { bridge_id: bridge.config.bridge_id.clone(), sessions: ids };
+                let req = SyncRequest {
+                    bridge_id: bridge.config.bridge_id.clone(),
+                    sessions: ids,
+                };
                 match bridge.control.sync(&req).await {
                     Ok(res) => {
                         for id in res.ended {
                             if let Some(live) = bridge.registry.get(&id) {
                                 let _ = live
                                     .cmd
-                                    .send(session::Cmd::End { code: "ended", reason: "the session was ended".into(), from_control: true })
+                                    .send(session::Cmd::End {
+                                        code: "ended",
+                                        reason: "the session was ended".into(),
+                                        from_control: true,
+                                    })
                                     .await;
                             }
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "Session sync with the control plane failed"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Session sync with the control plane failed")
+                    }
                 }
             }
         })

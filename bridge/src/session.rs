@@ -31,10 +31,22 @@ const REPAINT_POLL: Duration = Duration::from_millis(40);
 pub type ClientTx = mpsc::Sender<ServerMsg>;
 
 pub enum Cmd {
-    Attach { client: ClientTx, reply: oneshot::Sender<u64> },
-    Client { generation: u64, msg: ClientMsg },
-    Detach { generation: u64 },
-    End { code: &'static str, reason: String, from_control: bool },
+    Attach {
+        client: ClientTx,
+        reply: oneshot::Sender<u64>,
+    },
+    Client {
+        generation: u64,
+        msg: ClientMsg,
+    },
+    Detach {
+        generation: u64,
+    },
+    End {
+        code: &'static str,
+        reason: String,
+        from_control: bool,
+    },
 }
 
 /// What the registry knows of a live session.
@@ -47,7 +59,9 @@ pub struct LiveSession {
 impl LiveSession {
     pub fn resume_matches(&self, token: &str) -> bool {
         let h: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        self.resume_hash.lock().is_ok_and(|cur| bool::from(cur.ct_eq(&h)))
+        self.resume_hash
+            .lock()
+            .is_ok_and(|cur| bool::from(cur.ct_eq(&h)))
     }
 
     fn set_resume(&self, token: &str) {
@@ -69,7 +83,10 @@ impl Registry {
     }
 
     pub fn ids(&self) -> Vec<String> {
-        self.sessions.lock().map(|m| m.keys().cloned().collect()).unwrap_or_default()
+        self.sessions
+            .lock()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub fn len(&self) -> usize {
@@ -102,9 +119,18 @@ fn random_token() -> String {
 }
 
 /// Start the actor of a freshly claimed session; the browser attaches with [`Cmd::Attach`].
-pub fn spawn(registry: Arc<Registry>, control: Arc<dyn ControlPlane>, claims: SessionClaims, target: Target) -> Arc<LiveSession> {
+pub fn spawn(
+    registry: Arc<Registry>,
+    control: Arc<dyn ControlPlane>,
+    claims: SessionClaims,
+    target: Target,
+) -> Arc<LiveSession> {
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
-    let live = Arc::new(LiveSession { id: claims.sid.clone(), cmd: cmd_tx, resume_hash: Mutex::new([0; 32]) });
+    let live = Arc::new(LiveSession {
+        id: claims.sid.clone(),
+        cmd: cmd_tx,
+        resume_hash: Mutex::new([0; 32]),
+    });
     registry.insert(live.clone());
     let actor = Actor {
         live: live.clone(),
@@ -141,7 +167,11 @@ struct Actor {
 
 enum Flow {
     Continue,
-    End { code: &'static str, reason: String, from_control: bool },
+    End {
+        code: &'static str,
+        reason: String,
+        from_control: bool,
+    },
 }
 
 impl Actor {
@@ -149,13 +179,28 @@ impl Actor {
     async fn run(mut self, target: Target, mut cmd_rx: mpsc::Receiver<Cmd>) {
         tracing::info!(host = %target.host, port = target.port, "Session started");
         // Wait for the first browser (normally immediate) so that it sees the connection progress.
-        let first = tokio::time::timeout(Duration::from_secs(self.claims.grace.max(1).into()), cmd_rx.recv()).await;
+        let first = tokio::time::timeout(
+            Duration::from_secs(self.claims.grace.max(1).into()),
+            cmd_rx.recv(),
+        )
+        .await;
         match first {
             Ok(Some(Cmd::Attach { client, reply })) => self.attach(client, reply),
-            Ok(Some(Cmd::End { code, reason, from_control })) => return self.finish(code, reason, from_control).await,
-            _ => return self.finish("grace_expired", "no browser attached".into(), false).await,
+            Ok(Some(Cmd::End {
+                code,
+                reason,
+                from_control,
+            })) => return self.finish(code, reason, from_control).await,
+            _ => {
+                return self
+                    .finish("grace_expired", "no browser attached".into(), false)
+                    .await;
+            }
         }
-        self.send(ServerMsg::status("connecting", format!("connecting to {}:{}", target.host, target.port)));
+        self.send(ServerMsg::status(
+            "connecting",
+            format!("connecting to {}:{}", target.host, target.port),
+        ));
         let (cols, rows) = (DEFAULT_COLS, DEFAULT_ROWS);
         let connecting = ssh::connect(&target, cols, rows);
         tokio::pin!(connecting);
@@ -184,17 +229,30 @@ impl Actor {
             }
         };
         if target.host_key_fingerprint.is_none() && !shell.host_key.is_empty() {
-            let report = HostKeyReport { fingerprint: shell.host_key.clone() };
-            if let Err(e) = self.control.record_host_key(&self.claims.sid, &report).await {
+            let report = HostKeyReport {
+                fingerprint: shell.host_key.clone(),
+            };
+            if let Err(e) = self
+                .control
+                .record_host_key(&self.claims.sid, &report)
+                .await
+            {
                 tracing::warn!(error = %e, "Could not record the host key");
             }
         }
-        let ssh::SshShell { handle, mut channel, .. } = shell;
+        let ssh::SshShell {
+            handle,
+            mut channel,
+            ..
+        } = shell;
         let (rows, cols) = self.parser.screen().size();
         if (cols, rows) != (DEFAULT_COLS, DEFAULT_ROWS) {
             let _ = channel.window_change(cols.into(), rows.into(), 0, 0).await;
         }
-        self.send(ServerMsg::status("connected", format!("connected to {}@{}", target.username, target.host)));
+        self.send(ServerMsg::status(
+            "connected",
+            format!("connected to {}@{}", target.username, target.host),
+        ));
         tracing::info!("Upstream connected");
         let mut exit_status = None;
         let mut repaint_tick = tokio::time::interval(REPAINT_POLL);
@@ -231,12 +289,19 @@ impl Actor {
                     Flow::Continue
                 }
             };
-            if let Flow::End { code, reason, from_control } = flow {
+            if let Flow::End {
+                code,
+                reason,
+                from_control,
+            } = flow
+            {
                 break (code, reason, from_control);
             }
         };
         let _ = channel.close().await;
-        let _ = handle.disconnect(russh::Disconnect::ByApplication, "session ended", "en").await;
+        let _ = handle
+            .disconnect(russh::Disconnect::ByApplication, "session ended", "en")
+            .await;
         self.finish(end.0, end.1, end.2).await;
     }
 
@@ -259,17 +324,28 @@ impl Actor {
     fn expired(&self) -> Flow {
         let now = Instant::now();
         let c = &self.claims;
-        let end = |code, reason: String| Flow::End { code, reason, from_control: false };
+        let end = |code, reason: String| Flow::End {
+            code,
+            reason,
+            from_control: false,
+        };
         if c.max_duration > 0 && now >= self.started + Duration::from_secs(c.max_duration.into()) {
-            return end("max_duration", format!("maximum session duration of {} s reached", c.max_duration));
+            return end(
+                "max_duration",
+                format!("maximum session duration of {} s reached", c.max_duration),
+            );
         }
-        if c.idle_timeout > 0 && now >= self.last_input + Duration::from_secs(c.idle_timeout.into()) {
+        if c.idle_timeout > 0 && now >= self.last_input + Duration::from_secs(c.idle_timeout.into())
+        {
             return end("idle_timeout", format!("no input for {} s", c.idle_timeout));
         }
         if let Some(at) = self.detached_at
             && now >= at + Duration::from_secs(c.grace.into())
         {
-            return end("grace_expired", "no browser reattached within the grace period".into());
+            return end(
+                "grace_expired",
+                "no browser reattached within the grace period".into(),
+            );
         }
         Flow::Continue
     }
@@ -288,17 +364,38 @@ impl Actor {
                         tracing::debug!(error = %e, "Write to the channel failed");
                     }
                 }
-                ClientMsg::Resize { cols, rows, width_px, height_px } => {
+                ClientMsg::Resize {
+                    cols,
+                    rows,
+                    width_px,
+                    height_px,
+                } => {
                     self.parser.screen_mut().set_size(rows, cols);
-                    let _ = channel.window_change(cols.into(), rows.into(), width_px.into(), height_px.into()).await;
+                    let _ = channel
+                        .window_change(cols.into(), rows.into(), width_px.into(), height_px.into())
+                        .await;
                 }
                 ClientMsg::Ping(p) => self.send(ServerMsg::Pong(p)),
                 ClientMsg::Disconnect => {
-                    return Flow::End { code: "ended", reason: "closed by the user".into(), from_control: false };
+                    return Flow::End {
+                        code: "ended",
+                        reason: "closed by the user".into(),
+                        from_control: false,
+                    };
                 }
                 ClientMsg::FrameAck { .. } | ClientMsg::Clipboard(_) => {}
             },
-            Cmd::End { code, reason, from_control } => return Flow::End { code, reason, from_control },
+            Cmd::End {
+                code,
+                reason,
+                from_control,
+            } => {
+                return Flow::End {
+                    code,
+                    reason,
+                    from_control,
+                };
+            }
             Cmd::Client { .. } | Cmd::Detach { .. } => {} // From a replaced browser.
         }
         Flow::Continue
@@ -307,7 +404,10 @@ impl Actor {
     fn attach(&mut self, client: ClientTx, reply: oneshot::Sender<u64>) {
         let reattached = self.generation > 0;
         if let Some(old) = self.client.take() {
-            let _ = old.try_send(ServerMsg::closed("replaced", "the session was opened in another window"));
+            let _ = old.try_send(ServerMsg::closed(
+                "replaced",
+                "the session was opened in another window",
+            ));
         }
         self.generation += 1;
         let resume = random_token();
@@ -329,7 +429,10 @@ impl Actor {
     fn detach(&mut self) {
         self.client = None;
         self.detached_at = Some(Instant::now());
-        tracing::info!(grace_s = self.claims.grace, "Browser detached; waiting for a reattach");
+        tracing::info!(
+            grace_s = self.claims.grace,
+            "Browser detached; waiting for a reattach"
+        );
     }
 
     /// Bytes that redraw the current screen on a reset terminal.
@@ -381,10 +484,16 @@ impl Actor {
         tracing::info!(code, %reason, "Session ended");
         if let Some(c) = self.client.take() {
             // The close message must get through even when the queue is full.
-            let _ = tokio::time::timeout(Duration::from_secs(1), c.send(ServerMsg::closed(code, reason.clone()))).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                c.send(ServerMsg::closed(code, reason.clone())),
+            )
+            .await;
         }
         if !from_control {
-            let req = EndRequest { reason: format!("{code}: {reason}") };
+            let req = EndRequest {
+                reason: format!("{code}: {reason}"),
+            };
             match self.control.end_session(&self.claims.sid, &req).await {
                 Ok(()) | Err(ControlError::NotFound) => {}
                 Err(e) => tracing::warn!(error = %e, "Could not report the session end"),

@@ -48,7 +48,10 @@ pub struct KeyCheck {
 impl client::Handler for KeyCheck {
     type Error = russh::Error;
 
-    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
         let public = match key {
             PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
             PublicKeyOrCertificate::Certificate(cert) => cert.public_key().clone().into(),
@@ -85,19 +88,40 @@ fn client_config() -> Arc<client::Config> {
 pub async fn connect(target: &Target, cols: u16, rows: u16) -> Result<SshShell, SshError> {
     let addr = format!("{}:{}", target.host, target.port);
     let seen = Arc::new(Mutex::new(None));
-    let handler = KeyCheck { expected: target.host_key_fingerprint.clone(), seen: seen.clone() };
+    let handler = KeyCheck {
+        expected: target.host_key_fingerprint.clone(),
+        seen: seen.clone(),
+    };
     let seen_fp = || seen.lock().ok().and_then(|s| s.clone());
-    let connecting = client::connect(client_config(), (target.host.as_str(), target.port), handler);
+    let connecting = client::connect(
+        client_config(),
+        (target.host.as_str(), target.port),
+        handler,
+    );
     let mut handle = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-        Err(_) => return Err(SshError::Unreachable { addr, reason: "connection timed out".into() }),
+        Err(_) => {
+            return Err(SshError::Unreachable {
+                addr,
+                reason: "connection timed out".into(),
+            });
+        }
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {
             return Err(match (e, seen_fp(), &target.host_key_fingerprint) {
-                (russh::Error::UnknownKey, Some(got), Some(expected)) => SshError::HostKeyMismatch { expected: expected.clone(), got },
-                (russh::Error::IO(io), _, _) => SshError::Unreachable { addr, reason: io.to_string().to_lowercase() },
-                (russh::Error::Disconnect | russh::Error::HUP, None, _) => {
-                    SshError::Unreachable { addr, reason: "connection closed before the ssh handshake".into() }
+                (russh::Error::UnknownKey, Some(got), Some(expected)) => {
+                    SshError::HostKeyMismatch {
+                        expected: expected.clone(),
+                        got,
+                    }
                 }
+                (russh::Error::IO(io), _, _) => SshError::Unreachable {
+                    addr,
+                    reason: io.to_string().to_lowercase(),
+                },
+                (russh::Error::Disconnect | russh::Error::HUP, None, _) => SshError::Unreachable {
+                    addr,
+                    reason: "connection closed before the ssh handshake".into(),
+                },
                 (e, _, _) => SshError::Protocol(e.to_string().to_lowercase()),
             });
         }
@@ -107,8 +131,14 @@ pub async fn connect(target: &Target, cols: u16, rows: u16) -> Result<SshShell, 
     let mut authenticated = false;
     let mut detail = String::from("no credentials stored for this connection");
     if let Some(pem) = &target.private_key {
-        let key = russh::keys::decode_secret_key(pem.expose(), None).map_err(|e| SshError::BadKey(e.to_string().to_lowercase()))?;
-        let hash = handle.best_supported_rsa_hash().await.ok().flatten().flatten();
+        let key = russh::keys::decode_secret_key(pem.expose(), None)
+            .map_err(|e| SshError::BadKey(e.to_string().to_lowercase()))?;
+        let hash = handle
+            .best_supported_rsa_hash()
+            .await
+            .ok()
+            .flatten()
+            .flatten();
         let res = handle
             .authenticate_publickey(&user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
             .await
@@ -125,14 +155,27 @@ pub async fn connect(target: &Target, cols: u16, rows: u16) -> Result<SshShell, 
         detail = "wrong password or the server does not allow password login".into();
     }
     if !authenticated {
-        let _ = handle.disconnect(russh::Disconnect::ByApplication, "authentication failed", "en").await;
+        let _ = handle
+            .disconnect(
+                russh::Disconnect::ByApplication,
+                "authentication failed",
+                "en",
+            )
+            .await;
         return Err(SshError::AuthFailed { user, detail });
     }
     let proto = |e: russh::Error| SshError::Protocol(e.to_string().to_lowercase());
     let channel = handle.channel_open_session().await.map_err(proto)?;
-    channel.request_pty(false, TERM, cols.into(), rows.into(), 0, 0, &[]).await.map_err(proto)?;
+    channel
+        .request_pty(false, TERM, cols.into(), rows.into(), 0, 0, &[])
+        .await
+        .map_err(proto)?;
     channel.request_shell(false).await.map_err(proto)?;
-    Ok(SshShell { handle, channel, host_key })
+    Ok(SshShell {
+        handle,
+        channel,
+        host_key,
+    })
 }
 
 /// What the session actor needs from a channel message.

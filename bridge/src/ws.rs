@@ -27,7 +27,11 @@ enum Credential {
 }
 
 fn credential(headers: &HeaderMap) -> Option<Credential> {
-    for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL).iter().filter_map(|v| v.to_str().ok()) {
+    for value in headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
         for item in value.split(',').map(str::trim) {
             if let Some(t) = item.strip_prefix(wire::TOKEN_PREFIX) {
                 return Some(Credential::Token(t.to_owned()));
@@ -38,14 +42,20 @@ fn credential(headers: &HeaderMap) -> Option<Credential> {
         }
     }
     let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    auth.strip_prefix("Bearer ").map(|t| Credential::Token(t.trim().to_owned()))
+    auth.strip_prefix("Bearer ")
+        .map(|t| Credential::Token(t.trim().to_owned()))
 }
 
 fn refuse(status: StatusCode, msg: &str) -> Response {
     (status, axum::Json(serde_json::json!({ "error": msg }))).into_response()
 }
 
-pub async fn handler(State(bridge): State<Arc<Bridge>>, Query(q): Query<WsQuery>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+pub async fn handler(
+    State(bridge): State<Arc<Bridge>>,
+    Query(q): Query<WsQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     let Some(session_id) = q.session.filter(|s| !s.is_empty() && s.len() <= 64) else {
         return refuse(StatusCode::BAD_REQUEST, "missing session parameter");
     };
@@ -62,15 +72,24 @@ pub async fn handler(State(bridge): State<Arc<Bridge>>, Query(q): Query<WsQuery>
             let claims = match bridge.verify(&token, &session_id).await {
                 Ok(c) => c,
                 Err(e) => {
-                    let status = if e.is_forbidden() { StatusCode::FORBIDDEN } else { StatusCode::UNAUTHORIZED };
+                    let status = if e.is_forbidden() {
+                        StatusCode::FORBIDDEN
+                    } else {
+                        StatusCode::UNAUTHORIZED
+                    };
                     tracing::info!(%session_id, error = %e, "Refused token");
                     return refuse(status, &e.to_string());
                 }
             };
-            let req = ClaimRequest { jti: claims.jti.clone(), bridge_id: bridge.config.bridge_id.clone() };
+            let req = ClaimRequest {
+                jti: claims.jti.clone(),
+                bridge_id: bridge.config.bridge_id.clone(),
+            };
             let target = match bridge.control.claim(&session_id, &req).await {
                 Ok(t) => t,
-                Err(e @ (ControlError::AlreadyUsed | ControlError::Ended | ControlError::NotFound)) => {
+                Err(
+                    e @ (ControlError::AlreadyUsed | ControlError::Ended | ControlError::NotFound),
+                ) => {
                     tracing::warn!(%session_id, error = %e, "Refused token claim");
                     return refuse(StatusCode::FORBIDDEN, &e.to_string());
                 }
@@ -79,7 +98,12 @@ pub async fn handler(State(bridge): State<Arc<Bridge>>, Query(q): Query<WsQuery>
                     return refuse(StatusCode::SERVICE_UNAVAILABLE, "control plane unavailable");
                 }
             };
-            session::spawn(bridge.registry.clone(), bridge.control.clone(), claims, target)
+            session::spawn(
+                bridge.registry.clone(),
+                bridge.control.clone(),
+                claims,
+                target,
+            )
         }
     };
     ws.protocols([wire::SUBPROTOCOL])
@@ -90,10 +114,20 @@ pub async fn handler(State(bridge): State<Arc<Bridge>>, Query(q): Query<WsQuery>
 async fn pump(socket: WebSocket, live: Arc<LiveSession>) {
     let (client_tx, mut client_rx) = mpsc::channel(CLIENT_QUEUE);
     let (reply_tx, reply_rx) = oneshot::channel();
-    if live.cmd.send(Cmd::Attach { client: client_tx, reply: reply_tx }).await.is_err() {
+    if live
+        .cmd
+        .send(Cmd::Attach {
+            client: client_tx,
+            reply: reply_tx,
+        })
+        .await
+        .is_err()
+    {
         return;
     }
-    let Ok(generation) = reply_rx.await else { return };
+    let Ok(generation) = reply_rx.await else {
+        return;
+    };
     let (mut tx, mut rx) = socket.split();
     loop {
         tokio::select! {

@@ -176,16 +176,26 @@ impl TokenVerifier {
     }
 
     /// Verify `token` at time `now` (Unix seconds) for the session named in the request.
-    pub fn verify(&self, token: &str, now: i64, expected_session: &str) -> Result<SessionClaims, TokenError> {
+    pub fn verify(
+        &self,
+        token: &str,
+        now: i64,
+        expected_session: &str,
+    ) -> Result<SessionClaims, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Malformed("too long"));
         }
         let mut parts = token.split('.');
-        let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(h), Some(c), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(TokenError::Malformed("expected three dot-separated parts"));
         };
-        let header: Header = serde_json::from_slice(&B64.decode(h).map_err(|_| TokenError::Malformed("header encoding"))?)
-            .map_err(|_| TokenError::Malformed("header json"))?;
+        let header: Header = serde_json::from_slice(
+            &B64.decode(h)
+                .map_err(|_| TokenError::Malformed("header encoding"))?,
+        )
+        .map_err(|_| TokenError::Malformed("header json"))?;
         if header.alg != "EdDSA" || header.cty != CONTENT_TYPE {
             return Err(TokenError::WrongType);
         }
@@ -204,9 +214,11 @@ impl TokenVerifier {
         key.verify_strict(signing_input.as_bytes(), &Signature::from_bytes(&sig_bytes))
             .map_err(|_| TokenError::BadSignature)?;
         // Only authenticated bytes are parsed as claims.
-        let claims: SessionClaims =
-            serde_json::from_slice(&B64.decode(c).map_err(|_| TokenError::Malformed("claims encoding"))?)
-                .map_err(|_| TokenError::Malformed("claims json"))?;
+        let claims: SessionClaims = serde_json::from_slice(
+            &B64.decode(c)
+                .map_err(|_| TokenError::Malformed("claims encoding"))?,
+        )
+        .map_err(|_| TokenError::Malformed("claims json"))?;
         if now > claims.exp + LEEWAY_SECS {
             return Err(TokenError::Expired);
         }
@@ -266,13 +278,23 @@ mod tests {
     fn forged_signature_is_refused() {
         let (_, verifier) = pair();
         let forger = TokenSigner::new(SigningKey::from_bytes(&[8; 32]));
-        assert_eq!(verifier.verify(&forger.sign(&claims(1000)), 1000, "s1"), Err(TokenError::UnknownKey));
+        assert_eq!(
+            verifier.verify(&forger.sign(&claims(1000)), 1000, "s1"),
+            Err(TokenError::UnknownKey)
+        );
         // Same kid, other key: the signature check catches it.
         let (signer, verifier) = pair();
         let token = signer.sign(&claims(1000));
         let other = forger.sign(&claims(1000));
-        let forged = format!("{}.{}", &token[..token.rfind('.').unwrap()], &other[other.rfind('.').unwrap() + 1..]);
-        assert_eq!(verifier.verify(&forged, 1000, "s1"), Err(TokenError::BadSignature));
+        let forged = format!(
+            "{}.{}",
+            &token[..token.rfind('.').unwrap()],
+            &other[other.rfind('.').unwrap() + 1..]
+        );
+        assert_eq!(
+            verifier.verify(&forged, 1000, "s1"),
+            Err(TokenError::BadSignature)
+        );
     }
 
     #[test]
@@ -282,19 +304,36 @@ mod tests {
         let parts: Vec<&str> = token.split('.').collect();
         let mut c = claims(1000);
         c.dst_host = "10.0.0.1".into();
-        let tampered = format!("{}.{}.{}", parts[0], B64.encode(serde_json::to_vec(&c).unwrap()), parts[2]);
-        assert_eq!(verifier.verify(&tampered, 1000, "s1"), Err(TokenError::BadSignature));
+        let tampered = format!(
+            "{}.{}.{}",
+            parts[0],
+            B64.encode(serde_json::to_vec(&c).unwrap()),
+            parts[2]
+        );
+        assert_eq!(
+            verifier.verify(&tampered, 1000, "s1"),
+            Err(TokenError::BadSignature)
+        );
     }
 
     #[test]
     fn time_window_is_enforced() {
         let (signer, verifier) = pair();
         let token = signer.sign(&claims(1000));
-        assert_eq!(verifier.verify(&token, 1060 + LEEWAY_SECS + 1, "s1"), Err(TokenError::Expired));
-        assert_eq!(verifier.verify(&token, 1000 - LEEWAY_SECS - 1, "s1"), Err(TokenError::NotYetValid));
+        assert_eq!(
+            verifier.verify(&token, 1060 + LEEWAY_SECS + 1, "s1"),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            verifier.verify(&token, 1000 - LEEWAY_SECS - 1, "s1"),
+            Err(TokenError::NotYetValid)
+        );
         let mut long = claims(1000);
         long.exp = 1000 + 3600;
-        assert_eq!(verifier.verify(&signer.sign(&long), 1000, "s1"), Err(TokenError::LifetimeTooLong));
+        assert_eq!(
+            verifier.verify(&signer.sign(&long), 1000, "s1"),
+            Err(TokenError::LifetimeTooLong)
+        );
     }
 
     #[test]
@@ -305,15 +344,27 @@ mod tests {
         let err = verifier.verify(&signer.sign(&c), 1000, "s1").unwrap_err();
         assert_eq!(err, TokenError::WrongAudience);
         assert!(err.is_forbidden());
-        let err = verifier.verify(&signer.sign(&claims(1000)), 1000, "s2").unwrap_err();
+        let err = verifier
+            .verify(&signer.sign(&claims(1000)), 1000, "s2")
+            .unwrap_err();
         assert_eq!(err, TokenError::WrongSession);
     }
 
     #[test]
     fn garbage_is_malformed_not_a_panic() {
         let (_, verifier) = pair();
-        for t in ["", ".", "a.b", "a.b.c.d", "!!.!!.!!", &"x".repeat(MAX_TOKEN_LEN + 1)] {
-            assert!(matches!(verifier.verify(t, 0, "s1"), Err(TokenError::Malformed(_))), "{t}");
+        for t in [
+            "",
+            ".",
+            "a.b",
+            "a.b.c.d",
+            "!!.!!.!!",
+            &"x".repeat(MAX_TOKEN_LEN + 1),
+        ] {
+            assert!(
+                matches!(verifier.verify(t, 0, "s1"), Err(TokenError::Malformed(_))),
+                "{t}"
+            );
         }
     }
 }

@@ -75,9 +75,16 @@ pub enum ServerMsg {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientMsg {
     TermInput(Vec<u8>),
-    Resize { cols: u16, rows: u16, width_px: u16, height_px: u16 },
+    Resize {
+        cols: u16,
+        rows: u16,
+        width_px: u16,
+        height_px: u16,
+    },
     Ping([u8; 8]),
-    FrameAck { frame_id: u32 },
+    FrameAck {
+        frame_id: u32,
+    },
     Clipboard(String),
     Disconnect,
 }
@@ -125,7 +132,11 @@ fn split(bytes: &[u8]) -> Result<(u8, &[u8]), WireError> {
 }
 
 fn fixed<const N: usize>(ty: u8, payload: &[u8]) -> Result<[u8; N], WireError> {
-    payload.try_into().map_err(|_| WireError::Length { ty, expected: N, got: payload.len() })
+    payload.try_into().map_err(|_| WireError::Length {
+        ty,
+        expected: N,
+        got: payload.len(),
+    })
 }
 
 impl ServerMsg {
@@ -157,15 +168,25 @@ impl ServerMsg {
     }
 
     pub fn error(code: &str, message: impl Into<String>, fatal: bool) -> ServerMsg {
-        ServerMsg::Error(ErrorInfo { code: code.into(), message: message.into(), fatal })
+        ServerMsg::Error(ErrorInfo {
+            code: code.into(),
+            message: message.into(),
+            fatal,
+        })
     }
 
     pub fn closed(code: &str, reason: impl Into<String>) -> ServerMsg {
-        ServerMsg::Closed(Closed { code: code.into(), reason: reason.into() })
+        ServerMsg::Closed(Closed {
+            code: code.into(),
+            reason: reason.into(),
+        })
     }
 
     pub fn status(state: &str, message: impl Into<String>) -> ServerMsg {
-        ServerMsg::Status(Status { state: state.into(), message: message.into() })
+        ServerMsg::Status(Status {
+            state: state.into(),
+            message: message.into(),
+        })
     }
 }
 
@@ -173,7 +194,12 @@ impl ClientMsg {
     pub fn encode(&self) -> Vec<u8> {
         match self {
             ClientMsg::TermInput(b) => frame(ty::TERM_INPUT, b),
-            ClientMsg::Resize { cols, rows, width_px, height_px } => {
+            ClientMsg::Resize {
+                cols,
+                rows,
+                width_px,
+                height_px,
+            } => {
                 let mut p = [0u8; 8];
                 p[0..2].copy_from_slice(&cols.to_be_bytes());
                 p[2..4].copy_from_slice(&rows.to_be_bytes());
@@ -202,16 +228,29 @@ impl ClientMsg {
                 if cols == 0 || rows == 0 || cols > MAX_TERM_DIM || rows > MAX_TERM_DIM {
                     return Err(WireError::BadSize { cols, rows });
                 }
-                ClientMsg::Resize { cols, rows, width_px: be(4), height_px: be(6) }
+                ClientMsg::Resize {
+                    cols,
+                    rows,
+                    width_px: be(4),
+                    height_px: be(6),
+                }
             }
             ty::PING => ClientMsg::Ping(fixed(t, payload)?),
-            ty::FRAME_ACK => ClientMsg::FrameAck { frame_id: u32::from_be_bytes(fixed(t, payload)?) },
-            ty::CLIPBOARD => {
-                ClientMsg::Clipboard(String::from_utf8(payload.to_vec()).map_err(|_| WireError::Utf8)?)
-            }
+            ty::FRAME_ACK => ClientMsg::FrameAck {
+                frame_id: u32::from_be_bytes(fixed(t, payload)?),
+            },
+            ty::CLIPBOARD => ClientMsg::Clipboard(
+                String::from_utf8(payload.to_vec()).map_err(|_| WireError::Utf8)?,
+            ),
             ty::DISCONNECT => match payload {
                 [] => ClientMsg::Disconnect,
-                _ => return Err(WireError::Length { ty: t, expected: 0, got: payload.len() }),
+                _ => {
+                    return Err(WireError::Length {
+                        ty: t,
+                        expected: 0,
+                        got: payload.len(),
+                    });
+                }
             },
             other => return Err(WireError::UnknownType(other)),
         })
@@ -226,7 +265,12 @@ mod tests {
     fn client_round_trip() {
         let msgs = [
             ClientMsg::TermInput(b"ls -l\r".to_vec()),
-            ClientMsg::Resize { cols: 120, rows: 40, width_px: 1200, height_px: 800 },
+            ClientMsg::Resize {
+                cols: 120,
+                rows: 40,
+                width_px: 1200,
+                height_px: 800,
+            },
             ClientMsg::Ping(*b"12345678"),
             ClientMsg::FrameAck { frame_id: 7 },
             ClientMsg::Clipboard("héllo".into()),
@@ -262,13 +306,31 @@ mod tests {
     fn malformed_client_messages_are_errors() {
         assert_eq!(ClientMsg::decode(&[]), Err(WireError::Empty));
         assert_eq!(ClientMsg::decode(&[2, 0x81]), Err(WireError::Version(2)));
-        assert_eq!(ClientMsg::decode(&[1, 0x7f]), Err(WireError::UnknownType(0x7f)));
-        assert!(matches!(ClientMsg::decode(&[1, 0x82, 0, 1]), Err(WireError::Length { .. })));
-        assert!(matches!(ClientMsg::decode(&[1, 0x82, 0, 0, 0, 1, 0, 0, 0, 0]), Err(WireError::BadSize { .. })));
-        assert!(matches!(ClientMsg::decode(&[1, 0x82, 0xff, 0xff, 0, 1, 0, 0, 0, 0]), Err(WireError::BadSize { .. })));
+        assert_eq!(
+            ClientMsg::decode(&[1, 0x7f]),
+            Err(WireError::UnknownType(0x7f))
+        );
+        assert!(matches!(
+            ClientMsg::decode(&[1, 0x82, 0, 1]),
+            Err(WireError::Length { .. })
+        ));
+        assert!(matches!(
+            ClientMsg::decode(&[1, 0x82, 0, 0, 0, 1, 0, 0, 0, 0]),
+            Err(WireError::BadSize { .. })
+        ));
+        assert!(matches!(
+            ClientMsg::decode(&[1, 0x82, 0xff, 0xff, 0, 1, 0, 0, 0, 0]),
+            Err(WireError::BadSize { .. })
+        ));
         assert_eq!(ClientMsg::decode(&[1, 0x85, 0xff]), Err(WireError::Utf8));
-        assert!(matches!(ClientMsg::decode(&[1, 0x86, 0]), Err(WireError::Length { .. })));
+        assert!(matches!(
+            ClientMsg::decode(&[1, 0x86, 0]),
+            Err(WireError::Length { .. })
+        ));
         let big = vec![1u8; MAX_CLIENT_MESSAGE + 1];
-        assert!(matches!(ClientMsg::decode(&big), Err(WireError::TooLarge(_))));
+        assert!(matches!(
+            ClientMsg::decode(&big),
+            Err(WireError::TooLarge(_))
+        ));
     }
 }

@@ -24,8 +24,17 @@ pub struct Api {
 impl Api {
     pub fn new(p: &Portico) -> anyhow::Result<Api> {
         let tls = portico_bridge::control::client_tls_config(Some(&p.cert_sha256), None)?;
-        let http = reqwest::Client::builder().use_preconfigured_tls(tls).cookie_store(true).timeout(Duration::from_secs(30)).build()?;
-        Ok(Api { base: p.url.clone(), http, csrf: None, bearer: None })
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .cookie_store(true)
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Api {
+            base: p.url.clone(),
+            http,
+            csrf: None,
+            bearer: None,
+        })
     }
 
     /// Log in as the admin created at first start.
@@ -36,7 +45,13 @@ impl Api {
     }
 
     pub async fn login(&mut self, user: &str, password: &str) -> anyhow::Result<()> {
-        let (status, body) = self.request(reqwest::Method::POST, "/api/v1/auth/login", Some(json!({"username": user, "password": password}))).await?;
+        let (status, body) = self
+            .request(
+                reqwest::Method::POST,
+                "/api/v1/auth/login",
+                Some(json!({"username": user, "password": password})),
+            )
+            .await?;
         if status != 200 {
             bail!("login failed: {status} {body}");
         }
@@ -45,7 +60,12 @@ impl Api {
     }
 
     /// Any request; returns the status and the JSON body (`Value::Null` when empty or not JSON).
-    pub async fn request(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(c) = &self.csrf {
             req = req.header("x-csrf-token", c);
@@ -56,23 +76,44 @@ impl Api {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let res = req.send().await.with_context(|| format!("request {path}"))?;
+        let res = req
+            .send()
+            .await
+            .with_context(|| format!("request {path}"))?;
         let status = res.status().as_u16();
         let text = res.text().await?;
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
-    pub async fn raw(&self, method: reqwest::Method, path: &str, content_type: &str, body: &'static [u8]) -> anyhow::Result<(u16, Value)> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base)).header("content-type", content_type).body(body);
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: &str,
+        body: &'static [u8],
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("content-type", content_type)
+            .body(body);
         if let Some(c) = &self.csrf {
             req = req.header("x-csrf-token", c);
         }
         let res = req.send().await?;
         let status = res.status().as_u16();
-        Ok((status, serde_json::from_str(&res.text().await?).unwrap_or(Value::Null)))
+        Ok((
+            status,
+            serde_json::from_str(&res.text().await?).unwrap_or(Value::Null),
+        ))
     }
 
-    pub async fn ok(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub async fn ok(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let (status, v) = self.request(method, path, body).await?;
         if !(200..300).contains(&status) {
             bail!("{path}: http {status}: {v}");
@@ -81,17 +122,25 @@ impl Api {
     }
 
     pub async fn create_connection(&self, body: Value) -> anyhow::Result<String> {
-        let v = self.ok(reqwest::Method::POST, "/api/v1/connections", Some(body)).await?;
+        let v = self
+            .ok(reqwest::Method::POST, "/api/v1/connections", Some(body))
+            .await?;
         v["id"].as_str().map(str::to_owned).context("connection id")
     }
 
     /// Start a session; returns the whole response (session_id, token, ws_url, connect_url, expires_at).
     pub async fn create_session(&self, connection_id: &str) -> anyhow::Result<Value> {
-        self.ok(reqwest::Method::POST, "/api/v1/sessions", Some(json!({ "connection_id": connection_id }))).await
+        self.ok(
+            reqwest::Method::POST,
+            "/api/v1/sessions",
+            Some(json!({ "connection_id": connection_id })),
+        )
+        .await
     }
 }
 
-pub type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// How a WebSocket upgrade was refused.
 #[derive(Debug)]
@@ -101,24 +150,43 @@ pub struct Refused {
 }
 
 /// Open `ws_url` with the given sub-protocol entries (besides `portico.v1`), trusting `cert_sha256`.
-pub async fn ws_connect(ws_url: &str, cert_sha256: &str, extra_protocols: &[String]) -> anyhow::Result<Result<WsStream, Refused>> {
+pub async fn ws_connect(
+    ws_url: &str,
+    cert_sha256: &str,
+    extra_protocols: &[String],
+) -> anyhow::Result<Result<WsStream, Refused>> {
     let mut req = ws_url.into_client_request()?;
     let mut protos = vec![wire::SUBPROTOCOL.to_owned()];
     protos.extend(extra_protocols.iter().cloned());
-    req.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_str(&protos.join(", "))?);
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_str(&protos.join(", "))?,
+    );
     let tls = portico_bridge::control::client_tls_config(Some(cert_sha256), None)?;
     let connector = tokio_tungstenite::Connector::Rustls(Arc::new(tls));
-    match tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector)).await {
+    match tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector)).await
+    {
         Ok((ws, _)) => Ok(Ok(ws)),
         Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
-            let body = res.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
-            Ok(Err(Refused { status: res.status().as_u16(), body }))
+            let body = res
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            Ok(Err(Refused {
+                status: res.status().as_u16(),
+                body,
+            }))
         }
         Err(e) => Err(e.into()),
     }
 }
 
-pub async fn ws_with_token(ws_url: &str, cert: &str, token: &str) -> anyhow::Result<Result<WsStream, Refused>> {
+pub async fn ws_with_token(
+    ws_url: &str,
+    cert: &str,
+    token: &str,
+) -> anyhow::Result<Result<WsStream, Refused>> {
     ws_connect(ws_url, cert, &[format!("{}{token}", wire::TOKEN_PREFIX)]).await
 }
 
@@ -134,7 +202,14 @@ pub struct Term {
 
 impl Term {
     pub fn new(ws: WsStream) -> Term {
-        Term { ws, output: Vec::new(), hello: None, errors: Vec::new(), closed: None, statuses: Vec::new() }
+        Term {
+            ws,
+            output: Vec::new(),
+            hello: None,
+            errors: Vec::new(),
+            closed: None,
+            statuses: Vec::new(),
+        }
     }
 
     pub fn text(&self) -> String {
@@ -142,7 +217,10 @@ impl Term {
     }
 
     pub async fn send(&mut self, msg: ClientMsg) -> anyhow::Result<()> {
-        self.ws.send(Message::Binary(msg.encode().into())).await.context("send to bridge")
+        self.ws
+            .send(Message::Binary(msg.encode().into()))
+            .await
+            .context("send to bridge")
     }
 
     pub async fn send_raw(&mut self, msg: Message) -> anyhow::Result<()> {
@@ -178,7 +256,12 @@ impl Term {
     }
 
     /// Pump until `pred` holds or `timeout` elapses (error with the transcript).
-    pub async fn until(&mut self, what: &str, timeout: Duration, mut pred: impl FnMut(&Term) -> bool) -> anyhow::Result<()> {
+    pub async fn until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&Term) -> bool,
+    ) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if pred(self) {
@@ -186,29 +269,48 @@ impl Term {
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
-                bail!("timed out waiting for {what}; errors {:?}, closed {:?}, output:\n{}", self.errors, self.closed, self.text());
+                bail!(
+                    "timed out waiting for {what}; errors {:?}, closed {:?}, output:\n{}",
+                    self.errors,
+                    self.closed,
+                    self.text()
+                );
             }
             if !self.pump(left.min(Duration::from_millis(200))).await? {
                 if pred(self) {
                     return Ok(());
                 }
-                bail!("socket closed while waiting for {what}; errors {:?}, closed {:?}, output:\n{}", self.errors, self.closed, self.text());
+                bail!(
+                    "socket closed while waiting for {what}; errors {:?}, closed {:?}, output:\n{}",
+                    self.errors,
+                    self.closed,
+                    self.text()
+                );
             }
         }
     }
 
     /// Wait until the remote shell is connected (a STATUS "connected").
     pub async fn connected(&mut self) -> anyhow::Result<()> {
-        self.until("connected status", Duration::from_secs(20), |t| t.statuses.iter().any(|s| s.state == "connected")).await
+        self.until("connected status", Duration::from_secs(20), |t| {
+            t.statuses.iter().any(|s| s.state == "connected")
+        })
+        .await
     }
 
     /// Wait until the socket is closed; returns the CLOSED message if one came.
-    pub async fn closed_within(&mut self, timeout: Duration) -> anyhow::Result<Option<wire::Closed>> {
+    pub async fn closed_within(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<wire::Closed>> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
-                bail!("socket still open after {timeout:?}; output:\n{}", self.text());
+                bail!(
+                    "socket still open after {timeout:?}; output:\n{}",
+                    self.text()
+                );
             }
             match self.pump(left).await {
                 Ok(true) => continue,

@@ -15,7 +15,10 @@ use crate::workspace_root;
 
 /// A TCP port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 /// Poll `f` every 50 ms until it holds; a clear error naming `what` after `timeout`.
@@ -31,15 +34,24 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> a
 }
 
 fn scratch(kind: &str) -> anyhow::Result<PathBuf> {
-    let dir = workspace_root().join(".test-runs").join(format!("{kind}-{}", uuid::Uuid::new_v4()));
+    let dir = workspace_root()
+        .join(".test-runs")
+        .join(format!("{kind}-{}", uuid::Uuid::new_v4()));
     fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     Ok(dir)
 }
 
 fn run(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
-    let out = cmd.output().with_context(|| format!("{what}: could not start (run scripts/install-test-deps.sh)"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("{what}: could not start (run scripts/install-test-deps.sh)"))?;
     if !out.status.success() {
-        bail!("{what} failed ({}): {}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{what} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -48,7 +60,9 @@ fn need(path: &str, package: &str) -> anyhow::Result<()> {
     if Path::new(path).exists() {
         Ok(())
     } else {
-        bail!("{path} not found: install the Debian package {package} (scripts/install-test-deps.sh does)")
+        bail!(
+            "{path} not found: install the Debian package {package} (scripts/install-test-deps.sh does)"
+        )
     }
 }
 
@@ -83,15 +97,36 @@ pub fn ensure_test_user() -> anyhow::Result<TestUser> {
     let _guard = USER_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let name = "portico-t";
     let password = "portico-pass-1";
-    if Command::new("id").arg(name).stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| !s.success()).unwrap_or(true) {
-        run(Command::new("useradd").args(["-m", "-s", "/bin/bash", name]), "useradd (the tests must run as root)")?;
+    if Command::new("id")
+        .arg(name)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| !s.success())
+        .unwrap_or(true)
+    {
+        run(
+            Command::new("useradd").args(["-m", "-s", "/bin/bash", name]),
+            "useradd (the tests must run as root)",
+        )?;
     }
     // Setting the password every time also unlocks an account another run left behind.
-    let mut child = Command::new("chpasswd").stdin(Stdio::piped()).spawn().context("chpasswd")?;
-    child.stdin.take().context("chpasswd stdin")?.write_all(format!("{name}:{password}\n").as_bytes())?;
+    let mut child = Command::new("chpasswd")
+        .stdin(Stdio::piped())
+        .spawn()
+        .context("chpasswd")?;
+    child
+        .stdin
+        .take()
+        .context("chpasswd stdin")?
+        .write_all(format!("{name}:{password}\n").as_bytes())?;
     anyhow::ensure!(child.wait()?.success(), "chpasswd failed");
     let home = PathBuf::from(format!("/home/{name}"));
-    Ok(TestUser { name: name.into(), password: password.into(), home })
+    Ok(TestUser {
+        name: name.into(),
+        password: password.into(),
+        home,
+    })
 }
 
 /// An OpenSSH server on 127.0.0.1 with its own host key and config, for the test user.
@@ -119,7 +154,12 @@ impl Sshd {
         let user = ensure_test_user()?;
         let dir = scratch("sshd")?;
         let client_key_path = dir.join("client_ed25519");
-        run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "portico-test", "-f"]).arg(&client_key_path), "ssh-keygen")?;
+        run(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "portico-test", "-f"])
+                .arg(&client_key_path),
+            "ssh-keygen",
+        )?;
         let pubkey = fs::read_to_string(dir.join("client_ed25519.pub"))?;
         authorize(&user, &pubkey)?;
         let client_private_key = fs::read_to_string(&client_key_path)?;
@@ -150,9 +190,23 @@ impl Sshd {
         let key = self.dir.join("ssh_host_ed25519_key");
         let _ = fs::remove_file(&key);
         let _ = fs::remove_file(self.dir.join("ssh_host_ed25519_key.pub"));
-        run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key), "ssh-keygen host key")?;
-        let out = run(Command::new("ssh-keygen").arg("-lf").arg(self.dir.join("ssh_host_ed25519_key.pub")), "ssh-keygen -lf")?;
-        self.host_key_fingerprint = out.split_whitespace().nth(1).context("fingerprint in ssh-keygen output")?.to_owned();
+        run(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&key),
+            "ssh-keygen host key",
+        )?;
+        let out = run(
+            Command::new("ssh-keygen")
+                .arg("-lf")
+                .arg(self.dir.join("ssh_host_ed25519_key.pub")),
+            "ssh-keygen -lf",
+        )?;
+        self.host_key_fingerprint = out
+            .split_whitespace()
+            .nth(1)
+            .context("fingerprint in ssh-keygen output")?
+            .to_owned();
         Ok(())
     }
 
@@ -172,7 +226,10 @@ impl Sshd {
                 extra = self.extra_config,
             ),
         )?;
-        run(Command::new("/usr/sbin/sshd").arg("-t").arg("-f").arg(&cfg), "sshd -t")?;
+        run(
+            Command::new("/usr/sbin/sshd").arg("-t").arg("-f").arg(&cfg),
+            "sshd -t",
+        )?;
         let log = fs::File::create(self.dir.join("sshd.log"))?;
         let child = Command::new("/usr/sbin/sshd")
             .arg("-D")
@@ -186,7 +243,9 @@ impl Sshd {
             .context("start sshd")?;
         self.child = Some(child);
         let port = self.port;
-        let ready = wait_for("sshd banner", Duration::from_secs(10), || banner(port).is_some_and(|b| b.starts_with("SSH-2.0")));
+        let ready = wait_for("sshd banner", Duration::from_secs(10), || {
+            banner(port).is_some_and(|b| b.starts_with("SSH-2.0"))
+        });
         if let Err(e) = ready {
             if let Some(mut c) = self.child.take() {
                 stop_child(&mut c);
@@ -224,7 +283,9 @@ impl Drop for Sshd {
 }
 
 fn banner(port: u16) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300)).ok()?;
+    let mut s =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300))
+            .ok()?;
     s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
     let mut buf = [0u8; 7];
     s.read_exact(&mut buf).ok()?;
@@ -236,12 +297,21 @@ fn authorize(user: &TestUser, pubkey: &str) -> anyhow::Result<()> {
     let ssh_dir = user.home.join(".ssh");
     fs::create_dir_all(&ssh_dir)?;
     let keys = ssh_dir.join("authorized_keys");
-    let mut f = fs::OpenOptions::new().create(true).append(true).open(&keys)?;
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&keys)?;
     f.write_all(pubkey.as_bytes())?;
     let owner = format!("{0}:{0}", user.name);
-    run(Command::new("chown").arg("-R").arg(&owner).arg(&ssh_dir), "chown .ssh")?;
+    run(
+        Command::new("chown").arg("-R").arg(&owner).arg(&ssh_dir),
+        "chown .ssh",
+    )?;
     run(Command::new("chmod").arg("700").arg(&ssh_dir), "chmod .ssh")?;
-    run(Command::new("chmod").arg("600").arg(&keys), "chmod authorized_keys")?;
+    run(
+        Command::new("chmod").arg("600").arg(&keys),
+        "chmod authorized_keys",
+    )?;
     Ok(())
 }
 
@@ -261,7 +331,10 @@ fn pg_bin() -> anyhow::Result<PathBuf> {
         .filter(|(_, p)| p.join("initdb").exists())
         .collect();
     versions.sort();
-    versions.pop().map(|(_, p)| p).context("no PostgreSQL server binaries (initdb) found: install postgresql-15")
+    versions
+        .pop()
+        .map(|(_, p)| p)
+        .context("no PostgreSQL server binaries (initdb) found: install postgresql-15")
 }
 
 fn as_postgres(bin: &Path, tool: &str) -> Command {
@@ -278,23 +351,46 @@ impl Postgres {
         fs::create_dir_all(dir.join("sock"))?;
         let password = format!("pg-{}", uuid::Uuid::new_v4().simple());
         fs::write(dir.join("pwfile"), &password)?;
-        run(Command::new("chown").arg("-R").arg("postgres:postgres").arg(&dir), "chown postgres dir")?;
+        run(
+            Command::new("chown")
+                .arg("-R")
+                .arg("postgres:postgres")
+                .arg(&dir),
+            "chown postgres dir",
+        )?;
         run(
             as_postgres(&bin, "initdb")
                 .arg("-D")
                 .arg(dir.join("data"))
-                .args(["-U", "postgres", "--auth-local=peer", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"])
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth-local=peer",
+                    "--auth-host=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                ])
                 .arg(format!("--pwfile={}", dir.join("pwfile").display())),
             "initdb",
         )?;
-        let mut pg = Postgres { port: 0, dir, bin, password };
+        let mut pg = Postgres {
+            port: 0,
+            dir,
+            bin,
+            password,
+        };
         let mut last = None;
         for _ in 0..5 {
             pg.port = free_port();
             match pg.start_again() {
                 Ok(()) => {
                     run(
-                        Command::new("psql").arg(pg.url_for("postgres")).args(["-q", "-c", "CREATE DATABASE portico"]),
+                        Command::new("psql").arg(pg.url_for("postgres")).args([
+                            "-q",
+                            "-c",
+                            "CREATE DATABASE portico",
+                        ]),
                         "create database",
                     )?;
                     return Ok(pg);
@@ -306,7 +402,10 @@ impl Postgres {
     }
 
     fn url_for(&self, db: &str) -> String {
-        format!("postgres://postgres:{}@127.0.0.1:{}/{db}", self.password, self.port)
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{}/{db}",
+            self.password, self.port
+        )
     }
 
     pub fn url(&self) -> String {
@@ -315,7 +414,11 @@ impl Postgres {
 
     /// Start (again) with the same data directory and port.
     pub fn start_again(&self) -> anyhow::Result<()> {
-        let opts = format!("-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off", self.port, self.dir.join("sock").display());
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off",
+            self.port,
+            self.dir.join("sock").display()
+        );
         run(
             as_postgres(&self.bin, "pg_ctl")
                 .arg("-D")
@@ -325,12 +428,23 @@ impl Postgres {
                 .args(["-w", "-t", "30", "-o", &opts, "start"]),
             "pg_ctl start",
         )
-        .map_err(|e| anyhow::anyhow!("{e:#}\n{}", fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e:#}\n{}",
+                fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+            )
+        })?;
         Ok(())
     }
 
     pub fn stop(&self) -> anyhow::Result<()> {
-        run(as_postgres(&self.bin, "pg_ctl").arg("-D").arg(self.dir.join("data")).args(["-m", "fast", "-w", "stop"]), "pg_ctl stop")?;
+        run(
+            as_postgres(&self.bin, "pg_ctl")
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .args(["-m", "fast", "-w", "stop"]),
+            "pg_ctl stop",
+        )?;
         Ok(())
     }
 }
@@ -353,16 +467,28 @@ pub fn node_browser_dir() -> PathBuf {
 }
 
 /// Run `node tests/browser/<script>` with `env`; stdout on success, an error with all output otherwise.
-pub fn run_browser_script(script: &str, env: &[(&str, &str)], timeout: Duration) -> anyhow::Result<String> {
+pub fn run_browser_script(
+    script: &str,
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> anyhow::Result<String> {
     let chromium = chromium_path()?;
     let dir = node_browser_dir();
     if !dir.join("node_modules/playwright-core").exists() {
-        bail!("playwright-core is not installed in tests/browser: run scripts/install-test-deps.sh");
+        bail!(
+            "playwright-core is not installed in tests/browser: run scripts/install-test-deps.sh"
+        );
     }
-    let out_path = std::env::temp_dir().join(format!("portico-browser-{}.log", uuid::Uuid::new_v4()));
+    let out_path =
+        std::env::temp_dir().join(format!("portico-browser-{}.log", uuid::Uuid::new_v4()));
     let out = fs::File::create(&out_path)?;
     let mut cmd = Command::new("node");
-    cmd.arg(dir.join(script)).current_dir(&dir).env("CHROMIUM", chromium).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+    cmd.arg(dir.join(script))
+        .current_dir(&dir)
+        .env("CHROMIUM", chromium)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -394,21 +520,45 @@ mod tests {
     #[test]
     fn sshd_accepts_key_and_password_logins() -> anyhow::Result<()> {
         let sshd = Sshd::start()?;
-        let common = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"];
+        let common = [
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+        ];
         let out = run(
             Command::new("ssh")
                 .args(common)
                 .args(["-o", "IdentitiesOnly=yes", "-i"])
                 .arg(&sshd.client_key_path)
-                .args(["-p", &sshd.port.to_string(), &format!("{}@127.0.0.1", sshd.user.name), "id -un"]),
+                .args([
+                    "-p",
+                    &sshd.port.to_string(),
+                    &format!("{}@127.0.0.1", sshd.user.name),
+                    "id -un",
+                ]),
             "ssh with key",
         )?;
         assert_eq!(out.trim(), sshd.user.name);
         let out = run(
             Command::new("sshpass")
                 .args(["-p", &sshd.user.password, "ssh"])
-                .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "PubkeyAuthentication=no"])
-                .args(["-p", &sshd.port.to_string(), &format!("{}@127.0.0.1", sshd.user.name), "echo pw-ok"]),
+                .args([
+                    "-o",
+                    "StrictHostKeyChecking=no",
+                    "-o",
+                    "UserKnownHostsFile=/dev/null",
+                    "-o",
+                    "PubkeyAuthentication=no",
+                ])
+                .args([
+                    "-p",
+                    &sshd.port.to_string(),
+                    &format!("{}@127.0.0.1", sshd.user.name),
+                    "echo pw-ok",
+                ]),
             "ssh with password",
         )?;
         assert_eq!(out.trim(), "pw-ok");
@@ -419,7 +569,12 @@ mod tests {
     #[test]
     fn postgres_stops_and_starts_again() -> anyhow::Result<()> {
         let pg = Postgres::start()?;
-        let q = |url: &str| Command::new("psql").arg(url).args(["-tAc", "select 1"]).output();
+        let q = |url: &str| {
+            Command::new("psql")
+                .arg(url)
+                .args(["-tAc", "select 1"])
+                .output()
+        };
         assert_eq!(String::from_utf8_lossy(&q(&pg.url())?.stdout).trim(), "1");
         pg.stop()?;
         assert!(!q(&pg.url())?.status.success());

@@ -19,7 +19,8 @@ pub fn binary() -> anyhow::Result<PathBuf> {
             let release = std::env::var("PORTICO_BENCH_RELEASE").is_ok();
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut cmd = Command::new(cargo);
-            cmd.args(["build", "--quiet", "-p", "portico", "--bin", "portico"]).current_dir(workspace_root());
+            cmd.args(["build", "--quiet", "-p", "portico", "--bin", "portico"])
+                .current_dir(workspace_root());
             if release {
                 cmd.arg("--release");
             }
@@ -27,8 +28,12 @@ pub fn binary() -> anyhow::Result<PathBuf> {
             if !status.success() {
                 return Err(format!("cargo build --bin portico failed: {status}"));
             }
-            let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("target"));
-            Ok(target.join(if release { "release" } else { "debug" }).join("portico"))
+            let target = std::env::var("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| workspace_root().join("target"));
+            Ok(target
+                .join(if release { "release" } else { "debug" })
+                .join("portico"))
         })
         .clone()
         .map_err(anyhow::Error::msg)
@@ -85,13 +90,17 @@ impl Portico {
 
     pub fn start_with(opts: Options) -> anyhow::Result<Portico> {
         let bin = binary()?;
-        let data_dir = workspace_root().join(".test-runs").join(format!("portico-{}", uuid::Uuid::new_v4()));
+        let data_dir = workspace_root()
+            .join(".test-runs")
+            .join(format!("portico-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&data_dir)?;
         let mut cmd = Command::new(bin);
         if let Some(sc) = opts.subcommand {
             cmd.arg(sc);
         }
-        cmd.arg("--data-dir").arg(&data_dir).args(["--listen", "127.0.0.1:0"]);
+        cmd.arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--listen", "127.0.0.1:0"]);
         cmd.args(&opts.extra_args);
         cmd.env("PORTICO_MASTER_KEY", &opts.master_key)
             .env("PORTICO_NODE_SECRET", &opts.node_secret)
@@ -137,16 +146,25 @@ impl Portico {
                 break l;
             }
             if let Some(status) = child.try_wait()? {
-                bail!("portico exited early ({status}):\n{}", log.lock().map(|l| l.clone()).unwrap_or_default());
+                bail!(
+                    "portico exited early ({status}):\n{}",
+                    log.lock().map(|l| l.clone()).unwrap_or_default()
+                );
             }
             if started.elapsed() > Duration::from_secs(60) {
                 let _ = child.kill();
-                bail!("portico did not start within 60 s:\n{}", log.lock().map(|l| l.clone()).unwrap_or_default());
+                bail!(
+                    "portico did not start within 60 s:\n{}",
+                    log.lock().map(|l| l.clone()).unwrap_or_default()
+                );
             }
         };
         // "https://127.0.0.1:PORT (certificate sha256 HEX)"
         let (url, rest) = line.split_once(' ').context("listening line")?;
-        let cert_sha256 = rest.trim_start_matches("(certificate sha256 ").trim_end_matches(')').to_owned();
+        let cert_sha256 = rest
+            .trim_start_matches("(certificate sha256 ")
+            .trim_end_matches(')')
+            .to_owned();
         Ok(Portico {
             child,
             url: url.to_owned(),
@@ -191,7 +209,11 @@ impl Portico {
 
     /// The Ed25519 key the webapp signs tokens with (derived from the master key exactly as the webapp does).
     pub fn signing_key(&self) -> ed25519_dalek::SigningKey {
-        let raw: [u8; 32] = base64::engine::general_purpose::STANDARD.decode(&self.master_key).expect("b64").try_into().expect("32");
+        let raw: [u8; 32] = base64::engine::general_purpose::STANDARD
+            .decode(&self.master_key)
+            .expect("b64")
+            .try_into()
+            .expect("32");
         portico_webapp::crypto::Keys::derive(&raw).token_signing
     }
 }

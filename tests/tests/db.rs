@@ -9,14 +9,31 @@ async fn exercise(db: &Db) -> anyhow::Result<()> {
     db.migrate().await?; // Idempotent.
     let now = 1_800_000_000;
     db.insert_user("u1", "alice", "hash", "admin", now).await?;
-    assert!(db.insert_user("u2", "alice", "hash", "user", now).await.is_err(), "usernames are unique");
+    assert!(
+        db.insert_user("u2", "alice", "hash", "user", now)
+            .await
+            .is_err(),
+        "usernames are unique"
+    );
     assert_eq!(db.count_users().await?, 1);
     let (u, hash) = db.user_with_hash("alice").await?.expect("user");
-    assert_eq!((u.id.as_str(), hash.as_str(), u.role.as_str()), ("u1", "hash", "admin"));
+    assert_eq!(
+        (u.id.as_str(), hash.as_str(), u.role.as_str()),
+        ("u1", "hash", "admin")
+    );
 
-    db.insert_login_session("sess-hash", "u1", "csrf", now, now + 10).await?;
-    assert_eq!(db.login_session("sess-hash", now).await?.map(|(u, c)| (u.username, c)), Some(("alice".into(), "csrf".into())));
-    assert!(db.login_session("sess-hash", now + 11).await?.is_none(), "expired login sessions are invisible");
+    db.insert_login_session("sess-hash", "u1", "csrf", now, now + 10)
+        .await?;
+    assert_eq!(
+        db.login_session("sess-hash", now)
+            .await?
+            .map(|(u, c)| (u.username, c)),
+        Some(("alice".into(), "csrf".into()))
+    );
+    assert!(
+        db.login_session("sess-hash", now + 11).await?.is_none(),
+        "expired login sessions are invisible"
+    );
 
     for _ in 0..3 {
         db.record_login_failure("user:alice", now).await?;
@@ -40,8 +57,17 @@ async fn exercise(db: &Db) -> anyhow::Result<()> {
     };
     db.insert_connection(&c).await?;
     assert!(db.pin_host_key_if_unset("c1", "SHA256:first", now).await?);
-    assert!(!db.pin_host_key_if_unset("c1", "SHA256:second", now).await?, "a pinned key is never replaced");
-    assert_eq!(db.connection("c1").await?.and_then(|c| c.host_key_fingerprint).as_deref(), Some("SHA256:first"));
+    assert!(
+        !db.pin_host_key_if_unset("c1", "SHA256:second", now).await?,
+        "a pinned key is never replaced"
+    );
+    assert_eq!(
+        db.connection("c1")
+            .await?
+            .and_then(|c| c.host_key_fingerprint)
+            .as_deref(),
+        Some("SHA256:first")
+    );
     assert_eq!(db.list_connections().await?.len(), 1);
 
     let s = SessionRow {
@@ -59,30 +85,53 @@ async fn exercise(db: &Db) -> anyhow::Result<()> {
     };
     db.insert_session(&s).await?;
     assert!(!db.claim_session("s1", "wrong-jti", "b1", now).await?);
-    assert!(db.claim_session("s1", "jti-1", "b1", now).await?, "first claim wins");
-    assert!(!db.claim_session("s1", "jti-1", "b2", now).await?, "second claim loses");
+    assert!(
+        db.claim_session("s1", "jti-1", "b1", now).await?,
+        "first claim wins"
+    );
+    assert!(
+        !db.claim_session("s1", "jti-1", "b2", now).await?,
+        "second claim loses"
+    );
     let row = db.session("s1").await?.expect("session");
-    assert_eq!((row.state.as_str(), row.bridge_id.as_deref()), (state::ACTIVE, Some("b1")));
+    assert_eq!(
+        (row.state.as_str(), row.bridge_id.as_deref()),
+        (state::ACTIVE, Some("b1"))
+    );
 
     let ids = vec!["s1".to_owned(), "ghost".to_owned()];
     assert_eq!(db.ended_among(&ids).await?, vec!["ghost".to_owned()]);
     assert!(db.end_session("s1", "test", now + 5).await?);
-    assert!(!db.end_session("s1", "test", now + 6).await?, "ending twice is a no-op");
+    assert!(
+        !db.end_session("s1", "test", now + 6).await?,
+        "ending twice is a no-op"
+    );
     assert_eq!(db.ended_among(&ids).await?, ids);
     assert_eq!(db.list_sessions(Some("u1"), false).await?.len(), 0);
     assert_eq!(db.list_sessions(None, true).await?.len(), 1);
 
     db.insert_api_key("k1", "u1", "ci", "keyhash", now).await?;
-    assert_eq!(db.user_by_api_key("keyhash", now).await?.map(|u| u.id).as_deref(), Some("u1"));
+    assert_eq!(
+        db.user_by_api_key("keyhash", now)
+            .await?
+            .map(|u| u.id)
+            .as_deref(),
+        Some("u1")
+    );
     assert!(db.delete_user("u1").await?);
-    assert!(db.user_by_api_key("keyhash", now).await?.is_none(), "keys go with their user");
+    assert!(
+        db.user_by_api_key("keyhash", now).await?.is_none(),
+        "keys go with their user"
+    );
     db.prune(now + 100_000).await?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn database_layer_on_sqlite() -> anyhow::Result<()> {
-    let dir = workspace_root().join(".test-runs").join(format!("sqlite-{}", uuid::Uuid::new_v4()));
+    let dir = workspace_root()
+        .join(".test-runs")
+        .join(format!("sqlite-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir)?;
     let db = Db::connect(&format!("sqlite://{}", dir.join("t.db").display())).await?;
     let res = exercise(&db).await;

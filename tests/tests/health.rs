@@ -25,13 +25,18 @@ async fn wait_status(api: &Api, want: u16, within: Duration) -> anyhow::Result<D
 #[tokio::test(flavor = "multi_thread")]
 async fn healthcheck_follows_postgres() -> anyhow::Result<()> {
     let pg = Postgres::start()?;
-    let p = Portico::start_with(Options { database_url: Some(pg.url()), ..Options::default() })?;
+    let p = Portico::start_with(Options {
+        database_url: Some(pg.url()),
+        ..Options::default()
+    })?;
     let pid = p.pid();
     let admin = Api::admin(&p).await?;
     wait_status(&admin, 200, Duration::from_secs(5)).await?;
     pg.stop()?;
     wait_status(&admin, 503, Duration::from_secs(15)).await?;
-    let (s, v) = admin.request(Method::GET, "/api/v1/connections", None).await?;
+    let (s, v) = admin
+        .request(Method::GET, "/api/v1/connections", None)
+        .await?;
     assert!(s >= 500, "{s} {v}");
     pg.start_again()?;
     wait_status(&admin, 200, Duration::from_secs(20)).await?;

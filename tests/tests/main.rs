@@ -32,9 +32,13 @@ pub async fn ssh_connection(api: &Api, sshd: &Sshd, extra: Value) -> anyhow::Res
 /// Start a session on `conn` and attach a terminal to it through the bridge.
 pub async fn open_term(p: &Portico, api: &Api, conn: &str) -> anyhow::Result<(Value, Term)> {
     let s = api.create_session(conn).await?;
-    let ws = ws_with_token(s["ws_url"].as_str().unwrap_or_default(), &p.cert_sha256, s["token"].as_str().unwrap_or_default())
-        .await?
-        .map_err(|r| anyhow::anyhow!("upgrade refused: {} {}", r.status, r.body))?;
+    let ws = ws_with_token(
+        s["ws_url"].as_str().unwrap_or_default(),
+        &p.cert_sha256,
+        s["token"].as_str().unwrap_or_default(),
+    )
+    .await?
+    .map_err(|r| anyhow::anyhow!("upgrade refused: {} {}", r.status, r.body))?;
     Ok((s, Term::new(ws)))
 }
 

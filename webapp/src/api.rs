@@ -34,7 +34,10 @@ where
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(e) => Err(ApiError::bad_request(format!("invalid request body: {}", e.body_text().to_lowercase()))),
+            Err(e) => Err(ApiError::bad_request(format!(
+                "invalid request body: {}",
+                e.body_text().to_lowercase()
+            ))),
         }
     }
 }
@@ -45,15 +48,26 @@ pub struct ClientAddr(pub Option<SocketAddr>);
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientAddr(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0)))
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+        ))
     }
 }
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/__healthcheck", get(healthcheck))
-        .route("/api/openapi.json", get(|| async { Json(crate::openapi::document()) }))
+        .route(
+            "/api/openapi.json",
+            get(|| async { Json(crate::openapi::document()) }),
+        )
         .route("/api/v1/auth/login", post(login))
         .route("/api/v1/auth/logout", post(logout))
         .route("/api/v1/auth/me", get(me))
@@ -62,10 +76,21 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/users/{id}", delete(delete_user))
         .route("/api/v1/api-keys", get(list_api_keys).post(create_api_key))
         .route("/api/v1/api-keys/{id}", delete(delete_api_key))
-        .route("/api/v1/connections", get(list_connections).post(create_connection))
-        .route("/api/v1/connections/{id}", get(get_connection).put(update_connection).delete(delete_connection))
+        .route(
+            "/api/v1/connections",
+            get(list_connections).post(create_connection),
+        )
+        .route(
+            "/api/v1/connections/{id}",
+            get(get_connection)
+                .put(update_connection)
+                .delete(delete_connection),
+        )
         .route("/api/v1/sessions", get(list_sessions).post(create_session))
-        .route("/api/v1/sessions/{id}", get(get_session).delete(end_session))
+        .route(
+            "/api/v1/sessions/{id}",
+            get(get_session).delete(end_session),
+        )
 }
 
 async fn healthcheck(State(st): State<AppState>) -> Response {
@@ -73,9 +98,17 @@ async fn healthcheck(State(st): State<AppState>) -> Response {
         Ok(Ok(())) => Json(json!({ "ok": true })).into_response(),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "Healthcheck: database unavailable");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ok": false, "error": "database unavailable" }))).into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "ok": false, "error": "database unavailable" })),
+            )
+                .into_response()
         }
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ok": false, "error": "database timeout" }))).into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ok": false, "error": "database timeout" })),
+        )
+            .into_response(),
     }
 }
 
@@ -113,7 +146,10 @@ async fn login(
     }
     let found = st.db.user_with_hash(&body.username).await?;
     // Verify against a dummy hash for unknown users so timing does not reveal which names exist.
-    let hash = found.as_ref().map_or(crypto::dummy_hash(), |(_, h)| h.as_str()).to_owned();
+    let hash = found
+        .as_ref()
+        .map_or(crypto::dummy_hash(), |(_, h)| h.as_str())
+        .to_owned();
     let password = body.password;
     let ok = tokio::task::spawn_blocking(move || crypto::verify_password(&password, &hash))
         .await
@@ -124,24 +160,52 @@ async fn login(
             st.db.record_login_failure(ip, now).await?;
         }
         tracing::info!(username = %body.username, "Login failed");
-        return Err(ApiError::Unauthorized("invalid username or password".into()));
+        return Err(ApiError::Unauthorized(
+            "invalid username or password".into(),
+        ));
     };
     st.db.clear_login_failures(&user_subject).await?;
     let cookie = crypto::random_token();
     let csrf = crypto::random_token();
     let ttl = st.config.login_ttl.as_secs() as i64;
-    st.db.insert_login_session(&crypto::sha256_hex(&cookie), &user.id, &csrf, now, now + ttl).await?;
+    st.db
+        .insert_login_session(
+            &crypto::sha256_hex(&cookie),
+            &user.id,
+            &csrf,
+            now,
+            now + ttl,
+        )
+        .await?;
     tracing::info!(user_id = %user.id, username = %user.username, "Login");
-    let secure = if st.config.secure_cookies { "; Secure" } else { "" };
-    let set_cookie = format!("{COOKIE_NAME}={cookie}; Path=/; HttpOnly; SameSite=Strict; Max-Age={ttl}{secure}");
-    let mut res = Json(MeResponse { user, csrf_token: Some(csrf) }).into_response();
-    res.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&set_cookie).map_err(|e| ApiError::Internal(e.into()))?);
+    let secure = if st.config.secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    };
+    let set_cookie =
+        format!("{COOKIE_NAME}={cookie}; Path=/; HttpOnly; SameSite=Strict; Max-Age={ttl}{secure}");
+    let mut res = Json(MeResponse {
+        user,
+        csrf_token: Some(csrf),
+    })
+    .into_response();
+    res.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&set_cookie).map_err(|e| ApiError::Internal(e.into()))?,
+    );
     Ok(res)
 }
 
-async fn logout(State(st): State<AppState>, me: CurrentUser, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn logout(
+    State(st): State<AppState>,
+    me: CurrentUser,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     if let Some(cookie) = cookie_value(&headers, COOKIE_NAME) {
-        st.db.delete_login_session(&crypto::sha256_hex(cookie)).await?;
+        st.db
+            .delete_login_session(&crypto::sha256_hex(cookie))
+            .await?;
     }
     tracing::info!(user_id = %me.user.id, "Logout");
     let mut res = Json(json!({ "ok": true })).into_response();
@@ -153,7 +217,10 @@ async fn logout(State(st): State<AppState>, me: CurrentUser, headers: HeaderMap)
 }
 
 async fn me(me: CurrentUser) -> Json<MeResponse> {
-    Json(MeResponse { user: me.user, csrf_token: me.csrf_token })
+    Json(MeResponse {
+        user: me.user,
+        csrf_token: me.csrf_token,
+    })
 }
 
 #[derive(Deserialize)]
@@ -163,19 +230,31 @@ struct PasswordBody {
     new_password: String,
 }
 
-async fn change_password(State(st): State<AppState>, me: CurrentUser, ApiJson(b): ApiJson<PasswordBody>) -> Result<Json<Value>, ApiError> {
+async fn change_password(
+    State(st): State<AppState>,
+    me: CurrentUser,
+    ApiJson(b): ApiJson<PasswordBody>,
+) -> Result<Json<Value>, ApiError> {
     validate_password(&b.new_password)?;
-    let (_, hash) = st.db.user_with_hash(&me.user.username).await?.ok_or(ApiError::NotFound("user"))?;
+    let (_, hash) = st
+        .db
+        .user_with_hash(&me.user.username)
+        .await?
+        .ok_or(ApiError::NotFound("user"))?;
     if !crypto::verify_password(&b.current_password, &hash) {
         return Err(ApiError::Forbidden("current password is wrong".into()));
     }
-    st.db.set_password(&me.user.id, &crypto::hash_password(&b.new_password)?).await?;
+    st.db
+        .set_password(&me.user.id, &crypto::hash_password(&b.new_password)?)
+        .await?;
     Ok(Json(json!({ "ok": true })))
 }
 
 fn validate_password(p: &str) -> Result<(), ApiError> {
     if p.chars().count() < 8 || p.len() > 1024 {
-        return Err(ApiError::bad_request("password must have 8 to 1024 characters"));
+        return Err(ApiError::bad_request(
+            "password must have 8 to 1024 characters",
+        ));
     }
     Ok(())
 }
@@ -191,16 +270,30 @@ struct UserBody {
     role: Option<String>,
 }
 
-async fn list_users(State(st): State<AppState>, me: CurrentUser) -> Result<Json<Vec<User>>, ApiError> {
+async fn list_users(
+    State(st): State<AppState>,
+    me: CurrentUser,
+) -> Result<Json<Vec<User>>, ApiError> {
     me.require_admin()?;
     Ok(Json(st.db.list_users().await?))
 }
 
-async fn create_user(State(st): State<AppState>, me: CurrentUser, ApiJson(b): ApiJson<UserBody>) -> Result<(StatusCode, Json<User>), ApiError> {
+async fn create_user(
+    State(st): State<AppState>,
+    me: CurrentUser,
+    ApiJson(b): ApiJson<UserBody>,
+) -> Result<(StatusCode, Json<User>), ApiError> {
     me.require_admin()?;
     let username = b.username.trim();
-    if username.is_empty() || username.len() > 64 || !username.chars().all(|c| c.is_alphanumeric() || "._-@".contains(c)) {
-        return Err(ApiError::bad_request("username must be 1 to 64 letters, digits or ._-@"));
+    if username.is_empty()
+        || username.len() > 64
+        || !username
+            .chars()
+            .all(|c| c.is_alphanumeric() || "._-@".contains(c))
+    {
+        return Err(ApiError::bad_request(
+            "username must be 1 to 64 letters, digits or ._-@",
+        ));
     }
     validate_password(&b.password)?;
     let role = b.role.as_deref().unwrap_or(ROLE_USER);
@@ -210,17 +303,38 @@ async fn create_user(State(st): State<AppState>, me: CurrentUser, ApiJson(b): Ap
     if st.db.user_with_hash(username).await?.is_some() {
         return Err(ApiError::Conflict("username already exists".into()));
     }
-    let user = User { id: uuid::Uuid::new_v4().to_string(), username: username.into(), role: role.into(), created_at: now_unix() };
-    st.db.insert_user(&user.id, &user.username, &crypto::hash_password(&b.password)?, role, user.created_at).await?;
+    let user = User {
+        id: uuid::Uuid::new_v4().to_string(),
+        username: username.into(),
+        role: role.into(),
+        created_at: now_unix(),
+    };
+    st.db
+        .insert_user(
+            &user.id,
+            &user.username,
+            &crypto::hash_password(&b.password)?,
+            role,
+            user.created_at,
+        )
+        .await?;
     Ok((StatusCode::CREATED, Json(user)))
 }
 
-async fn delete_user(State(st): State<AppState>, me: CurrentUser, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_user(
+    State(st): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     me.require_admin()?;
     if id == me.user.id {
         return Err(ApiError::bad_request("you cannot delete yourself"));
     }
-    if st.db.delete_user(&id).await? { Ok(StatusCode::NO_CONTENT) } else { Err(ApiError::NotFound("user")) }
+    if st.db.delete_user(&id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("user"))
+    }
 }
 
 // ---- API keys
@@ -231,23 +345,49 @@ struct ApiKeyBody {
     name: String,
 }
 
-async fn list_api_keys(State(st): State<AppState>, me: CurrentUser) -> Result<Json<Vec<crate::db::ApiKey>>, ApiError> {
+async fn list_api_keys(
+    State(st): State<AppState>,
+    me: CurrentUser,
+) -> Result<Json<Vec<crate::db::ApiKey>>, ApiError> {
     Ok(Json(st.db.list_api_keys(&me.user.id).await?))
 }
 
-async fn create_api_key(State(st): State<AppState>, me: CurrentUser, ApiJson(b): ApiJson<ApiKeyBody>) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn create_api_key(
+    State(st): State<AppState>,
+    me: CurrentUser,
+    ApiJson(b): ApiJson<ApiKeyBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let name = b.name.trim();
     if name.is_empty() || name.len() > 100 {
         return Err(ApiError::bad_request("name must have 1 to 100 characters"));
     }
     let id = uuid::Uuid::new_v4().to_string();
     let key = format!("{API_KEY_PREFIX}{}", crypto::random_token());
-    st.db.insert_api_key(&id, &me.user.id, name, &crypto::sha256_hex(&key), now_unix()).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "id": id, "name": name, "key": key }))))
+    st.db
+        .insert_api_key(
+            &id,
+            &me.user.id,
+            name,
+            &crypto::sha256_hex(&key),
+            now_unix(),
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": id, "name": name, "key": key })),
+    ))
 }
 
-async fn delete_api_key(State(st): State<AppState>, me: CurrentUser, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    if st.db.delete_api_key(&id, &me.user.id).await? { Ok(StatusCode::NO_CONTENT) } else { Err(ApiError::NotFound("api key")) }
+async fn delete_api_key(
+    State(st): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if st.db.delete_api_key(&id, &me.user.id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("api key"))
+    }
 }
 
 // ---- connections
@@ -310,21 +450,39 @@ impl From<Connection> for ConnectionView {
 
 /// Normalize an OpenSSH-style `SHA256:<base64>` fingerprint; `None` for empty input (trust on first use).
 pub fn normalize_fingerprint(fp: Option<&str>) -> Result<Option<String>, ApiError> {
-    let Some(fp) = fp.map(str::trim).filter(|s| !s.is_empty()) else { return Ok(None) };
-    let b64 = fp.strip_prefix("SHA256:").ok_or_else(|| ApiError::bad_request("host_key_fingerprint must look like SHA256:<base64>"))?;
+    let Some(fp) = fp.map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let b64 = fp.strip_prefix("SHA256:").ok_or_else(|| {
+        ApiError::bad_request("host_key_fingerprint must look like SHA256:<base64>")
+    })?;
     let b64 = b64.trim_end_matches('=');
     use base64::Engine as _;
     match base64::engine::general_purpose::STANDARD_NO_PAD.decode(b64) {
         Ok(raw) if raw.len() == 32 => Ok(Some(format!("SHA256:{b64}"))),
-        _ => Err(ApiError::bad_request("host_key_fingerprint is not a SHA-256 fingerprint")),
+        _ => Err(ApiError::bad_request(
+            "host_key_fingerprint is not a SHA-256 fingerprint",
+        )),
     }
 }
 
-fn apply_connection_body(st: &AppState, c: &mut Connection, b: ConnectionBody) -> Result<(), ApiError> {
-    let protocol = Protocol::parse(&b.protocol).ok_or_else(|| ApiError::bad_request("protocol must be ssh, vnc or rdp"))?;
+fn apply_connection_body(
+    st: &AppState,
+    c: &mut Connection,
+    b: ConnectionBody,
+) -> Result<(), ApiError> {
+    let protocol = Protocol::parse(&b.protocol)
+        .ok_or_else(|| ApiError::bad_request("protocol must be ssh, vnc or rdp"))?;
     let host = b.host.trim();
-    if host.is_empty() || host.len() > 253 || host.chars().any(|ch| ch.is_whitespace() || ch.is_control() || "/?#@".contains(ch)) {
-        return Err(ApiError::bad_request("host must be a host name or ip address"));
+    if host.is_empty()
+        || host.len() > 253
+        || host
+            .chars()
+            .any(|ch| ch.is_whitespace() || ch.is_control() || "/?#@".contains(ch))
+    {
+        return Err(ApiError::bad_request(
+            "host must be a host name or ip address",
+        ));
     }
     let port = match b.port {
         None => match protocol {
@@ -338,7 +496,11 @@ fn apply_connection_body(st: &AppState, c: &mut Connection, b: ConnectionBody) -
     if b.username.len() > 256 {
         return Err(ApiError::bad_request("username is too long"));
     }
-    let name = b.name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).unwrap_or_else(|| format!("{}@{host}", b.username));
+    let name = b
+        .name
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| format!("{}@{host}", b.username));
     if name.len() > 200 {
         return Err(ApiError::bad_request("name is too long"));
     }
@@ -362,19 +524,44 @@ fn apply_connection_body(st: &AppState, c: &mut Connection, b: ConnectionBody) -
     }
     if let Some(k) = b.private_key.filter(|k| !k.trim().is_empty()) {
         if k.len() > 64 * 1024 || !k.contains("PRIVATE KEY-----") {
-            return Err(ApiError::bad_request("private_key must be a PEM or OpenSSH private key"));
+            return Err(ApiError::bad_request(
+                "private_key must be a PEM or OpenSSH private key",
+            ));
         }
-        c.private_key_enc = Some(st.keys.seal(&k, &format!("connection:{}:private_key", c.id))?);
+        c.private_key_enc = Some(
+            st.keys
+                .seal(&k, &format!("connection:{}:private_key", c.id))?,
+        );
     }
     Ok(())
 }
 
-async fn list_connections(State(st): State<AppState>, _me: CurrentUser) -> Result<Json<Vec<ConnectionView>>, ApiError> {
-    Ok(Json(st.db.list_connections().await?.into_iter().map(Into::into).collect()))
+async fn list_connections(
+    State(st): State<AppState>,
+    _me: CurrentUser,
+) -> Result<Json<Vec<ConnectionView>>, ApiError> {
+    Ok(Json(
+        st.db
+            .list_connections()
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    ))
 }
 
-async fn get_connection(State(st): State<AppState>, _me: CurrentUser, Path(id): Path<String>) -> Result<Json<ConnectionView>, ApiError> {
-    Ok(Json(st.db.connection(&id).await?.ok_or(ApiError::NotFound("connection"))?.into()))
+async fn get_connection(
+    State(st): State<AppState>,
+    _me: CurrentUser,
+    Path(id): Path<String>,
+) -> Result<Json<ConnectionView>, ApiError> {
+    Ok(Json(
+        st.db
+            .connection(&id)
+            .await?
+            .ok_or(ApiError::NotFound("connection"))?
+            .into(),
+    ))
 }
 
 async fn create_connection(
@@ -410,7 +597,11 @@ async fn update_connection(
     ApiJson(b): ApiJson<ConnectionBody>,
 ) -> Result<Json<ConnectionView>, ApiError> {
     me.require_admin()?;
-    let mut c = st.db.connection(&id).await?.ok_or(ApiError::NotFound("connection"))?;
+    let mut c = st
+        .db
+        .connection(&id)
+        .await?
+        .ok_or(ApiError::NotFound("connection"))?;
     apply_connection_body(&st, &mut c, b)?;
     c.updated_at = now_unix();
     if !st.db.update_connection(&c).await? {
@@ -419,9 +610,17 @@ async fn update_connection(
     Ok(Json(c.into()))
 }
 
-async fn delete_connection(State(st): State<AppState>, me: CurrentUser, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_connection(
+    State(st): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     me.require_admin()?;
-    if st.db.delete_connection(&id).await? { Ok(StatusCode::NO_CONTENT) } else { Err(ApiError::NotFound("connection")) }
+    if st.db.delete_connection(&id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("connection"))
+    }
 }
 
 // ---- sessions
@@ -448,7 +647,9 @@ struct SessionCreated {
 fn url_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -460,8 +661,13 @@ async fn create_session(
     ApiJson(b): ApiJson<SessionBody>,
 ) -> Result<(StatusCode, Json<SessionCreated>), ApiError> {
     let _ = (b.cols, b.rows); // The browser sends its size after attaching; accepted here for API clients.
-    let conn = st.db.connection(&b.connection_id).await?.ok_or(ApiError::NotFound("connection"))?;
-    let protocol = Protocol::parse(&conn.protocol).ok_or_else(|| ApiError::Internal(anyhow::anyhow!("bad protocol in db")))?;
+    let conn = st
+        .db
+        .connection(&b.connection_id)
+        .await?
+        .ok_or(ApiError::NotFound("connection"))?;
+    let protocol = Protocol::parse(&conn.protocol)
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("bad protocol in db")))?;
     let now = now_unix();
     let session_id = uuid::Uuid::new_v4().to_string();
     let jti = crypto::random_token();
@@ -499,29 +705,70 @@ async fn create_session(
         })
         .await?;
     let token = st.signer.sign(&claims);
-    let ws_url = format!("{}/bridge/v1/ws?session={session_id}", cfg.bridge_public_url.trim_end_matches('/'));
+    let ws_url = format!(
+        "{}/bridge/v1/ws?session={session_id}",
+        cfg.bridge_public_url.trim_end_matches('/')
+    );
     let connect_url = format!(
         "{}/connect#session={session_id}&token={token}&ws={}",
         cfg.public_url.trim_end_matches('/'),
         url_encode(&ws_url)
     );
     tracing::info!(%session_id, connection_id = %conn.id, user_id = %me.user.id, protocol = protocol.as_str(), "Session created");
-    Ok((StatusCode::CREATED, Json(SessionCreated { session_id, token, ws_url, connect_url, expires_at: exp })))
+    Ok((
+        StatusCode::CREATED,
+        Json(SessionCreated {
+            session_id,
+            token,
+            ws_url,
+            connect_url,
+            expires_at: exp,
+        }),
+    ))
 }
 
-async fn list_sessions(State(st): State<AppState>, me: CurrentUser) -> Result<Json<Vec<SessionRow>>, ApiError> {
-    let filter = if me.is_admin() { None } else { Some(me.user.id.as_str()) };
+async fn list_sessions(
+    State(st): State<AppState>,
+    me: CurrentUser,
+) -> Result<Json<Vec<SessionRow>>, ApiError> {
+    let filter = if me.is_admin() {
+        None
+    } else {
+        Some(me.user.id.as_str())
+    };
     Ok(Json(st.db.list_sessions(filter, false).await?))
 }
 
-async fn get_session(State(st): State<AppState>, me: CurrentUser, Path(id): Path<String>) -> Result<Json<SessionRow>, ApiError> {
-    let s = st.db.session(&id).await?.filter(|s| me.is_admin() || s.user_id == me.user.id).ok_or(ApiError::NotFound("session"))?;
+async fn get_session(
+    State(st): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<String>,
+) -> Result<Json<SessionRow>, ApiError> {
+    let s = st
+        .db
+        .session(&id)
+        .await?
+        .filter(|s| me.is_admin() || s.user_id == me.user.id)
+        .ok_or(ApiError::NotFound("session"))?;
     Ok(Json(s))
 }
 
-async fn end_session(State(st): State<AppState>, me: CurrentUser, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    let s = st.db.session(&id).await?.filter(|s| me.is_admin() || s.user_id == me.user.id).ok_or(ApiError::NotFound("session"))?;
-    let reason = if s.user_id == me.user.id { "ended by the user" } else { "ended by an administrator" };
+async fn end_session(
+    State(st): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let s = st
+        .db
+        .session(&id)
+        .await?
+        .filter(|s| me.is_admin() || s.user_id == me.user.id)
+        .ok_or(ApiError::NotFound("session"))?;
+    let reason = if s.user_id == me.user.id {
+        "ended by the user"
+    } else {
+        "ended by an administrator"
+    };
     st.db.end_session(&id, reason, now_unix()).await?;
     tracing::info!(session_id = %id, user_id = %me.user.id, "Session end requested");
     Ok(StatusCode::NO_CONTENT)

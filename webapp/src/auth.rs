@@ -29,7 +29,11 @@ impl CurrentUser {
     }
 
     pub fn require_admin(&self) -> Result<(), ApiError> {
-        if self.is_admin() { Ok(()) } else { Err(ApiError::Forbidden("admin role required".into())) }
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("admin role required".into()))
+        }
     }
 }
 
@@ -45,13 +49,21 @@ pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
 }
 
 impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let now = now_unix();
         if let Some(key) = bearer(&parts.headers) {
             if !key.starts_with(API_KEY_PREFIX) {
@@ -62,18 +74,31 @@ impl FromRequestParts<AppState> for CurrentUser {
                 .user_by_api_key(&crypto::sha256_hex(key), now)
                 .await?
                 .ok_or_else(|| ApiError::Unauthorized("invalid api key".into()))?;
-            return Ok(CurrentUser { user, csrf_token: None });
+            return Ok(CurrentUser {
+                user,
+                csrf_token: None,
+            });
         }
         let cookie = cookie_value(&parts.headers, COOKIE_NAME).ok_or(ApiError::Unauthenticated)?;
-        let (user, csrf) =
-            state.db.login_session(&crypto::sha256_hex(cookie), now).await?.ok_or(ApiError::Unauthenticated)?;
+        let (user, csrf) = state
+            .db
+            .login_session(&crypto::sha256_hex(cookie), now)
+            .await?
+            .ok_or(ApiError::Unauthenticated)?;
         let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
         if !safe {
-            let sent = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let sent = parts
+                .headers
+                .get(CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             if !bool::from(sent.as_bytes().ct_eq(csrf.as_bytes())) {
                 return Err(ApiError::Forbidden("missing or invalid csrf token".into()));
             }
         }
-        Ok(CurrentUser { user, csrf_token: Some(csrf) })
+        Ok(CurrentUser {
+            user,
+            csrf_token: Some(csrf),
+        })
     }
 }

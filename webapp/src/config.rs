@@ -28,8 +28,15 @@ pub struct WebappConfig {
 
 impl WebappConfig {
     /// A configuration with the defaults, for the given database, master key and node secret.
-    pub fn new(database_url: String, master_key: [u8; 32], node_secret: String, public_url: String) -> Self {
-        let bridge_public_url = public_url.replacen("https://", "wss://", 1).replacen("http://", "ws://", 1);
+    pub fn new(
+        database_url: String,
+        master_key: [u8; 32],
+        node_secret: String,
+        public_url: String,
+    ) -> Self {
+        let bridge_public_url = public_url
+            .replacen("https://", "wss://", 1)
+            .replacen("http://", "ws://", 1);
         Self {
             database_url: Secret::new(database_url),
             master_key: Secret::new(master_key),

@@ -23,8 +23,10 @@ impl Keys {
         let mut signing = [0u8; 32];
         let mut enc = [0u8; 32];
         // INVARIANT: 32 bytes is a valid HKDF-SHA256 output length.
-        hk.expand(b"token-signing", &mut signing).expect("hkdf length");
-        hk.expand(b"credential-encryption", &mut enc).expect("hkdf length");
+        hk.expand(b"token-signing", &mut signing)
+            .expect("hkdf length");
+        hk.expand(b"credential-encryption", &mut enc)
+            .expect("hkdf length");
         Self {
             token_signing: SigningKey::from_bytes(&signing),
             credentials: Aes256Gcm::new(&enc.into()),
@@ -36,7 +38,13 @@ impl Keys {
         let nonce_bytes: [u8; 12] = random_bytes();
         let ct = self
             .credentials
-            .encrypt(Nonce::from_slice(&nonce_bytes), aes_gcm::aead::Payload { msg: plaintext.as_bytes(), aad: aad.as_bytes() })
+            .encrypt(
+                Nonce::from_slice(&nonce_bytes),
+                aes_gcm::aead::Payload {
+                    msg: plaintext.as_bytes(),
+                    aad: aad.as_bytes(),
+                },
+            )
             .map_err(|_| anyhow!("credential encryption failed"))?;
         let mut out = nonce_bytes.to_vec();
         out.extend_from_slice(&ct);
@@ -44,13 +52,21 @@ impl Keys {
     }
 
     pub fn open(&self, sealed: &str, aad: &str) -> anyhow::Result<String> {
-        let raw = sealed.strip_prefix("v1:").context("unknown credential format")?;
+        let raw = sealed
+            .strip_prefix("v1:")
+            .context("unknown credential format")?;
         let raw = STANDARD.decode(raw).context("credential encoding")?;
         anyhow::ensure!(raw.len() > 12, "credential too short");
         let (nonce, ct) = raw.split_at(12);
         let pt = self
             .credentials
-            .decrypt(Nonce::from_slice(nonce), aes_gcm::aead::Payload { msg: ct, aad: aad.as_bytes() })
+            .decrypt(
+                Nonce::from_slice(nonce),
+                aes_gcm::aead::Payload {
+                    msg: ct,
+                    aad: aad.as_bytes(),
+                },
+            )
             .map_err(|_| anyhow!("credential decryption failed (wrong master key?)"))?;
         String::from_utf8(pt).context("credential is not utf-8")
     }
@@ -75,12 +91,19 @@ pub fn sha256_hex(data: &str) -> String {
 fn argon2() -> Argon2<'static> {
     // OWASP minimum for argon2id: m=19 MiB, t=2, p=1.
     // INVARIANT: constant, valid parameters.
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(19 * 1024, 2, 1, None).expect("argon2 params"))
+    Argon2::new(
+        Algorithm::Argon2id,
+        Version::V0x13,
+        Params::new(19 * 1024, 2, 1, None).expect("argon2 params"),
+    )
 }
 
 pub fn hash_password(password: &str) -> anyhow::Result<String> {
     let salt = SaltString::encode_b64(&random_bytes::<16>()).map_err(|e| anyhow!("salt: {e}"))?;
-    Ok(argon2().hash_password(password.as_bytes(), &salt).map_err(|e| anyhow!("hash password: {e}"))?.to_string())
+    Ok(argon2()
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|e| anyhow!("hash password: {e}"))?
+        .to_string())
 }
 
 pub fn verify_password(password: &str, hash: &str) -> bool {
@@ -103,8 +126,16 @@ mod tests {
         let sealed = keys.seal("s3cret", "conn:1:password").unwrap();
         assert!(!sealed.contains("s3cret"));
         assert_eq!(keys.open(&sealed, "conn:1:password").unwrap(), "s3cret");
-        assert!(keys.open(&sealed, "conn:2:password").is_err(), "aad binds the row");
-        assert!(Keys::derive(&[2; 32]).open(&sealed, "conn:1:password").is_err(), "other master key");
+        assert!(
+            keys.open(&sealed, "conn:2:password").is_err(),
+            "aad binds the row"
+        );
+        assert!(
+            Keys::derive(&[2; 32])
+                .open(&sealed, "conn:1:password")
+                .is_err(),
+            "other master key"
+        );
     }
 
     #[test]

@@ -79,7 +79,12 @@ pub mod state {
 }
 
 fn user(r: &AnyRow) -> sqlx::Result<User> {
-    Ok(User { id: r.try_get("id")?, username: r.try_get("username")?, role: r.try_get("role")?, created_at: r.try_get("created_at")? })
+    Ok(User {
+        id: r.try_get("id")?,
+        username: r.try_get("username")?,
+        role: r.try_get("role")?,
+        created_at: r.try_get("created_at")?,
+    })
 }
 
 fn connection(r: &AnyRow) -> sqlx::Result<Connection> {
@@ -115,8 +120,7 @@ fn session(r: &AnyRow) -> sqlx::Result<SessionRow> {
 }
 
 const CONNECTION_COLS: &str = "id, name, protocol, host, port, username, password_enc, private_key_enc, host_key_fingerprint, created_at, updated_at";
-const SESSION_COLS: &str =
-    "id, user_id, connection_id, state, token_jti, token_expires_at, claimed_at, bridge_id, created_at, ended_at, end_reason";
+const SESSION_COLS: &str = "id, user_id, connection_id, state, token_jti, token_expires_at, claimed_at, bridge_id, created_at, ended_at, end_reason";
 
 impl Db {
     /// Connect (creating a SQLite file if needed) and run the migrations of the dialect.
@@ -135,7 +139,9 @@ impl Db {
             }
             _ => url.to_owned(),
         };
-        let mut opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(3)).max_connections(16);
+        let mut opts = AnyPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(3))
+            .max_connections(16);
         if dialect == Dialect::Sqlite {
             opts = opts.after_connect(|conn, _meta| {
                 Box::pin(async move {
@@ -145,7 +151,10 @@ impl Db {
                 })
             });
         }
-        let pool = opts.connect(&url).await.context("connect to the database")?;
+        let pool = opts
+            .connect(&url)
+            .await
+            .context("connect to the database")?;
         let db = Db { pool, dialect };
         db.migrate().await?;
         Ok(db)
@@ -156,12 +165,17 @@ impl Db {
             Dialect::Sqlite => &SQLITE_MIGRATOR,
             Dialect::Postgres => &POSTGRES_MIGRATOR,
         };
-        migrator.run(&self.pool).await.context("run database migrations")
+        migrator
+            .run(&self.pool)
+            .await
+            .context("run database migrations")
     }
 
     /// One real round trip to the database.
     pub async fn ping(&self) -> sqlx::Result<()> {
-        let v: i64 = sqlx::query_scalar("SELECT CAST(1 AS BIGINT)").fetch_one(&self.pool).await?;
+        let v: i64 = sqlx::query_scalar("SELECT CAST(1 AS BIGINT)")
+            .fetch_one(&self.pool)
+            .await?;
         debug_assert_eq!(v, 1);
         Ok(())
     }
@@ -169,10 +183,19 @@ impl Db {
     // ---- users
 
     pub async fn count_users(&self) -> sqlx::Result<i64> {
-        sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(&self.pool).await
+        sqlx::query_scalar("SELECT COUNT(*) FROM users")
+            .fetch_one(&self.pool)
+            .await
     }
 
-    pub async fn insert_user(&self, id: &str, username: &str, password_hash: &str, role: &str, now: i64) -> sqlx::Result<()> {
+    pub async fn insert_user(
+        &self,
+        id: &str,
+        username: &str,
+        password_hash: &str,
+        role: &str,
+        now: i64,
+    ) -> sqlx::Result<()> {
         sqlx::query("INSERT INTO users (id, username, password_hash, role, created_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(id)
             .bind(username)
@@ -185,31 +208,51 @@ impl Db {
     }
 
     pub async fn user_with_hash(&self, username: &str) -> sqlx::Result<Option<(User, String)>> {
-        let row = sqlx::query("SELECT id, username, role, created_at, password_hash FROM users WHERE username = $1")
-            .bind(username)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| Ok((user(&r)?, r.try_get("password_hash")?))).transpose()
+        let row = sqlx::query(
+            "SELECT id, username, role, created_at, password_hash FROM users WHERE username = $1",
+        )
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok((user(&r)?, r.try_get("password_hash")?)))
+            .transpose()
     }
 
     pub async fn set_password(&self, user_id: &str, password_hash: &str) -> sqlx::Result<bool> {
-        let r = sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2").bind(password_hash).bind(user_id).execute(&self.pool).await?;
+        let r = sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+            .bind(password_hash)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
         Ok(r.rows_affected() == 1)
     }
 
     pub async fn list_users(&self) -> sqlx::Result<Vec<User>> {
-        let rows = sqlx::query("SELECT id, username, role, created_at FROM users ORDER BY username").fetch_all(&self.pool).await?;
+        let rows =
+            sqlx::query("SELECT id, username, role, created_at FROM users ORDER BY username")
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(user).collect()
     }
 
     pub async fn delete_user(&self, id: &str) -> sqlx::Result<bool> {
-        let r = sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(&self.pool).await?;
+        let r = sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(r.rows_affected() == 1)
     }
 
     // ---- login sessions and rate limiting
 
-    pub async fn insert_login_session(&self, id_hash: &str, user_id: &str, csrf: &str, now: i64, expires_at: i64) -> sqlx::Result<()> {
+    pub async fn insert_login_session(
+        &self,
+        id_hash: &str,
+        user_id: &str,
+        csrf: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> sqlx::Result<()> {
         sqlx::query("INSERT INTO login_sessions (id_hash, user_id, csrf_token, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(id_hash)
             .bind(user_id)
@@ -222,7 +265,11 @@ impl Db {
     }
 
     /// The user and CSRF token of a live login session.
-    pub async fn login_session(&self, id_hash: &str, now: i64) -> sqlx::Result<Option<(User, String)>> {
+    pub async fn login_session(
+        &self,
+        id_hash: &str,
+        now: i64,
+    ) -> sqlx::Result<Option<(User, String)>> {
         let row = sqlx::query(
             "SELECT u.id, u.username, u.role, u.created_at, s.csrf_token FROM login_sessions s \
              JOIN users u ON u.id = s.user_id WHERE s.id_hash = $1 AND s.expires_at > $2",
@@ -231,15 +278,25 @@ impl Db {
         .bind(now)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| Ok((user(&r)?, r.try_get("csrf_token")?))).transpose()
+        row.map(|r| Ok((user(&r)?, r.try_get("csrf_token")?)))
+            .transpose()
     }
 
     pub async fn delete_login_session(&self, id_hash: &str) -> sqlx::Result<()> {
-        sqlx::query("DELETE FROM login_sessions WHERE id_hash = $1").bind(id_hash).execute(&self.pool).await.map(|_| ())
+        sqlx::query("DELETE FROM login_sessions WHERE id_hash = $1")
+            .bind(id_hash)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
     }
 
     pub async fn record_login_failure(&self, subject: &str, now: i64) -> sqlx::Result<()> {
-        sqlx::query("INSERT INTO login_attempts (subject, at) VALUES ($1, $2)").bind(subject).bind(now).execute(&self.pool).await.map(|_| ())
+        sqlx::query("INSERT INTO login_attempts (subject, at) VALUES ($1, $2)")
+            .bind(subject)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
     }
 
     pub async fn login_failures_since(&self, subject: &str, since: i64) -> sqlx::Result<i64> {
@@ -251,13 +308,23 @@ impl Db {
     }
 
     pub async fn clear_login_failures(&self, subject: &str) -> sqlx::Result<()> {
-        sqlx::query("DELETE FROM login_attempts WHERE subject = $1").bind(subject).execute(&self.pool).await.map(|_| ())
+        sqlx::query("DELETE FROM login_attempts WHERE subject = $1")
+            .bind(subject)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
     }
 
     /// Drop expired login sessions and old login attempts.
     pub async fn prune(&self, now: i64) -> sqlx::Result<()> {
-        sqlx::query("DELETE FROM login_sessions WHERE expires_at <= $1").bind(now).execute(&self.pool).await?;
-        sqlx::query("DELETE FROM login_attempts WHERE at <= $1").bind(now - 3600).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM login_sessions WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM login_attempts WHERE at <= $1")
+            .bind(now - 3600)
+            .execute(&self.pool)
+            .await?;
         sqlx::query("UPDATE sessions SET state = $1, ended_at = $2, end_reason = $3 WHERE state = $4 AND token_expires_at < $5")
             .bind(state::ENDED)
             .bind(now)
@@ -271,7 +338,14 @@ impl Db {
 
     // ---- API keys
 
-    pub async fn insert_api_key(&self, id: &str, user_id: &str, name: &str, key_hash: &str, now: i64) -> sqlx::Result<()> {
+    pub async fn insert_api_key(
+        &self,
+        id: &str,
+        user_id: &str,
+        name: &str,
+        key_hash: &str,
+        now: i64,
+    ) -> sqlx::Result<()> {
         sqlx::query("INSERT INTO api_keys (id, user_id, name, key_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(id)
             .bind(user_id)
@@ -291,7 +365,11 @@ impl Db {
         .fetch_optional(&self.pool)
         .await?;
         if row.is_some() {
-            sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE key_hash = $2").bind(now).bind(key_hash).execute(&self.pool).await?;
+            sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE key_hash = $2")
+                .bind(now)
+                .bind(key_hash)
+                .execute(&self.pool)
+                .await?;
         }
         row.as_ref().map(user).transpose()
     }
@@ -315,7 +393,11 @@ impl Db {
     }
 
     pub async fn delete_api_key(&self, id: &str, user_id: &str) -> sqlx::Result<bool> {
-        let r = sqlx::query("DELETE FROM api_keys WHERE id = $1 AND user_id = $2").bind(id).bind(user_id).execute(&self.pool).await?;
+        let r = sqlx::query("DELETE FROM api_keys WHERE id = $1 AND user_id = $2")
+            .bind(id)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
         Ok(r.rows_affected() == 1)
     }
 
@@ -360,22 +442,39 @@ impl Db {
     }
 
     pub async fn connection(&self, id: &str) -> sqlx::Result<Option<Connection>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {CONNECTION_COLS} FROM connections WHERE id = $1"))).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CONNECTION_COLS} FROM connections WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(connection).transpose()
     }
 
     pub async fn list_connections(&self) -> sqlx::Result<Vec<Connection>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {CONNECTION_COLS} FROM connections ORDER BY name, id"))).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CONNECTION_COLS} FROM connections ORDER BY name, id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(connection).collect()
     }
 
     pub async fn delete_connection(&self, id: &str) -> sqlx::Result<bool> {
-        let r = sqlx::query("DELETE FROM connections WHERE id = $1").bind(id).execute(&self.pool).await?;
+        let r = sqlx::query("DELETE FROM connections WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(r.rows_affected() == 1)
     }
 
     /// Record a host key seen on first use; a pinned key is never overwritten.
-    pub async fn pin_host_key_if_unset(&self, connection_id: &str, fingerprint: &str, now: i64) -> sqlx::Result<bool> {
+    pub async fn pin_host_key_if_unset(
+        &self,
+        connection_id: &str,
+        fingerprint: &str,
+        now: i64,
+    ) -> sqlx::Result<bool> {
         let r = sqlx::query(
             "UPDATE connections SET host_key_fingerprint = $1, updated_at = $2 WHERE id = $3 AND host_key_fingerprint IS NULL",
         )
@@ -410,22 +509,41 @@ impl Db {
     }
 
     pub async fn session(&self, id: &str) -> sqlx::Result<Option<SessionRow>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {SESSION_COLS} FROM sessions WHERE id = $1"))).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SESSION_COLS} FROM sessions WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(session).transpose()
     }
 
-    pub async fn list_sessions(&self, user_id: Option<&str>, include_ended: bool) -> sqlx::Result<Vec<SessionRow>> {
-        let mut sql = format!("SELECT {SESSION_COLS} FROM sessions WHERE ($1 = '' OR user_id = $1)");
+    pub async fn list_sessions(
+        &self,
+        user_id: Option<&str>,
+        include_ended: bool,
+    ) -> sqlx::Result<Vec<SessionRow>> {
+        let mut sql =
+            format!("SELECT {SESSION_COLS} FROM sessions WHERE ($1 = '' OR user_id = $1)");
         if !include_ended {
             sql.push_str(" AND state <> 'ended'");
         }
         sql.push_str(" ORDER BY created_at DESC LIMIT 500");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id.unwrap_or("")).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(user_id.unwrap_or(""))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(session).collect()
     }
 
     /// Atomically claim a session token: succeeds once per `jti`, fleet-wide.
-    pub async fn claim_session(&self, id: &str, jti: &str, bridge_id: &str, now: i64) -> sqlx::Result<bool> {
+    pub async fn claim_session(
+        &self,
+        id: &str,
+        jti: &str,
+        bridge_id: &str,
+        now: i64,
+    ) -> sqlx::Result<bool> {
         let r = sqlx::query(
             "UPDATE sessions SET state = $1, claimed_at = $2, bridge_id = $3 \
              WHERE id = $4 AND token_jti = $5 AND state = $6 AND claimed_at IS NULL",
@@ -457,7 +575,10 @@ impl Db {
         let mut ended = Vec::new();
         for chunk in ids.chunks(200) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = format!("SELECT id FROM sessions WHERE state <> 'ended' AND id IN ({})", placeholders.join(", "));
+            let sql = format!(
+                "SELECT id FROM sessions WHERE state <> 'ended' AND id IN ({})",
+                placeholders.join(", ")
+            );
             let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
             for id in chunk {
                 q = q.bind(id);

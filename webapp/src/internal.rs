@@ -11,7 +11,8 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use portico_proto::Secret;
 use portico_proto::control::{
-    ClaimRequest, ControlError, EndRequest, HostKeyReport, SyncRequest, SyncResponse, Target, TokenKey, TokenKeys,
+    ClaimRequest, ControlError, EndRequest, HostKeyReport, SyncRequest, SyncResponse, Target,
+    TokenKey, TokenKeys,
 };
 use portico_proto::token::{Protocol, key_id};
 use subtle::ConstantTimeEq as _;
@@ -39,29 +40,52 @@ impl Internal {
     pub fn token_keys(&self) -> TokenKeys {
         let vk = self.st.signer.verifying_key();
         TokenKeys {
-            keys: vec![TokenKey { kid: key_id(&vk), public_key: base64::engine::general_purpose::STANDARD.encode(vk.as_bytes()) }],
+            keys: vec![TokenKey {
+                kid: key_id(&vk),
+                public_key: base64::engine::general_purpose::STANDARD.encode(vk.as_bytes()),
+            }],
         }
     }
 
     /// Claim the token `jti` of `session_id` for `bridge_id`: succeeds once, fleet-wide, and returns the target.
-    pub async fn claim(&self, session_id: &str, req: &ClaimRequest) -> Result<Target, ControlError> {
+    pub async fn claim(
+        &self,
+        session_id: &str,
+        req: &ClaimRequest,
+    ) -> Result<Target, ControlError> {
         let now = now_unix();
         let db = &self.st.db;
-        if !db.claim_session(session_id, &req.jti, &req.bridge_id, now).await.map_err(db_err)? {
-            let s = db.session(session_id).await.map_err(db_err)?.ok_or(ControlError::NotFound)?;
+        if !db
+            .claim_session(session_id, &req.jti, &req.bridge_id, now)
+            .await
+            .map_err(db_err)?
+        {
+            let s = db
+                .session(session_id)
+                .await
+                .map_err(db_err)?
+                .ok_or(ControlError::NotFound)?;
             tracing::warn!(%session_id, bridge_id = %req.bridge_id, state = %s.state, "Refused token claim");
             return Err(match s.state.as_str() {
                 state::ENDED if s.claimed_at.is_none() => ControlError::Ended,
                 _ => ControlError::AlreadyUsed,
             });
         }
-        let s = db.session(session_id).await.map_err(db_err)?.ok_or(ControlError::NotFound)?;
+        let s = db
+            .session(session_id)
+            .await
+            .map_err(db_err)?
+            .ok_or(ControlError::NotFound)?;
         let Some(c) = db.connection(&s.connection_id).await.map_err(db_err)? else {
-            db.end_session(session_id, "connection deleted", now).await.map_err(db_err)?;
+            db.end_session(session_id, "connection deleted", now)
+                .await
+                .map_err(db_err)?;
             return Err(ControlError::NotFound);
         };
         let keys = &self.st.keys;
-        let open = |field: &str, v: &Option<String>| -> Result<Option<Secret<String>>, ControlError> {
+        let open = |field: &str,
+                    v: &Option<String>|
+         -> Result<Option<Secret<String>>, ControlError> {
             v.as_ref()
                 .map(|sealed| {
                     keys.open(sealed, &format!("connection:{}:{field}", c.id)).map(Secret::new).map_err(|e| {
@@ -73,9 +97,11 @@ impl Internal {
         };
         tracing::info!(%session_id, bridge_id = %req.bridge_id, connection_id = %c.id, "Token claimed");
         Ok(Target {
-            protocol: Protocol::parse(&c.protocol).ok_or_else(|| ControlError::Unavailable("bad protocol".into()))?,
+            protocol: Protocol::parse(&c.protocol)
+                .ok_or_else(|| ControlError::Unavailable("bad protocol".into()))?,
             host: c.host.clone(),
-            port: u16::try_from(c.port).map_err(|_| ControlError::Unavailable("bad port".into()))?,
+            port: u16::try_from(c.port)
+                .map_err(|_| ControlError::Unavailable("bad port".into()))?,
             username: c.username.clone(),
             password: open("password", &c.password_enc)?,
             private_key: open("private_key", &c.private_key_enc)?,
@@ -85,24 +111,55 @@ impl Internal {
     }
 
     /// Trust on first use: pin the host key of the session's connection if none is pinned yet.
-    pub async fn record_host_key(&self, session_id: &str, report: &HostKeyReport) -> Result<(), ControlError> {
-        let s = self.st.db.session(session_id).await.map_err(db_err)?.ok_or(ControlError::NotFound)?;
+    pub async fn record_host_key(
+        &self,
+        session_id: &str,
+        report: &HostKeyReport,
+    ) -> Result<(), ControlError> {
+        let s = self
+            .st
+            .db
+            .session(session_id)
+            .await
+            .map_err(db_err)?
+            .ok_or(ControlError::NotFound)?;
         let fp = crate::api::normalize_fingerprint(Some(&report.fingerprint))
             .map_err(|_| ControlError::Unavailable("bad fingerprint".into()))?
             .ok_or(ControlError::NotFound)?;
-        if self.st.db.pin_host_key_if_unset(&s.connection_id, &fp, now_unix()).await.map_err(db_err)? {
+        if self
+            .st
+            .db
+            .pin_host_key_if_unset(&s.connection_id, &fp, now_unix())
+            .await
+            .map_err(db_err)?
+        {
             tracing::info!(connection_id = %s.connection_id, fingerprint = %fp, "Host key pinned on first use");
         }
         Ok(())
     }
 
-    pub async fn end_session(&self, session_id: &str, req: &EndRequest) -> Result<(), ControlError> {
-        self.st.db.end_session(session_id, &req.reason, now_unix()).await.map_err(db_err)?;
+    pub async fn end_session(
+        &self,
+        session_id: &str,
+        req: &EndRequest,
+    ) -> Result<(), ControlError> {
+        self.st
+            .db
+            .end_session(session_id, &req.reason, now_unix())
+            .await
+            .map_err(db_err)?;
         Ok(())
     }
 
     pub async fn sync(&self, req: &SyncRequest) -> Result<SyncResponse, ControlError> {
-        Ok(SyncResponse { ended: self.st.db.ended_among(&req.sessions).await.map_err(db_err)? })
+        Ok(SyncResponse {
+            ended: self
+                .st
+                .db
+                .ended_among(&req.sessions)
+                .await
+                .map_err(db_err)?,
+        })
     }
 }
 

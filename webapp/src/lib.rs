@@ -34,7 +34,10 @@ pub struct AppState {
 }
 
 pub fn now_unix() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 impl AppState {
@@ -43,7 +46,12 @@ impl AppState {
         let db = db::Db::connect(config.database_url.expose()).await?;
         let keys = crypto::Keys::derive(config.master_key.expose());
         let signer = TokenSigner::new(keys.token_signing.clone());
-        Ok(AppState { db, keys: Arc::new(keys), signer: Arc::new(signer), config: Arc::new(config) })
+        Ok(AppState {
+            db,
+            keys: Arc::new(keys),
+            signer: Arc::new(signer),
+            config: Arc::new(config),
+        })
     }
 
     /// Create the first admin when there is no user yet. Returns the generated password, if one was generated.
@@ -55,7 +63,13 @@ impl AppState {
         let password = password.unwrap_or_else(|| crypto::random_token()[..20].to_owned());
         let hash = crypto::hash_password(&password)?;
         self.db
-            .insert_user(&uuid::Uuid::new_v4().to_string(), "admin", &hash, auth::ROLE_ADMIN, now_unix())
+            .insert_user(
+                &uuid::Uuid::new_v4().to_string(),
+                "admin",
+                &hash,
+                auth::ROLE_ADMIN,
+                now_unix(),
+            )
             .await
             .context("create the first admin")?;
         tracing::info!(username = "admin", "Created the first admin");

@@ -8,7 +8,9 @@ fn body(schema: &str) -> Value {
 
 fn ok(desc: &str, schema: Option<&str>) -> Value {
     match schema {
-        Some(s) => json!({ "description": desc, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{s}") } } } }),
+        Some(s) => {
+            json!({ "description": desc, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{s}") } } } })
+        }
         None => json!({ "description": desc }),
     }
 }
@@ -26,7 +28,8 @@ fn op(summary: &str, req: Option<&str>, code: &str, resp: Option<&str>) -> Value
 }
 
 pub fn document() -> Value {
-    let id = json!([{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }]);
+    let id =
+        json!([{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }]);
     let with_id = |mut v: Value| {
         v["parameters"] = id.clone();
         v

@@ -53,7 +53,10 @@ fn stat(pid: u32) -> Option<(u64, u32)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &s[s.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
-    Some((f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?, f.get(1)?.parse().ok()?))
+    Some((
+        f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?,
+        f.get(1)?.parse().ok()?,
+    ))
 }
 
 /// CPU ticks of `root` and all its descendants, per pid.
@@ -86,7 +89,10 @@ fn tree_ticks(root: u32) -> HashMap<u32, u64> {
 }
 
 fn cores(before: &HashMap<u32, u64>, after: &HashMap<u32, u64>, secs: f64, tck: f64) -> f64 {
-    let ticks: u64 = after.iter().map(|(pid, a)| a.saturating_sub(*before.get(pid).unwrap_or(&0))).sum();
+    let ticks: u64 = after
+        .iter()
+        .map(|(pid, a)| a.saturating_sub(*before.get(pid).unwrap_or(&0)))
+        .sum();
     ticks as f64 / tck / secs
 }
 
@@ -94,7 +100,11 @@ fn mem_kib(pid: u32) -> (u64, u64) {
     let field = |file: &str, key: &str| -> u64 {
         std::fs::read_to_string(format!("/proc/{pid}/{file}"))
             .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with(key))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
             .unwrap_or(0)
     };
     (field("status", "VmRSS:"), field("smaps_rollup", "Pss:"))
@@ -112,9 +122,13 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 
 async fn open(p: &Portico, api: &Api, conn: &str) -> anyhow::Result<(String, WsStream)> {
     let s = api.create_session(conn).await?;
-    let ws = ws_with_token(s["ws_url"].as_str().unwrap_or_default(), &p.cert_sha256, s["token"].as_str().unwrap_or_default())
-        .await?
-        .map_err(|r| anyhow::anyhow!("refused: {r:?}"))?;
+    let ws = ws_with_token(
+        s["ws_url"].as_str().unwrap_or_default(),
+        &p.cert_sha256,
+        s["token"].as_str().unwrap_or_default(),
+    )
+    .await?
+    .map_err(|r| anyhow::anyhow!("refused: {r:?}"))?;
     Ok((s["session_id"].as_str().unwrap_or_default().to_owned(), ws))
 }
 
@@ -122,7 +136,9 @@ async fn open(p: &Portico, api: &Api, conn: &str) -> anyhow::Result<(String, WsS
 async fn until_connected(ws: &mut WsStream) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        if let Ok(Some(Ok(Message::Binary(b)))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        if let Ok(Some(Ok(Message::Binary(b)))) =
+            tokio::time::timeout(Duration::from_secs(5), ws.next()).await
+        {
             match ServerMsg::decode(&b)? {
                 ServerMsg::Status(s) if s.state == "connected" => return Ok(()),
                 ServerMsg::Error(e) => anyhow::bail!("session error: {}", e.message),
@@ -142,46 +158,97 @@ struct Counter {
 }
 
 /// N sessions streaming ssh-text; returns (bridge cores/session, peer cores/session, KiB/s per session).
-async fn cpu_run(p: &Portico, sshd: &Sshd, api: &Api, conn: &str, n: usize, args: &Args, script: &str) -> anyhow::Result<(f64, f64, f64)> {
+async fn cpu_run(
+    p: &Portico,
+    sshd: &Sshd,
+    api: &Api,
+    conn: &str,
+    n: usize,
+    args: &Args,
+    script: &str,
+) -> anyhow::Result<(f64, f64, f64)> {
     let counter = std::sync::Arc::new(Counter { bytes: 0.into() });
     let mut tasks = Vec::new();
     for _ in 0..n {
         let (_, mut ws) = open(p, api, conn).await?;
         until_connected(&mut ws).await?;
-        ws.send(bin(ClientMsg::Resize { cols: 120, rows: 40, width_px: 0, height_px: 0 })).await?;
-        ws.send(bin(ClientMsg::TermInput(format!("exec python3 {script} 20 6 1\r").into_bytes()))).await?;
+        ws.send(bin(ClientMsg::Resize {
+            cols: 120,
+            rows: 40,
+            width_px: 0,
+            height_px: 0,
+        }))
+        .await?;
+        ws.send(bin(ClientMsg::TermInput(
+            format!("exec python3 {script} 20 6 1\r").into_bytes(),
+        )))
+        .await?;
         let c = counter.clone();
         tasks.push(tokio::spawn(async move {
             // The instant-ack client: read everything, decode nothing beyond the frame.
             while let Some(Ok(m)) = ws.next().await {
                 if let Message::Binary(b) = m {
-                    c.bytes.fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    c.bytes
+                        .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         }));
     }
     tokio::time::sleep(Duration::from_secs(args.warmup)).await;
     let tck = clk_tck();
-    let (b0, s0, bytes0, t0) = (tree_ticks(p.pid()), tree_ticks(sshd.pid()), counter.bytes.load(std::sync::atomic::Ordering::Relaxed), Instant::now());
+    let (b0, s0, bytes0, t0) = (
+        tree_ticks(p.pid()),
+        tree_ticks(sshd.pid()),
+        counter.bytes.load(std::sync::atomic::Ordering::Relaxed),
+        Instant::now(),
+    );
     tokio::time::sleep(Duration::from_secs(args.window)).await;
     let secs = t0.elapsed().as_secs_f64();
-    let (b1, s1, bytes1) = (tree_ticks(p.pid()), tree_ticks(sshd.pid()), counter.bytes.load(std::sync::atomic::Ordering::Relaxed));
+    let (b1, s1, bytes1) = (
+        tree_ticks(p.pid()),
+        tree_ticks(sshd.pid()),
+        counter.bytes.load(std::sync::atomic::Ordering::Relaxed),
+    );
     for t in tasks {
         t.abort();
     }
     // Let the bridge notice the closed sockets and the grace period not matter: end everything now.
-    for s in api.ok(reqwest::Method::GET, "/api/v1/sessions", None).await?.as_array().cloned().unwrap_or_default() {
-        let _ = api.request(reqwest::Method::DELETE, &format!("/api/v1/sessions/{}", s["id"].as_str().unwrap_or_default()), None).await;
+    for s in api
+        .ok(reqwest::Method::GET, "/api/v1/sessions", None)
+        .await?
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        let _ = api
+            .request(
+                reqwest::Method::DELETE,
+                &format!("/api/v1/sessions/{}", s["id"].as_str().unwrap_or_default()),
+                None,
+            )
+            .await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let n = n as f64;
-    Ok((cores(&b0, &b1, secs, tck) / n, cores(&s0, &s1, secs, tck) / n, (bytes1 - bytes0) as f64 / 1024.0 / secs / n))
+    Ok((
+        cores(&b0, &b1, secs, tck) / n,
+        cores(&s0, &s1, secs, tck) / n,
+        (bytes1 - bytes0) as f64 / 1024.0 / secs / n,
+    ))
 }
 
-async fn latency_bridge(p: &Portico, api: &Api, conn: &str, samples: usize) -> anyhow::Result<Vec<f64>> {
+async fn latency_bridge(
+    p: &Portico,
+    api: &Api,
+    conn: &str,
+    samples: usize,
+) -> anyhow::Result<Vec<f64>> {
     let (_, mut ws) = open(p, api, conn).await?;
     until_connected(&mut ws).await?;
-    ws.send(bin(ClientMsg::TermInput(b"exec cat > /dev/null\r".to_vec()))).await?;
+    ws.send(bin(ClientMsg::TermInput(
+        b"exec cat > /dev/null\r".to_vec(),
+    )))
+    .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Drain.
     while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), ws.next()).await {}
@@ -191,7 +258,10 @@ async fn latency_bridge(p: &Portico, api: &Api, conn: &str, samples: usize) -> a
         let t = Instant::now();
         ws.send(bin(ClientMsg::TermInput(vec![ch]))).await?;
         loop {
-            let m = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.context("echo timeout")?.context("closed")??;
+            let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
+                .await
+                .context("echo timeout")?
+                .context("closed")??;
             if let Message::Binary(b) = m
                 && let Ok(ServerMsg::TermOutput(o)) = ServerMsg::decode(&b)
                 && o.contains(&ch)
@@ -217,16 +287,24 @@ async fn latency_direct(sshd: &Sshd, samples: usize) -> anyhow::Result<Vec<f64>>
         host_key_fingerprint: None,
     };
     let mut shell = portico_bridge::ssh::connect(&target, 80, 24).await?;
-    shell.channel.data_bytes(b"exec cat > /dev/null\r".to_vec()).await?;
+    shell
+        .channel
+        .data_bytes(b"exec cat > /dev/null\r".to_vec())
+        .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), shell.channel.wait()).await {}
+    while let Ok(Some(_)) =
+        tokio::time::timeout(Duration::from_millis(200), shell.channel.wait()).await
+    {}
     let mut out = Vec::with_capacity(samples);
     for i in 0..samples {
         let ch = b'a' + (i % 26) as u8;
         let t = Instant::now();
         shell.channel.data_bytes(vec![ch]).await?;
         loop {
-            match tokio::time::timeout(Duration::from_secs(5), shell.channel.wait()).await.context("echo timeout")? {
+            match tokio::time::timeout(Duration::from_secs(5), shell.channel.wait())
+                .await
+                .context("echo timeout")?
+            {
                 Some(russh::ChannelMsg::Data { data }) if data.contains(&ch) => break,
                 Some(_) => {}
                 None => anyhow::bail!("channel closed"),
@@ -239,7 +317,14 @@ async fn latency_direct(sshd: &Sshd, samples: usize) -> anyhow::Result<Vec<f64>>
 }
 
 /// Open `target` idle sessions in total (adding to `held`) and return the bridge RSS/Pss per session.
-async fn idle_memory(p: &Portico, api: &Api, conn: &str, held: &mut Vec<WsStream>, target: usize, base: (u64, u64)) -> anyhow::Result<(f64, f64)> {
+async fn idle_memory(
+    p: &Portico,
+    api: &Api,
+    conn: &str,
+    held: &mut Vec<WsStream>,
+    target: usize,
+    base: (u64, u64),
+) -> anyhow::Result<(f64, f64)> {
     while held.len() < target {
         let batch = (target - held.len()).min(20);
         let mut futs = Vec::new();
@@ -257,27 +342,42 @@ async fn idle_memory(p: &Portico, api: &Api, conn: &str, held: &mut Vec<WsStream
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (rss, pss) = mem_kib(p.pid());
     let n = held.len() as f64;
-    Ok(((rss.saturating_sub(base.0)) as f64 / n, (pss.saturating_sub(base.1)) as f64 / n))
+    Ok((
+        (rss.saturating_sub(base.0)) as f64 / n,
+        (pss.saturating_sub(base.1)) as f64 / n,
+    ))
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::ensure!(args.which == "ssh", "unknown benchmark {:?} (available: ssh)", args.which);
+    anyhow::ensure!(
+        args.which == "ssh",
+        "unknown benchmark {:?} (available: ssh)",
+        args.which
+    );
     if std::env::var("PORTICO_BENCH_RELEASE").is_err() {
-        eprintln!("note: set PORTICO_BENCH_RELEASE=1 (the bench script does) to measure a release build");
+        eprintln!(
+            "note: set PORTICO_BENCH_RELEASE=1 (the bench script does) to measure a release build"
+        );
     }
     let script_dir = std::path::Path::new("/tmp/portico-bench");
     std::fs::create_dir_all(script_dir)?;
     let script = script_dir.join("scroller.py");
-    std::fs::copy(portico_tests::workspace_root().join("tests/bench/scroller.py"), &script)?;
+    std::fs::copy(
+        portico_tests::workspace_root().join("tests/bench/scroller.py"),
+        &script,
+    )?;
     let script = script.display().to_string();
     let sshd = Sshd::start()?;
     let mut rows: Vec<String> = Vec::new();
 
     eprintln!("== ssh-text CPU");
     {
-        let p = Portico::start_with(Options { extra_env: vec![("PORTICO_LOG".into(), "warn".into())], ..Options::default() })?;
+        let p = Portico::start_with(Options {
+            extra_env: vec![("PORTICO_LOG".into(), "warn".into())],
+            ..Options::default()
+        })?;
         let api = Api::admin(&p).await?;
         let conn = api
             .create_connection(json!({ "protocol": "ssh", "host": "127.0.0.1", "port": sshd.port, "username": sshd.user.name, "password": sshd.user.password }))
@@ -286,7 +386,9 @@ async fn main() -> anyhow::Result<()> {
             let (mut b, mut s, mut k) = (Vec::new(), Vec::new(), Vec::new());
             for r in 0..args.repeats {
                 let (bc, sc, kib) = cpu_run(&p, &sshd, &api, &conn, n, &args, &script).await?;
-                eprintln!("  N={n} run {r}: bridge {bc:.4} cores/session, sshd+shell {sc:.4}, {kib:.1} KiB/s/session");
+                eprintln!(
+                    "  N={n} run {r}: bridge {bc:.4} cores/session, sshd+shell {sc:.4}, {kib:.1} KiB/s/session"
+                );
                 b.push(bc);
                 s.push(sc);
                 k.push(kib);
@@ -302,8 +404,16 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("== keystroke-to-echo latency");
         let mut direct = latency_direct(&sshd, args.latency_samples).await?;
         let mut bridged = latency_bridge(&p, &api, &conn, args.latency_samples).await?;
-        let (d50, d99, b50, b99) = (pct(&mut direct, 0.5), pct(&mut direct, 0.99), pct(&mut bridged, 0.5), pct(&mut bridged, 0.99));
-        rows.push(format!("| echo latency, direct SSH | p50 {d50:.3} ms, p99 {d99:.3} ms | | {} samples |", args.latency_samples));
+        let (d50, d99, b50, b99) = (
+            pct(&mut direct, 0.5),
+            pct(&mut direct, 0.99),
+            pct(&mut bridged, 0.5),
+            pct(&mut bridged, 0.99),
+        );
+        rows.push(format!(
+            "| echo latency, direct SSH | p50 {d50:.3} ms, p99 {d99:.3} ms | | {} samples |",
+            args.latency_samples
+        ));
         rows.push(format!(
             "| echo latency, through the bridge (TLS+WS) | p50 {b50:.3} ms, p99 {b99:.3} ms | added p50 < 2 ms | added p50 {:.3} ms, p99 {:.3} ms |",
             b50 - d50,
@@ -313,7 +423,10 @@ async fn main() -> anyhow::Result<()> {
 
     eprintln!("== idle memory");
     {
-        let p = Portico::start_with(Options { extra_env: vec![("PORTICO_LOG".into(), "warn".into())], ..Options::default() })?;
+        let p = Portico::start_with(Options {
+            extra_env: vec![("PORTICO_LOG".into(), "warn".into())],
+            ..Options::default()
+        })?;
         let api = Api::admin(&p).await?;
         let conn = api
             .create_connection(json!({ "protocol": "ssh", "host": "127.0.0.1", "port": sshd.port, "username": sshd.user.name, "password": sshd.user.password }))
