@@ -22,20 +22,10 @@ pub struct Settings {
     #[arg(long, global = true, env = "PORTICO_DATABASE_URL")]
     pub database_url: Option<String>,
     /// Base64 of 32 random bytes; default: generated once into DATA_DIR/master.key. Every webapp must share it.
-    #[arg(
-        long,
-        global = true,
-        env = "PORTICO_MASTER_KEY",
-        hide_env_values = true
-    )]
+    #[arg(long, global = true, env = "PORTICO_MASTER_KEY", hide_env_values = true)]
     pub master_key: Option<String>,
     /// Credential bridges use for the internal API; default: generated once into DATA_DIR/node.secret.
-    #[arg(
-        long,
-        global = true,
-        env = "PORTICO_NODE_SECRET",
-        hide_env_values = true
-    )]
+    #[arg(long, global = true, env = "PORTICO_NODE_SECRET", hide_env_values = true)]
     pub node_secret: Option<String>,
     /// URL browsers use to reach the webapp (default: https://LISTEN).
     #[arg(long, global = true, env = "PORTICO_PUBLIC_URL")]
@@ -53,12 +43,7 @@ pub struct Settings {
     #[arg(long, global = true, env = "PORTICO_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
     /// Password of the first admin (default: generated and printed once).
-    #[arg(
-        long,
-        global = true,
-        env = "PORTICO_ADMIN_PASSWORD",
-        hide_env_values = true
-    )]
+    #[arg(long, global = true, env = "PORTICO_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<String>,
     /// Bridge/agent: base URL of the webapp tier (its load balancer).
     #[arg(long, global = true, env = "PORTICO_WEBAPP_URL")]
@@ -94,10 +79,8 @@ impl Settings {
     /// Flags/env (`self`) win over the file.
     pub fn with_file(mut self, path: Option<&Path>) -> anyhow::Result<Settings> {
         let Some(path) = path else { return Ok(self) };
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("read config file {}", path.display()))?;
-        let file: Settings = toml::from_str(&text)
-            .with_context(|| format!("parse config file {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("read config file {}", path.display()))?;
+        let file: Settings = toml::from_str(&text).with_context(|| format!("parse config file {}", path.display()))?;
         merge!(
             self,
             file,
@@ -125,9 +108,7 @@ impl Settings {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.data_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("portico-data"))
+        self.data_dir.clone().unwrap_or_else(|| PathBuf::from("portico-data"))
     }
 
     pub fn listen(&self) -> anyhow::Result<SocketAddr> {
@@ -141,8 +122,7 @@ impl Settings {
             return Ok(u.clone());
         }
         let dir = self.data_dir();
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("create data directory {}", dir.display()))?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("create data directory {}", dir.display()))?;
         Ok(format!("sqlite://{}", dir.join("portico.db").display()))
     }
 
@@ -192,6 +172,59 @@ pub fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("write {}", path.display()))?;
-    f.write_all(data)
-        .with_context(|| format!("write {}", path.display()))
+    f.write_all(data).with_context(|| format!("write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_settings_fill_what_flags_and_env_leave_open() {
+        let dir = std::env::temp_dir().join(format!("portico-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("portico.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\nzone = \"eu\"\nsession-grace-secs = 30\n",
+        )
+        .unwrap();
+        let flags = Settings {
+            zone: Some("us".into()),
+            ..Settings::default()
+        };
+        let s = flags.with_file(Some(&file)).unwrap();
+        assert_eq!(s.listen().unwrap().port(), 9000);
+        assert_eq!(s.zone.as_deref(), Some("us"), "flags and env win over the file");
+        assert_eq!(s.session_grace_secs, Some(30));
+        std::fs::write(&file, "surprise = 1\n").unwrap();
+        let err = Settings::default().with_file(Some(&file)).unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn generated_secrets_are_stable_and_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("portico-secrets-{}", std::process::id()));
+        let s = Settings {
+            data_dir: Some(dir.clone()),
+            ..Settings::default()
+        };
+        let k1 = s.master_key().unwrap();
+        assert_eq!(k1, s.master_key().unwrap(), "generated once, then read back");
+        let mode = std::fs::metadata(dir.join("master.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let bad = Settings {
+            master_key: Some("c2hvcnQ=".into()),
+            ..Settings::default()
+        };
+        assert!(bad.master_key().is_err());
+        let weak = Settings {
+            node_secret: Some("short".into()),
+            ..Settings::default()
+        };
+        assert!(weak.node_secret().is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

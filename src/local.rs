@@ -4,8 +4,7 @@
 use async_trait::async_trait;
 use portico_bridge::ControlPlane;
 use portico_proto::control::{
-    ClaimRequest, ControlError, EndRequest, HostKeyReport, SyncRequest, SyncResponse, Target,
-    TokenKeys,
+    ClaimRequest, ControlError, EndRequest, HostKeyReport, SyncRequest, SyncResponse, Target, TokenKeys,
 };
 use portico_webapp::Internal;
 
@@ -27,11 +26,7 @@ impl ControlPlane for LocalControl {
         self.0.claim(session_id, req).await
     }
 
-    async fn record_host_key(
-        &self,
-        session_id: &str,
-        report: &HostKeyReport,
-    ) -> Result<(), ControlError> {
+    async fn record_host_key(&self, session_id: &str, report: &HostKeyReport) -> Result<(), ControlError> {
         self.0.record_host_key(session_id, report).await
     }
 

@@ -57,10 +57,7 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: start the async runtime: {e}");
@@ -93,10 +90,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn agent_config(s: &Settings) -> portico_agent::AgentConfig {
     portico_agent::AgentConfig {
-        docker_socket: s
-            .docker_socket
-            .clone()
-            .unwrap_or_else(|| "/var/run/docker.sock".into()),
+        docker_socket: s.docker_socket.clone().unwrap_or_else(|| "/var/run/docker.sock".into()),
         upstream: s.webapp_url.clone(),
     }
 }
@@ -125,10 +119,7 @@ async fn webapp_state(settings: &Settings, public_url: &str) -> anyhow::Result<A
         settings.database_url()?,
         settings.master_key()?,
         settings.node_secret()?,
-        settings
-            .public_url
-            .clone()
-            .unwrap_or_else(|| public_url.to_owned()),
+        settings.public_url.clone().unwrap_or_else(|| public_url.to_owned()),
     );
     if let Some(b) = &settings.bridge_public_url {
         cfg.bridge_public_url = b.clone();
@@ -147,9 +138,7 @@ async fn webapp_state(settings: &Settings, public_url: &str) -> anyhow::Result<A
     }
     let state = AppState::new(cfg).await?;
     if let Some(pw) = state.ensure_admin(settings.admin_password.clone()).await? {
-        println!(
-            "created the first admin user: admin / {pw}  (shown once; set PORTICO_ADMIN_PASSWORD to choose it)"
-        );
+        println!("created the first admin user: admin / {pw}  (shown once; set PORTICO_ADMIN_PASSWORD to choose it)");
     }
     state.spawn_maintenance();
     Ok(state)
@@ -165,19 +154,14 @@ fn bridge_id(settings: &Settings) -> String {
 
 fn announce(url: &str, tls: &serve::Tls) {
     // Tests and scripts read this line.
-    println!(
-        "portico listening on {url} (certificate sha256 {})",
-        tls.fingerprint
-    );
+    println!("portico listening on {url} (certificate sha256 {})", tls.fingerprint);
 }
 
 async fn all_in_one(settings: Settings) -> anyhow::Result<()> {
     let tls = serve::tls(&settings)?;
     let (listener, url) = bind(&settings).await?;
     let state = webapp_state(&settings, &url).await?;
-    let control = Arc::new(local::LocalControl::new(portico_webapp::Internal::new(
-        state.clone(),
-    )));
+    let control = Arc::new(local::LocalControl::new(portico_webapp::Internal::new(state.clone())));
     let bridge = Bridge::new(
         BridgeConfig::new(bridge_id(&settings), state.config.zone.clone()),
         control,
@@ -218,9 +202,7 @@ async fn bridge_only(settings: Settings) -> anyhow::Result<()> {
         None => None,
     };
     if settings.webapp_cert_sha256.is_none() && ca.is_none() {
-        anyhow::bail!(
-            "the bridge needs --webapp-cert-sha256 or --webapp-ca to trust the webapp's certificate"
-        );
+        anyhow::bail!("the bridge needs --webapp-cert-sha256 or --webapp-ca to trust the webapp's certificate");
     }
     let control = HttpControlPlane::new(
         webapp_url,
@@ -229,10 +211,7 @@ async fn bridge_only(settings: Settings) -> anyhow::Result<()> {
         ca.as_deref(),
     )?;
     let zone = settings.zone.clone().unwrap_or_else(|| "default".into());
-    let bridge = Bridge::new(
-        BridgeConfig::new(bridge_id(&settings), zone),
-        Arc::new(control),
-    );
+    let bridge = Bridge::new(BridgeConfig::new(bridge_id(&settings), zone), Arc::new(control));
     bridge.spawn_sync();
     let tls = serve::tls(&settings)?;
     let (listener, url) = bind(&settings).await?;

@@ -46,8 +46,8 @@ pub fn tls(settings: &Settings) -> anyhow::Result<Tls> {
         .first()
         .with_context(|| format!("no certificate in {}", cert_path.display()))?;
     let fingerprint = hex::encode(sha2::Sha256::digest(leaf.as_ref()));
-    let key = PrivateKeyDer::from_pem_file(&key_path)
-        .with_context(|| format!("read private key {}", key_path.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(&key_path).with_context(|| format!("read private key {}", key_path.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -64,13 +64,8 @@ pub fn tls(settings: &Settings) -> anyhow::Result<Tls> {
 
 fn generate_self_signed(dir: &Path, cert: &Path, key: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let names = vec![
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-        "::1".to_owned(),
-    ];
-    let ck =
-        rcgen::generate_simple_self_signed(names).context("generate a self-signed certificate")?;
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let ck = rcgen::generate_simple_self_signed(names).context("generate a self-signed certificate")?;
     std::fs::write(cert, ck.cert.pem()).with_context(|| format!("write {}", cert.display()))?;
     write_private(key, ck.signing_key.serialize_pem().as_bytes())?;
     tracing::info!(path = %cert.display(), "Generated a self-signed certificate");
@@ -78,11 +73,7 @@ fn generate_self_signed(dir: &Path, cert: &Path, key: &Path) -> anyhow::Result<(
 }
 
 /// Accept TLS connections forever and serve `app` on each.
-pub async fn serve(
-    listener: TcpListener,
-    tls: tokio_rustls::TlsAcceptor,
-    app: Router,
-) -> anyhow::Result<()> {
+pub async fn serve(listener: TcpListener, tls: tokio_rustls::TlsAcceptor, app: Router) -> anyhow::Result<()> {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -96,23 +87,17 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let (app, tls) = (app.clone(), tls.clone());
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await
-            {
+            let stream = match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
             };
-            let svc = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                    app.clone().oneshot(req)
-                },
-            );
+            let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                app.clone().oneshot(req)
+            });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .await
-            {
+            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await {
                 tracing::debug!(%peer, error = %e, "Connection ended with an error");
             }
         });

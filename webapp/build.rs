@@ -7,23 +7,11 @@ use std::process::Command;
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../web-client");
     println!("cargo:rerun-if-changed={}", root.join("src").display());
-    println!(
-        "cargo:rerun-if-changed={}",
-        root.join("package.json").display()
-    );
-    println!(
-        "cargo:rerun-if-changed={}",
-        root.join("build.mjs").display()
-    );
-    println!(
-        "cargo:rerun-if-changed={}",
-        root.join("dist/index.html").display()
-    );
+    println!("cargo:rerun-if-changed={}", root.join("package.json").display());
+    println!("cargo:rerun-if-changed={}", root.join("build.mjs").display());
+    println!("cargo:rerun-if-changed={}", root.join("dist/index.html").display());
     let dist_index = root.join("dist/index.html");
-    let stale = match (
-        dist_index.metadata().and_then(|m| m.modified()),
-        newest_source(&root),
-    ) {
+    let stale = match (dist_index.metadata().and_then(|m| m.modified()), newest_source(&root)) {
         (Ok(built), Some(src)) => src > built,
         (Ok(_), None) => false,
         (Err(_), _) => true,
@@ -69,8 +57,6 @@ fn run(cmd: &mut Command, what: &str) {
     match cmd.status() {
         Ok(s) if s.success() => {}
         Ok(s) => panic!("{what} failed ({s}) in web-client/: install node and npm, then retry"),
-        Err(e) => panic!(
-            "{what} could not start ({e}): install node and npm (Debian: nodejs npm), then retry"
-        ),
+        Err(e) => panic!("{what} could not start ({e}): install node and npm (Debian: nodejs npm), then retry"),
     }
 }

@@ -28,12 +28,8 @@ pub fn docker_socket_present(path: &str) -> bool {
 
 /// Connect to the engine and negotiate the API version.
 pub async fn probe(config: &AgentConfig) -> anyhow::Result<EngineInfo> {
-    let docker = bollard::Docker::connect_with_socket(
-        &config.docker_socket,
-        10,
-        bollard::API_DEFAULT_VERSION,
-    )
-    .with_context(|| format!("connect to docker at {}", config.docker_socket))?;
+    let docker = bollard::Docker::connect_with_socket(&config.docker_socket, 10, bollard::API_DEFAULT_VERSION)
+        .with_context(|| format!("connect to docker at {}", config.docker_socket))?;
     let docker = docker
         .negotiate_version()
         .await

@@ -9,19 +9,14 @@ use base64::Engine as _;
 use ed25519_dalek::VerifyingKey;
 use portico_proto::Secret;
 use portico_proto::control::{
-    ClaimRequest, ControlError, EndRequest, HostKeyReport, SyncRequest, SyncResponse, Target,
-    TokenKeys,
+    ClaimRequest, ControlError, EndRequest, HostKeyReport, SyncRequest, SyncResponse, Target, TokenKeys,
 };
 
 #[async_trait]
 pub trait ControlPlane: Send + Sync + 'static {
     async fn token_keys(&self) -> Result<TokenKeys, ControlError>;
     async fn claim(&self, session_id: &str, req: &ClaimRequest) -> Result<Target, ControlError>;
-    async fn record_host_key(
-        &self,
-        session_id: &str,
-        report: &HostKeyReport,
-    ) -> Result<(), ControlError>;
+    async fn record_host_key(&self, session_id: &str, report: &HostKeyReport) -> Result<(), ControlError>;
     async fn end_session(&self, session_id: &str, req: &EndRequest) -> Result<(), ControlError>;
     async fn sync(&self, req: &SyncRequest) -> Result<SyncResponse, ControlError>;
 }
@@ -36,8 +31,7 @@ pub fn verifying_keys(keys: &TokenKeys) -> Result<Vec<VerifyingKey>, ControlErro
                 .ok()
                 .and_then(|v| v.try_into().ok())
                 .ok_or_else(|| ControlError::Unavailable("malformed token key".into()))?;
-            VerifyingKey::from_bytes(&raw)
-                .map_err(|_| ControlError::Unavailable("invalid token key".into()))
+            VerifyingKey::from_bytes(&raw).map_err(|_| ControlError::Unavailable("invalid token key".into()))
         })
         .collect()
 }
@@ -81,12 +75,7 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCert {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -95,18 +84,11 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCert {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -174,14 +156,11 @@ impl HttpControlPlane {
 
 /// A rustls client configuration (ring provider) that trusts either exactly the certificate whose SHA-256
 /// is `cert_sha256` (hex), or the CA certificates in `ca_pem`.
-pub fn client_tls_config(
-    cert_sha256: Option<&str>,
-    ca_pem: Option<&[u8]>,
-) -> anyhow::Result<rustls::ClientConfig> {
+pub fn client_tls_config(cert_sha256: Option<&str>, ca_pem: Option<&[u8]>) -> anyhow::Result<rustls::ClientConfig> {
     use anyhow::Context as _;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
+    let builder =
+        rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
     Ok(if let Some(pin) = cert_sha256 {
         let sha256: [u8; 32] = hex::decode(pin.replace(':', ""))
             .ok()
@@ -202,9 +181,7 @@ pub fn client_tls_config(
     })
 }
 
-fn rustls_pemfile_certs(
-    pem: &[u8],
-) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+fn rustls_pemfile_certs(pem: &[u8]) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
     use rustls::pki_types::pem::PemObject as _;
     rustls::pki_types::CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
@@ -235,11 +212,7 @@ impl ControlPlane for HttpControlPlane {
         )
     }
 
-    async fn record_host_key(
-        &self,
-        session_id: &str,
-        report: &HostKeyReport,
-    ) -> Result<(), ControlError> {
+    async fn record_host_key(&self, session_id: &str, report: &HostKeyReport) -> Result<(), ControlError> {
         self.call::<serde_json::Value>(
             reqwest::Method::POST,
             &format!("/internal/v1/sessions/{session_id}/host-key"),

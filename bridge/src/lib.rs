@@ -87,10 +87,7 @@ impl Bridge {
             }
             Err(e) => {
                 tracing::error!(error = %e, "Cannot fetch token keys from the control plane");
-                guard
-                    .as_ref()
-                    .map(|(v, _)| v.clone())
-                    .ok_or(TokenError::UnknownKey)
+                guard.as_ref().map(|(v, _)| v.clone()).ok_or(TokenError::UnknownKey)
             }
         }
     }
@@ -99,11 +96,7 @@ impl Bridge {
     pub async fn verify(&self, token: &str, session_id: &str) -> Result<SessionClaims, TokenError> {
         let verifier = self.refresh_keys(false).await?;
         match verifier.verify(token, now_unix(), session_id) {
-            Err(TokenError::UnknownKey) => {
-                self.refresh_keys(true)
-                    .await?
-                    .verify(token, now_unix(), session_id)
-            }
+            Err(TokenError::UnknownKey) => self.refresh_keys(true).await?.verify(token, now_unix(), session_id),
             other => other,
         }
     }

@@ -59,9 +59,7 @@ pub struct LiveSession {
 impl LiveSession {
     pub fn resume_matches(&self, token: &str) -> bool {
         let h: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        self.resume_hash
-            .lock()
-            .is_ok_and(|cur| bool::from(cur.ct_eq(&h)))
+        self.resume_hash.lock().is_ok_and(|cur| bool::from(cur.ct_eq(&h)))
     }
 
     fn set_resume(&self, token: &str) {
@@ -179,11 +177,7 @@ impl Actor {
     async fn run(mut self, target: Target, mut cmd_rx: mpsc::Receiver<Cmd>) {
         tracing::info!(host = %target.host, port = target.port, "Session started");
         // Wait for the first browser (normally immediate) so that it sees the connection progress.
-        let first = tokio::time::timeout(
-            Duration::from_secs(self.claims.grace.max(1).into()),
-            cmd_rx.recv(),
-        )
-        .await;
+        let first = tokio::time::timeout(Duration::from_secs(self.claims.grace.max(1).into()), cmd_rx.recv()).await;
         match first {
             Ok(Some(Cmd::Attach { client, reply })) => self.attach(client, reply),
             Ok(Some(Cmd::End {
@@ -192,32 +186,31 @@ impl Actor {
                 from_control,
             })) => return self.finish(code, reason, from_control).await,
             _ => {
-                return self
-                    .finish("grace_expired", "no browser attached".into(), false)
-                    .await;
+                return self.finish("grace_expired", "no browser attached".into(), false).await;
             }
         }
         self.send(ServerMsg::status(
             "connecting",
             format!("connecting to {}:{}", target.host, target.port),
         ));
-        let (cols, rows) = (DEFAULT_COLS, DEFAULT_ROWS);
-        let connecting = ssh::connect(&target, cols, rows);
-        tokio::pin!(connecting);
-        // Keep serving commands (end, resize, detach) while the connection is being set up.
-        let shell = loop {
-            tokio::select! {
-                res = &mut connecting => break res,
-                cmd = cmd_rx.recv() => match cmd {
-                    Some(Cmd::End { code, reason, from_control }) => return self.finish(code, reason, from_control).await,
-                    Some(Cmd::Attach { client, reply }) => self.attach(client, reply),
-                    Some(Cmd::Detach { generation }) if generation == self.generation => self.detach(),
-                    Some(Cmd::Client { generation, msg: ClientMsg::Resize { cols, rows, .. } }) if generation == self.generation => {
-                        self.parser.screen_mut().set_size(rows, cols);
-                    }
-                    Some(_) => {}
-                    None => return,
-                },
+        let shell = {
+            let connecting = ssh::connect(&target, DEFAULT_COLS, DEFAULT_ROWS);
+            tokio::pin!(connecting);
+            // Keep serving commands (end, resize, detach) while the connection is being set up.
+            loop {
+                tokio::select! {
+                    res = &mut connecting => break res,
+                    cmd = cmd_rx.recv() => match cmd {
+                        Some(Cmd::End { code, reason, from_control }) => return self.finish(code, reason, from_control).await,
+                        Some(Cmd::Attach { client, reply }) => self.attach(client, reply),
+                        Some(Cmd::Detach { generation }) if generation == self.generation => self.detach(),
+                        Some(Cmd::Client { generation, msg: ClientMsg::Resize { cols, rows, .. } }) if generation == self.generation => {
+                            self.parser.screen_mut().set_size(rows, cols);
+                        }
+                        Some(_) => {}
+                        None => return,
+                    },
+                }
             }
         };
         let shell = match shell {
@@ -232,18 +225,12 @@ impl Actor {
             let report = HostKeyReport {
                 fingerprint: shell.host_key.clone(),
             };
-            if let Err(e) = self
-                .control
-                .record_host_key(&self.claims.sid, &report)
-                .await
-            {
+            if let Err(e) = self.control.record_host_key(&self.claims.sid, &report).await {
                 tracing::warn!(error = %e, "Could not record the host key");
             }
         }
         let ssh::SshShell {
-            handle,
-            mut channel,
-            ..
+            handle, mut channel, ..
         } = shell;
         let (rows, cols) = self.parser.screen().size();
         if (cols, rows) != (DEFAULT_COLS, DEFAULT_ROWS) {
@@ -254,6 +241,8 @@ impl Actor {
             format!("connected to {}@{}", target.username, target.host),
         ));
         tracing::info!("Upstream connected");
+        // INVARIANT: the credentials are not needed any more; do not keep them for the session's lifetime.
+        drop(target);
         let mut exit_status = None;
         let mut repaint_tick = tokio::time::interval(REPAINT_POLL);
         let end = loop {
@@ -335,17 +324,13 @@ impl Actor {
                 format!("maximum session duration of {} s reached", c.max_duration),
             );
         }
-        if c.idle_timeout > 0 && now >= self.last_input + Duration::from_secs(c.idle_timeout.into())
-        {
+        if c.idle_timeout > 0 && now >= self.last_input + Duration::from_secs(c.idle_timeout.into()) {
             return end("idle_timeout", format!("no input for {} s", c.idle_timeout));
         }
         if let Some(at) = self.detached_at
             && now >= at + Duration::from_secs(c.grace.into())
         {
-            return end(
-                "grace_expired",
-                "no browser reattached within the grace period".into(),
-            );
+            return end("grace_expired", "no browser reattached within the grace period".into());
         }
         Flow::Continue
     }
@@ -429,10 +414,7 @@ impl Actor {
     fn detach(&mut self) {
         self.client = None;
         self.detached_at = Some(Instant::now());
-        tracing::info!(
-            grace_s = self.claims.grace,
-            "Browser detached; waiting for a reattach"
-        );
+        tracing::info!(grace_s = self.claims.grace, "Browser detached; waiting for a reattach");
     }
 
     /// Bytes that redraw the current screen on a reset terminal.
@@ -484,11 +466,7 @@ impl Actor {
         tracing::info!(code, %reason, "Session ended");
         if let Some(c) = self.client.take() {
             // The close message must get through even when the queue is full.
-            let _ = tokio::time::timeout(
-                Duration::from_secs(1),
-                c.send(ServerMsg::closed(code, reason.clone())),
-            )
-            .await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), c.send(ServerMsg::closed(code, reason.clone()))).await;
         }
         if !from_control {
             let req = EndRequest {

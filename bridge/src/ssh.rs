@@ -48,10 +48,7 @@ pub struct KeyCheck {
 impl client::Handler for KeyCheck {
     type Error = russh::Error;
 
-    async fn check_server_key(
-        &mut self,
-        key: &PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
+    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
         let public = match key {
             PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
             PublicKeyOrCertificate::Certificate(cert) => cert.public_key().clone().into(),
@@ -93,11 +90,7 @@ pub async fn connect(target: &Target, cols: u16, rows: u16) -> Result<SshShell, 
         seen: seen.clone(),
     };
     let seen_fp = || seen.lock().ok().and_then(|s| s.clone());
-    let connecting = client::connect(
-        client_config(),
-        (target.host.as_str(), target.port),
-        handler,
-    );
+    let connecting = client::connect(client_config(), (target.host.as_str(), target.port), handler);
     let mut handle = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Err(_) => {
             return Err(SshError::Unreachable {
@@ -108,12 +101,10 @@ pub async fn connect(target: &Target, cols: u16, rows: u16) -> Result<SshShell, 
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {
             return Err(match (e, seen_fp(), &target.host_key_fingerprint) {
-                (russh::Error::UnknownKey, Some(got), Some(expected)) => {
-                    SshError::HostKeyMismatch {
-                        expected: expected.clone(),
-                        got,
-                    }
-                }
+                (russh::Error::UnknownKey, Some(got), Some(expected)) => SshError::HostKeyMismatch {
+                    expected: expected.clone(),
+                    got,
+                },
                 (russh::Error::IO(io), _, _) => SshError::Unreachable {
                     addr,
                     reason: io.to_string().to_lowercase(),
@@ -133,12 +124,7 @@ pub async fn connect(target: &Target, cols: u16, rows: u16) -> Result<SshShell, 
     if let Some(pem) = &target.private_key {
         let key = russh::keys::decode_secret_key(pem.expose(), None)
             .map_err(|e| SshError::BadKey(e.to_string().to_lowercase()))?;
-        let hash = handle
-            .best_supported_rsa_hash()
-            .await
-            .ok()
-            .flatten()
-            .flatten();
+        let hash = handle.best_supported_rsa_hash().await.ok().flatten().flatten();
         let res = handle
             .authenticate_publickey(&user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
             .await
@@ -156,11 +142,7 @@ pub async fn connect(target: &Target, cols: u16, rows: u16) -> Result<SshShell, 
     }
     if !authenticated {
         let _ = handle
-            .disconnect(
-                russh::Disconnect::ByApplication,
-                "authentication failed",
-                "en",
-            )
+            .disconnect(russh::Disconnect::ByApplication, "authentication failed", "en")
             .await;
         return Err(SshError::AuthFailed { user, detail });
     }

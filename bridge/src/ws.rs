@@ -16,6 +16,11 @@ use tokio::sync::{mpsc, oneshot};
 use crate::Bridge;
 use crate::session::{self, CLIENT_QUEUE, Cmd, LiveSession};
 
+/// Initial WebSocket read/write buffer per connection.
+const WS_BUFFER: usize = 8 * 1024;
+/// Most bytes a connection may buffer towards a browser that does not read.
+const WS_MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
+
 #[derive(Deserialize)]
 pub struct WsQuery {
     session: Option<String>,
@@ -87,9 +92,7 @@ pub async fn handler(
             };
             let target = match bridge.control.claim(&session_id, &req).await {
                 Ok(t) => t,
-                Err(
-                    e @ (ControlError::AlreadyUsed | ControlError::Ended | ControlError::NotFound),
-                ) => {
+                Err(e @ (ControlError::AlreadyUsed | ControlError::Ended | ControlError::NotFound)) => {
                     tracing::warn!(%session_id, error = %e, "Refused token claim");
                     return refuse(StatusCode::FORBIDDEN, &e.to_string());
                 }
@@ -98,16 +101,16 @@ pub async fn handler(
                     return refuse(StatusCode::SERVICE_UNAVAILABLE, "control plane unavailable");
                 }
             };
-            session::spawn(
-                bridge.registry.clone(),
-                bridge.control.clone(),
-                claims,
-                target,
-            )
+            session::spawn(bridge.registry.clone(), bridge.control.clone(), claims, target)
         }
     };
     ws.protocols([wire::SUBPROTOCOL])
         .max_message_size(wire::MAX_CLIENT_MESSAGE + 16)
+        // Small initial buffers (they grow on demand): the 128 KiB defaults dominate idle-session memory.
+        .read_buffer_size(WS_BUFFER)
+        .write_buffer_size(WS_BUFFER)
+        // Back-pressure instead of unbounded buffering when a browser stops reading.
+        .max_write_buffer_size(WS_MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| pump(socket, live))
 }
 

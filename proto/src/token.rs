@@ -176,26 +176,17 @@ impl TokenVerifier {
     }
 
     /// Verify `token` at time `now` (Unix seconds) for the session named in the request.
-    pub fn verify(
-        &self,
-        token: &str,
-        now: i64,
-        expected_session: &str,
-    ) -> Result<SessionClaims, TokenError> {
+    pub fn verify(&self, token: &str, now: i64, expected_session: &str) -> Result<SessionClaims, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Malformed("too long"));
         }
         let mut parts = token.split('.');
-        let (Some(h), Some(c), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(TokenError::Malformed("expected three dot-separated parts"));
         };
-        let header: Header = serde_json::from_slice(
-            &B64.decode(h)
-                .map_err(|_| TokenError::Malformed("header encoding"))?,
-        )
-        .map_err(|_| TokenError::Malformed("header json"))?;
+        let header: Header =
+            serde_json::from_slice(&B64.decode(h).map_err(|_| TokenError::Malformed("header encoding"))?)
+                .map_err(|_| TokenError::Malformed("header json"))?;
         if header.alg != "EdDSA" || header.cty != CONTENT_TYPE {
             return Err(TokenError::WrongType);
         }
@@ -214,11 +205,9 @@ impl TokenVerifier {
         key.verify_strict(signing_input.as_bytes(), &Signature::from_bytes(&sig_bytes))
             .map_err(|_| TokenError::BadSignature)?;
         // Only authenticated bytes are parsed as claims.
-        let claims: SessionClaims = serde_json::from_slice(
-            &B64.decode(c)
-                .map_err(|_| TokenError::Malformed("claims encoding"))?,
-        )
-        .map_err(|_| TokenError::Malformed("claims json"))?;
+        let claims: SessionClaims =
+            serde_json::from_slice(&B64.decode(c).map_err(|_| TokenError::Malformed("claims encoding"))?)
+                .map_err(|_| TokenError::Malformed("claims json"))?;
         if now > claims.exp + LEEWAY_SECS {
             return Err(TokenError::Expired);
         }
@@ -291,10 +280,7 @@ mod tests {
             &token[..token.rfind('.').unwrap()],
             &other[other.rfind('.').unwrap() + 1..]
         );
-        assert_eq!(
-            verifier.verify(&forged, 1000, "s1"),
-            Err(TokenError::BadSignature)
-        );
+        assert_eq!(verifier.verify(&forged, 1000, "s1"), Err(TokenError::BadSignature));
     }
 
     #[test]
@@ -310,10 +296,7 @@ mod tests {
             B64.encode(serde_json::to_vec(&c).unwrap()),
             parts[2]
         );
-        assert_eq!(
-            verifier.verify(&tampered, 1000, "s1"),
-            Err(TokenError::BadSignature)
-        );
+        assert_eq!(verifier.verify(&tampered, 1000, "s1"), Err(TokenError::BadSignature));
     }
 
     #[test]
@@ -344,23 +327,14 @@ mod tests {
         let err = verifier.verify(&signer.sign(&c), 1000, "s1").unwrap_err();
         assert_eq!(err, TokenError::WrongAudience);
         assert!(err.is_forbidden());
-        let err = verifier
-            .verify(&signer.sign(&claims(1000)), 1000, "s2")
-            .unwrap_err();
+        let err = verifier.verify(&signer.sign(&claims(1000)), 1000, "s2").unwrap_err();
         assert_eq!(err, TokenError::WrongSession);
     }
 
     #[test]
     fn garbage_is_malformed_not_a_panic() {
         let (_, verifier) = pair();
-        for t in [
-            "",
-            ".",
-            "a.b",
-            "a.b.c.d",
-            "!!.!!.!!",
-            &"x".repeat(MAX_TOKEN_LEN + 1),
-        ] {
+        for t in ["", ".", "a.b", "a.b.c.d", "!!.!!.!!", &"x".repeat(MAX_TOKEN_LEN + 1)] {
             assert!(
                 matches!(verifier.verify(t, 0, "s1"), Err(TokenError::Malformed(_))),
                 "{t}"

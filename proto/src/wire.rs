@@ -239,9 +239,7 @@ impl ClientMsg {
             ty::FRAME_ACK => ClientMsg::FrameAck {
                 frame_id: u32::from_be_bytes(fixed(t, payload)?),
             },
-            ty::CLIPBOARD => ClientMsg::Clipboard(
-                String::from_utf8(payload.to_vec()).map_err(|_| WireError::Utf8)?,
-            ),
+            ty::CLIPBOARD => ClientMsg::Clipboard(String::from_utf8(payload.to_vec()).map_err(|_| WireError::Utf8)?),
             ty::DISCONNECT => match payload {
                 [] => ClientMsg::Disconnect,
                 _ => {
@@ -306,10 +304,7 @@ mod tests {
     fn malformed_client_messages_are_errors() {
         assert_eq!(ClientMsg::decode(&[]), Err(WireError::Empty));
         assert_eq!(ClientMsg::decode(&[2, 0x81]), Err(WireError::Version(2)));
-        assert_eq!(
-            ClientMsg::decode(&[1, 0x7f]),
-            Err(WireError::UnknownType(0x7f))
-        );
+        assert_eq!(ClientMsg::decode(&[1, 0x7f]), Err(WireError::UnknownType(0x7f)));
         assert!(matches!(
             ClientMsg::decode(&[1, 0x82, 0, 1]),
             Err(WireError::Length { .. })
@@ -328,9 +323,6 @@ mod tests {
             Err(WireError::Length { .. })
         ));
         let big = vec![1u8; MAX_CLIENT_MESSAGE + 1];
-        assert!(matches!(
-            ClientMsg::decode(&big),
-            Err(WireError::TooLarge(_))
-        ));
+        assert!(matches!(ClientMsg::decode(&big), Err(WireError::TooLarge(_))));
     }
 }

@@ -42,6 +42,21 @@ main(async () => {
   await page.keyboard.type('ls / | head -5; printf "\\033[1;32mPortico\\033[0m over SSH\\n"\n');
   await waitText(page, 'Portico over SSH');
   await shot(page, 'terminal');
+
+  // A network drop: the tab reattaches to the same shell and repaints the screen.
+  await page.keyboard.type('echo shell-pid-$$\n');
+  await waitText(page, 'shell-pid-');
+  const pid = await page.evaluate(() => /shell-pid-(\d+)/.exec(window.porticoTerminalText().split('\n').filter((l) => /^shell-pid-\d+/.test(l)).pop() || '')?.[1]);
+  if (!pid) throw new Error('no shell pid on screen');
+  await page.evaluate(() => window.porticoDropConnection());
+  await waitState(page, 'reconnecting', 5000);
+  await waitState(page, 'connected', 15000);
+  await waitText(page, 'typed-5-ok');
+  await page.click('#terminal');
+  await page.keyboard.type('echo after-drop-$$\n');
+  await waitText(page, `after-drop-${pid}`);
+  console.log(`reattached to shell ${pid}`);
+
   await page.click('#session-end');
   await waitState(page, 'closed');
   await page.click('#session-back');

@@ -76,10 +76,7 @@ impl Api {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let res = req
-            .send()
-            .await
-            .with_context(|| format!("request {path}"))?;
+        let res = req.send().await.with_context(|| format!("request {path}"))?;
         let status = res.status().as_u16();
         let text = res.text().await?;
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
@@ -102,18 +99,10 @@ impl Api {
         }
         let res = req.send().await?;
         let status = res.status().as_u16();
-        Ok((
-            status,
-            serde_json::from_str(&res.text().await?).unwrap_or(Value::Null),
-        ))
+        Ok((status, serde_json::from_str(&res.text().await?).unwrap_or(Value::Null)))
     }
 
-    pub async fn ok(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<Value> {
+    pub async fn ok(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let (status, v) = self.request(method, path, body).await?;
         if !(200..300).contains(&status) {
             bail!("{path}: http {status}: {v}");
@@ -139,8 +128,20 @@ impl Api {
     }
 }
 
-pub type WsStream =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// Start a session on `connection_id` and open its WebSocket with the token: `(session response, socket)`.
+pub async fn attach(p: &Portico, api: &Api, connection_id: &str) -> anyhow::Result<(Value, WsStream)> {
+    let s = api.create_session(connection_id).await?;
+    let ws = ws_with_token(
+        s["ws_url"].as_str().unwrap_or_default(),
+        &p.cert_sha256,
+        s["token"].as_str().unwrap_or_default(),
+    )
+    .await?
+    .map_err(|r| anyhow::anyhow!("upgrade refused: {} {}", r.status, r.body))?;
+    Ok((s, ws))
+}
+
+pub type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// How a WebSocket upgrade was refused.
 #[derive(Debug)]
@@ -158,14 +159,11 @@ pub async fn ws_connect(
     let mut req = ws_url.into_client_request()?;
     let mut protos = vec![wire::SUBPROTOCOL.to_owned()];
     protos.extend(extra_protocols.iter().cloned());
-    req.headers_mut().insert(
-        "sec-websocket-protocol",
-        HeaderValue::from_str(&protos.join(", "))?,
-    );
+    req.headers_mut()
+        .insert("sec-websocket-protocol", HeaderValue::from_str(&protos.join(", "))?);
     let tls = portico_bridge::control::client_tls_config(Some(cert_sha256), None)?;
     let connector = tokio_tungstenite::Connector::Rustls(Arc::new(tls));
-    match tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector)).await
-    {
+    match tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector)).await {
         Ok((ws, _)) => Ok(Ok(ws)),
         Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
             let body = res
@@ -182,11 +180,7 @@ pub async fn ws_connect(
     }
 }
 
-pub async fn ws_with_token(
-    ws_url: &str,
-    cert: &str,
-    token: &str,
-) -> anyhow::Result<Result<WsStream, Refused>> {
+pub async fn ws_with_token(ws_url: &str, cert: &str, token: &str) -> anyhow::Result<Result<WsStream, Refused>> {
     ws_connect(ws_url, cert, &[format!("{}{token}", wire::TOKEN_PREFIX)]).await
 }
 
@@ -299,18 +293,12 @@ impl Term {
     }
 
     /// Wait until the socket is closed; returns the CLOSED message if one came.
-    pub async fn closed_within(
-        &mut self,
-        timeout: Duration,
-    ) -> anyhow::Result<Option<wire::Closed>> {
+    pub async fn closed_within(&mut self, timeout: Duration) -> anyhow::Result<Option<wire::Closed>> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
-                bail!(
-                    "socket still open after {timeout:?}; output:\n{}",
-                    self.text()
-                );
+                bail!("socket still open after {timeout:?}; output:\n{}", self.text());
             }
             match self.pump(left).await {
                 Ok(true) => continue,

@@ -60,9 +60,7 @@ fn need(path: &str, package: &str) -> anyhow::Result<()> {
     if Path::new(path).exists() {
         Ok(())
     } else {
-        bail!(
-            "{path} not found: install the Debian package {package} (scripts/install-test-deps.sh does)"
-        )
+        bail!("{path} not found: install the Debian package {package} (scripts/install-test-deps.sh does)")
     }
 }
 
@@ -226,10 +224,7 @@ impl Sshd {
                 extra = self.extra_config,
             ),
         )?;
-        run(
-            Command::new("/usr/sbin/sshd").arg("-t").arg("-f").arg(&cfg),
-            "sshd -t",
-        )?;
+        run(Command::new("/usr/sbin/sshd").arg("-t").arg("-f").arg(&cfg), "sshd -t")?;
         let log = fs::File::create(self.dir.join("sshd.log"))?;
         let child = Command::new("/usr/sbin/sshd")
             .arg("-D")
@@ -283,9 +278,7 @@ impl Drop for Sshd {
 }
 
 fn banner(port: u16) -> Option<String> {
-    let mut s =
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300))
-            .ok()?;
+    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(300)).ok()?;
     s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
     let mut buf = [0u8; 7];
     s.read_exact(&mut buf).ok()?;
@@ -297,21 +290,12 @@ fn authorize(user: &TestUser, pubkey: &str) -> anyhow::Result<()> {
     let ssh_dir = user.home.join(".ssh");
     fs::create_dir_all(&ssh_dir)?;
     let keys = ssh_dir.join("authorized_keys");
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&keys)?;
+    let mut f = fs::OpenOptions::new().create(true).append(true).open(&keys)?;
     f.write_all(pubkey.as_bytes())?;
     let owner = format!("{0}:{0}", user.name);
-    run(
-        Command::new("chown").arg("-R").arg(&owner).arg(&ssh_dir),
-        "chown .ssh",
-    )?;
+    run(Command::new("chown").arg("-R").arg(&owner).arg(&ssh_dir), "chown .ssh")?;
     run(Command::new("chmod").arg("700").arg(&ssh_dir), "chmod .ssh")?;
-    run(
-        Command::new("chmod").arg("600").arg(&keys),
-        "chmod authorized_keys",
-    )?;
+    run(Command::new("chmod").arg("600").arg(&keys), "chmod authorized_keys")?;
     Ok(())
 }
 
@@ -352,10 +336,7 @@ impl Postgres {
         let password = format!("pg-{}", uuid::Uuid::new_v4().simple());
         fs::write(dir.join("pwfile"), &password)?;
         run(
-            Command::new("chown")
-                .arg("-R")
-                .arg("postgres:postgres")
-                .arg(&dir),
+            Command::new("chown").arg("-R").arg("postgres:postgres").arg(&dir),
             "chown postgres dir",
         )?;
         run(
@@ -386,11 +367,9 @@ impl Postgres {
             match pg.start_again() {
                 Ok(()) => {
                     run(
-                        Command::new("psql").arg(pg.url_for("postgres")).args([
-                            "-q",
-                            "-c",
-                            "CREATE DATABASE portico",
-                        ]),
+                        Command::new("psql")
+                            .arg(pg.url_for("postgres"))
+                            .args(["-q", "-c", "CREATE DATABASE portico"]),
                         "create database",
                     )?;
                     return Ok(pg);
@@ -402,10 +381,7 @@ impl Postgres {
     }
 
     fn url_for(&self, db: &str) -> String {
-        format!(
-            "postgres://postgres:{}@127.0.0.1:{}/{db}",
-            self.password, self.port
-        )
+        format!("postgres://postgres:{}@127.0.0.1:{}/{db}", self.password, self.port)
     }
 
     pub fn url(&self) -> String {
@@ -467,20 +443,13 @@ pub fn node_browser_dir() -> PathBuf {
 }
 
 /// Run `node tests/browser/<script>` with `env`; stdout on success, an error with all output otherwise.
-pub fn run_browser_script(
-    script: &str,
-    env: &[(&str, &str)],
-    timeout: Duration,
-) -> anyhow::Result<String> {
+pub fn run_browser_script(script: &str, env: &[(&str, &str)], timeout: Duration) -> anyhow::Result<String> {
     let chromium = chromium_path()?;
     let dir = node_browser_dir();
     if !dir.join("node_modules/playwright-core").exists() {
-        bail!(
-            "playwright-core is not installed in tests/browser: run scripts/install-test-deps.sh"
-        );
+        bail!("playwright-core is not installed in tests/browser: run scripts/install-test-deps.sh");
     }
-    let out_path =
-        std::env::temp_dir().join(format!("portico-browser-{}.log", uuid::Uuid::new_v4()));
+    let out_path = std::env::temp_dir().join(format!("portico-browser-{}.log", uuid::Uuid::new_v4()));
     let out = fs::File::create(&out_path)?;
     let mut cmd = Command::new("node");
     cmd.arg(dir.join(script))
@@ -569,12 +538,7 @@ mod tests {
     #[test]
     fn postgres_stops_and_starts_again() -> anyhow::Result<()> {
         let pg = Postgres::start()?;
-        let q = |url: &str| {
-            Command::new("psql")
-                .arg(url)
-                .args(["-tAc", "select 1"])
-                .output()
-        };
+        let q = |url: &str| Command::new("psql").arg(url).args(["-tAc", "select 1"]).output();
         assert_eq!(String::from_utf8_lossy(&q(&pg.url())?.stdout).trim(), "1");
         pg.stop()?;
         assert!(!q(&pg.url())?.status.success());

@@ -31,9 +31,7 @@ pub fn binary() -> anyhow::Result<PathBuf> {
             let target = std::env::var("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|_| workspace_root().join("target"));
-            Ok(target
-                .join(if release { "release" } else { "debug" })
-                .join("portico"))
+            Ok(target.join(if release { "release" } else { "debug" }).join("portico"))
         })
         .clone()
         .map_err(anyhow::Error::msg)
@@ -98,9 +96,7 @@ impl Portico {
         if let Some(sc) = opts.subcommand {
             cmd.arg(sc);
         }
-        cmd.arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--listen", "127.0.0.1:0"]);
+        cmd.arg("--data-dir").arg(&data_dir).args(["--listen", "127.0.0.1:0"]);
         cmd.args(&opts.extra_args);
         cmd.env("PORTICO_MASTER_KEY", &opts.master_key)
             .env("PORTICO_NODE_SECRET", &opts.node_secret)

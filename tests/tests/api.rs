@@ -11,8 +11,7 @@ async fn health_openapi_and_login() -> anyhow::Result<()> {
     let p = Portico::start()?;
     let anon = Api::new(&p)?;
     assert_eq!(
-        anon.request(Method::GET, "/api/__healthcheck", None)
-            .await?,
+        anon.request(Method::GET, "/api/__healthcheck", None).await?,
         (200, json!({ "ok": true }))
     );
     let (s, doc) = anon.request(Method::GET, "/api/openapi.json", None).await?;
@@ -26,19 +25,10 @@ async fn health_openapi_and_login() -> anyhow::Result<()> {
     ] {
         assert!(doc["paths"].get(path).is_some(), "openapi lacks {path}");
     }
-    let (s, body) = anon
-        .request(Method::GET, "/api/v1/connections", None)
-        .await?;
-    assert_eq!(
-        (s, body["error"].as_str()),
-        (401, Some("authentication required"))
-    );
+    let (s, body) = anon.request(Method::GET, "/api/v1/connections", None).await?;
+    assert_eq!((s, body["error"].as_str()), (401, Some("authentication required")));
     let mut bad = Api::new(&p)?;
-    let err = bad
-        .login("admin", "wrong-password")
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = bad.login("admin", "wrong-password").await.unwrap_err().to_string();
     assert!(
         err.contains("401") && err.contains("invalid username or password"),
         "{err}"
@@ -58,10 +48,7 @@ async fn csrf_is_required_for_cookie_writes_but_not_for_api_keys() -> anyhow::Re
     let (s, v) = admin
         .request(Method::POST, "/api/v1/connections", Some(body.clone()))
         .await?;
-    assert_eq!(
-        (s, v["error"].as_str()),
-        (403, Some("missing or invalid csrf token"))
-    );
+    assert_eq!((s, v["error"].as_str()), (403, Some("missing or invalid csrf token")));
     admin.csrf = Some("forged".into());
     assert_eq!(
         admin
@@ -80,11 +67,7 @@ async fn csrf_is_required_for_cookie_writes_but_not_for_api_keys() -> anyhow::Re
     );
 
     let key = admin
-        .ok(
-            Method::POST,
-            "/api/v1/api-keys",
-            Some(json!({ "name": "ci" })),
-        )
+        .ok(Method::POST, "/api/v1/api-keys", Some(json!({ "name": "ci" })))
         .await?;
     let mut bot = Api::new(&p)?;
     bot.bearer = key["key"].as_str().map(str::to_owned);
@@ -111,12 +94,7 @@ async fn csrf_is_required_for_cookie_writes_but_not_for_api_keys() -> anyhow::Re
     assert!(before.ends_with("/connect") && !before.contains(s["token"].as_str().unwrap_or("-")));
     assert!(fragment.contains("token="));
     bot.bearer = Some("pk_not-a-real-key".into());
-    assert_eq!(
-        bot.request(Method::GET, "/api/v1/connections", None)
-            .await?
-            .0,
-        401
-    );
+    assert_eq!(bot.request(Method::GET, "/api/v1/connections", None).await?.0, 401);
     Ok(())
 }
 
@@ -159,12 +137,11 @@ async fn secrets_are_encrypted_at_rest_and_never_returned() -> anyhow::Result<()
         uuid::Uuid::new_v4()
     );
     let id = admin
-        .create_connection(json!({ "protocol": "ssh", "host": "10.9.9.9", "username": "u", "password": secret, "private_key": key }))
+        .create_connection(
+            json!({ "protocol": "ssh", "host": "10.9.9.9", "username": "u", "password": secret, "private_key": key }),
+        )
         .await?;
-    for path in [
-        "/api/v1/connections".to_owned(),
-        format!("/api/v1/connections/{id}"),
-    ] {
+    for path in ["/api/v1/connections".to_owned(), format!("/api/v1/connections/{id}")] {
         let v = admin.ok(Method::GET, &path, None).await?;
         let text = v.to_string();
         assert!(
@@ -192,7 +169,11 @@ async fn secrets_are_encrypted_at_rest_and_never_returned() -> anyhow::Result<()
         (Some(true), Some("10.9.9.8"))
     );
     let c = admin
-        .ok(Method::PUT, &format!("/api/v1/connections/{id}"), Some(json!({ "protocol": "ssh", "host": "10.9.9.8", "username": "u2", "clear_private_key": true })))
+        .ok(
+            Method::PUT,
+            &format!("/api/v1/connections/{id}"),
+            Some(json!({ "protocol": "ssh", "host": "10.9.9.8", "username": "u2", "clear_private_key": true })),
+        )
         .await?;
     assert_eq!(c["has_private_key"].as_bool(), Some(false));
     // The database files hold no plaintext.
@@ -231,10 +212,7 @@ async fn users_see_but_do_not_manage_connections() -> anyhow::Result<()> {
             Some(json!({ "username": "alice", "password": "alice-pass-1" })),
         )
         .await?;
-    assert_eq!(
-        (s, v["error"].as_str()),
-        (409, Some("username already exists"))
-    );
+    assert_eq!((s, v["error"].as_str()), (409, Some("username already exists")));
     let id = admin
         .create_connection(json!({ "protocol": "ssh", "host": "127.0.0.1", "username": "u" }))
         .await?;
@@ -263,10 +241,7 @@ async fn users_see_but_do_not_manage_connections() -> anyhow::Result<()> {
             .0,
         403
     );
-    assert_eq!(
-        alice.request(Method::GET, "/api/v1/users", None).await?.0,
-        403
-    );
+    assert_eq!(alice.request(Method::GET, "/api/v1/users", None).await?.0, 403);
     // Alice can start a session, and cannot end another user's.
     let mine = alice.create_session(&id).await?;
     let theirs = admin.create_session(&id).await?;

@@ -6,13 +6,12 @@ use std::time::Duration;
 
 use portico_proto::wire::ClientMsg;
 use portico_tests::client::Api;
-use portico_tests::peers::Sshd;
 use portico_tests::portico::Portico;
 use reqwest::Method;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::{open_term, ssh_connection};
+use crate::{open_term, password_fixture};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_api_bodies_get_clear_errors() -> anyhow::Result<()> {
@@ -21,14 +20,8 @@ async fn malformed_api_bodies_get_clear_errors() -> anyhow::Result<()> {
     let cases: [(&'static [u8], &str); 5] = [
         (b"{not json", "invalid request body"),
         (b"[]", "invalid request body"),
-        (
-            br#"{"protocol":"ssh","host":"h","port":"22"}"#,
-            "invalid request body",
-        ),
-        (
-            br#"{"protocol":"ssh","host":"h","surprise":1}"#,
-            "unknown field",
-        ),
+        (br#"{"protocol":"ssh","host":"h","port":"22"}"#, "invalid request body"),
+        (br#"{"protocol":"ssh","host":"h","surprise":1}"#, "unknown field"),
         (
             br#"{"protocol":"telnet","host":"h"}"#,
             "protocol must be ssh, vnc or rdp",
@@ -36,12 +29,7 @@ async fn malformed_api_bodies_get_clear_errors() -> anyhow::Result<()> {
     ];
     for (body, needle) in cases {
         let (s, v) = admin
-            .raw(
-                Method::POST,
-                "/api/v1/connections",
-                "application/json",
-                body,
-            )
+            .raw(Method::POST, "/api/v1/connections", "application/json", body)
             .await?;
         assert_eq!(s, 400, "{}", String::from_utf8_lossy(body));
         assert!(
@@ -54,10 +42,7 @@ async fn malformed_api_bodies_get_clear_errors() -> anyhow::Result<()> {
             json!({ "protocol": "ssh", "host": "h", "port": 70000 }),
             "port must be between 1 and 65535",
         ),
-        (
-            json!({ "protocol": "ssh", "host": "bad host" }),
-            "host must be",
-        ),
+        (json!({ "protocol": "ssh", "host": "bad host" }), "host must be"),
         (
             json!({ "protocol": "ssh", "host": "h", "host_key_fingerprint": "MD5:aa" }),
             "SHA256",
@@ -67,18 +52,14 @@ async fn malformed_api_bodies_get_clear_errors() -> anyhow::Result<()> {
             "private_key",
         ),
     ] {
-        let (s, v) = admin
-            .request(Method::POST, "/api/v1/connections", Some(body))
-            .await?;
+        let (s, v) = admin.request(Method::POST, "/api/v1/connections", Some(body)).await?;
         assert_eq!(s, 400);
         assert!(
             v["error"].as_str().is_some_and(|e| e.contains(needle)),
             "{needle:?} not in {v}"
         );
     }
-    let (s, v) = admin
-        .raw(Method::POST, "/api/v1/sessions", "text/plain", b"x")
-        .await?;
+    let (s, v) = admin.raw(Method::POST, "/api/v1/sessions", "text/plain", b"x").await?;
     assert_eq!(s, 400, "{v}");
     let (s, _) = admin
         .request(
@@ -88,22 +69,13 @@ async fn malformed_api_bodies_get_clear_errors() -> anyhow::Result<()> {
         )
         .await?;
     assert_eq!(s, 404);
-    assert_eq!(
-        admin
-            .request(Method::GET, "/api/__healthcheck", None)
-            .await?
-            .0,
-        200
-    );
+    assert_eq!(admin.request(Method::GET, "/api/__healthcheck", None).await?.0, 200);
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_frames_are_reported_and_the_session_survives() -> anyhow::Result<()> {
-    let sshd = Sshd::start()?;
-    let p = Portico::start()?;
-    let api = Api::admin(&p).await?;
-    let conn = ssh_connection(&api, &sshd, json!({ "password": sshd.user.password })).await?;
+    let (_sshd, p, api, conn) = password_fixture().await?;
     let (_, mut victim) = open_term(&p, &api, &conn).await?;
     let (_, mut bystander) = open_term(&p, &api, &conn).await?;
     victim.connected().await?;
@@ -121,13 +93,14 @@ async fn malformed_frames_are_reported_and_the_session_survives() -> anyhow::Res
         victim.send_raw(m).await?;
     }
     victim
-        .until("malformed errors", Duration::from_secs(10), |t| {
-            t.errors.len() >= n
-        })
+        .until("malformed errors", Duration::from_secs(10), |t| t.errors.len() >= n)
         .await?;
-    assert!(victim.errors.iter().all(|e| e.code == "malformed_message"
-        && !e.fatal
-        && e.message.starts_with("malformed message")));
+    assert!(
+        victim
+            .errors
+            .iter()
+            .all(|e| e.code == "malformed_message" && !e.fatal && e.message.starts_with("malformed message"))
+    );
     // An oversized frame is refused by the WebSocket layer: that socket closes, the session waits for a reattach.
     victim.input("echo still-alive-$((5*5))\r").await?;
     victim
@@ -159,11 +132,6 @@ async fn junk_on_the_tls_port_does_not_hurt_the_server() -> anyhow::Result<()> {
         let _ = s.write_all(junk);
     }
     let api = Api::new(&p)?;
-    assert_eq!(
-        api.request(Method::GET, "/api/__healthcheck", None)
-            .await?
-            .0,
-        200
-    );
+    assert_eq!(api.request(Method::GET, "/api/__healthcheck", None).await?.0, 200);
     Ok(())
 }

@@ -32,11 +32,11 @@ async fn admin_creates_and_uses_an_ssh_connection_in_the_browser() -> anyhow::Re
         Duration::from_secs(120),
     )
     .map_err(|e| anyhow::anyhow!("{e:#}\nportico log:\n{}", p.log()))?;
-    let written = std::fs::read_to_string(&marker)
-        .map_err(|e| anyhow::anyhow!("{e}: browser output:\n{out}"))?;
+    let written = std::fs::read_to_string(&marker).map_err(|e| anyhow::anyhow!("{e}: browser output:\n{out}"))?;
     let _ = std::fs::remove_file(&marker);
     assert_eq!(written.trim(), "from-browser-42");
     assert!(out.contains("authentication failed"), "{out}");
+    assert!(out.contains("reattached to shell"), "{out}");
     Ok(())
 }
 
@@ -47,11 +47,7 @@ async fn connect_url_embeds_one_session_and_delete_closes_it() -> anyhow::Result
     let api = Api::admin(&p).await?;
     let conn = ssh_connection(&api, &sshd, json!({ "password": sshd.user.password })).await?;
     let key = api
-        .ok(
-            Method::POST,
-            "/api/v1/api-keys",
-            Some(json!({ "name": "embed" })),
-        )
+        .ok(Method::POST, "/api/v1/api-keys", Some(json!({ "name": "embed" })))
         .await?;
     let s = api.create_session(&conn).await?;
     let shots = std::env::var("PORTICO_SCREENSHOTS").unwrap_or_default();

@@ -10,24 +10,17 @@ async fn exercise(db: &Db) -> anyhow::Result<()> {
     let now = 1_800_000_000;
     db.insert_user("u1", "alice", "hash", "admin", now).await?;
     assert!(
-        db.insert_user("u2", "alice", "hash", "user", now)
-            .await
-            .is_err(),
+        db.insert_user("u2", "alice", "hash", "user", now).await.is_err(),
         "usernames are unique"
     );
     assert_eq!(db.count_users().await?, 1);
     let (u, hash) = db.user_with_hash("alice").await?.expect("user");
-    assert_eq!(
-        (u.id.as_str(), hash.as_str(), u.role.as_str()),
-        ("u1", "hash", "admin")
-    );
+    assert_eq!((u.id.as_str(), hash.as_str(), u.role.as_str()), ("u1", "hash", "admin"));
 
     db.insert_login_session("sess-hash", "u1", "csrf", now, now + 10)
         .await?;
     assert_eq!(
-        db.login_session("sess-hash", now)
-            .await?
-            .map(|(u, c)| (u.username, c)),
+        db.login_session("sess-hash", now).await?.map(|(u, c)| (u.username, c)),
         Some(("alice".into(), "csrf".into()))
     );
     assert!(
@@ -85,14 +78,8 @@ async fn exercise(db: &Db) -> anyhow::Result<()> {
     };
     db.insert_session(&s).await?;
     assert!(!db.claim_session("s1", "wrong-jti", "b1", now).await?);
-    assert!(
-        db.claim_session("s1", "jti-1", "b1", now).await?,
-        "first claim wins"
-    );
-    assert!(
-        !db.claim_session("s1", "jti-1", "b2", now).await?,
-        "second claim loses"
-    );
+    assert!(db.claim_session("s1", "jti-1", "b1", now).await?, "first claim wins");
+    assert!(!db.claim_session("s1", "jti-1", "b2", now).await?, "second claim loses");
     let row = db.session("s1").await?.expect("session");
     assert_eq!(
         (row.state.as_str(), row.bridge_id.as_deref()),
@@ -102,20 +89,14 @@ async fn exercise(db: &Db) -> anyhow::Result<()> {
     let ids = vec!["s1".to_owned(), "ghost".to_owned()];
     assert_eq!(db.ended_among(&ids).await?, vec!["ghost".to_owned()]);
     assert!(db.end_session("s1", "test", now + 5).await?);
-    assert!(
-        !db.end_session("s1", "test", now + 6).await?,
-        "ending twice is a no-op"
-    );
+    assert!(!db.end_session("s1", "test", now + 6).await?, "ending twice is a no-op");
     assert_eq!(db.ended_among(&ids).await?, ids);
     assert_eq!(db.list_sessions(Some("u1"), false).await?.len(), 0);
     assert_eq!(db.list_sessions(None, true).await?.len(), 1);
 
     db.insert_api_key("k1", "u1", "ci", "keyhash", now).await?;
     assert_eq!(
-        db.user_by_api_key("keyhash", now)
-            .await?
-            .map(|u| u.id)
-            .as_deref(),
+        db.user_by_api_key("keyhash", now).await?.map(|u| u.id).as_deref(),
         Some("u1")
     );
     assert!(db.delete_user("u1").await?);

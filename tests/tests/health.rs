@@ -34,9 +34,7 @@ async fn healthcheck_follows_postgres() -> anyhow::Result<()> {
     wait_status(&admin, 200, Duration::from_secs(5)).await?;
     pg.stop()?;
     wait_status(&admin, 503, Duration::from_secs(15)).await?;
-    let (s, v) = admin
-        .request(Method::GET, "/api/v1/connections", None)
-        .await?;
+    let (s, v) = admin.request(Method::GET, "/api/v1/connections", None).await?;
     assert!(s >= 500, "{s} {v}");
     pg.start_again()?;
     wait_status(&admin, 200, Duration::from_secs(20)).await?;

@@ -9,7 +9,7 @@ mod health;
 mod ssh;
 mod token;
 
-use portico_tests::client::{Api, Term, ws_with_token};
+use portico_tests::client::{Api, Term, attach};
 use portico_tests::peers::Sshd;
 use portico_tests::portico::Portico;
 use serde_json::{Value, json};
@@ -31,15 +31,17 @@ pub async fn ssh_connection(api: &Api, sshd: &Sshd, extra: Value) -> anyhow::Res
 
 /// Start a session on `conn` and attach a terminal to it through the bridge.
 pub async fn open_term(p: &Portico, api: &Api, conn: &str) -> anyhow::Result<(Value, Term)> {
-    let s = api.create_session(conn).await?;
-    let ws = ws_with_token(
-        s["ws_url"].as_str().unwrap_or_default(),
-        &p.cert_sha256,
-        s["token"].as_str().unwrap_or_default(),
-    )
-    .await?
-    .map_err(|r| anyhow::anyhow!("upgrade refused: {} {}", r.status, r.body))?;
+    let (s, ws) = attach(p, api, conn).await?;
     Ok((s, Term::new(ws)))
+}
+
+/// A running sshd, a Portico, an admin API client and an SSH connection with the user's password.
+pub async fn password_fixture() -> anyhow::Result<(Sshd, Portico, Api, String)> {
+    let sshd = Sshd::start()?;
+    let p = Portico::start()?;
+    let api = Api::admin(&p).await?;
+    let conn = ssh_connection(&api, &sshd, json!({ "password": sshd.user.password })).await?;
+    Ok((sshd, p, api, conn))
 }
 
 /// A unique file path on this machine that the test user can write.

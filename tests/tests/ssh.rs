@@ -9,21 +9,24 @@ use portico_tests::peers::{Sshd, free_port};
 use portico_tests::portico::{Options, Portico};
 use serde_json::json;
 
-use crate::{marker_path, open_term, ssh_connection};
+use crate::{marker_path, open_term, password_fixture, ssh_connection};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn password_login_runs_a_command_on_the_machine() -> anyhow::Result<()> {
     let sshd = Sshd::start()?;
     let p = Portico::start()?;
     let api = Api::admin(&p).await?;
-    let conn = ssh_connection(&api, &sshd, json!({ "password": sshd.user.password, "host_key_fingerprint": sshd.host_key_fingerprint })).await?;
+    let conn = ssh_connection(
+        &api,
+        &sshd,
+        json!({ "password": sshd.user.password, "host_key_fingerprint": sshd.host_key_fingerprint }),
+    )
+    .await?;
     let (_, mut t) = open_term(&p, &api, &conn).await?;
     t.connected().await?;
     let file = marker_path("pw");
-    t.input(&format!(
-        "echo written-by-$(whoami) > {file}; echo done-$((40+2))\r"
-    ))
-    .await?;
+    t.input(&format!("echo written-by-$(whoami) > {file}; echo done-$((40+2))\r"))
+        .await?;
     t.until("command output", Duration::from_secs(15), |t| {
         t.text().contains("done-42")
     })
@@ -45,12 +48,7 @@ async fn key_login_and_resize_reach_the_pty() -> anyhow::Result<()> {
     let sshd = Sshd::start()?;
     let p = Portico::start()?;
     let api = Api::admin(&p).await?;
-    let conn = ssh_connection(
-        &api,
-        &sshd,
-        json!({ "private_key": sshd.client_private_key }),
-    )
-    .await?;
+    let conn = ssh_connection(&api, &sshd, json!({ "private_key": sshd.client_private_key })).await?;
     let (_, mut t) = open_term(&p, &api, &conn).await?;
     t.connected().await?;
     t.send(ClientMsg::Resize {
@@ -68,11 +66,7 @@ async fn key_login_and_resize_reach_the_pty() -> anyhow::Result<()> {
     .await?;
     // Trust on first use: the connection had no pinned key, now it has the server's.
     let c = api
-        .ok(
-            reqwest::Method::GET,
-            &format!("/api/v1/connections/{conn}"),
-            None,
-        )
+        .ok(reqwest::Method::GET, &format!("/api/v1/connections/{conn}"), None)
         .await?;
     assert_eq!(
         c["host_key_fingerprint"].as_str(),
@@ -94,10 +88,7 @@ async fn wrong_password_is_a_clear_error() -> anyhow::Result<()> {
         .expect("a CLOSED message");
     assert_eq!(closed.code, "auth_failed");
     let err = t.errors.first().expect("an ERROR message");
-    assert!(
-        err.fatal && err.message.contains("authentication failed"),
-        "{err:?}"
-    );
+    assert!(err.fatal && err.message.contains("authentication failed"), "{err:?}");
     Ok(())
 }
 
@@ -123,8 +114,7 @@ async fn changed_host_key_is_refused() -> anyhow::Result<()> {
     assert_eq!(closed.code, "host_key_mismatch");
     let err = &t.errors[0];
     assert!(
-        err.message.contains("host key changed")
-            && err.message.contains(&sshd.host_key_fingerprint),
+        err.message.contains("host key changed") && err.message.contains(&sshd.host_key_fingerprint),
         "{err:?}"
     );
     // No login happened: the session never reported "connected".
@@ -138,7 +128,9 @@ async fn unreachable_target_is_a_clear_error() -> anyhow::Result<()> {
     let api = Api::admin(&p).await?;
     let port = free_port();
     let conn = api
-        .create_connection(json!({ "protocol": "ssh", "host": "127.0.0.1", "port": port, "username": "nobody", "password": "x" }))
+        .create_connection(
+            json!({ "protocol": "ssh", "host": "127.0.0.1", "port": port, "username": "nobody", "password": "x" }),
+        )
         .await?;
     let (_, mut t) = open_term(&p, &api, &conn).await?;
     let closed = t
@@ -147,9 +139,7 @@ async fn unreachable_target_is_a_clear_error() -> anyhow::Result<()> {
         .expect("a CLOSED message");
     assert_eq!(closed.code, "unreachable");
     assert!(
-        t.errors[0]
-            .message
-            .contains(&format!("cannot reach 127.0.0.1:{port}")),
+        t.errors[0].message.contains(&format!("cannot reach 127.0.0.1:{port}")),
         "{:?}",
         t.errors
     );
@@ -158,30 +148,19 @@ async fn unreachable_target_is_a_clear_error() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn delete_closes_the_terminal_within_two_seconds() -> anyhow::Result<()> {
-    let sshd = Sshd::start()?;
-    let p = Portico::start()?;
-    let api = Api::admin(&p).await?;
-    let conn = ssh_connection(&api, &sshd, json!({ "password": sshd.user.password })).await?;
+    let (_sshd, p, api, conn) = password_fixture().await?;
     let (s, mut t) = open_term(&p, &api, &conn).await?;
     t.connected().await?;
     let id = s["session_id"].as_str().unwrap_or_default().to_owned();
     let started = Instant::now();
-    api.ok(
-        reqwest::Method::DELETE,
-        &format!("/api/v1/sessions/{id}"),
-        None,
-    )
-    .await?;
+    api.ok(reqwest::Method::DELETE, &format!("/api/v1/sessions/{id}"), None)
+        .await?;
     let closed = t.closed_within(Duration::from_secs(5)).await?;
     let took = started.elapsed();
     assert!(took <= Duration::from_secs(2), "closed after {took:?}");
     assert_eq!(closed.map(|c| c.code).as_deref(), Some("ended"));
     let row = api
-        .ok(
-            reqwest::Method::GET,
-            &format!("/api/v1/sessions/{id}"),
-            None,
-        )
+        .ok(reqwest::Method::GET, &format!("/api/v1/sessions/{id}"), None)
         .await?;
     assert_eq!(row["state"], "ended");
     Ok(())
@@ -189,10 +168,7 @@ async fn delete_closes_the_terminal_within_two_seconds() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reattach_within_grace_gets_the_screen_and_the_same_shell() -> anyhow::Result<()> {
-    let sshd = Sshd::start()?;
-    let p = Portico::start()?;
-    let api = Api::admin(&p).await?;
-    let conn = ssh_connection(&api, &sshd, json!({ "password": sshd.user.password })).await?;
+    let (_sshd, p, api, conn) = password_fixture().await?;
     let (s, mut t) = open_term(&p, &api, &conn).await?;
     t.connected().await?;
     t.input("echo pid=$$; echo before-$((3*3))-drop\r").await?;
@@ -204,11 +180,7 @@ async fn reattach_within_grace_gets_the_screen_and_the_same_shell() -> anyhow::R
     let pid_of = |text: &str| {
         text.rsplit("pid=")
             .next()
-            .map(|rest| {
-                rest.chars()
-                    .take_while(char::is_ascii_digit)
-                    .collect::<String>()
-            })
+            .map(|rest| rest.chars().take_while(char::is_ascii_digit).collect::<String>())
             .filter(|p| !p.is_empty())
     };
     let pid = pid_of(&t.text()).expect("pid line");
@@ -216,13 +188,9 @@ async fn reattach_within_grace_gets_the_screen_and_the_same_shell() -> anyhow::R
     drop(t); // The browser vanishes without a DISCONNECT.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ws_url = s["ws_url"].as_str().unwrap_or_default();
-    let ws = ws_connect(
-        ws_url,
-        &p.cert_sha256,
-        &[format!("{}{resume}", wire::RESUME_PREFIX)],
-    )
-    .await?
-    .map_err(|r| anyhow::anyhow!("{r:?}"))?;
+    let ws = ws_connect(ws_url, &p.cert_sha256, &[format!("{}{resume}", wire::RESUME_PREFIX)])
+        .await?
+        .map_err(|r| anyhow::anyhow!("{r:?}"))?;
     let mut t = Term::new(ws);
     t.until("repaint", Duration::from_secs(10), |t| {
         t.text().contains("before-9-drop")
@@ -235,12 +203,7 @@ async fn reattach_within_grace_gets_the_screen_and_the_same_shell() -> anyhow::R
     })
     .await?;
     // The old resume token was rotated away.
-    let stale = ws_connect(
-        ws_url,
-        &p.cert_sha256,
-        &[format!("{}{resume}", wire::RESUME_PREFIX)],
-    )
-    .await?;
+    let stale = ws_connect(ws_url, &p.cert_sha256, &[format!("{}{resume}", wire::RESUME_PREFIX)]).await?;
     assert_eq!(stale.err().map(|r| r.status), Some(401));
     Ok(())
 }
@@ -262,10 +225,7 @@ async fn idle_limit_and_remote_exit_end_the_session() -> anyhow::Result<()> {
     let (_, mut t) = open_term(&p, &api, &conn).await?;
     t.connected().await?;
     t.input("exit 3\r").await?;
-    let closed = t
-        .closed_within(Duration::from_secs(10))
-        .await?
-        .expect("closed");
+    let closed = t.closed_within(Duration::from_secs(10)).await?.expect("closed");
     assert_eq!(closed.code, "remote_closed");
     assert!(closed.reason.contains("status 3"), "{closed:?}");
     Ok(())

@@ -56,13 +56,7 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
-async fn expect_refused(
-    ws_url: &str,
-    cert: &str,
-    token: &str,
-    status: u16,
-    needle: &str,
-) -> anyhow::Result<()> {
+async fn expect_refused(ws_url: &str, cert: &str, token: &str, status: u16, needle: &str) -> anyhow::Result<()> {
     match ws_with_token(ws_url, cert, token).await? {
         Ok(_) => anyhow::bail!("upgrade accepted, expected {status} ({needle})"),
         Err(r) => {
@@ -74,12 +68,15 @@ async fn expect_refused(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn bad_tokens_are_refused_before_the_upgrade_and_never_reach_the_target() -> anyhow::Result<()>
-{
+async fn bad_tokens_are_refused_before_the_upgrade_and_never_reach_the_target() -> anyhow::Result<()> {
     let trip = Tripwire::start()?;
     let p = Portico::start()?;
     let api = Api::admin(&p).await?;
-    let conn = api.create_connection(json!({ "protocol": "ssh", "host": "127.0.0.1", "port": trip.port, "username": "u", "password": "p" })).await?;
+    let conn = api
+        .create_connection(
+            json!({ "protocol": "ssh", "host": "127.0.0.1", "port": trip.port, "username": "u", "password": "p" }),
+        )
+        .await?;
     let s = api.create_session(&conn).await?;
     let (ws_url, token) = (
         s["ws_url"].as_str().unwrap_or_default(),
@@ -93,42 +90,16 @@ async fn bad_tokens_are_refused_before_the_upgrade_and_never_reach_the_target() 
         Err(r) => assert_eq!(r.status, 401),
         Ok(_) => anyhow::bail!("upgrade without a token"),
     }
-    expect_refused(
-        ws_url,
-        &p.cert_sha256,
-        "not.a.token",
-        401,
-        "malformed token",
-    )
-    .await?;
+    expect_refused(ws_url, &p.cert_sha256, "not.a.token", 401, "malformed token").await?;
     // Forged: signed by another key.
     let forger = TokenSigner::new(ed25519_dalek::SigningKey::from_bytes(&[42; 32]));
-    expect_refused(
-        ws_url,
-        &p.cert_sha256,
-        &forger.sign(&real),
-        401,
-        "unknown key",
-    )
-    .await?;
+    expect_refused(ws_url, &p.cert_sha256, &forger.sign(&real), 401, "unknown key").await?;
     // Tampered: claims changed after signing.
     let mut other = real.clone();
     other.dst_port = 1;
     let parts: Vec<&str> = token.split('.').collect();
-    let tampered = format!(
-        "{}.{}.{}",
-        parts[0],
-        B64.encode(serde_json::to_vec(&other)?),
-        parts[2]
-    );
-    expect_refused(
-        ws_url,
-        &p.cert_sha256,
-        &tampered,
-        401,
-        "signature is invalid",
-    )
-    .await?;
+    let tampered = format!("{}.{}.{}", parts[0], B64.encode(serde_json::to_vec(&other)?), parts[2]);
+    expect_refused(ws_url, &p.cert_sha256, &tampered, 401, "signature is invalid").await?;
     // Expired (signed with the real key).
     let mut expired = real.clone();
     (expired.iat, expired.nbf, expired.exp) = (now() - 200, now() - 200, now() - 150);
@@ -140,14 +111,7 @@ async fn bad_tokens_are_refused_before_the_upgrade_and_never_reach_the_target() 
     // Wrong audience (another bridge pool).
     let mut aud = real.clone();
     aud.aud = "zone:elsewhere".into();
-    expect_refused(
-        ws_url,
-        &p.cert_sha256,
-        &key.sign(&aud),
-        403,
-        "another bridge pool",
-    )
-    .await?;
+    expect_refused(ws_url, &p.cert_sha256, &key.sign(&aud), 403, "another bridge pool").await?;
     // Session binding: the token of one session used for another session id.
     let s2 = api.create_session(&conn).await?;
     let other_url = s2["ws_url"].as_str().unwrap_or_default();
@@ -186,38 +150,16 @@ async fn a_used_token_is_refused_by_every_bridge_of_the_fleet() -> anyhow::Resul
     })
     .await?;
 
-    expect_refused(
-        &url_b,
-        &bridge_b.cert_sha256,
-        token,
-        403,
-        "token already used",
-    )
-    .await?;
-    expect_refused(
-        &url_a,
-        &bridge_a.cert_sha256,
-        token,
-        403,
-        "token already used",
-    )
-    .await?;
+    expect_refused(&url_b, &bridge_b.cert_sha256, token, 403, "token already used").await?;
+    expect_refused(&url_a, &bridge_a.cert_sha256, token, 403, "token already used").await?;
 
     // The session is owned by bridge A, and a DELETE on the webapp reaches it.
     let row: Value = api
-        .ok(
-            reqwest::Method::GET,
-            &format!("/api/v1/sessions/{id}"),
-            None,
-        )
+        .ok(reqwest::Method::GET, &format!("/api/v1/sessions/{id}"), None)
         .await?;
     assert_eq!(row["bridge_id"], "bridge-a");
-    api.ok(
-        reqwest::Method::DELETE,
-        &format!("/api/v1/sessions/{id}"),
-        None,
-    )
-    .await?;
+    api.ok(reqwest::Method::DELETE, &format!("/api/v1/sessions/{id}"), None)
+        .await?;
     let closed = t.closed_within(Duration::from_secs(3)).await?;
     assert_eq!(closed.map(|c| c.code).as_deref(), Some("ended"));
     Ok(())
@@ -233,7 +175,11 @@ async fn a_bridge_with_a_wrong_node_credential_gets_nothing() -> anyhow::Result<
     opts.node_secret = "wrong-node-secret-0000".into();
     let bridge = Portico::start_with(opts)?;
     let api = Api::admin(&web).await?;
-    let conn = api.create_connection(json!({ "protocol": "ssh", "host": "127.0.0.1", "port": 22, "username": "u", "password": "p" })).await?;
+    let conn = api
+        .create_connection(
+            json!({ "protocol": "ssh", "host": "127.0.0.1", "port": 22, "username": "u", "password": "p" }),
+        )
+        .await?;
     let s = api.create_session(&conn).await?;
     let url = format!(
         "{}/bridge/v1/ws?session={}",
@@ -241,13 +187,7 @@ async fn a_bridge_with_a_wrong_node_credential_gets_nothing() -> anyhow::Result<
         s["session_id"].as_str().unwrap_or_default()
     );
     // Without the token keys it cannot verify anything.
-    match ws_with_token(
-        &url,
-        &bridge.cert_sha256,
-        s["token"].as_str().unwrap_or_default(),
-    )
-    .await?
-    {
+    match ws_with_token(&url, &bridge.cert_sha256, s["token"].as_str().unwrap_or_default()).await? {
         Ok(_) => anyhow::bail!("bridge accepted a token without valid node credentials"),
         Err(r) => assert_eq!(r.status, 401, "{}", r.body),
     }

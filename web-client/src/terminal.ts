@@ -26,6 +26,8 @@ declare global {
   interface Window {
     porticoTerminalText?: () => string;
     porticoSessionId?: string;
+    /** Diagnostics: drop the WebSocket as a network failure would (the client then reattaches). */
+    porticoDropConnection?: () => void;
   }
 }
 
@@ -161,6 +163,8 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
       lostAt = 0;
     };
   };
+
+  window.porticoDropConnection = () => ws?.close(4000, 'simulated network drop');
 
   term.onData((d) => send(wire.termInput(d)));
   term.onBinary((d) => send(wire.termInput(Uint8Array.from(d, (c) => c.charCodeAt(0) & 0xff))));

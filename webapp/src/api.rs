@@ -48,15 +48,9 @@ pub struct ClientAddr(pub Option<SocketAddr>);
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _: &S,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
         Ok(ClientAddr(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0),
+            parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0),
         ))
     }
 }
@@ -64,10 +58,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/__healthcheck", get(healthcheck))
-        .route(
-            "/api/openapi.json",
-            get(|| async { Json(crate::openapi::document()) }),
-        )
+        .route("/api/openapi.json", get(|| async { Json(crate::openapi::document()) }))
         .route("/api/v1/auth/login", post(login))
         .route("/api/v1/auth/logout", post(logout))
         .route("/api/v1/auth/me", get(me))
@@ -76,21 +67,13 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/users/{id}", delete(delete_user))
         .route("/api/v1/api-keys", get(list_api_keys).post(create_api_key))
         .route("/api/v1/api-keys/{id}", delete(delete_api_key))
-        .route(
-            "/api/v1/connections",
-            get(list_connections).post(create_connection),
-        )
+        .route("/api/v1/connections", get(list_connections).post(create_connection))
         .route(
             "/api/v1/connections/{id}",
-            get(get_connection)
-                .put(update_connection)
-                .delete(delete_connection),
+            get(get_connection).put(update_connection).delete(delete_connection),
         )
         .route("/api/v1/sessions", get(list_sessions).post(create_session))
-        .route(
-            "/api/v1/sessions/{id}",
-            get(get_session).delete(end_session),
-        )
+        .route("/api/v1/sessions/{id}", get(get_session).delete(end_session))
 }
 
 async fn healthcheck(State(st): State<AppState>) -> Response {
@@ -160,31 +143,18 @@ async fn login(
             st.db.record_login_failure(ip, now).await?;
         }
         tracing::info!(username = %body.username, "Login failed");
-        return Err(ApiError::Unauthorized(
-            "invalid username or password".into(),
-        ));
+        return Err(ApiError::Unauthorized("invalid username or password".into()));
     };
     st.db.clear_login_failures(&user_subject).await?;
     let cookie = crypto::random_token();
     let csrf = crypto::random_token();
     let ttl = st.config.login_ttl.as_secs() as i64;
     st.db
-        .insert_login_session(
-            &crypto::sha256_hex(&cookie),
-            &user.id,
-            &csrf,
-            now,
-            now + ttl,
-        )
+        .insert_login_session(&crypto::sha256_hex(&cookie), &user.id, &csrf, now, now + ttl)
         .await?;
     tracing::info!(user_id = %user.id, username = %user.username, "Login");
-    let secure = if st.config.secure_cookies {
-        "; Secure"
-    } else {
-        ""
-    };
-    let set_cookie =
-        format!("{COOKIE_NAME}={cookie}; Path=/; HttpOnly; SameSite=Strict; Max-Age={ttl}{secure}");
+    let secure = if st.config.secure_cookies { "; Secure" } else { "" };
+    let set_cookie = format!("{COOKIE_NAME}={cookie}; Path=/; HttpOnly; SameSite=Strict; Max-Age={ttl}{secure}");
     let mut res = Json(MeResponse {
         user,
         csrf_token: Some(csrf),
@@ -197,15 +167,9 @@ async fn login(
     Ok(res)
 }
 
-async fn logout(
-    State(st): State<AppState>,
-    me: CurrentUser,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
+async fn logout(State(st): State<AppState>, me: CurrentUser, headers: HeaderMap) -> Result<Response, ApiError> {
     if let Some(cookie) = cookie_value(&headers, COOKIE_NAME) {
-        st.db
-            .delete_login_session(&crypto::sha256_hex(cookie))
-            .await?;
+        st.db.delete_login_session(&crypto::sha256_hex(cookie)).await?;
     }
     tracing::info!(user_id = %me.user.id, "Logout");
     let mut res = Json(json!({ "ok": true })).into_response();
@@ -252,9 +216,7 @@ async fn change_password(
 
 fn validate_password(p: &str) -> Result<(), ApiError> {
     if p.chars().count() < 8 || p.len() > 1024 {
-        return Err(ApiError::bad_request(
-            "password must have 8 to 1024 characters",
-        ));
+        return Err(ApiError::bad_request("password must have 8 to 1024 characters"));
     }
     Ok(())
 }
@@ -270,10 +232,7 @@ struct UserBody {
     role: Option<String>,
 }
 
-async fn list_users(
-    State(st): State<AppState>,
-    me: CurrentUser,
-) -> Result<Json<Vec<User>>, ApiError> {
+async fn list_users(State(st): State<AppState>, me: CurrentUser) -> Result<Json<Vec<User>>, ApiError> {
     me.require_admin()?;
     Ok(Json(st.db.list_users().await?))
 }
@@ -287,9 +246,7 @@ async fn create_user(
     let username = b.username.trim();
     if username.is_empty()
         || username.len() > 64
-        || !username
-            .chars()
-            .all(|c| c.is_alphanumeric() || "._-@".contains(c))
+        || !username.chars().all(|c| c.is_alphanumeric() || "._-@".contains(c))
     {
         return Err(ApiError::bad_request(
             "username must be 1 to 64 letters, digits or ._-@",
@@ -345,10 +302,7 @@ struct ApiKeyBody {
     name: String,
 }
 
-async fn list_api_keys(
-    State(st): State<AppState>,
-    me: CurrentUser,
-) -> Result<Json<Vec<crate::db::ApiKey>>, ApiError> {
+async fn list_api_keys(State(st): State<AppState>, me: CurrentUser) -> Result<Json<Vec<crate::db::ApiKey>>, ApiError> {
     Ok(Json(st.db.list_api_keys(&me.user.id).await?))
 }
 
@@ -364,18 +318,9 @@ async fn create_api_key(
     let id = uuid::Uuid::new_v4().to_string();
     let key = format!("{API_KEY_PREFIX}{}", crypto::random_token());
     st.db
-        .insert_api_key(
-            &id,
-            &me.user.id,
-            name,
-            &crypto::sha256_hex(&key),
-            now_unix(),
-        )
+        .insert_api_key(&id, &me.user.id, name, &crypto::sha256_hex(&key), now_unix())
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "id": id, "name": name, "key": key })),
-    ))
+    Ok((StatusCode::CREATED, Json(json!({ "id": id, "name": name, "key": key }))))
 }
 
 async fn delete_api_key(
@@ -453,9 +398,9 @@ pub fn normalize_fingerprint(fp: Option<&str>) -> Result<Option<String>, ApiErro
     let Some(fp) = fp.map(str::trim).filter(|s| !s.is_empty()) else {
         return Ok(None);
     };
-    let b64 = fp.strip_prefix("SHA256:").ok_or_else(|| {
-        ApiError::bad_request("host_key_fingerprint must look like SHA256:<base64>")
-    })?;
+    let b64 = fp
+        .strip_prefix("SHA256:")
+        .ok_or_else(|| ApiError::bad_request("host_key_fingerprint must look like SHA256:<base64>"))?;
     let b64 = b64.trim_end_matches('=');
     use base64::Engine as _;
     match base64::engine::general_purpose::STANDARD_NO_PAD.decode(b64) {
@@ -466,13 +411,9 @@ pub fn normalize_fingerprint(fp: Option<&str>) -> Result<Option<String>, ApiErro
     }
 }
 
-fn apply_connection_body(
-    st: &AppState,
-    c: &mut Connection,
-    b: ConnectionBody,
-) -> Result<(), ApiError> {
-    let protocol = Protocol::parse(&b.protocol)
-        .ok_or_else(|| ApiError::bad_request("protocol must be ssh, vnc or rdp"))?;
+fn apply_connection_body(st: &AppState, c: &mut Connection, b: ConnectionBody) -> Result<(), ApiError> {
+    let protocol =
+        Protocol::parse(&b.protocol).ok_or_else(|| ApiError::bad_request("protocol must be ssh, vnc or rdp"))?;
     let host = b.host.trim();
     if host.is_empty()
         || host.len() > 253
@@ -480,9 +421,7 @@ fn apply_connection_body(
             .chars()
             .any(|ch| ch.is_whitespace() || ch.is_control() || "/?#@".contains(ch))
     {
-        return Err(ApiError::bad_request(
-            "host must be a host name or ip address",
-        ));
+        return Err(ApiError::bad_request("host must be a host name or ip address"));
     }
     let port = match b.port {
         None => match protocol {
@@ -528,25 +467,14 @@ fn apply_connection_body(
                 "private_key must be a PEM or OpenSSH private key",
             ));
         }
-        c.private_key_enc = Some(
-            st.keys
-                .seal(&k, &format!("connection:{}:private_key", c.id))?,
-        );
+        c.private_key_enc = Some(st.keys.seal(&k, &format!("connection:{}:private_key", c.id))?);
     }
     Ok(())
 }
 
-async fn list_connections(
-    State(st): State<AppState>,
-    _me: CurrentUser,
-) -> Result<Json<Vec<ConnectionView>>, ApiError> {
+async fn list_connections(State(st): State<AppState>, _me: CurrentUser) -> Result<Json<Vec<ConnectionView>>, ApiError> {
     Ok(Json(
-        st.db
-            .list_connections()
-            .await?
-            .into_iter()
-            .map(Into::into)
-            .collect(),
+        st.db.list_connections().await?.into_iter().map(Into::into).collect(),
     ))
 }
 
@@ -597,11 +525,7 @@ async fn update_connection(
     ApiJson(b): ApiJson<ConnectionBody>,
 ) -> Result<Json<ConnectionView>, ApiError> {
     me.require_admin()?;
-    let mut c = st
-        .db
-        .connection(&id)
-        .await?
-        .ok_or(ApiError::NotFound("connection"))?;
+    let mut c = st.db.connection(&id).await?.ok_or(ApiError::NotFound("connection"))?;
     apply_connection_body(&st, &mut c, b)?;
     c.updated_at = now_unix();
     if !st.db.update_connection(&c).await? {
@@ -647,9 +571,7 @@ struct SessionCreated {
 fn url_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -666,8 +588,8 @@ async fn create_session(
         .connection(&b.connection_id)
         .await?
         .ok_or(ApiError::NotFound("connection"))?;
-    let protocol = Protocol::parse(&conn.protocol)
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("bad protocol in db")))?;
+    let protocol =
+        Protocol::parse(&conn.protocol).ok_or_else(|| ApiError::Internal(anyhow::anyhow!("bad protocol in db")))?;
     let now = now_unix();
     let session_id = uuid::Uuid::new_v4().to_string();
     let jti = crypto::random_token();
@@ -727,16 +649,18 @@ async fn create_session(
     ))
 }
 
-async fn list_sessions(
-    State(st): State<AppState>,
-    me: CurrentUser,
-) -> Result<Json<Vec<SessionRow>>, ApiError> {
-    let filter = if me.is_admin() {
-        None
-    } else {
-        Some(me.user.id.as_str())
-    };
+async fn list_sessions(State(st): State<AppState>, me: CurrentUser) -> Result<Json<Vec<SessionRow>>, ApiError> {
+    let filter = if me.is_admin() { None } else { Some(me.user.id.as_str()) };
     Ok(Json(st.db.list_sessions(filter, false).await?))
+}
+
+/// A session the caller may see: their own, or any for admins (others' are "not found", not "forbidden").
+async fn visible_session(st: &AppState, me: &CurrentUser, id: &str) -> Result<SessionRow, ApiError> {
+    st.db
+        .session(id)
+        .await?
+        .filter(|s| me.is_admin() || s.user_id == me.user.id)
+        .ok_or(ApiError::NotFound("session"))
 }
 
 async fn get_session(
@@ -744,13 +668,7 @@ async fn get_session(
     me: CurrentUser,
     Path(id): Path<String>,
 ) -> Result<Json<SessionRow>, ApiError> {
-    let s = st
-        .db
-        .session(&id)
-        .await?
-        .filter(|s| me.is_admin() || s.user_id == me.user.id)
-        .ok_or(ApiError::NotFound("session"))?;
-    Ok(Json(s))
+    Ok(Json(visible_session(&st, &me, &id).await?))
 }
 
 async fn end_session(
@@ -758,12 +676,7 @@ async fn end_session(
     me: CurrentUser,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let s = st
-        .db
-        .session(&id)
-        .await?
-        .filter(|s| me.is_admin() || s.user_id == me.user.id)
-        .ok_or(ApiError::NotFound("session"))?;
+    let s = visible_session(&st, &me, &id).await?;
     let reason = if s.user_id == me.user.id {
         "ended by the user"
     } else {

@@ -24,18 +24,9 @@ fn serve(path: &str, embeddable: bool) -> Response {
     if let Ok(v) = HeaderValue::from_str(mime.as_ref()) {
         h.insert(header::CONTENT_TYPE, v);
     }
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     if !embeddable {
         h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -50,10 +41,7 @@ pub fn routes() -> Router<AppState> {
         .route("/connect", get(|| async { serve("index.html", true) }))
         .fallback(|uri: Uri| async move {
             let path = uri.path().trim_start_matches('/');
-            if path.starts_with("api/")
-                || path.starts_with("internal/")
-                || path.starts_with("bridge/")
-            {
+            if path.starts_with("api/") || path.starts_with("internal/") || path.starts_with("bridge/") {
                 return (
                     StatusCode::NOT_FOUND,
                     axum::Json(serde_json::json!({ "error": "no such endpoint" })),

@@ -60,10 +60,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let now = now_unix();
         if let Some(key) = bearer(&parts.headers) {
             if !key.starts_with(API_KEY_PREFIX) {
@@ -74,10 +71,7 @@ impl FromRequestParts<AppState> for CurrentUser {
                 .user_by_api_key(&crypto::sha256_hex(key), now)
                 .await?
                 .ok_or_else(|| ApiError::Unauthorized("invalid api key".into()))?;
-            return Ok(CurrentUser {
-                user,
-                csrf_token: None,
-            });
+            return Ok(CurrentUser { user, csrf_token: None });
         }
         let cookie = cookie_value(&parts.headers, COOKIE_NAME).ok_or(ApiError::Unauthenticated)?;
         let (user, csrf) = state

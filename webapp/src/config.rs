@@ -28,12 +28,7 @@ pub struct WebappConfig {
 
 impl WebappConfig {
     /// A configuration with the defaults, for the given database, master key and node secret.
-    pub fn new(
-        database_url: String,
-        master_key: [u8; 32],
-        node_secret: String,
-        public_url: String,
-    ) -> Self {
+    pub fn new(database_url: String, master_key: [u8; 32], node_secret: String, public_url: String) -> Self {
         let bridge_public_url = public_url
             .replacen("https://", "wss://", 1)
             .replacen("http://", "ws://", 1);

@@ -23,10 +23,8 @@ impl Keys {
         let mut signing = [0u8; 32];
         let mut enc = [0u8; 32];
         // INVARIANT: 32 bytes is a valid HKDF-SHA256 output length.
-        hk.expand(b"token-signing", &mut signing)
-            .expect("hkdf length");
-        hk.expand(b"credential-encryption", &mut enc)
-            .expect("hkdf length");
+        hk.expand(b"token-signing", &mut signing).expect("hkdf length");
+        hk.expand(b"credential-encryption", &mut enc).expect("hkdf length");
         Self {
             token_signing: SigningKey::from_bytes(&signing),
             credentials: Aes256Gcm::new(&enc.into()),
@@ -52,9 +50,7 @@ impl Keys {
     }
 
     pub fn open(&self, sealed: &str, aad: &str) -> anyhow::Result<String> {
-        let raw = sealed
-            .strip_prefix("v1:")
-            .context("unknown credential format")?;
+        let raw = sealed.strip_prefix("v1:").context("unknown credential format")?;
         let raw = STANDARD.decode(raw).context("credential encoding")?;
         anyhow::ensure!(raw.len() > 12, "credential too short");
         let (nonce, ct) = raw.split_at(12);
@@ -126,14 +122,9 @@ mod tests {
         let sealed = keys.seal("s3cret", "conn:1:password").unwrap();
         assert!(!sealed.contains("s3cret"));
         assert_eq!(keys.open(&sealed, "conn:1:password").unwrap(), "s3cret");
+        assert!(keys.open(&sealed, "conn:2:password").is_err(), "aad binds the row");
         assert!(
-            keys.open(&sealed, "conn:2:password").is_err(),
-            "aad binds the row"
-        );
-        assert!(
-            Keys::derive(&[2; 32])
-                .open(&sealed, "conn:1:password")
-                .is_err(),
+            Keys::derive(&[2; 32]).open(&sealed, "conn:1:password").is_err(),
             "other master key"
         );
     }

@@ -151,10 +151,7 @@ impl Db {
                 })
             });
         }
-        let pool = opts
-            .connect(&url)
-            .await
-            .context("connect to the database")?;
+        let pool = opts.connect(&url).await.context("connect to the database")?;
         let db = Db { pool, dialect };
         db.migrate().await?;
         Ok(db)
@@ -165,10 +162,7 @@ impl Db {
             Dialect::Sqlite => &SQLITE_MIGRATOR,
             Dialect::Postgres => &POSTGRES_MIGRATOR,
         };
-        migrator
-            .run(&self.pool)
-            .await
-            .context("run database migrations")
+        migrator.run(&self.pool).await.context("run database migrations")
     }
 
     /// One real round trip to the database.
@@ -208,14 +202,11 @@ impl Db {
     }
 
     pub async fn user_with_hash(&self, username: &str) -> sqlx::Result<Option<(User, String)>> {
-        let row = sqlx::query(
-            "SELECT id, username, role, created_at, password_hash FROM users WHERE username = $1",
-        )
-        .bind(username)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| Ok((user(&r)?, r.try_get("password_hash")?)))
-            .transpose()
+        let row = sqlx::query("SELECT id, username, role, created_at, password_hash FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((user(&r)?, r.try_get("password_hash")?))).transpose()
     }
 
     pub async fn set_password(&self, user_id: &str, password_hash: &str) -> sqlx::Result<bool> {
@@ -228,10 +219,9 @@ impl Db {
     }
 
     pub async fn list_users(&self) -> sqlx::Result<Vec<User>> {
-        let rows =
-            sqlx::query("SELECT id, username, role, created_at FROM users ORDER BY username")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query("SELECT id, username, role, created_at FROM users ORDER BY username")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(user).collect()
     }
 
@@ -265,11 +255,7 @@ impl Db {
     }
 
     /// The user and CSRF token of a live login session.
-    pub async fn login_session(
-        &self,
-        id_hash: &str,
-        now: i64,
-    ) -> sqlx::Result<Option<(User, String)>> {
+    pub async fn login_session(&self, id_hash: &str, now: i64) -> sqlx::Result<Option<(User, String)>> {
         let row = sqlx::query(
             "SELECT u.id, u.username, u.role, u.created_at, s.csrf_token FROM login_sessions s \
              JOIN users u ON u.id = s.user_id WHERE s.id_hash = $1 AND s.expires_at > $2",
@@ -278,8 +264,7 @@ impl Db {
         .bind(now)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| Ok((user(&r)?, r.try_get("csrf_token")?)))
-            .transpose()
+        row.map(|r| Ok((user(&r)?, r.try_get("csrf_token")?))).transpose()
     }
 
     pub async fn delete_login_session(&self, id_hash: &str) -> sqlx::Result<()> {
@@ -325,14 +310,16 @@ impl Db {
             .bind(now - 3600)
             .execute(&self.pool)
             .await?;
-        sqlx::query("UPDATE sessions SET state = $1, ended_at = $2, end_reason = $3 WHERE state = $4 AND token_expires_at < $5")
-            .bind(state::ENDED)
-            .bind(now)
-            .bind("token expired unused")
-            .bind(state::PENDING)
-            .bind(now - 60)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE sessions SET state = $1, ended_at = $2, end_reason = $3 WHERE state = $4 AND token_expires_at < $5",
+        )
+        .bind(state::ENDED)
+        .bind(now)
+        .bind("token expired unused")
+        .bind(state::PENDING)
+        .bind(now - 60)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -375,10 +362,12 @@ impl Db {
     }
 
     pub async fn list_api_keys(&self, user_id: &str) -> sqlx::Result<Vec<ApiKey>> {
-        let rows = sqlx::query("SELECT id, user_id, name, created_at, last_used_at FROM api_keys WHERE user_id = $1 ORDER BY created_at")
-            .bind(user_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT id, user_id, name, created_at, last_used_at FROM api_keys WHERE user_id = $1 ORDER BY created_at",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok(ApiKey {
@@ -404,21 +393,23 @@ impl Db {
     // ---- connections
 
     pub async fn insert_connection(&self, c: &Connection) -> sqlx::Result<()> {
-        sqlx::query(sqlx::AssertSqlSafe(format!("INSERT INTO connections ({CONNECTION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")))
-            .bind(&c.id)
-            .bind(&c.name)
-            .bind(&c.protocol)
-            .bind(&c.host)
-            .bind(c.port)
-            .bind(&c.username)
-            .bind(&c.password_enc)
-            .bind(&c.private_key_enc)
-            .bind(&c.host_key_fingerprint)
-            .bind(c.created_at)
-            .bind(c.updated_at)
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO connections ({CONNECTION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        )))
+        .bind(&c.id)
+        .bind(&c.name)
+        .bind(&c.protocol)
+        .bind(&c.host)
+        .bind(c.port)
+        .bind(&c.username)
+        .bind(&c.password_enc)
+        .bind(&c.private_key_enc)
+        .bind(&c.host_key_fingerprint)
+        .bind(c.created_at)
+        .bind(c.updated_at)
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
     }
 
     pub async fn update_connection(&self, c: &Connection) -> sqlx::Result<bool> {
@@ -469,12 +460,7 @@ impl Db {
     }
 
     /// Record a host key seen on first use; a pinned key is never overwritten.
-    pub async fn pin_host_key_if_unset(
-        &self,
-        connection_id: &str,
-        fingerprint: &str,
-        now: i64,
-    ) -> sqlx::Result<bool> {
+    pub async fn pin_host_key_if_unset(&self, connection_id: &str, fingerprint: &str, now: i64) -> sqlx::Result<bool> {
         let r = sqlx::query(
             "UPDATE connections SET host_key_fingerprint = $1, updated_at = $2 WHERE id = $3 AND host_key_fingerprint IS NULL",
         )
@@ -518,13 +504,8 @@ impl Db {
         row.as_ref().map(session).transpose()
     }
 
-    pub async fn list_sessions(
-        &self,
-        user_id: Option<&str>,
-        include_ended: bool,
-    ) -> sqlx::Result<Vec<SessionRow>> {
-        let mut sql =
-            format!("SELECT {SESSION_COLS} FROM sessions WHERE ($1 = '' OR user_id = $1)");
+    pub async fn list_sessions(&self, user_id: Option<&str>, include_ended: bool) -> sqlx::Result<Vec<SessionRow>> {
+        let mut sql = format!("SELECT {SESSION_COLS} FROM sessions WHERE ($1 = '' OR user_id = $1)");
         if !include_ended {
             sql.push_str(" AND state <> 'ended'");
         }
@@ -537,13 +518,7 @@ impl Db {
     }
 
     /// Atomically claim a session token: succeeds once per `jti`, fleet-wide.
-    pub async fn claim_session(
-        &self,
-        id: &str,
-        jti: &str,
-        bridge_id: &str,
-        now: i64,
-    ) -> sqlx::Result<bool> {
+    pub async fn claim_session(&self, id: &str, jti: &str, bridge_id: &str, now: i64) -> sqlx::Result<bool> {
         let r = sqlx::query(
             "UPDATE sessions SET state = $1, claimed_at = $2, bridge_id = $3 \
              WHERE id = $4 AND token_jti = $5 AND state = $6 AND claimed_at IS NULL",
@@ -560,13 +535,14 @@ impl Db {
     }
 
     pub async fn end_session(&self, id: &str, reason: &str, now: i64) -> sqlx::Result<bool> {
-        let r = sqlx::query("UPDATE sessions SET state = $1, ended_at = $2, end_reason = $3 WHERE id = $4 AND state <> $1")
-            .bind(state::ENDED)
-            .bind(now)
-            .bind(reason)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        let r =
+            sqlx::query("UPDATE sessions SET state = $1, ended_at = $2, end_reason = $3 WHERE id = $4 AND state <> $1")
+                .bind(state::ENDED)
+                .bind(now)
+                .bind(reason)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
         Ok(r.rows_affected() == 1)
     }
 

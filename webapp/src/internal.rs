@@ -11,8 +11,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use portico_proto::Secret;
 use portico_proto::control::{
-    ClaimRequest, ControlError, EndRequest, HostKeyReport, SyncRequest, SyncResponse, Target,
-    TokenKey, TokenKeys,
+    ClaimRequest, ControlError, EndRequest, HostKeyReport, SyncRequest, SyncResponse, Target, TokenKey, TokenKeys,
 };
 use portico_proto::token::{Protocol, key_id};
 use subtle::ConstantTimeEq as _;
@@ -48,11 +47,7 @@ impl Internal {
     }
 
     /// Claim the token `jti` of `session_id` for `bridge_id`: succeeds once, fleet-wide, and returns the target.
-    pub async fn claim(
-        &self,
-        session_id: &str,
-        req: &ClaimRequest,
-    ) -> Result<Target, ControlError> {
+    pub async fn claim(&self, session_id: &str, req: &ClaimRequest) -> Result<Target, ControlError> {
         let now = now_unix();
         let db = &self.st.db;
         if !db
@@ -83,9 +78,7 @@ impl Internal {
             return Err(ControlError::NotFound);
         };
         let keys = &self.st.keys;
-        let open = |field: &str,
-                    v: &Option<String>|
-         -> Result<Option<Secret<String>>, ControlError> {
+        let open = |field: &str, v: &Option<String>| -> Result<Option<Secret<String>>, ControlError> {
             v.as_ref()
                 .map(|sealed| {
                     keys.open(sealed, &format!("connection:{}:{field}", c.id)).map(Secret::new).map_err(|e| {
@@ -97,11 +90,9 @@ impl Internal {
         };
         tracing::info!(%session_id, bridge_id = %req.bridge_id, connection_id = %c.id, "Token claimed");
         Ok(Target {
-            protocol: Protocol::parse(&c.protocol)
-                .ok_or_else(|| ControlError::Unavailable("bad protocol".into()))?,
+            protocol: Protocol::parse(&c.protocol).ok_or_else(|| ControlError::Unavailable("bad protocol".into()))?,
             host: c.host.clone(),
-            port: u16::try_from(c.port)
-                .map_err(|_| ControlError::Unavailable("bad port".into()))?,
+            port: u16::try_from(c.port).map_err(|_| ControlError::Unavailable("bad port".into()))?,
             username: c.username.clone(),
             password: open("password", &c.password_enc)?,
             private_key: open("private_key", &c.private_key_enc)?,
@@ -111,11 +102,7 @@ impl Internal {
     }
 
     /// Trust on first use: pin the host key of the session's connection if none is pinned yet.
-    pub async fn record_host_key(
-        &self,
-        session_id: &str,
-        report: &HostKeyReport,
-    ) -> Result<(), ControlError> {
+    pub async fn record_host_key(&self, session_id: &str, report: &HostKeyReport) -> Result<(), ControlError> {
         let s = self
             .st
             .db
@@ -138,11 +125,7 @@ impl Internal {
         Ok(())
     }
 
-    pub async fn end_session(
-        &self,
-        session_id: &str,
-        req: &EndRequest,
-    ) -> Result<(), ControlError> {
+    pub async fn end_session(&self, session_id: &str, req: &EndRequest) -> Result<(), ControlError> {
         self.st
             .db
             .end_session(session_id, &req.reason, now_unix())
@@ -153,12 +136,7 @@ impl Internal {
 
     pub async fn sync(&self, req: &SyncRequest) -> Result<SyncResponse, ControlError> {
         Ok(SyncResponse {
-            ended: self
-                .st
-                .db
-                .ended_among(&req.sessions)
-                .await
-                .map_err(db_err)?,
+            ended: self.st.db.ended_among(&req.sessions).await.map_err(db_err)?,
         })
     }
 }

@@ -28,8 +28,7 @@ fn op(summary: &str, req: Option<&str>, code: &str, resp: Option<&str>) -> Value
 }
 
 pub fn document() -> Value {
-    let id =
-        json!([{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }]);
+    let id = json!([{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }]);
     let with_id = |mut v: Value| {
         v["parameters"] = id.clone();
         v

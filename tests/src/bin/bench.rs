@@ -15,7 +15,7 @@ use portico_proto::Secret;
 use portico_proto::control::Target;
 use portico_proto::token::Protocol;
 use portico_proto::wire::{ClientMsg, ServerMsg};
-use portico_tests::client::{Api, WsStream, ws_with_token};
+use portico_tests::client::{Api, WsStream, attach};
 use portico_tests::peers::Sshd;
 use portico_tests::portico::{Options, Portico};
 use serde_json::json;
@@ -121,24 +121,31 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 async fn open(p: &Portico, api: &Api, conn: &str) -> anyhow::Result<(String, WsStream)> {
-    let s = api.create_session(conn).await?;
-    let ws = ws_with_token(
-        s["ws_url"].as_str().unwrap_or_default(),
-        &p.cert_sha256,
-        s["token"].as_str().unwrap_or_default(),
-    )
-    .await?
-    .map_err(|r| anyhow::anyhow!("refused: {r:?}"))?;
+    let (s, ws) = attach(p, api, conn).await?;
     Ok((s["session_id"].as_str().unwrap_or_default().to_owned(), ws))
+}
+
+/// A Portico (release build, quiet logs) with an admin client and a password connection to `sshd`.
+async fn portico_with_connection(sshd: &Sshd) -> anyhow::Result<(Portico, Api, String)> {
+    let p = Portico::start_with(Options {
+        extra_env: vec![("PORTICO_LOG".into(), "warn".into())],
+        ..Options::default()
+    })?;
+    let api = Api::admin(&p).await?;
+    let conn = api
+        .create_connection(json!({
+            "protocol": "ssh", "host": "127.0.0.1", "port": sshd.port,
+            "username": sshd.user.name, "password": sshd.user.password,
+        }))
+        .await?;
+    Ok((p, api, conn))
 }
 
 /// Read until the session is connected.
 async fn until_connected(ws: &mut WsStream) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        if let Ok(Some(Ok(Message::Binary(b)))) =
-            tokio::time::timeout(Duration::from_secs(5), ws.next()).await
-        {
+        if let Ok(Some(Ok(Message::Binary(b)))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
             match ServerMsg::decode(&b)? {
                 ServerMsg::Status(s) if s.state == "connected" => return Ok(()),
                 ServerMsg::Error(e) => anyhow::bail!("session error: {}", e.message),
@@ -188,8 +195,7 @@ async fn cpu_run(
             // The instant-ack client: read everything, decode nothing beyond the frame.
             while let Some(Ok(m)) = ws.next().await {
                 if let Message::Binary(b) = m {
-                    c.bytes
-                        .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    c.bytes.fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         }));
@@ -237,18 +243,11 @@ async fn cpu_run(
     ))
 }
 
-async fn latency_bridge(
-    p: &Portico,
-    api: &Api,
-    conn: &str,
-    samples: usize,
-) -> anyhow::Result<Vec<f64>> {
+async fn latency_bridge(p: &Portico, api: &Api, conn: &str, samples: usize) -> anyhow::Result<Vec<f64>> {
     let (_, mut ws) = open(p, api, conn).await?;
     until_connected(&mut ws).await?;
-    ws.send(bin(ClientMsg::TermInput(
-        b"exec cat > /dev/null\r".to_vec(),
-    )))
-    .await?;
+    ws.send(bin(ClientMsg::TermInput(b"exec cat > /dev/null\r".to_vec())))
+        .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Drain.
     while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), ws.next()).await {}
@@ -287,14 +286,9 @@ async fn latency_direct(sshd: &Sshd, samples: usize) -> anyhow::Result<Vec<f64>>
         host_key_fingerprint: None,
     };
     let mut shell = portico_bridge::ssh::connect(&target, 80, 24).await?;
-    shell
-        .channel
-        .data_bytes(b"exec cat > /dev/null\r".to_vec())
-        .await?;
+    shell.channel.data_bytes(b"exec cat > /dev/null\r".to_vec()).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    while let Ok(Some(_)) =
-        tokio::time::timeout(Duration::from_millis(200), shell.channel.wait()).await
-    {}
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), shell.channel.wait()).await {}
     let mut out = Vec::with_capacity(samples);
     for i in 0..samples {
         let ch = b'a' + (i % 26) as u8;
@@ -357,38 +351,24 @@ async fn main() -> anyhow::Result<()> {
         args.which
     );
     if std::env::var("PORTICO_BENCH_RELEASE").is_err() {
-        eprintln!(
-            "note: set PORTICO_BENCH_RELEASE=1 (the bench script does) to measure a release build"
-        );
+        eprintln!("note: set PORTICO_BENCH_RELEASE=1 (the bench script does) to measure a release build");
     }
     let script_dir = std::path::Path::new("/tmp/portico-bench");
     std::fs::create_dir_all(script_dir)?;
     let script = script_dir.join("scroller.py");
-    std::fs::copy(
-        portico_tests::workspace_root().join("tests/bench/scroller.py"),
-        &script,
-    )?;
+    std::fs::copy(portico_tests::workspace_root().join("tests/bench/scroller.py"), &script)?;
     let script = script.display().to_string();
     let sshd = Sshd::start()?;
     let mut rows: Vec<String> = Vec::new();
 
     eprintln!("== ssh-text CPU");
     {
-        let p = Portico::start_with(Options {
-            extra_env: vec![("PORTICO_LOG".into(), "warn".into())],
-            ..Options::default()
-        })?;
-        let api = Api::admin(&p).await?;
-        let conn = api
-            .create_connection(json!({ "protocol": "ssh", "host": "127.0.0.1", "port": sshd.port, "username": sshd.user.name, "password": sshd.user.password }))
-            .await?;
+        let (p, api, conn) = portico_with_connection(&sshd).await?;
         for &n in &args.sessions {
             let (mut b, mut s, mut k) = (Vec::new(), Vec::new(), Vec::new());
             for r in 0..args.repeats {
                 let (bc, sc, kib) = cpu_run(&p, &sshd, &api, &conn, n, &args, &script).await?;
-                eprintln!(
-                    "  N={n} run {r}: bridge {bc:.4} cores/session, sshd+shell {sc:.4}, {kib:.1} KiB/s/session"
-                );
+                eprintln!("  N={n} run {r}: bridge {bc:.4} cores/session, sshd+shell {sc:.4}, {kib:.1} KiB/s/session");
                 b.push(bc);
                 s.push(sc);
                 k.push(kib);
@@ -423,14 +403,7 @@ async fn main() -> anyhow::Result<()> {
 
     eprintln!("== idle memory");
     {
-        let p = Portico::start_with(Options {
-            extra_env: vec![("PORTICO_LOG".into(), "warn".into())],
-            ..Options::default()
-        })?;
-        let api = Api::admin(&p).await?;
-        let conn = api
-            .create_connection(json!({ "protocol": "ssh", "host": "127.0.0.1", "port": sshd.port, "username": sshd.user.name, "password": sshd.user.password }))
-            .await?;
+        let (p, api, conn) = portico_with_connection(&sshd).await?;
         // Warm the allocator and the code paths with one session, then take the baseline.
         let mut held = Vec::new();
         idle_memory(&p, &api, &conn, &mut held, 1, (0, 0)).await?;
