@@ -230,3 +230,31 @@ async fn idle_limit_and_remote_exit_end_the_session() -> anyhow::Result<()> {
     assert!(closed.reason.contains("status 3"), "{closed:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn maximum_duration_ends_even_a_busy_session() -> anyhow::Result<()> {
+    let sshd = Sshd::start()?;
+    let p = Portico::start_with(Options {
+        extra_env: vec![
+            ("PORTICO_SESSION_MAX_SECS".into(), "4".into()),
+            ("PORTICO_SESSION_IDLE_SECS".into(), "0".into()),
+        ],
+        ..Options::default()
+    })?;
+    let api = Api::admin(&p).await?;
+    let conn = ssh_connection(&api, &sshd, json!({ "password": sshd.user.password })).await?;
+    let (_, mut t) = open_term(&p, &api, &conn).await?;
+    let started = Instant::now();
+    t.connected().await?;
+    // Keep typing: the limit is on duration, not on idleness.
+    while t.closed.is_none() && started.elapsed() < Duration::from_secs(12) {
+        let _ = t.input("true\r").await;
+        if !t.pump(Duration::from_millis(500)).await? {
+            break;
+        }
+    }
+    let closed = t.closed.clone().expect("the session was closed");
+    assert_eq!(closed.code, "max_duration", "{closed:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    Ok(())
+}
