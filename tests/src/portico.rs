@@ -69,6 +69,25 @@ impl Default for Options {
     }
 }
 
+/// Append every line of `reader` to `log` (in a thread); send the "listening on" line to `listening`.
+fn collect_lines(
+    reader: impl std::io::Read + Send + 'static,
+    log: std::sync::Arc<Mutex<String>>,
+    listening: Option<std::sync::mpsc::Sender<String>>,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            if let Ok(mut l) = log.lock() {
+                l.push_str(&line);
+                l.push('\n');
+            }
+            if let (Some(tx), Some(rest)) = (&listening, line.strip_prefix("portico listening on ")) {
+                let _ = tx.send(rest.to_owned());
+            }
+        }
+    });
+}
+
 /// A running `portico` process.
 pub struct Portico {
     child: Child,
@@ -112,30 +131,9 @@ impl Portico {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().context("spawn portico")?;
         let log = std::sync::Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().context("stderr")?;
-        let log2 = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(mut l) = log2.lock() {
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            }
-        });
-        let stdout = child.stdout.take().context("stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
-        let log3 = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(mut l) = log3.lock() {
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-                if let Some(rest) = line.strip_prefix("portico listening on ") {
-                    let _ = tx.send(rest.to_owned());
-                }
-            }
-        });
+        collect_lines(child.stderr.take().context("stderr")?, log.clone(), None);
+        collect_lines(child.stdout.take().context("stdout")?, log.clone(), Some(tx));
         let started = Instant::now();
         let line = loop {
             if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {

@@ -392,43 +392,38 @@ impl Db {
 
     // ---- connections
 
+    /// Binds every column of `CONNECTION_COLS`, in order, as `$1..$11`.
+    fn bind_connection<'q>(
+        q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+        c: &'q Connection,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+        q.bind(&c.id)
+            .bind(&c.name)
+            .bind(&c.protocol)
+            .bind(&c.host)
+            .bind(c.port)
+            .bind(&c.username)
+            .bind(&c.password_enc)
+            .bind(&c.private_key_enc)
+            .bind(&c.host_key_fingerprint)
+            .bind(c.created_at)
+            .bind(c.updated_at)
+    }
+
     pub async fn insert_connection(&self, c: &Connection) -> sqlx::Result<()> {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
+        let sql = format!(
             "INSERT INTO connections ({CONNECTION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        )))
-        .bind(&c.id)
-        .bind(&c.name)
-        .bind(&c.protocol)
-        .bind(&c.host)
-        .bind(c.port)
-        .bind(&c.username)
-        .bind(&c.password_enc)
-        .bind(&c.private_key_enc)
-        .bind(&c.host_key_fingerprint)
-        .bind(c.created_at)
-        .bind(c.updated_at)
-        .execute(&self.pool)
-        .await
-        .map(|_| ())
+        );
+        Self::bind_connection(sqlx::query(sqlx::AssertSqlSafe(sql)), c)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
     }
 
     pub async fn update_connection(&self, c: &Connection) -> sqlx::Result<bool> {
-        let r = sqlx::query(
-            "UPDATE connections SET name = $1, protocol = $2, host = $3, port = $4, username = $5, password_enc = $6, \
-             private_key_enc = $7, host_key_fingerprint = $8, updated_at = $9 WHERE id = $10",
-        )
-        .bind(&c.name)
-        .bind(&c.protocol)
-        .bind(&c.host)
-        .bind(c.port)
-        .bind(&c.username)
-        .bind(&c.password_enc)
-        .bind(&c.private_key_enc)
-        .bind(&c.host_key_fingerprint)
-        .bind(c.updated_at)
-        .bind(&c.id)
-        .execute(&self.pool)
-        .await?;
+        let sql = "UPDATE connections SET name = $2, protocol = $3, host = $4, port = $5, username = $6, password_enc = $7, \
+                   private_key_enc = $8, host_key_fingerprint = $9, created_at = $10, updated_at = $11 WHERE id = $1";
+        let r = Self::bind_connection(sqlx::query(sql), c).execute(&self.pool).await?;
         Ok(r.rows_affected() == 1)
     }
 
