@@ -3,6 +3,7 @@
 //! Nothing here performs I/O, reads the clock or draws randomness: time and keys are passed in by the caller.
 
 pub mod control;
+pub mod rfb;
 pub mod secret;
 pub mod token;
 pub mod wire;

@@ -482,6 +482,125 @@ pub fn run_browser_script(script: &str, env: &[(&str, &str)], timeout: Duration)
     }
 }
 
+/// TigerVNC's Xvnc on 127.0.0.1: an X display whose framebuffer is served over RFB.
+pub struct Xvnc {
+    pub port: u16,
+    pub display: u16,
+    pub password: Option<String>,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+static NEXT_DISPLAY: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
+impl Xvnc {
+    /// `password`: VncAuth with it; `None`: no authentication.
+    pub fn start(password: Option<&str>, width: u16, height: u16) -> anyhow::Result<Xvnc> {
+        need("/usr/bin/Xvnc", "tigervnc-standalone-server")?;
+        let dir = scratch("xvnc")?;
+        let mut security = vec!["-SecurityTypes".to_owned(), "None".to_owned()];
+        if let Some(pw) = password {
+            let mut child = Command::new("vncpasswd")
+                .arg("-f")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .context("vncpasswd (install tigervnc-tools)")?;
+            child
+                .stdin
+                .take()
+                .context("vncpasswd stdin")?
+                .write_all(format!("{pw}\n").as_bytes())?;
+            let out = child.wait_with_output()?;
+            anyhow::ensure!(out.status.success(), "vncpasswd failed");
+            fs::write(dir.join("passwd"), out.stdout)?;
+            security = vec![
+                "-SecurityTypes".into(),
+                "VncAuth".into(),
+                "-PasswordFile".into(),
+                dir.join("passwd").display().to_string(),
+            ];
+        }
+        let mut last = None;
+        for _ in 0..10 {
+            let display = 40
+                + (u16::try_from(std::process::id() % 20).unwrap_or(0)
+                    + NEXT_DISPLAY.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+                    % 50;
+            if Path::new(&format!("/tmp/.X{display}-lock")).exists() {
+                continue;
+            }
+            let port = free_port();
+            let log = fs::File::create(dir.join("xvnc.log"))?;
+            let child = Command::new("/usr/bin/Xvnc")
+                .arg(format!(":{display}"))
+                .args([
+                    "-geometry",
+                    &format!("{width}x{height}"),
+                    "-depth",
+                    "24",
+                    "-rfbport",
+                    &port.to_string(),
+                ])
+                .args([
+                    "-interface",
+                    "127.0.0.1",
+                    "-localhost",
+                    "-nolisten",
+                    "tcp",
+                    "-AlwaysShared",
+                ])
+                .args(&security)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .context("start Xvnc")?;
+            let mut x = Xvnc {
+                port,
+                display,
+                password: password.map(str::to_owned),
+                dir: dir.clone(),
+                child: Some(child),
+            };
+            match wait_for("Xvnc rfb banner", Duration::from_secs(10), || {
+                banner(port).is_some_and(|b| b.starts_with("RFB"))
+            }) {
+                Ok(()) => return Ok(x),
+                Err(e) => {
+                    last = Some(anyhow::anyhow!(
+                        "{e}: {}",
+                        fs::read_to_string(dir.join("xvnc.log")).unwrap_or_default()
+                    ));
+                    if let Some(mut c) = x.child.take() {
+                        stop_child(&mut c);
+                    }
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no free X display")))
+    }
+
+    /// Run an X client (e.g. `xsetroot`) on this display and wait for it.
+    pub fn x(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
+        run(
+            Command::new(program)
+                .args(args)
+                .env("DISPLAY", format!(":{}", self.display)),
+            program,
+        )
+    }
+}
+
+impl Drop for Xvnc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop_child(&mut c);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

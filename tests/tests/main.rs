@@ -8,6 +8,7 @@ mod db;
 mod health;
 mod ssh;
 mod token;
+mod vnc;
 
 use portico_tests::client::{Api, Term, attach};
 use portico_tests::peers::Sshd;

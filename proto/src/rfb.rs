@@ -1,0 +1,931 @@
+//! A sans-IO RFB (VNC) client ([RFC 6143]): bytes from the server go in through [`RfbClient::handle_input`],
+//! events come out of [`RfbClient::poll_event`], bytes for the server out of [`RfbClient::poll_transmit`].
+//!
+//! Why our own and not vnc-rs: the display pipeline needs the FramebufferUpdate boundary (frames end there,
+//! not on a timer), Tight JPEG quality levels, and later VeNCrypt; vnc-rs 0.6 has none of them
+//! (see ARCHITECTURE.md).
+//!
+//! The pixel format is fixed: 32 bits per pixel, depth 24, little-endian, red at bit 0, green at 8, blue at
+//! 16, so a pixel's bytes in memory are `R G B x`; decoded rectangles come out as RGBA.
+//!
+//! [RFC 6143]: https://www.rfc-editor.org/rfc/rfc6143
+
+use std::collections::VecDeque;
+
+use crate::Secret;
+
+/// Largest framebuffer side accepted from a server.
+pub const MAX_DIMENSION: u16 = 16384;
+/// Largest compressed payload of one rectangle.
+pub const MAX_RECT_DATA: usize = 64 * 1024 * 1024;
+/// Largest clipboard text accepted from a server.
+pub const MAX_CUT_TEXT: usize = 1024 * 1024;
+/// Largest desktop name accepted.
+const MAX_NAME: usize = 4096;
+
+/// Encoding numbers ([RFC 6143 §7.7], and the pseudo-encodings registry).
+pub mod encoding {
+    pub const RAW: i32 = 0;
+    pub const COPY_RECT: i32 = 1;
+    pub const ZRLE: i32 = 16;
+    pub const CURSOR: i32 = -239;
+    pub const DESKTOP_SIZE: i32 = -223;
+    pub const LAST_RECT: i32 = -224;
+    pub const EXTENDED_DESKTOP_SIZE: i32 = -308;
+}
+
+/// What the client learns from the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RfbEvent {
+    /// The handshake finished.
+    Connected {
+        width: u16,
+        height: u16,
+        name: String,
+    },
+    /// Decoded pixels (RGBA, row-major, `width * height * 4` bytes).
+    Rect {
+        x: u16,
+        y: u16,
+        width: u16,
+        height: u16,
+        rgba: Vec<u8>,
+    },
+    /// Copy a rectangle of the current framebuffer from `(src_x, src_y)` to `(x, y)`.
+    Copy {
+        src_x: u16,
+        src_y: u16,
+        x: u16,
+        y: u16,
+        width: u16,
+        height: u16,
+    },
+    /// A new cursor image (RGBA, transparent where the server's mask is 0).
+    Cursor {
+        hot_x: u16,
+        hot_y: u16,
+        width: u16,
+        height: u16,
+        rgba: Vec<u8>,
+    },
+    /// The framebuffer changed size (its content is undefined until the next rectangles).
+    Resize {
+        width: u16,
+        height: u16,
+    },
+    /// The end of one FramebufferUpdate: a frame boundary.
+    UpdateEnd,
+    Bell,
+    /// Clipboard text from the server (Latin-1 on the wire).
+    CutText(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RfbError {
+    #[error("not an rfb server (greeting {0:?})")]
+    NotRfb(String),
+    #[error("unsupported rfb version {0}")]
+    Version(String),
+    #[error("the server refused the connection: {0}")]
+    Refused(String),
+    #[error(
+        "no supported security type (the server offers {0:?}; portico supports none (1) and vnc authentication (2))"
+    )]
+    Security(Vec<u8>),
+    #[error("the server requires a password and none is stored")]
+    PasswordRequired,
+    #[error("vnc authentication failed: {0}")]
+    AuthFailed(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("{what} of {size} exceeds the limit")]
+    TooLarge { what: &'static str, size: usize },
+    #[error("corrupt compressed data: {0}")]
+    Compression(String),
+}
+
+fn protocol(msg: impl Into<String>) -> RfbError {
+    RfbError::Protocol(msg.into())
+}
+
+#[derive(Debug, Clone)]
+pub struct RfbConfig {
+    pub password: Option<Secret<String>>,
+    /// Ask the server to keep other clients connected.
+    pub shared: bool,
+    /// Encodings in order of preference; Raw is always accepted.
+    pub encodings: Vec<i32>,
+}
+
+impl Default for RfbConfig {
+    fn default() -> Self {
+        use encoding::*;
+        RfbConfig {
+            password: None,
+            shared: true,
+            encodings: vec![
+                COPY_RECT,
+                ZRLE,
+                RAW,
+                CURSOR,
+                DESKTOP_SIZE,
+                EXTENDED_DESKTOP_SIZE,
+                LAST_RECT,
+            ],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Version,
+    SecurityTypes,
+    VncAuthChallenge,
+    SecurityResult,
+    ServerInit,
+    Normal,
+    /// Inside a FramebufferUpdate with this many rectangles left.
+    Update(u16),
+    Failed,
+}
+
+pub struct RfbClient {
+    config: RfbConfig,
+    state: State,
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
+    events: VecDeque<RfbEvent>,
+    zlib: flate2::Decompress,
+    width: u16,
+    height: u16,
+    /// Rectangles received per encoding (diagnostics and tests).
+    rect_counts: Vec<(i32, u64)>,
+}
+
+/// A reader over the input buffer that reports "need more" as `None` instead of failing.
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.buf.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(s)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn i32(&mut self) -> Option<i32> {
+        self.u32().map(|v| v as i32)
+    }
+}
+
+/// The DES key of VNC authentication: the password's first 8 bytes, each with its bits reversed.
+fn vnc_auth_response(password: &str, challenge: &[u8; 16]) -> [u8; 16] {
+    use des::cipher::{BlockCipherEncrypt, KeyInit};
+    let mut key = [0u8; 8];
+    for (k, b) in key.iter_mut().zip(password.bytes()) {
+        *k = b.reverse_bits();
+    }
+    // INVARIANT: DES takes exactly 8 key bytes.
+    let cipher = des::Des::new_from_slice(&key).expect("8-byte des key");
+    let mut out = *challenge;
+    for chunk in out.chunks_exact_mut(8) {
+        let mut block = des::cipher::Block::<des::Des>::default();
+        block.copy_from_slice(chunk);
+        cipher.encrypt_block(&mut block);
+        chunk.copy_from_slice(&block);
+    }
+    out
+}
+
+impl RfbClient {
+    pub fn new(config: RfbConfig) -> Self {
+        RfbClient {
+            config,
+            state: State::Version,
+            inbuf: Vec::new(),
+            outbuf: Vec::new(),
+            events: VecDeque::new(),
+            zlib: flate2::Decompress::new(true),
+            width: 0,
+            height: 0,
+            rect_counts: Vec::new(),
+        }
+    }
+
+    /// How many rectangles arrived in each encoding so far.
+    pub fn rect_counts(&self) -> &[(i32, u64)] {
+        &self.rect_counts
+    }
+
+    pub fn size(&self) -> (u16, u16) {
+        (self.width, self.height)
+    }
+
+    pub fn is_connected(&self) -> bool {
+        matches!(self.state, State::Normal | State::Update(_))
+    }
+
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        (!self.outbuf.is_empty()).then(|| std::mem::take(&mut self.outbuf))
+    }
+
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<RfbEvent> {
+        self.events.pop_front()
+    }
+
+    /// Feed bytes from the server; parses every complete message. After an error the client is unusable.
+    pub fn handle_input(&mut self, bytes: &[u8]) -> Result<(), RfbError> {
+        if self.state == State::Failed {
+            return Err(protocol("the connection already failed"));
+        }
+        self.inbuf.extend_from_slice(bytes);
+        loop {
+            let buf = std::mem::take(&mut self.inbuf);
+            let mut cur = Cursor { buf: &buf, pos: 0 };
+            let step = self.step(&mut cur);
+            let consumed = cur.pos;
+            self.inbuf = buf;
+            match step {
+                Ok(true) => {
+                    self.inbuf.drain(..consumed);
+                }
+                Ok(false) => return Ok(()),
+                Err(e) => {
+                    self.state = State::Failed;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Ask for an update of the whole screen (`incremental`: only what changed).
+    pub fn request_update(&mut self, incremental: bool) {
+        self.outbuf.push(3);
+        self.outbuf.push(u8::from(incremental));
+        for v in [0, 0, self.width, self.height] {
+            self.outbuf.extend_from_slice(&v.to_be_bytes());
+        }
+    }
+
+    pub fn key(&mut self, keysym: u32, down: bool) {
+        self.outbuf.extend_from_slice(&[4, u8::from(down), 0, 0]);
+        self.outbuf.extend_from_slice(&keysym.to_be_bytes());
+    }
+
+    pub fn pointer(&mut self, x: u16, y: u16, buttons: u8) {
+        self.outbuf.extend_from_slice(&[5, buttons]);
+        self.outbuf.extend_from_slice(&x.to_be_bytes());
+        self.outbuf.extend_from_slice(&y.to_be_bytes());
+    }
+
+    /// Send clipboard text; characters outside Latin-1 become `?` (the classic RFB limit).
+    pub fn cut_text(&mut self, text: &str) {
+        let latin1: Vec<u8> = text
+            .chars()
+            .map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?'))
+            .collect();
+        self.outbuf.extend_from_slice(&[6, 0, 0, 0]);
+        self.outbuf.extend_from_slice(&(latin1.len() as u32).to_be_bytes());
+        self.outbuf.extend_from_slice(&latin1);
+    }
+
+    /// Parse one unit of input; `Ok(false)` = need more bytes.
+    fn step(&mut self, c: &mut Cursor<'_>) -> Result<bool, RfbError> {
+        match self.state {
+            State::Version => {
+                let Some(v) = c.take(12) else { return Ok(false) };
+                let v = String::from_utf8_lossy(v).into_owned();
+                if !v.starts_with("RFB ") {
+                    return Err(RfbError::NotRfb(v.trim_end().to_owned()));
+                }
+                let (major, minor) = (v.get(4..7).unwrap_or(""), v.get(8..11).unwrap_or(""));
+                if major != "003" || minor.parse::<u32>().map_or(true, |m| m < 8) {
+                    return Err(RfbError::Version(v.trim_end().to_owned()));
+                }
+                self.outbuf.extend_from_slice(b"RFB 003.008\n");
+                self.state = State::SecurityTypes;
+            }
+            State::SecurityTypes => {
+                let Some(n) = c.u8() else { return Ok(false) };
+                if n == 0 {
+                    let Some(reason) = self.reason(c)? else {
+                        return Ok(false);
+                    };
+                    return Err(RfbError::Refused(reason));
+                }
+                let Some(types) = c.take(n.into()) else {
+                    return Ok(false);
+                };
+                if types.contains(&2) && self.config.password.is_some() {
+                    self.outbuf.push(2);
+                    self.state = State::VncAuthChallenge;
+                } else if types.contains(&1) {
+                    self.outbuf.push(1);
+                    self.state = State::SecurityResult;
+                } else if types.contains(&2) {
+                    return Err(RfbError::PasswordRequired);
+                } else {
+                    return Err(RfbError::Security(types.to_vec()));
+                }
+            }
+            State::VncAuthChallenge => {
+                let Some(ch) = c.take(16) else { return Ok(false) };
+                let mut challenge = [0u8; 16];
+                challenge.copy_from_slice(ch);
+                let pw = self.config.password.as_ref().map(|p| p.expose().as_str()).unwrap_or("");
+                self.outbuf.extend_from_slice(&vnc_auth_response(pw, &challenge));
+                self.state = State::SecurityResult;
+            }
+            State::SecurityResult => {
+                let Some(result) = c.u32() else { return Ok(false) };
+                if result != 0 {
+                    let reason = self.reason(c)?;
+                    let Some(reason) = reason else { return Ok(false) };
+                    return Err(RfbError::AuthFailed(if reason.is_empty() {
+                        "wrong password".into()
+                    } else {
+                        reason
+                    }));
+                }
+                self.outbuf.push(u8::from(self.config.shared));
+                self.state = State::ServerInit;
+            }
+            State::ServerInit => {
+                let (Some(w), Some(h), Some(_pf), Some(len)) = (c.u16(), c.u16(), c.take(16), c.u32()) else {
+                    return Ok(false);
+                };
+                if len as usize > MAX_NAME {
+                    return Err(RfbError::TooLarge {
+                        what: "desktop name",
+                        size: len as usize,
+                    });
+                }
+                let Some(name) = c.take(len as usize) else {
+                    return Ok(false);
+                };
+                self.check_size(w, h)?;
+                self.width = w;
+                self.height = h;
+                self.send_setup();
+                self.events.push_back(RfbEvent::Connected {
+                    width: w,
+                    height: h,
+                    name: latin1(name),
+                });
+                self.state = State::Normal;
+            }
+            State::Normal => return self.server_message(c),
+            State::Update(0) => {
+                self.events.push_back(RfbEvent::UpdateEnd);
+                self.state = State::Normal;
+            }
+            State::Update(left) => return self.rect(c, left),
+            State::Failed => return Err(protocol("the connection already failed")),
+        }
+        Ok(true)
+    }
+
+    /// A reason string (`u32` length + text); `Ok(None)` = need more.
+    fn reason(&self, c: &mut Cursor<'_>) -> Result<Option<String>, RfbError> {
+        let Some(len) = c.u32() else { return Ok(None) };
+        if len as usize > MAX_NAME {
+            return Err(RfbError::TooLarge {
+                what: "reason",
+                size: len as usize,
+            });
+        }
+        Ok(c.take(len as usize).map(latin1))
+    }
+
+    fn check_size(&self, w: u16, h: u16) -> Result<(), RfbError> {
+        if w == 0 || h == 0 || w > MAX_DIMENSION || h > MAX_DIMENSION {
+            return Err(protocol(format!("framebuffer size {w}x{h} out of range")));
+        }
+        Ok(())
+    }
+
+    fn send_setup(&mut self) {
+        // SetPixelFormat: 32 bpp, depth 24, little-endian, true colour, 255 max, shifts R0 G8 B16.
+        self.outbuf
+            .extend_from_slice(&[0, 0, 0, 0, 32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 0, 8, 16, 0, 0, 0]);
+        let encs = &self.config.encodings;
+        self.outbuf.extend_from_slice(&[2, 0]);
+        self.outbuf.extend_from_slice(&(encs.len() as u16).to_be_bytes());
+        for e in encs {
+            self.outbuf.extend_from_slice(&e.to_be_bytes());
+        }
+        self.request_update(false);
+    }
+
+    fn server_message(&mut self, c: &mut Cursor<'_>) -> Result<bool, RfbError> {
+        let Some(ty) = c.u8() else { return Ok(false) };
+        match ty {
+            0 => {
+                let (Some(_pad), Some(n)) = (c.u8(), c.u16()) else {
+                    return Ok(false);
+                };
+                self.state = State::Update(n);
+            }
+            1 => {
+                // SetColourMapEntries: not used with true colour, but must be skipped whole.
+                let (Some(_), Some(_), Some(n)) = (c.u8(), c.u16(), c.u16()) else {
+                    return Ok(false);
+                };
+                if c.take(usize::from(n) * 6).is_none() {
+                    return Ok(false);
+                }
+            }
+            2 => self.events.push_back(RfbEvent::Bell),
+            3 => {
+                let (Some(_), Some(len)) = (c.take(3), c.u32()) else {
+                    return Ok(false);
+                };
+                if len as usize > MAX_CUT_TEXT {
+                    return Err(RfbError::TooLarge {
+                        what: "server clipboard text",
+                        size: len as usize,
+                    });
+                }
+                let Some(text) = c.take(len as usize) else {
+                    return Ok(false);
+                };
+                self.events.push_back(RfbEvent::CutText(latin1(text)));
+            }
+            other => return Err(protocol(format!("unknown server message type {other}"))),
+        }
+        Ok(true)
+    }
+
+    fn rect(&mut self, c: &mut Cursor<'_>, left: u16) -> Result<bool, RfbError> {
+        let (Some(x), Some(y), Some(w), Some(h), Some(enc)) = (c.u16(), c.u16(), c.u16(), c.u16(), c.i32()) else {
+            return Ok(false);
+        };
+        let in_bounds = |fw: u16, fh: u16| {
+            u32::from(x) + u32::from(w) <= u32::from(fw) && u32::from(y) + u32::from(h) <= u32::from(fh)
+        };
+        let pixels = usize::from(w) * usize::from(h);
+        let outcome = self.rect_body(c, x, y, w, h, enc, pixels, in_bounds)?;
+        if outcome == RectOutcome::NeedMore {
+            return Ok(false);
+        }
+        match self.rect_counts.iter_mut().find(|(e, _)| *e == enc) {
+            Some((_, n)) => *n += 1,
+            None => self.rect_counts.push((enc, 1)),
+        }
+        self.state = if outcome == RectOutcome::Last {
+            State::Update(0)
+        } else {
+            State::Update(left - 1)
+        };
+        Ok(true)
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "the fields of one rectangle header")]
+    fn rect_body(
+        &mut self,
+        c: &mut Cursor<'_>,
+        x: u16,
+        y: u16,
+        w: u16,
+        h: u16,
+        enc: i32,
+        pixels: usize,
+        in_bounds: impl Fn(u16, u16) -> bool,
+    ) -> Result<RectOutcome, RfbError> {
+        use RectOutcome::NeedMore;
+        match enc {
+            encoding::RAW | encoding::COPY_RECT | encoding::ZRLE if !in_bounds(self.width, self.height) => {
+                return Err(protocol(format!(
+                    "rectangle {w}x{h}+{x}+{y} outside the {}x{} framebuffer",
+                    self.width, self.height
+                )));
+            }
+            encoding::RAW => {
+                let Some(data) = c.take(pixels * 4) else {
+                    return Ok(NeedMore);
+                };
+                let mut rgba = data.to_vec();
+                rgba.chunks_exact_mut(4).for_each(|p| p[3] = 255);
+                self.events.push_back(RfbEvent::Rect {
+                    x,
+                    y,
+                    width: w,
+                    height: h,
+                    rgba,
+                });
+            }
+            encoding::COPY_RECT => {
+                let (Some(src_x), Some(src_y)) = (c.u16(), c.u16()) else {
+                    return Ok(NeedMore);
+                };
+                if !(u32::from(src_x) + u32::from(w) <= u32::from(self.width)
+                    && u32::from(src_y) + u32::from(h) <= u32::from(self.height))
+                {
+                    return Err(protocol("copy source outside the framebuffer"));
+                }
+                self.events.push_back(RfbEvent::Copy {
+                    src_x,
+                    src_y,
+                    x,
+                    y,
+                    width: w,
+                    height: h,
+                });
+            }
+            encoding::ZRLE => {
+                let Some(len) = c.u32() else { return Ok(NeedMore) };
+                if len as usize > MAX_RECT_DATA {
+                    return Err(RfbError::TooLarge {
+                        what: "zrle rectangle",
+                        size: len as usize,
+                    });
+                }
+                let Some(data) = c.take(len as usize) else {
+                    return Ok(NeedMore);
+                };
+                let raw = self.inflate(data, pixels)?;
+                let rgba = decode_zrle(&raw, w, h)?;
+                self.events.push_back(RfbEvent::Rect {
+                    x,
+                    y,
+                    width: w,
+                    height: h,
+                    rgba,
+                });
+            }
+            encoding::CURSOR => {
+                let mask_len = usize::from(w).div_ceil(8) * usize::from(h);
+                let Some(data) = c.take(pixels * 4 + mask_len) else {
+                    return Ok(NeedMore);
+                };
+                let (px, mask) = data.split_at(pixels * 4);
+                let mut rgba = px.to_vec();
+                for (i, p) in rgba.chunks_exact_mut(4).enumerate() {
+                    let (row, col) = (i / usize::from(w), i % usize::from(w));
+                    let bit = mask[row * usize::from(w).div_ceil(8) + col / 8] & (0x80 >> (col % 8));
+                    p[3] = if bit != 0 { 255 } else { 0 };
+                }
+                self.events.push_back(RfbEvent::Cursor {
+                    hot_x: x,
+                    hot_y: y,
+                    width: w,
+                    height: h,
+                    rgba,
+                });
+            }
+            encoding::DESKTOP_SIZE => self.resize(w, h)?,
+            encoding::EXTENDED_DESKTOP_SIZE => {
+                let Some(n) = c.u8() else { return Ok(NeedMore) };
+                if c.take(3 + usize::from(n) * 16).is_none() {
+                    return Ok(NeedMore);
+                }
+                // y = 0 is a server-side change or a successful request; other values answer our requests.
+                if y == 0 || (w, h) != (self.width, self.height) {
+                    self.resize(w, h)?;
+                }
+            }
+            encoding::LAST_RECT => return Ok(RectOutcome::Last),
+            other => {
+                return Err(protocol(format!(
+                    "the server sent encoding {other}, which was not requested"
+                )));
+            }
+        }
+        Ok(RectOutcome::Done)
+    }
+
+    fn resize(&mut self, w: u16, h: u16) -> Result<(), RfbError> {
+        self.check_size(w, h)?;
+        if (w, h) != (self.width, self.height) {
+            self.width = w;
+            self.height = h;
+            self.events.push_back(RfbEvent::Resize { width: w, height: h });
+        }
+        Ok(())
+    }
+
+    /// Inflate one rectangle's worth from the connection-wide zlib stream.
+    fn inflate(&mut self, data: &[u8], pixels: usize) -> Result<Vec<u8>, RfbError> {
+        // Worst case: raw tiles, 1 byte of sub-encoding per 64x64 tile plus 3 bytes per pixel.
+        let limit = pixels * 3 + pixels / (64 * 64) + 1024;
+        let mut out = Vec::with_capacity(limit.min(16 * 1024 * 1024));
+        let start = self.zlib.total_in();
+        loop {
+            let consumed = (self.zlib.total_in() - start) as usize;
+            if consumed >= data.len() {
+                return Ok(out);
+            }
+            if out.len() == out.capacity() {
+                if out.len() >= limit {
+                    return Err(RfbError::TooLarge {
+                        what: "inflated zrle rectangle",
+                        size: out.len(),
+                    });
+                }
+                out.reserve((limit - out.len()).min(1024 * 1024));
+            }
+            let before = (self.zlib.total_in(), out.len());
+            self.zlib
+                .decompress_vec(&data[consumed..], &mut out, flate2::FlushDecompress::Sync)
+                .map_err(|e| RfbError::Compression(e.to_string()))?;
+            if (self.zlib.total_in(), out.len()) == before {
+                return Err(RfbError::Compression("no progress".into()));
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum RectOutcome {
+    NeedMore,
+    Done,
+    /// The LastRect pseudo-rectangle: the update ends here whatever its count said.
+    Last,
+}
+
+fn latin1(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| char::from(b)).collect()
+}
+
+/// Decode ZRLE tiles ([RFC 6143 §7.7.6]) with 3-byte CPIXELs (`R G B`) into RGBA.
+fn decode_zrle(data: &[u8], w: u16, h: u16) -> Result<Vec<u8>, RfbError> {
+    let (w, h) = (usize::from(w), usize::from(h));
+    let mut out = vec![255u8; w * h * 4];
+    let mut c = Cursor { buf: data, pos: 0 };
+    let short = || RfbError::Compression("zrle data ends inside a tile".into());
+    let cpixel = |c: &mut Cursor<'_>| c.take(3).map(|p| [p[0], p[1], p[2], 255]).ok_or_else(short);
+    for ty in (0..h).step_by(64) {
+        for tx in (0..w).step_by(64) {
+            let (tw, th) = ((w - tx).min(64), (h - ty).min(64));
+            let mut put = |i: usize, px: [u8; 4]| {
+                let (row, col) = (ty + i / tw, tx + i % tw);
+                let o = (row * w + col) * 4;
+                out[o..o + 4].copy_from_slice(&px);
+            };
+            let sub = c.u8().ok_or_else(short)?;
+            match sub {
+                0 => {
+                    for i in 0..tw * th {
+                        put(i, cpixel(&mut c)?);
+                    }
+                }
+                1 => {
+                    let px = cpixel(&mut c)?;
+                    for i in 0..tw * th {
+                        put(i, px);
+                    }
+                }
+                2..=16 => {
+                    let palette: Vec<[u8; 4]> = (0..sub).map(|_| cpixel(&mut c)).collect::<Result<_, _>>()?;
+                    let bits = match sub {
+                        2 => 1,
+                        3..=4 => 2,
+                        _ => 4,
+                    };
+                    let row_bytes = (tw * bits).div_ceil(8);
+                    let packed = c.take(row_bytes * th).ok_or_else(short)?;
+                    for row in 0..th {
+                        for col in 0..tw {
+                            let bit = col * bits;
+                            let byte = packed[row * row_bytes + bit / 8];
+                            let idx = (byte >> (8 - bits - bit % 8)) & ((1 << bits) - 1);
+                            let px = *palette
+                                .get(usize::from(idx))
+                                .ok_or_else(|| RfbError::Compression("palette index out of range".into()))?;
+                            put(row * tw + col, px);
+                        }
+                    }
+                }
+                128 | 130..=255 => {
+                    let palette: Vec<[u8; 4]> = if sub == 128 {
+                        Vec::new()
+                    } else {
+                        (0..sub - 128).map(|_| cpixel(&mut c)).collect::<Result<_, _>>()?
+                    };
+                    let mut i = 0;
+                    while i < tw * th {
+                        let (px, run) = if sub == 128 {
+                            (cpixel(&mut c)?, true)
+                        } else {
+                            let idx = c.u8().ok_or_else(short)?;
+                            let px = *palette
+                                .get(usize::from(idx & 0x7f))
+                                .ok_or_else(|| RfbError::Compression("palette index out of range".into()))?;
+                            (px, idx & 0x80 != 0)
+                        };
+                        let mut len = 1;
+                        if run {
+                            loop {
+                                let b = c.u8().ok_or_else(short)?;
+                                len += usize::from(b);
+                                if b != 255 {
+                                    break;
+                                }
+                            }
+                        }
+                        if i + len > tw * th {
+                            return Err(RfbError::Compression("zrle run past the end of a tile".into()));
+                        }
+                        for k in i..i + len {
+                            put(k, px);
+                        }
+                        i += len;
+                    }
+                }
+                other => return Err(RfbError::Compression(format!("unknown zrle sub-encoding {other}"))),
+            }
+        }
+    }
+    if c.pos != data.len() {
+        return Err(RfbError::Compression("trailing bytes after the last zrle tile".into()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    fn handshake(client: &mut RfbClient, security: &[u8], w: u16, h: u16) {
+        client.handle_input(b"RFB 003.008\n").unwrap();
+        assert_eq!(client.poll_transmit().unwrap(), b"RFB 003.008\n");
+        let mut st = vec![security.len() as u8];
+        st.extend_from_slice(security);
+        client.handle_input(&st).unwrap();
+        let chosen = client.poll_transmit().unwrap();
+        if chosen == [2] {
+            client.handle_input(&[7; 16]).unwrap();
+            assert_eq!(client.poll_transmit().unwrap().len(), 16);
+        }
+        client.handle_input(&0u32.to_be_bytes()).unwrap();
+        assert_eq!(client.poll_transmit().unwrap(), [1], "shared flag");
+        let mut init = Vec::new();
+        init.extend_from_slice(&w.to_be_bytes());
+        init.extend_from_slice(&h.to_be_bytes());
+        init.extend_from_slice(&[32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0]);
+        init.extend_from_slice(&4u32.to_be_bytes());
+        init.extend_from_slice(b"test");
+        // Split the message to check "need more" handling.
+        client.handle_input(&init[..7]).unwrap();
+        assert!(client.poll_event().is_none());
+        client.handle_input(&init[7..]).unwrap();
+        assert_eq!(
+            client.poll_event(),
+            Some(RfbEvent::Connected {
+                width: w,
+                height: h,
+                name: "test".into()
+            })
+        );
+        let setup = client.poll_transmit().unwrap();
+        assert_eq!(setup[0], 0, "SetPixelFormat first");
+    }
+
+    fn rect_header(x: u16, y: u16, w: u16, h: u16, enc: i32) -> Vec<u8> {
+        [x.to_be_bytes(), y.to_be_bytes(), w.to_be_bytes(), h.to_be_bytes()]
+            .concat()
+            .into_iter()
+            .chain(enc.to_be_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn vnc_auth_response_properties() {
+        // The real check is the integration test against TigerVNC's Xvnc (tests/tests/vnc.rs).
+        let r = vnc_auth_response("password", &[0; 16]);
+        assert_eq!(
+            hex::encode(&r[..8]),
+            hex::encode(&r[8..]),
+            "ecb: equal blocks give equal output"
+        );
+        assert_ne!(r, [0; 16]);
+        assert_ne!(vnc_auth_response("passwore", &[0; 16]), r);
+        // Only the first 8 characters count.
+        assert_eq!(vnc_auth_response("password-and-more", &[0; 16]), r);
+    }
+
+    #[test]
+    fn raw_copy_cursor_and_update_boundaries() {
+        let mut c = RfbClient::new(RfbConfig::default());
+        handshake(&mut c, &[1], 4, 2);
+        let mut msg = vec![0, 0, 0, 3];
+        msg.extend(rect_header(0, 0, 2, 1, encoding::RAW));
+        msg.extend([1, 2, 3, 0, 4, 5, 6, 0]);
+        msg.extend(rect_header(2, 0, 2, 1, encoding::COPY_RECT));
+        msg.extend([0, 0, 0, 0]);
+        msg.extend(rect_header(1, 1, 2, 1, encoding::CURSOR));
+        msg.extend([9, 9, 9, 0, 8, 8, 8, 0, 0b1000_0000]);
+        for b in &msg {
+            c.handle_input(std::slice::from_ref(b)).unwrap();
+        }
+        assert_eq!(
+            c.poll_event(),
+            Some(RfbEvent::Rect {
+                x: 0,
+                y: 0,
+                width: 2,
+                height: 1,
+                rgba: vec![1, 2, 3, 255, 4, 5, 6, 255]
+            })
+        );
+        assert_eq!(
+            c.poll_event(),
+            Some(RfbEvent::Copy {
+                src_x: 0,
+                src_y: 0,
+                x: 2,
+                y: 0,
+                width: 2,
+                height: 1
+            })
+        );
+        assert_eq!(
+            c.poll_event(),
+            Some(RfbEvent::Cursor {
+                hot_x: 1,
+                hot_y: 1,
+                width: 2,
+                height: 1,
+                rgba: vec![9, 9, 9, 255, 8, 8, 8, 0]
+            })
+        );
+        assert_eq!(c.poll_event(), Some(RfbEvent::UpdateEnd));
+        assert_eq!(c.poll_event(), None);
+    }
+
+    #[test]
+    fn zrle_tiles_decode() {
+        let mut c = RfbClient::new(RfbConfig::default());
+        handshake(&mut c, &[1], 70, 2);
+        // Two tiles: 64x2 solid red, then 6x2 palette of 2 (blue/green) alternating per column.
+        let mut tiles = vec![1, 255, 0, 0];
+        tiles.extend([2, 0, 0, 255, 0, 255, 0]);
+        tiles.extend([0b0101_0100, 0b0101_0100]);
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(&tiles).unwrap();
+        let data = z.flush_finish().unwrap();
+        let mut msg = vec![0, 0, 0, 1];
+        msg.extend(rect_header(0, 0, 70, 2, encoding::ZRLE));
+        msg.extend((data.len() as u32).to_be_bytes());
+        msg.extend(&data);
+        c.handle_input(&msg).unwrap();
+        let Some(RfbEvent::Rect { rgba, .. }) = c.poll_event() else {
+            panic!("no rect")
+        };
+        let px = |x: usize, y: usize| &rgba[(y * 70 + x) * 4..(y * 70 + x) * 4 + 4];
+        assert_eq!(px(0, 0), [255, 0, 0, 255]);
+        assert_eq!(px(63, 1), [255, 0, 0, 255]);
+        assert_eq!(px(64, 0), [0, 0, 255, 255]);
+        assert_eq!(px(65, 0), [0, 255, 0, 255]);
+        assert_eq!(px(69, 1), [0, 255, 0, 255]);
+        assert_eq!(c.poll_event(), Some(RfbEvent::UpdateEnd));
+    }
+
+    #[test]
+    fn a_lying_server_gets_a_clear_error() {
+        let mut c = RfbClient::new(RfbConfig::default());
+        assert!(matches!(c.handle_input(b"HTTP/1.1 200"), Err(RfbError::NotRfb(_))));
+        let mut c = RfbClient::new(RfbConfig::default());
+        assert!(matches!(c.handle_input(b"RFB 003.003\n"), Err(RfbError::Version(_))));
+        let mut c = RfbClient::new(RfbConfig::default());
+        c.handle_input(b"RFB 003.008\n").unwrap();
+        assert_eq!(c.handle_input(&[1, 2]), Err(RfbError::PasswordRequired));
+        let mut c = RfbClient::new(RfbConfig::default());
+        c.handle_input(b"RFB 003.008\n").unwrap();
+        assert_eq!(c.handle_input(&[1, 19]), Err(RfbError::Security(vec![19])));
+        // Rectangles outside the framebuffer, unrequested encodings, oversized payloads.
+        for (hdr, extra) in [
+            (rect_header(3, 0, 2, 1, encoding::RAW), vec![]),
+            (rect_header(0, 0, 1, 1, 7), vec![]),
+            (
+                rect_header(0, 0, 1, 1, encoding::ZRLE),
+                (MAX_RECT_DATA as u32 + 1).to_be_bytes().to_vec(),
+            ),
+        ] {
+            let mut c = RfbClient::new(RfbConfig::default());
+            handshake(&mut c, &[1], 4, 2);
+            let mut msg = vec![0, 0, 0, 1];
+            msg.extend(hdr);
+            msg.extend(extra);
+            assert!(c.handle_input(&msg).is_err());
+            assert!(c.handle_input(&[0]).is_err(), "a failed client stays failed");
+        }
+        let mut c = RfbClient::new(RfbConfig::default());
+        handshake(&mut c, &[1], 4, 2);
+        assert!(matches!(c.handle_input(&[99]), Err(RfbError::Protocol(_))));
+    }
+}
