@@ -1,17 +1,14 @@
-//! Live sessions: one actor task per session owns the upstream SSH channel and the server-side terminal
-//! state (vt100), and at most one attached browser. A browser that drops is given a grace period to
-//! reattach (with a rotating resume token) and then gets the current screen and the same shell.
-//!
-//! Flow control: output goes to the attached browser through a bounded queue. When the queue is full the
-//! actor stops queueing and marks the screen dirty; once the browser catches up it gets one repaint from
-//! the terminal state instead of the backlog, so memory per session stays bounded.
+//! Live sessions: one actor task per session owns the upstream connection (SSH: `terminal.rs`, VNC:
+//! `vnc.rs`) and at most one attached browser. This module holds what every protocol shares: the registry,
+//! the commands an actor receives, and [`Lifecycle`]: attach and reattach (rotating resume token), the
+//! grace period of a dropped browser, idle and maximum durations, and the end of a session.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use portico_proto::control::{ControlError, EndRequest, HostKeyReport, Target};
-use portico_proto::token::SessionClaims;
+use portico_proto::control::{ControlError, EndRequest, Target};
+use portico_proto::token::{Protocol, SessionClaims};
 use portico_proto::wire::{ClientMsg, Hello, ServerMsg};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
@@ -19,14 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::control::ControlPlane;
-use crate::ssh::{self, Output};
 
 /// Messages queued towards one browser before the actor switches to repaint mode.
 pub const CLIENT_QUEUE: usize = 64;
-/// Initial terminal size until the browser sends its own.
-const DEFAULT_COLS: u16 = 80;
-const DEFAULT_ROWS: u16 = 24;
-const REPAINT_POLL: Duration = Duration::from_millis(40);
 
 pub type ClientTx = mpsc::Sender<ServerMsg>;
 
@@ -130,263 +122,91 @@ pub fn spawn(
         resume_hash: Mutex::new([0; 32]),
     });
     registry.insert(live.clone());
-    let actor = Actor {
+    let life = Lifecycle {
         live: live.clone(),
         control,
         claims,
         client: None,
         generation: 0,
-        needs_repaint: false,
-        parser: vt100::Parser::new(DEFAULT_ROWS, DEFAULT_COLS, 0),
+        lagging: false,
         started: Instant::now(),
         last_input: Instant::now(),
         detached_at: Some(Instant::now()),
     };
     tokio::spawn(async move {
-        let id = actor.live.id.clone();
-        actor.run(target, cmd_rx).await;
+        let id = life.live.id.clone();
+        match target.protocol {
+            Protocol::Ssh => crate::terminal::run(life, target, cmd_rx).await,
+            Protocol::Vnc => crate::vnc::run(life, target, cmd_rx).await,
+            Protocol::Rdp => unsupported(life, cmd_rx, "rdp is not supported by this bridge yet").await,
+        }
         registry.remove(&id);
     });
     live
 }
 
-struct Actor {
-    live: Arc<LiveSession>,
-    control: Arc<dyn ControlPlane>,
-    claims: SessionClaims,
+async fn unsupported(mut life: Lifecycle, mut cmd_rx: mpsc::Receiver<Cmd>, why: &str) {
+    if let Some(flow) = life.wait_first_attach(&mut cmd_rx).await {
+        return life.end(flow).await;
+    }
+    life.send(ServerMsg::error("target_error", why, true));
+    life.finish("target_error", why.into(), false).await;
+}
+
+/// How a session ends.
+pub struct End {
+    pub code: &'static str,
+    pub reason: String,
+    /// Already ended in the control plane (do not report it back).
+    pub from_control: bool,
+}
+
+/// The protocol-independent state of a live session.
+pub struct Lifecycle {
+    pub live: Arc<LiveSession>,
+    pub control: Arc<dyn ControlPlane>,
+    pub claims: SessionClaims,
     client: Option<ClientTx>,
-    generation: u64,
-    needs_repaint: bool,
-    parser: vt100::Parser,
+    pub generation: u64,
+    /// A message to the browser was dropped (queue full): the protocol must resynchronise the display.
+    pub lagging: bool,
     started: Instant,
-    last_input: Instant,
+    pub last_input: Instant,
     detached_at: Option<Instant>,
 }
 
-enum Flow {
-    Continue,
-    End {
-        code: &'static str,
-        reason: String,
-        from_control: bool,
-    },
-}
-
-impl Actor {
-    #[tracing::instrument(name = "session", skip_all, fields(session_id = %self.claims.sid, protocol = "ssh"))]
-    async fn run(mut self, target: Target, mut cmd_rx: mpsc::Receiver<Cmd>) {
-        tracing::info!(host = %target.host, port = target.port, "Session started");
-        // Wait for the first browser (normally immediate) so that it sees the connection progress.
-        let first = tokio::time::timeout(Duration::from_secs(self.claims.grace.max(1).into()), cmd_rx.recv()).await;
-        match first {
-            Ok(Some(Cmd::Attach { client, reply })) => self.attach(client, reply),
+impl Lifecycle {
+    /// Wait for the first browser (normally immediate); `Some` if the session ended instead.
+    pub async fn wait_first_attach(&mut self, cmd_rx: &mut mpsc::Receiver<Cmd>) -> Option<End> {
+        let grace = Duration::from_secs(self.claims.grace.max(1).into());
+        match tokio::time::timeout(grace, cmd_rx.recv()).await {
+            Ok(Some(Cmd::Attach { client, reply })) => {
+                self.attach(client, reply);
+                None
+            }
             Ok(Some(Cmd::End {
                 code,
                 reason,
                 from_control,
-            })) => return self.finish(code, reason, from_control).await,
-            _ => {
-                return self.finish("grace_expired", "no browser attached".into(), false).await;
-            }
-        }
-        self.send(ServerMsg::status(
-            "connecting",
-            format!("connecting to {}:{}", target.host, target.port),
-        ));
-        let shell = {
-            let connecting = ssh::connect(&target, DEFAULT_COLS, DEFAULT_ROWS);
-            tokio::pin!(connecting);
-            // Keep serving commands (end, resize, detach) while the connection is being set up.
-            loop {
-                tokio::select! {
-                    res = &mut connecting => break res,
-                    cmd = cmd_rx.recv() => match cmd {
-                        Some(Cmd::End { code, reason, from_control }) => return self.finish(code, reason, from_control).await,
-                        Some(Cmd::Attach { client, reply }) => self.attach(client, reply),
-                        Some(Cmd::Detach { generation }) if generation == self.generation => self.detach(),
-                        Some(Cmd::Client { generation, msg: ClientMsg::Resize { cols, rows, .. } }) if generation == self.generation => {
-                            self.parser.screen_mut().set_size(rows, cols);
-                        }
-                        Some(_) => {}
-                        None => return,
-                    },
-                }
-            }
-        };
-        let shell = match shell {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, code = e.code(), "Upstream connection failed");
-                self.send(ServerMsg::error(e.code(), e.to_string(), true));
-                return self.finish(e.code(), e.to_string(), false).await;
-            }
-        };
-        if target.host_key_fingerprint.is_none() && !shell.host_key.is_empty() {
-            let report = HostKeyReport {
-                fingerprint: shell.host_key.clone(),
-            };
-            if let Err(e) = self.control.record_host_key(&self.claims.sid, &report).await {
-                tracing::warn!(error = %e, "Could not record the host key");
-            }
-        }
-        let ssh::SshShell {
-            handle, mut channel, ..
-        } = shell;
-        let (rows, cols) = self.parser.screen().size();
-        if (cols, rows) != (DEFAULT_COLS, DEFAULT_ROWS) {
-            let _ = channel.window_change(cols.into(), rows.into(), 0, 0).await;
-        }
-        self.send(ServerMsg::status(
-            "connected",
-            format!("connected to {}@{}", target.username, target.host),
-        ));
-        tracing::info!("Upstream connected");
-        // INVARIANT: the credentials are not needed any more; do not keep them for the session's lifetime.
-        drop(target);
-        let mut exit_status = None;
-        let mut repaint_tick = tokio::time::interval(REPAINT_POLL);
-        let end = loop {
-            let deadline = self.deadline();
-            let flow = tokio::select! {
-                msg = channel.wait() => match ssh::classify(msg) {
-                    Output::Data(d) => {
-                        self.parser.process(&d);
-                        self.forward(d);
-                        Flow::Continue
-                    }
-                    Output::Exited(s) => {
-                        exit_status = s;
-                        Flow::Continue
-                    }
-                    Output::Closed => Flow::End {
-                        code: "remote_closed",
-                        reason: match exit_status {
-                            Some(s) => format!("the remote shell exited with status {s}"),
-                            None => "the remote side closed the session".into(),
-                        },
-                        from_control: false,
-                    },
-                    Output::Other => Flow::Continue,
-                },
-                cmd = cmd_rx.recv() => match cmd {
-                    None => break ("ended", "bridge shutting down".to_owned(), false),
-                    Some(cmd) => self.command(cmd, &channel).await,
-                },
-                () = sleep_until(deadline) => self.expired(),
-                _ = repaint_tick.tick(), if self.needs_repaint => {
-                    self.try_repaint();
-                    Flow::Continue
-                }
-            };
-            if let Flow::End {
+            })) => Some(End {
                 code,
                 reason,
                 from_control,
-            } = flow
-            {
-                break (code, reason, from_control);
-            }
-        };
-        let _ = channel.close().await;
-        let _ = handle
-            .disconnect(russh::Disconnect::ByApplication, "session ended", "en")
-            .await;
-        self.finish(end.0, end.1, end.2).await;
+            }),
+            _ => Some(End {
+                code: "grace_expired",
+                reason: "no browser attached".into(),
+                from_control: false,
+            }),
+        }
     }
 
-    fn deadline(&self) -> Option<Instant> {
-        let c = &self.claims;
-        let mut d: Option<Instant> = None;
-        let mut consider = |t: Instant| d = Some(d.map_or(t, |d| d.min(t)));
-        if c.idle_timeout > 0 {
-            consider(self.last_input + Duration::from_secs(c.idle_timeout.into()));
-        }
-        if c.max_duration > 0 {
-            consider(self.started + Duration::from_secs(c.max_duration.into()));
-        }
-        if let Some(at) = self.detached_at {
-            consider(at + Duration::from_secs(c.grace.into()));
-        }
-        d
+    pub fn client(&self) -> Option<&ClientTx> {
+        self.client.as_ref()
     }
 
-    fn expired(&self) -> Flow {
-        let now = Instant::now();
-        let c = &self.claims;
-        let end = |code, reason: String| Flow::End {
-            code,
-            reason,
-            from_control: false,
-        };
-        if c.max_duration > 0 && now >= self.started + Duration::from_secs(c.max_duration.into()) {
-            return end(
-                "max_duration",
-                format!("maximum session duration of {} s reached", c.max_duration),
-            );
-        }
-        if c.idle_timeout > 0 && now >= self.last_input + Duration::from_secs(c.idle_timeout.into()) {
-            return end("idle_timeout", format!("no input for {} s", c.idle_timeout));
-        }
-        if let Some(at) = self.detached_at
-            && now >= at + Duration::from_secs(c.grace.into())
-        {
-            return end("grace_expired", "no browser reattached within the grace period".into());
-        }
-        Flow::Continue
-    }
-
-    async fn command(&mut self, cmd: Cmd, channel: &russh::Channel<russh::client::Msg>) -> Flow {
-        match cmd {
-            Cmd::Attach { client, reply } => {
-                self.attach(client, reply);
-                self.send(ServerMsg::TermOutput(self.repaint_bytes()));
-            }
-            Cmd::Detach { generation } if generation == self.generation => self.detach(),
-            Cmd::Client { generation, msg } if generation == self.generation => match msg {
-                ClientMsg::TermInput(bytes) => {
-                    self.last_input = Instant::now();
-                    if let Err(e) = channel.data_bytes(bytes).await {
-                        tracing::debug!(error = %e, "Write to the channel failed");
-                    }
-                }
-                ClientMsg::Resize {
-                    cols,
-                    rows,
-                    width_px,
-                    height_px,
-                } => {
-                    self.parser.screen_mut().set_size(rows, cols);
-                    let _ = channel
-                        .window_change(cols.into(), rows.into(), width_px.into(), height_px.into())
-                        .await;
-                }
-                ClientMsg::Ping(p) => self.send(ServerMsg::Pong(p)),
-                ClientMsg::Disconnect => {
-                    return Flow::End {
-                        code: "ended",
-                        reason: "closed by the user".into(),
-                        from_control: false,
-                    };
-                }
-                ClientMsg::FrameAck { .. } | ClientMsg::Clipboard(_) => {}
-            },
-            Cmd::End {
-                code,
-                reason,
-                from_control,
-            } => {
-                return Flow::End {
-                    code,
-                    reason,
-                    from_control,
-                };
-            }
-            Cmd::Client { .. } | Cmd::Detach { .. } => {} // From a replaced browser.
-        }
-        Flow::Continue
-    }
-
-    fn attach(&mut self, client: ClientTx, reply: oneshot::Sender<u64>) {
+    /// Attach a browser (replacing any other); returns true when this is a reattach.
+    pub fn attach(&mut self, client: ClientTx, reply: oneshot::Sender<u64>) -> bool {
         let reattached = self.generation > 0;
         if let Some(old) = self.client.take() {
             let _ = old.try_send(ServerMsg::closed(
@@ -406,63 +226,98 @@ impl Actor {
         }));
         self.client = Some(client);
         self.detached_at = None;
-        self.needs_repaint = false;
+        self.lagging = false;
         let _ = reply.send(self.generation);
         tracing::info!(generation = self.generation, reattached, "Browser attached");
+        reattached
     }
 
-    fn detach(&mut self) {
+    pub fn detach(&mut self) {
         self.client = None;
         self.detached_at = Some(Instant::now());
         tracing::info!(grace_s = self.claims.grace, "Browser detached; waiting for a reattach");
     }
 
-    /// Bytes that redraw the current screen on a reset terminal.
-    fn repaint_bytes(&self) -> Vec<u8> {
-        let screen = self.parser.screen();
-        let mut out = Vec::new();
-        if screen.alternate_screen() {
-            out.extend_from_slice(b"\x1b[?1049h");
-        }
-        out.extend_from_slice(&screen.state_formatted());
-        out
-    }
-
-    fn forward(&mut self, data: Vec<u8>) {
-        if self.needs_repaint {
-            return;
-        }
-        if let Some(c) = &self.client {
-            match c.try_send(ServerMsg::TermOutput(data)) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => self.needs_repaint = true,
-                Err(mpsc::error::TrySendError::Closed(_)) => self.detach(),
+    /// Queue a message for the browser without waiting; a full queue marks the session as lagging.
+    pub fn send(&mut self, msg: ServerMsg) -> bool {
+        let Some(c) = &self.client else { return false };
+        match c.try_send(msg) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.lagging = true;
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.detach();
+                false
             }
         }
     }
 
-    fn try_repaint(&mut self) {
-        let Some(c) = &self.client else {
-            self.needs_repaint = false;
-            return;
+    /// Send and wait for room (bounded by the protocol's own flow control); a browser that takes longer
+    /// than 5 s is treated as gone.
+    pub async fn send_wait(&mut self, msg: ServerMsg) -> bool {
+        let Some(c) = &self.client else { return false };
+        match tokio::time::timeout(Duration::from_secs(5), c.send(msg)).await {
+            Ok(Ok(())) => true,
+            _ => {
+                self.detach();
+                false
+            }
+        }
+    }
+
+    /// The next time limit (idle, maximum, grace of a detached browser).
+    pub fn deadline(&self) -> Option<Instant> {
+        let c = &self.claims;
+        let mut d: Option<Instant> = None;
+        let mut consider = |t: Instant| d = Some(d.map_or(t, |d| d.min(t)));
+        if c.idle_timeout > 0 {
+            consider(self.last_input + Duration::from_secs(c.idle_timeout.into()));
+        }
+        if c.max_duration > 0 {
+            consider(self.started + Duration::from_secs(c.max_duration.into()));
+        }
+        if let Some(at) = self.detached_at {
+            consider(at + Duration::from_secs(c.grace.into()));
+        }
+        d
+    }
+
+    /// Which limit, if any, has been reached.
+    pub fn expired(&self) -> Option<End> {
+        let now = Instant::now();
+        let c = &self.claims;
+        let end = |code, reason: String| {
+            Some(End {
+                code,
+                reason,
+                from_control: false,
+            })
         };
-        if c.capacity() >= CLIENT_QUEUE / 2 {
-            let bytes = self.repaint_bytes();
-            if c.try_send(ServerMsg::TermOutput(bytes)).is_ok() {
-                self.needs_repaint = false;
-            }
+        if c.max_duration > 0 && now >= self.started + Duration::from_secs(c.max_duration.into()) {
+            return end(
+                "max_duration",
+                format!("maximum session duration of {} s reached", c.max_duration),
+            );
         }
-    }
-
-    fn send(&mut self, msg: ServerMsg) {
-        if let Some(c) = &self.client
-            && c.try_send(msg).is_err()
+        if c.idle_timeout > 0 && now >= self.last_input + Duration::from_secs(c.idle_timeout.into()) {
+            return end("idle_timeout", format!("no input for {} s", c.idle_timeout));
+        }
+        if let Some(at) = self.detached_at
+            && now >= at + Duration::from_secs(c.grace.into())
         {
-            self.needs_repaint = true;
+            return end("grace_expired", "no browser reattached within the grace period".into());
         }
+        None
     }
 
-    async fn finish(mut self, code: &'static str, reason: String, from_control: bool) {
+    pub async fn end(self, end: End) {
+        self.finish(end.code, end.reason, end.from_control).await
+    }
+
+    /// Tell the browser (if any) and the control plane that the session is over.
+    pub async fn finish(mut self, code: &'static str, reason: String, from_control: bool) {
         tracing::info!(code, %reason, "Session ended");
         if let Some(c) = self.client.take() {
             // The close message must get through even when the queue is full.
@@ -478,9 +333,53 @@ impl Actor {
             }
         }
     }
+
+    /// Handle the commands every protocol treats alike; returns the protocol-specific ones.
+    pub fn common(&mut self, cmd: Cmd) -> Common {
+        match cmd {
+            Cmd::Attach { client, reply } => Common::Attached(self.attach(client, reply)),
+            Cmd::Detach { generation } if generation == self.generation => {
+                self.detach();
+                Common::Handled
+            }
+            Cmd::Client { generation, msg } if generation == self.generation => match msg {
+                ClientMsg::Ping(p) => {
+                    self.send(ServerMsg::Pong(p));
+                    Common::Handled
+                }
+                ClientMsg::Disconnect => Common::End(End {
+                    code: "ended",
+                    reason: "closed by the user".into(),
+                    from_control: false,
+                }),
+                msg => Common::Input(msg),
+            },
+            Cmd::End {
+                code,
+                reason,
+                from_control,
+            } => Common::End(End {
+                code,
+                reason,
+                from_control,
+            }),
+            // From a replaced browser.
+            Cmd::Client { .. } | Cmd::Detach { .. } => Common::Handled,
+        }
+    }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
+/// The result of [`Lifecycle::common`].
+pub enum Common {
+    Handled,
+    /// A browser attached; `true` when it is a reattach (the protocol sends the current screen).
+    Attached(bool),
+    /// Input for the protocol.
+    Input(ClientMsg),
+    End(End),
+}
+
+pub async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,

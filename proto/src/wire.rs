@@ -23,6 +23,13 @@ mod ty {
     pub const ERROR: u8 = 0x04;
     pub const CLOSED: u8 = 0x05;
     pub const PONG: u8 = 0x06;
+    pub const DISPLAY_SIZE: u8 = 0x20;
+    pub const IMAGE: u8 = 0x21;
+    pub const COPY: u8 = 0x22;
+    pub const FILL: u8 = 0x23;
+    pub const CURSOR: u8 = 0x24;
+    pub const FRAME_END: u8 = 0x25;
+    pub const REMOTE_CLIPBOARD: u8 = 0x40;
 
     pub const TERM_INPUT: u8 = 0x81;
     pub const RESIZE: u8 = 0x82;
@@ -30,6 +37,8 @@ mod ty {
     pub const FRAME_ACK: u8 = 0x84;
     pub const CLIPBOARD: u8 = 0x85;
     pub const DISCONNECT: u8 = 0x86;
+    pub const KEY: u8 = 0x87;
+    pub const POINTER: u8 = 0x88;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +69,22 @@ pub struct Closed {
     pub reason: String,
 }
 
+/// Image formats of [`ServerMsg::Image`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    Png = 1,
+    Jpeg = 2,
+}
+
+/// A rectangle of the remote display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rect {
+    pub x: u16,
+    pub y: u16,
+    pub width: u16,
+    pub height: u16,
+}
+
 /// Bridge → client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerMsg {
@@ -69,6 +94,40 @@ pub enum ServerMsg {
     Error(ErrorInfo),
     Closed(Closed),
     Pong([u8; 8]),
+    /// The remote display has this size; the client clears its canvas to it.
+    DisplaySize {
+        width: u16,
+        height: u16,
+    },
+    /// Draw an encoded image at `rect`.
+    Image {
+        rect: Rect,
+        format: ImageFormat,
+        data: Vec<u8>,
+    },
+    /// Copy `rect`-sized pixels from `(src_x, src_y)` to `(rect.x, rect.y)` (scrolling, moved windows).
+    Copy {
+        src_x: u16,
+        src_y: u16,
+        rect: Rect,
+    },
+    /// Fill `rect` with one colour.
+    Fill {
+        rect: Rect,
+        rgb: [u8; 3],
+    },
+    /// The pointer image (PNG with alpha) and its hot spot; an empty image hides the pointer.
+    Cursor {
+        hot_x: u16,
+        hot_y: u16,
+        png: Vec<u8>,
+    },
+    /// End of a frame: the client draws what it has and acknowledges with `FRAME_ACK`.
+    FrameEnd {
+        frame_id: u32,
+    },
+    /// Text copied on the remote side.
+    RemoteClipboard(String),
 }
 
 /// Client → bridge.
@@ -87,6 +146,17 @@ pub enum ClientMsg {
     },
     Clipboard(String),
     Disconnect,
+    /// An X11 keysym pressed or released.
+    Key {
+        keysym: u32,
+        down: bool,
+    },
+    /// Pointer position in remote pixels and the button mask (1 left, 2 middle, 4 right, 8/16 wheel up/down).
+    Pointer {
+        x: u16,
+        y: u16,
+        buttons: u8,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -108,6 +178,8 @@ pub enum WireError {
     Utf8,
     #[error("invalid json payload")]
     Json,
+    #[error("unknown image format {0}")]
+    ImageFormat(u8),
 }
 
 fn frame(ty: u8, payload: &[u8]) -> Vec<u8> {
@@ -121,6 +193,37 @@ fn frame(ty: u8, payload: &[u8]) -> Vec<u8> {
 fn json_frame<T: Serialize>(ty: u8, value: &T) -> Vec<u8> {
     // INVARIANT: these payload structs contain only strings, numbers and bools.
     frame(ty, &serde_json::to_vec(value).expect("payload serializes"))
+}
+
+fn be16(p: &[u8], i: usize) -> u16 {
+    u16::from_be_bytes([p[i], p[i + 1]])
+}
+
+fn u16s(v: &[u16]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_be_bytes()).collect()
+}
+
+fn rect_bytes(r: &Rect) -> Vec<u8> {
+    u16s(&[r.x, r.y, r.width, r.height])
+}
+
+fn split_rect(ty: u8, p: &[u8]) -> Result<(Rect, &[u8]), WireError> {
+    if p.len() < 8 {
+        return Err(WireError::Length {
+            ty,
+            expected: 8,
+            got: p.len(),
+        });
+    }
+    Ok((
+        Rect {
+            x: be16(p, 0),
+            y: be16(p, 2),
+            width: be16(p, 4),
+            height: be16(p, 6),
+        },
+        &p[8..],
+    ))
 }
 
 fn split(bytes: &[u8]) -> Result<(u8, &[u8]), WireError> {
@@ -148,6 +251,30 @@ impl ServerMsg {
             ServerMsg::Error(e) => json_frame(ty::ERROR, e),
             ServerMsg::Closed(c) => json_frame(ty::CLOSED, c),
             ServerMsg::Pong(p) => frame(ty::PONG, p),
+            ServerMsg::DisplaySize { width, height } => frame(ty::DISPLAY_SIZE, &u16s(&[*width, *height])),
+            ServerMsg::Image { rect, format, data } => {
+                let mut p = rect_bytes(rect);
+                p.push(*format as u8);
+                p.extend_from_slice(data);
+                frame(ty::IMAGE, &p)
+            }
+            ServerMsg::Copy { src_x, src_y, rect } => {
+                let mut p = u16s(&[*src_x, *src_y]);
+                p.extend_from_slice(&rect_bytes(rect));
+                frame(ty::COPY, &p)
+            }
+            ServerMsg::Fill { rect, rgb } => {
+                let mut p = rect_bytes(rect);
+                p.extend_from_slice(rgb);
+                frame(ty::FILL, &p)
+            }
+            ServerMsg::Cursor { hot_x, hot_y, png } => {
+                let mut p = u16s(&[*hot_x, *hot_y]);
+                p.extend_from_slice(png);
+                frame(ty::CURSOR, &p)
+            }
+            ServerMsg::FrameEnd { frame_id } => frame(ty::FRAME_END, &frame_id.to_be_bytes()),
+            ServerMsg::RemoteClipboard(text) => frame(ty::REMOTE_CLIPBOARD, text.as_bytes()),
         }
     }
 
@@ -163,6 +290,68 @@ impl ServerMsg {
             ty::ERROR => ServerMsg::Error(json(payload)?),
             ty::CLOSED => ServerMsg::Closed(json(payload)?),
             ty::PONG => ServerMsg::Pong(fixed(t, payload)?),
+            ty::DISPLAY_SIZE => {
+                let p: [u8; 4] = fixed(t, payload)?;
+                ServerMsg::DisplaySize {
+                    width: be16(&p, 0),
+                    height: be16(&p, 2),
+                }
+            }
+            ty::IMAGE => {
+                let (rect, rest) = split_rect(t, payload)?;
+                let (&f, data) = rest.split_first().ok_or(WireError::Length {
+                    ty: t,
+                    expected: 9,
+                    got: payload.len(),
+                })?;
+                let format = match f {
+                    1 => ImageFormat::Png,
+                    2 => ImageFormat::Jpeg,
+                    other => return Err(WireError::ImageFormat(other)),
+                };
+                ServerMsg::Image {
+                    rect,
+                    format,
+                    data: data.to_vec(),
+                }
+            }
+            ty::COPY => {
+                let p: [u8; 12] = fixed(t, payload)?;
+                let (rect, _) = split_rect(t, &p[4..])?;
+                ServerMsg::Copy {
+                    src_x: be16(&p, 0),
+                    src_y: be16(&p, 2),
+                    rect,
+                }
+            }
+            ty::FILL => {
+                let p: [u8; 11] = fixed(t, payload)?;
+                let (rect, _) = split_rect(t, &p)?;
+                ServerMsg::Fill {
+                    rect,
+                    rgb: [p[8], p[9], p[10]],
+                }
+            }
+            ty::CURSOR => {
+                if payload.len() < 4 {
+                    return Err(WireError::Length {
+                        ty: t,
+                        expected: 4,
+                        got: payload.len(),
+                    });
+                }
+                ServerMsg::Cursor {
+                    hot_x: be16(payload, 0),
+                    hot_y: be16(payload, 2),
+                    png: payload[4..].to_vec(),
+                }
+            }
+            ty::FRAME_END => ServerMsg::FrameEnd {
+                frame_id: u32::from_be_bytes(fixed(t, payload)?),
+            },
+            ty::REMOTE_CLIPBOARD => {
+                ServerMsg::RemoteClipboard(String::from_utf8(payload.to_vec()).map_err(|_| WireError::Utf8)?)
+            }
             other => return Err(WireError::UnknownType(other)),
         })
     }
@@ -211,6 +400,16 @@ impl ClientMsg {
             ClientMsg::FrameAck { frame_id } => frame(ty::FRAME_ACK, &frame_id.to_be_bytes()),
             ClientMsg::Clipboard(text) => frame(ty::CLIPBOARD, text.as_bytes()),
             ClientMsg::Disconnect => frame(ty::DISCONNECT, &[]),
+            ClientMsg::Key { keysym, down } => {
+                let mut p = keysym.to_be_bytes().to_vec();
+                p.push(u8::from(*down));
+                frame(ty::KEY, &p)
+            }
+            ClientMsg::Pointer { x, y, buttons } => {
+                let mut p = u16s(&[*x, *y]);
+                p.push(*buttons);
+                frame(ty::POINTER, &p)
+            }
         }
     }
 
@@ -250,6 +449,21 @@ impl ClientMsg {
                     });
                 }
             },
+            ty::KEY => {
+                let p: [u8; 5] = fixed(t, payload)?;
+                ClientMsg::Key {
+                    keysym: u32::from_be_bytes([p[0], p[1], p[2], p[3]]),
+                    down: p[4] != 0,
+                }
+            }
+            ty::POINTER => {
+                let p: [u8; 5] = fixed(t, payload)?;
+                ClientMsg::Pointer {
+                    x: be16(&p, 0),
+                    y: be16(&p, 2),
+                    buttons: p[4],
+                }
+            }
             other => return Err(WireError::UnknownType(other)),
         })
     }
@@ -273,6 +487,15 @@ mod tests {
             ClientMsg::FrameAck { frame_id: 7 },
             ClientMsg::Clipboard("héllo".into()),
             ClientMsg::Disconnect,
+            ClientMsg::Key {
+                keysym: 0xff0d,
+                down: true,
+            },
+            ClientMsg::Pointer {
+                x: 640,
+                y: 360,
+                buttons: 5,
+            },
         ];
         for m in msgs {
             assert_eq!(ClientMsg::decode(&m.encode()).unwrap(), m);
@@ -294,6 +517,46 @@ mod tests {
             ServerMsg::error("auth_failed", "nope", true),
             ServerMsg::closed("ended", "bye"),
             ServerMsg::Pong(*b"abcdefgh"),
+            ServerMsg::DisplaySize {
+                width: 1280,
+                height: 720,
+            },
+            ServerMsg::Image {
+                rect: Rect {
+                    x: 1,
+                    y: 2,
+                    width: 3,
+                    height: 4,
+                },
+                format: ImageFormat::Png,
+                data: vec![9, 8],
+            },
+            ServerMsg::Copy {
+                src_x: 5,
+                src_y: 6,
+                rect: Rect {
+                    x: 7,
+                    y: 8,
+                    width: 9,
+                    height: 10,
+                },
+            },
+            ServerMsg::Fill {
+                rect: Rect {
+                    x: 0,
+                    y: 0,
+                    width: 64,
+                    height: 64,
+                },
+                rgb: [1, 2, 3],
+            },
+            ServerMsg::Cursor {
+                hot_x: 3,
+                hot_y: 4,
+                png: vec![1],
+            },
+            ServerMsg::FrameEnd { frame_id: 42 },
+            ServerMsg::RemoteClipboard("héllo".into()),
         ];
         for m in msgs {
             assert_eq!(ServerMsg::decode(&m.encode()).unwrap(), m);

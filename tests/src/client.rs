@@ -192,6 +192,10 @@ pub struct Term {
     pub errors: Vec<wire::ErrorInfo>,
     pub closed: Option<wire::Closed>,
     pub statuses: Vec<wire::Status>,
+    /// Display messages (graphical sessions), in order.
+    pub display: Vec<ServerMsg>,
+    /// Clipboard texts from the remote side.
+    pub clipboard: Vec<String>,
 }
 
 impl Term {
@@ -203,6 +207,8 @@ impl Term {
             errors: Vec::new(),
             closed: None,
             statuses: Vec::new(),
+            display: Vec::new(),
+            clipboard: Vec::new(),
         }
     }
 
@@ -242,6 +248,8 @@ impl Term {
                     ServerMsg::Error(e) => self.errors.push(e),
                     ServerMsg::Closed(c) => self.closed = Some(c),
                     ServerMsg::Pong(_) => {}
+                    ServerMsg::RemoteClipboard(t) => self.clipboard.push(t),
+                    other => self.display.push(other),
                 }
                 Ok(true)
             }
@@ -303,6 +311,189 @@ impl Term {
             match self.pump(left).await {
                 Ok(true) => continue,
                 Ok(false) | Err(_) => return Ok(self.closed.clone()),
+            }
+        }
+    }
+}
+
+/// The browser's canvas, modelled: applies display messages to an RGBA buffer (decoding PNG and JPEG).
+#[derive(Default)]
+pub struct Canvas {
+    pub width: usize,
+    pub height: usize,
+    pub rgba: Vec<u8>,
+    pub frames: u32,
+    pub last_frame: u32,
+    pub images: u64,
+    pub fills: u64,
+    pub copies: u64,
+    pub jpegs: u64,
+    pub cursor: Option<(u16, u16, usize)>,
+}
+
+impl Canvas {
+    pub fn pixel(&self, x: usize, y: usize) -> [u8; 3] {
+        let o = (y * self.width + x) * 4;
+        [self.rgba[o], self.rgba[o + 1], self.rgba[o + 2]]
+    }
+
+    fn blit(&mut self, r: &wire::Rect, rgba: &[u8]) -> anyhow::Result<()> {
+        let (x, y, w, h) = (
+            usize::from(r.x),
+            usize::from(r.y),
+            usize::from(r.width),
+            usize::from(r.height),
+        );
+        anyhow::ensure!(
+            x + w <= self.width && y + h <= self.height,
+            "rect {r:?} outside the canvas"
+        );
+        anyhow::ensure!(rgba.len() == w * h * 4, "image of {} bytes for {r:?}", rgba.len());
+        for row in 0..h {
+            let o = ((y + row) * self.width + x) * 4;
+            self.rgba[o..o + w * 4].copy_from_slice(&rgba[row * w * 4..(row + 1) * w * 4]);
+        }
+        Ok(())
+    }
+
+    /// Apply one message; `Some(frame_id)` at the end of a frame.
+    pub fn apply(&mut self, msg: &ServerMsg) -> anyhow::Result<Option<u32>> {
+        match msg {
+            ServerMsg::DisplaySize { width, height } => {
+                self.width = (*width).into();
+                self.height = (*height).into();
+                self.rgba = vec![0; self.width * self.height * 4];
+            }
+            ServerMsg::Fill { rect, rgb } => {
+                self.fills += 1;
+                let px: Vec<u8> = std::iter::repeat_n(
+                    [rgb[0], rgb[1], rgb[2], 255],
+                    usize::from(rect.width) * usize::from(rect.height),
+                )
+                .flatten()
+                .collect();
+                self.blit(rect, &px)?;
+            }
+            ServerMsg::Copy { src_x, src_y, rect } => {
+                self.copies += 1;
+                let src = wire::Rect {
+                    x: *src_x,
+                    y: *src_y,
+                    ..*rect
+                };
+                let mut px = Vec::new();
+                anyhow::ensure!(
+                    usize::from(src.x) + usize::from(src.width) <= self.width
+                        && usize::from(src.y) + usize::from(src.height) <= self.height,
+                    "copy source {src:?} outside the canvas"
+                );
+                for row in 0..usize::from(src.height) {
+                    let o = ((usize::from(src.y) + row) * self.width + usize::from(src.x)) * 4;
+                    px.extend_from_slice(&self.rgba[o..o + usize::from(src.width) * 4]);
+                }
+                self.blit(rect, &px)?;
+            }
+            ServerMsg::Image { rect, format, data } => {
+                self.images += 1;
+                let rgba = match format {
+                    wire::ImageFormat::Png => decode_png(data)?,
+                    wire::ImageFormat::Jpeg => {
+                        self.jpegs += 1;
+                        decode_jpeg(data)?
+                    }
+                };
+                self.blit(rect, &rgba)?;
+            }
+            ServerMsg::Cursor { hot_x, hot_y, png } => self.cursor = Some((*hot_x, *hot_y, png.len())),
+            ServerMsg::FrameEnd { frame_id } => {
+                self.frames += 1;
+                self.last_frame = *frame_id;
+                return Ok(Some(*frame_id));
+            }
+            _ => {}
+        }
+        Ok(None)
+    }
+}
+
+pub fn decode_png(data: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut dec = png::Decoder::new(std::io::Cursor::new(data));
+    dec.set_transformations(png::Transformations::EXPAND);
+    let mut reader = dec.read_info().context("png header")?;
+    let mut buf = vec![0; reader.output_buffer_size().context("png size")?];
+    let info = reader.next_frame(&mut buf).context("png data")?;
+    buf.truncate(info.buffer_size());
+    Ok(match info.color_type {
+        png::ColorType::Rgba => buf,
+        png::ColorType::Rgb => buf.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect(),
+        other => bail!("unexpected png colour type {other:?}"),
+    })
+}
+
+pub fn decode_jpeg(data: &[u8]) -> anyhow::Result<Vec<u8>> {
+    use zune_jpeg::zune_core::{colorspace::ColorSpace, options::DecoderOptions};
+    let opts = DecoderOptions::default().jpeg_set_out_colorspace(ColorSpace::RGBA);
+    let mut dec = zune_jpeg::JpegDecoder::new_with_options(std::io::Cursor::new(data), opts);
+    dec.decode().map_err(|e| anyhow::anyhow!("jpeg: {e:?}"))
+}
+
+/// A graphical session: the wire messages of a [`Term`] applied to a [`Canvas`], acknowledging frames.
+pub struct Screen {
+    pub term: Term,
+    pub canvas: Canvas,
+    /// Acknowledge each frame at once (a browser that decodes instantly).
+    pub ack: bool,
+}
+
+impl Screen {
+    pub fn new(ws: WsStream) -> Screen {
+        Screen {
+            term: Term::new(ws),
+            canvas: Canvas::default(),
+            ack: true,
+        }
+    }
+
+    /// Read messages for up to `timeout`, apply them; `Ok(false)` when the socket ended.
+    pub async fn pump(&mut self, timeout: Duration) -> anyhow::Result<bool> {
+        let open = self.term.pump(timeout).await?;
+        for msg in std::mem::take(&mut self.term.display) {
+            if let Some(id) = self.canvas.apply(&msg)?
+                && self.ack
+            {
+                self.term.send(ClientMsg::FrameAck { frame_id: id }).await?;
+            }
+        }
+        Ok(open)
+    }
+
+    /// Pump until `pred` holds on the canvas (error with the session's errors after `timeout`).
+    pub async fn until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&Canvas) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.canvas.width > 0 && pred(&self.canvas) {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "timed out waiting for {what}; frames {}, errors {:?}, closed {:?}",
+                    self.canvas.frames,
+                    self.term.errors,
+                    self.term.closed
+                );
+            }
+            if !self.pump(left.min(Duration::from_millis(200))).await? {
+                bail!(
+                    "socket closed while waiting for {what}; errors {:?}, closed {:?}",
+                    self.term.errors,
+                    self.term.closed
+                );
             }
         }
     }

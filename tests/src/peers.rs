@@ -483,56 +483,71 @@ pub fn run_browser_script(script: &str, env: &[(&str, &str)], timeout: Duration)
 }
 
 /// TigerVNC's Xvnc on 127.0.0.1: an X display whose framebuffer is served over RFB.
-pub struct Xvnc {
+/// A VNC server on its own X display: TigerVNC's Xvnc, or x11vnc serving an Xvfb.
+pub struct VncServer {
     pub port: u16,
     pub display: u16,
     pub password: Option<String>,
     dir: PathBuf,
-    child: Option<Child>,
+    /// The VNC server, then (x11vnc) the X server.
+    children: Vec<Child>,
 }
 
 static NEXT_DISPLAY: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
 
-impl Xvnc {
-    /// `password`: VncAuth with it; `None`: no authentication.
-    pub fn start(password: Option<&str>, width: u16, height: u16) -> anyhow::Result<Xvnc> {
+/// A free X display number (no lock file), spread by process id so parallel test binaries rarely collide.
+fn next_display() -> u16 {
+    for _ in 0..60 {
+        let d = 40
+            + (u16::try_from(std::process::id() % 20).unwrap_or(0)
+                + NEXT_DISPLAY.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+                % 60;
+        if !Path::new(&format!("/tmp/.X{d}-lock")).exists() && !Path::new(&format!("/tmp/.X11-unix/X{d}")).exists() {
+            return d;
+        }
+    }
+    99
+}
+
+/// A VNC password file in the classic DES format (`vncpasswd -f`).
+fn vnc_password_file(dir: &Path, password: &str) -> anyhow::Result<PathBuf> {
+    let mut child = Command::new("vncpasswd")
+        .arg("-f")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("vncpasswd (install tigervnc-tools)")?;
+    child
+        .stdin
+        .take()
+        .context("vncpasswd stdin")?
+        .write_all(format!("{password}\n").as_bytes())?;
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(out.status.success(), "vncpasswd failed");
+    let path = dir.join("passwd");
+    fs::write(&path, out.stdout)?;
+    Ok(path)
+}
+
+impl VncServer {
+    /// TigerVNC Xvnc; `password`: VncAuth with it, `None`: no authentication.
+    pub fn xvnc(password: Option<&str>, width: u16, height: u16) -> anyhow::Result<VncServer> {
         need("/usr/bin/Xvnc", "tigervnc-standalone-server")?;
         let dir = scratch("xvnc")?;
-        let mut security = vec!["-SecurityTypes".to_owned(), "None".to_owned()];
-        if let Some(pw) = password {
-            let mut child = Command::new("vncpasswd")
-                .arg("-f")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .context("vncpasswd (install tigervnc-tools)")?;
-            child
-                .stdin
-                .take()
-                .context("vncpasswd stdin")?
-                .write_all(format!("{pw}\n").as_bytes())?;
-            let out = child.wait_with_output()?;
-            anyhow::ensure!(out.status.success(), "vncpasswd failed");
-            fs::write(dir.join("passwd"), out.stdout)?;
-            security = vec![
-                "-SecurityTypes".into(),
-                "VncAuth".into(),
-                "-PasswordFile".into(),
-                dir.join("passwd").display().to_string(),
-            ];
-        }
-        let mut last = None;
-        for _ in 0..10 {
-            let display = 40
-                + (u16::try_from(std::process::id() % 20).unwrap_or(0)
-                    + NEXT_DISPLAY.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
-                    % 50;
-            if Path::new(&format!("/tmp/.X{display}-lock")).exists() {
-                continue;
+        let security: Vec<String> = match password {
+            Some(pw) => {
+                let file = vnc_password_file(&dir, pw)?;
+                vec![
+                    "-SecurityTypes".into(),
+                    "VncAuth".into(),
+                    "-PasswordFile".into(),
+                    file.display().to_string(),
+                ]
             }
-            let port = free_port();
-            let log = fs::File::create(dir.join("xvnc.log"))?;
-            let child = Command::new("/usr/bin/Xvnc")
+            None => vec!["-SecurityTypes".into(), "None".into()],
+        };
+        Self::start_with(dir, password, |display, port, log| {
+            let xvnc = Command::new("/usr/bin/Xvnc")
                 .arg(format!(":{display}"))
                 .args([
                     "-geometry",
@@ -556,48 +571,156 @@ impl Xvnc {
                 .stderr(log)
                 .spawn()
                 .context("start Xvnc")?;
-            let mut x = Xvnc {
+            Ok(vec![xvnc])
+        })
+    }
+
+    /// x11vnc serving a fresh Xvfb (`-noreset`, so the root background survives).
+    pub fn x11vnc(password: Option<&str>, width: u16, height: u16) -> anyhow::Result<VncServer> {
+        need("/usr/bin/Xvfb", "xvfb")?;
+        need("/usr/bin/x11vnc", "x11vnc")?;
+        let dir = scratch("x11vnc")?;
+        let auth: Vec<String> = match password {
+            Some(pw) => vec!["-rfbauth".into(), vnc_password_file(&dir, pw)?.display().to_string()],
+            None => vec!["-nopw".into()],
+        };
+        Self::start_with(dir, password, |display, port, log| {
+            let xvfb = Command::new("/usr/bin/Xvfb")
+                .arg(format!(":{display}"))
+                .args([
+                    "-screen",
+                    "0",
+                    &format!("{width}x{height}x24"),
+                    "-nolisten",
+                    "tcp",
+                    "-noreset",
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log.try_clone()?)
+                .spawn()
+                .context("start Xvfb")?;
+            let mut children = vec![xvfb];
+            wait_for("Xvfb socket", Duration::from_secs(10), || {
+                Path::new(&format!("/tmp/.X11-unix/X{display}")).exists()
+            })?;
+            let x11vnc = Command::new("/usr/bin/x11vnc")
+                .args(["-display", &format!(":{display}"), "-rfbport", &port.to_string()])
+                .args(["-localhost", "-forever", "-shared", "-noxdamage", "-quiet", "-nossl"])
+                .args(&auth)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .context("start x11vnc")?;
+            children.insert(0, x11vnc);
+            Ok(children)
+        })
+    }
+
+    fn start_with(
+        dir: PathBuf,
+        password: Option<&str>,
+        spawn: impl Fn(u16, u16, fs::File) -> anyhow::Result<Vec<Child>>,
+    ) -> anyhow::Result<VncServer> {
+        let mut last = None;
+        for _ in 0..10 {
+            let display = next_display();
+            let port = free_port();
+            let log = fs::File::create(dir.join("server.log"))?;
+            let mut server = VncServer {
                 port,
                 display,
                 password: password.map(str::to_owned),
                 dir: dir.clone(),
-                child: Some(child),
+                children: Vec::new(),
             };
-            match wait_for("Xvnc rfb banner", Duration::from_secs(10), || {
-                banner(port).is_some_and(|b| b.starts_with("RFB"))
-            }) {
-                Ok(()) => return Ok(x),
+            let started = spawn(display, port, log).and_then(|children| {
+                server.children = children;
+                wait_for("rfb banner", Duration::from_secs(15), || {
+                    banner(port).is_some_and(|b| b.starts_with("RFB"))
+                })
+            });
+            match started {
+                Ok(()) => return Ok(server),
                 Err(e) => {
                     last = Some(anyhow::anyhow!(
                         "{e}: {}",
-                        fs::read_to_string(dir.join("xvnc.log")).unwrap_or_default()
+                        fs::read_to_string(dir.join("server.log")).unwrap_or_default()
                     ));
-                    if let Some(mut c) = x.child.take() {
-                        stop_child(&mut c);
-                    }
+                    server.stop();
                 }
             }
         }
         Err(last.unwrap_or_else(|| anyhow::anyhow!("no free X display")))
     }
 
+    fn x_command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env("DISPLAY", format!(":{}", self.display));
+        c
+    }
+
     /// Run an X client (e.g. `xsetroot`) on this display and wait for it.
     pub fn x(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
-        run(
-            Command::new(program)
-                .args(args)
-                .env("DISPLAY", format!(":{}", self.display)),
-            program,
-        )
+        run(self.x_command(program).args(args), program)
+    }
+
+    /// Start an X client (e.g. `xterm`) on this display in the background; it stops when dropped.
+    pub fn spawn(&self, program: &str, args: &[&str]) -> anyhow::Result<Background> {
+        let child = self
+            .x_command(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("start {program} (run scripts/install-test-deps.sh)"))?;
+        Ok(Background(Some(child)))
+    }
+
+    fn stop(&mut self) {
+        for mut c in self.children.drain(..) {
+            stop_child(&mut c);
+        }
     }
 }
 
-impl Drop for Xvnc {
+impl Drop for VncServer {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        self.stop();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A background process, stopped (TERM, then KILL) when dropped.
+pub struct Background(Option<Child>);
+
+impl Background {
+    /// Wait for the process to exit and return its standard output.
+    pub fn output(mut self, timeout: Duration) -> anyhow::Result<String> {
+        let mut child = self.0.take().context("no process")?;
+        let deadline = Instant::now() + timeout;
+        while child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                stop_child(&mut child);
+                bail!("process still running after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut out = String::new();
+        if let Some(mut s) = child.stdout.take() {
+            s.read_to_string(&mut out)?;
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
             stop_child(&mut c);
         }
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 

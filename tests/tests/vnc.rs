@@ -1,135 +1,349 @@
-//! The sans-IO RFB client (`portico_proto::rfb`) against a real TigerVNC Xvnc: handshake with None and
-//! VncAuth, pixel truth for what the harness paints, and ZRLE decoding equal to Raw.
+//! VNC through the bridge against real TigerVNC Xvnc and x11vnc: pixel truth, input truth, clipboard,
+//! errors (wrong password, unreachable host, a server that lies), flow control and reattach.
 
 use std::time::Duration;
 
-use portico_proto::Secret;
-use portico_proto::rfb::{RfbClient, RfbConfig, RfbError, RfbEvent, encoding};
-use portico_tests::peers::Xvnc;
+use portico_proto::wire::{self, ClientMsg};
+use portico_tests::client::{Api, Screen, attach, ws_connect};
+use portico_tests::peers::{VncServer, free_port};
+use portico_tests::portico::Portico;
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 
-/// A framebuffer assembled from the client's events.
-struct Screen {
-    width: usize,
-    rgba: Vec<u8>,
-    /// Rectangles per encoding in this update.
-    rect_counts: Vec<(i32, u64)>,
-}
+use crate::marker_path;
 
-impl Screen {
-    fn pixel(&self, x: usize, y: usize) -> [u8; 4] {
-        let o = (y * self.width + x) * 4;
-        [self.rgba[o], self.rgba[o + 1], self.rgba[o + 2], self.rgba[o + 3]]
+pub async fn vnc_connection(api: &Api, port: u16, password: Option<&str>) -> anyhow::Result<String> {
+    let mut body = json!({ "name": format!("vnc {port}"), "protocol": "vnc", "host": "127.0.0.1", "port": port });
+    if let Some(pw) = password {
+        body["password"] = json!(pw);
     }
+    api.create_connection(body).await
 }
 
-/// Connect, take one full update, return the screen (or the client's error).
-async fn full_frame(
-    port: u16,
-    password: Option<&str>,
-    encodings: Vec<i32>,
-) -> anyhow::Result<Result<Screen, RfbError>> {
-    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await?;
-    let mut client = RfbClient::new(RfbConfig {
-        password: password.map(|p| Secret::new(p.to_owned())),
-        shared: true,
-        encodings,
-    });
-    let mut screen: Option<Screen> = None;
-    let mut buf = vec![0u8; 64 * 1024];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        while let Some(out) = client.poll_transmit() {
-            tcp.write_all(&out).await?;
-        }
-        while let Some(ev) = client.poll_event() {
-            match ev {
-                RfbEvent::Connected { width, height, .. } | RfbEvent::Resize { width, height } => {
-                    screen = Some(Screen {
-                        width: width.into(),
-                        rgba: vec![0; usize::from(width) * usize::from(height) * 4],
-                        rect_counts: Vec::new(),
-                    });
-                }
-                RfbEvent::Rect { x, y, width, rgba, .. } => {
-                    let s = screen.as_mut().expect("rect before connect");
-                    for (row, line) in rgba.chunks_exact(usize::from(width) * 4).enumerate() {
-                        let o = ((usize::from(y) + row) * s.width + usize::from(x)) * 4;
-                        s.rgba[o..o + line.len()].copy_from_slice(line);
-                    }
-                }
-                RfbEvent::UpdateEnd => {
-                    let mut s = screen.expect("update before connect");
-                    s.rect_counts = client.rect_counts().to_vec();
-                    return Ok(Ok(s));
-                }
-                _ => {}
-            }
-        }
-        let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await??;
-        anyhow::ensure!(n > 0, "server closed the connection");
-        if let Err(e) = client.handle_input(&buf[..n]) {
-            return Ok(Err(e));
-        }
-    }
+pub async fn open_screen(p: &Portico, api: &Api, conn: &str) -> anyhow::Result<(Value, Screen)> {
+    let (s, ws) = attach(p, api, conn).await?;
+    Ok((s, Screen::new(ws)))
 }
+
+const WAIT: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread")]
-async fn pixels_painted_on_the_display_arrive() -> anyhow::Result<()> {
-    let xvnc = Xvnc::start(None, 320, 200)?;
+async fn desktop_pixels_arrive_and_follow_changes() -> anyhow::Result<()> {
+    let xvnc = VncServer::xvnc(Some("pw-1234"), 640, 400)?;
     xvnc.x("xsetroot", &["-solid", "#204060"])?;
-    let screen = full_frame(xvnc.port, None, vec![encoding::ZRLE, encoding::RAW])
-        .await?
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    for (x, y) in [(0, 0), (160, 100), (319, 199)] {
-        assert_eq!(screen.pixel(x, y), [0x20, 0x40, 0x60, 255], "pixel at {x},{y}");
+    let p = Portico::start()?;
+    let api = Api::admin(&p).await?;
+    let conn = vnc_connection(&api, xvnc.port, Some("pw-1234")).await?;
+    let (_, mut s) = open_screen(&p, &api, &conn).await?;
+    s.until("the root colour", WAIT, |c| {
+        c.pixel(10, 10) == [0x20, 0x40, 0x60] && c.pixel(639, 399) == [0x20, 0x40, 0x60]
+    })
+    .await?;
+    assert_eq!((s.canvas.width, s.canvas.height), (640, 400));
+    assert!(
+        s.term.statuses.iter().any(|st| st.state == "connected"),
+        "{:?}",
+        s.term.statuses
+    );
+    // An incremental update after the change.
+    xvnc.x("xsetroot", &["-solid", "#a05010"])?;
+    s.until("the new root colour", WAIT, |c| c.pixel(320, 200) == [0xa0, 0x50, 0x10])
+        .await?;
+    assert!(s.canvas.fills > 0, "a solid screen is sent as fills");
+    // A two-colour pattern: lossless, exact pixels.
+    xvnc.x("xsetroot", &["-mod", "4", "4", "-fg", "#ff0000", "-bg", "#0000ff"])?;
+    s.until("the pattern", WAIT, |c| {
+        let px: std::collections::HashSet<[u8; 3]> = (0..64).map(|x| c.pixel(x, 7)).collect();
+        px.len() == 2 && px.contains(&[0xff, 0, 0]) && px.contains(&[0, 0, 0xff])
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn x11vnc_desktop_arrives() -> anyhow::Result<()> {
+    let server = VncServer::x11vnc(None, 400, 300)?;
+    server.x("xsetroot", &["-solid", "#336699"])?;
+    let p = Portico::start()?;
+    let api = Api::admin(&p).await?;
+    let conn = vnc_connection(&api, server.port, None).await?;
+    let (_, mut s) = open_screen(&p, &api, &conn).await?;
+    s.until("the root colour", WAIT, |c| c.pixel(200, 150) == [0x33, 0x66, 0x99])
+        .await?;
+    assert_eq!((s.canvas.width, s.canvas.height), (400, 300));
+    Ok(())
+}
+
+/// Type `text` as key presses (ASCII maps to keysyms one to one; '\n' is Return).
+async fn type_text(s: &mut Screen, text: &str) -> anyhow::Result<()> {
+    for ch in text.chars() {
+        let keysym = if ch == '\n' { 0xff0d } else { u32::from(ch) };
+        s.term.send(ClientMsg::Key { keysym, down: true }).await?;
+        s.term.send(ClientMsg::Key { keysym, down: false }).await?;
     }
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn zrle_and_raw_decode_to_the_same_pixels() -> anyhow::Result<()> {
-    let xvnc = Xvnc::start(None, 300, 170)?;
-    // A two-colour grid exercises palette tiles; the odd size exercises partial tiles.
-    xvnc.x("xsetroot", &["-mod", "3", "5", "-fg", "#ff8000", "-bg", "#003366"])?;
-    let raw = full_frame(xvnc.port, None, vec![encoding::RAW])
-        .await?
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let zrle = full_frame(xvnc.port, None, vec![encoding::ZRLE, encoding::RAW])
-        .await?
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    assert!(
-        zrle.rect_counts.iter().any(|&(e, n)| e == encoding::ZRLE && n > 0),
-        "no zrle rectangles: {:?}",
-        zrle.rect_counts
-    );
-    assert!(
-        raw.rect_counts.iter().all(|&(e, _)| e == encoding::RAW),
-        "{:?}",
-        raw.rect_counts
-    );
-    assert!(raw.rgba == zrle.rgba, "zrle and raw framebuffers differ");
-    let colours: std::collections::HashSet<[u8; 4]> =
-        raw.rgba.chunks_exact(4).map(|p| [p[0], p[1], p[2], p[3]]).collect();
-    assert!(
-        colours.contains(&[0xff, 0x80, 0x00, 255]) && colours.contains(&[0x00, 0x33, 0x66, 255]),
-        "{colours:?}"
-    );
+async fn keys_and_clicks_reach_the_right_window() -> anyhow::Result<()> {
+    let xvnc = VncServer::xvnc(None, 800, 600)?;
+    xvnc.x("xsetroot", &["-solid", "#000000"])?;
+    let _left = xvnc.spawn(
+        "xterm",
+        &["-geometry", "40x10+0+0", "-title", "left", "-bg", "white", "-e", "sh"],
+    )?;
+    let _right = xvnc.spawn(
+        "xterm",
+        &["-geometry", "40x10+420+300", "-title", "right", "-bg", "white"],
+    )?;
+    portico_tests::peers::wait_for("both xterms mapped", WAIT, || {
+        ["left", "right"]
+            .iter()
+            .all(|t| xvnc.x("xdotool", &["search", "--onlyvisible", "--name", t]).is_ok())
+    })?;
+    let p = Portico::start()?;
+    let api = Api::admin(&p).await?;
+    let conn = vnc_connection(&api, xvnc.port, None).await?;
+    let (_, mut s) = open_screen(&p, &api, &conn).await?;
+    s.until("the white xterms", WAIT, |c| {
+        c.pixel(100, 60) == [255, 255, 255] && c.pixel(500, 350) == [255, 255, 255]
+    })
+    .await?;
+    // Keyboard: without a window manager, focus follows the pointer; the shell runs what is typed.
+    s.term
+        .send(ClientMsg::Pointer {
+            x: 100,
+            y: 60,
+            buttons: 0,
+        })
+        .await?;
+    let file = marker_path("vnc-keys");
+    type_text(&mut s, &format!("echo typed-$((6*7)) > {file}\n")).await?;
+    portico_tests::peers::wait_for("the typed command's file", WAIT, || {
+        std::fs::read_to_string(&file).is_ok_and(|c| c.trim() == "typed-42")
+    })?;
+    let _ = std::fs::remove_file(&file);
+    // Mouse: a click at a known place lands on the window that is there.
+    let select = xvnc.spawn("xdotool", &["selectwindow"])?;
+    tokio::time::sleep(Duration::from_millis(500)).await; // Let it grab the pointer.
+    for buttons in [0, 1, 0] {
+        s.term
+            .send(ClientMsg::Pointer {
+                x: 500,
+                y: 350,
+                buttons,
+            })
+            .await?;
+    }
+    let clicked = tokio::task::spawn_blocking(move || select.output(Duration::from_secs(10))).await??;
+    let right = xvnc.x("xdotool", &["search", "--onlyvisible", "--name", "right"])?;
+    assert_eq!(clicked.trim(), right.trim(), "the click landed on another window");
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn vnc_password_right_and_wrong() -> anyhow::Result<()> {
-    let xvnc = Xvnc::start(Some("s3cret-pw"), 200, 100)?;
+async fn clipboard_both_ways() -> anyhow::Result<()> {
+    let xvnc = VncServer::xvnc(None, 320, 200)?;
+    let p = Portico::start()?;
+    let api = Api::admin(&p).await?;
+    let conn = vnc_connection(&api, xvnc.port, None).await?;
+    let (_, mut s) = open_screen(&p, &api, &conn).await?;
+    s.until("the first frame", WAIT, |c| c.frames > 0).await?;
+    // Browser → remote: the X selection owned by Xvnc holds the text.
+    s.term
+        .send(ClientMsg::Clipboard("from the browser: café".into()))
+        .await?;
+    portico_tests::peers::wait_for("the remote clipboard", WAIT, || {
+        xvnc.x("xclip", &["-o", "-selection", "clipboard"])
+            .is_ok_and(|t| t == "from the browser: café")
+    })?;
+    // Remote → browser: a program on the display sets the clipboard.
+    let _owner = xvnc.spawn(
+        "sh",
+        &[
+            "-c",
+            "printf 'from the desktop: naïve' | xclip -i -selection clipboard -loops 3",
+        ],
+    )?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        s.pump(Duration::from_millis(200)).await?;
+        if s.term.clipboard.iter().any(|t| t == "from the desktop: naïve") {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no remote clipboard: {:?}",
+            s.term.clipboard
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_password_and_unreachable_host_are_clear_errors() -> anyhow::Result<()> {
+    let xvnc = VncServer::xvnc(Some("right-pw"), 200, 100)?;
+    let p = Portico::start()?;
+    let api = Api::admin(&p).await?;
+    let wrong = vnc_connection(&api, xvnc.port, Some("wrong-pw")).await?;
+    let (_, mut s) = open_screen(&p, &api, &wrong).await?;
+    let closed = s.term.closed_within(WAIT).await?.expect("closed message");
+    assert_eq!(closed.code, "auth_failed", "{closed:?}");
+    assert!(
+        s.term
+            .errors
+            .iter()
+            .any(|e| e.code == "auth_failed" && e.message.contains("authentication")),
+        "{:?}",
+        s.term.errors
+    );
+    let missing = vnc_connection(&api, xvnc.port, None).await?;
+    let (_, mut s) = open_screen(&p, &api, &missing).await?;
+    let closed = s.term.closed_within(WAIT).await?.expect("closed message");
+    assert_eq!(closed.code, "auth_failed");
+    assert!(closed.reason.contains("password"), "{closed:?}");
+    let unreachable = vnc_connection(&api, free_port(), None).await?;
+    let (_, mut s) = open_screen(&p, &api, &unreachable).await?;
+    let closed = s.term.closed_within(WAIT).await?.expect("closed message");
+    assert_eq!(closed.code, "unreachable", "{closed:?}");
+    Ok(())
+}
+
+/// A VNC server that completes the handshake (no auth, 64x64) and then sends `lie`.
+async fn lying_server(lie: Vec<u8>) -> anyhow::Result<u16> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let lie = lie.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 12];
+                tcp.write_all(b"RFB 003.008\n").await?;
+                tcp.read_exact(&mut buf).await?;
+                tcp.write_all(&[1, 1]).await?; // One security type: None.
+                tcp.read_exact(&mut buf[..1]).await?;
+                tcp.write_all(&[0, 0, 0, 0]).await?; // SecurityResult OK.
+                tcp.read_exact(&mut buf[..1]).await?; // ClientInit.
+                let mut init = vec![0, 64, 0, 64, 32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0];
+                init.extend_from_slice(&4u32.to_be_bytes());
+                init.extend_from_slice(b"liar");
+                tcp.write_all(&init).await?;
+                tcp.write_all(&lie).await?;
+                let mut sink = vec![0u8; 4096];
+                while tcp.read(&mut sink).await? > 0 {}
+                anyhow::Ok(())
+            });
+        }
+    });
+    Ok(port)
+}
+
+fn update_header(x: u16, y: u16, w: u16, h: u16, encoding: i32) -> Vec<u8> {
+    let mut m = vec![0, 0, 0, 1];
+    for v in [x, y, w, h] {
+        m.extend_from_slice(&v.to_be_bytes());
+    }
+    m.extend_from_slice(&encoding.to_be_bytes());
+    m
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lying_server_ends_its_session_only() -> anyhow::Result<()> {
+    let xvnc = VncServer::xvnc(None, 320, 200)?;
     xvnc.x("xsetroot", &["-solid", "#00ff00"])?;
-    let ok = full_frame(xvnc.port, Some("s3cret-pw"), vec![encoding::ZRLE, encoding::RAW])
+    let p = Portico::start()?;
+    let api = Api::admin(&p).await?;
+    let good = vnc_connection(&api, xvnc.port, None).await?;
+    let (_, mut bystander) = open_screen(&p, &api, &good).await?;
+    bystander
+        .until("the bystander's desktop", WAIT, |c| c.pixel(5, 5) == [0, 255, 0])
+        .await?;
+
+    let outside = update_header(60, 60, 10, 10, 0); // Raw, beyond the 64x64 framebuffer.
+    let mut oversized = update_header(0, 0, 64, 64, 16); // ZRLE announcing 1 GiB.
+    oversized.extend_from_slice(&(1u32 << 30).to_be_bytes());
+    let mut garbage = update_header(0, 0, 8, 8, 16);
+    garbage.extend_from_slice(&8u32.to_be_bytes());
+    garbage.extend_from_slice(b"notzlib!");
+    let unknown_message = vec![77u8, 1, 2, 3];
+    for (lie, expect) in [
+        (outside, "outside"),
+        (oversized, "exceeds the limit"),
+        (garbage, "corrupt"),
+        (unknown_message, "unknown server message"),
+    ] {
+        let port = lying_server(lie).await?;
+        let conn = vnc_connection(&api, port, None).await?;
+        let (_, mut s) = open_screen(&p, &api, &conn).await?;
+        let closed = s.term.closed_within(WAIT).await?.expect("closed message");
+        assert_eq!(closed.code, "target_error", "{closed:?}");
+        assert!(closed.reason.contains(expect), "{expect}: {closed:?}");
+    }
+    // The bystander still gets updates.
+    xvnc.x("xsetroot", &["-solid", "#ff00ff"])?;
+    bystander
+        .until("the bystander's next frame", WAIT, |c| c.pixel(5, 5) == [255, 0, 255])
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_browser_that_does_not_acknowledge_gets_no_more_frames() -> anyhow::Result<()> {
+    let xvnc = VncServer::xvnc(None, 320, 200)?;
+    let p = Portico::start()?;
+    let api = Api::admin(&p).await?;
+    let conn = vnc_connection(&api, xvnc.port, None).await?;
+    let (_, mut s) = open_screen(&p, &api, &conn).await?;
+    s.ack = false;
+    // Something that changes the screen continuously (bounded: 3000 colour changes).
+    let _painter = xvnc.spawn(
+        "sh",
+        &[
+            "-c",
+            "for i in $(seq 1 1500); do xsetroot -solid '#ff0000'; xsetroot -solid '#0000ff'; done",
+        ],
+    )?;
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < until {
+        s.pump(Duration::from_millis(100)).await?;
+    }
+    let unacked = s.canvas.frames;
+    assert!(unacked >= 1, "no frame at all");
+    assert!(unacked <= 2, "{unacked} frames sent without acknowledgement");
+    // Acknowledge: frames flow again.
+    s.ack = true;
+    s.term
+        .send(ClientMsg::FrameAck {
+            frame_id: s.canvas.last_frame,
+        })
+        .await?;
+    s.until("frames after the acknowledgement", WAIT, |c| c.frames >= unacked + 5)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reattached_browser_gets_the_whole_screen() -> anyhow::Result<()> {
+    let xvnc = VncServer::xvnc(None, 320, 200)?;
+    xvnc.x("xsetroot", &["-solid", "#102030"])?;
+    let p = Portico::start()?;
+    let api = Api::admin(&p).await?;
+    let conn = vnc_connection(&api, xvnc.port, None).await?;
+    let (session, mut s) = open_screen(&p, &api, &conn).await?;
+    s.until("the desktop", WAIT, |c| c.pixel(1, 1) == [0x10, 0x20, 0x30])
+        .await?;
+    let resume = s.term.hello.as_ref().expect("hello").resume_token.clone();
+    drop(s);
+    // Changes while nobody watches.
+    xvnc.x("xsetroot", &["-solid", "#405060"])?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ws_url = session["ws_url"].as_str().unwrap_or_default();
+    let ws = ws_connect(ws_url, &p.cert_sha256, &[format!("{}{resume}", wire::RESUME_PREFIX)])
         .await?
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    assert_eq!(ok.pixel(10, 10), [0, 255, 0, 255]);
-    let wrong = full_frame(xvnc.port, Some("not-it"), vec![encoding::RAW]).await?;
-    assert!(matches!(wrong, Err(RfbError::AuthFailed(_))), "{:?}", wrong.err());
-    let none = full_frame(xvnc.port, None, vec![encoding::RAW]).await?;
-    assert!(matches!(none, Err(RfbError::PasswordRequired)), "{:?}", none.err());
+        .map_err(|r| anyhow::anyhow!("{r:?}"))?;
+    let mut s = Screen::new(ws);
+    s.until("the current desktop", WAIT, |c| c.pixel(300, 190) == [0x40, 0x50, 0x60])
+        .await?;
+    assert!(s.term.hello.as_ref().is_some_and(|h| h.reattached));
     Ok(())
 }

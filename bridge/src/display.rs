@@ -1,0 +1,307 @@
+//! The display pipeline shared by graphical protocols: a framebuffer, the operations of one frame in
+//! order, and their encoding for the browser.
+//!
+//! - Pixels that change are collected as damage and encoded at the end of the frame, from the framebuffer's
+//!   final content (so a rectangle updated twice in one frame is sent once).
+//! - Copies (scrolling, moved windows) are forwarded as cheap copy messages; pending damage that overlaps a
+//!   copy's source is flushed before the copy, so the browser always copies what the server copied.
+//! - Solid rectangles become fills; everything else is PNG with the fastest deflate level.
+//! - Encoding runs on the blocking pool behind a semaphore as wide as the machine: 100 sessions do not
+//!   mean 100 encoding threads.
+
+use std::sync::{Arc, OnceLock};
+
+use portico_proto::wire::{ImageFormat, Rect, ServerMsg};
+use tokio::sync::Semaphore;
+
+/// More damage rectangles than this in one flush are merged into their bounding box.
+const MAX_RECTS_PER_FLUSH: usize = 48;
+
+pub struct Framebuffer {
+    pub width: u16,
+    pub height: u16,
+    rgba: Vec<u8>,
+}
+
+impl Framebuffer {
+    pub fn new(width: u16, height: u16) -> Self {
+        Framebuffer {
+            width,
+            height,
+            rgba: vec![0; usize::from(width) * usize::from(height) * 4],
+        }
+    }
+
+    pub fn full(&self) -> Rect {
+        Rect {
+            x: 0,
+            y: 0,
+            width: self.width,
+            height: self.height,
+        }
+    }
+
+    fn contains(&self, r: &Rect) -> bool {
+        u32::from(r.x) + u32::from(r.width) <= u32::from(self.width)
+            && u32::from(r.y) + u32::from(r.height) <= u32::from(self.height)
+    }
+
+    fn row_range(&self, x: u16, y: u16, width: u16) -> std::ops::Range<usize> {
+        let start = (usize::from(y) * usize::from(self.width) + usize::from(x)) * 4;
+        start..start + usize::from(width) * 4
+    }
+
+    /// Write RGBA pixels (row-major, `r.width * r.height * 4` bytes); ignored when out of bounds.
+    pub fn put(&mut self, r: &Rect, rgba: &[u8]) {
+        if !self.contains(r) || rgba.len() != usize::from(r.width) * usize::from(r.height) * 4 {
+            return;
+        }
+        for (row, line) in rgba.chunks_exact(usize::from(r.width) * 4).enumerate() {
+            let range = self.row_range(r.x, r.y + row as u16, r.width);
+            self.rgba[range].copy_from_slice(line);
+        }
+    }
+
+    /// Copy `r`-sized pixels from `(src_x, src_y)` to `(r.x, r.y)`, overlap-safe.
+    pub fn copy(&mut self, src_x: u16, src_y: u16, r: &Rect) {
+        let src = Rect {
+            x: src_x,
+            y: src_y,
+            ..*r
+        };
+        if !self.contains(r) || !self.contains(&src) {
+            return;
+        }
+        let rows: Vec<u16> = if src_y < r.y {
+            (0..r.height).rev().collect()
+        } else {
+            (0..r.height).collect()
+        };
+        for row in rows {
+            let from = self.row_range(src_x, src_y + row, r.width);
+            let to = self.row_range(r.x, r.y + row, r.width);
+            self.rgba.copy_within(from, to.start);
+        }
+    }
+
+    /// The pixels of `r` (row-major RGBA).
+    pub fn extract(&self, r: &Rect) -> Vec<u8> {
+        let mut out = Vec::with_capacity(usize::from(r.width) * usize::from(r.height) * 4);
+        for row in 0..r.height {
+            out.extend_from_slice(&self.rgba[self.row_range(r.x, r.y + row, r.width)]);
+        }
+        out
+    }
+}
+
+fn intersects(a: &Rect, b: &Rect) -> bool {
+    let (ax2, ay2) = (
+        u32::from(a.x) + u32::from(a.width),
+        u32::from(a.y) + u32::from(a.height),
+    );
+    let (bx2, by2) = (
+        u32::from(b.x) + u32::from(b.width),
+        u32::from(b.y) + u32::from(b.height),
+    );
+    u32::from(a.x) < bx2 && u32::from(b.x) < ax2 && u32::from(a.y) < by2 && u32::from(b.y) < ay2
+}
+
+fn bounding(rects: &[Rect]) -> Rect {
+    let x = rects.iter().map(|r| r.x).min().unwrap_or(0);
+    let y = rects.iter().map(|r| r.y).min().unwrap_or(0);
+    let x2 = rects.iter().map(|r| r.x + r.width).max().unwrap_or(0);
+    let y2 = rects.iter().map(|r| r.y + r.height).max().unwrap_or(0);
+    Rect {
+        x,
+        y,
+        width: x2 - x,
+        height: y2 - y,
+    }
+}
+
+/// One operation of a frame, in order: pixels captured for encoding, or a ready message.
+enum Op {
+    Pixels(Rect, Vec<u8>),
+    Msg(ServerMsg),
+}
+
+/// Collects one frame.
+#[derive(Default)]
+pub struct Frame {
+    damage: Vec<Rect>,
+    ops: Vec<Op>,
+}
+
+impl Frame {
+    pub fn is_empty(&self) -> bool {
+        self.damage.is_empty() && self.ops.is_empty()
+    }
+
+    /// Pixels at `r` changed (the framebuffer already holds them).
+    pub fn damage(&mut self, r: Rect) {
+        if r.width > 0 && r.height > 0 {
+            self.damage.push(r);
+        }
+    }
+
+    /// Capture the pending damage from the framebuffer now.
+    fn flush(&mut self, fb: &Framebuffer) {
+        let mut rects = std::mem::take(&mut self.damage);
+        if rects.len() > MAX_RECTS_PER_FLUSH {
+            rects = vec![bounding(&rects)];
+        }
+        for r in rects {
+            if fb.contains(&r) {
+                self.ops.push(Op::Pixels(r, fb.extract(&r)));
+            }
+        }
+    }
+
+    /// A copy on the remote side: flush what it would read, then apply it to the framebuffer.
+    pub fn copy(&mut self, fb: &mut Framebuffer, src_x: u16, src_y: u16, r: Rect) {
+        let src = Rect {
+            x: src_x,
+            y: src_y,
+            ..r
+        };
+        if self.damage.iter().any(|d| intersects(d, &src)) {
+            self.flush(fb);
+        }
+        fb.copy(src_x, src_y, &r);
+        self.ops.push(Op::Msg(ServerMsg::Copy { src_x, src_y, rect: r }));
+    }
+
+    /// A message that keeps its place among the frame's operations.
+    pub fn message(&mut self, msg: ServerMsg) {
+        self.ops.push(Op::Msg(msg));
+    }
+
+    /// Close the frame: capture the remaining damage and encode everything (on the shared pool).
+    pub async fn finish(mut self, fb: &Framebuffer) -> Vec<ServerMsg> {
+        self.flush(fb);
+        let ops = self.ops;
+        let permit = encode_pool().clone().acquire_owned().await;
+        let encoded = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            ops.into_iter()
+                .map(|op| match op {
+                    Op::Msg(m) => m,
+                    Op::Pixels(r, rgba) => encode_rect(r, &rgba),
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        encoded.unwrap_or_default()
+    }
+}
+
+fn encode_pool() -> &'static Arc<Semaphore> {
+    static POOL: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        Arc::new(Semaphore::new(
+            std::thread::available_parallelism().map_or(2, usize::from),
+        ))
+    })
+}
+
+/// A fill for solid pixels, else a PNG.
+pub fn encode_rect(rect: Rect, rgba: &[u8]) -> ServerMsg {
+    let first = [rgba[0], rgba[1], rgba[2]];
+    if rgba.chunks_exact(4).all(|p| p[..3] == first) {
+        return ServerMsg::Fill { rect, rgb: first };
+    }
+    let mut rgb = Vec::with_capacity(rgba.len() / 4 * 3);
+    for p in rgba.chunks_exact(4) {
+        rgb.extend_from_slice(&p[..3]);
+    }
+    ServerMsg::Image {
+        rect,
+        format: ImageFormat::Png,
+        data: png(rect.width, rect.height, &rgb, png::ColorType::Rgb),
+    }
+}
+
+/// PNG with the fastest deflate level (the browser decodes it natively).
+pub fn png(width: u16, height: u16, pixels: &[u8], color: png::ColorType) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, width.into(), height.into());
+        enc.set_color(color);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.set_compression(png::Compression::Fast);
+        enc.set_filter(png::Filter::Sub);
+        // INVARIANT: the sizes match the pixel buffer, and writing to a Vec cannot fail.
+        let mut w = enc.write_header().expect("png header");
+        w.write_image_data(pixels).expect("png data");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rect(x: u16, y: u16, width: u16, height: u16) -> Rect {
+        Rect { x, y, width, height }
+    }
+
+    #[test]
+    fn copy_handles_overlap_both_ways() {
+        let mut fb = Framebuffer::new(1, 4);
+        fb.put(
+            &rect(0, 0, 1, 4),
+            &[1, 0, 0, 255, 2, 0, 0, 255, 3, 0, 0, 255, 4, 0, 0, 255],
+        );
+        fb.copy(0, 0, &rect(0, 1, 1, 3)); // Scroll down by one.
+        assert_eq!(
+            fb.extract(&fb.full()).chunks(4).map(|p| p[0]).collect::<Vec<_>>(),
+            [1, 1, 2, 3]
+        );
+        fb.copy(0, 1, &rect(0, 0, 1, 3)); // And back up.
+        assert_eq!(
+            fb.extract(&fb.full()).chunks(4).map(|p| p[0]).collect::<Vec<_>>(),
+            [1, 2, 3, 3]
+        );
+    }
+
+    #[tokio::test]
+    async fn damage_under_a_copy_source_is_sent_before_the_copy() {
+        let mut fb = Framebuffer::new(4, 2);
+        let mut frame = Frame::default();
+        fb.put(&rect(0, 0, 2, 1), &[9, 9, 9, 255, 8, 8, 8, 255]);
+        frame.damage(rect(0, 0, 2, 1));
+        frame.copy(&mut fb, 0, 0, rect(2, 1, 2, 1));
+        fb.put(&rect(3, 0, 1, 1), &[7, 7, 7, 255]);
+        frame.damage(rect(3, 0, 1, 1));
+        let msgs = frame.finish(&fb).await;
+        assert!(matches!(
+            msgs[0],
+            ServerMsg::Image {
+                rect: Rect {
+                    x: 0,
+                    y: 0,
+                    width: 2,
+                    height: 1
+                },
+                ..
+            }
+        ));
+        assert!(matches!(msgs[1], ServerMsg::Copy { src_x: 0, src_y: 0, .. }));
+        assert_eq!(
+            msgs[2],
+            ServerMsg::Fill {
+                rect: rect(3, 0, 1, 1),
+                rgb: [7, 7, 7]
+            }
+        );
+        assert_eq!(fb.extract(&rect(2, 1, 2, 1)), [9, 9, 9, 255, 8, 8, 8, 255]);
+    }
+
+    #[test]
+    fn out_of_bounds_writes_are_ignored() {
+        let mut fb = Framebuffer::new(2, 2);
+        fb.put(&rect(1, 1, 2, 2), &[1; 16]);
+        fb.copy(1, 1, &rect(0, 0, 2, 2));
+        assert_eq!(fb.extract(&fb.full()), vec![0; 16]);
+    }
+}

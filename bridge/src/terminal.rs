@@ -1,0 +1,171 @@
+//! The SSH session actor: owns the russh channel and a vt100 model of the screen.
+//!
+//! Flow control: output goes to the browser through the bounded client queue. When it is full the actor
+//! stops queueing and marks the screen dirty (`lagging`); once the browser catches up it gets one repaint
+//! from the terminal state instead of the backlog, so memory per session stays bounded. The same repaint
+//! serves a browser that reattaches.
+
+use std::time::Duration;
+
+use portico_proto::control::{HostKeyReport, Target};
+use portico_proto::wire::{ClientMsg, ServerMsg};
+use tokio::sync::mpsc;
+
+use crate::session::{CLIENT_QUEUE, Cmd, Common, End, Lifecycle, sleep_until};
+use crate::ssh::{self, Output};
+
+/// Initial terminal size until the browser sends its own.
+const DEFAULT_COLS: u16 = 80;
+const DEFAULT_ROWS: u16 = 24;
+const REPAINT_POLL: Duration = Duration::from_millis(40);
+
+struct Terminal {
+    parser: vt100::Parser,
+}
+
+impl Terminal {
+    /// Bytes that redraw the current screen on a reset terminal.
+    fn repaint_bytes(&self) -> Vec<u8> {
+        let screen = self.parser.screen();
+        let mut out = Vec::new();
+        if screen.alternate_screen() {
+            out.extend_from_slice(b"\x1b[?1049h");
+        }
+        out.extend_from_slice(&screen.state_formatted());
+        out
+    }
+
+    fn forward(&self, life: &mut Lifecycle, data: Vec<u8>) {
+        if !life.lagging {
+            life.send(ServerMsg::TermOutput(data));
+        }
+    }
+
+    fn try_repaint(&self, life: &mut Lifecycle) {
+        let room = life.client().map(|c| c.capacity());
+        match room {
+            None => life.lagging = false,
+            Some(room) if room >= CLIENT_QUEUE / 2 => {
+                life.lagging = false;
+                life.send(ServerMsg::TermOutput(self.repaint_bytes()));
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+#[tracing::instrument(name = "session", skip_all, fields(session_id = %life.claims.sid, protocol = "ssh"))]
+pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver<Cmd>) {
+    tracing::info!(host = %target.host, port = target.port, "Session started");
+    if let Some(end) = life.wait_first_attach(&mut cmd_rx).await {
+        return life.end(end).await;
+    }
+    let mut term = Terminal {
+        parser: vt100::Parser::new(DEFAULT_ROWS, DEFAULT_COLS, 0),
+    };
+    life.send(ServerMsg::status(
+        "connecting",
+        format!("connecting to {}:{}", target.host, target.port),
+    ));
+    let shell = {
+        let connecting = ssh::connect(&target, DEFAULT_COLS, DEFAULT_ROWS);
+        tokio::pin!(connecting);
+        // Keep serving commands (end, resize, detach) while the connection is being set up.
+        loop {
+            tokio::select! {
+                res = &mut connecting => break res,
+                cmd = cmd_rx.recv() => match cmd.map(|c| life.common(c)) {
+                    None => return,
+                    Some(Common::End(end)) => return life.end(end).await,
+                    Some(Common::Input(ClientMsg::Resize { cols, rows, .. })) => term.parser.screen_mut().set_size(rows, cols),
+                    Some(_) => {}
+                },
+            }
+        }
+    };
+    let shell = match shell {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, code = e.code(), "Upstream connection failed");
+            life.send(ServerMsg::error(e.code(), e.to_string(), true));
+            return life.finish(e.code(), e.to_string(), false).await;
+        }
+    };
+    if target.host_key_fingerprint.is_none() && !shell.host_key.is_empty() {
+        let report = HostKeyReport {
+            fingerprint: shell.host_key.clone(),
+        };
+        if let Err(e) = life.control.record_host_key(&life.claims.sid, &report).await {
+            tracing::warn!(error = %e, "Could not record the host key");
+        }
+    }
+    let ssh::SshShell {
+        handle, mut channel, ..
+    } = shell;
+    let (rows, cols) = term.parser.screen().size();
+    if (cols, rows) != (DEFAULT_COLS, DEFAULT_ROWS) {
+        let _ = channel.window_change(cols.into(), rows.into(), 0, 0).await;
+    }
+    life.send(ServerMsg::status(
+        "connected",
+        format!("connected to {}@{}", target.username, target.host),
+    ));
+    tracing::info!("Upstream connected");
+    // INVARIANT: the credentials are not needed any more; do not keep them for the session's lifetime.
+    drop(target);
+    let mut exit_status = None;
+    let mut repaint_tick = tokio::time::interval(REPAINT_POLL);
+    let end = loop {
+        let deadline = life.deadline();
+        tokio::select! {
+            msg = channel.wait() => match ssh::classify(msg) {
+                Output::Data(d) => {
+                    term.parser.process(&d);
+                    term.forward(&mut life, d);
+                }
+                Output::Exited(s) => exit_status = s,
+                Output::Closed => {
+                    let reason = match exit_status {
+                        Some(s) => format!("the remote shell exited with status {s}"),
+                        None => "the remote side closed the session".into(),
+                    };
+                    break End { code: "remote_closed", reason, from_control: false };
+                }
+                Output::Other => {}
+            },
+            cmd = cmd_rx.recv() => match cmd.map(|c| life.common(c)) {
+                None => break End { code: "ended", reason: "bridge shutting down".into(), from_control: false },
+                Some(Common::End(end)) => break end,
+                Some(Common::Handled) => {}
+                Some(Common::Attached(_)) => {
+                    life.send(ServerMsg::TermOutput(term.repaint_bytes()));
+                }
+                Some(Common::Input(msg)) => match msg {
+                    ClientMsg::TermInput(bytes) => {
+                        life.last_input = tokio::time::Instant::now();
+                        if let Err(e) = channel.data_bytes(bytes).await {
+                            tracing::debug!(error = %e, "Write to the channel failed");
+                        }
+                    }
+                    ClientMsg::Resize { cols, rows, width_px, height_px } => {
+                        term.parser.screen_mut().set_size(rows, cols);
+                        let _ = channel.window_change(cols.into(), rows.into(), width_px.into(), height_px.into()).await;
+                    }
+                    // Display and clipboard messages mean nothing to a terminal.
+                    _ => {}
+                },
+            },
+            () = sleep_until(deadline) => {
+                if let Some(end) = life.expired() {
+                    break end;
+                }
+            }
+            _ = repaint_tick.tick(), if life.lagging => term.try_repaint(&mut life),
+        }
+    };
+    let _ = channel.close().await;
+    let _ = handle
+        .disconnect(russh::Disconnect::ByApplication, "session ended", "en")
+        .await;
+    life.end(end).await;
+}

@@ -1,0 +1,284 @@
+//! The VNC session actor: owns the TCP connection to the VNC server, the sans-IO RFB client
+//! (`portico_proto::rfb`) and the framebuffer, and turns each FramebufferUpdate into one frame for the browser.
+//!
+//! Flow control: the bridge asks the server for the next (incremental) update only when the browser has
+//! acknowledged all but [`MAX_FRAMES_IN_FLIGHT`]` - 1` frames. While the browser is behind, the server keeps
+//! merging damage on its side, so nothing queues up in the bridge and latency stays low on slow links.
+
+use std::time::Duration;
+
+use portico_proto::control::Target;
+use portico_proto::rfb::{RfbClient, RfbConfig, RfbError, RfbEvent};
+use portico_proto::wire::{ClientMsg, Rect, ServerMsg};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::display::{Frame, Framebuffer, encode_rect, png};
+use crate::session::{Cmd, Common, End, Lifecycle, sleep_until};
+
+/// Frames sent but not yet acknowledged before the bridge stops asking for updates.
+pub const MAX_FRAMES_IN_FLIGHT: u32 = 2;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn rfb_code(e: &RfbError) -> &'static str {
+    match e {
+        RfbError::AuthFailed(_) | RfbError::PasswordRequired => "auth_failed",
+        _ => "target_error",
+    }
+}
+
+struct Display {
+    rfb: RfbClient,
+    fb: Option<Framebuffer>,
+    frame: Frame,
+    frame_id: u32,
+    acked: u32,
+    requested: bool,
+    cursor: Option<ServerMsg>,
+}
+
+impl Display {
+    fn maybe_request(&mut self, attached: bool) {
+        if attached && !self.requested && self.fb.is_some() && self.frame_id - self.acked < MAX_FRAMES_IN_FLIGHT {
+            self.rfb.request_update(true);
+            self.requested = true;
+        }
+    }
+
+    /// Everything a freshly attached browser needs: the size, the whole screen, the pointer.
+    async fn full_frame(&mut self, life: &mut Lifecycle) {
+        let Some(fb) = &self.fb else { return };
+        self.frame_id += 1;
+        self.acked = self.frame_id - 1;
+        let rect = fb.full();
+        let pixels = fb.extract(&rect);
+        let image = tokio::task::spawn_blocking(move || encode_rect(rect, &pixels)).await;
+        let mut msgs = vec![ServerMsg::DisplaySize {
+            width: rect.width,
+            height: rect.height,
+        }];
+        msgs.extend(image.ok());
+        msgs.extend(self.cursor.clone());
+        msgs.push(ServerMsg::FrameEnd {
+            frame_id: self.frame_id,
+        });
+        for m in msgs {
+            life.send_wait(m).await;
+        }
+    }
+
+    /// Apply the client's events; returns a fatal end if the server misbehaves or closes.
+    async fn events(&mut self, life: &mut Lifecycle) {
+        while let Some(ev) = self.rfb.poll_event() {
+            match ev {
+                RfbEvent::Connected { width, height, name } => {
+                    self.fb = Some(Framebuffer::new(width, height));
+                    life.send(ServerMsg::DisplaySize { width, height });
+                    life.send(ServerMsg::status("connected", format!("connected to {name}")));
+                    tracing::info!(width, height, "Upstream connected");
+                    self.requested = true; // The RFB client asked for the first full update.
+                }
+                RfbEvent::Resize { width, height } => {
+                    self.fb = Some(Framebuffer::new(width, height));
+                    self.frame = Frame::default();
+                    self.frame.message(ServerMsg::DisplaySize { width, height });
+                }
+                RfbEvent::Rect {
+                    x,
+                    y,
+                    width,
+                    height,
+                    rgba,
+                } => {
+                    if let Some(fb) = &mut self.fb {
+                        let r = Rect { x, y, width, height };
+                        fb.put(&r, &rgba);
+                        self.frame.damage(r);
+                    }
+                }
+                RfbEvent::Copy {
+                    src_x,
+                    src_y,
+                    x,
+                    y,
+                    width,
+                    height,
+                } => {
+                    if let Some(fb) = &mut self.fb {
+                        self.frame.copy(fb, src_x, src_y, Rect { x, y, width, height });
+                    }
+                }
+                RfbEvent::Cursor {
+                    hot_x,
+                    hot_y,
+                    width,
+                    height,
+                    rgba,
+                } => {
+                    let png = if width == 0 || height == 0 {
+                        Vec::new()
+                    } else {
+                        tokio::task::spawn_blocking(move || png(width, height, &rgba, png::ColorType::Rgba))
+                            .await
+                            .unwrap_or_default()
+                    };
+                    let msg = ServerMsg::Cursor { hot_x, hot_y, png };
+                    self.cursor = Some(msg.clone());
+                    self.frame.message(msg);
+                }
+                RfbEvent::UpdateEnd => {
+                    self.requested = false;
+                    let (Some(fb), false) = (&self.fb, self.frame.is_empty()) else {
+                        continue;
+                    };
+                    let msgs = std::mem::take(&mut self.frame).finish(fb).await;
+                    if life.client().is_none() {
+                        continue; // Nobody watches; a reattach gets the full screen.
+                    }
+                    self.frame_id += 1;
+                    for m in msgs {
+                        life.send_wait(m).await;
+                    }
+                    life.send_wait(ServerMsg::FrameEnd {
+                        frame_id: self.frame_id,
+                    })
+                    .await;
+                }
+                RfbEvent::CutText(text) => {
+                    life.send(ServerMsg::RemoteClipboard(text));
+                }
+                RfbEvent::Bell => {}
+            }
+        }
+    }
+}
+
+#[tracing::instrument(name = "session", skip_all, fields(session_id = %life.claims.sid, protocol = "vnc"))]
+pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver<Cmd>) {
+    tracing::info!(host = %target.host, port = target.port, "Session started");
+    if let Some(end) = life.wait_first_attach(&mut cmd_rx).await {
+        return life.end(end).await;
+    }
+    let addr = format!("{}:{}", target.host, target.port);
+    life.send(ServerMsg::status("connecting", format!("connecting to {addr}")));
+    let mut tcp =
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((target.host.as_str(), target.port))).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return fail(
+                    life,
+                    "unreachable",
+                    format!("cannot reach {addr}: {}", e.to_string().to_lowercase()),
+                )
+                .await;
+            }
+            Err(_) => {
+                return fail(
+                    life,
+                    "unreachable",
+                    format!("cannot reach {addr}: connection timed out"),
+                )
+                .await;
+            }
+        };
+    let _ = tcp.set_nodelay(true);
+    let mut d = Display {
+        rfb: RfbClient::new(RfbConfig {
+            password: target.password.clone(),
+            ..RfbConfig::default()
+        }),
+        fb: None,
+        frame: Frame::default(),
+        frame_id: 0,
+        acked: 0,
+        requested: false,
+        cursor: None,
+    };
+    // INVARIANT: the password is in the RFB client's config now; the target is not needed any more.
+    drop(target);
+    let handshake_deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let mut buf = vec![0u8; 64 * 1024];
+    let end = 'session: loop {
+        while let Some(out) = d.rfb.poll_transmit() {
+            if let Err(e) = tcp.write_all(&out).await {
+                let reason = format!("write to the vnc server failed: {}", e.to_string().to_lowercase());
+                break 'session End {
+                    code: "remote_closed",
+                    reason,
+                    from_control: false,
+                };
+            }
+        }
+        let deadline = if d.rfb.is_connected() {
+            life.deadline()
+        } else {
+            Some(handshake_deadline)
+        };
+        tokio::select! {
+            read = tcp.read(&mut buf) => match read {
+                Ok(0) | Err(_) => {
+                    let why = if d.rfb.is_connected() { "the vnc server closed the connection" } else { "the vnc server closed the connection during the handshake" };
+                    break End { code: "remote_closed", reason: why.into(), from_control: false };
+                }
+                Ok(n) => {
+                    if let Err(e) = d.rfb.handle_input(&buf[..n]) {
+                        tracing::warn!(error = %e, "VNC protocol error");
+                        life.send(ServerMsg::error(rfb_code(&e), e.to_string(), true));
+                        break End { code: rfb_code(&e), reason: e.to_string(), from_control: false };
+                    }
+                    d.events(&mut life).await;
+                    d.maybe_request(life.client().is_some());
+                }
+            },
+            cmd = cmd_rx.recv() => match cmd.map(|c| life.common(c)) {
+                None => break End { code: "ended", reason: "bridge shutting down".into(), from_control: false },
+                Some(Common::End(end)) => break end,
+                Some(Common::Handled) => {}
+                Some(Common::Attached(_)) => {
+                    d.full_frame(&mut life).await;
+                    d.maybe_request(true);
+                }
+                Some(Common::Input(msg)) => {
+                    let (w, h) = d.rfb.size();
+                    match msg {
+                        ClientMsg::Key { keysym, down } => {
+                            life.last_input = tokio::time::Instant::now();
+                            d.rfb.key(keysym, down);
+                        }
+                        ClientMsg::Pointer { x, y, buttons } => {
+                            life.last_input = tokio::time::Instant::now();
+                            d.rfb.pointer(x.min(w.saturating_sub(1)), y.min(h.saturating_sub(1)), buttons);
+                        }
+                        ClientMsg::Clipboard(text) => d.rfb.cut_text(&text),
+                        ClientMsg::FrameAck { frame_id } => {
+                            if frame_id <= d.frame_id {
+                                d.acked = d.acked.max(frame_id);
+                            }
+                            d.maybe_request(life.client().is_some());
+                        }
+                        _ => {}
+                    }
+                }
+            },
+            () = sleep_until(deadline) => {
+                if !d.rfb.is_connected() {
+                    let why = format!("no rfb handshake with {addr} within {} s", HANDSHAKE_TIMEOUT.as_secs());
+                    life.send(ServerMsg::error("target_error", why.clone(), true));
+                    break End { code: "target_error", reason: why, from_control: false };
+                }
+                if let Some(end) = life.expired() {
+                    break end;
+                }
+            }
+        }
+    };
+    life.end(end).await;
+}
+
+async fn fail(mut life: Lifecycle, code: &'static str, why: String) {
+    tracing::warn!(code, error = %why, "Upstream connection failed");
+    life.send(ServerMsg::error(code, why.clone(), true));
+    life.finish(code, why, false).await;
+}
