@@ -34,8 +34,16 @@ async function waitText(page, needle, timeout = 15000) {
   await page.waitForFunction((n) => typeof window.porticoTerminalText === 'function' && window.porticoTerminalText().includes(n), needle, { timeout });
 }
 
+async function login(page, password) {
+  await page.goto(`${process.env.PORTICO_URL}/`);
+  await page.fill('#login-username', 'admin');
+  await page.fill('#login-password', password);
+  await page.click('#login-submit');
+  await page.waitForSelector('#conn-new', { timeout: 10000 });
+}
+
 function main(fn) {
   fn().then(() => process.exit(0), (e) => { console.error(e && e.stack || e); process.exit(1); });
 }
 
-module.exports = { launch, newPage, shot, waitState, waitText, main };
+module.exports = { launch, newPage, shot, waitState, waitText, login, main };

@@ -482,7 +482,6 @@ pub fn run_browser_script(script: &str, env: &[(&str, &str)], timeout: Duration)
     }
 }
 
-/// TigerVNC's Xvnc on 127.0.0.1: an X display whose framebuffer is served over RFB.
 /// A VNC server on its own X display: TigerVNC's Xvnc, or x11vnc serving an Xvfb.
 pub struct VncServer {
     pub port: u16,

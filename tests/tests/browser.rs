@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use portico_tests::client::Api;
-use portico_tests::peers::{Sshd, run_browser_script};
+use portico_tests::peers::{Sshd, VncServer, run_browser_script, wait_for};
 use portico_tests::portico::Portico;
 use reqwest::Method;
 use serde_json::json;
@@ -65,5 +65,56 @@ async fn connect_url_embeds_one_session_and_delete_closes_it() -> anyhow::Result
     )
     .map_err(|e| anyhow::anyhow!("{e:#}\nportico log:\n{}", p.log()))?;
     assert!(out.contains("closed-after-ms"), "{out}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vnc_desktop_in_the_browser_pixels_input_clipboard() -> anyhow::Result<()> {
+    let xvnc = VncServer::xvnc(Some("vnc-pw-1"), 1280, 800)?;
+    xvnc.x("xsetroot", &["-solid", "#2060a0"])?;
+    let _left = xvnc.spawn("xterm", &["-geometry", "40x10+0+0", "-title", "left", "-bg", "white"])?;
+    let _right = xvnc.spawn(
+        "xterm",
+        &["-geometry", "40x10+600+450", "-title", "right", "-bg", "white"],
+    )?;
+    wait_for("both xterms mapped", Duration::from_secs(20), || {
+        ["left", "right"]
+            .iter()
+            .all(|t| xvnc.x("xdotool", &["search", "--onlyvisible", "--name", t]).is_ok())
+    })?;
+    let select = xvnc.spawn("xdotool", &["selectwindow"])?;
+    let p = Portico::start()?;
+    let marker = marker_path("browser-vnc");
+    let clip = marker_path("browser-vnc-clip");
+    let port = xvnc.port.to_string();
+    let shots = std::env::var("PORTICO_SCREENSHOTS").unwrap_or_default();
+    let out = run_browser_script(
+        "vnc_e2e.js",
+        &[
+            ("PORTICO_URL", p.url.as_str()),
+            ("ADMIN_PASSWORD", p.admin_password.as_str()),
+            ("VNC_PORT", port.as_str()),
+            ("VNC_PASSWORD", "vnc-pw-1"),
+            ("MARKER_FILE", marker.as_str()),
+            ("CLIP_FILE", clip.as_str()),
+            ("SCREENSHOT_DIR", shots.as_str()),
+        ],
+        Duration::from_secs(120),
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}\nportico log:\n{}", p.log()))?;
+    let clicked = select.output(Duration::from_secs(5))?;
+    let right = xvnc.x("xdotool", &["search", "--onlyvisible", "--name", "right"])?;
+    assert_eq!(
+        clicked.trim(),
+        right.trim(),
+        "the click landed elsewhere; browser output:\n{out}"
+    );
+    let typed = std::fs::read_to_string(&marker).map_err(|e| anyhow::anyhow!("{e}: browser output:\n{out}"))?;
+    assert_eq!(typed.trim(), "typed-in-browser-42");
+    let pasted = std::fs::read_to_string(&clip).map_err(|e| anyhow::anyhow!("{e}: browser output:\n{out}"))?;
+    assert_eq!(pasted, "from-the-browser-7");
+    let _ = (std::fs::remove_file(&marker), std::fs::remove_file(&clip));
+    assert!(out.contains("remote clipboard reached the browser"), "{out}");
+    assert!(out.contains("authentication failed"), "{out}");
     Ok(())
 }

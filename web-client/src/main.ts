@@ -2,7 +2,7 @@
 
 import * as api from './api';
 import { mount, h, errorText } from './dom';
-import { openSession } from './terminal';
+import { openSession } from './session';
 import { showLogin, showMain } from './views';
 
 function embed(): void {

@@ -2,7 +2,7 @@
 
 import * as api from './api';
 import { h, mount, errorText } from './dom';
-import { openSession, type SessionTarget } from './terminal';
+import { openSession, type SessionTarget } from './session';
 
 const DEFAULT_PORTS: Record<string, number> = { ssh: 22, vnc: 5900, rdp: 3389 };
 
@@ -55,18 +55,29 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
   const err = h('div', { id: 'conn-error', class: 'error wide', role: 'alert' });
   const save = h('button', { id: 'conn-save', class: 'primary', type: 'submit' }, existing ? 'Save' : 'Create');
   const cancel = h('button', { id: 'conn-cancel', type: 'button' }, 'Cancel');
+  // Fields that mean nothing for the chosen protocol are hidden (VNC: a password only).
+  const userField = h('div', {}, h('label', { for: 'conn-username' }, 'User name'), username);
+  const sshFields = [
+    h('div', { class: 'wide' }, h('label', { for: 'conn-private-key' }, 'Private key (SSH)'), key),
+    h('div', { class: 'wide' }, h('label', { for: 'conn-host-key' }, 'Host key fingerprint (SHA256:…)'), hostKey),
+  ];
+  const showFields = () => {
+    userField.hidden = protocol.value === 'vnc';
+    for (const f of sshFields) f.hidden = protocol.value !== 'ssh';
+  };
   protocol.addEventListener('change', () => {
     if (Object.values(DEFAULT_PORTS).includes(Number(port.value))) port.value = String(DEFAULT_PORTS[protocol.value] ?? 22);
+    showFields();
   });
+  showFields();
   const form = h('form', { id: 'conn-form', class: 'editor' },
     h('div', {}, h('label', { for: 'conn-name' }, 'Name'), name),
     h('div', {}, h('label', { for: 'conn-protocol' }, 'Protocol'), protocol),
     h('div', {}, h('label', { for: 'conn-host' }, 'Host'), host),
     h('div', {}, h('label', { for: 'conn-port' }, 'Port'), port),
-    h('div', {}, h('label', { for: 'conn-username' }, 'User name'), username),
+    userField,
     h('div', {}, h('label', { for: 'conn-password' }, 'Password'), password),
-    h('div', { class: 'wide' }, h('label', { for: 'conn-private-key' }, 'Private key (SSH)'), key),
-    h('div', { class: 'wide' }, h('label', { for: 'conn-host-key' }, 'Host key fingerprint (SHA256:…)'), hostKey),
+    ...sshFields,
     err, h('div', { class: 'buttons' }, save, cancel));
   cancel.addEventListener('click', onCancel);
   form.addEventListener('submit', async (e) => {

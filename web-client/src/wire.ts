@@ -11,16 +11,29 @@ export const S_STATUS = 0x03;
 export const S_ERROR = 0x04;
 export const S_CLOSED = 0x05;
 export const S_PONG = 0x06;
+export const S_DISPLAY_SIZE = 0x20;
+export const S_IMAGE = 0x21;
+export const S_COPY = 0x22;
+export const S_FILL = 0x23;
+export const S_CURSOR = 0x24;
+export const S_FRAME_END = 0x25;
+export const S_REMOTE_CLIPBOARD = 0x40;
 
 export const C_TERM_INPUT = 0x81;
 export const C_RESIZE = 0x82;
 export const C_PING = 0x83;
+export const C_FRAME_ACK = 0x84;
+export const C_CLIPBOARD = 0x85;
 export const C_DISCONNECT = 0x86;
+export const C_KEY = 0x87;
+export const C_POINTER = 0x88;
 
 export interface Hello { session_id: string; protocol: string; resume_token: string; grace_seconds: number; reattached: boolean }
 export interface Status { state: string; message: string }
 export interface ErrorInfo { code: string; message: string; fatal: boolean }
 export interface Closed { code: string; reason: string }
+
+export interface Rect { x: number; y: number; w: number; h: number }
 
 export type ServerMsg =
   | { type: 'hello'; hello: Hello }
@@ -28,7 +41,14 @@ export type ServerMsg =
   | { type: 'status'; status: Status }
   | { type: 'error'; error: ErrorInfo }
   | { type: 'closed'; closed: Closed }
-  | { type: 'pong' };
+  | { type: 'pong' }
+  | { type: 'size'; width: number; height: number }
+  | { type: 'image'; rect: Rect; mime: string; data: Uint8Array<ArrayBuffer> }
+  | { type: 'copy'; sx: number; sy: number; rect: Rect }
+  | { type: 'fill'; rect: Rect; rgb: [number, number, number] }
+  | { type: 'cursor'; hotX: number; hotY: number; png: Uint8Array<ArrayBuffer> }
+  | { type: 'frame'; id: number }
+  | { type: 'clipboard'; text: string };
 
 const utf8 = new TextDecoder();
 
@@ -36,12 +56,33 @@ function json<T>(payload: Uint8Array): T {
   return JSON.parse(utf8.decode(payload)) as T;
 }
 
+function need(payload: Uint8Array, n: number, what: string): DataView {
+  if (payload.length < n) throw new Error(`short ${what} message`);
+  return new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+}
+
+function rect(v: DataView, at: number): Rect {
+  return { x: v.getUint16(at), y: v.getUint16(at + 2), w: v.getUint16(at + 4), h: v.getUint16(at + 6) };
+}
+
 export function decode(buf: ArrayBuffer): ServerMsg {
   const bytes = new Uint8Array(buf);
   if (bytes.length < 2) throw new Error('short message');
   if (bytes[0] !== VERSION) throw new Error(`unsupported protocol version ${bytes[0]}`);
   const payload = bytes.subarray(2);
+  let v: DataView;
   switch (bytes[1]) {
+    case S_DISPLAY_SIZE: v = need(payload, 4, 'size'); return { type: 'size', width: v.getUint16(0), height: v.getUint16(2) };
+    case S_IMAGE: {
+      v = need(payload, 9, 'image');
+      const mime = payload[8] === 2 ? 'image/jpeg' : 'image/png';
+      return { type: 'image', rect: rect(v, 0), mime, data: payload.slice(9) };
+    }
+    case S_COPY: v = need(payload, 12, 'copy'); return { type: 'copy', sx: v.getUint16(0), sy: v.getUint16(2), rect: rect(v, 4) };
+    case S_FILL: v = need(payload, 11, 'fill'); return { type: 'fill', rect: rect(v, 0), rgb: [payload[8], payload[9], payload[10]] };
+    case S_CURSOR: v = need(payload, 4, 'cursor'); return { type: 'cursor', hotX: v.getUint16(0), hotY: v.getUint16(2), png: payload.slice(4) };
+    case S_FRAME_END: v = need(payload, 4, 'frame end'); return { type: 'frame', id: v.getUint32(0) };
+    case S_REMOTE_CLIPBOARD: return { type: 'clipboard', text: utf8.decode(payload) };
     case S_HELLO: return { type: 'hello', hello: json<Hello>(payload) };
     case S_TERM_OUTPUT: return { type: 'output', data: payload };
     case S_STATUS: return { type: 'status', status: json<Status>(payload) };
@@ -85,4 +126,30 @@ export function ping(): Uint8Array<ArrayBuffer> {
 
 export function disconnect(): Uint8Array<ArrayBuffer> {
   return frame(C_DISCONNECT);
+}
+
+export function frameAck(id: number): Uint8Array<ArrayBuffer> {
+  const p = new Uint8Array(4);
+  new DataView(p.buffer).setUint32(0, id);
+  return frame(C_FRAME_ACK, p);
+}
+
+export function key(keysym: number, down: boolean): Uint8Array<ArrayBuffer> {
+  const p = new Uint8Array(5);
+  new DataView(p.buffer).setUint32(0, keysym);
+  p[4] = down ? 1 : 0;
+  return frame(C_KEY, p);
+}
+
+export function pointer(x: number, y: number, buttons: number): Uint8Array<ArrayBuffer> {
+  const p = new Uint8Array(5);
+  const v = new DataView(p.buffer);
+  v.setUint16(0, Math.max(0, Math.min(65535, Math.round(x))));
+  v.setUint16(2, Math.max(0, Math.min(65535, Math.round(y))));
+  p[4] = buttons;
+  return frame(C_POINTER, p);
+}
+
+export function clipboard(text: string): Uint8Array<ArrayBuffer> {
+  return frame(C_CLIPBOARD, utf8enc.encode(text));
 }

@@ -1,0 +1,98 @@
+// VNC in the browser: create the connection in the UI, see the desktop on the canvas (pixel truth, fit to
+// window), click and type into remote xterms (input truth), clipboard both ways, a wrong password.
+'use strict';
+const { launch, newPage, shot, waitState, login, main } = require('./lib');
+const env = process.env;
+
+async function createConnection(page, name, password) {
+  await page.click('#conn-new');
+  await page.waitForSelector('#conn-form');
+  await page.fill('#conn-name', name);
+  await page.selectOption('#conn-protocol', 'vnc');
+  await page.fill('#conn-host', '127.0.0.1');
+  await page.fill('#conn-port', env.VNC_PORT);
+  await page.fill('#conn-password', password);
+  await page.click('#conn-save');
+  await page.locator(`tr.conn-row[data-name="${name}"]`).waitFor({ timeout: 10000 });
+}
+
+const pixel = (page, x, y) => page.evaluate(([px, py]) => window.porticoCanvasPixel(px, py), [x, y]);
+
+async function waitPixel(page, x, y, rgb, timeout = 15000) {
+  await page.waitForFunction(([px, py, want]) => {
+    const got = window.porticoCanvasPixel?.(px, py);
+    return !!got && window.porticoDisplay.frames > 0 && got.every((v, i) => Math.abs(v - want[i]) <= 2);
+  }, [x, y, rgb], { timeout }).catch(async (e) => {
+    throw new Error(`pixel at ${x},${y}: wanted ${rgb}, have ${await pixel(page, x, y)} (${e.message})`);
+  });
+}
+
+/** Page coordinates of a remote pixel (the canvas may be scaled to fit the window). */
+async function at(page, x, y) {
+  return page.evaluate(([rx, ry]) => {
+    const c = document.querySelector('#display');
+    const r = c.getBoundingClientRect();
+    return { x: r.left + ((rx + 0.5) * r.width) / c.width, y: r.top + ((ry + 0.5) * r.height) / c.height };
+  }, [x, y]);
+}
+
+main(async () => {
+  const browser = await launch();
+  const page = await newPage(browser);
+  await page.context().grantPermissions(['clipboard-read', 'clipboard-write'], { origin: env.PORTICO_URL });
+  await login(page, env.ADMIN_PASSWORD);
+  await createConnection(page, 'e2e vnc', env.VNC_PASSWORD);
+  await createConnection(page, 'e2e vnc wrong', 'wrongpw1');
+
+  await page.locator('tr.conn-row[data-name="e2e vnc"] .conn-open').click();
+  await waitState(page, 'connected');
+  // Pixel truth: the root colour and the two white xterms where the harness put them.
+  await waitPixel(page, 1000, 20, [0x20, 0x60, 0xa0]);
+  await waitPixel(page, 100, 60, [255, 255, 255]);
+  await waitPixel(page, 700, 500, [255, 255, 255]);
+  const fit = await page.evaluate(() => {
+    const c = document.querySelector('#display').getBoundingClientRect();
+    const w = document.querySelector('#display-wrap').getBoundingClientRect();
+    return { c: [c.width, c.height], w: [w.width, w.height], remote: [window.porticoDisplay.width, window.porticoDisplay.height] };
+  });
+  if (fit.c[0] > fit.w[0] + 1 || fit.c[1] > fit.w[1] + 1) throw new Error(`canvas does not fit: ${JSON.stringify(fit)}`);
+  console.log(`display ${fit.remote.join('x')} shown at ${fit.c.map(Math.round).join('x')}`);
+  await shot(page, 'vnc-desktop');
+
+  // The first click is taken by `xdotool selectwindow` on the remote side: it reports the window under it.
+  let p = await at(page, 700, 500);
+  await page.mouse.click(p.x, p.y);
+  // Keyboard: focus follows the pointer on a desktop without a window manager.
+  p = await at(page, 100, 60);
+  await page.mouse.move(p.x, p.y);
+  await page.mouse.move(p.x + 3, p.y + 3);
+  await page.keyboard.type(`echo typed-in-browser-$((6*7)) > ${env.MARKER_FILE}\n`);
+  await page.keyboard.type(`printf remote-clip-42 | xclip -i -selection clipboard\n`);
+  await page.waitForFunction(() => window.porticoDisplay.clipboard === 'remote-clip-42', null, { timeout: 15000 });
+  const panel = await page.evaluate(() => document.querySelector('#clipboard-text').value);
+  if (panel !== 'remote-clip-42') throw new Error(`clipboard panel shows ${panel}`);
+  console.log('remote clipboard reached the browser');
+
+  await page.click('#clipboard-toggle');
+  await page.fill('#clipboard-text', 'from-the-browser-7');
+  await page.click('#clipboard-send');
+  p = await at(page, 100, 60);
+  await page.mouse.move(p.x, p.y);
+  await page.keyboard.type(`xclip -o -selection clipboard > ${env.CLIP_FILE}\n`);
+  await shot(page, 'vnc-typed');
+
+  // Special keys menu and fullscreen control exist and do not break the session.
+  await page.selectOption('#special-keys', { label: 'Ctrl+Alt+Del' });
+  await page.selectOption('#display-scale', 'actual');
+  await waitPixel(page, 1000, 20, [0x20, 0x60, 0xa0]);
+  await page.click('#session-end');
+  await waitState(page, 'closed');
+  await page.click('#session-back');
+
+  await page.locator('tr.conn-row[data-name="e2e vnc wrong"] .conn-open').click();
+  await waitState(page, 'closed', 30000);
+  const status = await page.textContent('#session-status');
+  if (!/authentication failed/.test(status)) throw new Error(`expected an authentication error, got: ${status}`);
+  console.log(`status: ${status}`);
+  await browser.close();
+});

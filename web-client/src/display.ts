@@ -1,0 +1,389 @@
+// The display view (VNC, RDP, containers): draws the bridge's frames on a canvas and sends keyboard,
+// pointer and clipboard input.
+//
+// Frames: images are decoded as soon as they arrive with createImageBitmap (Chromium decodes off the main
+// thread), and a frame is drawn in one go when its FRAME_END arrives and all its images are decoded, in
+// order; then it is acknowledged. The bridge sends at most two unacknowledged frames, so a slow browser
+// makes the bridge merge damage instead of queueing it.
+
+import { h } from './dom';
+import * as wire from './wire';
+import { keysymOf, SPECIAL_KEYS } from './keysym';
+import type { Send, State, View } from './session';
+
+declare global {
+  interface Window {
+    /** Diagnostics for tests: one pixel of the canvas as [r, g, b]. */
+    porticoCanvasPixel?: (x: number, y: number) => number[];
+    /** Diagnostics for tests: frames drawn and the remote size. */
+    porticoDisplay?: { frames: number; width: number; height: number; clipboard: string };
+  }
+}
+
+type Op =
+  | { kind: 'size'; width: number; height: number }
+  | { kind: 'image'; rect: wire.Rect; bitmap: Promise<ImageBitmap | null> }
+  | { kind: 'copy'; sx: number; sy: number; rect: wire.Rect }
+  | { kind: 'fill'; rect: wire.Rect; color: string }
+  | { kind: 'cursor'; css: string };
+
+type Scale = 'fit' | 'actual' | 'remote';
+
+function base64(bytes: Uint8Array): string {
+  let s = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(s);
+}
+
+/** DOM mouse buttons (1 left, 2 right, 4 middle) → RFB mask (1 left, 2 middle, 4 right). */
+function rfbButtons(domButtons: number): number {
+  return (domButtons & 1) | ((domButtons & 4) >> 1) | ((domButtons & 2) << 1);
+}
+
+export class DisplayView implements View {
+  readonly controls: HTMLElement[];
+  private readonly canvas: HTMLCanvasElement;
+  private readonly ctx: CanvasRenderingContext2D;
+  private readonly wrap: HTMLElement;
+  private readonly overlay: HTMLElement;
+  private readonly clipText: HTMLTextAreaElement;
+  private readonly clipPanel: HTMLElement;
+  private readonly observer: ResizeObserver;
+  private width = 0;
+  private height = 0;
+  private frames = 0;
+  private pending: Op[] = [];
+  private chain: Promise<void> = Promise.resolve();
+  private scale: Scale = 'fit';
+  private pressed = new Map<string, number>();
+  private buttons = 0;
+  private move: { x: number; y: number } | null = null;
+  private moveScheduled = false;
+  private last = { x: 0, y: 0 };
+  private wheelAcc = 0;
+  private lastClipboard = '';
+  /** The last write to the local clipboard (a read on focus waits for it). */
+  private clipWrite: Promise<void> = Promise.resolve();
+  private pendingPasteKey: { code: string; keysym: number; timer: number } | null = null;
+  private resizeTimer: number | undefined;
+  private disposed = false;
+
+  constructor(stage: HTMLElement, private readonly send: Send) {
+    this.canvas = h('canvas', { id: 'display', tabindex: '0' });
+    const ctx = this.canvas.getContext('2d', { alpha: false });
+    if (!ctx) throw new Error('no 2d canvas');
+    this.ctx = ctx;
+    this.overlay = h('div', { id: 'display-overlay' });
+    this.wrap = h('div', { id: 'display-wrap' }, this.canvas, this.overlay);
+    this.clipText = h('textarea', { id: 'clipboard-text', placeholder: 'Text to send to the remote clipboard; text copied there appears here.' });
+    const clipSend = h('button', { id: 'clipboard-send' }, 'Send to remote');
+    this.clipPanel = h('div', { id: 'clipboard-panel', hidden: true }, this.clipText, clipSend);
+    stage.replaceChildren(this.wrap, this.clipPanel);
+
+    const scaleSel = h('select', { id: 'display-scale', title: 'Display size' },
+      h('option', { value: 'fit' }, 'Fit to window'),
+      h('option', { value: 'actual' }, 'Actual size'),
+      h('option', { value: 'remote' }, 'Resize remote'));
+    const keysSel = h('select', { id: 'special-keys', title: 'Send special keys' }, h('option', { value: '' }, 'Keys…'),
+      ...SPECIAL_KEYS.map(([name], i) => h('option', { value: String(i) }, name)));
+    const clipBtn = h('button', { id: 'clipboard-toggle' }, 'Clipboard');
+    const fullBtn = h('button', { id: 'fullscreen' }, 'Fullscreen');
+    this.controls = [scaleSel, keysSel, clipBtn, fullBtn];
+
+    scaleSel.addEventListener('change', () => {
+      this.scale = scaleSel.value as Scale;
+      this.layout();
+      if (this.scale === 'remote') this.requestRemoteSize();
+      this.canvas.focus();
+    });
+    keysSel.addEventListener('change', () => {
+      const combo = SPECIAL_KEYS[Number(keysSel.value)];
+      keysSel.value = '';
+      if (!combo) return;
+      for (const k of combo[1]) send(wire.key(k, true));
+      for (const k of [...combo[1]].reverse()) send(wire.key(k, false));
+      this.canvas.focus();
+    });
+    clipBtn.addEventListener('click', () => {
+      this.clipPanel.hidden = !this.clipPanel.hidden;
+      if (!this.clipPanel.hidden) this.clipText.focus();
+    });
+    clipSend.addEventListener('click', () => {
+      this.sendClipboard(this.clipText.value);
+      this.canvas.focus();
+    });
+    fullBtn.addEventListener('click', () => {
+      const root = stage.closest('.session') ?? stage;
+      if (document.fullscreenElement) void document.exitFullscreen();
+      else void root.requestFullscreen().then(() => {
+        // Keep Escape, Alt+Tab and friends for the remote desktop where the browser allows it.
+        const kb = (navigator as unknown as { keyboard?: { lock?: () => Promise<void> } }).keyboard;
+        void kb?.lock?.().catch(() => undefined);
+      }, () => undefined);
+      this.canvas.focus();
+    });
+
+    this.bindInput();
+    this.observer = new ResizeObserver(() => {
+      this.layout();
+      if (this.scale === 'remote') this.requestRemoteSize();
+    });
+    this.observer.observe(stage);
+
+    window.porticoCanvasPixel = (x, y) => Array.from(this.ctx.getImageData(x, y, 1, 1).data.subarray(0, 3));
+    window.porticoDisplay = { frames: 0, width: 0, height: 0, clipboard: '' };
+  }
+
+  attached(reattached: boolean): void {
+    // The bridge sends the whole screen after every attach; frames of the old connection are void.
+    if (reattached) this.pending = [];
+    if (this.scale === 'remote') this.requestRemoteSize();
+  }
+
+  handle(msg: wire.ServerMsg): void {
+    switch (msg.type) {
+      case 'size':
+        this.pending.push({ kind: 'size', width: msg.width, height: msg.height });
+        break;
+      case 'image': {
+        const bitmap = createImageBitmap(new Blob([msg.data], { type: msg.mime })).catch((e: unknown) => {
+          console.warn('portico: undecodable image', e);
+          return null;
+        });
+        this.pending.push({ kind: 'image', rect: msg.rect, bitmap });
+        break;
+      }
+      case 'copy':
+        this.pending.push({ kind: 'copy', sx: msg.sx, sy: msg.sy, rect: msg.rect });
+        break;
+      case 'fill':
+        this.pending.push({ kind: 'fill', rect: msg.rect, color: `rgb(${msg.rgb[0]},${msg.rgb[1]},${msg.rgb[2]})` });
+        break;
+      case 'cursor': {
+        const css = msg.png.length ? `url(data:image/png;base64,${base64(msg.png)}) ${msg.hotX} ${msg.hotY}, default` : 'none';
+        this.pending.push({ kind: 'cursor', css });
+        break;
+      }
+      case 'frame': {
+        const ops = this.pending;
+        this.pending = [];
+        const id = msg.id;
+        this.chain = this.chain.then(async () => {
+          const bitmaps = await Promise.all(ops.map((op) => (op.kind === 'image' ? op.bitmap : null)));
+          if (this.disposed) return;
+          ops.forEach((op, i) => this.apply(op, bitmaps[i]));
+          this.frames++;
+          if (window.porticoDisplay) window.porticoDisplay.frames = this.frames;
+          this.send(wire.frameAck(id));
+        });
+        break;
+      }
+      case 'clipboard':
+        this.remoteClipboard(msg.text);
+        break;
+      default:
+        break;
+    }
+  }
+
+  private apply(op: Op, bitmap: ImageBitmap | null): void {
+    const ctx = this.ctx;
+    switch (op.kind) {
+      case 'size':
+        this.width = op.width;
+        this.height = op.height;
+        this.canvas.width = op.width;
+        this.canvas.height = op.height;
+        if (window.porticoDisplay) Object.assign(window.porticoDisplay, { width: op.width, height: op.height });
+        this.layout();
+        break;
+      case 'image':
+        if (bitmap) {
+          ctx.drawImage(bitmap, op.rect.x, op.rect.y);
+          bitmap.close();
+        }
+        break;
+      case 'copy':
+        ctx.drawImage(this.canvas, op.sx, op.sy, op.rect.w, op.rect.h, op.rect.x, op.rect.y, op.rect.w, op.rect.h);
+        break;
+      case 'fill':
+        ctx.fillStyle = op.color;
+        ctx.fillRect(op.rect.x, op.rect.y, op.rect.w, op.rect.h);
+        break;
+      case 'cursor':
+        this.canvas.style.cursor = op.css;
+        break;
+    }
+  }
+
+  /** Size the canvas element for the scaling mode (the canvas keeps the remote resolution). */
+  private layout(): void {
+    if (!this.width || !this.height) return;
+    const box = this.wrap.getBoundingClientRect();
+    let s = 1;
+    if (this.scale === 'fit' && box.width > 0 && box.height > 0) s = Math.min(box.width / this.width, box.height / this.height);
+    this.canvas.style.width = `${Math.floor(this.width * s)}px`;
+    this.canvas.style.height = `${Math.floor(this.height * s)}px`;
+    this.wrap.classList.toggle('scroll', this.scale !== 'fit');
+  }
+
+  /** Ask the remote side to take the size of the window (servers with ExtendedDesktopSize or RDP). */
+  private requestRemoteSize(): void {
+    window.clearTimeout(this.resizeTimer);
+    this.resizeTimer = window.setTimeout(() => {
+      const box = this.wrap.getBoundingClientRect();
+      const w = Math.floor(box.width) & ~1;
+      const hgt = Math.floor(box.height) & ~1;
+      if (w >= 200 && hgt >= 200 && (w !== this.width || hgt !== this.height)) this.send(wire.resize(0, 0, w, hgt));
+    }, 250);
+  }
+
+  private toRemote(e: MouseEvent): { x: number; y: number } {
+    const r = this.canvas.getBoundingClientRect();
+    const x = ((e.clientX - r.left) * this.width) / Math.max(1, r.width);
+    const y = ((e.clientY - r.top) * this.height) / Math.max(1, r.height);
+    return { x: Math.max(0, Math.min(this.width - 1, Math.floor(x))), y: Math.max(0, Math.min(this.height - 1, Math.floor(y))) };
+  }
+
+  private flushMove(): void {
+    this.moveScheduled = false;
+    if (!this.move) return;
+    this.last = this.move;
+    this.move = null;
+    this.send(wire.pointer(this.last.x, this.last.y, this.buttons));
+  }
+
+  private bindInput(): void {
+    const c = this.canvas;
+    c.addEventListener('contextmenu', (e) => e.preventDefault());
+    c.addEventListener('pointermove', (e) => {
+      // Moves are coalesced to one per animation frame; button changes go at once.
+      this.move = this.toRemote(e);
+      if (!this.moveScheduled) {
+        this.moveScheduled = true;
+        requestAnimationFrame(() => this.flushMove());
+      }
+    });
+    const buttonEvent = (e: PointerEvent) => {
+      e.preventDefault();
+      if (e.type === 'pointerdown') {
+        c.focus();
+        c.setPointerCapture(e.pointerId);
+      }
+      this.move = null;
+      this.last = this.toRemote(e);
+      this.buttons = rfbButtons(e.buttons);
+      this.send(wire.pointer(this.last.x, this.last.y, this.buttons));
+    };
+    c.addEventListener('pointerdown', buttonEvent);
+    c.addEventListener('pointerup', buttonEvent);
+    c.addEventListener('wheel', (e) => {
+      e.preventDefault();
+      const px = e.deltaMode === 1 ? e.deltaY * 40 : e.deltaMode === 2 ? e.deltaY * 400 : e.deltaY;
+      this.wheelAcc += px;
+      const pos = this.toRemote(e);
+      while (Math.abs(this.wheelAcc) >= 50) {
+        const bit = this.wheelAcc < 0 ? 8 : 16;
+        this.wheelAcc -= Math.sign(this.wheelAcc) * 50;
+        this.send(wire.pointer(pos.x, pos.y, this.buttons | bit));
+        this.send(wire.pointer(pos.x, pos.y, this.buttons));
+      }
+    }, { passive: false });
+
+    c.addEventListener('keydown', (e) => {
+      const keysym = keysymOf(e);
+      if (keysym === null) return;
+      const id = e.code || e.key;
+      if ((e.ctrlKey || e.metaKey) && !e.altKey && e.key.toLowerCase() === 'v') {
+        // Let the browser run its paste, so the remote clipboard is updated before the remote sees Ctrl+V.
+        this.flushPasteKey();
+        this.pressed.set(id, keysym);
+        const timer = window.setTimeout(() => this.flushPasteKey(), 150);
+        this.pendingPasteKey = { code: id, keysym, timer };
+        return;
+      }
+      e.preventDefault();
+      this.pressed.set(id, keysym);
+      this.send(wire.key(keysym, true));
+    });
+    c.addEventListener('keyup', (e) => {
+      const id = e.code || e.key;
+      if (this.pendingPasteKey?.code === id) this.flushPasteKey();
+      const keysym = this.pressed.get(id) ?? keysymOf(e);
+      this.pressed.delete(id);
+      if (keysym === null) return;
+      e.preventDefault();
+      this.send(wire.key(keysym, false));
+    });
+    c.addEventListener('paste', (e) => {
+      const text = e.clipboardData?.getData('text/plain');
+      if (text) this.sendClipboard(text);
+      e.preventDefault();
+      this.flushPasteKey();
+    });
+    c.addEventListener('blur', () => this.releaseAll());
+    c.addEventListener('focus', () => {
+      // Seamless clipboard where the browser allows reading it (Chromium with permission).
+      void this.clipWrite
+        .then(() => navigator.clipboard?.readText?.())
+        .then((t) => {
+          if (t && t !== this.lastClipboard) this.sendClipboard(t);
+        }, () => undefined);
+    });
+  }
+
+  private flushPasteKey(): void {
+    const p = this.pendingPasteKey;
+    if (!p) return;
+    this.pendingPasteKey = null;
+    window.clearTimeout(p.timer);
+    this.send(wire.key(p.keysym, true));
+  }
+
+  /** Release every key still down (focus left the canvas: the remote must not see a stuck key). */
+  private releaseAll(): void {
+    this.flushPasteKey();
+    for (const keysym of this.pressed.values()) this.send(wire.key(keysym, false));
+    this.pressed.clear();
+    if (this.buttons) {
+      this.buttons = 0;
+      this.send(wire.pointer(this.last.x, this.last.y, 0));
+    }
+  }
+
+  private sendClipboard(text: string): void {
+    this.lastClipboard = text;
+    this.clipText.value = text;
+    this.send(wire.clipboard(text));
+    this.writeLocal(text);
+  }
+
+  /** Keep the browser's clipboard equal to the remote one where the browser allows it. */
+  private writeLocal(text: string): void {
+    if (!document.hasFocus() || !navigator.clipboard?.writeText) return;
+    this.clipWrite = navigator.clipboard.writeText(text).catch(() => undefined);
+  }
+
+  private remoteClipboard(text: string): void {
+    this.lastClipboard = text;
+    this.clipText.value = text;
+    if (window.porticoDisplay) window.porticoDisplay.clipboard = text;
+    this.writeLocal(text);
+  }
+
+  state(state: State, text: string): void {
+    this.overlay.textContent = text;
+    this.overlay.hidden = state === 'connected';
+    if (state === 'closed') this.releaseAll();
+  }
+
+  focus(): void {
+    this.canvas.focus();
+  }
+
+  dispose(): void {
+    this.disposed = true;
+    this.observer.disconnect();
+    window.clearTimeout(this.resizeTimer);
+  }
+}

@@ -1,0 +1,199 @@
+// A session page: toolbar, connection state, the WebSocket to the bridge with automatic reattach, and the
+// view chosen by the session's protocol (terminal for SSH, canvas display for VNC and RDP).
+
+import { h, mount } from './dom';
+import * as wire from './wire';
+import { TerminalView } from './terminal';
+import { DisplayView } from './display';
+
+export interface SessionTarget {
+  sessionId: string;
+  token: string;
+  wsUrl: string;
+  title: string;
+}
+
+export interface SessionOptions {
+  /** Embedded (connect_url) page: no list to go back to, no credentials to start another session. */
+  embed: boolean;
+  onBack?: () => void;
+  /** Start a fresh session for the same connection (logged-in users). */
+  newSession?: () => Promise<SessionTarget>;
+  /** End the session through the API as well (logged-in users). */
+  endSession?: (id: string) => Promise<unknown>;
+}
+
+/** What a protocol's view does with the session. */
+export interface View {
+  /** Toolbar controls of this view. */
+  readonly controls: HTMLElement[];
+  /** A browser attached (again): reset what must be redrawn, report the size. */
+  attached(reattached: boolean): void;
+  /** Messages for the view (output, display, clipboard). */
+  handle(msg: wire.ServerMsg): void;
+  /** The connection state changed (`closed`: the session is over or failed; the text says why). */
+  state(state: State, text: string): void;
+  focus(): void;
+  dispose(): void;
+}
+
+export type Send = (bytes: Uint8Array<ArrayBuffer>) => void;
+
+declare global {
+  interface Window {
+    porticoSessionId?: string;
+    /** Diagnostics: drop the WebSocket as a network failure would (the client then reattaches). */
+    porticoDropConnection?: () => void;
+  }
+}
+
+export type State = 'connecting' | 'connected' | 'reconnecting' | 'closed';
+
+export function openSession(first: SessionTarget, opts: SessionOptions): void {
+  const status = h('span', { id: 'session-status', 'data-state': 'connecting' }, 'connecting…');
+  const reconnectBtn = h('button', { id: 'session-reconnect', hidden: true }, 'Reconnect');
+  const endBtn = h('button', { id: 'session-end', class: 'danger' }, 'End session');
+  const backBtn = h('button', { id: 'session-back', hidden: opts.embed }, '← Connections');
+  const title = h('span', { class: 'title' }, first.title);
+  const viewControls = h('span', { class: 'view-controls' });
+  const stage = h('div', { id: 'stage' });
+  const toolbar = h('div', { class: 'toolbar' }, backBtn, title, status, viewControls, reconnectBtn, endBtn);
+  mount(h('div', { class: 'session' }, toolbar, stage));
+
+  let target = first;
+  let ws: WebSocket | null = null;
+  let view: View | null = null;
+  let resumeToken: string | null = null;
+  let graceMs = 60_000;
+  let lostAt = 0;
+  let attempt = 0;
+  let finished = false;
+  let reconnectTimer: number | undefined;
+
+  const setState = (state: State, text: string) => {
+    status.dataset.state = state;
+    status.textContent = text;
+    status.title = text;
+    stage.dataset.state = state;
+    reconnectBtn.hidden = state !== 'closed' || !opts.newSession;
+    endBtn.hidden = state === 'closed';
+    view?.state(state, text);
+  };
+
+  const send: Send = (bytes) => {
+    if (ws && ws.readyState === WebSocket.OPEN) ws.send(bytes);
+  };
+
+  const finish = (text: string) => {
+    finished = true;
+    window.clearTimeout(reconnectTimer);
+    setState('closed', text);
+  };
+
+  const makeView = (protocol: string): View => {
+    view?.dispose();
+    const v = protocol === 'ssh' ? new TerminalView(stage, send) : new DisplayView(stage, send);
+    viewControls.replaceChildren(...v.controls);
+    return v;
+  };
+
+  const connect = (protocols: string[]) => {
+    let attached = false;
+    const sock = new WebSocket(target.wsUrl, protocols);
+    sock.binaryType = 'arraybuffer';
+    ws = sock;
+    sock.onmessage = (ev: MessageEvent) => {
+      if (!(ev.data instanceof ArrayBuffer)) return;
+      let msg: wire.ServerMsg;
+      try {
+        msg = wire.decode(ev.data);
+      } catch (e) {
+        console.warn('portico: undecodable message', e);
+        return;
+      }
+      switch (msg.type) {
+        case 'hello':
+          attached = true;
+          attempt = 0;
+          resumeToken = msg.hello.resume_token;
+          graceMs = msg.hello.grace_seconds * 1000;
+          window.porticoSessionId = msg.hello.session_id;
+          if (!view) view = makeView(msg.hello.protocol);
+          if (msg.hello.reattached) setState('connected', 'connected (reattached)');
+          view.attached(msg.hello.reattached);
+          view.focus();
+          break;
+        case 'status':
+          setState(msg.status.state === 'connected' ? 'connected' : 'connecting', msg.status.message);
+          break;
+        case 'error':
+          if (msg.error.fatal) finish(`closed: ${msg.error.message}`);
+          else console.warn(`portico: ${msg.error.message}`);
+          break;
+        case 'closed':
+          if (!finished) finish(`closed: ${msg.closed.reason}`);
+          break;
+        case 'pong':
+          break;
+        default:
+          view?.handle(msg);
+      }
+    };
+    sock.onclose = () => {
+      if (ws !== sock || finished) return;
+      ws = null;
+      if (!attached && !resumeToken) {
+        finish('closed: the session could not be opened (the link expired or was already used)');
+        return;
+      }
+      if (!lostAt) lostAt = Date.now();
+      if (Date.now() - lostAt > graceMs) {
+        finish('closed: connection lost');
+        return;
+      }
+      const delay = Math.min(5000, 500 * 2 ** attempt++);
+      setState('reconnecting', `reconnecting in ${(delay / 1000).toFixed(1)} s…`);
+      reconnectTimer = window.setTimeout(() => connect([wire.SUBPROTOCOL, wire.RESUME_PREFIX + resumeToken]), delay);
+    };
+    sock.onopen = () => {
+      lostAt = 0;
+    };
+  };
+
+  window.porticoDropConnection = () => ws?.close(4000, 'simulated network drop');
+  const pinger = window.setInterval(() => send(wire.ping()), 20_000);
+
+  endBtn.addEventListener('click', () => {
+    send(wire.disconnect());
+    finish('closed: ended');
+    if (opts.endSession) void opts.endSession(target.sessionId).catch(() => undefined);
+  });
+  backBtn.addEventListener('click', () => {
+    if (!finished) send(wire.disconnect());
+    finished = true;
+    window.clearInterval(pinger);
+    ws?.close();
+    view?.dispose();
+    opts.onBack?.();
+  });
+  reconnectBtn.addEventListener('click', async () => {
+    if (!opts.newSession) return;
+    try {
+      target = await opts.newSession();
+      finished = false;
+      resumeToken = null;
+      lostAt = 0;
+      attempt = 0;
+      view?.dispose();
+      view = null;
+      viewControls.replaceChildren();
+      setState('connecting', 'connecting…');
+      connect([wire.SUBPROTOCOL, wire.TOKEN_PREFIX + target.token]);
+    } catch (e) {
+      setState('closed', `closed: ${e instanceof Error ? e.message : String(e)}`);
+    }
+  });
+
+  setState('connecting', 'connecting…');
+  connect([wire.SUBPROTOCOL, wire.TOKEN_PREFIX + target.token]);
+}
