@@ -62,6 +62,20 @@ impl Framebuffer {
         }
     }
 
+    /// Fill `r` with one colour; ignored when out of bounds.
+    pub fn fill(&mut self, r: &Rect, rgb: [u8; 3]) {
+        if !self.contains(r) {
+            return;
+        }
+        let px = [rgb[0], rgb[1], rgb[2], 255];
+        for row in 0..r.height {
+            let range = self.row_range(r.x, r.y + row, r.width);
+            for p in self.rgba[range].chunks_exact_mut(4) {
+                p.copy_from_slice(&px);
+            }
+        }
+    }
+
     /// Copy `r`-sized pixels from `(src_x, src_y)` to `(r.x, r.y)`, overlap-safe.
     pub fn copy(&mut self, src_x: u16, src_y: u16, r: &Rect) {
         let src = Rect {
@@ -171,13 +185,20 @@ impl Frame {
         self.ops.push(Op::Msg(ServerMsg::Copy { src_x, src_y, rect: r }));
     }
 
+    /// A solid rectangle: applied to the framebuffer and sent as a fill in its place.
+    pub fn fill(&mut self, fb: &mut Framebuffer, r: Rect, rgb: [u8; 3]) {
+        fb.fill(&r, rgb);
+        self.ops.push(Op::Msg(ServerMsg::Fill { rect: r, rgb }));
+    }
+
     /// A message that keeps its place among the frame's operations.
     pub fn message(&mut self, msg: ServerMsg) {
         self.ops.push(Op::Msg(msg));
     }
 
-    /// Close the frame: capture the remaining damage and encode everything (on the shared pool).
-    pub async fn finish(mut self, fb: &Framebuffer) -> Vec<ServerMsg> {
+    /// Close the frame: capture the remaining damage and encode everything (on the shared pool), lossy
+    /// regions at the quality `level`.
+    pub async fn finish(mut self, fb: &Framebuffer, level: u8) -> Vec<ServerMsg> {
         self.flush(fb);
         let ops = self.ops;
         let permit = encode_pool().clone().acquire_owned().await;
@@ -186,7 +207,7 @@ impl Frame {
             ops.into_iter()
                 .map(|op| match op {
                     Op::Msg(m) => m,
-                    Op::Pixels(r, rgba) => encode_rect(r, &rgba),
+                    Op::Pixels(r, rgba) => encode_rect(r, &rgba, level),
                 })
                 .collect::<Vec<_>>()
         })
@@ -204,11 +225,49 @@ fn encode_pool() -> &'static Arc<Semaphore> {
     })
 }
 
-/// A fill for solid pixels, else a PNG.
-pub fn encode_rect(rect: Rect, rgba: &[u8]) -> ServerMsg {
+/// Regions smaller than this many pixels are always lossless (text, icons).
+const LOSSY_MIN_PIXELS: usize = 64 * 64;
+/// More distinct colours than this among the sampled pixels mark a region as photographic.
+const LOSSY_MIN_COLOURS: usize = 96;
+
+/// Whether a region looks photographic: many distinct colours among up to 1024 sampled pixels. Text and
+/// UI have few colours (antialiasing adds a few dozen), photos and video have hundreds.
+fn photographic(rgba: &[u8]) -> bool {
+    let pixels = rgba.len() / 4;
+    if pixels < LOSSY_MIN_PIXELS {
+        return false;
+    }
+    let step = (pixels / 1024).max(1);
+    let mut seen = std::collections::HashSet::with_capacity(256);
+    for i in (0..pixels).step_by(step) {
+        let p = &rgba[i * 4..i * 4 + 3];
+        seen.insert([p[0], p[1], p[2]]);
+        if seen.len() > LOSSY_MIN_COLOURS {
+            return true;
+        }
+    }
+    false
+}
+
+/// A fill for solid pixels, JPEG for photographic regions (at the quality `level` 0..=9), else a PNG.
+pub fn encode_rect(rect: Rect, rgba: &[u8], level: u8) -> ServerMsg {
     let first = [rgba[0], rgba[1], rgba[2]];
     if rgba.chunks_exact(4).all(|p| p[..3] == first) {
         return ServerMsg::Fill { rect, rgb: first };
+    }
+    if photographic(rgba) {
+        let mut data = Vec::new();
+        let enc = jpeg_encoder::Encoder::new(&mut data, jpeg_quality(level));
+        if enc
+            .encode(rgba, rect.width, rect.height, jpeg_encoder::ColorType::Rgba)
+            .is_ok()
+        {
+            return ServerMsg::Image {
+                rect,
+                format: ImageFormat::Jpeg,
+                data,
+            };
+        }
     }
     let mut rgb = Vec::with_capacity(rgba.len() / 4 * 3);
     for p in rgba.chunks_exact(4) {
@@ -219,6 +278,82 @@ pub fn encode_rect(rect: Rect, rgba: &[u8]) -> ServerMsg {
         format: ImageFormat::Png,
         data: png(rect.width, rect.height, &rgb, png::ColorType::Rgb),
     }
+}
+
+/// The JPEG quality (1..=100) of a quality level (0..=9), close to TigerVNC's scale.
+pub fn jpeg_quality(level: u8) -> u8 {
+    30 + level.min(9) * 8
+}
+
+/// The quality level of lossy regions, from how fast the browser acknowledges frames: slow acks (a slow
+/// link or a busy browser) lower it, fast acks raise it back. Sans-IO: acks and time in, levels out.
+pub struct QualityControl {
+    level: u8,
+    max: u8,
+    ewma_ms: f64,
+    last_change: Option<std::time::Instant>,
+}
+
+impl QualityControl {
+    /// Never below this level.
+    pub const MIN: u8 = 2;
+    /// Acknowledgements slower than this (smoothed) lower the quality.
+    pub const SLOW_MS: f64 = 150.0;
+    /// Acknowledgements faster than this (smoothed) raise it.
+    pub const FAST_MS: f64 = 40.0;
+
+    pub fn new(max: u8) -> Self {
+        QualityControl {
+            level: max,
+            max,
+            ewma_ms: 0.0,
+            last_change: None,
+        }
+    }
+
+    pub fn level(&self) -> u8 {
+        self.level
+    }
+
+    /// A frame was acknowledged `rtt` after it was sent; returns the new level when it changes. Lowers at
+    /// most once a second, raises at most once every three seconds.
+    pub fn on_ack(&mut self, rtt: std::time::Duration, now: std::time::Instant) -> Option<u8> {
+        self.ewma_ms = 0.8 * self.ewma_ms + 0.2 * rtt.as_secs_f64() * 1000.0;
+        let since = self
+            .last_change
+            .map_or(std::time::Duration::MAX, |t| now.saturating_duration_since(t));
+        let next = if self.ewma_ms > Self::SLOW_MS && self.level > Self::MIN && since.as_secs() >= 1 {
+            self.level - 1
+        } else if self.ewma_ms < Self::FAST_MS && self.level < self.max && since.as_secs() >= 3 {
+            self.level + 1
+        } else {
+            return None;
+        };
+        self.level = next;
+        self.last_change = Some(now);
+        Some(next)
+    }
+}
+
+/// Decode a JPEG of exactly `width` x `height` to RGBA on the shared pool: the bytes back, and the pixels
+/// if it is one.
+pub async fn decode_jpeg(data: Vec<u8>, width: u16, height: u16) -> (Vec<u8>, Option<Vec<u8>>) {
+    let permit = encode_pool().clone().acquire_owned().await;
+    let res = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        use zune_jpeg::zune_core::{colorspace::ColorSpace, options::DecoderOptions};
+        let opts = DecoderOptions::default()
+            .jpeg_set_out_colorspace(ColorSpace::RGBA)
+            .set_max_width(usize::from(width))
+            .set_max_height(usize::from(height));
+        let mut dec = zune_jpeg::JpegDecoder::new_with_options(std::io::Cursor::new(&data), opts);
+        let rgba = dec.decode().ok();
+        let size_ok = dec.dimensions() == Some((usize::from(width), usize::from(height)));
+        let rgba = rgba.filter(|px| size_ok && px.len() == usize::from(width) * usize::from(height) * 4);
+        (data, rgba)
+    })
+    .await;
+    res.unwrap_or_default()
 }
 
 /// PNG with the fastest deflate level (the browser decodes it natively).
@@ -273,7 +408,7 @@ mod tests {
         frame.copy(&mut fb, 0, 0, rect(2, 1, 2, 1));
         fb.put(&rect(3, 0, 1, 1), &[7, 7, 7, 255]);
         frame.damage(rect(3, 0, 1, 1));
-        let msgs = frame.finish(&fb).await;
+        let msgs = frame.finish(&fb, 6).await;
         assert!(matches!(
             msgs[0],
             ServerMsg::Image {
@@ -295,6 +430,62 @@ mod tests {
             }
         );
         assert_eq!(fb.extract(&rect(2, 1, 2, 1)), [9, 9, 9, 255, 8, 8, 8, 255]);
+    }
+
+    #[test]
+    fn slow_acks_lower_the_quality_and_fast_acks_raise_it() {
+        let t0 = std::time::Instant::now();
+        let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);
+        let mut q = QualityControl::new(6);
+        let slow = std::time::Duration::from_millis(400);
+        let fast = std::time::Duration::from_millis(5);
+        let mut levels = Vec::new();
+        for i in 0..40 {
+            if let Some(l) = q.on_ack(slow, at(i * 100)) {
+                levels.push(l);
+            }
+        }
+        // Down one level per second at most, never below the floor.
+        assert_eq!(levels, [5, 4, 3, 2]);
+        assert_eq!(q.level(), QualityControl::MIN);
+        let mut ups = Vec::new();
+        for i in 40..200 {
+            if let Some(l) = q.on_ack(fast, at(i * 100)) {
+                ups.push((l, i));
+            }
+        }
+        assert_eq!(ups.iter().map(|u| u.0).collect::<Vec<_>>(), [3, 4, 5, 6]);
+        assert!(
+            ups.windows(2).all(|w| w[1].1 - w[0].1 >= 30),
+            "raised faster than every 3 s: {ups:?}"
+        );
+    }
+
+    #[test]
+    fn photographic_regions_are_lossy_text_is_not() {
+        let r = rect(0, 0, 128, 64);
+        // Two-colour "text": lossless PNG.
+        let text: Vec<u8> = (0..128 * 64)
+            .flat_map(|i| if i % 7 == 0 { [0, 0, 0, 255] } else { [255; 4] })
+            .collect();
+        assert!(matches!(
+            encode_rect(r, &text, 6),
+            ServerMsg::Image {
+                format: ImageFormat::Png,
+                ..
+            }
+        ));
+        // Many colours: JPEG.
+        let photo: Vec<u8> = (0..128u32 * 64)
+            .flat_map(|i| [(i * 7) as u8, (i * 13 / 64) as u8, (i % 251) as u8, 255])
+            .collect();
+        assert!(matches!(
+            encode_rect(r, &photo, 6),
+            ServerMsg::Image {
+                format: ImageFormat::Jpeg,
+                ..
+            }
+        ));
     }
 
     #[test]

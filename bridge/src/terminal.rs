@@ -77,7 +77,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                 cmd = cmd_rx.recv() => match cmd.map(|c| life.common(c)) {
                     None => return,
                     Some(Common::End(end)) => return life.end(end).await,
-                    Some(Common::Input(ClientMsg::Resize { cols, rows, .. })) => term.parser.screen_mut().set_size(rows, cols),
+                    Some(Common::Input(ClientMsg::Resize { cols, rows, .. })) if cols > 0 => term.parser.screen_mut().set_size(rows, cols),
                     Some(_) => {}
                 },
             }
@@ -147,7 +147,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                             tracing::debug!(error = %e, "Write to the channel failed");
                         }
                     }
-                    ClientMsg::Resize { cols, rows, width_px, height_px } => {
+                    ClientMsg::Resize { cols, rows, width_px, height_px } if cols > 0 => {
                         term.parser.screen_mut().set_size(rows, cols);
                         let _ = channel.window_change(cols.into(), rows.into(), width_px.into(), height_px.into()).await;
                     }

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use portico_proto::control::Target;
 use portico_proto::rfb::{RfbClient, RfbConfig, RfbError, RfbEvent};
-use portico_proto::wire::{ClientMsg, Rect, ServerMsg};
+use portico_proto::wire::{ClientMsg, ImageFormat, Rect, ServerMsg};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::display::{Frame, Framebuffer, encode_rect, png};
+use crate::display::{Frame, Framebuffer, QualityControl, decode_jpeg, encode_rect, png};
 use crate::session::{Cmd, Common, End, Lifecycle, sleep_until};
 
 /// Frames sent but not yet acknowledged before the bridge stops asking for updates.
@@ -37,9 +37,32 @@ struct Display {
     acked: u32,
     requested: bool,
     cursor: Option<ServerMsg>,
+    /// When each unacknowledged frame was sent (for the quality control).
+    sent_at: std::collections::VecDeque<(u32, std::time::Instant)>,
+    quality: QualityControl,
 }
 
+/// The Tight JPEG quality level asked for at first (and the ceiling of the quality control).
+const DEFAULT_JPEG_LEVEL: u8 = 5;
+
 impl Display {
+    /// A frame acknowledgement: feed its round trip to the quality control, which may change the level.
+    fn on_ack(&mut self, frame_id: u32) {
+        let now = std::time::Instant::now();
+        while let Some(&(id, at)) = self.sent_at.front() {
+            if id > frame_id {
+                break;
+            }
+            self.sent_at.pop_front();
+            if id == frame_id
+                && let Some(level) = self.quality.on_ack(now - at, now)
+            {
+                tracing::debug!(level, "JPEG quality level changed");
+                self.rfb.set_jpeg_quality(level);
+            }
+        }
+    }
+
     fn maybe_request(&mut self, attached: bool) {
         if attached && !self.requested && self.fb.is_some() && self.frame_id - self.acked < MAX_FRAMES_IN_FLIGHT {
             self.rfb.request_update(true);
@@ -54,7 +77,8 @@ impl Display {
         self.acked = self.frame_id - 1;
         let rect = fb.full();
         let pixels = fb.extract(&rect);
-        let image = tokio::task::spawn_blocking(move || encode_rect(rect, &pixels)).await;
+        let level = self.quality.level();
+        let image = tokio::task::spawn_blocking(move || encode_rect(rect, &pixels, level)).await;
         let mut msgs = vec![ServerMsg::DisplaySize {
             width: rect.width,
             height: rect.height,
@@ -69,8 +93,8 @@ impl Display {
         }
     }
 
-    /// Apply the client's events; returns a fatal end if the server misbehaves or closes.
-    async fn events(&mut self, life: &mut Lifecycle) {
+    /// Apply the client's events; an error if the server sent something undecodable.
+    async fn events(&mut self, life: &mut Lifecycle) -> Result<(), RfbError> {
         while let Some(ev) = self.rfb.poll_event() {
             match ev {
                 RfbEvent::Connected { width, height, name } => {
@@ -96,6 +120,41 @@ impl Display {
                         let r = Rect { x, y, width, height };
                         fb.put(&r, &rgba);
                         self.frame.damage(r);
+                    }
+                }
+                RfbEvent::Fill {
+                    x,
+                    y,
+                    width,
+                    height,
+                    rgb,
+                } => {
+                    if let Some(fb) = &mut self.fb {
+                        self.frame.fill(fb, Rect { x, y, width, height }, rgb);
+                    }
+                }
+                RfbEvent::Jpeg {
+                    x,
+                    y,
+                    width,
+                    height,
+                    data,
+                } => {
+                    // Passed through as it is (no re-encoding); decoded only to keep the framebuffer true.
+                    let r = Rect { x, y, width, height };
+                    let (data, rgba) = decode_jpeg(data, width, height).await;
+                    let Some(rgba) = rgba else {
+                        return Err(RfbError::Protocol(format!(
+                            "undecodable tight jpeg for {width}x{height}+{x}+{y}"
+                        )));
+                    };
+                    if let Some(fb) = &mut self.fb {
+                        fb.put(&r, &rgba);
+                        self.frame.message(ServerMsg::Image {
+                            rect: r,
+                            format: ImageFormat::Jpeg,
+                            data,
+                        });
                     }
                 }
                 RfbEvent::Copy {
@@ -133,7 +192,7 @@ impl Display {
                     let (Some(fb), false) = (&self.fb, self.frame.is_empty()) else {
                         continue;
                     };
-                    let msgs = std::mem::take(&mut self.frame).finish(fb).await;
+                    let msgs = std::mem::take(&mut self.frame).finish(fb, self.quality.level()).await;
                     if life.client().is_none() {
                         continue; // Nobody watches; a reattach gets the full screen.
                     }
@@ -149,9 +208,14 @@ impl Display {
                 RfbEvent::CutText(text) => {
                     life.send(ServerMsg::RemoteClipboard(text));
                 }
+                RfbEvent::ResizeRefused(why) => {
+                    let why = format!("the vnc server refused to resize: {why}; the view is scaled instead");
+                    life.send(ServerMsg::error("resize_unsupported", why, false));
+                }
                 RfbEvent::Bell => {}
             }
         }
+        Ok(())
     }
 }
 
@@ -195,6 +259,8 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
         acked: 0,
         requested: false,
         cursor: None,
+        sent_at: std::collections::VecDeque::new(),
+        quality: QualityControl::new(DEFAULT_JPEG_LEVEL),
     };
     // INVARIANT: the password is in the RFB client's config now; the target is not needed any more.
     drop(target);
@@ -223,12 +289,12 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                     break End { code: "remote_closed", reason: why.into(), from_control: false };
                 }
                 Ok(n) => {
-                    if let Err(e) = d.rfb.handle_input(&buf[..n]) {
+                    let res = d.rfb.handle_input(&buf[..n]);
+                    if let Err(e) = match res { Ok(()) => d.events(&mut life).await, Err(e) => Err(e) } {
                         tracing::warn!(error = %e, "VNC protocol error");
                         life.send(ServerMsg::error(rfb_code(&e), e.to_string(), true));
                         break End { code: rfb_code(&e), reason: e.to_string(), from_control: false };
                     }
-                    d.events(&mut life).await;
                     d.maybe_request(life.client().is_some());
                 }
             },
@@ -256,7 +322,12 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                             if frame_id <= d.frame_id {
                                 d.acked = d.acked.max(frame_id);
                             }
+                            d.on_ack(frame_id);
                             d.maybe_request(life.client().is_some());
+                        }
+                        ClientMsg::Resize { width_px, height_px, .. } if !d.rfb.set_desktop_size(width_px, height_px) => {
+                            let why = "this vnc server cannot be resized remotely; the view is scaled instead";
+                            life.send(ServerMsg::error("resize_unsupported", why, false));
                         }
                         _ => {}
                     }

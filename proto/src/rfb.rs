@@ -27,7 +27,12 @@ const MAX_NAME: usize = 4096;
 pub mod encoding {
     pub const RAW: i32 = 0;
     pub const COPY_RECT: i32 = 1;
+    pub const TIGHT: i32 = 7;
     pub const ZRLE: i32 = 16;
+    /// Tight JPEG quality level 0..=9 is `JPEG_QUALITY_0 + level`.
+    pub const JPEG_QUALITY_0: i32 = -32;
+    /// Tight/ZRLE compression level 0..=9 is `COMPRESS_LEVEL_0 + level`.
+    pub const COMPRESS_LEVEL_0: i32 = -256;
     pub const CURSOR: i32 = -239;
     pub const DESKTOP_SIZE: i32 = -223;
     pub const LAST_RECT: i32 = -224;
@@ -51,6 +56,23 @@ pub enum RfbEvent {
         height: u16,
         rgba: Vec<u8>,
     },
+    /// A solid rectangle (Tight fill).
+    Fill {
+        x: u16,
+        y: u16,
+        width: u16,
+        height: u16,
+        rgb: [u8; 3],
+    },
+    /// A JPEG image of exactly this rectangle (Tight JPEG), passed on undecoded: the browser can draw it
+    /// as it is.
+    Jpeg {
+        x: u16,
+        y: u16,
+        width: u16,
+        height: u16,
+        data: Vec<u8>,
+    },
     /// Copy a rectangle of the current framebuffer from `(src_x, src_y)` to `(x, y)`.
     Copy {
         src_x: u16,
@@ -73,6 +95,8 @@ pub enum RfbEvent {
         width: u16,
         height: u16,
     },
+    /// The server refused our SetDesktopSize (the reason in words).
+    ResizeRefused(&'static str),
     /// The end of one FramebufferUpdate: a frame boundary.
     UpdateEnd,
     Bell,
@@ -126,8 +150,11 @@ impl Default for RfbConfig {
             shared: true,
             encodings: vec![
                 COPY_RECT,
+                TIGHT,
                 ZRLE,
                 RAW,
+                JPEG_QUALITY_0 + 5,
+                COMPRESS_LEVEL_0 + 1,
                 CURSOR,
                 DESKTOP_SIZE,
                 EXTENDED_DESKTOP_SIZE,
@@ -157,6 +184,11 @@ pub struct RfbClient {
     outbuf: Vec<u8>,
     events: VecDeque<RfbEvent>,
     zlib: flate2::Decompress,
+    /// The screen id of the server's first screen, once it announced ExtendedDesktopSize (so it can be
+    /// asked to resize).
+    screen_id: Option<u32>,
+    /// The four zlib streams of Tight.
+    tight_zlib: [flate2::Decompress; 4],
     width: u16,
     height: u16,
     /// Rectangles received per encoding (diagnostics and tests).
@@ -217,6 +249,8 @@ impl RfbClient {
             outbuf: Vec::new(),
             events: VecDeque::new(),
             zlib: flate2::Decompress::new(true),
+            tight_zlib: std::array::from_fn(|_| flate2::Decompress::new(true)),
+            screen_id: None,
             width: 0,
             height: 0,
             rect_counts: Vec::new(),
@@ -289,6 +323,43 @@ impl RfbClient {
         self.outbuf.extend_from_slice(&[5, buttons]);
         self.outbuf.extend_from_slice(&x.to_be_bytes());
         self.outbuf.extend_from_slice(&y.to_be_bytes());
+    }
+
+    /// Whether the server takes SetDesktopSize (it announced ExtendedDesktopSize).
+    pub fn can_resize(&self) -> bool {
+        self.screen_id.is_some()
+    }
+
+    /// Ask the server to resize its desktop to one screen of `width` x `height`; false if it cannot.
+    pub fn set_desktop_size(&mut self, width: u16, height: u16) -> bool {
+        let Some(id) = self.screen_id else { return false };
+        let (width, height) = (width.clamp(16, MAX_DIMENSION), height.clamp(16, MAX_DIMENSION));
+        self.outbuf.extend_from_slice(&[251, 0]);
+        self.outbuf.extend_from_slice(&width.to_be_bytes());
+        self.outbuf.extend_from_slice(&height.to_be_bytes());
+        self.outbuf.extend_from_slice(&[1, 0]);
+        self.outbuf.extend_from_slice(&id.to_be_bytes());
+        for v in [0, 0, width, height] {
+            self.outbuf.extend_from_slice(&v.to_be_bytes());
+        }
+        self.outbuf.extend_from_slice(&0u32.to_be_bytes());
+        true
+    }
+
+    /// Change the Tight JPEG quality level (0..=9) the server uses from now on (SetEncodings again).
+    pub fn set_jpeg_quality(&mut self, level: u8) {
+        let q = encoding::JPEG_QUALITY_0 + i32::from(level.min(9));
+        let range = encoding::JPEG_QUALITY_0..=encoding::JPEG_QUALITY_0 + 9;
+        match self.config.encodings.iter_mut().find(|e| range.contains(e)) {
+            Some(e) => *e = q,
+            None => self.config.encodings.push(q),
+        }
+        let encs = &self.config.encodings;
+        self.outbuf.extend_from_slice(&[2, 0]);
+        self.outbuf.extend_from_slice(&(encs.len() as u16).to_be_bytes());
+        for e in encs {
+            self.outbuf.extend_from_slice(&e.to_be_bytes());
+        }
     }
 
     /// Send clipboard text; characters outside Latin-1 become `?` (the classic RFB limit).
@@ -507,7 +578,9 @@ impl RfbClient {
     ) -> Result<RectOutcome, RfbError> {
         use RectOutcome::NeedMore;
         match enc {
-            encoding::RAW | encoding::COPY_RECT | encoding::ZRLE if !in_bounds(self.width, self.height) => {
+            encoding::RAW | encoding::COPY_RECT | encoding::ZRLE | encoding::TIGHT
+                if !in_bounds(self.width, self.height) =>
+            {
                 return Err(protocol(format!(
                     "rectangle {w}x{h}+{x}+{y} outside the {}x{} framebuffer",
                     self.width, self.height
@@ -566,6 +639,12 @@ impl RfbClient {
                     rgba,
                 });
             }
+            encoding::TIGHT => {
+                let Some(event) = self.tight(c, x, y, w, h)? else {
+                    return Ok(NeedMore);
+                };
+                self.events.push_back(event);
+            }
             encoding::CURSOR => {
                 let mask_len = usize::from(w).div_ceil(8) * usize::from(h);
                 let Some(data) = c.take(pixels * 4 + mask_len) else {
@@ -589,11 +668,22 @@ impl RfbClient {
             encoding::DESKTOP_SIZE => self.resize(w, h)?,
             encoding::EXTENDED_DESKTOP_SIZE => {
                 let Some(n) = c.u8() else { return Ok(NeedMore) };
-                if c.take(3 + usize::from(n) * 16).is_none() {
+                let Some(screens) = c.take(3 + usize::from(n) * 16) else {
                     return Ok(NeedMore);
+                };
+                if n > 0 {
+                    let id = &screens[3..7];
+                    self.screen_id = Some(u32::from_be_bytes([id[0], id[1], id[2], id[3]]));
                 }
-                // y = 0 is a server-side change or a successful request; other values answer our requests.
-                if y == 0 || (w, h) != (self.width, self.height) {
+                // x = 1 answers our request, with the status in y; otherwise y = 0 is a change on the server.
+                if x == 1 && y != 0 {
+                    self.events.push_back(RfbEvent::ResizeRefused(match y {
+                        1 => "resizing is prohibited",
+                        2 => "out of resources",
+                        3 => "invalid screen layout",
+                        _ => "refused",
+                    }));
+                } else if y == 0 || (w, h) != (self.width, self.height) {
                     self.resize(w, h)?;
                 }
             }
@@ -621,27 +711,192 @@ impl RfbClient {
     fn inflate(&mut self, data: &[u8], pixels: usize) -> Result<Vec<u8>, RfbError> {
         // Worst case: raw tiles, 1 byte of sub-encoding per 64x64 tile plus 3 bytes per pixel.
         let limit = pixels * 3 + pixels / (64 * 64) + 1024;
+        inflate(&mut self.zlib, data, limit)
+    }
+
+    /// One Tight rectangle ([rfbproto: Tight]); `Ok(None)` = need more bytes.
+    ///
+    /// [rfbproto: Tight]: https://github.com/rfbproto/rfbproto/blob/master/rfbproto.rst#tight-encoding
+    fn tight(&mut self, c: &mut Cursor<'_>, x: u16, y: u16, w: u16, h: u16) -> Result<Option<RfbEvent>, RfbError> {
+        let Some(ctl) = c.u8() else { return Ok(None) };
+        let compact_len = |c: &mut Cursor<'_>| -> Result<Option<usize>, RfbError> {
+            let mut len = 0usize;
+            for i in 0..3 {
+                let Some(b) = c.u8() else { return Ok(None) };
+                let bits = if i == 2 { usize::from(b) } else { usize::from(b & 0x7f) };
+                len |= bits << (7 * i);
+                if i < 2 && b & 0x80 == 0 {
+                    break;
+                }
+            }
+            if len > MAX_RECT_DATA {
+                return Err(RfbError::TooLarge {
+                    what: "tight rectangle",
+                    size: len,
+                });
+            }
+            Ok(Some(len))
+        };
+        let (wu, hu) = (usize::from(w), usize::from(h));
+        let event = match ctl >> 4 {
+            8 => {
+                let Some(p) = c.take(3) else { return Ok(None) };
+                RfbEvent::Fill {
+                    x,
+                    y,
+                    width: w,
+                    height: h,
+                    rgb: [p[0], p[1], p[2]],
+                }
+            }
+            9 => {
+                let Some(len) = compact_len(c)? else { return Ok(None) };
+                let Some(data) = c.take(len) else { return Ok(None) };
+                RfbEvent::Jpeg {
+                    x,
+                    y,
+                    width: w,
+                    height: h,
+                    data: data.to_vec(),
+                }
+            }
+            comp @ 0..=7 => {
+                let filter = if comp & 4 != 0 {
+                    let Some(f) = c.u8() else { return Ok(None) };
+                    f
+                } else {
+                    0
+                };
+                let palette: Option<Vec<u8>> = match filter {
+                    0 | 2 => None,
+                    1 => {
+                        let Some(n) = c.u8() else { return Ok(None) };
+                        let Some(p) = c.take((usize::from(n) + 1) * 3) else {
+                            return Ok(None);
+                        };
+                        Some(p.to_vec())
+                    }
+                    other => return Err(protocol(format!("unknown tight filter {other}"))),
+                };
+                let raw_len = match &palette {
+                    Some(p) if p.len() == 6 => wu.div_ceil(8) * hu,
+                    Some(_) => wu * hu,
+                    None => wu * hu * 3,
+                };
+                let raw = if raw_len < 12 {
+                    let Some(d) = c.take(raw_len) else { return Ok(None) };
+                    reset_streams(&mut self.tight_zlib, ctl);
+                    d.to_vec()
+                } else {
+                    let Some(len) = compact_len(c)? else { return Ok(None) };
+                    let Some(data) = c.take(len) else { return Ok(None) };
+                    // Resets apply before this rectangle's data, and only once it is complete.
+                    reset_streams(&mut self.tight_zlib, ctl);
+                    let raw = inflate(&mut self.tight_zlib[usize::from(comp & 3)], data, raw_len)?;
+                    if raw.len() != raw_len {
+                        return Err(RfbError::Compression(format!(
+                            "tight rectangle inflated to {} bytes instead of {raw_len}",
+                            raw.len()
+                        )));
+                    }
+                    raw
+                };
+                let rgba = match (&palette, filter) {
+                    (Some(p), _) => tight_palette(&raw, p, wu, hu),
+                    (None, 2) => tight_gradient(&raw, wu, hu),
+                    (None, _) => raw.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect(),
+                };
+                RfbEvent::Rect {
+                    x,
+                    y,
+                    width: w,
+                    height: h,
+                    rgba,
+                }
+            }
+            other => return Err(protocol(format!("unknown tight compression type {other}"))),
+        };
+        if ctl >> 4 >= 8 {
+            reset_streams(&mut self.tight_zlib, ctl);
+        }
+        Ok(Some(event))
+    }
+}
+
+/// Reset the Tight zlib streams whose bits are set in the control byte's low nibble.
+fn reset_streams(streams: &mut [flate2::Decompress; 4], ctl: u8) {
+    for (i, z) in streams.iter_mut().enumerate() {
+        if ctl & (1 << i) != 0 {
+            *z = flate2::Decompress::new(true);
+        }
+    }
+}
+
+/// Tight palette data: 1 bit per pixel (rows padded to bytes) for 2 colours, else 1 byte per pixel.
+fn tight_palette(raw: &[u8], palette: &[u8], w: usize, h: usize) -> Vec<u8> {
+    let colour = |i: usize| match palette.get(i * 3..i * 3 + 3) {
+        Some(p) => [p[0], p[1], p[2], 255],
+        None => [0, 0, 0, 255],
+    };
+    let mut out = Vec::with_capacity(w * h * 4);
+    if palette.len() == 6 {
+        let row_bytes = w.div_ceil(8);
+        for y in 0..h {
+            for x in 0..w {
+                let bit = (raw[y * row_bytes + x / 8] >> (7 - x % 8)) & 1;
+                out.extend_from_slice(&colour(bit.into()));
+            }
+        }
+    } else {
+        for &i in raw {
+            out.extend_from_slice(&colour(i.into()));
+        }
+    }
+    out
+}
+
+/// Tight gradient filter: each channel is predicted as left + up - up-left (clamped) plus the data.
+fn tight_gradient(raw: &[u8], w: usize, h: usize) -> Vec<u8> {
+    let mut rgb = vec![0u8; w * h * 3];
+    for y in 0..h {
+        for x in 0..w {
+            for ch in 0..3 {
+                let at = |xx: usize, yy: usize| i32::from(rgb[(yy * w + xx) * 3 + ch]);
+                let left = if x > 0 { at(x - 1, y) } else { 0 };
+                let up = if y > 0 { at(x, y - 1) } else { 0 };
+                let up_left = if x > 0 && y > 0 { at(x - 1, y - 1) } else { 0 };
+                let predicted = (left + up - up_left).clamp(0, 255);
+                let i = (y * w + x) * 3 + ch;
+                rgb[i] = (predicted as u8).wrapping_add(raw[i]);
+            }
+        }
+    }
+    rgb.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect()
+}
+
+/// Inflate `data` (a sync-flushed piece of a zlib stream) into at most `limit` bytes.
+fn inflate(z: &mut flate2::Decompress, data: &[u8], limit: usize) -> Result<Vec<u8>, RfbError> {
+    {
         let mut out = Vec::with_capacity(limit.min(16 * 1024 * 1024));
-        let start = self.zlib.total_in();
+        let start = z.total_in();
         loop {
-            let consumed = (self.zlib.total_in() - start) as usize;
+            let consumed = (z.total_in() - start) as usize;
             if consumed >= data.len() {
                 return Ok(out);
             }
             if out.len() == out.capacity() {
                 if out.len() >= limit {
                     return Err(RfbError::TooLarge {
-                        what: "inflated zrle rectangle",
+                        what: "inflated rectangle",
                         size: out.len(),
                     });
                 }
                 out.reserve((limit - out.len()).min(1024 * 1024));
             }
-            let before = (self.zlib.total_in(), out.len());
-            self.zlib
-                .decompress_vec(&data[consumed..], &mut out, flate2::FlushDecompress::Sync)
+            let before = (z.total_in(), out.len());
+            z.decompress_vec(&data[consumed..], &mut out, flate2::FlushDecompress::Sync)
                 .map_err(|e| RfbError::Compression(e.to_string()))?;
-            if (self.zlib.total_in(), out.len()) == before {
+            if (z.total_in(), out.len()) == before {
                 return Err(RfbError::Compression("no progress".into()));
             }
         }

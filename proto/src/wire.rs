@@ -424,7 +424,7 @@ impl ClientMsg {
                 let p: [u8; 8] = fixed(t, payload)?;
                 let be = |i: usize| u16::from_be_bytes([p[i], p[i + 1]]);
                 let (cols, rows) = (be(0), be(2));
-                if cols == 0 || rows == 0 || cols > MAX_TERM_DIM || rows > MAX_TERM_DIM {
+                if (cols == 0) != (rows == 0) || cols > MAX_TERM_DIM || rows > MAX_TERM_DIM {
                     return Err(WireError::BadSize { cols, rows });
                 }
                 ClientMsg::Resize {

@@ -163,7 +163,7 @@ pub async fn ws_connect(
         .insert("sec-websocket-protocol", HeaderValue::from_str(&protos.join(", "))?);
     let tls = portico_bridge::control::client_tls_config(Some(cert_sha256), None)?;
     let connector = tokio_tungstenite::Connector::Rustls(Arc::new(tls));
-    match tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector)).await {
+    match tokio_tungstenite::connect_async_tls_with_config(req, None, true, Some(connector)).await {
         Ok((ws, _)) => Ok(Ok(ws)),
         Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
             let body = res

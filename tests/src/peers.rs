@@ -654,6 +654,11 @@ impl VncServer {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("no free X display")))
     }
 
+    /// The VNC server's process id.
+    pub fn pid(&self) -> u32 {
+        self.children.first().map_or(0, Child::id)
+    }
+
     fn x_command(&self, program: &str) -> Command {
         let mut c = Command::new(program);
         c.env("DISPLAY", format!(":{}", self.display));

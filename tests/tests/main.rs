@@ -6,7 +6,7 @@ mod bad_input;
 mod browser;
 mod db;
 mod health;
-mod rfb;
+pub mod rfb;
 mod ssh;
 mod token;
 mod vnc;

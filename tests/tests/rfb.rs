@@ -10,22 +10,22 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 /// A framebuffer assembled from the client's events.
-struct Screen {
-    width: usize,
-    rgba: Vec<u8>,
+pub struct Screen {
+    pub width: usize,
+    pub rgba: Vec<u8>,
     /// Rectangles per encoding in this update.
     rect_counts: Vec<(i32, u64)>,
 }
 
 impl Screen {
-    fn pixel(&self, x: usize, y: usize) -> [u8; 4] {
+    pub fn pixel(&self, x: usize, y: usize) -> [u8; 4] {
         let o = (y * self.width + x) * 4;
         [self.rgba[o], self.rgba[o + 1], self.rgba[o + 2], self.rgba[o + 3]]
     }
 }
 
 /// Connect, take one full update, return the screen (or the client's error).
-async fn full_frame(
+pub async fn full_frame(
     port: u16,
     password: Option<&str>,
     encodings: Vec<i32>,
@@ -144,5 +144,52 @@ async fn x11vnc_on_xvfb_pixels_and_password() -> anyhow::Result<()> {
     assert_eq!(screen.pixel(5, 5), [0x12, 0x34, 0x56, 255]);
     let wrong = full_frame(server.port, Some("wrong-pw"), vec![encoding::RAW]).await?;
     assert!(matches!(wrong, Err(RfbError::AuthFailed(_))), "{:?}", wrong.err());
+    Ok(())
+}
+
+/// A photographic image shown at (`x`, `y`) on the display, made with ImageMagick's plasma fractal.
+pub fn show_photo(
+    server: &VncServer,
+    x: u16,
+    y: u16,
+    w: u16,
+    h: u16,
+) -> anyhow::Result<portico_tests::peers::Background> {
+    let file = crate::marker_path("plasma") + ".png";
+    let out = std::process::Command::new("/usr/bin/convert")
+        .args(["-seed", "7", "-size", &format!("{w}x{h}"), "plasma:fractal", &file])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "convert (install imagemagick): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let viewer = server.spawn("display", &["-geometry", &format!("+{x}+{y}"), &file])?;
+    portico_tests::peers::wait_for("the image window", Duration::from_secs(20), || {
+        server
+            .x("xdotool", &["search", "--onlyvisible", "--name", "ImageMagick"])
+            .is_ok()
+    })?;
+    std::thread::sleep(Duration::from_millis(500)); // Let it paint.
+    Ok(viewer)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tight_without_jpeg_decodes_to_the_same_pixels_as_raw() -> anyhow::Result<()> {
+    let xvnc = VncServer::xvnc(None, 500, 300)?;
+    xvnc.x("xsetroot", &["-mod", "3", "5", "-fg", "#ff8000", "-bg", "#003366"])?;
+    let _photo = show_photo(&xvnc, 20, 20, 300, 200)?;
+    let raw = full_frame(xvnc.port, None, vec![encoding::RAW])
+        .await?
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tight = full_frame(xvnc.port, None, vec![encoding::TIGHT, encoding::RAW])
+        .await?
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert!(
+        tight.rect_counts.iter().any(|&(e, n)| e == encoding::TIGHT && n > 0),
+        "no tight rectangles: {:?}",
+        tight.rect_counts
+    );
+    assert!(raw.rgba == tight.rgba, "tight and raw framebuffers differ");
     Ok(())
 }

@@ -347,3 +347,102 @@ async fn a_reattached_browser_gets_the_whole_screen() -> anyhow::Result<()> {
     assert!(s.term.hello.as_ref().is_some_and(|h| h.reattached));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn photographic_regions_arrive_as_jpeg_close_to_the_truth() -> anyhow::Result<()> {
+    let xvnc = VncServer::xvnc(None, 640, 400)?;
+    xvnc.x("xsetroot", &["-solid", "#000000"])?;
+    let _photo = crate::rfb::show_photo(&xvnc, 100, 100, 320, 200)?;
+    let truth = crate::rfb::full_frame(xvnc.port, None, vec![portico_proto::rfb::encoding::RAW])
+        .await?
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let p = Portico::start()?;
+    let api = Api::admin(&p).await?;
+    let conn = vnc_connection(&api, xvnc.port, None).await?;
+    let (_, mut s) = open_screen(&p, &api, &conn).await?;
+    // Lossy, but close: mean absolute error per channel over the photo, and exact black around it.
+    let mean_error = |c: &portico_tests::client::Canvas| {
+        let mut err = 0u64;
+        for y in 110..290 {
+            for x in 110..410 {
+                let (got, want) = (c.pixel(x, y), truth.pixel(x, y));
+                err += (0..3).map(|i| u64::from(got[i].abs_diff(want[i]))).sum::<u64>();
+            }
+        }
+        err as f64 / (180.0 * 300.0 * 3.0)
+    };
+    let res = s
+        .until("the photo, close to the truth", WAIT, |c| {
+            c.jpegs > 0 && mean_error(c) < 8.0
+        })
+        .await;
+    let mean = mean_error(&s.canvas);
+    res.map_err(|e| anyhow::anyhow!("{e}; mean error {mean:.2}, {} jpeg images", s.canvas.jpegs))?;
+    assert_eq!(s.canvas.pixel(5, 5), [0, 0, 0]);
+    assert_eq!(s.canvas.pixel(630, 390), [0, 0, 0]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_browser_can_resize_the_remote_desktop() -> anyhow::Result<()> {
+    let xvnc = VncServer::xvnc(None, 640, 400)?;
+    xvnc.x("xsetroot", &["-solid", "#008080"])?;
+    let p = Portico::start()?;
+    let api = Api::admin(&p).await?;
+    let conn = vnc_connection(&api, xvnc.port, None).await?;
+    let (_, mut s) = open_screen(&p, &api, &conn).await?;
+    s.until("the desktop", WAIT, |c| c.pixel(1, 1) == [0, 0x80, 0x80])
+        .await?;
+    s.term
+        .send(ClientMsg::Resize {
+            cols: 0,
+            rows: 0,
+            width_px: 900,
+            height_px: 500,
+        })
+        .await?;
+    s.until("the new size", WAIT, |c| c.width == 900 && c.height == 500)
+        .await?;
+    xvnc.x("xsetroot", &["-solid", "#808000"])?;
+    s.until("pixels across the new size", WAIT, |c| {
+        c.pixel(899, 499) == [0x80, 0x80, 0]
+    })
+    .await?;
+    let info = xvnc.x("xdpyinfo", &[])?;
+    assert!(info.contains("900x500 pixels"), "{info}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_refuses_resizing_says_so_and_keeps_going() -> anyhow::Result<()> {
+    let server = VncServer::x11vnc(None, 400, 300)?;
+    server.x("xsetroot", &["-solid", "#224466"])?;
+    let p = Portico::start()?;
+    let api = Api::admin(&p).await?;
+    let conn = vnc_connection(&api, server.port, None).await?;
+    let (_, mut s) = open_screen(&p, &api, &conn).await?;
+    s.until("the desktop", WAIT, |c| c.pixel(1, 1) == [0x22, 0x44, 0x66])
+        .await?;
+    s.term
+        .send(ClientMsg::Resize {
+            cols: 0,
+            rows: 0,
+            width_px: 900,
+            height_px: 500,
+        })
+        .await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !s.term.errors.iter().any(|e| e.code == "resize_unsupported" && !e.fatal) {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no resize_unsupported error: {:?}",
+            s.term.errors
+        );
+        s.pump(Duration::from_millis(200)).await?;
+    }
+    server.x("xsetroot", &["-solid", "#664422"])?;
+    s.until("later updates", WAIT, |c| c.pixel(1, 1) == [0x66, 0x44, 0x22])
+        .await?;
+    assert_eq!((s.canvas.width, s.canvas.height), (400, 300));
+    Ok(())
+}

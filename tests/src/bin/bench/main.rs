@@ -1,5 +1,7 @@
 //! `portico-bench`: benchmarks against real peers, printing a markdown table.
 //!
+//! `portico-bench vnc` runs the graphical benchmark (see `vnc.rs`) side by side with websockify.
+//!
 //! `cargo run --release -p portico-tests --bin portico-bench -- ssh` runs the SSH benchmark of
 //! `docs/performance.md`: bridge CPU per session on the `ssh-text` workload (N = 1, 5, 20), keystroke-to-echo
 //! latency through the bridge versus a direct SSH client, and memory per idle session (100 and 1000).
@@ -21,10 +23,15 @@ use portico_tests::portico::{Options, Portico};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
+mod vnc;
+
 #[derive(Parser)]
 struct Args {
-    /// Which benchmark: `ssh`.
+    /// Which benchmark: `ssh` or `vnc`.
     which: String,
+    /// VNC workloads to run (default all): text-heavy, text-light, video, idle.
+    #[arg(long, value_delimiter = ',')]
+    workloads: Vec<String>,
     #[arg(long, default_value_t = 5)]
     warmup: u64,
     #[arg(long, default_value_t = 30)]
@@ -346,8 +353,8 @@ async fn idle_memory(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(
-        args.which == "ssh",
-        "unknown benchmark {:?} (available: ssh)",
+        args.which == "ssh" || args.which == "vnc",
+        "unknown benchmark {:?} (available: ssh, vnc)",
         args.which
     );
     if std::env::var("PORTICO_BENCH_RELEASE").is_err() {
@@ -358,6 +365,14 @@ async fn main() -> anyhow::Result<()> {
     let script = script_dir.join("scroller.py");
     std::fs::copy(portico_tests::workspace_root().join("tests/bench/scroller.py"), &script)?;
     let script = script.display().to_string();
+    if args.which == "vnc" {
+        let rows = vnc::run(&args).await?;
+        println!("{}", vnc::HEADER);
+        for r in rows {
+            println!("{r}");
+        }
+        return Ok(());
+    }
     let sshd = Sshd::start()?;
     let mut rows: Vec<String> = Vec::new();
 
