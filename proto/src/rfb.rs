@@ -1151,6 +1151,57 @@ mod tests {
     }
 
     #[test]
+    fn tight_fill_palette_and_jpeg() {
+        let mut c = RfbClient::new(RfbConfig::default());
+        handshake(&mut c, &[1], 4, 2);
+        let mut msg = vec![0, 0, 0, 3];
+        // Fill (0x80) with a reset of stream 0.
+        msg.extend(rect_header(0, 0, 4, 2, encoding::TIGHT));
+        msg.extend([0x81, 10, 20, 30]);
+        // Basic, explicit filter (0x40): palette of 2 colours, 1 bit per pixel, 2 bytes (< 12: no zlib).
+        msg.extend(rect_header(0, 0, 4, 2, encoding::TIGHT));
+        msg.extend([0x40, 1, 1, 255, 0, 0, 0, 0, 255, 0b1010_0000, 0b0101_0000]);
+        // JPEG (0x90), compact length 3: passed through undecoded.
+        msg.extend(rect_header(0, 0, 4, 2, encoding::TIGHT));
+        msg.extend([0x90, 3, 0xff, 0xd8, 0xff]);
+        c.handle_input(&msg).unwrap();
+        assert_eq!(
+            c.poll_event(),
+            Some(RfbEvent::Fill {
+                x: 0,
+                y: 0,
+                width: 4,
+                height: 2,
+                rgb: [10, 20, 30]
+            })
+        );
+        let (r, b) = ([255, 0, 0, 255], [0, 0, 255, 255]);
+        let want: Vec<u8> = [b, r, b, r, r, b, r, b].concat();
+        assert_eq!(
+            c.poll_event(),
+            Some(RfbEvent::Rect {
+                x: 0,
+                y: 0,
+                width: 4,
+                height: 2,
+                rgba: want
+            })
+        );
+        assert_eq!(
+            c.poll_event(),
+            Some(RfbEvent::Jpeg {
+                x: 0,
+                y: 0,
+                width: 4,
+                height: 2,
+                data: vec![0xff, 0xd8, 0xff]
+            })
+        );
+        c.handle_input(&[]).unwrap();
+        assert_eq!(c.poll_event(), Some(RfbEvent::UpdateEnd));
+    }
+
+    #[test]
     fn a_lying_server_gets_a_clear_error() {
         let mut c = RfbClient::new(RfbConfig::default());
         assert!(matches!(c.handle_input(b"HTTP/1.1 200"), Err(RfbError::NotRfb(_))));
@@ -1165,7 +1216,9 @@ mod tests {
         // Rectangles outside the framebuffer, unrequested encodings, oversized payloads.
         for (hdr, extra) in [
             (rect_header(3, 0, 2, 1, encoding::RAW), vec![]),
-            (rect_header(0, 0, 1, 1, 7), vec![]),
+            (rect_header(0, 0, 1, 1, 5), vec![]),
+            (rect_header(0, 0, 1, 1, encoding::TIGHT), vec![0xf0]),
+            (rect_header(0, 0, 1, 1, encoding::TIGHT), vec![0x40, 9]),
             (
                 rect_header(0, 0, 1, 1, encoding::ZRLE),
                 (MAX_RECT_DATA as u32 + 1).to_be_bytes().to_vec(),

@@ -45,7 +45,8 @@ main(async () => {
 
   // A network drop: the tab reattaches to the same shell and repaints the screen.
   await page.keyboard.type('echo shell-pid-$$\n');
-  await waitText(page, 'shell-pid-');
+  // The output line, not the echo of the typed command.
+  await page.waitForFunction(() => window.porticoTerminalText().split('\n').some((l) => /^shell-pid-\d+/.test(l)), null, { timeout: 15000 });
   const pid = await page.evaluate(() => /shell-pid-(\d+)/.exec(window.porticoTerminalText().split('\n').filter((l) => /^shell-pid-\d+/.test(l)).pop() || '')?.[1]);
   if (!pid) throw new Error('no shell pid on screen');
   await page.evaluate(() => window.porticoDropConnection());
