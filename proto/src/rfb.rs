@@ -37,6 +37,8 @@ pub mod encoding {
     pub const DESKTOP_SIZE: i32 = -223;
     pub const LAST_RECT: i32 = -224;
     pub const EXTENDED_DESKTOP_SIZE: i32 = -308;
+    /// The extended clipboard (UTF-8 text, request/provide flow).
+    pub const EXTENDED_CLIPBOARD: i32 = 0xc0a1_e5ce_u32 as i32;
 }
 
 /// What the client learns from the server.
@@ -100,7 +102,7 @@ pub enum RfbEvent {
     /// The end of one FramebufferUpdate: a frame boundary.
     UpdateEnd,
     Bell,
-    /// Clipboard text from the server (Latin-1 on the wire).
+    /// Clipboard text from the server (Latin-1 on the wire, or UTF-8 with the extended clipboard).
     CutText(String),
 }
 
@@ -159,6 +161,7 @@ impl Default for RfbConfig {
                 DESKTOP_SIZE,
                 EXTENDED_DESKTOP_SIZE,
                 LAST_RECT,
+                EXTENDED_CLIPBOARD,
             ],
         }
     }
@@ -184,6 +187,10 @@ pub struct RfbClient {
     outbuf: Vec<u8>,
     events: VecDeque<RfbEvent>,
     zlib: flate2::Decompress,
+    /// The server announced the extended clipboard (UTF-8 text).
+    ext_clipboard: bool,
+    /// Our clipboard text, kept until the server asks for it (extended clipboard).
+    our_clipboard: Option<String>,
     /// The screen id of the server's first screen, once it announced ExtendedDesktopSize (so it can be
     /// asked to resize).
     screen_id: Option<u32>,
@@ -251,6 +258,8 @@ impl RfbClient {
             zlib: flate2::Decompress::new(true),
             tight_zlib: std::array::from_fn(|_| flate2::Decompress::new(true)),
             screen_id: None,
+            ext_clipboard: false,
+            our_clipboard: None,
             width: 0,
             height: 0,
             rect_counts: Vec::new(),
@@ -362,8 +371,19 @@ impl RfbClient {
         }
     }
 
-    /// Send clipboard text; characters outside Latin-1 become `?` (the classic RFB limit).
+    /// Whether clipboard text goes both ways as UTF-8 (the server has the extended clipboard).
+    pub fn has_utf8_clipboard(&self) -> bool {
+        self.ext_clipboard
+    }
+
+    /// Send clipboard text: with the extended clipboard, announce it and provide it as UTF-8 when the server
+    /// asks; otherwise as classic Latin-1, where other characters become `?`.
     pub fn cut_text(&mut self, text: &str) {
+        if self.ext_clipboard {
+            self.our_clipboard = Some(text.to_owned());
+            self.ext_clipboard_message(ext_clip::NOTIFY | ext_clip::TEXT, &[]);
+            return;
+        }
         let latin1: Vec<u8> = text
             .chars()
             .map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?'))
@@ -371,6 +391,61 @@ impl RfbClient {
         self.outbuf.extend_from_slice(&[6, 0, 0, 0]);
         self.outbuf.extend_from_slice(&(latin1.len() as u32).to_be_bytes());
         self.outbuf.extend_from_slice(&latin1);
+    }
+
+    /// A ClientCutText in the extended format: negative length, flags, payload.
+    fn ext_clipboard_message(&mut self, flags: u32, payload: &[u8]) {
+        let len = -((4 + payload.len()) as i32);
+        self.outbuf.extend_from_slice(&[6, 0, 0, 0]);
+        self.outbuf.extend_from_slice(&len.to_be_bytes());
+        self.outbuf.extend_from_slice(&flags.to_be_bytes());
+        self.outbuf.extend_from_slice(payload);
+    }
+
+    /// An extended-clipboard message from the server (the payload after the negative length).
+    fn ext_clipboard_in(&mut self, payload: &[u8]) -> Result<(), RfbError> {
+        let Some(flags) = payload.get(..4).map(|f| u32::from_be_bytes([f[0], f[1], f[2], f[3]])) else {
+            return Err(protocol("extended clipboard message without flags"));
+        };
+        let body = &payload[4..];
+        if flags & ext_clip::CAPS != 0 {
+            self.ext_clipboard = flags & ext_clip::TEXT != 0;
+            if self.ext_clipboard {
+                // Our capabilities: UTF-8 text up to MAX_CUT_TEXT, and the actions we handle.
+                let ours = ext_clip::CAPS | ext_clip::TEXT | ext_clip::REQUEST | ext_clip::NOTIFY | ext_clip::PROVIDE;
+                self.ext_clipboard_message(ours, &(MAX_CUT_TEXT as u32).to_be_bytes());
+            }
+        } else if flags & ext_clip::REQUEST != 0 {
+            if flags & ext_clip::TEXT != 0
+                && let Some(text) = self.our_clipboard.clone()
+            {
+                let mut raw = Vec::with_capacity(text.len() + 5);
+                let crlf = text.replace("\r\n", "\n").replace('\n', "\r\n");
+                raw.extend_from_slice(&((crlf.len() + 1) as u32).to_be_bytes());
+                raw.extend_from_slice(crlf.as_bytes());
+                raw.push(0);
+                let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+                std::io::Write::write_all(&mut z, &raw).map_err(|e| RfbError::Compression(e.to_string()))?;
+                let data = z.finish().map_err(|e| RfbError::Compression(e.to_string()))?;
+                self.ext_clipboard_message(ext_clip::PROVIDE | ext_clip::TEXT, &data);
+            }
+        } else if flags & ext_clip::NOTIFY != 0 {
+            if flags & ext_clip::TEXT != 0 {
+                self.ext_clipboard_message(ext_clip::REQUEST | ext_clip::TEXT, &[]);
+            }
+        } else if flags & ext_clip::PROVIDE != 0 && flags & ext_clip::TEXT != 0 {
+            // A fresh zlib stream per message; the first format present is text (formats come in bit order).
+            let raw = inflate(&mut flate2::Decompress::new(true), body, MAX_CUT_TEXT + 4)?;
+            let len = raw
+                .get(..4)
+                .map_or(0, |l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize);
+            let text = raw
+                .get(4..4 + len)
+                .ok_or_else(|| protocol("extended clipboard text shorter than announced"))?;
+            let text = String::from_utf8_lossy(text.strip_suffix(&[0]).unwrap_or(text));
+            self.events.push_back(RfbEvent::CutText(text.replace("\r\n", "\n")));
+        }
+        Ok(())
     }
 
     /// Parse one unit of input; `Ok(false)` = need more bytes.
@@ -521,9 +596,24 @@ impl RfbClient {
             }
             2 => self.events.push_back(RfbEvent::Bell),
             3 => {
-                let (Some(_), Some(len)) = (c.take(3), c.u32()) else {
+                let (Some(_), Some(len)) = (c.take(3), c.i32()) else {
                     return Ok(false);
                 };
+                if len < 0 && self.config.encodings.contains(&encoding::EXTENDED_CLIPBOARD) {
+                    let n = len.unsigned_abs() as usize;
+                    if n > MAX_CUT_TEXT {
+                        return Err(RfbError::TooLarge {
+                            what: "server clipboard message",
+                            size: n,
+                        });
+                    }
+                    let Some(payload) = c.take(n) else {
+                        return Ok(false);
+                    };
+                    self.ext_clipboard_in(payload)?;
+                    return Ok(true);
+                }
+                let len = len as u32;
                 if len as usize > MAX_CUT_TEXT {
                     return Err(RfbError::TooLarge {
                         what: "server clipboard text",
@@ -911,6 +1001,17 @@ enum RectOutcome {
     Last,
 }
 
+/// Flags of the extended clipboard ([rfbproto: Extended Clipboard]).
+///
+/// [rfbproto: Extended Clipboard]: https://github.com/rfbproto/rfbproto/blob/master/rfbproto.rst#extended-clipboard-pseudo-encoding
+mod ext_clip {
+    pub const TEXT: u32 = 1;
+    pub const CAPS: u32 = 1 << 24;
+    pub const REQUEST: u32 = 1 << 25;
+    pub const NOTIFY: u32 = 1 << 27;
+    pub const PROVIDE: u32 = 1 << 28;
+}
+
 fn latin1(bytes: &[u8]) -> String {
     bytes.iter().map(|&b| char::from(b)).collect()
 }
@@ -1148,6 +1249,76 @@ mod tests {
         assert_eq!(px(65, 0), [0, 255, 0, 255]);
         assert_eq!(px(69, 1), [0, 255, 0, 255]);
         assert_eq!(c.poll_event(), Some(RfbEvent::UpdateEnd));
+    }
+
+    /// A ServerCutText in the extended format.
+    fn ext_server_msg(flags: u32, payload: &[u8]) -> Vec<u8> {
+        let mut m = vec![3, 0, 0, 0];
+        m.extend_from_slice(&(-((4 + payload.len()) as i32)).to_be_bytes());
+        m.extend_from_slice(&flags.to_be_bytes());
+        m.extend_from_slice(payload);
+        m
+    }
+
+    #[test]
+    fn extended_clipboard_carries_utf8_both_ways() {
+        use std::io::Read as _;
+        let mut c = RfbClient::new(RfbConfig::default());
+        handshake(&mut c, &[1], 4, 2);
+        let _ = c.poll_transmit();
+        // Without the server's capabilities: classic Latin-1.
+        c.cut_text("é✓");
+        assert_eq!(c.poll_transmit().unwrap(), [6, 0, 0, 0, 0, 0, 0, 2, 0xe9, b'?']);
+        // The server announces UTF-8 text; the client answers with its own capabilities.
+        c.handle_input(&ext_server_msg(
+            ext_clip::CAPS | ext_clip::TEXT | ext_clip::PROVIDE,
+            &[0, 0, 0x10, 0],
+        ))
+        .unwrap();
+        assert!(c.has_utf8_clipboard());
+        let caps = c.poll_transmit().unwrap();
+        assert_eq!(&caps[..4], [6, 0, 0, 0]);
+        assert_eq!(i32::from_be_bytes(caps[4..8].try_into().unwrap()), -8);
+        // Client → server: notify, the server requests, the client provides zlib'd, NUL-terminated CRLF text.
+        c.cut_text("grüße ✓\nzwei");
+        let notify = c.poll_transmit().unwrap();
+        assert_eq!(
+            u32::from_be_bytes(notify[8..12].try_into().unwrap()),
+            ext_clip::NOTIFY | ext_clip::TEXT
+        );
+        c.handle_input(&ext_server_msg(ext_clip::REQUEST | ext_clip::TEXT, &[]))
+            .unwrap();
+        let provide = c.poll_transmit().unwrap();
+        assert_eq!(
+            u32::from_be_bytes(provide[8..12].try_into().unwrap()),
+            ext_clip::PROVIDE | ext_clip::TEXT
+        );
+        let mut raw = Vec::new();
+        flate2::read::ZlibDecoder::new(&provide[12..])
+            .read_to_end(&mut raw)
+            .unwrap();
+        let want = "grüße ✓\r\nzwei\0";
+        assert_eq!(u32::from_be_bytes(raw[..4].try_into().unwrap()) as usize, want.len());
+        assert_eq!(&raw[4..], want.as_bytes());
+        // Server → client: notify, the client requests, the server provides.
+        c.handle_input(&ext_server_msg(ext_clip::NOTIFY | ext_clip::TEXT, &[]))
+            .unwrap();
+        let request = c.poll_transmit().unwrap();
+        assert_eq!(
+            u32::from_be_bytes(request[8..12].try_into().unwrap()),
+            ext_clip::REQUEST | ext_clip::TEXT
+        );
+        let text = "naïve ✓\r\nline\0";
+        let mut body = (text.len() as u32).to_be_bytes().to_vec();
+        body.extend_from_slice(text.as_bytes());
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(&body).unwrap();
+        c.handle_input(&ext_server_msg(
+            ext_clip::PROVIDE | ext_clip::TEXT,
+            &z.finish().unwrap(),
+        ))
+        .unwrap();
+        assert_eq!(c.poll_event(), Some(RfbEvent::CutText("naïve ✓\nline".into())));
     }
 
     #[test]

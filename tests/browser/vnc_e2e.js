@@ -4,13 +4,13 @@
 const { launch, newPage, shot, waitState, login, main } = require('./lib');
 const env = process.env;
 
-async function createConnection(page, name, password) {
+async function createConnection(page, name, password, port = env.VNC_PORT) {
   await page.click('#conn-new');
   await page.waitForSelector('#conn-form');
   await page.fill('#conn-name', name);
   await page.selectOption('#conn-protocol', 'vnc');
   await page.fill('#conn-host', '127.0.0.1');
-  await page.fill('#conn-port', env.VNC_PORT);
+  await page.fill('#conn-port', port);
   await page.fill('#conn-password', password);
   await page.click('#conn-save');
   await page.locator(`tr.conn-row[data-name="${name}"]`).waitFor({ timeout: 10000 });
@@ -43,6 +43,7 @@ main(async () => {
   await login(page, env.ADMIN_PASSWORD);
   await createConnection(page, 'e2e vnc', env.VNC_PASSWORD);
   await createConnection(page, 'e2e vnc wrong', 'wrongpw1');
+  await createConnection(page, 'e2e vnc unreachable', '', env.UNREACHABLE_PORT);
 
   await page.locator('tr.conn-row[data-name="e2e vnc"] .conn-open').click();
   await waitState(page, 'connected');
@@ -81,6 +82,15 @@ main(async () => {
   await page.keyboard.type(`xclip -o -selection clipboard > ${env.CLIP_FILE}\n`);
   await shot(page, 'vnc-typed');
 
+  // A network drop: the tab reattaches to the same session and gets the whole screen again.
+  const framesBefore = await page.evaluate(() => window.porticoDisplay.frames);
+  await page.evaluate(() => window.porticoDropConnection());
+  await waitState(page, 'reconnecting', 5000);
+  await waitState(page, 'connected', 15000);
+  await page.waitForFunction((n) => window.porticoDisplay.frames > n, framesBefore, { timeout: 15000 });
+  await waitPixel(page, 700, 500, [255, 255, 255]);
+  console.log('reattached after a network drop');
+
   // Special keys menu and fullscreen control exist and do not break the session.
   await page.selectOption('#special-keys', { label: 'Ctrl+Alt+Del' });
   await page.selectOption('#display-scale', 'actual');
@@ -94,5 +104,15 @@ main(async () => {
   const status = await page.textContent('#session-status');
   if (!/authentication failed/.test(status)) throw new Error(`expected an authentication error, got: ${status}`);
   console.log(`status: ${status}`);
+  await page.click('#session-back');
+
+  await page.locator('tr.conn-row[data-name="e2e vnc unreachable"] .conn-open').click();
+  await waitState(page, 'closed', 30000);
+  const unreachable = await page.textContent('#session-status');
+  if (!/cannot reach/.test(unreachable)) throw new Error(`expected an unreachable error, got: ${unreachable}`);
+  const overlay = await page.textContent('#display-overlay');
+  if (!/cannot reach/.test(overlay)) throw new Error(`the display does not say why: ${overlay}`);
+  console.log(`status: ${unreachable}`);
+  await shot(page, 'vnc-unreachable');
   await browser.close();
 });

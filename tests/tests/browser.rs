@@ -87,6 +87,7 @@ async fn vnc_desktop_in_the_browser_pixels_input_clipboard() -> anyhow::Result<(
     let marker = marker_path("browser-vnc");
     let clip = marker_path("browser-vnc-clip");
     let port = xvnc.port.to_string();
+    let unreachable = portico_tests::peers::free_port().to_string();
     let shots = std::env::var("PORTICO_SCREENSHOTS").unwrap_or_default();
     let out = run_browser_script(
         "vnc_e2e.js",
@@ -95,6 +96,7 @@ async fn vnc_desktop_in_the_browser_pixels_input_clipboard() -> anyhow::Result<(
             ("ADMIN_PASSWORD", p.admin_password.as_str()),
             ("VNC_PORT", port.as_str()),
             ("VNC_PASSWORD", "vnc-pw-1"),
+            ("UNREACHABLE_PORT", unreachable.as_str()),
             ("MARKER_FILE", marker.as_str()),
             ("CLIP_FILE", clip.as_str()),
             ("SCREENSHOT_DIR", shots.as_str()),
@@ -116,5 +118,7 @@ async fn vnc_desktop_in_the_browser_pixels_input_clipboard() -> anyhow::Result<(
     let _ = (std::fs::remove_file(&marker), std::fs::remove_file(&clip));
     assert!(out.contains("remote clipboard reached the browser"), "{out}");
     assert!(out.contains("authentication failed"), "{out}");
+    assert!(out.contains("reattached after a network drop"), "{out}");
+    assert!(out.contains("cannot reach"), "{out}");
     Ok(())
 }

@@ -149,26 +149,27 @@ async fn clipboard_both_ways() -> anyhow::Result<()> {
     let conn = vnc_connection(&api, xvnc.port, None).await?;
     let (_, mut s) = open_screen(&p, &api, &conn).await?;
     s.until("the first frame", WAIT, |c| c.frames > 0).await?;
+    // UTF-8 both ways: TigerVNC has the extended clipboard.
     // Browser → remote: the X selection owned by Xvnc holds the text.
     s.term
-        .send(ClientMsg::Clipboard("from the browser: café".into()))
+        .send(ClientMsg::Clipboard("from the browser: café ✓ 中文".into()))
         .await?;
     portico_tests::peers::wait_for("the remote clipboard", WAIT, || {
         xvnc.x("xclip", &["-o", "-selection", "clipboard"])
-            .is_ok_and(|t| t == "from the browser: café")
+            .is_ok_and(|t| t == "from the browser: café ✓ 中文")
     })?;
     // Remote → browser: a program on the display sets the clipboard.
     let _owner = xvnc.spawn(
         "sh",
         &[
             "-c",
-            "printf 'from the desktop: naïve' | xclip -i -selection clipboard -loops 3",
+            "printf 'from the desktop: naïve ✓' | xclip -i -selection clipboard -loops 3",
         ],
     )?;
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         s.pump(Duration::from_millis(200)).await?;
-        if s.term.clipboard.iter().any(|t| t == "from the desktop: naïve") {
+        if s.term.clipboard.iter().any(|t| t == "from the desktop: naïve ✓") {
             break;
         }
         anyhow::ensure!(
