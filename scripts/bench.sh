@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-test-deps.sh >&2
+# The comparison peer of the graphical benchmark.
+if [ "${1:-}" = vnc ] && ! command -v websockify >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get -y -qq -o DPkg::Lock::Timeout=900 --no-install-recommends install websockify >&2
+fi
 export PORTICO_BENCH_RELEASE=1
 cargo build --release --locked -p portico --bin portico -p portico-tests --bin portico-bench >&2
 exec ./target/release/portico-bench "$@"

@@ -1,10 +1,13 @@
 //! Builds the web client (`web-client/dist`) with npm when it is missing, so that `cargo run` works on a
-//! fresh clone; the assets are then embedded by rust-embed.
+//! fresh clone; the assets are then embedded by rust-embed. Also makes cargo rebuild when a migration is added.
 
 use std::path::Path;
 use std::process::Command;
 
 fn main() {
+    // `sqlx::migrate!` embeds the migrations, but on stable Rust it cannot tell cargo to watch them.
+    let migrations = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    println!("cargo:rerun-if-changed={}", migrations.display());
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../web-client");
     println!("cargo:rerun-if-changed={}", root.join("src").display());
     println!("cargo:rerun-if-changed={}", root.join("package.json").display());

@@ -9,13 +9,22 @@
 //! - Encoding runs on the blocking pool behind a semaphore as wide as the machine: 100 sessions do not
 //!   mean 100 encoding threads.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use portico_proto::wire::{ImageFormat, Rect, ServerMsg};
 use tokio::sync::Semaphore;
 
+use crate::session::Lifecycle;
+
 /// More damage rectangles than this in one flush are merged into their bounding box.
 const MAX_RECTS_PER_FLUSH: usize = 48;
+/// A frame that collects more damage rectangles than this (a browser that is behind, while the server keeps
+/// sending) merges them into their bounding box: the damage of a frame stays bounded.
+const MAX_PENDING_DAMAGE: usize = 512;
+/// Frames sent but not yet acknowledged before a session stops sending (VNC: stops asking for updates).
+pub const MAX_FRAMES_IN_FLIGHT: u32 = 2;
 
 pub struct Framebuffer {
     pub width: u16,
@@ -59,6 +68,23 @@ impl Framebuffer {
         for (row, line) in rgba.chunks_exact(usize::from(r.width) * 4).enumerate() {
             let range = self.row_range(r.x, r.y + row as u16, r.width);
             self.rgba[range].copy_from_slice(line);
+        }
+    }
+
+    /// Copy `r` from an image of the same size with `stride` bytes per row (RDP's decoded image); ignored
+    /// when out of bounds.
+    pub fn put_from_image(&mut self, r: &Rect, image: &[u8], stride: usize) {
+        if !self.contains(r) || stride < usize::from(self.width) * 4 {
+            return;
+        }
+        for row in 0..r.height {
+            let y = usize::from(r.y + row);
+            let start = y * stride + usize::from(r.x) * 4;
+            let Some(src) = image.get(start..start + usize::from(r.width) * 4) else {
+                return;
+            };
+            let range = self.row_range(r.x, r.y + row, r.width);
+            self.rgba[range].copy_from_slice(src);
         }
     }
 
@@ -155,6 +181,9 @@ impl Frame {
     pub fn damage(&mut self, r: Rect) {
         if r.width > 0 && r.height > 0 {
             self.damage.push(r);
+            if self.damage.len() > MAX_PENDING_DAMAGE {
+                self.damage = vec![bounding(&self.damage)];
+            }
         }
     }
 
@@ -214,6 +243,124 @@ impl Frame {
         .await;
         encoded.unwrap_or_default()
     }
+}
+
+/// The browser side of a graphical session: frame numbering, acknowledgements (flow control), the last
+/// pointer image (for a reattached browser) and the quality of lossy regions.
+pub struct Flow {
+    frame_id: u32,
+    acked: u32,
+    /// When each unacknowledged frame was sent (for the quality control).
+    sent_at: VecDeque<(u32, Instant)>,
+    quality: QualityControl,
+    cursor: Option<ServerMsg>,
+}
+
+impl Flow {
+    pub fn new(max_quality: u8) -> Self {
+        Flow {
+            frame_id: 0,
+            acked: 0,
+            sent_at: VecDeque::new(),
+            quality: QualityControl::new(max_quality),
+            cursor: None,
+        }
+    }
+
+    /// Whether another frame may be sent now ([`MAX_FRAMES_IN_FLIGHT`]).
+    pub fn can_send(&self) -> bool {
+        self.frame_id - self.acked < MAX_FRAMES_IN_FLIGHT
+    }
+
+    pub fn quality(&self) -> u8 {
+        self.quality.level()
+    }
+
+    /// A frame acknowledgement; returns the new quality level when its round trip changed it. Ids the bridge
+    /// never sent are ignored.
+    pub fn on_ack(&mut self, frame_id: u32) -> Option<u8> {
+        if frame_id > self.frame_id {
+            return None;
+        }
+        self.acked = self.acked.max(frame_id);
+        let now = Instant::now();
+        let mut changed = None;
+        while let Some(&(id, at)) = self.sent_at.front() {
+            if id > frame_id {
+                break;
+            }
+            self.sent_at.pop_front();
+            if id == frame_id {
+                changed = self.quality.on_ack(now - at, now);
+            }
+        }
+        changed
+    }
+
+    /// A new pointer image: remembered for reattaches, and part of the current frame.
+    pub fn cursor(&mut self, frame: &mut Frame, msg: ServerMsg) {
+        self.cursor = Some(msg.clone());
+        frame.message(msg);
+    }
+
+    /// Encode and send a frame (nothing when no browser is attached: a reattach gets the full screen).
+    pub async fn send(&mut self, frame: Frame, fb: &Framebuffer, life: &mut Lifecycle) {
+        if frame.is_empty() {
+            return;
+        }
+        let msgs = frame.finish(fb, self.quality.level()).await;
+        if life.client().is_none() {
+            return;
+        }
+        self.send_msgs(msgs, life).await;
+    }
+
+    async fn send_msgs(&mut self, msgs: Vec<ServerMsg>, life: &mut Lifecycle) {
+        self.frame_id += 1;
+        self.sent_at.push_back((self.frame_id, Instant::now()));
+        for m in msgs {
+            life.send_wait(m).await;
+        }
+        life.send_wait(ServerMsg::FrameEnd {
+            frame_id: self.frame_id,
+        })
+        .await;
+    }
+
+    /// Everything a freshly attached browser needs: the size, the whole screen, the pointer. Frames sent to
+    /// an earlier browser no longer count.
+    pub async fn full_frame(&mut self, fb: &Framebuffer, life: &mut Lifecycle) {
+        self.acked = self.frame_id;
+        self.sent_at.clear();
+        let rect = fb.full();
+        let pixels = fb.extract(&rect);
+        let level = self.quality.level();
+        let permit = encode_pool().clone().acquire_owned().await;
+        let image = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            encode_rect(rect, &pixels, level)
+        })
+        .await;
+        let mut msgs = vec![ServerMsg::DisplaySize {
+            width: rect.width,
+            height: rect.height,
+        }];
+        msgs.extend(image.ok());
+        msgs.extend(self.cursor.clone());
+        self.send_msgs(msgs, life).await;
+    }
+}
+
+/// The pointer image as a browser cursor message (PNG with alpha; an empty image hides the pointer).
+pub async fn cursor_msg(hot_x: u16, hot_y: u16, width: u16, height: u16, rgba: Vec<u8>) -> ServerMsg {
+    let png = if width == 0 || height == 0 || rgba.len() != usize::from(width) * usize::from(height) * 4 {
+        Vec::new()
+    } else {
+        tokio::task::spawn_blocking(move || png(width, height, &rgba, png::ColorType::Rgba))
+            .await
+            .unwrap_or_default()
+    };
+    ServerMsg::Cursor { hot_x, hot_y, png }
 }
 
 fn encode_pool() -> &'static Arc<Semaphore> {

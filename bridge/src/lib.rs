@@ -2,11 +2,12 @@
 //!
 //! It trusts only short-lived session tokens signed by the webapp, checks them on every WebSocket before the
 //! upgrade, claims them once through the control plane (which hands over the target credentials), and then
-//! translates between the target protocol (SSH, VNC) and the browser wire protocol (`portico_proto::wire`).
+//! translates between the target protocol (SSH, VNC, RDP) and the browser wire protocol (`portico_proto::wire`).
 //! It keeps no durable state: live sessions exist only in memory.
 
 pub mod control;
 pub mod display;
+pub mod rdp;
 pub mod session;
 pub mod ssh;
 pub mod terminal;

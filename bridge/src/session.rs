@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use portico_proto::control::{ControlError, EndRequest, Target};
 use portico_proto::token::{Protocol, SessionClaims};
-use portico_proto::wire::{ClientMsg, Hello, ServerMsg};
+use portico_proto::wire::{ClientMsg, Credentials, Hello, ServerMsg};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use tokio::sync::{mpsc, oneshot};
@@ -19,6 +19,8 @@ use crate::control::ControlPlane;
 
 /// Messages queued towards one browser before the actor switches to repaint mode.
 pub const CLIENT_QUEUE: usize = 64;
+/// How long a session waits for the user to type credentials.
+pub const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(180);
 
 pub type ClientTx = mpsc::Sender<ServerMsg>;
 
@@ -138,19 +140,11 @@ pub fn spawn(
         match target.protocol {
             Protocol::Ssh => crate::terminal::run(life, target, cmd_rx).await,
             Protocol::Vnc => crate::vnc::run(life, target, cmd_rx).await,
-            Protocol::Rdp => unsupported(life, cmd_rx, "rdp is not supported by this bridge yet").await,
+            Protocol::Rdp => crate::rdp::run(life, target, cmd_rx).await,
         }
         registry.remove(&id);
     });
     live
-}
-
-async fn unsupported(mut life: Lifecycle, mut cmd_rx: mpsc::Receiver<Cmd>, why: &str) {
-    if let Some(flow) = life.wait_first_attach(&mut cmd_rx).await {
-        return life.end(flow).await;
-    }
-    life.send(ServerMsg::error("target_error", why, true));
-    life.finish("target_error", why.into(), false).await;
 }
 
 /// How a session ends.
@@ -263,6 +257,44 @@ impl Lifecycle {
             _ => {
                 self.detach();
                 false
+            }
+        }
+    }
+
+    /// Ask the browser for credentials (connections set to ask at every connection) and wait for them, at
+    /// most [`CREDENTIALS_TIMEOUT`]; what the user types is used for this attempt only.
+    pub async fn ask_credentials(
+        &mut self,
+        cmd_rx: &mut mpsc::Receiver<Cmd>,
+        prompt: &str,
+    ) -> Result<Credentials, End> {
+        self.send(ServerMsg::status("credentials", prompt));
+        let deadline = Instant::now() + CREDENTIALS_TIMEOUT;
+        loop {
+            let cmd = tokio::select! {
+                cmd = cmd_rx.recv() => cmd,
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(End { code: "auth_failed", reason: "no credentials entered in time".into(), from_control: false });
+                }
+            };
+            match cmd.map(|c| self.common(c)) {
+                None => {
+                    return Err(End {
+                        code: "ended",
+                        reason: "bridge shutting down".into(),
+                        from_control: false,
+                    });
+                }
+                Some(Common::End(end)) => return Err(end),
+                // A reattached browser has not seen the prompt.
+                Some(Common::Attached(_)) => {
+                    self.send(ServerMsg::status("credentials", prompt));
+                }
+                Some(Common::Input(ClientMsg::Credentials(c))) => {
+                    self.last_input = Instant::now();
+                    return Ok(c);
+                }
+                Some(Common::Input(_) | Common::Handled) => {}
             }
         }
     }

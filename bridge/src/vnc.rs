@@ -14,11 +14,10 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::display::{Frame, Framebuffer, QualityControl, decode_jpeg, encode_rect, png};
+use crate::display::{Flow, Frame, Framebuffer, cursor_msg, decode_jpeg};
 use crate::session::{Cmd, Common, End, Lifecycle, sleep_until};
 
-/// Frames sent but not yet acknowledged before the bridge stops asking for updates.
-pub const MAX_FRAMES_IN_FLIGHT: u32 = 2;
+pub use crate::display::MAX_FRAMES_IN_FLIGHT;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -33,38 +32,26 @@ struct Display {
     rfb: RfbClient,
     fb: Option<Framebuffer>,
     frame: Frame,
-    frame_id: u32,
-    acked: u32,
     requested: bool,
-    cursor: Option<ServerMsg>,
-    /// When each unacknowledged frame was sent (for the quality control).
-    sent_at: std::collections::VecDeque<(u32, std::time::Instant)>,
-    quality: QualityControl,
+    flow: Flow,
+    /// Remote clipboard changes go to the browser.
+    clipboard_down: bool,
 }
 
 /// The Tight JPEG quality level asked for at first (and the ceiling of the quality control).
 const DEFAULT_JPEG_LEVEL: u8 = 5;
 
 impl Display {
-    /// A frame acknowledgement: feed its round trip to the quality control, which may change the level.
+    /// A frame acknowledgement: its round trip may change the JPEG quality the server is asked for.
     fn on_ack(&mut self, frame_id: u32) {
-        let now = std::time::Instant::now();
-        while let Some(&(id, at)) = self.sent_at.front() {
-            if id > frame_id {
-                break;
-            }
-            self.sent_at.pop_front();
-            if id == frame_id
-                && let Some(level) = self.quality.on_ack(now - at, now)
-            {
-                tracing::debug!(level, "JPEG quality level changed");
-                self.rfb.set_jpeg_quality(level);
-            }
+        if let Some(level) = self.flow.on_ack(frame_id) {
+            tracing::debug!(level, "JPEG quality level changed");
+            self.rfb.set_jpeg_quality(level);
         }
     }
 
     fn maybe_request(&mut self, attached: bool) {
-        if attached && !self.requested && self.fb.is_some() && self.frame_id - self.acked < MAX_FRAMES_IN_FLIGHT {
+        if attached && !self.requested && self.fb.is_some() && self.flow.can_send() {
             self.rfb.request_update(true);
             self.requested = true;
         }
@@ -72,24 +59,8 @@ impl Display {
 
     /// Everything a freshly attached browser needs: the size, the whole screen, the pointer.
     async fn full_frame(&mut self, life: &mut Lifecycle) {
-        let Some(fb) = &self.fb else { return };
-        self.frame_id += 1;
-        self.acked = self.frame_id - 1;
-        let rect = fb.full();
-        let pixels = fb.extract(&rect);
-        let level = self.quality.level();
-        let image = tokio::task::spawn_blocking(move || encode_rect(rect, &pixels, level)).await;
-        let mut msgs = vec![ServerMsg::DisplaySize {
-            width: rect.width,
-            height: rect.height,
-        }];
-        msgs.extend(image.ok());
-        msgs.extend(self.cursor.clone());
-        msgs.push(ServerMsg::FrameEnd {
-            frame_id: self.frame_id,
-        });
-        for m in msgs {
-            life.send_wait(m).await;
+        if let Some(fb) = &self.fb {
+            self.flow.full_frame(fb, life).await;
         }
     }
 
@@ -176,38 +147,19 @@ impl Display {
                     height,
                     rgba,
                 } => {
-                    let png = if width == 0 || height == 0 {
-                        Vec::new()
-                    } else {
-                        tokio::task::spawn_blocking(move || png(width, height, &rgba, png::ColorType::Rgba))
-                            .await
-                            .unwrap_or_default()
-                    };
-                    let msg = ServerMsg::Cursor { hot_x, hot_y, png };
-                    self.cursor = Some(msg.clone());
-                    self.frame.message(msg);
+                    let msg = cursor_msg(hot_x, hot_y, width, height, rgba).await;
+                    self.flow.cursor(&mut self.frame, msg);
                 }
                 RfbEvent::UpdateEnd => {
                     self.requested = false;
-                    let (Some(fb), false) = (&self.fb, self.frame.is_empty()) else {
-                        continue;
-                    };
-                    let msgs = std::mem::take(&mut self.frame).finish(fb, self.quality.level()).await;
-                    if life.client().is_none() {
-                        continue; // Nobody watches; a reattach gets the full screen.
+                    if let Some(fb) = &self.fb {
+                        self.flow.send(std::mem::take(&mut self.frame), fb, life).await;
                     }
-                    self.frame_id += 1;
-                    for m in msgs {
-                        life.send_wait(m).await;
-                    }
-                    life.send_wait(ServerMsg::FrameEnd {
-                        frame_id: self.frame_id,
-                    })
-                    .await;
                 }
-                RfbEvent::CutText(text) => {
+                RfbEvent::CutText(text) if self.clipboard_down => {
                     life.send(ServerMsg::RemoteClipboard(text));
                 }
+                RfbEvent::CutText(_) => tracing::debug!("Remote clipboard not forwarded (clipboard_down is off)"),
                 RfbEvent::ResizeRefused(why) => {
                     let why = format!("the vnc server refused to resize: {why}; the view is scaled instead");
                     life.send(ServerMsg::error("resize_unsupported", why, false));
@@ -224,6 +176,14 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
     tracing::info!(host = %target.host, port = target.port, "Session started");
     if let Some(end) = life.wait_first_attach(&mut cmd_rx).await {
         return life.end(end).await;
+    }
+    let settings = target.settings.clone();
+    let mut password = target.password.clone();
+    if settings.ask_credentials {
+        match life.ask_credentials(&mut cmd_rx, "the vnc server's password").await {
+            Ok(c) => password = Some(portico_proto::Secret::new(c.password)),
+            Err(end) => return life.end(end).await,
+        }
     }
     let addr = format!("{}:{}", target.host, target.port);
     life.send(ServerMsg::status("connecting", format!("connecting to {addr}")));
@@ -250,17 +210,14 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
     let _ = tcp.set_nodelay(true);
     let mut d = Display {
         rfb: RfbClient::new(RfbConfig {
-            password: target.password.clone(),
+            password,
             ..RfbConfig::default()
         }),
         fb: None,
         frame: Frame::default(),
-        frame_id: 0,
-        acked: 0,
         requested: false,
-        cursor: None,
-        sent_at: std::collections::VecDeque::new(),
-        quality: QualityControl::new(DEFAULT_JPEG_LEVEL),
+        flow: Flow::new(DEFAULT_JPEG_LEVEL),
+        clipboard_down: settings.clipboard_down,
     };
     // INVARIANT: the password is in the RFB client's config now; the target is not needed any more.
     drop(target);
@@ -309,7 +266,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                 Some(Common::Input(msg)) => {
                     let (w, h) = d.rfb.size();
                     match msg {
-                        ClientMsg::Key { keysym, down } => {
+                        ClientMsg::Key { keysym, down, .. } => {
                             life.last_input = tokio::time::Instant::now();
                             d.rfb.key(keysym, down);
                         }
@@ -317,11 +274,8 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                             life.last_input = tokio::time::Instant::now();
                             d.rfb.pointer(x.min(w.saturating_sub(1)), y.min(h.saturating_sub(1)), buttons);
                         }
-                        ClientMsg::Clipboard(text) => d.rfb.cut_text(&text),
+                        ClientMsg::Clipboard(text) if settings.clipboard_up => d.rfb.cut_text(&text),
                         ClientMsg::FrameAck { frame_id } => {
-                            if frame_id <= d.frame_id {
-                                d.acked = d.acked.max(frame_id);
-                            }
                             d.on_ack(frame_id);
                             d.maybe_request(life.client().is_some());
                         }

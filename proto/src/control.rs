@@ -36,8 +36,66 @@ pub struct Target {
     pub username: String,
     pub password: Option<Secret<String>>,
     pub private_key: Option<Secret<String>>,
-    /// Pinned host key (SSH: `SHA256:...` as OpenSSH prints it); `None` = trust on first use.
+    /// Pinned host key (SSH: `SHA256:...` as OpenSSH prints it; RDP: the SHA-256 of the server's TLS
+    /// certificate, same notation); `None` = trust on first use.
     pub host_key_fingerprint: Option<String>,
+    /// Protocol settings of the connection.
+    #[serde(default)]
+    pub settings: ConnectionSettings,
+}
+
+/// RDP security protocols the bridge offers the server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RdpSecurity {
+    /// NLA (CredSSP) or TLS, whichever the server picks.
+    #[default]
+    Auto,
+    /// TLS only (the server shows its own logon if the credentials do not work).
+    Tls,
+    /// NLA (CredSSP over TLS) only: the credentials are checked before a session exists.
+    Nla,
+}
+
+/// Per-connection settings beyond host, port and credentials. Unknown keys are refused by the API;
+/// every field has a safe default, so older rows (`{}`) stay valid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionSettings {
+    /// RDP: the Windows domain of the account.
+    pub domain: Option<String>,
+    /// RDP: which security protocols to offer.
+    pub security: RdpSecurity,
+    /// RDP: a fixed desktop size; `None` = the size of the browser window (and follow its resizes).
+    pub width: Option<u16>,
+    pub height: Option<u16>,
+    /// RDP: colour depth requested from the server (16, 24 or 32).
+    pub color_depth: u8,
+    /// Clipboard from the browser to the remote side.
+    pub clipboard_up: bool,
+    /// Clipboard from the remote side to the browser.
+    pub clipboard_down: bool,
+    /// Ask the user for the username and password at every connection (used once, never stored)
+    /// instead of using stored credentials.
+    pub ask_credentials: bool,
+    /// RDP: accept any server certificate. Named as a danger: it allows a man in the middle.
+    pub danger_accept_any_certificate: bool,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        ConnectionSettings {
+            domain: None,
+            security: RdpSecurity::Auto,
+            width: None,
+            height: None,
+            color_depth: 32,
+            clipboard_up: true,
+            clipboard_down: true,
+            ask_credentials: false,
+            danger_accept_any_certificate: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

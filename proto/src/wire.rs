@@ -39,6 +39,7 @@ mod ty {
     pub const DISCONNECT: u8 = 0x86;
     pub const KEY: u8 = 0x87;
     pub const POINTER: u8 = 0x88;
+    pub const CREDENTIALS: u8 = 0x89;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,10 +147,14 @@ pub enum ClientMsg {
     },
     Clipboard(String),
     Disconnect,
-    /// An X11 keysym pressed or released.
+    /// A key pressed or released: its X11 keysym (from `KeyboardEvent.key`: what the key types on the
+    /// user's layout) and, when known, its PC/AT set-1 scancode (from `KeyboardEvent.code`: where the key
+    /// is; `0xe0xx` for extended keys, 0 = unknown). VNC uses the keysym, RDP the scancode (and Unicode
+    /// input from the keysym for characters without a key).
     Key {
         keysym: u32,
         down: bool,
+        scancode: u16,
     },
     /// Pointer position in remote pixels and the button mask (1 left, 2 middle, 4 right, 8/16 wheel up/down).
     Pointer {
@@ -157,6 +162,27 @@ pub enum ClientMsg {
         y: u16,
         buttons: u8,
     },
+    /// The answer to a `credentials` status: used for this connection attempt only, never stored.
+    Credentials(Credentials),
+}
+
+/// Credentials the user typed for one connection attempt.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+    #[serde(default)]
+    pub domain: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<secret>")
+            .field("domain", &self.domain)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -400,11 +426,13 @@ impl ClientMsg {
             ClientMsg::FrameAck { frame_id } => frame(ty::FRAME_ACK, &frame_id.to_be_bytes()),
             ClientMsg::Clipboard(text) => frame(ty::CLIPBOARD, text.as_bytes()),
             ClientMsg::Disconnect => frame(ty::DISCONNECT, &[]),
-            ClientMsg::Key { keysym, down } => {
+            ClientMsg::Key { keysym, down, scancode } => {
                 let mut p = keysym.to_be_bytes().to_vec();
                 p.push(u8::from(*down));
+                p.extend_from_slice(&scancode.to_be_bytes());
                 frame(ty::KEY, &p)
             }
+            ClientMsg::Credentials(c) => json_frame(ty::CREDENTIALS, c),
             ClientMsg::Pointer { x, y, buttons } => {
                 let mut p = u16s(&[*x, *y]);
                 p.push(*buttons);
@@ -450,11 +478,31 @@ impl ClientMsg {
                 }
             },
             ty::KEY => {
-                let p: [u8; 5] = fixed(t, payload)?;
+                // 5 bytes (keysym, down) from older clients, 7 with the scancode.
+                let (p, scancode) = match payload.len() {
+                    5 => (payload, 0),
+                    7 => (payload, be16(payload, 5)),
+                    got => {
+                        return Err(WireError::Length {
+                            ty: t,
+                            expected: 7,
+                            got,
+                        });
+                    }
+                };
                 ClientMsg::Key {
                     keysym: u32::from_be_bytes([p[0], p[1], p[2], p[3]]),
                     down: p[4] != 0,
+                    scancode,
                 }
+            }
+            ty::CREDENTIALS => {
+                let c: Credentials = serde_json::from_slice(payload).map_err(|_| WireError::Json)?;
+                if c.username.len() > 256 || c.password.len() > 4096 || c.domain.as_ref().is_some_and(|d| d.len() > 256)
+                {
+                    return Err(WireError::TooLarge(payload.len()));
+                }
+                ClientMsg::Credentials(c)
             }
             ty::POINTER => {
                 let p: [u8; 5] = fixed(t, payload)?;
@@ -490,7 +538,18 @@ mod tests {
             ClientMsg::Key {
                 keysym: 0xff0d,
                 down: true,
+                scancode: 0x1c,
             },
+            ClientMsg::Key {
+                keysym: 0xff51,
+                down: false,
+                scancode: 0xe04b,
+            },
+            ClientMsg::Credentials(Credentials {
+                username: "alice".into(),
+                password: "pw".into(),
+                domain: Some("CORP".into()),
+            }),
             ClientMsg::Pointer {
                 x: 640,
                 y: 360,
@@ -500,6 +559,31 @@ mod tests {
         for m in msgs {
             assert_eq!(ClientMsg::decode(&m.encode()).unwrap(), m);
         }
+    }
+
+    #[test]
+    fn keys_without_scancode_and_hidden_passwords() {
+        // An older client's 5-byte KEY: no scancode.
+        assert_eq!(
+            ClientMsg::decode(&[VERSION, ty::KEY, 0, 0, 0, 0x61, 1]).unwrap(),
+            ClientMsg::Key {
+                keysym: 0x61,
+                down: true,
+                scancode: 0
+            }
+        );
+        assert!(ClientMsg::decode(&[VERSION, ty::KEY, 0, 0, 0, 0x61, 1, 0]).is_err());
+        let c = Credentials {
+            username: "alice".into(),
+            password: "hunter2".into(),
+            domain: None,
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let long = ClientMsg::Credentials(Credentials {
+            password: "x".repeat(5000),
+            ..c
+        });
+        assert!(ClientMsg::decode(&long.encode()).is_err());
     }
 
     #[test]

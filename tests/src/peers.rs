@@ -1,5 +1,6 @@
 //! Real peers for the tests, started on loopback and stopped by PID: OpenSSH sshd (with a real local user),
-//! PostgreSQL 15, and Chromium driven by playwright-core scripts in `tests/browser/`.
+//! PostgreSQL 15, TigerVNC Xvnc and x11vnc, FreeRDP's shadow server and xrdp, and Chromium driven by
+//! playwright-core scripts in `tests/browser/`.
 
 use std::fs;
 use std::io::{Read as _, Write as _};
@@ -659,30 +660,6 @@ impl VncServer {
         self.children.first().map_or(0, Child::id)
     }
 
-    fn x_command(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
-        c.env("DISPLAY", format!(":{}", self.display));
-        c
-    }
-
-    /// Run an X client (e.g. `xsetroot`) on this display and wait for it.
-    pub fn x(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
-        run(self.x_command(program).args(args), program)
-    }
-
-    /// Start an X client (e.g. `xterm`) on this display in the background; it stops when dropped.
-    pub fn spawn(&self, program: &str, args: &[&str]) -> anyhow::Result<Background> {
-        let child = self
-            .x_command(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("start {program} (run scripts/install-test-deps.sh)"))?;
-        Ok(Background(Some(child)))
-    }
-
     fn stop(&mut self) {
         for mut c in self.children.drain(..) {
             stop_child(&mut c);
@@ -694,6 +671,399 @@ impl Drop for VncServer {
     fn drop(&mut self) {
         self.stop();
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The process ids below `root` (children, grandchildren...), read from /proc, deepest last.
+fn descendants(root: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    if let Ok(dir) = fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 2..].split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(ppid) = ppid {
+                parent_of.push((pid, ppid));
+            }
+        }
+    }
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        out.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    out.remove(0);
+    out
+}
+
+fn kill_pids(pids: &[u32]) {
+    for pid in pids {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+}
+
+/// How a FreeRDP shadow server authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShadowAuth {
+    /// TLS, any credentials (`-auth`).
+    None,
+    /// NLA (CredSSP/NTLM) against a SAM file with the test user's password.
+    Nla,
+}
+
+/// Serializes xrdp servers: xrdp finds its session manager at the compiled-in [::1]:3350.
+static XRDP_LOCK: Mutex<()> = Mutex::new(());
+
+/// A real RDP server on 127.0.0.1: FreeRDP's shadow server on its own Xvfb, or xrdp with xorgxrdp
+/// sessions for the test user.
+pub struct RdpServer {
+    pub port: u16,
+    /// The X display the RDP server shows (xrdp: the first one sessions may get; [`XDisplay::display`]
+    /// finds the session's).
+    pub display: u16,
+    /// A user name and password the server accepts.
+    pub user: TestUser,
+    /// SHA-256 of the server's TLS certificate (hex), when the harness made it.
+    pub cert_sha256_hex: Option<String>,
+    dir: PathBuf,
+    children: Vec<Child>,
+    xauthority: Option<PathBuf>,
+    _xrdp: Option<std::sync::MutexGuard<'static, ()>>,
+}
+
+impl RdpServer {
+    /// `freerdp-shadow-cli` sharing a fresh Xvfb of `width` x `height`.
+    pub fn shadow(auth: ShadowAuth, width: u16, height: u16) -> anyhow::Result<RdpServer> {
+        need("/usr/bin/freerdp-shadow-cli", "freerdp2-shadow-x11")?;
+        need("/usr/bin/Xvfb", "xvfb")?;
+        let user = ensure_test_user()?;
+        let dir = scratch("shadow")?;
+        let home = dir.join("home");
+        fs::create_dir_all(&home)?;
+        let mut last = None;
+        for _ in 0..5 {
+            let display = next_display();
+            let port = free_port();
+            let log = fs::File::create(dir.join("server.log"))?;
+            let mut server = RdpServer {
+                port,
+                display,
+                user: user.clone(),
+                cert_sha256_hex: None,
+                dir: dir.clone(),
+                children: Vec::new(),
+                xauthority: None,
+                _xrdp: None,
+            };
+            let started = (|| -> anyhow::Result<()> {
+                let xvfb = Command::new("/usr/bin/Xvfb")
+                    .arg(format!(":{display}"))
+                    .args([
+                        "-screen",
+                        "0",
+                        &format!("{width}x{height}x24"),
+                        "-nolisten",
+                        "tcp",
+                        "-noreset",
+                    ])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(log.try_clone()?)
+                    .spawn()
+                    .context("start Xvfb")?;
+                server.children.push(xvfb);
+                wait_for("Xvfb socket", Duration::from_secs(10), || {
+                    Path::new(&format!("/tmp/.X11-unix/X{display}")).exists()
+                })?;
+                let mut cmd = Command::new("/usr/bin/freerdp-shadow-cli");
+                cmd.env("HOME", &home)
+                    .env("DISPLAY", format!(":{display}"))
+                    .args(["/bind-address:127.0.0.1", &format!("/port:{port}")]);
+                match auth {
+                    ShadowAuth::None => {
+                        cmd.arg("-auth");
+                    }
+                    ShadowAuth::Nla => {
+                        let sam = run(
+                            Command::new("winpr-hash").args(["-u", &user.name, "-p", &user.password, "-f", "sam"]),
+                            "winpr-hash (install winpr-utils)",
+                        )?;
+                        let sam_path = dir.join("SAM");
+                        fs::write(&sam_path, sam)?;
+                        cmd.args(["+auth", "/sec:nla", &format!("/sam-file:{}", sam_path.display())]);
+                    }
+                }
+                let shadow = cmd
+                    .stdin(Stdio::null())
+                    .stdout(log.try_clone()?)
+                    .stderr(log)
+                    .spawn()
+                    .context("start freerdp-shadow-cli")?;
+                server.children.insert(0, shadow);
+                wait_for("the shadow server's port", Duration::from_secs(15), || {
+                    TcpStream::connect(("127.0.0.1", port)).is_ok()
+                })
+            })();
+            match started {
+                Ok(()) => return Ok(server),
+                Err(e) => {
+                    last = Some(anyhow::anyhow!("{e}: {}", server.log()));
+                    server.stop();
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("the shadow server did not start")))
+    }
+
+    /// xrdp 0.9 (TLS; no NLA) with xorgxrdp sessions for the test user, whose desktop is a solid
+    /// `#305030` root and an xterm at the top left. One at a time (see [`XRDP_LOCK`]).
+    pub fn xrdp() -> anyhow::Result<RdpServer> {
+        need("/usr/sbin/xrdp", "xrdp")?;
+        need("/usr/lib/xorg/Xorg", "xorgxrdp")?;
+        let guard = XRDP_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let user = ensure_test_user()?;
+        let dir = scratch("xrdp")?;
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        run(
+            Command::new("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=portico-test-xrdp",
+                ])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert),
+            "openssl req",
+        )?;
+        let fp = run(
+            Command::new("openssl")
+                .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+                .arg(&cert),
+            "openssl x509",
+        )?;
+        let cert_sha256_hex = fp.trim().rsplit('=').next().map(|h| h.replace(':', "").to_lowercase());
+        let wm = dir.join("startwm.sh");
+        fs::write(
+            &wm,
+            "#!/bin/sh\nxsetroot -solid '#305030'\nexec xterm -geometry 80x24+10+10 -fa 'DejaVu Sans Mono' -fs 11\n",
+        )?;
+        run(Command::new("chmod").args(["755"]).arg(&wm), "chmod")?;
+        let port = free_port();
+        let sub = |src: &str, pairs: &[(&str, String)]| -> anyhow::Result<String> {
+            let mut out = String::new();
+            for line in fs::read_to_string(src).with_context(|| format!("read {src}"))?.lines() {
+                let key = line.split('=').next().unwrap_or("");
+                match pairs.iter().find(|(k, _)| *k == key && line.contains('=')) {
+                    Some((k, v)) if !(key == "port" && line != "port=3389") => out.push_str(&format!("{k}={v}\n")),
+                    _ => out.push_str(&format!("{line}\n")),
+                }
+            }
+            Ok(out)
+        };
+        let xrdp_ini = sub(
+            "/etc/xrdp/xrdp.ini",
+            &[
+                ("port", format!("tcp://127.0.0.1:{port}")),
+                ("certificate", cert.display().to_string()),
+                ("key_file", key.display().to_string()),
+                ("security_layer", "negotiate".into()),
+                ("autorun", "Xorg".into()),
+                ("LogFile", dir.join("xrdp.log").display().to_string()),
+                ("EnableSyslog", "false".into()),
+            ],
+        )?;
+        let sesman_ini = sub(
+            "/etc/xrdp/sesman.ini",
+            &[
+                ("LogFile", dir.join("sesman.log").display().to_string()),
+                ("EnableSyslog", "false".into()),
+                ("DefaultWindowManager", wm.display().to_string()),
+                ("EnableUserWindowManager", "false".into()),
+                ("X11DisplayOffset", "100".into()),
+                ("AllowRootLogin", "false".into()),
+            ],
+        )?;
+        fs::write(dir.join("xrdp.ini"), xrdp_ini)?;
+        fs::write(dir.join("sesman.ini"), sesman_ini)?;
+        // What the packaged systemd units prepare.
+        fs::create_dir_all("/run/xrdp/sockdir")?;
+        let _ = Command::new("chown")
+            .args(["root:xrdp", "/run/xrdp", "/run/xrdp/sockdir"])
+            .status();
+        let _ = Command::new("chmod").args(["2775", "/run/xrdp"]).status();
+        let _ = Command::new("chmod").args(["3777", "/run/xrdp/sockdir"]).status();
+        let _ = fs::remove_file("/run/xrdp/xrdp.pid");
+        let _ = fs::remove_file("/run/xrdp/xrdp-sesman.pid");
+        if TcpStream::connect("[::1]:3350").is_ok() {
+            bail!("another xrdp-sesman already listens on [::1]:3350 (xrdp finds its session manager only there)");
+        }
+        let mut server = RdpServer {
+            port,
+            display: 100,
+            user: user.clone(),
+            cert_sha256_hex,
+            dir: dir.clone(),
+            children: Vec::new(),
+            xauthority: Some(user.home.join(".Xauthority")),
+            _xrdp: Some(guard),
+        };
+        let log = fs::File::create(dir.join("server.log"))?;
+        let sesman = Command::new("/usr/sbin/xrdp-sesman")
+            .arg("-n")
+            .arg("-c")
+            .arg(dir.join("sesman.ini"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log.try_clone()?)
+            .spawn()
+            .context("start xrdp-sesman")?;
+        server.children.push(sesman);
+        let xrdp = Command::new("/usr/sbin/xrdp")
+            .arg("-n")
+            .arg("-c")
+            .arg(dir.join("xrdp.ini"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start xrdp")?;
+        server.children.insert(0, xrdp);
+        let ready = wait_for("xrdp and xrdp-sesman", Duration::from_secs(15), || {
+            TcpStream::connect("[::1]:3350").is_ok() && TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        if let Err(e) = ready {
+            let log = server.log();
+            server.stop();
+            bail!("{e}: {log}");
+        }
+        Ok(server)
+    }
+
+    /// The server's logs (for failure messages).
+    pub fn log(&self) -> String {
+        ["server.log", "xrdp.log", "sesman.log"]
+            .iter()
+            .filter_map(|f| fs::read_to_string(self.dir.join(f)).ok())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Process ids of the server (and, for xrdp, its sessions), for CPU accounting.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.children.iter().map(Child::id).collect();
+        let below: Vec<u32> = pids.iter().flat_map(|p| descendants(*p)).collect();
+        pids.extend(below);
+        pids
+    }
+
+    /// The X display of xrdp's session for the test user (its Xorg runs under sesman), once it exists.
+    fn session_display(&self) -> Option<u16> {
+        self.children.iter().flat_map(|c| descendants(c.id())).find_map(|pid| {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let mut args = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned());
+            let program = args.next()?;
+            if !program.ends_with("Xorg") {
+                return None;
+            }
+            args.find_map(|a| a.strip_prefix(':').and_then(|n| n.parse().ok()))
+        })
+    }
+
+    fn stop(&mut self) {
+        // xrdp's sessions (Xorg, chansrv, the window manager) run under sesman: collect them first.
+        let session_display = self.xauthority.as_ref().and_then(|_| self.session_display());
+        let below: Vec<u32> = self.children.iter().flat_map(|c| descendants(c.id())).collect();
+        for mut c in self.children.drain(..) {
+            stop_child(&mut c);
+        }
+        kill_pids(&below);
+        // A killed Xorg leaves its socket and lock behind; the next session would skip that display.
+        if let Some(d) = session_display {
+            let _ = fs::remove_file(format!("/tmp/.X11-unix/X{d}"));
+            let _ = fs::remove_file(format!("/tmp/.X{d}-lock"));
+        }
+    }
+}
+
+impl XDisplay for RdpServer {
+    fn display(&self) -> u16 {
+        match self.xauthority {
+            Some(_) => self.session_display().unwrap_or(self.display),
+            None => self.display,
+        }
+    }
+
+    fn x_env(&self) -> Vec<(String, String)> {
+        self.xauthority
+            .iter()
+            .map(|a| ("XAUTHORITY".to_owned(), a.display().to_string()))
+            .collect()
+    }
+}
+
+impl Drop for RdpServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A server with an X display that test programs can draw on (`xsetroot`, `xterm`, `xdotool`...).
+pub trait XDisplay {
+    /// The X display number.
+    fn display(&self) -> u16;
+
+    /// Extra environment of X clients (e.g. the X authority of a display owned by another user).
+    fn x_env(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    fn x_command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env("DISPLAY", format!(":{}", self.display()));
+        c.envs(self.x_env());
+        c
+    }
+
+    /// Run an X client (e.g. `xsetroot`) on this display and wait for it.
+    fn x(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
+        run(self.x_command(program).args(args), program)
+    }
+
+    /// Start an X client (e.g. `xterm`) on this display in the background; it stops when dropped.
+    fn spawn(&self, program: &str, args: &[&str]) -> anyhow::Result<Background> {
+        let child = self
+            .x_command(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("start {program} (run scripts/install-test-deps.sh)"))?;
+        Ok(Background(Some(child)))
+    }
+}
+
+impl XDisplay for VncServer {
+    fn display(&self) -> u16 {
+        self.display
     }
 }
 

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use portico_tests::client::Api;
+use portico_tests::peers::XDisplay as _;
 use portico_tests::peers::{Sshd, VncServer, run_browser_script, wait_for};
 use portico_tests::portico::Portico;
 use reqwest::Method;

@@ -45,6 +45,7 @@ async fn exercise(db: &Db) -> anyhow::Result<()> {
         password_enc: Some("v1:sealed".into()),
         private_key_enc: None,
         host_key_fingerprint: None,
+        settings: r#"{"domain":"CORP"}"#.into(),
         created_at: now,
         updated_at: now,
     };

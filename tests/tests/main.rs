@@ -6,6 +6,7 @@ mod bad_input;
 mod browser;
 mod db;
 mod health;
+mod rdp;
 pub mod rfb;
 mod ssh;
 mod token;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use portico_proto::Secret;
 use portico_proto::rfb::{RfbClient, RfbConfig, RfbError, RfbEvent, encoding};
 use portico_tests::peers::VncServer;
+use portico_tests::peers::XDisplay as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 

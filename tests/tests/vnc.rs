@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use portico_proto::wire::{self, ClientMsg};
 use portico_tests::client::{Api, Screen, attach, ws_connect};
+use portico_tests::peers::XDisplay as _;
 use portico_tests::peers::{VncServer, free_port};
 use portico_tests::portico::Portico;
 use serde_json::{Value, json};
@@ -78,8 +79,20 @@ async fn x11vnc_desktop_arrives() -> anyhow::Result<()> {
 async fn type_text(s: &mut Screen, text: &str) -> anyhow::Result<()> {
     for ch in text.chars() {
         let keysym = if ch == '\n' { 0xff0d } else { u32::from(ch) };
-        s.term.send(ClientMsg::Key { keysym, down: true }).await?;
-        s.term.send(ClientMsg::Key { keysym, down: false }).await?;
+        s.term
+            .send(ClientMsg::Key {
+                keysym,
+                down: true,
+                scancode: 0,
+            })
+            .await?;
+        s.term
+            .send(ClientMsg::Key {
+                keysym,
+                down: false,
+                scancode: 0,
+            })
+            .await?;
     }
     Ok(())
 }

@@ -4,11 +4,18 @@ export interface User { id: string; username: string; role: 'admin' | 'user'; cr
 export interface Me { user: User; csrf_token: string | null }
 export interface Connection {
   id: string; name: string; protocol: 'ssh' | 'vnc' | 'rdp'; host: string; port: number; username: string;
-  has_password: boolean; has_private_key: boolean; host_key_fingerprint: string | null; created_at: number; updated_at: number;
+  has_password: boolean; has_private_key: boolean; host_key_fingerprint: string | null; settings: ConnectionSettings;
+  created_at: number; updated_at: number;
+}
+/** Protocol settings (see proto/src/control.rs `ConnectionSettings`). */
+export interface ConnectionSettings {
+  domain: string | null; security: 'auto' | 'tls' | 'nla'; width: number | null; height: number | null;
+  color_depth: number; clipboard_up: boolean; clipboard_down: boolean; ask_credentials: boolean;
+  danger_accept_any_certificate: boolean;
 }
 export interface ConnectionInput {
   name: string; protocol: string; host: string; port: number; username: string;
-  password?: string; private_key?: string; host_key_fingerprint?: string;
+  password?: string; private_key?: string; host_key_fingerprint?: string; settings?: ConnectionSettings;
 }
 export interface SessionCreated { session_id: string; token: string; ws_url: string; connect_url: string; expires_at: number }
 export interface ApiKey { id: string; name: string; created_at: number; last_used_at: number | null }

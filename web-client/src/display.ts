@@ -8,7 +8,7 @@
 
 import { h } from './dom';
 import * as wire from './wire';
-import { keysymOf, SPECIAL_KEYS } from './keysym';
+import { type KeyCode, keysymOf, scancodeOf, SPECIAL_KEYS } from './keysym';
 import type { Send, State, View } from './session';
 
 declare global {
@@ -55,7 +55,7 @@ export class DisplayView implements View {
   private pending: Op[] = [];
   private chain: Promise<void> = Promise.resolve();
   private scale: Scale = 'fit';
-  private pressed = new Map<string, number>();
+  private pressed = new Map<string, KeyCode>();
   private buttons = 0;
   private move: { x: number; y: number } | null = null;
   private moveScheduled = false;
@@ -64,11 +64,13 @@ export class DisplayView implements View {
   private lastClipboard = '';
   /** The last write to the local clipboard (a read on focus waits for it). */
   private clipWrite: Promise<void> = Promise.resolve();
-  private pendingPasteKey: { code: string; keysym: number; timer: number } | null = null;
+  private pendingPasteKey: { code: string; key: KeyCode; timer: number } | null = null;
   private resizeTimer: number | undefined;
   private disposed = false;
 
-  constructor(stage: HTMLElement, private readonly send: Send) {
+  constructor(stage: HTMLElement, private readonly send: Send, protocol = 'vnc') {
+    // RDP desktops take the browser's size (the bridge waits for it before connecting).
+    if (protocol === 'rdp') this.scale = 'remote';
     this.canvas = h('canvas', { id: 'display', tabindex: '0' });
     const ctx = this.canvas.getContext('2d', { alpha: false });
     if (!ctx) throw new Error('no 2d canvas');
@@ -84,6 +86,7 @@ export class DisplayView implements View {
       h('option', { value: 'fit' }, 'Fit to window'),
       h('option', { value: 'actual' }, 'Actual size'),
       h('option', { value: 'remote' }, 'Resize remote'));
+    scaleSel.value = this.scale;
     const keysSel = h('select', { id: 'special-keys', title: 'Send special keys' }, h('option', { value: '' }, 'Keys…'),
       ...SPECIAL_KEYS.map(([name], i) => h('option', { value: String(i) }, name)));
     const clipBtn = h('button', { id: 'clipboard-toggle' }, 'Clipboard');
@@ -100,8 +103,8 @@ export class DisplayView implements View {
       const combo = SPECIAL_KEYS[Number(keysSel.value)];
       keysSel.value = '';
       if (!combo) return;
-      for (const k of combo[1]) send(wire.key(k, true));
-      for (const k of [...combo[1]].reverse()) send(wire.key(k, false));
+      for (const [k, sc] of combo[1]) send(wire.key(k, true, sc));
+      for (const [k, sc] of [...combo[1]].reverse()) send(wire.key(k, false, sc));
       this.canvas.focus();
     });
     clipBtn.addEventListener('click', () => {
@@ -293,27 +296,29 @@ export class DisplayView implements View {
     c.addEventListener('keydown', (e) => {
       const keysym = keysymOf(e);
       if (keysym === null) return;
+      const k: KeyCode = [keysym, scancodeOf(e)];
       const id = e.code || e.key;
       if ((e.ctrlKey || e.metaKey) && !e.altKey && e.key.toLowerCase() === 'v') {
         // Let the browser run its paste, so the remote clipboard is updated before the remote sees Ctrl+V.
         this.flushPasteKey();
-        this.pressed.set(id, keysym);
+        this.pressed.set(id, k);
         const timer = window.setTimeout(() => this.flushPasteKey(), 150);
-        this.pendingPasteKey = { code: id, keysym, timer };
+        this.pendingPasteKey = { code: id, key: k, timer };
         return;
       }
       e.preventDefault();
-      this.pressed.set(id, keysym);
-      this.send(wire.key(keysym, true));
+      this.pressed.set(id, k);
+      this.send(wire.key(k[0], true, k[1]));
     });
     c.addEventListener('keyup', (e) => {
       const id = e.code || e.key;
       if (this.pendingPasteKey?.code === id) this.flushPasteKey();
-      const keysym = this.pressed.get(id) ?? keysymOf(e);
+      const sym = keysymOf(e);
+      const k: KeyCode | null = this.pressed.get(id) ?? (sym === null ? null : [sym, scancodeOf(e)]);
       this.pressed.delete(id);
-      if (keysym === null) return;
+      if (k === null) return;
       e.preventDefault();
-      this.send(wire.key(keysym, false));
+      this.send(wire.key(k[0], false, k[1]));
     });
     c.addEventListener('paste', (e) => {
       const text = e.clipboardData?.getData('text/plain');
@@ -337,13 +342,13 @@ export class DisplayView implements View {
     if (!p) return;
     this.pendingPasteKey = null;
     window.clearTimeout(p.timer);
-    this.send(wire.key(p.keysym, true));
+    this.send(wire.key(p.key[0], true, p.key[1]));
   }
 
   /** Release every key still down (focus left the canvas: the remote must not see a stuck key). */
   private releaseAll(): void {
     this.flushPasteKey();
-    for (const keysym of this.pressed.values()) this.send(wire.key(keysym, false));
+    for (const [keysym, sc] of this.pressed.values()) this.send(wire.key(keysym, false, sc));
     this.pressed.clear();
     if (this.buttons) {
       this.buttons = 0;

@@ -92,7 +92,7 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
 
   const makeView = (protocol: string): View => {
     view?.dispose();
-    const v = protocol === 'ssh' ? new TerminalView(stage, send) : new DisplayView(stage, send);
+    const v = protocol === 'ssh' ? new TerminalView(stage, send) : new DisplayView(stage, send, protocol);
     viewControls.replaceChildren(...v.controls);
     return v;
   };
@@ -124,6 +124,11 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
           view.focus();
           break;
         case 'status':
+          if (msg.status.state === 'credentials') {
+            askCredentials(msg.status.message);
+            break;
+          }
+          credForm?.remove();
           setState(msg.status.state === 'connected' ? 'connected' : 'connecting', msg.status.message);
           break;
         case 'error':
@@ -158,6 +163,34 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
     sock.onopen = () => {
       lostAt = 0;
     };
+  };
+
+  // The connection asks for credentials at every connection: a form over the stage; what the user types
+  // goes to the bridge for this attempt only and is never stored.
+  let credForm: HTMLFormElement | null = null;
+  const askCredentials = (prompt: string) => {
+    credForm?.remove();
+    const user = h('input', { id: 'cred-username', autocomplete: 'username', required: true });
+    const pass = h('input', { id: 'cred-password', type: 'password', autocomplete: 'current-password' });
+    const domain = h('input', { id: 'cred-domain', placeholder: 'optional' });
+    const form = h('form', { id: 'cred-form', class: 'cred-form' },
+      h('p', {}, prompt),
+      h('label', {}, 'User name ', user),
+      h('label', {}, 'Password ', pass),
+      h('label', {}, 'Domain ', domain),
+      h('button', { type: 'submit', id: 'cred-submit' }, 'Connect'));
+    form.addEventListener('submit', (e) => {
+      e.preventDefault();
+      send(wire.credentials(user.value, pass.value, domain.value.trim() || null));
+      pass.value = '';
+      form.remove();
+      credForm = null;
+      setState('connecting', 'connecting…');
+    });
+    credForm = form;
+    stage.append(form);
+    setState('connecting', 'credentials required');
+    user.focus();
   };
 
   window.porticoDropConnection = () => ws?.close(4000, 'simulated network drop');

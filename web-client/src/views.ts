@@ -52,6 +52,20 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
     placeholder: existing?.has_password ? '(stored; leave empty to keep)' : '' });
   const key = h('textarea', { id: 'conn-private-key', placeholder: existing?.has_private_key ? '(stored; leave empty to keep)' : '-----BEGIN OPENSSH PRIVATE KEY-----' });
   const hostKey = h('input', { id: 'conn-host-key', value: existing?.host_key_fingerprint ?? '', placeholder: 'empty = trust on first use' });
+  const st = existing?.settings;
+  const domain = h('input', { id: 'conn-domain', value: st?.domain ?? '', placeholder: 'optional' });
+  const security = h('select', { id: 'conn-security' },
+    ...[['auto', 'Auto (NLA or TLS)'], ['nla', 'NLA only'], ['tls', 'TLS only']].map(([v, t]) =>
+      h('option', { value: v, selected: (st?.security ?? 'auto') === v }, t)));
+  const size = h('input', { id: 'conn-size', value: st?.width && st.height ? `${st.width}x${st.height}` : '',
+    placeholder: 'empty = browser window size' });
+  const depth = h('select', { id: 'conn-depth' },
+    ...[32, 24, 16].map((d) => h('option', { value: String(d), selected: (st?.color_depth ?? 32) === d }, `${d} bit`)));
+  const check = (id: string, on: boolean) => h('input', { id, type: 'checkbox', checked: on });
+  const clipUp = check('conn-clip-up', st?.clipboard_up ?? true);
+  const clipDown = check('conn-clip-down', st?.clipboard_down ?? true);
+  const ask = check('conn-ask-credentials', st?.ask_credentials ?? false);
+  const anyCert = check('conn-any-cert', st?.danger_accept_any_certificate ?? false);
   const err = h('div', { id: 'conn-error', class: 'error wide', role: 'alert' });
   const save = h('button', { id: 'conn-save', class: 'primary', type: 'submit' }, existing ? 'Save' : 'Create');
   const cancel = h('button', { id: 'conn-cancel', type: 'button' }, 'Cancel');
@@ -59,11 +73,30 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
   const userField = h('div', {}, h('label', { for: 'conn-username' }, 'User name'), username);
   const sshFields = [
     h('div', { class: 'wide' }, h('label', { for: 'conn-private-key' }, 'Private key (SSH)'), key),
-    h('div', { class: 'wide' }, h('label', { for: 'conn-host-key' }, 'Host key fingerprint (SHA256:…)'), hostKey),
+  ];
+  const hostKeyField = h('div', { class: 'wide' }, h('label', { for: 'conn-host-key', id: 'conn-host-key-label' },
+    'Host key fingerprint (SHA256:…)'), hostKey);
+  const rdpFields = [
+    h('div', {}, h('label', { for: 'conn-domain' }, 'Domain'), domain),
+    h('div', {}, h('label', { for: 'conn-security' }, 'Security'), security),
+    h('div', {}, h('label', { for: 'conn-size' }, 'Desktop size (WxH)'), size),
+    h('div', {}, h('label', { for: 'conn-depth' }, 'Colour depth'), depth),
+    h('div', { class: 'wide' }, h('label', {}, anyCert,
+      ' Accept any certificate (dangerous: allows a man in the middle)')),
+  ];
+  const commonFields = [
+    h('div', { class: 'wide' }, h('label', {}, clipUp, ' Clipboard browser → remote'), ' ',
+      h('label', {}, clipDown, ' Clipboard remote → browser')),
+    h('div', { class: 'wide' }, h('label', {}, ask, ' Ask for the user name and password at every connection (never stored)')),
   ];
   const showFields = () => {
     userField.hidden = protocol.value === 'vnc';
     for (const f of sshFields) f.hidden = protocol.value !== 'ssh';
+    for (const f of rdpFields) f.hidden = protocol.value !== 'rdp';
+    hostKeyField.hidden = protocol.value === 'vnc';
+    const label = hostKeyField.querySelector('label');
+    if (label) label.textContent = protocol.value === 'rdp'
+      ? 'Certificate fingerprint (SHA256:… or hex)' : 'Host key fingerprint (SHA256:…)';
   };
   protocol.addEventListener('change', () => {
     if (Object.values(DEFAULT_PORTS).includes(Number(port.value))) port.value = String(DEFAULT_PORTS[protocol.value] ?? 22);
@@ -77,7 +110,7 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
     h('div', {}, h('label', { for: 'conn-port' }, 'Port'), port),
     userField,
     h('div', {}, h('label', { for: 'conn-password' }, 'Password'), password),
-    ...sshFields,
+    ...sshFields, hostKeyField, ...rdpFields, ...commonFields,
     err, h('div', { class: 'buttons' }, save, cancel));
   cancel.addEventListener('click', onCancel);
   form.addEventListener('submit', async (e) => {
@@ -86,6 +119,17 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
     const body: api.ConnectionInput = {
       name: name.value.trim(), protocol: protocol.value, host: host.value.trim(), port: Number(port.value),
       username: username.value, host_key_fingerprint: hostKey.value.trim(),
+    };
+    const wh = /^\s*(\d+)\s*[x×]\s*(\d+)\s*$/.exec(size.value);
+    if (size.value.trim() && !wh) {
+      err.textContent = 'desktop size must look like 1280x720';
+      return;
+    }
+    body.settings = {
+      domain: domain.value.trim() || null, security: security.value as api.ConnectionSettings['security'],
+      width: wh ? Number(wh[1]) : null, height: wh ? Number(wh[2]) : null, color_depth: Number(depth.value),
+      clipboard_up: clipUp.checked, clipboard_down: clipDown.checked, ask_credentials: ask.checked,
+      danger_accept_any_certificate: anyCert.checked,
     };
     if (password.value) body.password = password.value;
     if (key.value.trim()) body.private_key = key.value;
@@ -166,7 +210,7 @@ export async function showMain(me: api.Me, onLogout: () => void): Promise<void> 
     tbody.append(h('tr', { class: 'conn-row', 'data-id': c.id, 'data-name': c.name },
       h('td', {}, c.name), h('td', {}, h('span', { class: 'tag' }, c.protocol)),
       h('td', {}, `${c.username ? `${c.username}@` : ''}${c.host}:${c.port}`),
-      h('td', { class: 'muted' }, c.host_key_fingerprint ?? (c.protocol === 'ssh' ? 'trust on first use' : '—')), actions));
+      h('td', { class: 'muted' }, c.host_key_fingerprint ?? (c.protocol === 'vnc' ? '—' : c.settings?.danger_accept_any_certificate ? 'any (insecure)' : 'trust on first use')), actions));
   }
 
   page.append(await apiKeysCard());

@@ -26,6 +26,7 @@ export const C_FRAME_ACK = 0x84;
 export const C_CLIPBOARD = 0x85;
 export const C_DISCONNECT = 0x86;
 export const C_KEY = 0x87;
+export const C_CREDENTIALS = 0x89;
 export const C_POINTER = 0x88;
 
 export interface Hello { session_id: string; protocol: string; resume_token: string; grace_seconds: number; reattached: boolean }
@@ -134,11 +135,18 @@ export function frameAck(id: number): Uint8Array<ArrayBuffer> {
   return frame(C_FRAME_ACK, p);
 }
 
-export function key(keysym: number, down: boolean): Uint8Array<ArrayBuffer> {
-  const p = new Uint8Array(5);
-  new DataView(p.buffer).setUint32(0, keysym);
+export function key(keysym: number, down: boolean, scancode = 0): Uint8Array<ArrayBuffer> {
+  const p = new Uint8Array(7);
+  const v = new DataView(p.buffer);
+  v.setUint32(0, keysym);
   p[4] = down ? 1 : 0;
+  v.setUint16(5, scancode);
   return frame(C_KEY, p);
+}
+
+/** Credentials the user typed for this connection attempt (answer to the `credentials` status). */
+export function credentials(username: string, password: string, domain: string | null): Uint8Array<ArrayBuffer> {
+  return frame(C_CREDENTIALS, new TextEncoder().encode(JSON.stringify({ username, password, domain })));
 }
 
 export function pointer(x: number, y: number, buttons: number): Uint8Array<ArrayBuffer> {

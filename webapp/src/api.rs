@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use portico_proto::control::ConnectionSettings;
 use portico_proto::token::{MAX_LIFETIME_SECS, Protocol, SessionClaims};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -358,6 +359,9 @@ pub struct ConnectionBody {
     clear_password: bool,
     #[serde(default)]
     clear_private_key: bool,
+    /// Protocol settings; omitted = keep (update) or defaults (create).
+    #[serde(default)]
+    settings: Option<ConnectionSettings>,
 }
 
 #[derive(Serialize)]
@@ -371,6 +375,7 @@ pub struct ConnectionView {
     has_password: bool,
     has_private_key: bool,
     host_key_fingerprint: Option<String>,
+    settings: ConnectionSettings,
     created_at: i64,
     updated_at: i64,
 }
@@ -387,6 +392,7 @@ impl From<Connection> for ConnectionView {
             port: c.port,
             username: c.username,
             host_key_fingerprint: c.host_key_fingerprint,
+            settings: serde_json::from_str(&c.settings).unwrap_or_default(),
             created_at: c.created_at,
             updated_at: c.updated_at,
         }
@@ -394,13 +400,52 @@ impl From<Connection> for ConnectionView {
 }
 
 /// Normalize an OpenSSH-style `SHA256:<base64>` fingerprint; `None` for empty input (trust on first use).
+fn validate_settings(s: &ConnectionSettings) -> Result<(), ApiError> {
+    if s.domain
+        .as_ref()
+        .is_some_and(|d| d.len() > 256 || d.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad_request("settings.domain is not a domain name"));
+    }
+    match (s.width, s.height) {
+        (None, None) => {}
+        (Some(200..=8192), Some(200..=8192)) => {}
+        _ => {
+            return Err(ApiError::bad_request(
+                "settings.width and settings.height go together, each between 200 and 8192",
+            ));
+        }
+    }
+    if ![16, 24, 32].contains(&s.color_depth) {
+        return Err(ApiError::bad_request("settings.color_depth must be 16, 24 or 32"));
+    }
+    Ok(())
+}
+
+/// A SHA-256 fingerprint as `SHA256:<base64>` (OpenSSH's notation), from that notation or from hex with or
+/// without colons (as `openssl x509 -fingerprint -sha256` prints a certificate's).
 pub fn normalize_fingerprint(fp: Option<&str>) -> Result<Option<String>, ApiError> {
     let Some(fp) = fp.map(str::trim).filter(|s| !s.is_empty()) else {
         return Ok(None);
     };
+    let hex_digits: String = fp
+        .strip_prefix("sha256 Fingerprint=")
+        .unwrap_or(fp)
+        .chars()
+        .filter(|c| *c != ':')
+        .collect();
+    if let Ok(raw) = hex::decode(&hex_digits)
+        && raw.len() == 32
+    {
+        use base64::Engine as _;
+        return Ok(Some(format!(
+            "SHA256:{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(raw)
+        )));
+    }
     let b64 = fp
         .strip_prefix("SHA256:")
-        .ok_or_else(|| ApiError::bad_request("host_key_fingerprint must look like SHA256:<base64>"))?;
+        .ok_or_else(|| ApiError::bad_request("host_key_fingerprint must look like SHA256:<base64> or 64 hex digits"))?;
     let b64 = b64.trim_end_matches('=');
     use base64::Engine as _;
     match base64::engine::general_purpose::STANDARD_NO_PAD.decode(b64) {
@@ -449,6 +494,10 @@ fn apply_connection_body(st: &AppState, c: &mut Connection, b: ConnectionBody) -
     c.port = port.into();
     c.username = b.username;
     c.host_key_fingerprint = normalize_fingerprint(b.host_key_fingerprint.as_deref())?;
+    if let Some(settings) = b.settings {
+        validate_settings(&settings)?;
+        c.settings = serde_json::to_string(&settings).map_err(|e| ApiError::Internal(e.into()))?;
+    }
     if b.clear_password {
         c.password_enc = None;
     }
@@ -509,6 +558,7 @@ async fn create_connection(
         password_enc: None,
         private_key_enc: None,
         host_key_fingerprint: None,
+        settings: "{}".into(),
         created_at: now,
         updated_at: now,
     };

@@ -42,6 +42,8 @@ pub struct Connection {
     pub password_enc: Option<String>,
     pub private_key_enc: Option<String>,
     pub host_key_fingerprint: Option<String>,
+    /// JSON of `portico_proto::control::ConnectionSettings`.
+    pub settings: String,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -98,6 +100,7 @@ fn connection(r: &AnyRow) -> sqlx::Result<Connection> {
         password_enc: r.try_get("password_enc")?,
         private_key_enc: r.try_get("private_key_enc")?,
         host_key_fingerprint: r.try_get("host_key_fingerprint")?,
+        settings: r.try_get("settings")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
     })
@@ -119,7 +122,7 @@ fn session(r: &AnyRow) -> sqlx::Result<SessionRow> {
     })
 }
 
-const CONNECTION_COLS: &str = "id, name, protocol, host, port, username, password_enc, private_key_enc, host_key_fingerprint, created_at, updated_at";
+const CONNECTION_COLS: &str = "id, name, protocol, host, port, username, password_enc, private_key_enc, host_key_fingerprint, settings, created_at, updated_at";
 const SESSION_COLS: &str = "id, user_id, connection_id, state, token_jti, token_expires_at, claimed_at, bridge_id, created_at, ended_at, end_reason";
 
 impl Db {
@@ -392,7 +395,7 @@ impl Db {
 
     // ---- connections
 
-    /// Binds every column of `CONNECTION_COLS`, in order, as `$1..$11`.
+    /// Binds every column of `CONNECTION_COLS`, in order, as `$1..$12`.
     fn bind_connection<'q>(
         q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
         c: &'q Connection,
@@ -406,13 +409,14 @@ impl Db {
             .bind(&c.password_enc)
             .bind(&c.private_key_enc)
             .bind(&c.host_key_fingerprint)
+            .bind(&c.settings)
             .bind(c.created_at)
             .bind(c.updated_at)
     }
 
     pub async fn insert_connection(&self, c: &Connection) -> sqlx::Result<()> {
         let sql = format!(
-            "INSERT INTO connections ({CONNECTION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            "INSERT INTO connections ({CONNECTION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         );
         Self::bind_connection(sqlx::query(sqlx::AssertSqlSafe(sql)), c)
             .execute(&self.pool)
@@ -422,7 +426,7 @@ impl Db {
 
     pub async fn update_connection(&self, c: &Connection) -> sqlx::Result<bool> {
         let sql = "UPDATE connections SET name = $2, protocol = $3, host = $4, port = $5, username = $6, password_enc = $7, \
-                   private_key_enc = $8, host_key_fingerprint = $9, created_at = $10, updated_at = $11 WHERE id = $1";
+                   private_key_enc = $8, host_key_fingerprint = $9, settings = $10, created_at = $11, updated_at = $12 WHERE id = $1";
         let r = Self::bind_connection(sqlx::query(sql), c).execute(&self.pool).await?;
         Ok(r.rows_affected() == 1)
     }

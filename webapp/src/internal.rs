@@ -97,6 +97,8 @@ impl Internal {
             password: open("password", &c.password_enc)?,
             private_key: open("private_key", &c.private_key_enc)?,
             host_key_fingerprint: c.host_key_fingerprint.clone(),
+            settings: serde_json::from_str(&c.settings)
+                .map_err(|e| ControlError::Unavailable(format!("bad connection settings: {e}")))?,
             connection_id: c.id.clone(),
         })
     }

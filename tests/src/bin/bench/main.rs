@@ -291,6 +291,7 @@ async fn latency_direct(sshd: &Sshd, samples: usize) -> anyhow::Result<Vec<f64>>
         password: Some(Secret::new(sshd.user.password.clone())),
         private_key: None,
         host_key_fingerprint: None,
+        settings: Default::default(),
     };
     let mut shell = portico_bridge::ssh::connect(&target, 80, 24).await?;
     shell.channel.data_bytes(b"exec cat > /dev/null\r".to_vec()).await?;

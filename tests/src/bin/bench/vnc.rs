@@ -18,6 +18,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use portico_proto::rfb::{RfbClient, RfbConfig, RfbEvent};
 use portico_proto::wire::{ClientMsg, ServerMsg};
 use portico_tests::client::Api;
+use portico_tests::peers::XDisplay as _;
 use portico_tests::peers::{Background, VncServer, free_port, wait_for};
 use portico_tests::portico::Portico;
 use serde_json::json;
@@ -350,6 +351,7 @@ async fn latency_portico(p: &Portico, api: &Api, conn: &str, samples: usize) -> 
             ClientMsg::Key {
                 keysym: u32::from(b'x'),
                 down: true,
+                scancode: 0,
             },
         )
         .await?;
@@ -358,6 +360,7 @@ async fn latency_portico(p: &Portico, api: &Api, conn: &str, samples: usize) -> 
             ClientMsg::Key {
                 keysym: u32::from(b'x'),
                 down: false,
+                scancode: 0,
             },
         )
         .await?;

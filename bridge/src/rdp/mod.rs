@@ -1,0 +1,710 @@
+//! The RDP session actor: IronRDP's connector and active stage (sans-IO) over a TLS stream to the server,
+//! with the decoded desktop fed into the shared display pipeline (`display.rs`).
+//!
+//! - Frames: the server pushes updates without being asked. Every PDU's damage goes into the current frame;
+//!   the frame ends when the server pauses (no complete PDU waiting in the socket buffer) and the browser has
+//!   room ([`crate::display::MAX_FRAMES_IN_FLIGHT`]). While the browser is behind, damage merges into the pending frame
+//!   instead of queueing, so latency stays bounded and memory with it.
+//! - Input: scancodes (from `KeyboardEvent.code`) as fast-path keyboard events, Unicode events for
+//!   characters without a key, mouse and wheel.
+//! - Clipboard: text both ways over CLIPRDR (`clipboard.rs`), each direction allowed by the connection.
+//! - Resize: the Display Control channel; the server answers with a deactivation-reactivation at the new
+//!   size, handled here.
+
+mod clipboard;
+mod connect;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::FutureExt as _;
+use ironrdp_cliprdr::CliprdrClient;
+use ironrdp_cliprdr::backend::ClipboardMessage;
+use ironrdp_connector::Sequence as _;
+use ironrdp_connector::connection_activation::ConnectionActivationState;
+use ironrdp_core::WriteBuf;
+use ironrdp_displaycontrol::client::DisplayControlClient;
+use ironrdp_displaycontrol::pdu::MonitorLayoutEntry;
+use ironrdp_dvc::DrdynvcClient;
+use ironrdp_graphics::image_processing::PixelFormat;
+use ironrdp_input::{MouseButton, MousePosition, Operation, Scancode, WheelRotations};
+use ironrdp_pdu::geometry::InclusiveRectangle;
+use ironrdp_session::image::DecodedImage;
+use ironrdp_session::{ActiveStage, ActiveStageBuilder, ActiveStageOutput};
+use ironrdp_tokio::FramedWrite as _;
+use portico_proto::control::{HostKeyReport, Target};
+use portico_proto::wire::{ClientMsg, Rect, ServerMsg};
+use tokio::sync::mpsc;
+
+use crate::display::{Flow, Frame, Framebuffer, cursor_msg};
+use crate::session::{Cmd, Common, End, Lifecycle, sleep_until};
+use clipboard::{ClipEvent, MAX_CLIPBOARD_TEXT, TextClipboard, text_formats};
+pub use connect::{RdpConnectError, fingerprint};
+
+/// How long the whole connection sequence (TCP, TLS, NLA, licensing, capabilities) may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the bridge waits for the browser to report its size before connecting at a default size.
+const SIZE_WAIT: Duration = Duration::from_secs(2);
+const DEFAULT_SIZE: (u16, u16) = (1024, 768);
+/// The quality ceiling of lossy (photographic) regions the bridge encodes.
+const DEFAULT_JPEG_LEVEL: u8 = 6;
+/// One wheel notch, in RDP rotation units.
+const WHEEL_NOTCH: i16 = 120;
+
+/// Even width and height within what RDP servers accept.
+fn clamp_size(width: u16, height: u16) -> (u16, u16) {
+    (width.clamp(200, 8192) & !1, height.clamp(200, 8192) & !1)
+}
+
+/// The browser's size, reported by its first `RESIZE` (the view asks for the remote size at once).
+async fn browser_size(life: &mut Lifecycle, cmd_rx: &mut mpsc::Receiver<Cmd>) -> Result<(u16, u16), End> {
+    let deadline = tokio::time::Instant::now() + SIZE_WAIT;
+    loop {
+        let cmd = tokio::select! {
+            cmd = cmd_rx.recv() => cmd,
+            () = tokio::time::sleep_until(deadline) => return Ok(DEFAULT_SIZE),
+        };
+        match cmd.map(|c| life.common(c)) {
+            None => return Err(shutting_down()),
+            Some(Common::End(end)) => return Err(end),
+            Some(Common::Input(ClientMsg::Resize {
+                width_px, height_px, ..
+            })) if width_px > 0 && height_px > 0 => return Ok(clamp_size(width_px, height_px)),
+            Some(_) => {}
+        }
+    }
+}
+
+fn shutting_down() -> End {
+    End {
+        code: "ended",
+        reason: "bridge shutting down".into(),
+        from_control: false,
+    }
+}
+
+fn rect_of(r: &InclusiveRectangle, width: u16, height: u16) -> Option<Rect> {
+    let (x, y) = (r.left, r.top);
+    let right = r.right.min(width.saturating_sub(1));
+    let bottom = r.bottom.min(height.saturating_sub(1));
+    (x <= right && y <= bottom).then(|| Rect {
+        x,
+        y,
+        width: right - x + 1,
+        height: bottom - y + 1,
+    })
+}
+
+/// The character a keysym types, for Unicode input of keys without a scancode.
+fn keysym_char(keysym: u32) -> Option<char> {
+    match keysym {
+        0x20..=0x7e | 0xa0..=0xff => char::from_u32(keysym),
+        0x0100_0000..=0x0110_ffff => char::from_u32(keysym - 0x0100_0000),
+        _ => None,
+    }
+}
+
+/// The live RDP connection and the browser-side display state.
+struct Rdp {
+    framed: connect::TlsFramed,
+    stage: ActiveStage,
+    image: DecodedImage,
+    activation: ironrdp_connector::connection_activation::ConnectionActivationFactory,
+    input: ironrdp_input::Database,
+    fb: Framebuffer,
+    frame: Frame,
+    flow: Flow,
+    buttons: u8,
+    refresh_rect: bool,
+    suppress_output: bool,
+    /// The text the browser last put on the clipboard (the CLIPRDR backend serves it).
+    local_clip: Arc<Mutex<Option<String>>>,
+}
+
+impl Rdp {
+    async fn write(&mut self, frame: &[u8]) -> Result<(), End> {
+        if frame.is_empty() {
+            return Ok(());
+        }
+        self.framed.write_all(frame).await.map_err(|e| End {
+            code: "remote_closed",
+            reason: format!("write to the rdp server failed: {}", e.to_string().to_lowercase()),
+            from_control: false,
+        })
+    }
+
+    fn input(&mut self, ops: impl IntoIterator<Item = Operation>) -> Vec<ActiveStageOutput> {
+        let events = self.input.apply(ops);
+        if events.is_empty() {
+            return Vec::new();
+        }
+        self.stage
+            .process_fastpath_input(&mut self.image, &events)
+            .unwrap_or_else(|e| {
+                tracing::debug!(error = %e.report(), "Input not encodable");
+                Vec::new()
+            })
+    }
+
+    fn key(&mut self, keysym: u32, down: bool, scancode: u16) -> Vec<ActiveStageOutput> {
+        let op = if scancode != 0 {
+            let code = Scancode::from_u16(scancode);
+            if down {
+                Operation::KeyPressed(code)
+            } else {
+                Operation::KeyReleased(code)
+            }
+        } else if let Some(ch) = keysym_char(keysym) {
+            if down {
+                Operation::UnicodeKeyPressed(ch)
+            } else {
+                Operation::UnicodeKeyReleased(ch)
+            }
+        } else {
+            tracing::debug!(keysym, "Key without scancode or character ignored");
+            return Vec::new();
+        };
+        self.input([op])
+    }
+
+    fn pointer(&mut self, x: u16, y: u16, buttons: u8) -> Vec<ActiveStageOutput> {
+        let x = x.min(self.fb.width.saturating_sub(1));
+        let y = y.min(self.fb.height.saturating_sub(1));
+        let mut ops = vec![Operation::MouseMove(MousePosition { x, y })];
+        for (bit, button) in [
+            (1, MouseButton::Left),
+            (2, MouseButton::Middle),
+            (4, MouseButton::Right),
+        ] {
+            match (self.buttons & bit != 0, buttons & bit != 0) {
+                (false, true) => ops.push(Operation::MouseButtonPressed(button)),
+                (true, false) => ops.push(Operation::MouseButtonReleased(button)),
+                _ => {}
+            }
+        }
+        // Wheel bits are one notch each when they appear (the browser sends press then release).
+        for (bit, vertical, units) in [
+            (8, true, WHEEL_NOTCH),
+            (16, true, -WHEEL_NOTCH),
+            (32, false, -WHEEL_NOTCH),
+            (64, false, WHEEL_NOTCH),
+        ] {
+            if buttons & bit != 0 && self.buttons & bit == 0 {
+                ops.push(Operation::WheelRotations(WheelRotations {
+                    is_vertical: vertical,
+                    rotation_units: units,
+                }));
+            }
+        }
+        self.buttons = buttons;
+        self.input(ops)
+    }
+
+    fn clipboard(&mut self, msg: ClipboardMessage) -> Vec<ActiveStageOutput> {
+        let Some(cliprdr) = self.stage.get_svc_processor_mut::<CliprdrClient>() else {
+            return Vec::new(); // The server did not join the clipboard channel.
+        };
+        let messages = match msg {
+            ClipboardMessage::SendInitiateCopy(formats) => cliprdr.initiate_copy(&formats),
+            ClipboardMessage::SendFormatData(response) => cliprdr.submit_format_data(response),
+            ClipboardMessage::SendInitiatePaste(format) => cliprdr.initiate_paste(format),
+            ClipboardMessage::SendFileContentsRequest(r) => cliprdr.request_file_contents(r),
+            ClipboardMessage::SendFileContentsResponse(r) => cliprdr.submit_file_contents(r),
+            ClipboardMessage::SendInitiateFileCopy(files) => cliprdr.initiate_file_copy(files),
+            ClipboardMessage::Error(e) => {
+                tracing::debug!(error = %e, "Clipboard backend error");
+                return Vec::new();
+            }
+        };
+        let frame = messages.map_err(|e| e.to_string()).and_then(|m| {
+            self.stage
+                .process_svc_processor_messages(m)
+                .map_err(|e| e.report().to_string())
+        });
+        match frame {
+            Ok(frame) => vec![ActiveStageOutput::ResponseFrame(frame)],
+            Err(e) => {
+                tracing::debug!(error = %e, "Clipboard message not sent");
+                Vec::new()
+            }
+        }
+    }
+
+    /// The server deactivated the session (resize, reconnection): run the reactivation sequence and start
+    /// over at the new size.
+    async fn reactivate(&mut self) -> Result<(), End> {
+        let fail = |why: String| End {
+            code: "target_error",
+            reason: format!("rdp reactivation failed: {why}"),
+            from_control: false,
+        };
+        let mut seq = self.activation.create();
+        let io_channel = seq.io_channel_id();
+        let mut buf = WriteBuf::new();
+        loop {
+            buf.clear();
+            let written = match seq.next_pdu_hint() {
+                Some(hint) => {
+                    let pdu = self
+                        .framed
+                        .read_by_hint(hint)
+                        .await
+                        .map_err(|e| fail(e.to_string().to_lowercase()))?;
+                    // Static channel data (clipboard, dynamic channels) keeps flowing while the server
+                    // reactivates; the sequence understands only the I/O channel's PDUs.
+                    let other_channel = ironrdp_pdu::mcs::decode_send_data_indication(&pdu)
+                        .is_ok_and(|ctx| ctx.channel_id != io_channel);
+                    if other_channel {
+                        let outputs = self
+                            .stage
+                            .process(
+                                &mut self.image,
+                                ironrdp_pdu::Action::X224,
+                                &pdu,
+                                self.framed.last_read_at(),
+                            )
+                            .unwrap_or_default();
+                        for out in outputs {
+                            if let ActiveStageOutput::ResponseFrame(f) = out {
+                                self.write(&f).await?;
+                            }
+                        }
+                        continue;
+                    }
+                    seq.step(&pdu, self.framed.last_read_at(), &mut buf)
+                }
+                None => seq.step_no_input(&mut buf),
+            }
+            .map_err(|e| fail(e.report().to_string().to_lowercase()))?;
+            if let Some(len) = written.size() {
+                let out = buf.filled()[..len].to_vec();
+                self.write(&out).await?;
+            }
+            match seq.connection_activation_state() {
+                ConnectionActivationState::Finalized {
+                    desktop_size,
+                    share_id,
+                    static_channel_chunk_size,
+                    enable_server_pointer,
+                    pointer_software_rendering,
+                    refresh_rect_support,
+                    suppress_output_support,
+                    ..
+                } => {
+                    let (w, h) = (desktop_size.width, desktop_size.height);
+                    self.image = DecodedImage::new(PixelFormat::RgbA32, w, h);
+                    if !self.stage.reactivate(
+                        seq.io_channel_id(),
+                        seq.user_channel_id(),
+                        share_id,
+                        enable_server_pointer,
+                        pointer_software_rendering,
+                        static_channel_chunk_size,
+                    ) {
+                        return Err(fail("invalid static channel chunk size".into()));
+                    }
+                    self.refresh_rect = refresh_rect_support;
+                    self.suppress_output = suppress_output_support;
+                    self.fb = Framebuffer::new(w, h);
+                    self.frame = Frame::default();
+                    self.frame.message(ServerMsg::DisplaySize { width: w, height: h });
+                    tracing::info!(width = w, height = h, "Desktop reactivated");
+                    return Ok(());
+                }
+                ConnectionActivationState::Redirected { .. } => {
+                    return Err(fail("the server redirected the connection".into()));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Apply the stage's outputs; `Err` ends the session.
+    async fn outputs(&mut self, outputs: Vec<ActiveStageOutput>) -> Result<(), End> {
+        for out in outputs {
+            match out {
+                ActiveStageOutput::ResponseFrame(frame) => self.write(&frame).await?,
+                ActiveStageOutput::GraphicsUpdate(r) => {
+                    if let Some(r) = rect_of(&r, self.image.width(), self.image.height()) {
+                        self.fb.put_from_image(&r, self.image.data(), self.image.stride());
+                        self.frame.damage(r);
+                    }
+                }
+                ActiveStageOutput::PointerBitmap(p) => {
+                    let msg = cursor_msg(p.hotspot_x, p.hotspot_y, p.width, p.height, p.bitmap_data.clone()).await;
+                    self.flow.cursor(&mut self.frame, msg);
+                }
+                ActiveStageOutput::PointerHidden => {
+                    let msg = cursor_msg(0, 0, 0, 0, Vec::new()).await;
+                    self.flow.cursor(&mut self.frame, msg);
+                }
+                ActiveStageOutput::PointerDefault => {
+                    let (w, h, rgba) = default_pointer();
+                    let msg = cursor_msg(0, 0, w, h, rgba).await;
+                    self.flow.cursor(&mut self.frame, msg);
+                }
+                ActiveStageOutput::Terminate(reason) => {
+                    return Err(End {
+                        code: "remote_closed",
+                        reason: format!("the rdp server ended the session: {}", reason.description()),
+                        from_control: false,
+                    });
+                }
+                ActiveStageOutput::DeactivateAll => self.reactivate().await?,
+                other => tracing::trace!(output = ?other, "RDP output not used"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Send the pending frame if there is one and the browser has room.
+    async fn flush(&mut self, life: &mut Lifecycle) {
+        if self.flow.can_send() && !self.frame.is_empty() {
+            let frame = std::mem::take(&mut self.frame);
+            self.flow.send(frame, &self.fb, life).await;
+        }
+    }
+}
+
+/// A plain arrow for the server's "default pointer": black with a white edge.
+fn default_pointer() -> (u16, u16, Vec<u8>) {
+    const W: u16 = 12;
+    const H: u16 = 19;
+    let mut rgba = vec![0u8; usize::from(W) * usize::from(H) * 4];
+    for y in 0..H {
+        // The arrow's body widens by one pixel per row down to the tail.
+        let width = if y < 12 {
+            y + 1
+        } else {
+            12u16.saturating_sub(y - 11).min(5)
+        };
+        for x in 0..width.min(W) {
+            let i = (usize::from(y) * usize::from(W) + usize::from(x)) * 4;
+            let edge = x == 0 || x + 1 == width || y + 1 == H;
+            let c = if edge { 255 } else { 0 };
+            rgba[i..i + 4].copy_from_slice(&[c, c, c, 255]);
+        }
+    }
+    (W, H, rgba)
+}
+
+#[tracing::instrument(name = "session", skip_all, fields(session_id = %life.claims.sid, protocol = "rdp"))]
+pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver<Cmd>) {
+    tracing::info!(host = %target.host, port = target.port, "Session started");
+    if let Some(end) = life.wait_first_attach(&mut cmd_rx).await {
+        return life.end(end).await;
+    }
+    let settings = target.settings.clone();
+    let (username, password, domain) = if settings.ask_credentials {
+        let prompt = format!("credentials for {}", target.host);
+        match life.ask_credentials(&mut cmd_rx, &prompt).await {
+            Ok(c) => (c.username, c.password, c.domain.or_else(|| settings.domain.clone())),
+            Err(end) => return life.end(end).await,
+        }
+    } else {
+        (
+            target.username.clone(),
+            target.password.as_ref().map(|p| p.expose().clone()).unwrap_or_default(),
+            settings.domain.clone(),
+        )
+    };
+    let (width, height) = match (settings.width, settings.height) {
+        (Some(w), Some(h)) => clamp_size(w, h),
+        _ => match browser_size(&mut life, &mut cmd_rx).await {
+            Ok(size) => size,
+            Err(end) => return life.end(end).await,
+        },
+    };
+    let addr = format!("{}:{}", target.host, target.port);
+    life.send(ServerMsg::status("connecting", format!("connecting to {addr}")));
+
+    let (clip_tx, mut clip_rx) = mpsc::unbounded_channel::<ClipEvent>();
+    let local_clip = Arc::new(Mutex::new(None));
+    let cliprdr = CliprdrClient::new(Box::new(TextClipboard::new(
+        clip_tx,
+        local_clip.clone(),
+        settings.clipboard_down,
+    )));
+    let drdynvc = DrdynvcClient::new().with_dynamic_channel(DisplayControlClient::new(|_caps| Ok(Vec::new())));
+    let params = connect::ConnectParams {
+        host: &target.host,
+        port: target.port,
+        username,
+        password,
+        domain,
+        width,
+        height,
+        settings: &settings,
+        pinned: target.host_key_fingerprint.as_deref(),
+    };
+    let connecting = connect::connect(params, |c| c.with_static_channel(drdynvc).with_static_channel(cliprdr));
+    let connected = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return fail(life, e.code(), e.to_string()).await,
+        Err(_) => {
+            let why = format!("no rdp connection to {addr} within {} s", HANDSHAKE_TIMEOUT.as_secs());
+            return fail(life, "target_error", why).await;
+        }
+    };
+    let tofu = target.host_key_fingerprint.is_none() && !settings.danger_accept_any_certificate;
+    // INVARIANT: the credentials went into the connector, which is consumed; the target is not needed.
+    drop(target);
+    if tofu {
+        let report = HostKeyReport {
+            fingerprint: connected.cert_fingerprint.clone(),
+        };
+        if let Err(e) = life.control.record_host_key(&life.claims.sid, &report).await {
+            tracing::warn!(error = %e, "Could not record the certificate fingerprint");
+        }
+    }
+    let result = connected.result;
+    let (w, h) = (result.desktop_size.width, result.desktop_size.height);
+    let mut rdp = Rdp {
+        framed: connected.framed,
+        image: DecodedImage::new(PixelFormat::RgbA32, w, h),
+        activation: result.activation_factory,
+        stage: ActiveStageBuilder {
+            static_channels: result.static_channels,
+            user_channel_id: result.user_channel_id,
+            io_channel_id: result.io_channel_id,
+            message_channel_id: result.message_channel_id,
+            share_id: result.share_id,
+            compression_type: result.compression_type,
+            enable_server_pointer: result.enable_server_pointer,
+            pointer_software_rendering: result.pointer_software_rendering,
+        }
+        .build(),
+        input: ironrdp_input::Database::new(),
+        fb: Framebuffer::new(w, h),
+        frame: Frame::default(),
+        flow: Flow::new(DEFAULT_JPEG_LEVEL),
+        buttons: 0,
+        refresh_rect: result.refresh_rect_support,
+        suppress_output: result.suppress_output_support,
+        local_clip,
+    };
+    tracing::info!(width = w, height = h, cert = %connected.cert_fingerprint, "Upstream connected");
+    life.send(ServerMsg::DisplaySize { width: w, height: h });
+    life.send(ServerMsg::status("connected", format!("connected to {addr}")));
+
+    let end = 'session: loop {
+        let deadline = life.deadline();
+        tokio::select! {
+            pdu = rdp.framed.read_pdu() => {
+                let mut pdu = Some(pdu);
+                // Drain what the socket already holds; the frame ends when the server pauses.
+                while let Some(read) = pdu.take() {
+                    let (action, payload) = match read {
+                        Ok(p) => p,
+                        Err(e) => {
+                            break 'session End {
+                                code: "remote_closed",
+                                reason: format!("the rdp server closed the connection: {}", e.to_string().to_lowercase()),
+                                from_control: false,
+                            };
+                        }
+                    };
+                    let outputs = match rdp.stage.process(&mut rdp.image, action, &payload, rdp.framed.last_read_at()) {
+                        Ok(o) => o,
+                        Err(e) => {
+                            let why = format!("the rdp server sent something undecodable: {}", e.report().to_string().to_lowercase());
+                            tracing::warn!(error = %why, "RDP protocol error");
+                            life.send(ServerMsg::error("target_error", why.clone(), true));
+                            break 'session End { code: "target_error", reason: why, from_control: false };
+                        }
+                    };
+                    let mut outputs = outputs;
+                    if rdp.stage.take_bitmap_recovery_request() {
+                        let (iw, ih) = (rdp.image.width(), rdp.image.height());
+                        if let Ok(frames) = rdp.stage.request_full_redraw(iw, ih, rdp.refresh_rect, rdp.suppress_output) {
+                            outputs.extend(frames.into_iter().map(ActiveStageOutput::ResponseFrame));
+                        }
+                    }
+                    if let Err(end) = rdp.outputs(outputs).await {
+                        if end.code == "target_error" {
+                            life.send(ServerMsg::error(end.code, end.reason.clone(), true));
+                        }
+                        break 'session end;
+                    }
+                    pdu = rdp.framed.read_pdu().now_or_never();
+                }
+                rdp.flush(&mut life).await;
+            }
+            Some(ev) = clip_rx.recv() => {
+                let outputs = match ev {
+                    ClipEvent::Message(msg) => rdp.clipboard(msg),
+                    ClipEvent::RemoteText(text) => {
+                        if text.len() <= MAX_CLIPBOARD_TEXT {
+                            life.send(ServerMsg::RemoteClipboard(text));
+                        }
+                        Vec::new()
+                    }
+                };
+                if let Err(end) = rdp.outputs(outputs).await {
+                    break end;
+                }
+            }
+            cmd = cmd_rx.recv() => {
+                let outputs = match cmd.map(|c| life.common(c)) {
+                    None => break shutting_down(),
+                    Some(Common::End(end)) => break end,
+                    Some(Common::Handled) => Vec::new(),
+                    Some(Common::Attached(_)) => {
+                        rdp.flow.full_frame(&rdp.fb, &mut life).await;
+                        rdp.frame = Frame::default();
+                        Vec::new()
+                    }
+                    Some(Common::Input(msg)) => match msg {
+                        ClientMsg::Key { keysym, down, scancode } => {
+                            life.last_input = tokio::time::Instant::now();
+                            rdp.key(keysym, down, scancode)
+                        }
+                        ClientMsg::Pointer { x, y, buttons } => {
+                            life.last_input = tokio::time::Instant::now();
+                            rdp.pointer(x, y, buttons)
+                        }
+                        ClientMsg::Clipboard(text) if settings.clipboard_up && text.len() <= MAX_CLIPBOARD_TEXT => {
+                            if let Ok(mut t) = rdp.local_clip.lock() {
+                                *t = Some(text);
+                            }
+                            rdp.clipboard(ClipboardMessage::SendInitiateCopy(text_formats()))
+                        }
+                        ClientMsg::FrameAck { frame_id } => {
+                            rdp.flow.on_ack(frame_id);
+                            rdp.flush(&mut life).await;
+                            Vec::new()
+                        }
+                        ClientMsg::Resize { width_px, height_px, .. } if width_px > 0 && height_px > 0 => {
+                            resize(&mut rdp, &mut life, &settings, width_px, height_px)
+                        }
+                        _ => Vec::new(),
+                    },
+                };
+                if let Err(end) = rdp.outputs(outputs).await {
+                    break end;
+                }
+            }
+            () = sleep_until(deadline) => {
+                if let Some(end) = life.expired() {
+                    break end;
+                }
+            }
+        }
+    };
+    // Release what the browser held down and say goodbye; the server may already be gone.
+    let events = rdp.input.release_all();
+    let mut goodbye = rdp
+        .stage
+        .process_fastpath_input(&mut rdp.image, &events)
+        .unwrap_or_default();
+    goodbye.extend(rdp.stage.graceful_shutdown().unwrap_or_default());
+    for out in goodbye {
+        if let ActiveStageOutput::ResponseFrame(f) = out {
+            let _ = rdp.write(&f).await;
+        }
+    }
+    life.end(end).await;
+}
+
+/// Ask the server for a new desktop size (Display Control); a fixed-size connection or a server without
+/// the channel says so and the browser scales instead.
+fn resize(
+    rdp: &mut Rdp,
+    life: &mut Lifecycle,
+    settings: &portico_proto::control::ConnectionSettings,
+    width: u16,
+    height: u16,
+) -> Vec<ActiveStageOutput> {
+    let unsupported = |life: &mut Lifecycle, why: &str| {
+        life.send(ServerMsg::error("resize_unsupported", why, false));
+        Vec::new()
+    };
+    if settings.width.is_some() {
+        return unsupported(
+            life,
+            "this connection has a fixed desktop size; the view is scaled instead",
+        );
+    }
+    let (w, h) = clamp_size(width, height);
+    if (w, h) == (rdp.fb.width, rdp.fb.height) {
+        return Vec::new();
+    }
+    let (w, h) = MonitorLayoutEntry::adjust_display_size(u32::from(w), u32::from(h));
+    match rdp.stage.encode_resize(w, h, Some(100), None) {
+        Some(Ok(frame)) => vec![ActiveStageOutput::ResponseFrame(frame)],
+        Some(Err(e)) => {
+            tracing::debug!(error = %e.report(), "Resize not encodable");
+            Vec::new()
+        }
+        None => unsupported(
+            life,
+            "this rdp server cannot resize the desktop (no display control channel); the view is scaled instead",
+        ),
+    }
+}
+
+async fn fail(mut life: Lifecycle, code: &'static str, why: String) {
+    tracing::warn!(code, error = %why, "Upstream connection failed");
+    life.send(ServerMsg::error(code, why.clone(), true));
+    life.finish(code, why, false).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keysyms_type_their_characters() {
+        assert_eq!(keysym_char(0x61), Some('a'));
+        assert_eq!(keysym_char(0xe9), Some('é'));
+        assert_eq!(keysym_char(0x0100_20ac), Some('€'));
+        assert_eq!(keysym_char(0xff0d), None);
+    }
+
+    #[test]
+    fn rectangles_are_inclusive_and_clamped() {
+        let r = InclusiveRectangle {
+            left: 10,
+            top: 20,
+            right: 19,
+            bottom: 29,
+        };
+        assert_eq!(
+            rect_of(&r, 100, 100),
+            Some(Rect {
+                x: 10,
+                y: 20,
+                width: 10,
+                height: 10
+            })
+        );
+        let outside = InclusiveRectangle {
+            left: 90,
+            top: 90,
+            right: 200,
+            bottom: 200,
+        };
+        assert_eq!(rect_of(&outside, 100, 100).map(|r| (r.width, r.height)), Some((10, 10)));
+        let beyond = InclusiveRectangle {
+            left: 150,
+            top: 0,
+            right: 160,
+            bottom: 5,
+        };
+        assert_eq!(rect_of(&beyond, 100, 100), None);
+    }
+
+    #[test]
+    fn sizes_are_even_and_bounded() {
+        assert_eq!(clamp_size(1281, 719), (1280, 718));
+        assert_eq!(clamp_size(10, 60000), (200, 8192));
+    }
+
+    #[test]
+    fn the_default_pointer_is_an_opaque_arrow() {
+        let (w, h, rgba) = default_pointer();
+        assert_eq!(rgba.len(), usize::from(w) * usize::from(h) * 4);
+        assert_eq!(rgba[3], 255, "the tip is drawn");
+        assert_eq!(rgba[(usize::from(w) - 1) * 4 + 3], 0, "the top right is transparent");
+    }
+}
