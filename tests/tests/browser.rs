@@ -1,11 +1,11 @@
 //! End to end in headless Chromium (Debian's), driven by playwright-core: the real web client, served by
-//! the real binary, talking to a real sshd.
+//! the real binary, talking to a real sshd, TigerVNC and xrdp.
 
 use std::time::Duration;
 
 use portico_tests::client::Api;
 use portico_tests::peers::XDisplay as _;
-use portico_tests::peers::{Sshd, VncServer, run_browser_script, wait_for};
+use portico_tests::peers::{RdpServer, Sshd, VncServer, run_browser_script, wait_for};
 use portico_tests::portico::Portico;
 use reqwest::Method;
 use serde_json::json;
@@ -121,5 +121,39 @@ async fn vnc_desktop_in_the_browser_pixels_input_clipboard() -> anyhow::Result<(
     assert!(out.contains("authentication failed"), "{out}");
     assert!(out.contains("reattached after a network drop"), "{out}");
     assert!(out.contains("cannot reach"), "{out}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rdp_desktop_in_the_browser_pixels_input_clipboard_resize() -> anyhow::Result<()> {
+    let xrdp = RdpServer::xrdp()?;
+    let p = Portico::start()?;
+    let marker = marker_path("browser-rdp");
+    let clip = marker_path("browser-rdp-clip");
+    let port = xrdp.port.to_string();
+    let shots = std::env::var("PORTICO_SCREENSHOTS").unwrap_or_default();
+    let out = run_browser_script(
+        "rdp_e2e.js",
+        &[
+            ("PORTICO_URL", p.url.as_str()),
+            ("ADMIN_PASSWORD", p.admin_password.as_str()),
+            ("RDP_PORT", port.as_str()),
+            ("RDP_USER", xrdp.user.name.as_str()),
+            ("RDP_PASSWORD", xrdp.user.password.as_str()),
+            ("MARKER_FILE", marker.as_str()),
+            ("CLIP_FILE", clip.as_str()),
+            ("SCREENSHOT_DIR", shots.as_str()),
+        ],
+        Duration::from_secs(180),
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}\nportico log:\n{}\nxrdp log:\n{}", p.log(), xrdp.log()))?;
+    let typed = std::fs::read_to_string(&marker).map_err(|e| anyhow::anyhow!("{e}: browser output:\n{out}"))?;
+    assert_eq!(typed.trim(), "typed-in-browser-42");
+    let pasted = std::fs::read_to_string(&clip).map_err(|e| anyhow::anyhow!("{e}: browser output:\n{out}"))?;
+    assert_eq!(pasted, "from-the-browser-rdp");
+    let _ = (std::fs::remove_file(&marker), std::fs::remove_file(&clip));
+    assert!(out.contains("remote clipboard reached the browser"), "{out}");
+    assert!(out.contains("resized to"), "{out}");
+    assert!(out.contains("wrong password: xrdp's dialog"), "{out}");
     Ok(())
 }

@@ -1,0 +1,135 @@
+// RDP in the browser against xrdp: create the connection in the UI (credentials stored, injected by the
+// bridge), see the desktop at the browser's size (pixel truth), click and type into the remote xterm as
+// physical keys (input truth), clipboard both ways, resize with the window, special keys, and a wrong
+// password (xrdp shows its own dialog: checked by pixels).
+'use strict';
+const { launch, newPage, shot, waitState, login, main } = require('./lib');
+const env = process.env;
+const GREEN = [0x30, 0x50, 0x30];
+
+async function createConnection(page, name, password) {
+  await page.click('#conn-new');
+  await page.waitForSelector('#conn-form');
+  await page.fill('#conn-name', name);
+  await page.selectOption('#conn-protocol', 'rdp');
+  await page.fill('#conn-host', '127.0.0.1');
+  await page.fill('#conn-port', env.RDP_PORT);
+  await page.fill('#conn-username', env.RDP_USER);
+  await page.fill('#conn-password', password);
+  await page.click('#conn-save');
+  await page.locator(`tr.conn-row[data-name="${name}"]`).waitFor({ timeout: 10000 });
+}
+
+const pixel = (page, x, y) => page.evaluate(([px, py]) => window.porticoCanvasPixel(px, py), [x, y]);
+
+async function waitPixel(page, x, y, rgb, timeout = 30000) {
+  await page.waitForFunction(([px, py, want]) => {
+    const got = window.porticoCanvasPixel?.(px, py);
+    return !!got && window.porticoDisplay.frames > 0 && got.every((v, i) => Math.abs(v - want[i]) <= 2);
+  }, [x, y, rgb], { timeout }).catch(async (e) => {
+    throw new Error(`pixel at ${x},${y}: wanted ${rgb}, have ${await pixel(page, x, y)} (${e.message})`);
+  });
+}
+
+async function at(page, x, y) {
+  return page.evaluate(([rx, ry]) => {
+    const c = document.querySelector('#display');
+    const r = c.getBoundingClientRect();
+    return { x: r.left + ((rx + 0.5) * r.width) / c.width, y: r.top + ((ry + 0.5) * r.height) / c.height };
+  }, [x, y]);
+}
+
+// Characters typed with Shift on a US keyboard, and the key that types them.
+const SHIFTED = { '>': 'Period', '|': 'Backslash', '$': 'Digit4', '(': 'Digit9', ')': 'Digit0', '*': 'Digit8', '_': 'Minus' };
+
+/** Type as a person on a US keyboard would: Shift is pressed for shifted characters (RDP sends physical keys). */
+async function typeUS(page, text) {
+  for (const ch of text) {
+    if (SHIFTED[ch]) {
+      await page.keyboard.down('Shift');
+      await page.keyboard.press(SHIFTED[ch]);
+      await page.keyboard.up('Shift');
+    } else {
+      await page.keyboard.press(ch === '\n' ? 'Enter' : ch === ' ' ? 'Space' : ch);
+    }
+  }
+}
+
+async function remoteSize(page) {
+  return page.evaluate(() => [window.porticoDisplay.width, window.porticoDisplay.height]);
+}
+
+async function wrapSize(page) {
+  return page.evaluate(() => {
+    const w = document.querySelector('#display-wrap').getBoundingClientRect();
+    return [Math.floor(w.width) & ~1, Math.floor(w.height) & ~1];
+  });
+}
+
+main(async () => {
+  const browser = await launch();
+  const page = await newPage(browser);
+  await page.context().grantPermissions(['clipboard-read', 'clipboard-write'], { origin: env.PORTICO_URL });
+  await login(page, env.ADMIN_PASSWORD);
+  await createConnection(page, 'e2e rdp', env.RDP_PASSWORD);
+  await createConnection(page, 'e2e rdp wrong', 'wrong-password-1');
+
+  await page.locator('tr.conn-row[data-name="e2e rdp"] .conn-open').click();
+  await waitState(page, 'connected', 45000);
+  // The desktop takes the browser's size.
+  await page.waitForFunction(() => window.porticoDisplay.width > 0, null, { timeout: 30000 });
+  const [w, h] = await remoteSize(page);
+  const want = await wrapSize(page);
+  if (Math.abs(w - want[0]) > 2 || Math.abs(h - want[1]) > 2) throw new Error(`remote ${w}x${h}, window ${want.join('x')}`);
+  console.log(`desktop ${w}x${h} at the window's size`);
+  // Pixel truth: xrdp's session shows the green root (beyond the xterm at the top left).
+  await waitPixel(page, w - 20, h - 20, GREEN, 45000);
+  await shot(page, 'rdp-desktop');
+
+  // Input truth: click into the xterm, type a command as physical keys.
+  let p = await at(page, 200, 100);
+  await page.mouse.click(p.x, p.y);
+  await typeUS(page, `echo typed-in-browser-$((6*7)) > ${env.MARKER_FILE}\n`);
+  // Remote → browser clipboard.
+  await typeUS(page, `echo -n remote-clip-rdp | xclip -i -selection clipboard\n`);
+  await page.waitForFunction(() => window.porticoDisplay.clipboard === 'remote-clip-rdp', null, { timeout: 20000 });
+  console.log('remote clipboard reached the browser');
+  // Browser → remote clipboard, through the panel; the remote side writes it to a file.
+  await page.click('#clipboard-toggle');
+  await page.fill('#clipboard-text', 'from-the-browser-rdp');
+  await page.click('#clipboard-send');
+  p = await at(page, 200, 100);
+  await page.mouse.click(p.x, p.y);
+  await typeUS(page, `xclip -o -selection clipboard > ${env.CLIP_FILE}\n`);
+  await page.click('#clipboard-toggle');
+  await shot(page, 'rdp-typed');
+
+  // The window grows: the remote desktop follows (Display Control, reactivation at the new size).
+  await page.setViewportSize({ width: 1280, height: 800 });
+  const grown = await wrapSize(page);
+  await page.waitForFunction(([ww, wh]) => Math.abs(window.porticoDisplay.width - ww) <= 2
+    && Math.abs(window.porticoDisplay.height - wh) <= 2, grown, { timeout: 30000 });
+  const [w2, h2] = await remoteSize(page);
+  await waitPixel(page, w2 - 20, h2 - 20, GREEN);
+  console.log(`resized to ${w2}x${h2}`);
+  await shot(page, 'rdp-resized');
+
+  // Special keys reach the session without breaking it.
+  await page.selectOption('#special-keys', { label: 'Ctrl+Alt+Del' });
+  await waitPixel(page, w2 - 20, h2 - 20, GREEN);
+  await page.click('#session-end');
+  await waitState(page, 'closed');
+  await page.click('#session-back');
+
+  // A wrong password: xrdp 0.9 has no NLA, so the connection stands and xrdp draws its login dialog.
+  await page.locator('tr.conn-row[data-name="e2e rdp wrong"] .conn-open').click();
+  await waitState(page, 'connected', 45000);
+  await page.waitForFunction(() => window.porticoDisplay.frames > 2, null, { timeout: 30000 });
+  await page.waitForTimeout(3000);
+  const [ww, wh] = await remoteSize(page);
+  const corner = await pixel(page, ww - 20, wh - 20);
+  if (corner.every((v, i) => Math.abs(v - GREEN[i]) <= 2)) throw new Error('a wrong password reached the desktop');
+  console.log(`wrong password: xrdp's dialog screen (pixel ${corner})`);
+  await shot(page, 'rdp-wrong-password');
+  await browser.close();
+});
