@@ -319,8 +319,9 @@ impl Rdp {
         }
     }
 
-    /// Apply the stage's outputs; `Err` ends the session.
-    async fn outputs(&mut self, outputs: Vec<ActiveStageOutput>) -> Result<(), End> {
+    /// Apply the stage's outputs; `Err` ends the session. Messages for the user come back in `Ok`.
+    async fn outputs(&mut self, outputs: Vec<ActiveStageOutput>) -> Result<Vec<ServerMsg>, End> {
+        let mut notices = Vec::new();
         for out in outputs {
             match out {
                 ActiveStageOutput::ResponseFrame(frame) => self.write(&frame).await?,
@@ -351,10 +352,30 @@ impl Rdp {
                     });
                 }
                 ActiveStageOutput::DeactivateAll => self.reactivate().await?,
+                ActiveStageOutput::LogonErrors(info) => {
+                    // Windows reports a failed or refused logon here (e.g. the user is already logged on
+                    // elsewhere); the session goes on showing what the server shows.
+                    let why = format!(
+                        "the rdp server reported a logon problem: {:?} ({:?})",
+                        info.error_type, info.error_data
+                    )
+                    .to_lowercase();
+                    tracing::info!(error = %why, "Logon error notification");
+                    notices.push(ServerMsg::error("logon_error", why, false));
+                }
+                ActiveStageOutput::ServerRedirection(_) => {
+                    return Err(End {
+                        code: "target_error",
+                        reason: "the rdp server redirected the session to another host (session broker \
+                                 redirection is not supported)"
+                            .into(),
+                        from_control: false,
+                    });
+                }
                 other => tracing::trace!(output = ?other, "RDP output not used"),
             }
         }
-        Ok(())
+        Ok(notices)
     }
 
     /// Send the pending frame if there is one and the browser has room.
@@ -520,11 +541,14 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                             outputs.extend(frames.into_iter().map(ActiveStageOutput::ResponseFrame));
                         }
                     }
-                    if let Err(end) = rdp.outputs(outputs).await {
-                        if end.code == "target_error" {
-                            life.send(ServerMsg::error(end.code, end.reason.clone(), true));
+                    match rdp.outputs(outputs).await {
+                        Ok(notices) => notices.into_iter().for_each(|m| { life.send(m); }),
+                        Err(end) => {
+                            if end.code == "target_error" {
+                                life.send(ServerMsg::error(end.code, end.reason.clone(), true));
+                            }
+                            break 'session end;
                         }
-                        break 'session end;
                     }
                     pdu = rdp.framed.read_pdu().now_or_never();
                 }
@@ -540,8 +564,9 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                         Vec::new()
                     }
                 };
-                if let Err(end) = rdp.outputs(outputs).await {
-                    break end;
+                match rdp.outputs(outputs).await {
+                    Ok(notices) => notices.into_iter().for_each(|m| { life.send(m); }),
+                    Err(end) => break end,
                 }
             }
             cmd = cmd_rx.recv() => {
@@ -580,8 +605,9 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                         _ => Vec::new(),
                     },
                 };
-                if let Err(end) = rdp.outputs(outputs).await {
-                    break end;
+                match rdp.outputs(outputs).await {
+                    Ok(notices) => notices.into_iter().for_each(|m| { life.send(m); }),
+                    Err(end) => break end,
                 }
             }
             () = sleep_until(deadline) => {

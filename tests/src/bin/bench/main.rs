@@ -1,6 +1,7 @@
 //! `portico-bench`: benchmarks against real peers, printing a markdown table.
 //!
-//! `portico-bench vnc` runs the graphical benchmark (see `vnc.rs`) side by side with websockify.
+//! `portico-bench vnc` runs the graphical benchmark (see `vnc.rs`) side by side with websockify;
+//! `portico-bench rdp` the RDP workloads on FreeRDP's shadow server (see `rdp.rs`).
 //!
 //! `cargo run --release -p portico-tests --bin portico-bench -- ssh` runs the SSH benchmark of
 //! `docs/performance.md`: bridge CPU per session on the `ssh-text` workload (N = 1, 5, 20), keystroke-to-echo
@@ -23,11 +24,12 @@ use portico_tests::portico::{Options, Portico};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
+mod rdp;
 mod vnc;
 
 #[derive(Parser)]
 struct Args {
-    /// Which benchmark: `ssh` or `vnc`.
+    /// Which benchmark: `ssh`, `vnc` or `rdp`.
     which: String,
     /// VNC workloads to run (default all): text-heavy, text-light, video, idle.
     #[arg(long, value_delimiter = ',')]
@@ -354,8 +356,8 @@ async fn idle_memory(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(
-        args.which == "ssh" || args.which == "vnc",
-        "unknown benchmark {:?} (available: ssh, vnc)",
+        ["ssh", "vnc", "rdp"].contains(&args.which.as_str()),
+        "unknown benchmark {:?} (available: ssh, vnc, rdp)",
         args.which
     );
     if std::env::var("PORTICO_BENCH_RELEASE").is_err() {
@@ -366,9 +368,13 @@ async fn main() -> anyhow::Result<()> {
     let script = script_dir.join("scroller.py");
     std::fs::copy(portico_tests::workspace_root().join("tests/bench/scroller.py"), &script)?;
     let script = script.display().to_string();
-    if args.which == "vnc" {
-        let rows = vnc::run(&args).await?;
-        println!("{}", vnc::HEADER);
+    if args.which == "vnc" || args.which == "rdp" {
+        let (header, rows) = if args.which == "vnc" {
+            (vnc::HEADER, vnc::run(&args).await?)
+        } else {
+            (rdp::HEADER, rdp::run(&args).await?)
+        };
+        println!("{header}");
         for r in rows {
             println!("{r}");
         }

@@ -18,7 +18,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use portico_proto::rfb::{RfbClient, RfbConfig, RfbEvent};
 use portico_proto::wire::{ClientMsg, ServerMsg};
 use portico_tests::client::Api;
-use portico_tests::peers::XDisplay as _;
+use portico_tests::peers::XDisplay;
 use portico_tests::peers::{Background, VncServer, free_port, wait_for};
 use portico_tests::portico::Portico;
 use serde_json::json;
@@ -28,11 +28,11 @@ use crate::{Args, clk_tck, cores, median_range, mem_kib, tree_ticks};
 
 type WsPlain = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-const WIDTH: u16 = 1280;
-const HEIGHT: u16 = 720;
+pub const WIDTH: u16 = 1280;
+pub const HEIGHT: u16 = 720;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Workload {
+pub enum Workload {
     TextHeavy,
     TextLight,
     Video,
@@ -40,7 +40,7 @@ enum Workload {
 }
 
 impl Workload {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Workload::TextHeavy => "text-heavy",
             Workload::TextLight => "text-light",
@@ -56,9 +56,9 @@ struct Counters {
     frames: AtomicU64,
 }
 
-/// What runs on the display for one workload.
-struct Scene {
-    xvnc: VncServer,
+/// What runs on the display of a server (`S`: the VNC or RDP server) for one workload.
+pub struct Scene<S> {
+    pub server: S,
     _programs: Vec<Background>,
 }
 
@@ -78,12 +78,11 @@ fn frames() -> anyhow::Result<std::path::PathBuf> {
     Ok(dir)
 }
 
-fn scene(w: Workload) -> anyhow::Result<Scene> {
-    let xvnc = VncServer::xvnc(None, WIDTH, HEIGHT)?;
+pub fn scene<S: XDisplay>(server: S, w: Workload) -> anyhow::Result<Scene<S>> {
     let scroller = bench_dir().join("scroller.py").display().to_string();
     let xterm = |args: &str| -> anyhow::Result<Background> {
         let cmd = format!("python3 {scroller} {args}");
-        xvnc.spawn(
+        server.spawn(
             "xterm",
             &[
                 "-maximized",
@@ -115,7 +114,7 @@ fn scene(w: Workload) -> anyhow::Result<Scene> {
             vec![bg]
         }
         Workload::Video => {
-            xvnc.x("xsetroot", &["-solid", "#000000"])?;
+            server.x("xsetroot", &["-solid", "#000000"])?;
             let dir = frames()?;
             let mut files: Vec<String> = std::fs::read_dir(&dir)?
                 .filter_map(|e| e.ok().map(|e| e.path().display().to_string()))
@@ -124,25 +123,25 @@ fn scene(w: Workload) -> anyhow::Result<Scene> {
             files.sort();
             let mut args = vec!["-delay", "4", "-loop", "0", "-geometry", "+320+180"];
             args.extend(files.iter().map(String::as_str));
-            vec![xvnc.spawn("animate", &args)?]
+            vec![server.spawn("animate", &args)?]
         }
     };
     wait_for("the workload window", Duration::from_secs(30), || {
-        xvnc.x("xdotool", &["search", "--onlyvisible", "--name", "."]).is_ok()
+        server.x("xdotool", &["search", "--onlyvisible", "--name", "."]).is_ok()
     })?;
     std::thread::sleep(Duration::from_secs(2));
     Ok(Scene {
-        xvnc,
+        server,
         _programs: programs,
     })
 }
 
-struct Sample {
-    proxy_cores: f64,
-    server_cores: f64,
-    kib_s: f64,
-    fps: f64,
-    rss_kib: f64,
+pub struct Sample {
+    pub proxy_cores: f64,
+    pub server_cores: f64,
+    pub kib_s: f64,
+    pub fps: f64,
+    pub rss_kib: f64,
 }
 
 /// Measure over the window: proxy and Xvnc CPU, bytes and frames per session.
@@ -178,7 +177,7 @@ async fn window(proxy_pid: u32, server_pid: u32, counters: &[Arc<Counters>], arg
 }
 
 /// N Portico sessions, each an instant-ack client.
-async fn portico_run(
+pub async fn portico_run(
     p: &Portico,
     api: &Api,
     conn: &str,
@@ -220,7 +219,7 @@ async fn portico_run(
     Ok(s)
 }
 
-async fn end_all(api: &Api) -> anyhow::Result<()> {
+pub async fn end_all(api: &Api) -> anyhow::Result<()> {
     let sessions = api.ok(reqwest::Method::GET, "/api/v1/sessions", None).await?;
     for s in sessions.as_array().cloned().unwrap_or_default() {
         let id = s["id"].as_str().unwrap_or_default();
@@ -461,12 +460,12 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<String>> {
         .filter(|w| args.workloads.is_empty() || args.workloads.iter().any(|n| n == w.name()))
     {
         eprintln!("== vnc {}", w.name());
-        let scene = scene(w)?;
-        let server_pid = scene.xvnc.pid();
+        let scene = scene(VncServer::xvnc(None, WIDTH, HEIGHT)?, w)?;
+        let server_pid = scene.server.pid();
         let conn = api
-            .create_connection(json!({ "name": format!("bench {}", w.name()), "protocol": "vnc", "host": "127.0.0.1", "port": scene.xvnc.port }))
+            .create_connection(json!({ "name": format!("bench {}", w.name()), "protocol": "vnc", "host": "127.0.0.1", "port": scene.server.port }))
             .await?;
-        let wsfy = Websockify::start(scene.xvnc.port)?;
+        let wsfy = Websockify::start(scene.server.port)?;
         for &n in &args.sessions {
             let (mut ours, mut theirs) = (Vec::new(), Vec::new());
             for r in 0..args.repeats {

@@ -1,0 +1,60 @@
+//! The RDP benchmark (`portico-bench rdp`): the standard scrolling-text and moving-image workloads of
+//! ../shared/bench/README.md on an Xvfb 1280x720 shared by FreeRDP's shadow server, relayed by the Portico
+//! bridge to N instant-ack clients (N sessions share one desktop, as the VNC benchmark does).
+//!
+//! The shadow server encodes once per client; its CPU is reported beside the bridge's.
+
+use portico_tests::client::Api;
+use portico_tests::peers::{RdpServer, ShadowAuth};
+use portico_tests::portico::Portico;
+use serde_json::json;
+
+use crate::Args;
+use crate::median_range;
+use crate::vnc::{HEIGHT, Sample, WIDTH, Workload, end_all, portico_run, scene};
+
+pub const HEADER: &str = "| workload | N | Portico bridge cores/session (range) | shadow server cores/session | fps | KiB/s | RSS KiB/session |\n|---|---|---|---|---|---|---|";
+
+pub async fn run(args: &Args) -> anyhow::Result<Vec<String>> {
+    let mut rows = Vec::new();
+    let p = Portico::start()?;
+    let api = Api::admin(&p).await?;
+    for w in [Workload::TextHeavy, Workload::Video]
+        .into_iter()
+        .filter(|w| args.workloads.is_empty() || args.workloads.iter().any(|n| n == w.name()))
+    {
+        eprintln!("== rdp {}", w.name());
+        let scene = scene(RdpServer::shadow(ShadowAuth::None, WIDTH, HEIGHT)?, w)?;
+        let server_pid = scene.server.pids().first().copied().unwrap_or(0);
+        let conn = api
+            .create_connection(json!({
+                "name": format!("bench rdp {}", w.name()), "protocol": "rdp", "host": "127.0.0.1",
+                "port": scene.server.port, "username": "bench", "password": "bench",
+                "settings": {"width": WIDTH, "height": HEIGHT, "danger_accept_any_certificate": true},
+            }))
+            .await?;
+        for &n in &args.sessions {
+            let mut ours: Vec<Sample> = Vec::new();
+            for r in 0..args.repeats {
+                let a = portico_run(&p, &api, &conn, server_pid, n, args).await?;
+                eprintln!(
+                    "  N={n} run {r} portico: {:.4} cores, shadow {:.4}, {:.0} KiB/s, {:.1} fps, +{:.0} KiB RSS per session",
+                    a.proxy_cores, a.server_cores, a.kib_s, a.fps, a.rss_kib
+                );
+                ours.push(a);
+            }
+            let med = |f: fn(&Sample) -> f64| median_range(ours.iter().map(f).collect());
+            let (pc, lo, hi) = med(|s| s.proxy_cores);
+            let (sc, _, _) = med(|s| s.server_cores);
+            let (fps, _, _) = med(|s| s.fps);
+            let (kib, _, _) = med(|s| s.kib_s);
+            let (rss, _, _) = med(|s| s.rss_kib);
+            rows.push(format!(
+                "| {} | {n} | {pc:.4} ({lo:.4}–{hi:.4}) | {sc:.4} | {fps:.1} | {kib:.0} | {rss:.0} |",
+                w.name()
+            ));
+        }
+        end_all(&api).await?;
+    }
+    Ok(rows)
+}
