@@ -38,8 +38,8 @@ struct Display {
     clipboard_down: bool,
 }
 
-/// The Tight JPEG quality level asked for at first (and the ceiling of the quality control).
-const DEFAULT_JPEG_LEVEL: u8 = 5;
+// The Tight JPEG quality level asked for at first is the ceiling of the quality control.
+use portico_proto::rfb::DEFAULT_JPEG_LEVEL;
 
 impl Display {
     /// A frame acknowledgement: its round trip may change the JPEG quality the server is asked for.

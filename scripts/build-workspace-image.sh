@@ -1,0 +1,280 @@
+#!/usr/bin/env bash
+# Build Portico's default workspace image (Xvnc + twm + xterm on Debian bookworm) without
+# any container registry: debootstrap a minbase rootfs from the Debian mirror apt already
+# uses, install the packages listed in scripts/workspace/packages, add the files from
+# scripts/workspace/, and `docker import` the result.
+#
+# usage: scripts/build-workspace-image.sh [--docker-host unix:///path/docker.sock]
+#                                         [--tag portico/workspace:latest]
+#                                         [--cache-dir DIR] [--force]
+#
+#   --docker-host  daemon to import into (default: $DOCKER_HOST, else the docker default)
+#   --tag          image tag (default: portico/workspace:latest)
+#   --cache-dir    where the rootfs tarball is cached
+#                  (default: ${PORTICO_CACHE:-/var/cache/portico})
+#   --force        rebuild the rootfs and re-import even if everything is up to date
+#
+# Idempotent: the image carries the label org.portico.workspace.hash, a hash of
+# scripts/workspace/* and of this script. If the tagged image has the current hash the
+# script exits at once ("image up to date"). Otherwise it imports the cached rootfs
+# tarball <cache-dir>/workspace-rootfs-<hash>.tar (seconds) or builds it first (~2 min).
+# Env: PORTICO_DEBIAN_MIRROR overrides the mirror (default: the first URIs: of
+# /etc/apt/sources.list.d/debian.sources).
+set -euo pipefail
+
+SELF=$(readlink -f "${BASH_SOURCE[0]}")
+SCRIPTS_DIR=$(dirname "$SELF")
+WS_DIR=$SCRIPTS_DIR/workspace
+SUITE=bookworm
+TAG=portico/workspace:latest
+CACHE_DIR=${PORTICO_CACHE:-/var/cache/portico}
+FORCE=0
+LABEL_KEY=org.portico.workspace.hash
+
+die() { echo "build-workspace-image: error: $*" >&2; exit 1; }
+say() { echo "== $*"; }
+now() { echo "$EPOCHREALTIME"; }
+since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f s", b - a }'; }
+
+usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$SELF"; }
+
+while [ $# -gt 0 ]; do
+  case $1 in
+    --docker-host) [ $# -ge 2 ] || die "--docker-host needs a value"; export DOCKER_HOST=$2; shift 2 ;;
+    --docker-host=*) export DOCKER_HOST=${1#*=}; shift ;;
+    --tag) [ $# -ge 2 ] || die "--tag needs a value"; TAG=$2; shift 2 ;;
+    --tag=*) TAG=${1#*=}; shift ;;
+    --cache-dir) [ $# -ge 2 ] || die "--cache-dir needs a value"; CACHE_DIR=$2; shift 2 ;;
+    --cache-dir=*) CACHE_DIR=${1#*=}; shift ;;
+    --force) FORCE=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; die "unknown argument: $1" ;;
+  esac
+done
+
+T_TOTAL=$(now)
+[ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap, chroot and mount need it)"
+[ -f "$WS_DIR/start-vnc" ] && [ -f "$WS_DIR/packages" ] || die "missing $WS_DIR/start-vnc or $WS_DIR/packages"
+command -v docker >/dev/null || die "the docker CLI is not installed (Debian: apt-get install docker.io)"
+docker version --format '{{.Server.Version}}' >/dev/null 2>&1 \
+  || die "cannot reach the Docker daemon at ${DOCKER_HOST:-the default socket}: $(docker version 2>&1 | tail -n 1)"
+
+# ---- content hash: everything that goes into the image ----
+HASH=$(
+  cd "$WS_DIR"
+  find . -type f -print | LC_ALL=C sort | while IFS= read -r f; do
+    printf '== %s %s\n' "$f" "$(sha256sum < "$f" | cut -d' ' -f1)"
+  done
+  printf '== build script %s\n' "$(sha256sum < "$SELF" | cut -d' ' -f1)"
+  printf '== suite %s arch %s\n' "$SUITE" "$(dpkg --print-architecture)"
+) 
+HASH=$(printf '%s' "$HASH" | sha256sum | cut -d' ' -f1)
+SHORT=${HASH:0:16}
+TARBALL=$CACHE_DIR/workspace-rootfs-$SHORT.tar
+
+image_hash() { docker image inspect --format "{{ index .Config.Labels \"$LABEL_KEY\" }}" "$TAG" 2>/dev/null || true; }
+
+if [ "$FORCE" -eq 0 ] && [ "$(image_hash)" = "$HASH" ]; then
+  echo "image up to date: $TAG (hash ${SHORT}, $(since "$T_TOTAL"))"
+  exit 0
+fi
+
+mkdir -p "$CACHE_DIR"
+# One build at a time per cache dir (parallel test runs may all call this script).
+exec 9>"$CACHE_DIR/workspace-build.lock"
+if ! flock -n 9; then
+  say "waiting for another build-workspace-image run"
+  flock -w 1800 9 || die "timed out waiting for $CACHE_DIR/workspace-build.lock"
+  if [ "$FORCE" -eq 0 ] && [ "$(image_hash)" = "$HASH" ]; then
+    echo "image up to date: $TAG (hash ${SHORT}, built by the other run)"
+    exit 0
+  fi
+fi
+
+# ---- rootfs ----
+WORK=
+LOG=$CACHE_DIR/workspace-build.log
+cleanup() {
+  if [ -n "$WORK" ]; then
+    if mountpoint -q "$WORK/rootfs/proc" 2>/dev/null; then umount "$WORK/rootfs/proc" || umount -l "$WORK/rootfs/proc" || true; fi
+    rm -rf --one-file-system "$WORK"
+  fi
+  rm -f "$TARBALL.tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Run a build step, its output going to $LOG; on failure show the end of the log.
+step() {
+  local what=$1; shift
+  if ! "$@" >>"$LOG" 2>&1; then
+    echo "build-workspace-image: error: $what failed; last lines of $LOG:" >&2
+    tail -n 25 "$LOG" >&2
+    exit 1
+  fi
+}
+
+# Delete files that hard dependencies pull in but nothing in this image runs (~250 MB of
+# the ~400 MB). dpkg still lists the packages; a derived image that needs them back runs
+# `apt-get install --reinstall <package>` (list in /etc/portico/slimmed).
+slim_rootfs() {
+  local R=$1 before after
+  before=$(du -sxm "$R" | cut -f1)
+  cat > "$R/etc/portico/slimmed" <<'EOF'
+# Removed from this image by scripts/build-workspace-image.sh (not used by Xvnc/twm/xterm);
+# restore with: apt-get install --reinstall <package>
+# libgl1-mesa-dri libllvm15 libz3-4 libxml2 libicu72: Mesa GL drivers and their libraries
+#   (Xvnc's GLX extension is then unavailable; Xvnc itself runs fine)
+# cpp-12: the C preprocessor binary cc1 (only `xrdb` uses it; `xrdb -nocpp` still works)
+# perl-modules-5.36 libperl5.36: full Perl (only the `vncserver` wrapper needs it; perl-base stays)
+EOF
+  (
+    cd "$R"
+    rm -rf usr/lib/*-linux-gnu/dri usr/lib/*-linux-gnu/libLLVM-*.so* usr/lib/*-linux-gnu/libz3.so* \
+      usr/lib/*-linux-gnu/libxml2.so* usr/lib/*-linux-gnu/libicu*.so* \
+      usr/lib/gcc/*-linux-gnu/*/cc1 \
+      usr/share/perl/5.* usr/lib/*-linux-gnu/perl/5.* usr/lib/*-linux-gnu/libperl.so*
+  )
+  # Safety net: every remaining binary and library must still resolve its libraries.
+  local missing
+  missing=$(chroot "$R" sh -c 'find /usr /etc /opt -xdev -type f \( -perm -u+x -o -name "*.so*" \) -print 2>/dev/null \
+    | while read -r f; do ldd "$f" 2>/dev/null | sed -n "s|^\s*\(\S*\) => not found|$f: \1|p"; done' \
+    | grep -v -E '^/usr/bin/perl5\.[0-9.]*|^/usr/bin/cpp' || true)
+  [ -z "$missing" ] || die "slimming broke library dependencies:"$'\n'"$missing"
+  after=$(du -sxm "$R" | cut -f1)
+  echo "   slimmed rootfs: $before MB -> $after MB"
+}
+
+build_rootfs() {
+  local mirror security R
+  mirror=${PORTICO_DEBIAN_MIRROR:-}
+  if [ -z "$mirror" ] && [ -f /etc/apt/sources.list.d/debian.sources ]; then
+    mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources)
+  fi
+  if [ -z "$mirror" ] && [ -f /etc/apt/sources.list ]; then
+    mirror=$(awk '$1=="deb" && $0 !~ /security/ {for(i=2;i<=NF;i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' /etc/apt/sources.list)
+  fi
+  mirror=${mirror:-http://deb.debian.org/debian}
+  security=$(cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
+    | grep -o '[a-z]*://[^ ]*debian-security[^ ]*' | head -n 1 || true)
+
+  if ! command -v debootstrap >/dev/null; then
+    say "installing debootstrap"
+    export DEBIAN_FRONTEND=noninteractive
+    step "apt-get install debootstrap" sh -c 'apt-get -o DPkg::Lock::Timeout=600 -y --no-install-recommends install debootstrap \
+      || { apt-get -o DPkg::Lock::Timeout=600 update && apt-get -o DPkg::Lock::Timeout=600 -y --no-install-recommends install debootstrap; }'
+  fi
+
+  WORK=$(mktemp -d "$CACHE_DIR/build.XXXXXX")   # not /tmp: that may be a nodev tmpfs
+  R=$WORK/rootfs
+  local t
+  t=$(now)
+  say "debootstrap --variant=minbase $SUITE from $mirror (log: $LOG)"
+  step debootstrap debootstrap --variant=minbase "$SUITE" "$R" "$mirror"
+  echo "   debootstrap: $(since "$t")"
+
+  t=$(now)
+  # No docs, man pages or translations; no recommends; no services started by maintainer scripts.
+  cat > "$R/etc/dpkg/dpkg.cfg.d/01-portico-nodoc" <<'EOF'
+path-exclude=/usr/share/doc/*
+path-include=/usr/share/doc/*/copyright
+path-exclude=/usr/share/man/*
+path-exclude=/usr/share/info/*
+path-exclude=/usr/share/locale/*
+path-include=/usr/share/locale/locale.alias
+path-exclude=/usr/share/lintian/*
+path-exclude=/usr/share/linda/*
+EOF
+  cat > "$R/etc/apt/apt.conf.d/01-portico" <<'EOF'
+APT::Install-Recommends "false";
+APT::Install-Suggests "false";
+Acquire::Languages "none";
+EOF
+  # Follow the host on Valid-Until (snapshot mirrors have expired Release files).
+  local valid_until=
+  eval "$(apt-config shell valid_until Acquire::Check-Valid-Until)"
+  if [ "$valid_until" = false ]; then
+    echo 'Acquire::Check-Valid-Until "false";' > "$R/etc/apt/apt.conf.d/02-portico-build"
+  fi
+  printf '#!/bin/sh\nexit 101\n' > "$R/usr/sbin/policy-rc.d"
+  chmod 0755 "$R/usr/sbin/policy-rc.d"
+  {
+    echo "deb $mirror $SUITE main"
+    echo "deb $mirror $SUITE-updates main"
+    [ -z "$security" ] || echo "deb $security $SUITE-security main"
+  } > "$R/etc/apt/sources.list"
+  # debootstrap installed the base system before the excludes existed.
+  find "$R/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete
+  find "$R/usr/share/doc" -mindepth 1 -type d -empty -delete
+  rm -rf "$R"/usr/share/man/* "$R"/usr/share/info/* "$R"/usr/share/lintian/*
+  find "$R/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
+
+  local pkgs
+  pkgs=$(sed -e 's/#.*//' "$WS_DIR/packages" | xargs)
+  [ -n "$pkgs" ] || die "no packages listed in $WS_DIR/packages"
+  mount --bind /proc "$R/proc"
+  say "installing in the rootfs: $pkgs"
+  step "apt-get update (chroot)" chroot "$R" apt-get -o DPkg::Lock::Timeout=60 update
+  step "apt-get upgrade (chroot)" chroot "$R" env DEBIAN_FRONTEND=noninteractive apt-get -y upgrade
+  # shellcheck disable=SC2086
+  step "apt-get install (chroot)" chroot "$R" env DEBIAN_FRONTEND=noninteractive \
+    apt-get -y --no-install-recommends install $pkgs
+  step "useradd portico" chroot "$R" useradd --uid 1000 --user-group --create-home --home-dir /home/portico \
+    --shell /bin/bash portico
+  step "apt-get clean (chroot)" chroot "$R" apt-get clean
+  umount "$R/proc"
+
+  install -m 0755 "$WS_DIR/start-vnc" "$R/usr/local/bin/start-vnc"
+  install -D -m 0644 "$WS_DIR/twmrc" "$R/etc/portico/twmrc"
+  slim_rootfs "$R"
+  install -d -m 1777 "$R/tmp/.X11-unix"
+  rm -f "$R/etc/apt/apt.conf.d/02-portico-build"
+  rm -rf "$R"/var/lib/apt/lists/* "$R"/var/cache/apt/*.bin "$R"/var/cache/apt/archives/*.deb \
+    "$R"/var/cache/debconf/*-old "$R"/var/lib/dpkg/*-old "$R"/tmp/portico-* "$R"/root/.bash_history
+  find "$R/var/log" -type f -delete
+  : > "$R/etc/resolv.conf"
+  : > "$R/etc/hostname"
+  echo "   packages + files: $(since "$t")"
+
+  t=$(now)
+  tar --numeric-owner -C "$R" --exclude='./proc/*' --exclude='./sys/*' --exclude='./dev/*' \
+    -cf "$TARBALL.tmp" .
+  mv "$TARBALL.tmp" "$TARBALL"
+  rm -rf --one-file-system "$WORK"
+  WORK=
+  echo "   tarball: $(since "$t") ($(du -m "$TARBALL" | cut -f1) MB)"
+  # Older rootfs tarballs belong to older workspace/ contents.
+  find "$CACHE_DIR" -maxdepth 1 -name 'workspace-rootfs-*.tar' ! -name "${TARBALL##*/}" -print -delete \
+    | sed 's/^/   removed stale /'
+}
+
+: > "$LOG"
+if [ "$FORCE" -eq 1 ] || [ ! -s "$TARBALL" ]; then
+  say "building rootfs (hash $SHORT)"
+  build_rootfs
+else
+  say "using cached rootfs $TARBALL"
+fi
+
+t=$(now)
+old_id=$(docker image inspect --format '{{.Id}}' "$TAG" 2>/dev/null || true)
+say "docker import -> $TAG"
+docker import \
+  -c 'ENTRYPOINT ["/usr/local/bin/start-vnc"]' \
+  -c 'ENV LANG=C.UTF-8' \
+  -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+  -c 'USER 1000:1000' \
+  -c 'WORKDIR /home/portico' \
+  -c 'EXPOSE 5901' \
+  -c "LABEL $LABEL_KEY=$HASH" \
+  -c 'LABEL org.opencontainers.image.title="Portico workspace (Xvnc + twm + xterm, Debian bookworm)"' \
+  -m "scripts/build-workspace-image.sh $SHORT" \
+  "$TARBALL" "$TAG" >/dev/null || die "docker import failed"
+echo "   import: $(since "$t")"
+new_id=$(docker image inspect --format '{{.Id}}' "$TAG")
+if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then
+  # Drop the replaced image unless something (a container, another tag) still uses it.
+  docker image rm "$old_id" >/dev/null 2>&1 || true
+fi
+size=$(docker image inspect --format '{{.Size}}' "$TAG")
+echo "built $TAG (hash $SHORT, $((size / 1000000)) MB) in $(since "$T_TOTAL")"
