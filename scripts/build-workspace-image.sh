@@ -17,25 +17,27 @@
 # Idempotent: the image carries the label org.portico.workspace.hash, a hash of
 # scripts/workspace/* and of this script. If the tagged image has the current hash the
 # script exits at once ("image up to date"). Otherwise it imports the cached rootfs
-# tarball <cache-dir>/workspace-rootfs-<hash>.tar (seconds) or builds it first (~2 min).
+# tarball <cache-dir>/workspace-rootfs-<hash>.tar (seconds) or builds it first (1-3 min).
+# That tarball only depends on scripts/workspace/packages and this script; start-vnc and
+# twmrc are added at import time, so editing them costs a re-import, not a rebuild.
 # Env: PORTICO_DEBIAN_MIRROR overrides the mirror (default: the first URIs: of
 # /etc/apt/sources.list.d/debian.sources).
 set -euo pipefail
 
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
-SCRIPTS_DIR=$(dirname "$SELF")
-WS_DIR=$SCRIPTS_DIR/workspace
+WS_DIR=$(dirname "$SELF")/workspace
 SUITE=bookworm
 TAG=portico/workspace:latest
 CACHE_DIR=${PORTICO_CACHE:-/var/cache/portico}
 FORCE=0
 LABEL_KEY=org.portico.workspace.hash
+# scripts/workspace/<file> -> path and mode in the image (added on top of the cached rootfs).
+WS_FILES=("start-vnc:/usr/local/bin/start-vnc:0755" "twmrc:/etc/portico/twmrc:0644")
 
 die() { echo "build-workspace-image: error: $*" >&2; exit 1; }
 say() { echo "== $*"; }
 now() { echo "$EPOCHREALTIME"; }
 since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f s", b - a }'; }
-
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$SELF"; }
 
 while [ $# -gt 0 ]; do
@@ -54,28 +56,34 @@ done
 
 T_TOTAL=$(now)
 [ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap, chroot and mount need it)"
-[ -f "$WS_DIR/start-vnc" ] && [ -f "$WS_DIR/packages" ] || die "missing $WS_DIR/start-vnc or $WS_DIR/packages"
+[ -f "$WS_DIR/packages" ] || die "missing $WS_DIR/packages"
+for spec in "${WS_FILES[@]}"; do
+  [ -f "$WS_DIR/${spec%%:*}" ] || die "missing $WS_DIR/${spec%%:*}"
+done
 command -v docker >/dev/null || die "the docker CLI is not installed (Debian: apt-get install docker.io)"
 docker version --format '{{.Server.Version}}' >/dev/null 2>&1 \
   || die "cannot reach the Docker daemon at ${DOCKER_HOST:-the default socket}: $(docker version 2>&1 | tail -n 1)"
 
-# ---- content hash: everything that goes into the image ----
+# ---- content hashes ----
+sha() { sha256sum | cut -d' ' -f1; }
+# The rootfs tarball: the package list and this script (which holds the recipe).
+BASE_HASH=$(printf 'packages %s\nscript %s\nsuite %s\narch %s\n' "$(sha < "$WS_DIR/packages")" \
+  "$(sha < "$SELF")" "$SUITE" "$(dpkg --print-architecture)" | sha)
+# The image: the rootfs plus every file under scripts/workspace/.
 HASH=$(
-  cd "$WS_DIR"
-  find . -type f -print | LC_ALL=C sort | while IFS= read -r f; do
-    printf '== %s %s\n' "$f" "$(sha256sum < "$f" | cut -d' ' -f1)"
-  done
-  printf '== build script %s\n' "$(sha256sum < "$SELF" | cut -d' ' -f1)"
-  printf '== suite %s arch %s\n' "$SUITE" "$(dpkg --print-architecture)"
-) 
-HASH=$(printf '%s' "$HASH" | sha256sum | cut -d' ' -f1)
+  printf 'base %s\n' "$BASE_HASH"
+  cd "$WS_DIR" && find . -type f -print | LC_ALL=C sort | while IFS= read -r f; do
+    printf '%s %s\n' "$f" "$(sha < "$f")"
+  done | sha
+)
+HASH=$(printf '%s' "$HASH" | sha)
 SHORT=${HASH:0:16}
-TARBALL=$CACHE_DIR/workspace-rootfs-$SHORT.tar
+TARBALL=$CACHE_DIR/workspace-rootfs-${BASE_HASH:0:16}.tar
 
 image_hash() { docker image inspect --format "{{ index .Config.Labels \"$LABEL_KEY\" }}" "$TAG" 2>/dev/null || true; }
 
 if [ "$FORCE" -eq 0 ] && [ "$(image_hash)" = "$HASH" ]; then
-  echo "image up to date: $TAG (hash ${SHORT}, $(since "$T_TOTAL"))"
+  echo "image up to date: $TAG (hash $SHORT, $(since "$T_TOTAL"))"
   exit 0
 fi
 
@@ -86,23 +94,26 @@ if ! flock -n 9; then
   say "waiting for another build-workspace-image run"
   flock -w 1800 9 || die "timed out waiting for $CACHE_DIR/workspace-build.lock"
   if [ "$FORCE" -eq 0 ] && [ "$(image_hash)" = "$HASH" ]; then
-    echo "image up to date: $TAG (hash ${SHORT}, built by the other run)"
+    echo "image up to date: $TAG (hash $SHORT, built by the other run)"
     exit 0
   fi
 fi
 
-# ---- rootfs ----
 WORK=
 LOG=$CACHE_DIR/workspace-build.log
 cleanup() {
   if [ -n "$WORK" ]; then
-    if mountpoint -q "$WORK/rootfs/proc" 2>/dev/null; then umount "$WORK/rootfs/proc" || umount -l "$WORK/rootfs/proc" || true; fi
+    if mountpoint -q "$WORK/rootfs/proc" 2>/dev/null; then
+      umount "$WORK/rootfs/proc" || umount -l "$WORK/rootfs/proc" || true
+    fi
     rm -rf --one-file-system "$WORK"
   fi
   rm -f "$TARBALL.tmp"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+# Not /tmp for the work dir: that may be a nodev tmpfs, and debootstrap needs device nodes.
+WORK=$(mktemp -d "$CACHE_DIR/build.XXXXXX")
 
 # Run a build step, its output going to $LOG; on failure show the end of the log.
 step() {
@@ -114,12 +125,13 @@ step() {
   fi
 }
 
-# Delete files that hard dependencies pull in but nothing in this image runs (~250 MB of
-# the ~400 MB). dpkg still lists the packages; a derived image that needs them back runs
+# Delete files that hard dependencies pull in but nothing in this image runs (~280 MB of
+# ~450 MB). dpkg still lists the packages; a derived image that needs them back runs
 # `apt-get install --reinstall <package>` (list in /etc/portico/slimmed).
 slim_rootfs() {
-  local R=$1 before after
+  local R=$1 before after missing
   before=$(du -sxm "$R" | cut -f1)
+  mkdir -p "$R/etc/portico"
   cat > "$R/etc/portico/slimmed" <<'EOF'
 # Removed from this image by scripts/build-workspace-image.sh (not used by Xvnc/twm/xterm);
 # restore with: apt-get install --reinstall <package>
@@ -135,18 +147,17 @@ EOF
       usr/lib/gcc/*-linux-gnu/*/cc1 \
       usr/share/perl/5.* usr/lib/*-linux-gnu/perl/5.* usr/lib/*-linux-gnu/libperl.so*
   )
-  # Safety net: every remaining binary and library must still resolve its libraries.
-  local missing
+  # Safety net: every remaining binary and library must still find its libraries.
   missing=$(chroot "$R" sh -c 'find /usr /etc /opt -xdev -type f \( -perm -u+x -o -name "*.so*" \) -print 2>/dev/null \
     | while read -r f; do ldd "$f" 2>/dev/null | sed -n "s|^\s*\(\S*\) => not found|$f: \1|p"; done' \
-    | grep -v -E '^/usr/bin/perl5\.[0-9.]*|^/usr/bin/cpp' || true)
+    | grep -v -E '^/usr/bin/perl5\.[0-9]' || true)
   [ -z "$missing" ] || die "slimming broke library dependencies:"$'\n'"$missing"
   after=$(du -sxm "$R" | cut -f1)
   echo "   slimmed rootfs: $before MB -> $after MB"
 }
 
 build_rootfs() {
-  local mirror security R
+  local mirror security R t pkgs valid_until=
   mirror=${PORTICO_DEBIAN_MIRROR:-}
   if [ -z "$mirror" ] && [ -f /etc/apt/sources.list.d/debian.sources ]; then
     mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources)
@@ -160,14 +171,13 @@ build_rootfs() {
 
   if ! command -v debootstrap >/dev/null; then
     say "installing debootstrap"
-    export DEBIAN_FRONTEND=noninteractive
-    step "apt-get install debootstrap" sh -c 'apt-get -o DPkg::Lock::Timeout=600 -y --no-install-recommends install debootstrap \
-      || { apt-get -o DPkg::Lock::Timeout=600 update && apt-get -o DPkg::Lock::Timeout=600 -y --no-install-recommends install debootstrap; }'
+    step "apt-get install debootstrap" env DEBIAN_FRONTEND=noninteractive sh -c '
+      apt-get -o DPkg::Lock::Timeout=600 -y --no-install-recommends install debootstrap \
+      || { apt-get -o DPkg::Lock::Timeout=600 update &&
+           apt-get -o DPkg::Lock::Timeout=600 -y --no-install-recommends install debootstrap; }'
   fi
 
-  WORK=$(mktemp -d "$CACHE_DIR/build.XXXXXX")   # not /tmp: that may be a nodev tmpfs
   R=$WORK/rootfs
-  local t
   t=$(now)
   say "debootstrap --variant=minbase $SUITE from $mirror (log: $LOG)"
   step debootstrap debootstrap --variant=minbase "$SUITE" "$R" "$mirror"
@@ -191,7 +201,6 @@ APT::Install-Suggests "false";
 Acquire::Languages "none";
 EOF
   # Follow the host on Valid-Until (snapshot mirrors have expired Release files).
-  local valid_until=
   eval "$(apt-config shell valid_until Acquire::Check-Valid-Until)"
   if [ "$valid_until" = false ]; then
     echo 'Acquire::Check-Valid-Until "false";' > "$R/etc/apt/apt.conf.d/02-portico-build"
@@ -209,7 +218,6 @@ EOF
   rm -rf "$R"/usr/share/man/* "$R"/usr/share/info/* "$R"/usr/share/lintian/*
   find "$R/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
 
-  local pkgs
   pkgs=$(sed -e 's/#.*//' "$WS_DIR/packages" | xargs)
   [ -n "$pkgs" ] || die "no packages listed in $WS_DIR/packages"
   mount --bind /proc "$R/proc"
@@ -219,47 +227,67 @@ EOF
   # shellcheck disable=SC2086
   step "apt-get install (chroot)" chroot "$R" env DEBIAN_FRONTEND=noninteractive \
     apt-get -y --no-install-recommends install $pkgs
-  step "useradd portico" chroot "$R" useradd --uid 1000 --user-group --create-home --home-dir /home/portico \
-    --shell /bin/bash portico
+  step "useradd portico" chroot "$R" useradd --uid 1000 --user-group --create-home \
+    --home-dir /home/portico --shell /bin/bash portico
   step "apt-get clean (chroot)" chroot "$R" apt-get clean
   umount "$R/proc"
 
-  install -m 0755 "$WS_DIR/start-vnc" "$R/usr/local/bin/start-vnc"
-  install -D -m 0644 "$WS_DIR/twmrc" "$R/etc/portico/twmrc"
   slim_rootfs "$R"
   install -d -m 1777 "$R/tmp/.X11-unix"
   rm -f "$R/etc/apt/apt.conf.d/02-portico-build"
   rm -rf "$R"/var/lib/apt/lists/* "$R"/var/cache/apt/*.bin "$R"/var/cache/apt/archives/*.deb \
-    "$R"/var/cache/debconf/*-old "$R"/var/lib/dpkg/*-old "$R"/tmp/portico-* "$R"/root/.bash_history
+    "$R"/var/cache/debconf/*-old "$R"/var/lib/dpkg/*-old "$R"/root/.bash_history
   find "$R/var/log" -type f -delete
   : > "$R/etc/resolv.conf"
   : > "$R/etc/hostname"
-  echo "   packages + files: $(since "$t")"
+  echo "   packages + slimming: $(since "$t")"
 
   t=$(now)
-  tar --numeric-owner -C "$R" --exclude='./proc/*' --exclude='./sys/*' --exclude='./dev/*' \
+  # -b 1: 512-byte records, so the archive ends in exactly 1024 zero bytes (see the import).
+  tar -b 1 --numeric-owner -C "$R" --exclude='./proc/*' --exclude='./sys/*' --exclude='./dev/*' \
     -cf "$TARBALL.tmp" .
   mv "$TARBALL.tmp" "$TARBALL"
-  rm -rf --one-file-system "$WORK"
-  WORK=
+  rm -rf --one-file-system "$R"
   echo "   tarball: $(since "$t") ($(du -m "$TARBALL" | cut -f1) MB)"
-  # Older rootfs tarballs belong to older workspace/ contents.
-  find "$CACHE_DIR" -maxdepth 1 -name 'workspace-rootfs-*.tar' ! -name "${TARBALL##*/}" -print -delete \
-    | sed 's/^/   removed stale /'
+  # Keep the 3 most recently used rootfs tarballs (other checkouts may use other recipes).
+  ls -1t "$CACHE_DIR"/workspace-rootfs-*.tar | tail -n +4 | while IFS= read -r f; do
+    rm -f "$f" && echo "   removed old $f"
+  done
+}
+
+# A usable cached tarball ends in two zero blocks (anything else: truncated or foreign).
+tarball_ok() {
+  [ -s "$TARBALL" ] && [ "$(tail -c 1024 "$TARBALL" | tr -d '\0' | wc -c)" -eq 0 ] \
+    && [ "$(tail -c 1536 "$TARBALL" | head -c 512 | tr -d '\0' | wc -c)" -gt 0 ]
 }
 
 : > "$LOG"
-if [ "$FORCE" -eq 1 ] || [ ! -s "$TARBALL" ]; then
-  say "building rootfs (hash $SHORT)"
+if [ "$FORCE" -eq 1 ] || ! tarball_ok; then
+  say "building rootfs ${BASE_HASH:0:16}"
   build_rootfs
 else
   say "using cached rootfs $TARBALL"
+  touch "$TARBALL"   # mtime = last use, for the pruning above
 fi
 
+# ---- image: cached rootfs + scripts/workspace files, in one tar stream ----
 t=$(now)
+STAGE=$WORK/files
+for spec in "${WS_FILES[@]}"; do
+  IFS=: read -r src dst mode <<<"$spec"
+  install -D -m "$mode" "$WS_DIR/$src" "$STAGE$dst"
+done
 old_id=$(docker image inspect --format '{{.Id}}' "$TAG" 2>/dev/null || true)
 say "docker import -> $TAG"
-docker import \
+# The cached tarball was written with 512-byte records (tar -b 1), so it ends with exactly
+# two zero blocks: drop them and append the workspace files (files only, no directory
+# entries that would override the rootfs's directory modes) as a second archive.
+files=()
+for spec in "${WS_FILES[@]}"; do IFS=: read -r _ dst _ <<<"$spec"; files+=(".$dst"); done
+{
+  head -c -1024 "$TARBALL"
+  tar --numeric-owner --owner=0 --group=0 -C "$STAGE" --no-recursion -cf - "${files[@]}"
+} | docker import \
   -c 'ENTRYPOINT ["/usr/local/bin/start-vnc"]' \
   -c 'ENV LANG=C.UTF-8' \
   -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
@@ -269,7 +297,7 @@ docker import \
   -c "LABEL $LABEL_KEY=$HASH" \
   -c 'LABEL org.opencontainers.image.title="Portico workspace (Xvnc + twm + xterm, Debian bookworm)"' \
   -m "scripts/build-workspace-image.sh $SHORT" \
-  "$TARBALL" "$TAG" >/dev/null || die "docker import failed"
+  - "$TAG" >/dev/null || die "docker import failed"
 echo "   import: $(since "$t")"
 new_id=$(docker image inspect --format '{{.Id}}' "$TAG")
 if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then

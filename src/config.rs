@@ -69,6 +69,21 @@ pub struct Settings {
     /// Docker engine socket for the agent.
     #[arg(long, global = true, env = "PORTICO_DOCKER_SOCKET")]
     pub docker_socket: Option<String>,
+    /// Token Docker agents register with (webapp: accepted; agent: presented). All-in-one: generated in
+    /// the data directory when not given.
+    #[arg(
+        long,
+        global = true,
+        env = "PORTICO_AGENT_REGISTRATION_TOKEN",
+        hide_env_values = true
+    )]
+    pub agent_registration_token: Option<String>,
+    /// The agent's name (default: the host name).
+    #[arg(long, global = true, env = "PORTICO_AGENT_NAME")]
+    pub agent_name: Option<String>,
+    /// Seconds between agent heartbeats (webapp: expected; three missed mark an agent down).
+    #[arg(long, global = true, env = "PORTICO_AGENT_HEARTBEAT_SECS")]
+    pub agent_heartbeat_secs: Option<u64>,
 }
 
 macro_rules! merge {
@@ -102,7 +117,10 @@ impl Settings {
             session_grace_secs,
             session_idle_secs,
             session_max_secs,
-            docker_socket
+            docker_socket,
+            agent_registration_token,
+            agent_name,
+            agent_heartbeat_secs
         );
         Ok(self)
     }
@@ -136,6 +154,15 @@ impl Settings {
             .ok()
             .and_then(|v| v.try_into().ok())
             .context("master key must be base64 of exactly 32 bytes")
+    }
+
+    /// The registration token: given, or (all-in-one) generated once in the data directory.
+    pub fn agent_registration_token_or_generate(&self) -> anyhow::Result<String> {
+        match &self.agent_registration_token {
+            Some(t) if t.len() >= 16 => Ok(t.clone()),
+            Some(_) => anyhow::bail!("agent registration token must have at least 16 characters"),
+            None => read_or_generate(&self.data_dir().join("agent-registration.token")),
+        }
     }
 
     pub fn node_secret(&self) -> anyhow::Result<String> {

@@ -79,7 +79,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::AllInOne => all_in_one(settings).await,
         Command::Webapp => webapp_only(settings).await,
         Command::Bridge => bridge_only(settings).await,
-        Command::Agent => portico_agent::run(agent_config(&settings)).await,
+        Command::Agent => portico_agent::run(agent_config(&settings)?).await,
         Command::Migrate => {
             portico_webapp::db::Db::connect(&settings.database_url()?).await?;
             println!("migrations applied");
@@ -88,11 +88,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn agent_config(s: &Settings) -> portico_agent::AgentConfig {
-    portico_agent::AgentConfig {
+fn agent_config(s: &Settings) -> anyhow::Result<portico_agent::AgentConfig> {
+    let upstream_ca = match &s.webapp_ca {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("read {}", p.display()))?),
+        None => None,
+    };
+    Ok(portico_agent::AgentConfig {
         docker_socket: s.docker_socket.clone().unwrap_or_else(|| "/var/run/docker.sock".into()),
         upstream: s.webapp_url.clone(),
-    }
+        upstream_cert_sha256: s.webapp_cert_sha256.clone(),
+        upstream_ca,
+        registration_token: s.agent_registration_token.clone().map(Secret::new),
+        name: s.agent_name.clone().unwrap_or_else(host_name),
+    })
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "agent".into())
 }
 
 async fn bind(settings: &Settings) -> anyhow::Result<(TcpListener, String)> {
@@ -136,6 +152,10 @@ async fn webapp_state(settings: &Settings, public_url: &str) -> anyhow::Result<A
     if let Some(s) = settings.session_max_secs {
         cfg.session_max_duration = Duration::from_secs(s);
     }
+    if let Some(s) = settings.agent_heartbeat_secs {
+        cfg.agent_heartbeat = Duration::from_secs(s.max(1));
+    }
+    cfg.agent_registration_token = Some(Secret::new(settings.agent_registration_token_or_generate()?));
     let state = AppState::new(cfg).await?;
     if let Some(pw) = state.ensure_admin(settings.admin_password.clone()).await? {
         println!("created the first admin user: admin / {pw}  (shown once; set PORTICO_ADMIN_PASSWORD to choose it)");
@@ -167,8 +187,12 @@ async fn all_in_one(settings: Settings) -> anyhow::Result<()> {
         control,
     );
     bridge.spawn_sync();
-    let agent_cfg = agent_config(&settings);
+    let mut agent_cfg = agent_config(&settings)?;
     if portico_agent::docker_socket_present(&agent_cfg.docker_socket) {
+        // The embedded agent registers with this very process, over its own listener.
+        agent_cfg.upstream = Some(url.clone());
+        agent_cfg.upstream_cert_sha256 = Some(tls.fingerprint.clone());
+        agent_cfg.registration_token = state.config.agent_registration_token.clone();
         tokio::spawn(async move {
             if let Err(e) = portico_agent::run(agent_cfg).await {
                 tracing::warn!(error = format!("{e:#}"), "Agent stopped");

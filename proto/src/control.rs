@@ -135,4 +135,46 @@ pub enum ControlError {
     Unauthorized,
     #[error("control plane unavailable: {0}")]
     Unavailable(String),
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+/// What an agent's Docker host can take.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentCapacity {
+    /// CPU cores of the host.
+    pub cores: u32,
+    /// Memory of the host, MiB.
+    pub memory_mb: u64,
+    /// Workspace containers running now.
+    pub running: u32,
+}
+
+/// An agent asks to join, through the upstream address (the load balancer), with the registration token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentRegisterRequest {
+    /// The agent's name (unique per host, e.g. its host name).
+    pub name: String,
+    pub registration_token: Secret<String>,
+    pub docker_version: String,
+    pub capacity: AgentCapacity,
+}
+
+/// The agent's own credential, for heartbeats and everything after.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentRegistered {
+    pub agent_id: String,
+    pub credential: Secret<String>,
+    /// How often the webapp expects a heartbeat; three missed ones mark the agent down.
+    pub heartbeat_secs: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentHeartbeat {
+    pub capacity: AgentCapacity,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentHeartbeatResponse {
+    pub heartbeat_secs: u32,
 }

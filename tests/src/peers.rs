@@ -1025,6 +1025,127 @@ impl Drop for RdpServer {
     }
 }
 
+static NEXT_DOCKERD: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
+/// A private Docker engine (Debian's docker.io, overlay2) with its own socket, data root and bridge, so it
+/// never touches the host's `docker0` or iptables. Containers get addresses on its bridge, reachable from
+/// the host (the tests' only container traffic).
+pub struct Dockerd {
+    /// `unix:///…/docker.sock`.
+    pub host: String,
+    pub socket: PathBuf,
+    pub bridge: String,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Dockerd {
+    pub fn start() -> anyhow::Result<Dockerd> {
+        need("/usr/sbin/dockerd", "docker.io")?;
+        let n = (std::process::id() % 100) as u16 * 10
+            + NEXT_DOCKERD.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 10;
+        let bridge = format!("pdk{n}");
+        let subnet = format!("172.31.{}.1/24", 16 + n % 200);
+        // A stale bridge of the same name (a killed run) is replaced.
+        let _ = Command::new("ip").args(["link", "del", &bridge]).output();
+        run(
+            Command::new("ip").args(["link", "add", &bridge, "type", "bridge"]),
+            "ip link add (iproute2, as root)",
+        )?;
+        run(
+            Command::new("ip").args(["addr", "add", &subnet, "dev", &bridge]),
+            "ip addr add",
+        )?;
+        run(
+            Command::new("ip").args(["link", "set", &bridge, "up"]),
+            "ip link set up",
+        )?;
+        // Short paths: the socket path must fit a sockaddr_un.
+        let dir = PathBuf::from(format!("/tmp/portico-dockerd-{n}-{}", uuid::Uuid::new_v4().simple()));
+        fs::create_dir_all(&dir)?;
+        let socket = dir.join("docker.sock");
+        let host = format!("unix://{}", socket.display());
+        let log = fs::File::create(dir.join("dockerd.log"))?;
+        // The data root lives on the workspace's disk (ext4, for overlay2), not on a tmpfs /tmp.
+        let data_root = scratch("dockerd-data")?;
+        let child = Command::new("/usr/sbin/dockerd")
+            .arg("--data-root")
+            .arg(&data_root)
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("docker.pid"))
+            .args(["-H", &host, "--bridge", &bridge, "--storage-driver", "overlay2"])
+            .args([
+                "--iptables=false",
+                "--ip6tables=false",
+                "--ip-masq=false",
+                "--userland-proxy=false",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start dockerd")?;
+        let mut d = Dockerd {
+            host,
+            socket,
+            bridge,
+            dir,
+            child: Some(child),
+        };
+        fs::write(d.dir.join("data-root"), data_root.display().to_string())?;
+        let ready = wait_for("dockerd", Duration::from_secs(30), || {
+            d.docker(&["info", "--format", "{{.Driver}}"]).is_ok()
+        });
+        if let Err(e) = ready {
+            let log = d.log();
+            d.stop();
+            bail!("{e}: {log}");
+        }
+        Ok(d)
+    }
+
+    /// Run the docker CLI against this engine.
+    pub fn docker(&self, args: &[&str]) -> anyhow::Result<String> {
+        run(Command::new("docker").arg("-H").arg(&self.host).args(args), "docker")
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // Running containers' shims live below dockerd/containerd.
+            let below = descendants(c.id());
+            stop_child(&mut c);
+            kill_pids(&below);
+        }
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
+        if let Ok(root) = fs::read_to_string(self.dir.join("data-root")) {
+            let root = root.trim();
+            // overlay2 leaves mounts behind when killed: unmount before removing.
+            let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+            for m in mounts
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .filter(|m| m.starts_with(root))
+            {
+                let _ = Command::new("umount").args(["-l", m]).output();
+            }
+            let _ = fs::remove_dir_all(root);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// A server with an X display that test programs can draw on (`xsetroot`, `xterm`, `xdotool`...).
 pub trait XDisplay {
     /// The X display number.

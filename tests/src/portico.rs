@@ -219,3 +219,59 @@ impl Drop for Portico {
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
+
+/// A `portico agent` process registered (or trying to register) with a webapp.
+pub struct AgentProcess {
+    child: Child,
+    log: std::sync::Arc<Mutex<String>>,
+    data_dir: PathBuf,
+}
+
+impl AgentProcess {
+    /// Start an agent named `name` against `webapp` through its public address, with `token`.
+    pub fn start(webapp: &Portico, docker_socket: &std::path::Path, name: &str, token: &str) -> anyhow::Result<Self> {
+        let data_dir = workspace_root()
+            .join(".test-runs")
+            .join(format!("agent-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&data_dir)?;
+        let mut cmd = Command::new(binary()?);
+        cmd.arg("agent")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--webapp-url", &webapp.url, "--webapp-cert-sha256", &webapp.cert_sha256])
+            .arg("--docker-socket")
+            .arg(docker_socket)
+            .args(["--agent-name", name])
+            .env("PORTICO_AGENT_REGISTRATION_TOKEN", token)
+            .env("PORTICO_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("spawn portico agent")?;
+        let log = std::sync::Arc::new(Mutex::new(String::new()));
+        collect_lines(child.stderr.take().context("stderr")?, log.clone(), None);
+        collect_lines(child.stdout.take().context("stdout")?, log.clone(), None);
+        Ok(AgentProcess { child, log, data_dir })
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Kill the agent at once (a lost host: no goodbye).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}

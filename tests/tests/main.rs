@@ -1,6 +1,7 @@
 //! Portico integration tests against real peers: OpenSSH sshd, PostgreSQL, headless Chromium, and the
 //! real `portico` binary in its all-in-one and split (webapp + bridges) topologies.
 
+mod agent;
 mod api;
 mod bad_input;
 mod browser;

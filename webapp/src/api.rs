@@ -65,6 +65,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/auth/me", get(me))
         .route("/api/v1/auth/password", post(change_password))
         .route("/api/v1/users", get(list_users).post(create_user))
+        .route("/api/v1/agents", get(list_agents))
         .route("/api/v1/users/{id}", delete(delete_user))
         .route("/api/v1/api-keys", get(list_api_keys).post(create_api_key))
         .route("/api/v1/api-keys/{id}", delete(delete_api_key))
@@ -231,6 +232,28 @@ struct UserBody {
     password: String,
     #[serde(default)]
     role: Option<String>,
+}
+
+/// Docker agents with their state: `healthy`, `down` (three heartbeats missed) or `failed` (registration
+/// refused: `last_error` says why).
+async fn list_agents(State(st): State<AppState>, me: CurrentUser) -> Result<Json<Vec<Value>>, ApiError> {
+    me.require_admin()?;
+    let now = now_unix();
+    let stale = 3 * i64::try_from(st.config.agent_heartbeat.as_secs().max(1)).unwrap_or(5);
+    let agents = st.db.list_agents().await?;
+    Ok(Json(
+        agents
+            .into_iter()
+            .map(|a| {
+                let down = a.state == "healthy" && a.last_heartbeat_at.is_none_or(|t| now - t > stale);
+                let mut v = serde_json::to_value(&a).unwrap_or(Value::Null);
+                if down {
+                    v["state"] = json!("down");
+                }
+                v
+            })
+            .collect(),
+    ))
 }
 
 async fn list_users(State(st): State<AppState>, me: CurrentUser) -> Result<Json<Vec<User>>, ApiError> {

@@ -24,6 +24,10 @@ pub struct WebappConfig {
     pub session_grace: Duration,
     /// Set the `Secure` flag on cookies (off only for plain-HTTP test setups).
     pub secure_cookies: bool,
+    /// Token Docker agents present to register; `None` refuses every registration.
+    pub agent_registration_token: Option<Secret<String>>,
+    /// How often agents send heartbeats; three missed ones mark an agent down.
+    pub agent_heartbeat: Duration,
 }
 
 impl WebappConfig {
@@ -44,6 +48,8 @@ impl WebappConfig {
             session_max_duration: Duration::from_secs(8 * 3600),
             session_grace: Duration::from_secs(60),
             secure_cookies: true,
+            agent_registration_token: None,
+            agent_heartbeat: Duration::from_secs(5),
         }
     }
 }

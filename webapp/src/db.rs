@@ -73,6 +73,46 @@ pub struct ApiKey {
     pub last_used_at: Option<i64>,
 }
 
+/// A Docker agent as the control plane knows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AgentRow {
+    pub id: String,
+    pub name: String,
+    #[serde(skip)]
+    pub credential_hash: Option<String>,
+    /// `healthy`, `failed` (a refused registration) as stored; readers derive `down` from the heartbeat age.
+    pub state: String,
+    pub last_error: Option<String>,
+    pub remote_addr: String,
+    pub docker_version: String,
+    pub cores: i64,
+    pub memory_mb: i64,
+    pub running: i64,
+    pub created_at: i64,
+    pub registered_at: Option<i64>,
+    pub last_heartbeat_at: Option<i64>,
+}
+
+const AGENT_COLS: &str = "id, name, credential_hash, state, last_error, remote_addr, docker_version, cores, memory_mb, running, created_at, registered_at, last_heartbeat_at";
+
+fn agent(r: &AnyRow) -> sqlx::Result<AgentRow> {
+    Ok(AgentRow {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        credential_hash: r.try_get("credential_hash")?,
+        state: r.try_get("state")?,
+        last_error: r.try_get("last_error")?,
+        remote_addr: r.try_get("remote_addr")?,
+        docker_version: r.try_get("docker_version")?,
+        cores: r.try_get("cores")?,
+        memory_mb: r.try_get("memory_mb")?,
+        running: r.try_get("running")?,
+        created_at: r.try_get("created_at")?,
+        registered_at: r.try_get("registered_at")?,
+        last_heartbeat_at: r.try_get("last_heartbeat_at")?,
+    })
+}
+
 /// Session states stored in `sessions.state`.
 pub mod state {
     pub const PENDING: &str = "pending";
@@ -469,6 +509,111 @@ impl Db {
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)
+    }
+
+    // ---- agents
+
+    /// A refused registration: the agent's name shows as `failed` with the reason (created if unknown).
+    pub async fn agent_registration_failed(&self, name: &str, reason: &str, addr: &str, now: i64) -> sqlx::Result<()> {
+        let r = sqlx::query("UPDATE agents SET state = 'failed', last_error = $2, remote_addr = $3 WHERE name = $1")
+            .bind(name)
+            .bind(reason)
+            .bind(addr)
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 0 {
+            sqlx::query(
+                "INSERT INTO agents (id, name, state, last_error, remote_addr, created_at) VALUES ($1, $2, 'failed', $3, $4, $5)",
+            )
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(name)
+            .bind(reason)
+            .bind(addr)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Register (or re-register) the agent `name` with a fresh credential; returns its id.
+    #[expect(clippy::too_many_arguments, reason = "one argument per column written")]
+    pub async fn register_agent(
+        &self,
+        name: &str,
+        credential_hash: &str,
+        docker_version: &str,
+        cores: i64,
+        memory_mb: i64,
+        running: i64,
+        addr: &str,
+        now: i64,
+    ) -> sqlx::Result<String> {
+        let existing: Option<String> = sqlx::query_scalar("SELECT id FROM agents WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        let id = existing.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let sql = if existing.is_some() {
+            "UPDATE agents SET credential_hash = $2, state = 'healthy', last_error = NULL, docker_version = $3, cores = $4, \
+             memory_mb = $5, running = $6, remote_addr = $7, registered_at = $8, last_heartbeat_at = $8 WHERE id = $1 AND name = $9"
+        } else {
+            "INSERT INTO agents (id, credential_hash, state, docker_version, cores, memory_mb, running, remote_addr, \
+             created_at, registered_at, last_heartbeat_at, name) VALUES ($1, $2, 'healthy', $3, $4, $5, $6, $7, $8, $8, $8, $9)"
+        };
+        sqlx::query(sql)
+            .bind(&id)
+            .bind(credential_hash)
+            .bind(docker_version)
+            .bind(cores)
+            .bind(memory_mb)
+            .bind(running)
+            .bind(addr)
+            .bind(now)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(id)
+    }
+
+    pub async fn agent_by_credential(&self, credential_hash: &str) -> sqlx::Result<Option<AgentRow>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {AGENT_COLS} FROM agents WHERE credential_hash = $1"
+        )))
+        .bind(credential_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(agent).transpose()
+    }
+
+    pub async fn agent_heartbeat(
+        &self,
+        id: &str,
+        cores: i64,
+        memory_mb: i64,
+        running: i64,
+        now: i64,
+    ) -> sqlx::Result<()> {
+        sqlx::query(
+            "UPDATE agents SET cores = $2, memory_mb = $3, running = $4, last_heartbeat_at = $5, state = 'healthy' WHERE id = $1",
+        )
+        .bind(id)
+        .bind(cores)
+        .bind(memory_mb)
+        .bind(running)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn list_agents(&self) -> sqlx::Result<Vec<AgentRow>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {AGENT_COLS} FROM agents ORDER BY name"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(agent).collect()
     }
 
     // ---- remote sessions

@@ -11,7 +11,8 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use portico_proto::Secret;
 use portico_proto::control::{
-    ClaimRequest, ControlError, EndRequest, HostKeyReport, SyncRequest, SyncResponse, Target, TokenKey, TokenKeys,
+    AgentHeartbeat, AgentHeartbeatResponse, AgentRegisterRequest, AgentRegistered, ClaimRequest, ControlError,
+    EndRequest, HostKeyReport, SyncRequest, SyncResponse, Target, TokenKey, TokenKeys,
 };
 use portico_proto::token::{Protocol, key_id};
 use subtle::ConstantTimeEq as _;
@@ -163,12 +164,132 @@ fn control_err(e: ControlError) -> ApiError {
         ControlError::Ended => ApiError::Conflict(e.to_string()),
         ControlError::Unauthorized => ApiError::Unauthorized(e.to_string()),
         ControlError::Unavailable(m) => ApiError::Unavailable(anyhow::anyhow!(m)),
+        ControlError::Refused(m) => ApiError::Forbidden(m),
         other => ApiError::Internal(anyhow::anyhow!(other)),
     }
 }
 
+/// Agent registration and heartbeats: agents join with the registration token and get their own credential.
+impl Internal {
+    /// Register an agent (a refused one is recorded by name, so it shows as failed in the admin API).
+    pub async fn register_agent(
+        &self,
+        req: &AgentRegisterRequest,
+        addr: &str,
+    ) -> Result<AgentRegistered, ControlError> {
+        let now = now_unix();
+        let name = req.name.trim();
+        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+            return Err(ControlError::Refused(
+                "agent name must be 1..=128 printable characters".into(),
+            ));
+        }
+        let ok = self
+            .st
+            .config
+            .agent_registration_token
+            .as_ref()
+            .is_some_and(|t| bool::from(t.expose().as_bytes().ct_eq(req.registration_token.expose().as_bytes())));
+        if !ok {
+            let reason = if self.st.config.agent_registration_token.is_none() {
+                "agent registration is disabled on this webapp (no registration token configured)"
+            } else {
+                "wrong registration token"
+            };
+            tracing::warn!(agent = %name, remote_addr = %addr, reason, "Agent registration refused");
+            self.st
+                .db
+                .agent_registration_failed(name, reason, addr, now)
+                .await
+                .map_err(db_err)?;
+            return Err(ControlError::Refused(reason.into()));
+        }
+        let credential = crate::crypto::random_token();
+        let c = &req.capacity;
+        let id = self
+            .st
+            .db
+            .register_agent(
+                name,
+                &crate::crypto::sha256_hex(&credential),
+                &req.docker_version,
+                i64::from(c.cores),
+                i64::try_from(c.memory_mb).unwrap_or(i64::MAX),
+                i64::from(c.running),
+                addr,
+                now,
+            )
+            .await
+            .map_err(db_err)?;
+        tracing::info!(agent = %name, agent_id = %id, remote_addr = %addr, "Agent registered");
+        Ok(AgentRegistered {
+            agent_id: id,
+            credential: Secret::new(credential),
+            heartbeat_secs: self.heartbeat_secs(),
+        })
+    }
+
+    fn heartbeat_secs(&self) -> u32 {
+        u32::try_from(self.st.config.agent_heartbeat.as_secs().max(1)).unwrap_or(5)
+    }
+
+    pub async fn agent_heartbeat(
+        &self,
+        credential: &str,
+        hb: &AgentHeartbeat,
+    ) -> Result<AgentHeartbeatResponse, ControlError> {
+        let agent = self
+            .st
+            .db
+            .agent_by_credential(&crate::crypto::sha256_hex(credential))
+            .await
+            .map_err(db_err)?
+            .ok_or(ControlError::Unauthorized)?;
+        let c = &hb.capacity;
+        self.st
+            .db
+            .agent_heartbeat(
+                &agent.id,
+                i64::from(c.cores),
+                i64::try_from(c.memory_mb).unwrap_or(i64::MAX),
+                i64::from(c.running),
+                now_unix(),
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(AgentHeartbeatResponse {
+            heartbeat_secs: self.heartbeat_secs(),
+        })
+    }
+}
+
+fn bearer(h: &HeaderMap) -> Option<&str> {
+    h.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
+}
+
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route(
+            "/internal/v1/agents/register",
+            post(
+                |State(st): State<AppState>,
+                 axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+                 ApiJson(b): ApiJson<AgentRegisterRequest>| async move {
+                    Internal::new(st)
+                        .register_agent(&b, &peer.ip().to_string())
+                        .await
+                        .map(Json)
+                        .map_err(control_err)
+                },
+            ),
+        )
+        .route(
+            "/internal/v1/agents/heartbeat",
+            post(|State(st): State<AppState>, h: HeaderMap, ApiJson(b): ApiJson<AgentHeartbeat>| async move {
+                let cred = bearer(&h).ok_or_else(|| ApiError::Unauthorized("agent credential required".into()))?;
+                Internal::new(st).agent_heartbeat(cred, &b).await.map(Json).map_err(control_err)
+            }),
+        )
         .route(
             "/internal/v1/token-keys",
             get(|State(st): State<AppState>, h: HeaderMap| async move {
