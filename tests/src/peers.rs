@@ -1066,9 +1066,17 @@ impl Dockerd {
         let socket = dir.join("docker.sock");
         let host = format!("unix://{}", socket.display());
         let log = fs::File::create(dir.join("dockerd.log"))?;
+        // Without it dockerd writes /etc/docker/key.json (the flag form is refused).
+        let config = dir.join("daemon.json");
+        fs::write(
+            &config,
+            format!("{{\"deprecated-key-path\": \"{}\"}}", dir.join("key.json").display()),
+        )?;
         // The data root lives on the workspace's disk (ext4, for overlay2), not on a tmpfs /tmp.
         let data_root = scratch("dockerd-data")?;
         let child = Command::new("/usr/sbin/dockerd")
+            .arg("--config-file")
+            .arg(&config)
             .arg("--data-root")
             .arg(&data_root)
             .arg("--exec-root")
