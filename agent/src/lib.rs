@@ -117,13 +117,7 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(base: &str, cert_sha256: Option<&str>, ca_pem: Option<&[u8]>) -> anyhow::Result<Upstream> {
-        let tls = portico_bridge::control::client_tls_config(cert_sha256, ca_pem)?;
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .timeout(Duration::from_secs(10))
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .context("build http client")?;
+        let http = portico_bridge::control::http_client(cert_sha256, ca_pem)?;
         Ok(Upstream {
             base: base.trim_end_matches('/').to_owned(),
             http,

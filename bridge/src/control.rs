@@ -100,14 +100,7 @@ impl HttpControlPlane {
         cert_sha256: Option<&str>,
         ca_pem: Option<&[u8]>,
     ) -> anyhow::Result<Self> {
-        use anyhow::Context as _;
-        let tls = client_tls_config(cert_sha256, ca_pem)?;
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .timeout(Duration::from_secs(10))
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .context("build http client")?;
+        let http = http_client(cert_sha256, ca_pem)?;
         Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
             node_secret,
@@ -152,6 +145,18 @@ impl HttpControlPlane {
             _ => ControlError::Unavailable(format!("http {status}: {text}")),
         })
     }
+}
+
+/// An HTTPS client for the webapp's internal API (bridges, agents): rustls with ring, the webapp's certificate
+/// pinned or its CA trusted ([`client_tls_config`]), 10 s per request.
+pub fn http_client(cert_sha256: Option<&str>, ca_pem: Option<&[u8]>) -> anyhow::Result<reqwest::Client> {
+    use anyhow::Context as _;
+    reqwest::Client::builder()
+        .use_preconfigured_tls(client_tls_config(cert_sha256, ca_pem)?)
+        .timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .context("build http client")
 }
 
 /// A rustls client configuration (ring provider) that trusts either exactly the certificate whose SHA-256

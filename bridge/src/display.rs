@@ -23,6 +23,9 @@ const MAX_RECTS_PER_FLUSH: usize = 48;
 /// A frame that collects more damage rectangles than this (a browser that is behind, while the server keeps
 /// sending) merges them into their bounding box: the damage of a frame stays bounded.
 const MAX_PENDING_DAMAGE: usize = 512;
+/// A frame with more operations than this (copies and the damage flushed before them: a server that keeps
+/// scrolling while the browser is behind) collapses into one repaint of the whole screen.
+const MAX_FRAME_OPS: usize = 256;
 /// Frames sent but not yet acknowledged before a session stops sending (VNC: stops asking for updates).
 pub const MAX_FRAMES_IN_FLIGHT: u32 = 2;
 
@@ -146,7 +149,98 @@ fn intersects(a: &Rect, b: &Rect) -> bool {
     u32::from(a.x) < bx2 && u32::from(b.x) < ax2 && u32::from(a.y) < by2 && u32::from(b.y) < ay2
 }
 
-fn bounding(rects: &[Rect]) -> Rect {
+/// A vertical scroll found between the framebuffer (old) and a new image: the rows of `dst` in the new
+/// image equal the old rows starting at `src_y` (same columns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scroll {
+    pub src_y: u16,
+    pub dst: Rect,
+}
+
+/// Rows fewer than this are not worth a copy.
+const MIN_SCROLL_ROWS: u16 = 16;
+
+fn row_hash(row: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for c in row.chunks(8) {
+        let mut w = [0u8; 8];
+        w[..c.len()].copy_from_slice(c);
+        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Find a vertical scroll of `area` (protocols without copy operations, e.g. RDP without drawing orders):
+/// the longest run of rows of the new image (`new`, `stride` bytes per row, the framebuffer's size) that
+/// equals the old framebuffer's rows shifted by one offset, verified byte for byte. Rows whose content is
+/// one colour do not vote (blank lines match anywhere).
+pub fn detect_vertical_scroll(old: &Framebuffer, area: &Rect, new: &[u8], stride: usize) -> Option<Scroll> {
+    if area.height < MIN_SCROLL_ROWS || area.width < 32 || !old.contains(area) || stride < usize::from(old.width) * 4 {
+        return None;
+    }
+    let cols = usize::from(area.x) * 4..(usize::from(area.x) + usize::from(area.width)) * 4;
+    let new_row = |y: u16| new.get(usize::from(y) * stride..).and_then(|r| r.get(cols.clone()));
+    let old_row = |y: u16| &old.rgba[old.row_range(area.x, y, area.width)];
+    let uniform = |r: &[u8]| r.chunks_exact(4).all(|p| p == &r[..4]);
+    // Old rows within half the area's height above and below it, by hash.
+    let reach = area.height / 2;
+    let lo = area.y.saturating_sub(reach);
+    let hi = (area.y + area.height + reach).min(old.height);
+    let mut old_rows: std::collections::HashMap<u64, Vec<u16>> = std::collections::HashMap::new();
+    for y in lo..hi {
+        let r = old_row(y);
+        if !uniform(r) {
+            old_rows.entry(row_hash(r)).or_default().push(y);
+        }
+    }
+    let mut votes: std::collections::HashMap<i32, u32> = std::collections::HashMap::new();
+    for y in area.y..area.y + area.height {
+        let r = new_row(y)?;
+        if uniform(r) {
+            continue;
+        }
+        for &oy in old_rows.get(&row_hash(r)).map_or(&[][..], |v| &v[..]).iter().take(4) {
+            if oy != y {
+                *votes.entry(i32::from(oy) - i32::from(y)).or_default() += 1;
+            }
+        }
+    }
+    let (&shift, &n) = votes.iter().max_by_key(|(d, n)| (**n, -d.abs()))?;
+    if n < u32::from(MIN_SCROLL_ROWS / 2) {
+        return None;
+    }
+    // The longest run of rows that match exactly at that shift.
+    let (mut best, mut run_start) = (None::<(u16, u16)>, None::<u16>);
+    for y in area.y..=area.y + area.height {
+        let src = i32::from(y) + shift;
+        let matches = y < area.y + area.height
+            && src >= 0
+            && src < i32::from(old.height)
+            && new_row(y).is_some_and(|r| r == old_row(src as u16));
+        match (matches, run_start) {
+            (true, None) => run_start = Some(y),
+            (false, Some(start)) => {
+                if best.is_none_or(|(a, b)| y - start > b - a) {
+                    best = Some((start, y));
+                }
+                run_start = None;
+            }
+            _ => {}
+        }
+    }
+    let (a, b) = best?;
+    (b - a >= MIN_SCROLL_ROWS).then(|| Scroll {
+        src_y: (i32::from(a) + shift) as u16,
+        dst: Rect {
+            x: area.x,
+            y: a,
+            width: area.width,
+            height: b - a,
+        },
+    })
+}
+
+pub fn bounding(rects: &[Rect]) -> Rect {
     let x = rects.iter().map(|r| r.x).min().unwrap_or(0);
     let y = rects.iter().map(|r| r.y).min().unwrap_or(0);
     let x2 = rects.iter().map(|r| r.x + r.width).max().unwrap_or(0);
@@ -207,6 +301,22 @@ impl Frame {
             y: src_y,
             ..r
         };
+        let covers = |d: &Rect, x: &Rect| {
+            d.x <= x.x && d.y <= x.y && d.x + d.width >= x.x + x.width && d.y + d.height >= x.y + x.height
+        };
+        if self.damage.iter().any(|d| covers(d, &src) && covers(d, &r)) {
+            // The damage is sent from the final framebuffer anyway: the copy needs no message.
+            fb.copy(src_x, src_y, &r);
+            return;
+        }
+        if self.ops.len() >= MAX_FRAME_OPS {
+            // Keep what is not pixels (size, pointer); the whole screen is sent from the framebuffer instead.
+            fb.copy(src_x, src_y, &r);
+            self.ops
+                .retain(|op| matches!(op, Op::Msg(m) if !matches!(m, ServerMsg::Copy { .. } | ServerMsg::Fill { .. })));
+            self.damage = vec![fb.full()];
+            return;
+        }
         if self.damage.iter().any(|d| intersects(d, &src)) {
             self.flush(fb);
         }
@@ -633,6 +743,52 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[tokio::test]
+    async fn a_frame_that_keeps_scrolling_collapses_into_a_repaint() {
+        let mut fb = Framebuffer::new(8, 8);
+        let mut frame = Frame::default();
+        frame.message(ServerMsg::DisplaySize { width: 8, height: 8 });
+        for i in 0..2 * MAX_FRAME_OPS {
+            fb.put(&rect(0, 7, 8, 1), &[i as u8; 32]);
+            frame.damage(rect(0, 7, 8, 1));
+            frame.copy(&mut fb, 0, 1, rect(0, 0, 8, 7));
+        }
+        assert!(frame.ops.len() <= MAX_FRAME_OPS + 1, "{} ops", frame.ops.len());
+        let msgs = frame.finish(&fb, 6).await;
+        assert!(
+            matches!(msgs[0], ServerMsg::DisplaySize { .. }),
+            "non-pixel messages are kept"
+        );
+        assert!(msgs.len() <= 4, "{} messages", msgs.len());
+    }
+
+    #[test]
+    fn a_scroll_is_found_and_verified() {
+        // 64x100 "text": every row a different pattern; the new image is scrolled up by 13 rows.
+        let (w, h) = (64u16, 100u16);
+        let row = |y: u16| -> Vec<u8> {
+            (0..w)
+                .flat_map(|x| [(x * 7 + y * 13) as u8, y as u8, (x ^ y) as u8, 255])
+                .collect()
+        };
+        let mut fb = Framebuffer::new(w, h);
+        let old: Vec<u8> = (0..h).flat_map(row).collect();
+        fb.put(&fb.full(), &old);
+        let mut new: Vec<u8> = (13..h).flat_map(row).collect();
+        new.extend(std::iter::repeat_n([9u8, 9, 9, 255], usize::from(w) * 13).flatten());
+        let s = detect_vertical_scroll(&fb, &fb.full(), &new, usize::from(w) * 4).expect("a scroll");
+        assert_eq!(s.src_y, 13);
+        assert_eq!(s.dst, rect(0, 0, w, h - 13));
+        // Nothing moved: no scroll.
+        assert_eq!(detect_vertical_scroll(&fb, &fb.full(), &old, usize::from(w) * 4), None);
+        // A blank screen matches anywhere, so it is never taken for a scroll.
+        let blank = Framebuffer::new(w, h);
+        assert_eq!(
+            detect_vertical_scroll(&blank, &blank.full(), &vec![0; old.len()], usize::from(w) * 4),
+            None
+        );
     }
 
     #[test]

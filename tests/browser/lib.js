@@ -42,8 +42,29 @@ async function login(page, password) {
   await page.waitForSelector('#conn-new', { timeout: 10000 });
 }
 
+const pixel = (page, x, y) => page.evaluate(([px, py]) => window.porticoCanvasPixel(px, py), [x, y]);
+
+/** Wait until the canvas pixel at (x, y) is `rgb` (each channel within 2) after at least one frame. */
+async function waitPixel(page, x, y, rgb, timeout = 15000) {
+  await page.waitForFunction(([px, py, want]) => {
+    const got = window.porticoCanvasPixel?.(px, py);
+    return !!got && window.porticoDisplay.frames > 0 && got.every((v, i) => Math.abs(v - want[i]) <= 2);
+  }, [x, y, rgb], { timeout }).catch(async (e) => {
+    throw new Error(`pixel at ${x},${y}: wanted ${rgb}, have ${await pixel(page, x, y)} (${e.message})`);
+  });
+}
+
+/** Page coordinates of a remote pixel (the canvas may be scaled to fit the window). */
+async function at(page, x, y) {
+  return page.evaluate(([rx, ry]) => {
+    const c = document.querySelector('#display');
+    const r = c.getBoundingClientRect();
+    return { x: r.left + ((rx + 0.5) * r.width) / c.width, y: r.top + ((ry + 0.5) * r.height) / c.height };
+  }, [x, y]);
+}
+
 function main(fn) {
   fn().then(() => process.exit(0), (e) => { console.error(e && e.stack || e); process.exit(1); });
 }
 
-module.exports = { launch, newPage, shot, waitState, waitText, login, main };
+module.exports = { launch, newPage, shot, waitState, waitText, login, main, pixel, waitPixel, at };

@@ -3,7 +3,7 @@
 // physical keys (input truth), clipboard both ways, resize with the window, special keys, and a wrong
 // password (xrdp shows its own dialog: checked by pixels).
 'use strict';
-const { launch, newPage, shot, waitState, login, main } = require('./lib');
+const { launch, newPage, shot, waitState, login, main, pixel, waitPixel, at } = require('./lib');
 const env = process.env;
 const GREEN = [0x30, 0x50, 0x30];
 
@@ -20,24 +20,6 @@ async function createConnection(page, name, password) {
   await page.locator(`tr.conn-row[data-name="${name}"]`).waitFor({ timeout: 10000 });
 }
 
-const pixel = (page, x, y) => page.evaluate(([px, py]) => window.porticoCanvasPixel(px, py), [x, y]);
-
-async function waitPixel(page, x, y, rgb, timeout = 30000) {
-  await page.waitForFunction(([px, py, want]) => {
-    const got = window.porticoCanvasPixel?.(px, py);
-    return !!got && window.porticoDisplay.frames > 0 && got.every((v, i) => Math.abs(v - want[i]) <= 2);
-  }, [x, y, rgb], { timeout }).catch(async (e) => {
-    throw new Error(`pixel at ${x},${y}: wanted ${rgb}, have ${await pixel(page, x, y)} (${e.message})`);
-  });
-}
-
-async function at(page, x, y) {
-  return page.evaluate(([rx, ry]) => {
-    const c = document.querySelector('#display');
-    const r = c.getBoundingClientRect();
-    return { x: r.left + ((rx + 0.5) * r.width) / c.width, y: r.top + ((ry + 0.5) * r.height) / c.height };
-  }, [x, y]);
-}
 
 // Characters typed with Shift on a US keyboard, and the key that types them.
 const SHIFTED = { '>': 'Period', '|': 'Backslash', '$': 'Digit4', '(': 'Digit9', ')': 'Digit0', '*': 'Digit8', '_': 'Minus' };
@@ -110,13 +92,13 @@ main(async () => {
   await page.waitForFunction(([ww, wh]) => Math.abs(window.porticoDisplay.width - ww) <= 2
     && Math.abs(window.porticoDisplay.height - wh) <= 2, grown, { timeout: 30000 });
   const [w2, h2] = await remoteSize(page);
-  await waitPixel(page, w2 - 20, h2 - 20, GREEN);
+  await waitPixel(page, w2 - 20, h2 - 20, GREEN, 30000);
   console.log(`resized to ${w2}x${h2}`);
   await shot(page, 'rdp-resized');
 
   // Special keys reach the session without breaking it.
   await page.selectOption('#special-keys', { label: 'Ctrl+Alt+Del' });
-  await waitPixel(page, w2 - 20, h2 - 20, GREEN);
+  await waitPixel(page, w2 - 20, h2 - 20, GREEN, 30000);
   await page.click('#session-end');
   await waitState(page, 'closed');
   await page.click('#session-back');

@@ -1,7 +1,7 @@
 // VNC in the browser: create the connection in the UI, see the desktop on the canvas (pixel truth, fit to
 // window), click and type into remote xterms (input truth), clipboard both ways, a wrong password.
 'use strict';
-const { launch, newPage, shot, waitState, login, main } = require('./lib');
+const { launch, newPage, shot, waitState, login, main, pixel, waitPixel, at } = require('./lib');
 const env = process.env;
 
 async function createConnection(page, name, password, port = env.VNC_PORT) {
@@ -16,25 +16,6 @@ async function createConnection(page, name, password, port = env.VNC_PORT) {
   await page.locator(`tr.conn-row[data-name="${name}"]`).waitFor({ timeout: 10000 });
 }
 
-const pixel = (page, x, y) => page.evaluate(([px, py]) => window.porticoCanvasPixel(px, py), [x, y]);
-
-async function waitPixel(page, x, y, rgb, timeout = 15000) {
-  await page.waitForFunction(([px, py, want]) => {
-    const got = window.porticoCanvasPixel?.(px, py);
-    return !!got && window.porticoDisplay.frames > 0 && got.every((v, i) => Math.abs(v - want[i]) <= 2);
-  }, [x, y, rgb], { timeout }).catch(async (e) => {
-    throw new Error(`pixel at ${x},${y}: wanted ${rgb}, have ${await pixel(page, x, y)} (${e.message})`);
-  });
-}
-
-/** Page coordinates of a remote pixel (the canvas may be scaled to fit the window). */
-async function at(page, x, y) {
-  return page.evaluate(([rx, ry]) => {
-    const c = document.querySelector('#display');
-    const r = c.getBoundingClientRect();
-    return { x: r.left + ((rx + 0.5) * r.width) / c.width, y: r.top + ((ry + 0.5) * r.height) / c.height };
-  }, [x, y]);
-}
 
 main(async () => {
   const browser = await launch();

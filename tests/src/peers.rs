@@ -509,6 +509,32 @@ fn next_display() -> u16 {
     99
 }
 
+/// A fresh Xvfb on `display` (`-noreset`, so the root background survives its clients), once its socket exists.
+fn xvfb(display: u16, width: u16, height: u16, log: &fs::File) -> anyhow::Result<Child> {
+    let mut child = Command::new("/usr/bin/Xvfb")
+        .arg(format!(":{display}"))
+        .args([
+            "-screen",
+            "0",
+            &format!("{width}x{height}x24"),
+            "-nolisten",
+            "tcp",
+            "-noreset",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log.try_clone()?)
+        .spawn()
+        .context("start Xvfb")?;
+    if let Err(e) = wait_for("Xvfb socket", Duration::from_secs(10), || {
+        Path::new(&format!("/tmp/.X11-unix/X{display}")).exists()
+    }) {
+        stop_child(&mut child);
+        return Err(e);
+    }
+    Ok(child)
+}
+
 /// A VNC password file in the classic DES format (`vncpasswd -f`).
 fn vnc_password_file(dir: &Path, password: &str) -> anyhow::Result<PathBuf> {
     let mut child = Command::new("vncpasswd")
@@ -585,25 +611,7 @@ impl VncServer {
             None => vec!["-nopw".into()],
         };
         Self::start_with(dir, password, |display, port, log| {
-            let xvfb = Command::new("/usr/bin/Xvfb")
-                .arg(format!(":{display}"))
-                .args([
-                    "-screen",
-                    "0",
-                    &format!("{width}x{height}x24"),
-                    "-nolisten",
-                    "tcp",
-                    "-noreset",
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log.try_clone()?)
-                .spawn()
-                .context("start Xvfb")?;
-            let mut children = vec![xvfb];
-            wait_for("Xvfb socket", Duration::from_secs(10), || {
-                Path::new(&format!("/tmp/.X11-unix/X{display}")).exists()
-            })?;
+            let mut children = vec![xvfb(display, width, height, &log)?];
             let x11vnc = Command::new("/usr/bin/x11vnc")
                 .args(["-display", &format!(":{display}"), "-rfbport", &port.to_string()])
                 .args(["-localhost", "-forever", "-shared", "-noxdamage", "-quiet", "-nossl"])
@@ -763,25 +771,7 @@ impl RdpServer {
                 _xrdp: None,
             };
             let started = (|| -> anyhow::Result<()> {
-                let xvfb = Command::new("/usr/bin/Xvfb")
-                    .arg(format!(":{display}"))
-                    .args([
-                        "-screen",
-                        "0",
-                        &format!("{width}x{height}x24"),
-                        "-nolisten",
-                        "tcp",
-                        "-noreset",
-                    ])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(log.try_clone()?)
-                    .spawn()
-                    .context("start Xvfb")?;
-                server.children.push(xvfb);
-                wait_for("Xvfb socket", Duration::from_secs(10), || {
-                    Path::new(&format!("/tmp/.X11-unix/X{display}")).exists()
-                })?;
+                server.children.push(xvfb(display, width, height, &log)?);
                 let mut cmd = Command::new("/usr/bin/freerdp-shadow-cli");
                 cmd.env("HOME", &home)
                     .env("DISPLAY", format!(":{display}"))

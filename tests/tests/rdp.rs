@@ -468,3 +468,70 @@ async fn xrdp_desktop_follows_the_browser_size_and_a_wrong_password_shows_xrdp_s
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scrolling_arrives_as_copies_and_the_canvas_matches_the_screen() -> anyhow::Result<()> {
+    let shadow = RdpServer::shadow(ShadowAuth::None, 800, 600)?;
+    shadow.x("xsetroot", &["-solid", "#000000"])?;
+    let p = Portico::start()?;
+    let api = Api::admin(&p).await?;
+    let conn = rdp_connection(&api, &shadow, "x", json!({"width": 800, "height": 600})).await?;
+    let (_, mut s) = open_screen(&p, &api, &conn).await?;
+    s.until("the black desktop", WAIT, |c| c.pixel(400, 500) == [0, 0, 0])
+        .await?;
+    let script = "sleep 1; i=0; while [ $i -lt 300 ]; do echo \"line $i of scrolling text\"; i=$((i+1)); sleep 0.02; done; sleep 120";
+    let _xterm = shadow.spawn(
+        "xterm",
+        &[
+            "-geometry",
+            "80x30+0+0",
+            "-bg",
+            "white",
+            "-fg",
+            "black",
+            "+sb",
+            "-e",
+            "sh",
+            "-c",
+            script,
+        ],
+    )?;
+    s.until("scroll copies", WAIT, |c| c.copies > 10).await?;
+    // Let the output finish (300 lines at 50 per second), then compare the canvas with the X screen.
+    let settle = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < settle {
+        s.pump(Duration::from_millis(200)).await?;
+    }
+    let shot = std::env::temp_dir().join(format!("portico-rdp-scroll-{}.rgb", uuid::Uuid::new_v4()));
+    shadow.x(
+        "import",
+        &["-window", "root", "-depth", "8", &format!("rgb:{}", shot.display())],
+    )?;
+    let truth = std::fs::read(&shot)?;
+    let _ = std::fs::remove_file(&shot);
+    anyhow::ensure!(
+        truth.len() == 800 * 600 * 3,
+        "unexpected screenshot size {}",
+        truth.len()
+    );
+    let mut differ = 0usize;
+    let mut rows = std::collections::BTreeMap::new();
+    for y in 0..600 {
+        for x in 0..800 {
+            let t = &truth[(y * 800 + x) * 3..][..3];
+            let c = s.canvas.pixel(x, y);
+            if t.iter().zip(c).any(|(a, b)| a.abs_diff(b) > 48) {
+                differ += 1;
+                *rows.entry(y / 10 * 10).or_insert(0) += 1;
+            }
+        }
+    }
+    assert!(
+        differ < 800 * 600 / 500,
+        "{differ} pixels differ from the screen (copies {}, jpegs {}, images {}), by row band: {rows:?}",
+        s.canvas.copies,
+        s.canvas.jpegs,
+        s.canvas.images
+    );
+    Ok(())
+}

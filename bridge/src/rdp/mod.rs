@@ -36,7 +36,7 @@ use portico_proto::control::{HostKeyReport, Target};
 use portico_proto::wire::{ClientMsg, Rect, ServerMsg};
 use tokio::sync::mpsc;
 
-use crate::display::{Flow, Frame, Framebuffer, cursor_msg};
+use crate::display::{Flow, Frame, Framebuffer, bounding, cursor_msg, detect_vertical_scroll};
 use crate::session::{Cmd, Common, End, Lifecycle, sleep_until};
 use clipboard::{ClipEvent, MAX_CLIPBOARD_TEXT, TextClipboard, text_formats};
 pub use connect::{RdpConnectError, fingerprint};
@@ -322,14 +322,12 @@ impl Rdp {
     /// Apply the stage's outputs; `Err` ends the session. Messages for the user come back in `Ok`.
     async fn outputs(&mut self, outputs: Vec<ActiveStageOutput>) -> Result<Vec<ServerMsg>, End> {
         let mut notices = Vec::new();
+        let mut updates = Vec::new();
         for out in outputs {
             match out {
                 ActiveStageOutput::ResponseFrame(frame) => self.write(&frame).await?,
                 ActiveStageOutput::GraphicsUpdate(r) => {
-                    if let Some(r) = rect_of(&r, self.image.width(), self.image.height()) {
-                        self.fb.put_from_image(&r, self.image.data(), self.image.stride());
-                        self.frame.damage(r);
-                    }
+                    updates.extend(rect_of(&r, self.image.width(), self.image.height()));
                 }
                 ActiveStageOutput::PointerBitmap(p) => {
                     let msg = cursor_msg(p.hotspot_x, p.hotspot_y, p.width, p.height, p.bitmap_data.clone()).await;
@@ -351,7 +349,10 @@ impl Rdp {
                         from_control: false,
                     });
                 }
-                ActiveStageOutput::DeactivateAll => self.reactivate().await?,
+                ActiveStageOutput::DeactivateAll => {
+                    self.apply_updates(&mut updates);
+                    self.reactivate().await?;
+                }
                 ActiveStageOutput::LogonErrors(info) => {
                     // Windows reports a failed or refused logon here (e.g. the user is already logged on
                     // elsewhere); the session goes on showing what the server shows.
@@ -375,7 +376,46 @@ impl Rdp {
                 other => tracing::trace!(output = ?other, "RDP output not used"),
             }
         }
+        self.apply_updates(&mut updates);
         Ok(notices)
+    }
+
+    /// Take the decoded image's updated rectangles into the framebuffer and the frame. RDP (without drawing
+    /// orders) sends scrolled content as new pixels: a vertical scroll of the updated area is detected
+    /// (verified row by row) and sent as a copy, so only the exposed rows are encoded.
+    fn apply_updates(&mut self, rects: &mut Vec<Rect>) {
+        if rects.is_empty() {
+            return;
+        }
+        let area = bounding(rects);
+        let scroll = detect_vertical_scroll(&self.fb, &area, self.image.data(), self.image.stride());
+        if let Some(s) = scroll {
+            self.frame.copy(&mut self.fb, s.dst.x, s.src_y, s.dst);
+        }
+        for r in rects.drain(..) {
+            self.fb.put_from_image(&r, self.image.data(), self.image.stride());
+            match scroll {
+                Some(s) => {
+                    let (a, b) = (s.dst.y, s.dst.y + s.dst.height);
+                    let end = r.y + r.height;
+                    if r.y < a {
+                        self.frame.damage(Rect {
+                            height: a.min(end) - r.y,
+                            ..r
+                        });
+                    }
+                    if end > b {
+                        let y = r.y.max(b);
+                        self.frame.damage(Rect {
+                            y,
+                            height: end - y,
+                            ..r
+                        });
+                    }
+                }
+                None => self.frame.damage(r),
+            }
+        }
     }
 
     /// Send the pending frame if there is one and the browser has room.
