@@ -48,6 +48,8 @@ const SIZE_WAIT: Duration = Duration::from_secs(2);
 const DEFAULT_SIZE: (u16, u16) = (1024, 768);
 /// The quality ceiling of lossy (photographic) regions the bridge encodes.
 const DEFAULT_JPEG_LEVEL: u8 = 6;
+/// Static-channel PDUs kept while the server reactivates (processed once it is done).
+const MAX_HELD_CHANNEL_PDUS: usize = 64;
 /// One wheel notch, in RDP rotation units.
 const WHEEL_NOTCH: i16 = 120;
 
@@ -240,6 +242,7 @@ impl Rdp {
         };
         let mut seq = self.activation.create();
         let io_channel = seq.io_channel_id();
+        let mut held = Vec::new();
         let mut buf = WriteBuf::new();
         loop {
             buf.clear();
@@ -250,24 +253,41 @@ impl Rdp {
                         .read_by_hint(hint)
                         .await
                         .map_err(|e| fail(e.to_string().to_lowercase()))?;
+                    // Fast-path updates drawn for the old desktop can still arrive: the desktop is repainted
+                    // after the reactivation anyway (a TPKT header starts with 3, fast-path ones do not).
+                    if pdu.first().is_some_and(|b| b & 0x03 != 0x03) {
+                        continue;
+                    }
                     // Static channel data (clipboard, dynamic channels) keeps flowing while the server
-                    // reactivates; the sequence understands only the I/O channel's PDUs.
+                    // reactivates; the sequence understands only the I/O channel's PDUs. Answering it
+                    // before the reactivation completes makes xrdp disconnect, so it waits until then
+                    // (xrdp's clipboard starts with a Monitor Ready sent right now).
                     let other_channel = ironrdp_pdu::mcs::decode_send_data_indication(&pdu)
                         .is_ok_and(|ctx| ctx.channel_id != io_channel);
+                    // Updates on the I/O channel (slow-path bitmaps, pointers, session info) can come
+                    // between the deactivation and the new desktop; the finalization accepts none of them.
+                    let stray_update = !other_channel
+                        && ironrdp_pdu::mcs::decode_send_data_indication(&pdu)
+                            .ok()
+                            .and_then(|ctx| ironrdp_pdu::rdp::headers::decode_share_data(ctx).ok())
+                            .is_some_and(|ctx| {
+                                use ironrdp_pdu::rdp::headers::ShareDataPdu as D;
+                                !matches!(
+                                    ctx.pdu,
+                                    D::Synchronize(_)
+                                        | D::Control(_)
+                                        | D::ServerSetErrorInfo(_)
+                                        | D::MonitorLayout(_)
+                                        | D::FontMap(_)
+                                )
+                            });
+                    if stray_update {
+                        tracing::debug!(len = pdu.len(), "Update during reactivation skipped");
+                        continue;
+                    }
                     if other_channel {
-                        let outputs = self
-                            .stage
-                            .process(
-                                &mut self.image,
-                                ironrdp_pdu::Action::X224,
-                                &pdu,
-                                self.framed.last_read_at(),
-                            )
-                            .unwrap_or_default();
-                        for out in outputs {
-                            if let ActiveStageOutput::ResponseFrame(f) = out {
-                                self.write(&f).await?;
-                            }
+                        if held.len() < MAX_HELD_CHANNEL_PDUS {
+                            held.push(pdu);
                         }
                         continue;
                     }
@@ -308,7 +328,23 @@ impl Rdp {
                     self.fb = Framebuffer::new(w, h);
                     self.frame = Frame::default();
                     self.frame.message(ServerMsg::DisplaySize { width: w, height: h });
-                    tracing::info!(width = w, height = h, "Desktop reactivated");
+                    tracing::info!(width = w, height = h, held = held.len(), "Desktop reactivated");
+                    for pdu in held {
+                        let outputs = self
+                            .stage
+                            .process(
+                                &mut self.image,
+                                ironrdp_pdu::Action::X224,
+                                &pdu,
+                                self.framed.last_read_at(),
+                            )
+                            .unwrap_or_default();
+                        for out in outputs {
+                            if let ActiveStageOutput::ResponseFrame(f) = out {
+                                self.write(&f).await?;
+                            }
+                        }
+                    }
                     return Ok(());
                 }
                 ConnectionActivationState::Redirected { .. } => {
