@@ -139,10 +139,19 @@ async fn vnc_password_right_and_wrong() -> anyhow::Result<()> {
 async fn x11vnc_on_xvfb_pixels_and_password() -> anyhow::Result<()> {
     let server = VncServer::x11vnc(Some("x11-pw"), 320, 200)?;
     server.x("xsetroot", &["-solid", "#123456"])?;
-    let screen = full_frame(server.port, Some("x11-pw"), vec![encoding::ZRLE, encoding::RAW])
-        .await?
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    assert_eq!(screen.pixel(5, 5), [0x12, 0x34, 0x56, 255]);
+    // x11vnc polls the X screen: the new root colour shows up in its framebuffer a moment later.
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        let screen = full_frame(server.port, Some("x11-pw"), vec![encoding::ZRLE, encoding::RAW])
+            .await?
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        seen.push(screen.pixel(5, 5));
+        if screen.pixel(5, 5) == [0x12, 0x34, 0x56, 255] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(seen.last(), Some(&[0x12, 0x34, 0x56, 255]), "pixels seen: {seen:?}");
     let wrong = full_frame(server.port, Some("wrong-pw"), vec![encoding::RAW]).await?;
     assert!(matches!(wrong, Err(RfbError::AuthFailed(_))), "{:?}", wrong.err());
     Ok(())
