@@ -344,6 +344,13 @@ impl Lifecycle {
         None
     }
 
+    /// The connection to the target failed: tell the browser why (fatal) and end the session.
+    pub async fn fail(mut self, code: &'static str, why: String) {
+        tracing::warn!(code, error = %why, "Upstream connection failed");
+        self.send(ServerMsg::error(code, why.clone(), true));
+        self.finish(code, why, false).await;
+    }
+
     pub async fn end(self, end: End) {
         self.finish(end.code, end.reason, end.from_control).await
     }

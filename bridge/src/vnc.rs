@@ -191,20 +191,17 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((target.host.as_str(), target.port))).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                return fail(
-                    life,
-                    "unreachable",
-                    format!("cannot reach {addr}: {}", e.to_string().to_lowercase()),
-                )
-                .await;
+                return life
+                    .fail(
+                        "unreachable",
+                        format!("cannot reach {addr}: {}", e.to_string().to_lowercase()),
+                    )
+                    .await;
             }
             Err(_) => {
-                return fail(
-                    life,
-                    "unreachable",
-                    format!("cannot reach {addr}: connection timed out"),
-                )
-                .await;
+                return life
+                    .fail("unreachable", format!("cannot reach {addr}: connection timed out"))
+                    .await;
             }
         };
     let _ = tcp.set_nodelay(true);
@@ -300,10 +297,4 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
         }
     };
     life.end(end).await;
-}
-
-async fn fail(mut life: Lifecycle, code: &'static str, why: String) {
-    tracing::warn!(code, error = %why, "Upstream connection failed");
-    life.send(ServerMsg::error(code, why.clone(), true));
-    life.finish(code, why, false).await;
 }

@@ -248,16 +248,12 @@ impl Rdp {
             buf.clear();
             let written = match seq.next_pdu_hint() {
                 Some(hint) => {
+                    // The hint drops fast-path updates drawn for the old desktop (it repaints afterwards).
                     let pdu = self
                         .framed
                         .read_by_hint(hint)
                         .await
                         .map_err(|e| fail(e.to_string().to_lowercase()))?;
-                    // Fast-path updates drawn for the old desktop can still arrive: the desktop is repainted
-                    // after the reactivation anyway (a TPKT header starts with 3, fast-path ones do not).
-                    if pdu.first().is_some_and(|b| b & 0x03 != 0x03) {
-                        continue;
-                    }
                     // Static channel data (clipboard, dynamic channels) keeps flowing while the server
                     // reactivates; the sequence understands only the I/O channel's PDUs. Answering it
                     // before the reactivation completes makes xrdp disconnect, so it waits until then
@@ -537,10 +533,10 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
     let connecting = connect::connect(params, |c| c.with_static_channel(drdynvc).with_static_channel(cliprdr));
     let connected = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => return fail(life, e.code(), e.to_string()).await,
+        Ok(Err(e)) => return life.fail(e.code(), e.to_string()).await,
         Err(_) => {
             let why = format!("no rdp connection to {addr} within {} s", HANDSHAKE_TIMEOUT.as_secs());
-            return fail(life, "target_error", why).await;
+            return life.fail("target_error", why).await;
         }
     };
     let tofu = target.host_key_fingerprint.is_none() && !settings.danger_accept_any_certificate;
@@ -743,12 +739,6 @@ fn resize(
             "this rdp server cannot resize the desktop (no display control channel); the view is scaled instead",
         ),
     }
-}
-
-async fn fail(mut life: Lifecycle, code: &'static str, why: String) {
-    tracing::warn!(code, error = %why, "Upstream connection failed");
-    life.send(ServerMsg::error(code, why.clone(), true));
-    life.finish(code, why, false).await;
 }
 
 #[cfg(test)]
