@@ -150,7 +150,11 @@ async fn pump(socket: WebSocket, live: Arc<LiveSession>) {
                     Some(Ok(Message::Binary(b))) => match ClientMsg::decode(&b) {
                         Ok(msg) => {
                             if live.cmd.send(Cmd::Client { generation, msg }).await.is_err() {
-                                break;
+                                // The session ended: what it queued for us (its final error and the
+                                // close) must still reach the browser, or the browser would keep
+                                // trying to reattach to a session that no longer exists.
+                                drain(&mut tx, &mut client_rx).await;
+                                return;
                             }
                             None
                         }
@@ -170,4 +174,26 @@ async fn pump(socket: WebSocket, live: Arc<LiveSession>) {
         }
     }
     let _ = live.cmd.send(Cmd::Detach { generation }).await;
+}
+
+/// Forward what the ended session left in the queue, then close the WebSocket.
+async fn drain<S>(tx: &mut S, client_rx: &mut mpsc::Receiver<ServerMsg>)
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let forward = async {
+        while let Some(msg) = client_rx.recv().await {
+            let closing = matches!(msg, ServerMsg::Closed(_));
+            if tx.send(Message::Binary(msg.encode().into())).await.is_err() || closing {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), forward).await;
+    let _ = tx
+        .send(Message::Close(Some(CloseFrame {
+            code: 1000,
+            reason: "session closed".into(),
+        })))
+        .await;
 }

@@ -223,6 +223,36 @@ async fn wrong_password_and_unreachable_host_are_clear_errors() -> anyhow::Resul
     Ok(())
 }
 
+/// A browser that keeps sending while its session fails still hears why: the bridge forwards the final
+/// error and close even when the session ended between two of the browser's messages (before, the close
+/// was lost and the browser kept trying to reattach to a session that no longer existed).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_session_says_why_even_to_a_chatty_browser() -> anyhow::Result<()> {
+    let p = Portico::start()?;
+    let api = Api::admin(&p).await?;
+    let unreachable = vnc_connection(&api, free_port(), None).await?;
+    for round in 0..25 {
+        let (_, mut s) = open_screen(&p, &api, &unreachable).await?;
+        for i in 0..40u32 {
+            if s.term.send(ClientMsg::Ping(u64::from(i).to_be_bytes())).await.is_err() {
+                break;
+            }
+        }
+        let closed = s.term.closed_within(WAIT).await?;
+        let closed = closed.unwrap_or_else(|| panic!("round {round}: the socket closed without saying why"));
+        assert_eq!(closed.code, "unreachable", "round {round}: {closed:?}");
+        assert!(
+            s.term
+                .errors
+                .iter()
+                .any(|e| e.fatal && e.message.contains("cannot reach")),
+            "round {round}: {:?}",
+            s.term.errors
+        );
+    }
+    Ok(())
+}
+
 /// A VNC server that completes the handshake (no auth, 64x64) and then sends `lie`.
 async fn lying_server(lie: Vec<u8>) -> anyhow::Result<u16> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
