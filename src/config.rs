@@ -84,6 +84,12 @@ pub struct Settings {
     /// Seconds between agent heartbeats (webapp: expected; three missed mark an agent down).
     #[arg(long, global = true, env = "PORTICO_AGENT_HEARTBEAT_SECS")]
     pub agent_heartbeat_secs: Option<u64>,
+    /// Docker network of workspace containers (the bridge tier must reach it; nothing is published).
+    #[arg(long, global = true, env = "PORTICO_AGENT_NETWORK")]
+    pub agent_network: Option<String>,
+    /// Memory the agent offers to workspaces, MiB (default: all of the host's).
+    #[arg(long, global = true, env = "PORTICO_AGENT_MEMORY_MB")]
+    pub agent_memory_mb: Option<u64>,
 }
 
 macro_rules! merge {
@@ -120,7 +126,9 @@ impl Settings {
             docker_socket,
             agent_registration_token,
             agent_name,
-            agent_heartbeat_secs
+            agent_heartbeat_secs,
+            agent_network,
+            agent_memory_mb
         );
         Ok(self)
     }

@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use portico_bridge::ControlPlane;
 use portico_proto::control::{
     ClaimRequest, ControlError, EndRequest, HostKeyReport, SyncRequest, SyncResponse, Target, TokenKeys,
+    WorkspaceEndpoint,
 };
 use portico_webapp::Internal;
 
@@ -36,5 +37,9 @@ impl ControlPlane for LocalControl {
 
     async fn sync(&self, req: &SyncRequest) -> Result<SyncResponse, ControlError> {
         self.0.sync(req).await
+    }
+
+    async fn workspace(&self, session_id: &str) -> Result<Option<WorkspaceEndpoint>, ControlError> {
+        self.0.workspace(session_id).await
     }
 }

@@ -100,6 +100,8 @@ fn agent_config(s: &Settings) -> anyhow::Result<portico_agent::AgentConfig> {
         upstream_ca,
         registration_token: s.agent_registration_token.clone().map(Secret::new),
         name: s.agent_name.clone().unwrap_or_else(host_name),
+        network: s.agent_network.clone().unwrap_or_else(|| "bridge".into()),
+        memory_mb: s.agent_memory_mb,
     })
 }
 

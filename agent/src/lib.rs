@@ -4,14 +4,19 @@
 //! the host's capacity. A registration that fails is loud: an error line per attempt with the reason and
 //! the next retry (exponential backoff up to [`Backoff::MAX`]), and the webapp lists the agent as `failed`.
 //!
-//! Provisioning of workspace containers builds on this (issue 5, next step).
+//! Workspaces: the agent's sync (heartbeat and reconciliation in one) reports every container labelled
+//! with its name; the webapp answers with the containers it wants. Missing ones are created (limits, all
+//! capabilities dropped, no-new-privileges, a per-session VNC password, nothing published) and reported
+//! ready once their VNC server answers; unwanted ones (ended sessions, orphans of a previous run) are
+//! removed.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use portico_proto::Secret;
 use portico_proto::control::{
-    AgentCapacity, AgentHeartbeat, AgentHeartbeatResponse, AgentRegisterRequest, AgentRegistered,
+    AgentCapacity, AgentRegisterRequest, AgentRegistered, AgentSync, AgentSyncResponse, ContainerReport,
+    ContainerState, DesiredContainer,
 };
 
 #[derive(Debug, Clone)]
@@ -26,6 +31,10 @@ pub struct AgentConfig {
     pub registration_token: Option<Secret<String>>,
     /// This agent's name (unique per host).
     pub name: String,
+    /// Docker network of the workspace containers (the bridge tier must route to it; nothing is published).
+    pub network: String,
+    /// Memory the agent offers to workspaces, MiB; `None` = all of the host's.
+    pub memory_mb: Option<u64>,
 }
 
 /// What the agent learned about its Docker engine.
@@ -158,13 +167,342 @@ impl Upstream {
         self.post("/internal/v1/agents/register", None, req).await
     }
 
-    pub async fn heartbeat(
-        &self,
-        credential: &str,
-        hb: &AgentHeartbeat,
-    ) -> Result<AgentHeartbeatResponse, UpstreamError> {
-        self.post("/internal/v1/agents/heartbeat", Some(credential), hb).await
+    pub async fn sync(&self, credential: &str, req: &AgentSync) -> Result<AgentSyncResponse, UpstreamError> {
+        self.post("/internal/v1/agents/sync", Some(credential), req).await
     }
+}
+
+/// Labels on every container the agent creates.
+pub const LABEL_AGENT: &str = "org.portico.agent";
+pub const LABEL_SESSION: &str = "org.portico.session";
+/// How long a started container may take until its VNC server answers.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the agent knows beyond what Docker lists: containers whose VNC server answered, sessions whose
+/// container is being started, and sessions whose start failed (reported until the webapp lets go).
+#[derive(Default)]
+struct Local {
+    verified: std::collections::HashSet<String>,
+    starting: std::collections::HashSet<String>,
+    failed: std::collections::HashMap<String, String>,
+}
+
+type Shared = std::sync::Arc<std::sync::Mutex<Local>>;
+
+fn lock(l: &Shared) -> std::sync::MutexGuard<'_, Local> {
+    l.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The workspace side of the agent: creates, lists and removes this agent's containers.
+pub struct Workspaces {
+    docker: bollard::Docker,
+    agent: String,
+    network: String,
+    local: Shared,
+    /// Woken when a start finished (the webapp hears of it at once instead of at the next poll).
+    news: std::sync::Arc<tokio::sync::Notify>,
+}
+
+fn ip_of(
+    summary_networks: Option<&std::collections::HashMap<String, bollard::models::EndpointSettings>>,
+    network: &str,
+) -> Option<String> {
+    let nets = summary_networks?;
+    nets.get(network)
+        .or_else(|| nets.values().next())
+        .and_then(|n| n.ip_address.clone())
+        .filter(|ip| !ip.is_empty())
+}
+
+impl Workspaces {
+    pub fn new(docker: bollard::Docker, agent: &str, network: &str) -> Self {
+        Workspaces {
+            docker,
+            agent: agent.to_owned(),
+            network: network.to_owned(),
+            local: Shared::default(),
+            news: std::sync::Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// Every container of this agent (running or not), as reports for the webapp.
+    pub async fn scan(&self) -> anyhow::Result<Vec<ContainerReport>> {
+        use bollard::models::ContainerSummaryStateEnum as S;
+        let filters =
+            std::collections::HashMap::from([("label".to_owned(), vec![format!("{LABEL_AGENT}={}", self.agent)])]);
+        let list = self
+            .docker
+            .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .context("list workspace containers")?;
+        let mut out = Vec::with_capacity(list.len());
+        let mut local = lock(&self.local);
+        let mut seen = std::collections::HashSet::new();
+        for c in list {
+            let (Some(id), Some(sid)) = (
+                c.id.clone(),
+                c.labels.as_ref().and_then(|l| l.get(LABEL_SESSION)).cloned(),
+            ) else {
+                continue;
+            };
+            seen.insert(id.clone());
+            if matches!(c.state, Some(S::REMOVING)) {
+                continue; // Going away: neither wanted nor failed.
+            }
+            let nets = c.network_settings.as_ref().and_then(|n| n.networks.as_ref());
+            let report = match c.state {
+                Some(S::RUNNING) if local.verified.contains(&id) => ContainerReport {
+                    session_id: sid.clone(),
+                    container_id: id,
+                    state: ContainerState::Ready,
+                    host: ip_of(nets, &self.network),
+                    port: c
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("org.portico.vnc_port"))
+                        .and_then(|p| p.parse().ok()),
+                    error: None,
+                },
+                Some(S::RUNNING | S::CREATED | S::RESTARTING) => ContainerReport {
+                    session_id: sid.clone(),
+                    container_id: id,
+                    state: ContainerState::Starting,
+                    host: None,
+                    port: None,
+                    error: None,
+                },
+                _ => ContainerReport {
+                    session_id: sid.clone(),
+                    container_id: id,
+                    state: ContainerState::Failed,
+                    host: None,
+                    port: None,
+                    error: Some(format!(
+                        "the workspace container stopped ({})",
+                        c.status.as_deref().unwrap_or("not running").to_lowercase()
+                    )),
+                },
+            };
+            out.push(report);
+        }
+        local.verified.retain(|id| seen.contains(id));
+        for (sid, why) in &local.failed {
+            if !out.iter().any(|r| &r.session_id == sid) {
+                out.push(ContainerReport {
+                    session_id: sid.clone(),
+                    container_id: String::new(),
+                    state: ContainerState::Failed,
+                    host: None,
+                    port: None,
+                    error: Some(why.clone()),
+                });
+            }
+        }
+        for sid in &local.starting {
+            if !out.iter().any(|r| &r.session_id == sid) {
+                out.push(ContainerReport {
+                    session_id: sid.clone(),
+                    container_id: String::new(),
+                    state: ContainerState::Starting,
+                    host: None,
+                    port: None,
+                    error: None,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Make Docker match what the webapp wants: start the missing containers (in the background), remove
+    /// the ones nobody wants (orphans of ended sessions, of a previous run, of failed starts).
+    pub async fn apply(self: &std::sync::Arc<Self>, reports: &[ContainerReport], desired: Vec<DesiredContainer>) {
+        let wanted: std::collections::HashSet<&str> = desired.iter().map(|d| d.session_id.as_str()).collect();
+        {
+            let mut local = lock(&self.local);
+            local.failed.retain(|sid, _| wanted.contains(sid.as_str()));
+        }
+        for r in reports {
+            if !wanted.contains(r.session_id.as_str()) && !r.container_id.is_empty() {
+                let this = self.clone();
+                let (id, sid) = (r.container_id.clone(), r.session_id.clone());
+                tokio::spawn(async move { this.remove(&id, &sid).await });
+            }
+        }
+        for d in desired {
+            let known = reports.iter().any(|r| r.session_id == d.session_id);
+            let busy = {
+                let mut local = lock(&self.local);
+                let busy = local.starting.contains(&d.session_id) || local.failed.contains_key(&d.session_id);
+                if !busy && !known {
+                    local.starting.insert(d.session_id.clone());
+                }
+                busy
+            };
+            if !busy && !known {
+                let this = self.clone();
+                tokio::spawn(async move { this.start(d).await });
+            }
+        }
+    }
+
+    async fn remove(&self, id: &str, session_id: &str) {
+        let opts = bollard::query_parameters::RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        match self.docker.remove_container(id, Some(opts)).await {
+            Ok(()) => tracing::info!(container_id = %id, %session_id, "Workspace container removed"),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404 | 409, ..
+            }) => {}
+            Err(e) => {
+                tracing::warn!(container_id = %id, %session_id, error = %e, "Could not remove a workspace container")
+            }
+        }
+        lock(&self.local).verified.remove(id);
+    }
+
+    async fn start(&self, d: DesiredContainer) {
+        let sid = d.session_id.clone();
+        let started = tokio::time::Instant::now();
+        let result = self.create_and_wait(&d).await;
+        let mut local = lock(&self.local);
+        local.starting.remove(&sid);
+        match result {
+            Ok(id) => {
+                tracing::info!(session_id = %sid, container_id = %id, ms = started.elapsed().as_millis() as u64, "Workspace container ready");
+                local.verified.insert(id);
+            }
+            Err(e) => {
+                let why = format!("{e:#}").to_lowercase();
+                tracing::error!(session_id = %sid, error = %why, "Workspace container failed to start");
+                local.failed.insert(sid, why);
+            }
+        }
+        drop(local);
+        self.news.notify_one();
+    }
+
+    /// The container's Docker definition: limits, no privileges, nothing published.
+    pub fn container_body(&self, d: &DesiredContainer) -> bollard::models::ContainerCreateBody {
+        let spec = &d.spec;
+        let mut env = vec![
+            format!("VNC_PASSWORD={}", d.vnc_password.expose()),
+            format!("RFB_PORT={}", spec.vnc_port),
+        ];
+        if let Some(g) = &spec.geometry {
+            env.push(format!("GEOMETRY={g}"));
+        }
+        let memory = i64::from(spec.memory_mb) * 1024 * 1024;
+        bollard::models::ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            env: Some(env),
+            labels: Some(std::collections::HashMap::from([
+                (LABEL_AGENT.to_owned(), self.agent.clone()),
+                (LABEL_SESSION.to_owned(), d.session_id.clone()),
+                ("org.portico.vnc_port".to_owned(), spec.vnc_port.to_string()),
+            ])),
+            host_config: Some(bollard::models::HostConfig {
+                memory: Some(memory),
+                memory_swap: Some(memory),
+                nano_cpus: Some(i64::from(spec.cpu_millis) * 1_000_000),
+                pids_limit: Some(i64::from(spec.pids_limit)),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                network_mode: Some(self.network.clone()),
+                shm_size: Some(64 * 1024 * 1024),
+                init: Some(true),
+                // Nothing is published on the host: the bridge reaches the container on its network.
+                publish_all_ports: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn create_and_wait(&self, d: &DesiredContainer) -> anyhow::Result<String> {
+        let name = format!("portico-{}", d.session_id);
+        let created = self
+            .docker
+            .create_container(
+                Some(bollard::query_parameters::CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                self.container_body(d),
+            )
+            .await
+            .with_context(|| format!("create the container from image {}", d.spec.image))?;
+        let id = created.id;
+        let result = async {
+            self.docker
+                .start_container(&id, None::<bollard::query_parameters::StartContainerOptions>)
+                .await
+                .context("start the container")?;
+            let info = self
+                .docker
+                .inspect_container(&id, None::<bollard::query_parameters::InspectContainerOptions>)
+                .await
+                .context("inspect the container")?;
+            let ip = ip_of(
+                info.network_settings.as_ref().and_then(|n| n.networks.as_ref()),
+                &self.network,
+            )
+            .context("the container has no ip address on the workspace network")?;
+            wait_for_rfb(&self.docker, &id, &ip, d.spec.vnc_port).await
+        }
+        .await;
+        if let Err(e) = result {
+            self.remove(&id, &d.session_id).await;
+            return Err(e);
+        }
+        Ok(id)
+    }
+}
+
+/// Wait until a VNC server answers with its RFB banner (or the container stops, or [`READY_TIMEOUT`]).
+async fn wait_for_rfb(docker: &bollard::Docker, id: &str, ip: &str, port: u16) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt as _;
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    let mut last = String::from("no answer");
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect((ip, port))).await {
+            Ok(Ok(mut tcp)) => {
+                let mut banner = [0u8; 12];
+                match tokio::time::timeout(Duration::from_secs(2), tcp.read_exact(&mut banner)).await {
+                    Ok(Ok(_)) if banner.starts_with(b"RFB ") => return Ok(()),
+                    Ok(Ok(_)) => anyhow::bail!("the container's port {port} does not speak vnc"),
+                    Ok(Err(e)) => last = e.to_string(),
+                    Err(_) => last = "no banner".into(),
+                }
+            }
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = "connect timed out".into(),
+        }
+        let state = docker
+            .inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>)
+            .await
+            .ok()
+            .and_then(|i| i.state);
+        if let Some(st) = state
+            && st.running != Some(true)
+        {
+            anyhow::bail!(
+                "the container exited with code {} before its vnc server started",
+                st.exit_code.unwrap_or(-1)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!(
+        "the container's vnc server did not answer within {} s ({last})",
+        READY_TIMEOUT.as_secs()
+    )
 }
 
 /// Run the agent until the process stops.
@@ -197,6 +535,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             }
         }
     };
+    let workspaces = std::sync::Arc::new(Workspaces::new(docker.clone(), &config.name, &config.network));
+    let capacity = |info: &EngineInfo| {
+        let mut c = info.capacity.clone();
+        if let Some(m) = config.memory_mb {
+            c.memory_mb = m;
+        }
+        c
+    };
     loop {
         // Register, loudly, until it works.
         let mut backoff = Backoff::new();
@@ -205,7 +551,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             attempt += 1;
             let info = probe(&docker).await;
             let (docker_version, capacity) = match &info {
-                Ok(i) => (i.version.clone(), i.capacity.clone()),
+                Ok(i) => (i.version.clone(), capacity(i)),
                 Err(_) => (String::new(), AgentCapacity::default()),
             };
             let req = AgentRegisterRequest {
@@ -231,26 +577,46 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             }
         };
         tracing::info!(agent = %config.name, agent_id = %registered.agent_id, upstream = %upstream_url, "Agent registered");
-        let mut every = Duration::from_secs(registered.heartbeat_secs.max(1).into());
+        // Sync: report, get what is wanted (the webapp holds the answer while nothing changes), apply.
+        // The first sync after a (re)start removes the orphans of the previous run.
+        // The webapp holds a sync at most one heartbeat interval, so a held sync is a heartbeat too.
+        let mut wait_ms = 0;
         loop {
-            tokio::time::sleep(every).await;
-            let capacity = match probe(&docker).await {
-                Ok(i) => i.capacity,
-                Err(e) => {
+            let (info, reports) = match (probe(&docker).await, workspaces.scan().await) {
+                (Ok(i), Ok(r)) => (i, r),
+                (Err(e), _) | (_, Err(e)) => {
+                    // No heartbeat: the webapp marks this agent down while Docker is gone.
                     tracing::warn!(error = format!("{e:#}"), "Docker engine unreachable");
-                    continue; // No heartbeat: the webapp marks this agent down while Docker is gone.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
                 }
             };
-            match upstream
-                .heartbeat(registered.credential.expose(), &AgentHeartbeat { capacity })
-                .await
-            {
-                Ok(r) => every = Duration::from_secs(r.heartbeat_secs.max(1).into()),
-                Err(UpstreamError::UnknownCredential) => {
+            let req = AgentSync {
+                capacity: capacity(&info),
+                containers: reports.clone(),
+                wait_ms,
+            };
+            let news = workspaces.news.clone();
+            let answer = tokio::select! {
+                a = upstream.sync(registered.credential.expose(), &req) => Some(a),
+                // A start finished: report it now rather than when the held sync returns.
+                () = news.notified() => None,
+            };
+            match answer {
+                None => wait_ms = 0,
+                Some(Ok(r)) => {
+                    workspaces.apply(&reports, r.desired).await;
+                    wait_ms = r.heartbeat_secs.max(1) * 1000;
+                }
+                Some(Err(UpstreamError::UnknownCredential)) => {
                     tracing::warn!(agent = %config.name, "The webapp no longer knows this agent; registering again");
                     break;
                 }
-                Err(e) => tracing::warn!(error = %e, "Heartbeat failed"),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "Sync with the webapp failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    wait_ms = 0;
+                }
             }
         }
     }

@@ -10,6 +10,7 @@ use ed25519_dalek::VerifyingKey;
 use portico_proto::Secret;
 use portico_proto::control::{
     ClaimRequest, ControlError, EndRequest, HostKeyReport, SyncRequest, SyncResponse, Target, TokenKeys,
+    WorkspaceEndpoint,
 };
 
 #[async_trait]
@@ -19,6 +20,9 @@ pub trait ControlPlane: Send + Sync + 'static {
     async fn record_host_key(&self, session_id: &str, report: &HostKeyReport) -> Result<(), ControlError>;
     async fn end_session(&self, session_id: &str, req: &EndRequest) -> Result<(), ControlError>;
     async fn sync(&self, req: &SyncRequest) -> Result<SyncResponse, ControlError>;
+    /// Where the session's workspace container is once ready; `None` while it is still starting (the call
+    /// waits a few seconds first; ask again).
+    async fn workspace(&self, session_id: &str) -> Result<Option<WorkspaceEndpoint>, ControlError>;
 }
 
 /// Decode the published token keys.
@@ -139,6 +143,12 @@ impl HttpControlPlane {
         let text = res.text().await.unwrap_or_default();
         Err(match status.as_u16() {
             401 => ControlError::Unauthorized,
+            403 => ControlError::Refused(
+                serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_owned))
+                    .unwrap_or(text),
+            ),
             404 => ControlError::NotFound,
             409 if text.contains("ended") => ControlError::Ended,
             409 => ControlError::AlreadyUsed,
@@ -242,5 +252,14 @@ impl ControlPlane for HttpControlPlane {
             self.call(reqwest::Method::POST, "/internal/v1/bridge/sync", Some(req))
                 .await?,
         )
+    }
+
+    async fn workspace(&self, session_id: &str) -> Result<Option<WorkspaceEndpoint>, ControlError> {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/internal/v1/sessions/{session_id}/workspace"),
+            None::<&()>,
+        )
+        .await
     }
 }

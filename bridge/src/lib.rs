@@ -131,11 +131,18 @@ impl Bridge {
                     Ok(res) => {
                         for id in res.ended {
                             if let Some(live) = bridge.registry.get(&id) {
+                                let reason = res.reasons.get(&id).cloned();
+                                // A lost workspace says so; everything else ended on purpose.
+                                let code = match &reason {
+                                    Some(r) if r.starts_with("lost:") => "lost",
+                                    Some(r) if r.starts_with("workspace failed") => "target_error",
+                                    _ => "ended",
+                                };
                                 let _ = live
                                     .cmd
                                     .send(session::Cmd::End {
-                                        code: "ended",
-                                        reason: "the session was ended".into(),
+                                        code,
+                                        reason: reason.unwrap_or_else(|| "the session was ended".into()),
                                         from_control: true,
                                     })
                                     .await;

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use portico_proto::control::Target;
+use portico_proto::control::{ControlError, Target, WorkspaceEndpoint};
 use portico_proto::rfb::{RfbClient, RfbConfig, RfbError, RfbEvent};
 use portico_proto::wire::{ClientMsg, ImageFormat, Rect, ServerMsg};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -171,11 +171,81 @@ impl Display {
     }
 }
 
+/// Longest the bridge waits for a workspace container to be ready.
+const WORKSPACE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Tell the browser the workspace is starting and wait until its container is ready (the browser may
+/// detach, reattach or end the session meanwhile).
+async fn wait_workspace(life: &mut Lifecycle, cmd_rx: &mut mpsc::Receiver<Cmd>) -> Result<WorkspaceEndpoint, End> {
+    let started = tokio::time::Instant::now();
+    let status = "starting your workspace…";
+    life.send(ServerMsg::status("connecting", status));
+    let fail = |code, reason: String| End {
+        code,
+        reason,
+        from_control: false,
+    };
+    let control = life.control.clone();
+    let sid = life.claims.sid.clone();
+    loop {
+        let ask = control.workspace(&sid);
+        tokio::pin!(ask);
+        let answer = loop {
+            tokio::select! {
+                a = &mut ask => break a,
+                cmd = cmd_rx.recv() => match cmd.map(|c| life.common(c)) {
+                    None => return Err(fail("ended", "bridge shutting down".into())),
+                    Some(Common::End(end)) => return Err(end),
+                    Some(Common::Attached(_)) => { life.send(ServerMsg::status("connecting", status)); }
+                    Some(Common::Input(_) | Common::Handled) => {}
+                },
+            }
+        };
+        match answer {
+            Ok(Some(endpoint)) => {
+                tracing::info!(host = %endpoint.host, port = endpoint.port, waited_ms = started.elapsed().as_millis() as u64, "Workspace ready");
+                return Ok(endpoint);
+            }
+            Ok(None) if started.elapsed() < WORKSPACE_TIMEOUT => {}
+            Ok(None) => {
+                let why = format!("the workspace did not start within {} s", WORKSPACE_TIMEOUT.as_secs());
+                life.send(ServerMsg::error("target_error", why.clone(), true));
+                return Err(fail("target_error", why));
+            }
+            Err(ControlError::Refused(why)) => {
+                let why = format!("the workspace could not start: {why}");
+                life.send(ServerMsg::error("target_error", why.clone(), true));
+                return Err(fail("target_error", why));
+            }
+            Err(e) if started.elapsed() < WORKSPACE_TIMEOUT => {
+                tracing::warn!(error = %e, "Asking for the workspace failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                let why = format!("the workspace could not start: {e}");
+                life.send(ServerMsg::error("target_error", why.clone(), true));
+                return Err(fail("target_error", why));
+            }
+        }
+    }
+}
+
 #[tracing::instrument(name = "session", skip_all, fields(session_id = %life.claims.sid, protocol = "vnc"))]
 pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver<Cmd>) {
     tracing::info!(host = %target.host, port = target.port, "Session started");
     if let Some(end) = life.wait_first_attach(&mut cmd_rx).await {
         return life.end(end).await;
+    }
+    let mut target = target;
+    if target.workspace_pending {
+        match wait_workspace(&mut life, &mut cmd_rx).await {
+            Ok(e) => {
+                target.host = e.host;
+                target.port = e.port;
+                target.password = Some(e.password);
+            }
+            Err(end) => return life.end(end).await,
+        }
     }
     let settings = target.settings.clone();
     let mut password = target.password.clone();

@@ -42,6 +42,111 @@ pub struct Target {
     /// Protocol settings of the connection.
     #[serde(default)]
     pub settings: ConnectionSettings,
+    /// A workspace container session: `host`, `port` and `password` are not known at claim time; the
+    /// bridge asks for them with `workspace` (they arrive when the container is ready).
+    #[serde(default)]
+    pub workspace_pending: bool,
+}
+
+/// Where the bridge reaches a ready workspace container, and its one-time VNC password.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkspaceEndpoint {
+    pub host: String,
+    pub port: u16,
+    pub password: Secret<String>,
+}
+
+/// What an ephemeral workspace container runs with (a connection of protocol `container`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceSpec {
+    /// Docker image (it serves a VNC desktop on [`WorkspaceSpec::vnc_port`], password in `VNC_PASSWORD`).
+    pub image: String,
+    /// CPU limit, thousandths of a core.
+    #[serde(default = "WorkspaceSpec::default_cpu_millis")]
+    pub cpu_millis: u32,
+    /// Memory limit, MiB (no swap on top).
+    #[serde(default = "WorkspaceSpec::default_memory_mb")]
+    pub memory_mb: u32,
+    /// Most processes in the container.
+    #[serde(default = "WorkspaceSpec::default_pids_limit")]
+    pub pids_limit: u32,
+    /// TCP port of the VNC server inside the container.
+    #[serde(default = "WorkspaceSpec::default_vnc_port")]
+    pub vnc_port: u16,
+    /// Desktop size the container starts with (`WIDTHxHEIGHT`).
+    #[serde(default)]
+    pub geometry: Option<String>,
+}
+
+impl WorkspaceSpec {
+    fn default_cpu_millis() -> u32 {
+        1000
+    }
+    fn default_memory_mb() -> u32 {
+        512
+    }
+    fn default_pids_limit() -> u32 {
+        256
+    }
+    fn default_vnc_port() -> u16 {
+        5901
+    }
+}
+
+/// A container the agent should be running, as the webapp wants it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DesiredContainer {
+    pub session_id: String,
+    pub spec: WorkspaceSpec,
+    /// One-time VNC password of this session's container.
+    pub vnc_password: Secret<String>,
+}
+
+/// What became of a container, as the agent reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerState {
+    /// Being created, or started and waiting for its VNC server.
+    Starting,
+    /// Its VNC server answers.
+    Ready,
+    /// It could not be started, or it stopped.
+    Failed,
+}
+
+/// One workspace container on an agent's Docker engine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerReport {
+    pub session_id: String,
+    pub container_id: String,
+    pub state: ContainerState,
+    /// Where the bridge reaches its VNC server (when ready).
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Heartbeat and reconciliation in one: the agent reports its capacity and every Portico container it
+/// has; the webapp answers with the containers it wants (long poll: the answer comes early when that set
+/// changes). Containers not wanted are removed by the agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentSync {
+    pub capacity: AgentCapacity,
+    pub containers: Vec<ContainerReport>,
+    /// Hold the answer until the wanted set differs from `containers`, at most this long (ms).
+    #[serde(default)]
+    pub wait_ms: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentSyncResponse {
+    pub heartbeat_secs: u32,
+    pub desired: Vec<DesiredContainer>,
 }
 
 /// RDP security protocols the bridge offers the server.
@@ -80,6 +185,8 @@ pub struct ConnectionSettings {
     pub ask_credentials: bool,
     /// RDP: accept any server certificate. Named as a danger: it allows a man in the middle.
     pub danger_accept_any_certificate: bool,
+    /// Protocol `container`: the workspace image and its limits.
+    pub workspace: Option<WorkspaceSpec>,
 }
 
 impl Default for ConnectionSettings {
@@ -94,6 +201,7 @@ impl Default for ConnectionSettings {
             clipboard_down: true,
             ask_credentials: false,
             danger_accept_any_certificate: false,
+            workspace: None,
         }
     }
 }
@@ -119,6 +227,9 @@ pub struct SyncRequest {
 pub struct SyncResponse {
     /// Sessions of the request that the webapp considers ended: the bridge closes them.
     pub ended: Vec<String>,
+    /// Why, for those that have a recorded reason (shown to the user).
+    #[serde(default)]
+    pub reasons: std::collections::BTreeMap<String, String>,
 }
 
 /// Why a control call failed.
@@ -166,15 +277,5 @@ pub struct AgentRegistered {
     pub agent_id: String,
     pub credential: Secret<String>,
     /// How often the webapp expects a heartbeat; three missed ones mark the agent down.
-    pub heartbeat_secs: u32,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AgentHeartbeat {
-    pub capacity: AgentCapacity,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AgentHeartbeatResponse {
     pub heartbeat_secs: u32,
 }

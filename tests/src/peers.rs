@@ -1104,6 +1104,20 @@ impl Dockerd {
         Ok(d)
     }
 
+    /// Import Portico's default workspace image into this engine (`scripts/build-workspace-image.sh`: it
+    /// builds the rootfs once per machine, cached, then each import takes seconds); returns the tag.
+    pub fn with_workspace_image(&self) -> anyhow::Result<&'static str> {
+        const TAG: &str = "portico/workspace:latest";
+        let script = crate::workspace_root().join("scripts/build-workspace-image.sh");
+        run(
+            Command::new("bash")
+                .arg(&script)
+                .args(["--docker-host", &self.host, "--tag", TAG]),
+            "scripts/build-workspace-image.sh",
+        )?;
+        Ok(TAG)
+    }
+
     /// Run the docker CLI against this engine.
     pub fn docker(&self, args: &[&str]) -> anyhow::Result<String> {
         run(Command::new("docker").arg("-H").arg(&self.host).args(args), "docker")

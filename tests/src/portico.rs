@@ -117,6 +117,10 @@ impl Portico {
         }
         cmd.arg("--data-dir").arg(&data_dir).args(["--listen", "127.0.0.1:0"]);
         cmd.args(&opts.extra_args);
+        // The all-in-one binary embeds an agent when a Docker socket exists: only a test's own engine.
+        if opts.subcommand.is_none() && !opts.extra_args.iter().any(|a| a == "--docker-socket") {
+            cmd.arg("--docker-socket").arg(data_dir.join("no-docker.sock"));
+        }
         cmd.env("PORTICO_MASTER_KEY", &opts.master_key)
             .env("PORTICO_NODE_SECRET", &opts.node_secret)
             .env("PORTICO_ADMIN_PASSWORD", &opts.admin_password)
@@ -230,6 +234,17 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Start an agent named `name` against `webapp` through its public address, with `token`.
     pub fn start(webapp: &Portico, docker_socket: &std::path::Path, name: &str, token: &str) -> anyhow::Result<Self> {
+        Self::start_with(webapp, docker_socket, name, token, &[])
+    }
+
+    /// [`AgentProcess::start`] with extra command-line arguments.
+    pub fn start_with(
+        webapp: &Portico,
+        docker_socket: &std::path::Path,
+        name: &str,
+        token: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let data_dir = workspace_root()
             .join(".test-runs")
             .join(format!("agent-{}", uuid::Uuid::new_v4()));
@@ -242,6 +257,7 @@ impl AgentProcess {
             .arg("--docker-socket")
             .arg(docker_socket)
             .args(["--agent-name", name])
+            .args(extra)
             .env("PORTICO_AGENT_REGISTRATION_TOKEN", token)
             .env("PORTICO_LOG", "info")
             .stdout(Stdio::piped())

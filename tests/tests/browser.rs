@@ -157,3 +157,51 @@ async fn rdp_desktop_in_the_browser_pixels_input_clipboard_resize() -> anyhow::R
     assert!(out.contains("wrong password: xrdp's dialog"), "{out}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_workspace_in_the_browser() -> anyhow::Result<()> {
+    let engine = portico_tests::peers::Dockerd::start()?;
+    let image = engine.with_workspace_image()?;
+    let socket = engine.socket.display().to_string();
+    let p = Portico::start_with(portico_tests::portico::Options {
+        extra_args: vec![
+            "--docker-socket".into(),
+            socket,
+            "--agent-name".into(),
+            "browser-agent".into(),
+            "--agent-heartbeat-secs".into(),
+            "1".into(),
+        ],
+        ..Default::default()
+    })?;
+    let shots = std::env::var("PORTICO_SCREENSHOTS").unwrap_or_default();
+    let out = run_browser_script(
+        "workspace_e2e.js",
+        &[
+            ("PORTICO_URL", p.url.as_str()),
+            ("ADMIN_PASSWORD", p.admin_password.as_str()),
+            ("AGENT_NAME", "browser-agent"),
+            ("IMAGE", image),
+            ("SCREENSHOT_DIR", shots.as_str()),
+        ],
+        Duration::from_secs(150),
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}\nportico log:\n{}", p.log()))?;
+    let sid = out
+        .lines()
+        .find_map(|l| l.strip_prefix("SESSION "))
+        .map(str::trim)
+        .ok_or_else(|| anyhow::anyhow!("no session id in the output:\n{out}"))?
+        .to_owned();
+    // Ending the session in the browser destroyed the container.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = engine.docker(&["ps", "-aq", "--filter", &format!("label=org.portico.session={sid}")])?;
+        if left.trim().is_empty() {
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "container still there: {left}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}

@@ -2,7 +2,7 @@
 
 use portico_tests::peers::Postgres;
 use portico_tests::workspace_root;
-use portico_webapp::db::{Connection, Db, SessionRow, state};
+use portico_webapp::db::{Connection, ContainerRow, ContainerUpdate, Db, SessionRow, container_state, state};
 
 async fn exercise(db: &Db) -> anyhow::Result<()> {
     db.ping().await?;
@@ -105,7 +105,122 @@ async fn exercise(db: &Db) -> anyhow::Result<()> {
         db.user_by_api_key("keyhash", now).await?.is_none(),
         "keys go with their user"
     );
+    workspaces(db, now).await?;
     db.prune(now + 100_000).await?;
+    Ok(())
+}
+
+/// Agents and workspace containers: scheduling loads, the wanted set, agent reports, lost agents.
+async fn workspaces(db: &Db, now: i64) -> anyhow::Result<()> {
+    let a = db
+        .register_agent("host-a", "cred-a", "20.10.24", 4, 8192, 0, "127.0.0.1", now)
+        .await?;
+    let b = db
+        .register_agent("host-b", "cred-b", "20.10.24", 2, 4096, 0, "127.0.0.1", now - 100)
+        .await?;
+    db.agent_registration_failed("host-c", "wrong registration token", "127.0.0.2", now)
+        .await?;
+    for (sid, agent) in [("w1", &a), ("w2", &a), ("w3", &b)] {
+        db.insert_session(&SessionRow {
+            id: sid.into(),
+            user_id: "u1".into(),
+            connection_id: "c1".into(),
+            state: state::PENDING.into(),
+            token_jti: format!("jti-{sid}"),
+            token_expires_at: now + 60,
+            claimed_at: None,
+            bridge_id: None,
+            created_at: now,
+            ended_at: None,
+            end_reason: None,
+        })
+        .await?;
+        db.insert_container(&ContainerRow {
+            session_id: sid.into(),
+            agent_id: agent.clone(),
+            spec: "{}".into(),
+            vnc_password_enc: "sealed".into(),
+            state: container_state::STARTING.into(),
+            container_id: None,
+            host: None,
+            port: None,
+            error: None,
+            memory_mb: 512,
+            cpu_millis: 1500,
+            created_at: now,
+            ready_at: None,
+            removed_at: None,
+        })
+        .await?;
+    }
+    // Only agents alive since the cut-off count; sums come back as integers on both engines.
+    let loads = db.agent_loads(now - 10).await?;
+    assert_eq!(loads.len(), 1, "host-b is stale, host-c never registered");
+    assert_eq!(
+        (
+            loads[0].name.as_str(),
+            loads[0].used_memory_mb,
+            loads[0].used_cpu_millis
+        ),
+        ("host-a", 1024, 3000)
+    );
+    let want: Vec<String> = db
+        .desired_containers(&a)
+        .await?
+        .into_iter()
+        .map(|c| c.session_id)
+        .collect();
+    assert_eq!(want, ["w1", "w2"]);
+    let ready = ContainerUpdate {
+        session_id: "w1",
+        container_id: "abc",
+        state: container_state::READY,
+        host: Some("172.31.0.2"),
+        port: Some(5901),
+        error: None,
+    };
+    assert!(db.update_container(&a, &ready, now + 1).await?);
+    assert!(
+        !db.update_container(&b, &ready, now + 1).await?,
+        "not host-b's container"
+    );
+    let w1 = db.container("w1").await?.expect("row");
+    assert_eq!(
+        (w1.state.as_str(), w1.ready_at, w1.port),
+        ("ready", Some(now + 1), Some(5901))
+    );
+    let unreported: Vec<String> = db
+        .unreported_containers(&a, &["w1".to_owned()])
+        .await?
+        .into_iter()
+        .map(|c| c.session_id)
+        .collect();
+    assert_eq!(unreported, ["w2"]);
+    // An ended session's container is no longer wanted, and its reports change nothing.
+    db.end_session("w2", "ended by the user", now + 2).await?;
+    assert_eq!(db.desired_containers(&a).await?.len(), 1);
+    let late = ContainerUpdate {
+        session_id: "w2",
+        state: container_state::READY,
+        ..ready
+    };
+    assert!(!db.update_container(&a, &late, now + 3).await?);
+    assert!(
+        db.close_container("w2", container_state::REMOVED, None, now + 3)
+            .await?
+    );
+    // host-b has been silent: its session is lost, once.
+    let lost = db.sweep_lost(now + 5, now - 10).await?;
+    assert_eq!(lost, ["w3"]);
+    assert!(db.sweep_lost(now + 6, now - 10).await?.is_empty());
+    let w3 = db.session("w3").await?.expect("row");
+    assert!(
+        w3.end_reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("lost:") && r.contains("host-b")),
+        "{w3:?}"
+    );
+    assert_eq!(db.container("w3").await?.map(|c| c.state).as_deref(), Some("lost"));
     Ok(())
 }
 

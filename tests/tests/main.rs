@@ -12,6 +12,7 @@ pub mod rfb;
 mod ssh;
 mod token;
 mod vnc;
+mod workspace;
 
 use portico_tests::client::{Api, Term, attach};
 use portico_tests::peers::Sshd;

@@ -3,7 +3,7 @@
 export interface User { id: string; username: string; role: 'admin' | 'user'; created_at: number }
 export interface Me { user: User; csrf_token: string | null }
 export interface Connection {
-  id: string; name: string; protocol: 'ssh' | 'vnc' | 'rdp'; host: string; port: number; username: string;
+  id: string; name: string; protocol: 'ssh' | 'vnc' | 'rdp' | 'container'; host: string; port: number; username: string;
   has_password: boolean; has_private_key: boolean; host_key_fingerprint: string | null; settings: ConnectionSettings;
   created_at: number; updated_at: number;
 }
@@ -12,9 +12,19 @@ export interface ConnectionSettings {
   domain: string | null; security: 'auto' | 'tls' | 'nla'; width: number | null; height: number | null;
   color_depth: number; clipboard_up: boolean; clipboard_down: boolean; ask_credentials: boolean;
   danger_accept_any_certificate: boolean;
+  workspace?: WorkspaceSpec | null;
+}
+/** A container workspace's image and limits (proto/src/control.rs `WorkspaceSpec`). */
+export interface WorkspaceSpec {
+  image: string; cpu_millis: number; memory_mb: number; pids_limit: number; vnc_port?: number; geometry?: string | null;
+}
+/** A Docker agent as `GET /api/v1/agents` lists it. */
+export interface Agent {
+  id: string; name: string; state: 'healthy' | 'down' | 'failed'; last_error: string | null; remote_addr: string;
+  docker_version: string; cores: number; memory_mb: number; running: number; last_heartbeat_at: number | null;
 }
 export interface ConnectionInput {
-  name: string; protocol: string; host: string; port: number; username: string;
+  name: string; protocol: string; host?: string; port?: number; username?: string;
   password?: string; private_key?: string; host_key_fingerprint?: string; settings?: ConnectionSettings;
 }
 export interface SessionCreated { session_id: string; token: string; ws_url: string; connect_url: string; expires_at: number }
@@ -71,3 +81,5 @@ export const deleteUser = (id: string) => call<unknown>('DELETE', `/api/v1/users
 export const apiKeys = () => call<ApiKey[]>('GET', '/api/v1/api-keys');
 export const createApiKey = (name: string) => call<{ id: string; name: string; key: string }>('POST', '/api/v1/api-keys', { name });
 export const deleteApiKey = (id: string) => call<unknown>('DELETE', `/api/v1/api-keys/${encodeURIComponent(id)}`);
+
+export const agents = (): Promise<Agent[]> => call('GET', '/api/v1/agents');

@@ -44,7 +44,8 @@ export async function launch(conn: api.Connection, me: api.Me, back: () => void)
 function connectionEditor(existing: api.Connection | null, onSaved: () => void, onCancel: () => void): HTMLElement {
   const name = h('input', { id: 'conn-name', value: existing?.name ?? '', placeholder: 'e.g. build server' });
   const protocol = h('select', { id: 'conn-protocol' },
-    ...['ssh', 'vnc', 'rdp'].map((p) => h('option', { value: p, selected: (existing?.protocol ?? 'ssh') === p }, p.toUpperCase())));
+    ...[['ssh', 'SSH'], ['vnc', 'VNC'], ['rdp', 'RDP'], ['container', 'Container workspace']].map(([p, label]) =>
+      h('option', { value: p, selected: (existing?.protocol ?? 'ssh') === p }, label)));
   const host = h('input', { id: 'conn-host', value: existing?.host ?? '', placeholder: 'host name or IP', required: true });
   const port = h('input', { id: 'conn-port', type: 'number', min: '1', max: '65535', value: String(existing?.port ?? 22) });
   const username = h('input', { id: 'conn-username', value: existing?.username ?? '', autocomplete: 'off' });
@@ -66,6 +67,12 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
   const clipDown = check('conn-clip-down', st?.clipboard_down ?? true);
   const ask = check('conn-ask-credentials', st?.ask_credentials ?? false);
   const anyCert = check('conn-any-cert', st?.danger_accept_any_certificate ?? false);
+  const ws = st?.workspace;
+  const image = h('input', { id: 'conn-image', value: ws?.image ?? 'portico/workspace:latest', placeholder: 'docker image' });
+  const cpus = h('input', { id: 'conn-cpus', type: 'number', min: '0.1', max: '64', step: '0.1', value: String((ws?.cpu_millis ?? 1000) / 1000) });
+  const memory = h('input', { id: 'conn-memory', type: 'number', min: '128', max: '262144', value: String(ws?.memory_mb ?? 512) });
+  const pids = h('input', { id: 'conn-pids', type: 'number', min: '16', max: '65536', value: String(ws?.pids_limit ?? 256) });
+  const geometry = h('input', { id: 'conn-geometry', value: ws?.geometry ?? '', placeholder: 'e.g. 1280x720 (default)' });
   const err = h('div', { id: 'conn-error', class: 'error wide', role: 'alert' });
   const save = h('button', { id: 'conn-save', class: 'primary', type: 'submit' }, existing ? 'Save' : 'Create');
   const cancel = h('button', { id: 'conn-cancel', type: 'button' }, 'Cancel');
@@ -89,11 +96,25 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
       h('label', {}, clipDown, ' Clipboard remote → browser')),
     h('div', { class: 'wide' }, h('label', {}, ask, ' Ask for the user name and password at every connection (never stored)')),
   ];
+  const containerFields = [
+    h('div', { class: 'wide' }, h('label', { for: 'conn-image' }, 'Image (a VNC desktop; a fresh container per session)'), image),
+    h('div', {}, h('label', { for: 'conn-cpus' }, 'CPU cores'), cpus),
+    h('div', {}, h('label', { for: 'conn-memory' }, 'Memory (MiB)'), memory),
+    h('div', {}, h('label', { for: 'conn-pids' }, 'Process limit'), pids),
+    h('div', {}, h('label', { for: 'conn-geometry' }, 'Desktop size (WxH)'), geometry),
+  ];
+  const hostField = h('div', {}, h('label', { for: 'conn-host' }, 'Host'), host);
+  const portField = h('div', {}, h('label', { for: 'conn-port' }, 'Port'), port);
+  const passwordField = h('div', {}, h('label', { for: 'conn-password' }, 'Password'), password);
   const showFields = () => {
-    userField.hidden = protocol.value === 'vnc';
+    const container = protocol.value === 'container';
+    for (const f of containerFields) f.hidden = !container;
+    for (const f of [hostField, portField, passwordField, commonFields[1]]) if (f) f.hidden = container;
+    host.required = !container;
+    userField.hidden = protocol.value === 'vnc' || container;
     for (const f of sshFields) f.hidden = protocol.value !== 'ssh';
     for (const f of rdpFields) f.hidden = protocol.value !== 'rdp';
-    hostKeyField.hidden = protocol.value === 'vnc';
+    hostKeyField.hidden = protocol.value === 'vnc' || container;
     const label = hostKeyField.querySelector('label');
     if (label) label.textContent = protocol.value === 'rdp'
       ? 'Certificate fingerprint (SHA256:… or hex)' : 'Host key fingerprint (SHA256:…)';
@@ -106,16 +127,34 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
   const form = h('form', { id: 'conn-form', class: 'editor' },
     h('div', {}, h('label', { for: 'conn-name' }, 'Name'), name),
     h('div', {}, h('label', { for: 'conn-protocol' }, 'Protocol'), protocol),
-    h('div', {}, h('label', { for: 'conn-host' }, 'Host'), host),
-    h('div', {}, h('label', { for: 'conn-port' }, 'Port'), port),
-    userField,
-    h('div', {}, h('label', { for: 'conn-password' }, 'Password'), password),
-    ...sshFields, hostKeyField, ...rdpFields, ...commonFields,
+    hostField, portField, userField, passwordField,
+    ...sshFields, hostKeyField, ...rdpFields, ...containerFields, ...commonFields,
     err, h('div', { class: 'buttons' }, save, cancel));
   cancel.addEventListener('click', onCancel);
+  const submit = async (body: api.ConnectionInput) => {
+    save.disabled = true;
+    try {
+      if (existing) await api.updateConnection(existing.id, body);
+      else await api.createConnection(body);
+      onSaved();
+    } catch (e2) {
+      err.textContent = errorText(e2);
+    } finally {
+      save.disabled = false;
+    }
+  };
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
     err.textContent = '';
+    if (protocol.value === 'container') {
+      const workspace: api.WorkspaceSpec = {
+        image: image.value.trim(), cpu_millis: Math.round(Number(cpus.value) * 1000), memory_mb: Number(memory.value),
+        pids_limit: Number(pids.value), geometry: geometry.value.trim() || null,
+      };
+      const settings = { ...(st ?? {}), workspace, clipboard_up: clipUp.checked, clipboard_down: clipDown.checked } as api.ConnectionSettings;
+      await submit({ name: name.value.trim(), protocol: 'container', settings });
+      return;
+    }
     const body: api.ConnectionInput = {
       name: name.value.trim(), protocol: protocol.value, host: host.value.trim(), port: Number(port.value),
       username: username.value, host_key_fingerprint: hostKey.value.trim(),
@@ -129,20 +168,11 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
       domain: domain.value.trim() || null, security: security.value as api.ConnectionSettings['security'],
       width: wh ? Number(wh[1]) : null, height: wh ? Number(wh[2]) : null, color_depth: Number(depth.value),
       clipboard_up: clipUp.checked, clipboard_down: clipDown.checked, ask_credentials: ask.checked,
-      danger_accept_any_certificate: anyCert.checked,
+      danger_accept_any_certificate: anyCert.checked, workspace: null,
     };
     if (password.value) body.password = password.value;
     if (key.value.trim()) body.private_key = key.value;
-    save.disabled = true;
-    try {
-      if (existing) await api.updateConnection(existing.id, body);
-      else await api.createConnection(body);
-      onSaved();
-    } catch (e2) {
-      err.textContent = errorText(e2);
-    } finally {
-      save.disabled = false;
-    }
+    await submit(body);
   });
   return form;
 }
@@ -183,7 +213,8 @@ export async function showMain(me: api.Me, onLogout: () => void): Promise<void> 
   }
   if (conns.length === 0) tbody.append(h('tr', {}, h('td', { colspan: '5', class: 'muted' }, isAdmin ? 'No connections yet: create one.' : 'No connections yet.')));
   for (const c of conns) {
-    const open = h('button', { class: 'conn-open primary' }, 'Open');
+    const container = c.protocol === 'container';
+    const open = h('button', { class: 'conn-open primary' }, container ? 'Launch' : 'Open');
     open.addEventListener('click', async () => {
       try {
         await launch(c, me, refresh);
@@ -209,11 +240,12 @@ export async function showMain(me: api.Me, onLogout: () => void): Promise<void> 
     }
     tbody.append(h('tr', { class: 'conn-row', 'data-id': c.id, 'data-name': c.name },
       h('td', {}, c.name), h('td', {}, h('span', { class: 'tag' }, c.protocol)),
-      h('td', {}, `${c.username ? `${c.username}@` : ''}${c.host}:${c.port}`),
-      h('td', { class: 'muted' }, c.host_key_fingerprint ?? (c.protocol === 'vnc' ? '—' : c.settings?.danger_accept_any_certificate ? 'any (insecure)' : 'trust on first use')), actions));
+      h('td', {}, container ? workspaceSummary(c.settings?.workspace) : `${c.username ? `${c.username}@` : ''}${c.host}:${c.port}`),
+      h('td', { class: 'muted' }, container ? 'one-time password' : c.host_key_fingerprint ?? (c.protocol === 'vnc' ? '—' : c.settings?.danger_accept_any_certificate ? 'any (insecure)' : 'trust on first use')), actions));
   }
 
   page.append(await apiKeysCard());
+  if (isAdmin) page.append(await agentsCard());
   if (isAdmin) page.append(await usersCard(me, refresh));
 
   const m = /^#open=(.+)$/.exec(location.hash);
@@ -222,6 +254,34 @@ export async function showMain(me: api.Me, onLogout: () => void): Promise<void> 
     const c = conns.find((x) => x.id === decodeURIComponent(m[1] ?? ''));
     if (c) await launch(c, me, refresh);
   }
+}
+
+function workspaceSummary(w: api.WorkspaceSpec | null | undefined): string {
+  if (!w) return '—';
+  return `${w.image} · ${w.cpu_millis / 1000} cores · ${w.memory_mb} MiB`;
+}
+
+/** Docker agents: an agent that never registered shows as failed with the reason. */
+async function agentsCard(): Promise<HTMLElement> {
+  const err = h('div', { class: 'error', role: 'alert' });
+  const list = h('tbody', { id: 'agents' });
+  const card = h('section', { class: 'card' }, h('h2', {}, 'Docker agents'),
+    h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'State'), h('th', {}, 'Docker'),
+      h('th', {}, 'Capacity'), h('th', {}, 'Workspaces'), h('th', {}, 'Last heartbeat'))), list), err);
+  try {
+    const agents = await api.agents();
+    if (agents.length === 0) list.append(h('tr', {}, h('td', { colspan: '6', class: 'muted' }, 'No agent has registered yet.')));
+    for (const a of agents) {
+      const state = h('span', { class: `tag state-${a.state}` }, a.state);
+      list.append(h('tr', { class: 'agent-row', 'data-name': a.name },
+        h('td', {}, a.name), h('td', {}, state, a.last_error ? h('div', { class: 'error' }, a.last_error) : ''),
+        h('td', {}, a.docker_version || '—'), h('td', {}, `${a.cores} cores · ${a.memory_mb} MiB`),
+        h('td', {}, String(a.running)), h('td', {}, fmtTime(a.last_heartbeat_at))));
+    }
+  } catch (e) {
+    err.textContent = errorText(e);
+  }
+  return card;
 }
 
 async function apiKeysCard(): Promise<HTMLElement> {

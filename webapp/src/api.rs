@@ -239,13 +239,13 @@ struct UserBody {
 async fn list_agents(State(st): State<AppState>, me: CurrentUser) -> Result<Json<Vec<Value>>, ApiError> {
     me.require_admin()?;
     let now = now_unix();
-    let stale = 3 * i64::try_from(st.config.agent_heartbeat.as_secs().max(1)).unwrap_or(5);
+    let alive_since = st.agents_alive_since(now);
     let agents = st.db.list_agents().await?;
     Ok(Json(
         agents
             .into_iter()
             .map(|a| {
-                let down = a.state == "healthy" && a.last_heartbeat_at.is_none_or(|t| now - t > stale);
+                let down = a.state == "healthy" && a.last_heartbeat_at.is_none_or(|t| t < alive_since);
                 let mut v = serde_json::to_value(&a).unwrap_or(Value::Null);
                 if down {
                     v["state"] = json!("down");
@@ -367,6 +367,7 @@ pub struct ConnectionBody {
     #[serde(default)]
     name: Option<String>,
     protocol: String,
+    #[serde(default)]
     host: String,
     #[serde(default)]
     port: Option<u32>,
@@ -479,9 +480,20 @@ pub fn normalize_fingerprint(fp: Option<&str>) -> Result<Option<String>, ApiErro
     }
 }
 
+/// The protocol the bridge speaks for a connection protocol (workspace containers serve VNC).
+pub fn bridge_protocol(connection_protocol: &str) -> Option<Protocol> {
+    if connection_protocol == crate::workspaces::PROTOCOL {
+        return Some(Protocol::Vnc);
+    }
+    Protocol::parse(connection_protocol)
+}
+
 fn apply_connection_body(st: &AppState, c: &mut Connection, b: ConnectionBody) -> Result<(), ApiError> {
-    let protocol =
-        Protocol::parse(&b.protocol).ok_or_else(|| ApiError::bad_request("protocol must be ssh, vnc or rdp"))?;
+    if b.protocol == crate::workspaces::PROTOCOL {
+        return apply_workspace_body(c, b);
+    }
+    let protocol = Protocol::parse(&b.protocol)
+        .ok_or_else(|| ApiError::bad_request("protocol must be ssh, vnc, rdp or container"))?;
     let host = b.host.trim();
     if host.is_empty()
         || host.len() > 253
@@ -541,6 +553,43 @@ fn apply_connection_body(st: &AppState, c: &mut Connection, b: ConnectionBody) -
         }
         c.private_key_enc = Some(st.keys.seal(&k, &format!("connection:{}:private_key", c.id))?);
     }
+    Ok(())
+}
+
+/// A workspace: no host, port or credentials (each session gets its own container and one-time password),
+/// only `settings.workspace`.
+fn apply_workspace_body(c: &mut Connection, b: ConnectionBody) -> Result<(), ApiError> {
+    if !b.host.trim().is_empty() || b.port.is_some() || b.password.is_some() || b.private_key.is_some() {
+        return Err(ApiError::bad_request(
+            "a container workspace has no host, port or credentials: set settings.workspace",
+        ));
+    }
+    let settings = match b.settings {
+        Some(s) => s,
+        None => serde_json::from_str(&c.settings).unwrap_or_default(),
+    };
+    let spec = settings
+        .workspace
+        .as_ref()
+        .ok_or_else(|| ApiError::bad_request("a container workspace needs settings.workspace with an image"))?;
+    crate::workspaces::validate_spec(spec)?;
+    let name = b
+        .name
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| spec.image.clone());
+    if name.len() > 200 {
+        return Err(ApiError::bad_request("name is too long"));
+    }
+    c.name = name;
+    c.protocol = crate::workspaces::PROTOCOL.into();
+    c.host = String::new();
+    c.port = i64::from(spec.vnc_port);
+    c.username = String::new();
+    c.password_enc = None;
+    c.private_key_enc = None;
+    c.host_key_fingerprint = None;
+    c.settings = serde_json::to_string(&settings).map_err(|e| ApiError::Internal(e.into()))?;
     Ok(())
 }
 
@@ -662,9 +711,20 @@ async fn create_session(
         .await?
         .ok_or(ApiError::NotFound("connection"))?;
     let protocol =
-        Protocol::parse(&conn.protocol).ok_or_else(|| ApiError::Internal(anyhow::anyhow!("bad protocol in db")))?;
+        bridge_protocol(&conn.protocol).ok_or_else(|| ApiError::Internal(anyhow::anyhow!("bad protocol in db")))?;
     let now = now_unix();
     let session_id = uuid::Uuid::new_v4().to_string();
+    let workspace = if conn.protocol == crate::workspaces::PROTOCOL {
+        let settings: ConnectionSettings =
+            serde_json::from_str(&conn.settings).map_err(|e| ApiError::Internal(e.into()))?;
+        Some(
+            settings
+                .workspace
+                .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("container connection without a workspace")))?,
+        )
+    } else {
+        None
+    };
     let jti = crypto::random_token();
     let exp = now + MAX_LIFETIME_SECS;
     let cfg = &st.config;
@@ -699,6 +759,14 @@ async fn create_session(
             end_reason: None,
         })
         .await?;
+    if let Some(spec) = &workspace
+        && let Err(e) = crate::workspaces::schedule(&st, &session_id, spec).await
+    {
+        st.db
+            .end_session(&session_id, &format!("not scheduled: {e}"), now)
+            .await?;
+        return Err(e);
+    }
     let token = st.signer.sign(&claims);
     let ws_url = format!(
         "{}/bridge/v1/ws?session={session_id}",
@@ -723,6 +791,8 @@ async fn create_session(
 }
 
 async fn list_sessions(State(st): State<AppState>, me: CurrentUser) -> Result<Json<Vec<SessionRow>>, ApiError> {
+    let now = now_unix();
+    st.db.sweep_lost(now, st.agents_alive_since(now)).await?;
     let filter = if me.is_admin() { None } else { Some(me.user.id.as_str()) };
     Ok(Json(st.db.list_sessions(filter, false).await?))
 }
@@ -736,12 +806,20 @@ async fn visible_session(st: &AppState, me: &CurrentUser, id: &str) -> Result<Se
         .ok_or(ApiError::NotFound("session"))
 }
 
+/// A session; for a workspace also its container (agent, state, error; never the password).
 async fn get_session(
     State(st): State<AppState>,
     me: CurrentUser,
     Path(id): Path<String>,
-) -> Result<Json<SessionRow>, ApiError> {
-    Ok(Json(visible_session(&st, &me, &id).await?))
+) -> Result<Json<Value>, ApiError> {
+    let now = now_unix();
+    st.db.sweep_lost(now, st.agents_alive_since(now)).await?;
+    let s = visible_session(&st, &me, &id).await?;
+    let mut v = serde_json::to_value(&s).map_err(|e| ApiError::Internal(e.into()))?;
+    if let Some(c) = st.db.container(&id).await? {
+        v["workspace"] = serde_json::to_value(&c).map_err(|e| ApiError::Internal(e.into()))?;
+    }
+    Ok(Json(v))
 }
 
 async fn end_session(

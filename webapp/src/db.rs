@@ -113,6 +113,83 @@ fn agent(r: &AnyRow) -> sqlx::Result<AgentRow> {
     })
 }
 
+/// A workspace container as the control plane knows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ContainerRow {
+    pub session_id: String,
+    pub agent_id: String,
+    /// JSON of `portico_proto::control::WorkspaceSpec`.
+    pub spec: String,
+    #[serde(skip)]
+    pub vnc_password_enc: String,
+    /// See [`container_state`].
+    pub state: String,
+    pub container_id: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<i64>,
+    pub error: Option<String>,
+    pub memory_mb: i64,
+    pub cpu_millis: i64,
+    pub created_at: i64,
+    pub ready_at: Option<i64>,
+    pub removed_at: Option<i64>,
+}
+
+/// States stored in `containers.state`.
+pub mod container_state {
+    /// Wanted; the agent is creating it, or waiting for its VNC server.
+    pub const STARTING: &str = "starting";
+    pub const READY: &str = "ready";
+    /// It could not start, it stopped, or it vanished.
+    pub const FAILED: &str = "failed";
+    /// Its agent stopped responding.
+    pub const LOST: &str = "lost";
+    /// The session ended and the agent no longer has it.
+    pub const REMOVED: &str = "removed";
+}
+
+const CONTAINER_COLS: &str = "session_id, agent_id, spec, vnc_password_enc, state, container_id, host, port, error, memory_mb, cpu_millis, created_at, ready_at, removed_at";
+
+fn container(r: &AnyRow) -> sqlx::Result<ContainerRow> {
+    Ok(ContainerRow {
+        session_id: r.try_get("session_id")?,
+        agent_id: r.try_get("agent_id")?,
+        spec: r.try_get("spec")?,
+        vnc_password_enc: r.try_get("vnc_password_enc")?,
+        state: r.try_get("state")?,
+        container_id: r.try_get("container_id")?,
+        host: r.try_get("host")?,
+        port: r.try_get("port")?,
+        error: r.try_get("error")?,
+        memory_mb: r.try_get("memory_mb")?,
+        cpu_millis: r.try_get("cpu_millis")?,
+        created_at: r.try_get("created_at")?,
+        ready_at: r.try_get("ready_at")?,
+        removed_at: r.try_get("removed_at")?,
+    })
+}
+
+/// A healthy agent and what its live containers already take.
+#[derive(Debug, Clone)]
+pub struct AgentLoad {
+    pub id: String,
+    pub name: String,
+    pub cores: i64,
+    pub memory_mb: i64,
+    pub used_memory_mb: i64,
+    pub used_cpu_millis: i64,
+}
+
+/// What the agent reported of one container, as the database takes it.
+pub struct ContainerUpdate<'a> {
+    pub session_id: &'a str,
+    pub container_id: &'a str,
+    pub state: &'a str,
+    pub host: Option<&'a str>,
+    pub port: Option<i64>,
+    pub error: Option<&'a str>,
+}
+
 /// Session states stored in `sessions.state`.
 pub mod state {
     pub const PENDING: &str = "pending";
@@ -705,6 +782,160 @@ impl Db {
             }
             let live: Vec<String> = q.fetch_all(&self.pool).await?;
             ended.extend(chunk.iter().filter(|id| !live.contains(id)).cloned());
+        }
+        Ok(ended)
+    }
+
+    // ---- workspace containers
+
+    pub async fn insert_container(&self, c: &ContainerRow) -> sqlx::Result<()> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO containers ({CONTAINER_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        )))
+        .bind(&c.session_id)
+        .bind(&c.agent_id)
+        .bind(&c.spec)
+        .bind(&c.vnc_password_enc)
+        .bind(&c.state)
+        .bind(&c.container_id)
+        .bind(&c.host)
+        .bind(c.port)
+        .bind(&c.error)
+        .bind(c.memory_mb)
+        .bind(c.cpu_millis)
+        .bind(c.created_at)
+        .bind(c.ready_at)
+        .bind(c.removed_at)
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn container(&self, session_id: &str) -> sqlx::Result<Option<ContainerRow>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CONTAINER_COLS} FROM containers WHERE session_id = $1"
+        )))
+        .bind(session_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(container).transpose()
+    }
+
+    /// Agents with a heartbeat at or after `alive_since`, with what their live containers take.
+    pub async fn agent_loads(&self, alive_since: i64) -> sqlx::Result<Vec<AgentLoad>> {
+        let rows = sqlx::query(
+            "SELECT a.id, a.name, a.cores, a.memory_mb, \
+             CAST(COALESCE(SUM(c.memory_mb), 0) AS BIGINT) AS used_memory_mb, \
+             CAST(COALESCE(SUM(c.cpu_millis), 0) AS BIGINT) AS used_cpu_millis \
+             FROM agents a LEFT JOIN containers c ON c.agent_id = a.id AND c.state IN ('starting', 'ready') \
+             WHERE a.state = 'healthy' AND a.last_heartbeat_at >= $1 \
+             GROUP BY a.id, a.name, a.cores, a.memory_mb ORDER BY a.name",
+        )
+        .bind(alive_since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AgentLoad {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    cores: r.try_get("cores")?,
+                    memory_mb: r.try_get("memory_mb")?,
+                    used_memory_mb: r.try_get("used_memory_mb")?,
+                    used_cpu_millis: r.try_get("used_cpu_millis")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The containers `agent_id` should run: wanted (starting or ready) and their session not ended.
+    pub async fn desired_containers(&self, agent_id: &str) -> sqlx::Result<Vec<ContainerRow>> {
+        let cols: Vec<String> = CONTAINER_COLS.split(", ").map(|c| format!("c.{c}")).collect();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM containers c JOIN sessions s ON s.id = c.session_id \
+             WHERE c.agent_id = $1 AND c.state IN ('starting', 'ready') AND s.state <> 'ended' ORDER BY c.created_at",
+            cols.join(", ")
+        )))
+        .bind(agent_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(container).collect()
+    }
+
+    /// Take what an agent reported of one of its containers; `false` if the row is not this agent's or its
+    /// session ended (the container is being removed: what it reports now does not matter).
+    pub async fn update_container(&self, agent_id: &str, u: &ContainerUpdate<'_>, now: i64) -> sqlx::Result<bool> {
+        let r = sqlx::query(
+            "UPDATE containers SET state = $3, container_id = $4, host = $5, port = $6, error = $7, \
+             ready_at = CASE WHEN $3 = 'ready' AND ready_at IS NULL THEN $8 ELSE ready_at END \
+             WHERE session_id = $1 AND agent_id = $2 AND state IN ('starting', 'ready') \
+             AND session_id IN (SELECT id FROM sessions WHERE state <> 'ended')",
+        )
+        .bind(u.session_id)
+        .bind(agent_id)
+        .bind(u.state)
+        .bind(u.container_id)
+        .bind(u.host)
+        .bind(u.port)
+        .bind(u.error)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Containers of `agent_id` in one of the live states whose session is not in `reported`.
+    pub async fn unreported_containers(&self, agent_id: &str, reported: &[String]) -> sqlx::Result<Vec<ContainerRow>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CONTAINER_COLS} FROM containers WHERE agent_id = $1 AND state IN ('starting', 'ready')"
+        )))
+        .bind(agent_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let all: Vec<ContainerRow> = rows.iter().map(container).collect::<sqlx::Result<_>>()?;
+        Ok(all.into_iter().filter(|c| !reported.contains(&c.session_id)).collect())
+    }
+
+    /// Set a container's final state (`failed`, `removed`, `lost`) unless it already has one.
+    pub async fn close_container(
+        &self,
+        session_id: &str,
+        state: &str,
+        error: Option<&str>,
+        now: i64,
+    ) -> sqlx::Result<bool> {
+        let r = sqlx::query(
+            "UPDATE containers SET state = $2, error = COALESCE($3, error), removed_at = $4 \
+             WHERE session_id = $1 AND state IN ('starting', 'ready')",
+        )
+        .bind(session_id)
+        .bind(state)
+        .bind(error)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Sessions whose container lives on an agent without a heartbeat since `alive_since` are lost: ended
+    /// with a reason that says so, their containers marked `lost`. Idempotent, so every webapp may run it
+    /// on its reads (the webapp tier keeps no timers); returns the sessions it ended.
+    pub async fn sweep_lost(&self, now: i64, alive_since: i64) -> sqlx::Result<Vec<String>> {
+        let lost: Vec<(String, String)> = sqlx::query_as(
+            "SELECT c.session_id, a.name FROM containers c JOIN agents a ON a.id = c.agent_id \
+             WHERE c.state IN ('starting', 'ready') AND (a.last_heartbeat_at IS NULL OR a.last_heartbeat_at < $1)",
+        )
+        .bind(alive_since)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut ended = Vec::new();
+        for (sid, agent) in lost {
+            let reason = format!("lost: agent {agent} stopped responding; relaunch for a fresh workspace");
+            self.close_container(&sid, container_state::LOST, Some(&reason), now)
+                .await?;
+            if self.end_session(&sid, &reason, now).await? {
+                ended.push(sid);
+            }
         }
         Ok(ended)
     }

@@ -23,6 +23,9 @@ pub enum ApiError {
     RateLimited,
     #[error("database unavailable")]
     Unavailable(#[source] anyhow::Error),
+    /// A dependency other than the database cannot serve the request now (e.g. no agent has room).
+    #[error("{0}")]
+    NoCapacity(String),
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -40,7 +43,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::NoCapacity(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -6,15 +6,16 @@
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse as _;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use portico_proto::Secret;
 use portico_proto::control::{
-    AgentHeartbeat, AgentHeartbeatResponse, AgentRegisterRequest, AgentRegistered, ClaimRequest, ControlError,
-    EndRequest, HostKeyReport, SyncRequest, SyncResponse, Target, TokenKey, TokenKeys,
+    AgentRegisterRequest, AgentRegistered, AgentSync, AgentSyncResponse, ClaimRequest, ControlError, EndRequest,
+    HostKeyReport, SyncRequest, SyncResponse, Target, TokenKey, TokenKeys, WorkspaceEndpoint,
 };
-use portico_proto::token::{Protocol, key_id};
+use portico_proto::token::key_id;
 use subtle::ConstantTimeEq as _;
 
 use crate::api::ApiJson;
@@ -90,8 +91,11 @@ impl Internal {
                 .transpose()
         };
         tracing::info!(%session_id, bridge_id = %req.bridge_id, connection_id = %c.id, "Token claimed");
+        let workspace = c.protocol == crate::workspaces::PROTOCOL;
         Ok(Target {
-            protocol: Protocol::parse(&c.protocol).ok_or_else(|| ControlError::Unavailable("bad protocol".into()))?,
+            protocol: crate::api::bridge_protocol(&c.protocol)
+                .ok_or_else(|| ControlError::Unavailable("bad protocol".into()))?,
+            workspace_pending: workspace,
             host: c.host.clone(),
             port: u16::try_from(c.port).map_err(|_| ControlError::Unavailable("bad port".into()))?,
             username: c.username.clone(),
@@ -138,9 +142,20 @@ impl Internal {
     }
 
     pub async fn sync(&self, req: &SyncRequest) -> Result<SyncResponse, ControlError> {
-        Ok(SyncResponse {
-            ended: self.st.db.ended_among(&req.sessions).await.map_err(db_err)?,
-        })
+        let now = now_unix();
+        self.st
+            .db
+            .sweep_lost(now, self.st.agents_alive_since(now))
+            .await
+            .map_err(db_err)?;
+        let ended = self.st.db.ended_among(&req.sessions).await.map_err(db_err)?;
+        let mut reasons = std::collections::BTreeMap::new();
+        for id in &ended {
+            if let Some(reason) = self.st.db.session(id).await.map_err(db_err)?.and_then(|s| s.end_reason) {
+                reasons.insert(id.clone(), reason);
+            }
+        }
+        Ok(SyncResponse { ended, reasons })
     }
 }
 
@@ -229,15 +244,13 @@ impl Internal {
         })
     }
 
-    fn heartbeat_secs(&self) -> u32 {
-        u32::try_from(self.st.config.agent_heartbeat.as_secs().max(1)).unwrap_or(5)
+    /// Where the session's workspace container is, once it is ready (`None`: still starting, ask again).
+    pub async fn workspace(&self, session_id: &str) -> Result<Option<WorkspaceEndpoint>, ControlError> {
+        crate::workspaces::wait_ready(&self.st, session_id).await
     }
 
-    pub async fn agent_heartbeat(
-        &self,
-        credential: &str,
-        hb: &AgentHeartbeat,
-    ) -> Result<AgentHeartbeatResponse, ControlError> {
+    /// An agent's heartbeat with its containers; answers with the containers it should run.
+    pub async fn agent_sync(&self, credential: &str, req: &AgentSync) -> Result<AgentSyncResponse, ControlError> {
         let agent = self
             .st
             .db
@@ -245,21 +258,11 @@ impl Internal {
             .await
             .map_err(db_err)?
             .ok_or(ControlError::Unauthorized)?;
-        let c = &hb.capacity;
-        self.st
-            .db
-            .agent_heartbeat(
-                &agent.id,
-                i64::from(c.cores),
-                i64::try_from(c.memory_mb).unwrap_or(i64::MAX),
-                i64::from(c.running),
-                now_unix(),
-            )
-            .await
-            .map_err(db_err)?;
-        Ok(AgentHeartbeatResponse {
-            heartbeat_secs: self.heartbeat_secs(),
-        })
+        crate::workspaces::agent_sync(&self.st, &agent, req).await
+    }
+
+    fn heartbeat_secs(&self) -> u32 {
+        u32::try_from(self.st.config.agent_heartbeat.as_secs().max(1)).unwrap_or(5)
     }
 }
 
@@ -284,10 +287,20 @@ pub fn routes() -> Router<AppState> {
             ),
         )
         .route(
-            "/internal/v1/agents/heartbeat",
-            post(|State(st): State<AppState>, h: HeaderMap, ApiJson(b): ApiJson<AgentHeartbeat>| async move {
+            "/internal/v1/agents/sync",
+            post(|State(st): State<AppState>, h: HeaderMap, ApiJson(b): ApiJson<AgentSync>| async move {
                 let cred = bearer(&h).ok_or_else(|| ApiError::Unauthorized("agent credential required".into()))?;
-                Internal::new(st).agent_heartbeat(cred, &b).await.map(Json).map_err(control_err)
+                Internal::new(st).agent_sync(cred, &b).await.map(Json).map_err(control_err)
+            }),
+        )
+        .route(
+            "/internal/v1/sessions/{id}/workspace",
+            get(|State(st): State<AppState>, h: HeaderMap, Path(id): Path<String>| async move {
+                check_node(&st, &h)?;
+                match Internal::new(st).workspace(&id).await.map_err(control_err)? {
+                    Some(e) => Ok::<_, ApiError>(Json(e).into_response()),
+                    None => Ok(StatusCode::NO_CONTENT.into_response()),
+                }
             }),
         )
         .route(

@@ -13,6 +13,7 @@ pub mod db;
 pub mod error;
 pub mod internal;
 pub mod openapi;
+pub mod workspaces;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -41,6 +42,12 @@ pub fn now_unix() -> i64 {
 }
 
 impl AppState {
+    /// Agents whose last heartbeat is before this second are down: three intervals without one (times are
+    /// whole seconds, so "before `now - 3 × interval + 1`" is at most three intervals ago, never more).
+    pub fn agents_alive_since(&self, now: i64) -> i64 {
+        now - 3 * i64::try_from(self.config.agent_heartbeat.as_secs().max(1)).unwrap_or(5) + 1
+    }
+
     /// Connect to the database, run migrations and derive the keys.
     pub async fn new(config: WebappConfig) -> anyhow::Result<AppState> {
         let db = db::Db::connect(config.database_url.expose()).await?;

@@ -294,6 +294,7 @@ async fn latency_direct(sshd: &Sshd, samples: usize) -> anyhow::Result<Vec<f64>>
         private_key: None,
         host_key_fingerprint: None,
         settings: Default::default(),
+        workspace_pending: false,
     };
     let mut shell = portico_bridge::ssh::connect(&target, 80, 24).await?;
     shell.channel.data_bytes(b"exec cat > /dev/null\r".to_vec()).await?;

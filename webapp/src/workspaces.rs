@@ -1,0 +1,309 @@
+//! Ephemeral workspace containers: validating a workspace spec, scheduling a session's container on an
+//! agent, reconciling what agents report against what the database wants, and telling the bridge where a
+//! ready container is.
+//!
+//! The database holds the wanted state (a `containers` row per session); agents pull it with a long-poll
+//! sync and make their Docker engine match. Nothing here keeps state between requests: any webapp instance
+//! answers any agent or bridge.
+
+use std::time::Duration;
+
+use portico_proto::Secret;
+use portico_proto::control::{
+    AgentSync, AgentSyncResponse, ContainerState, ControlError, DesiredContainer, WorkspaceEndpoint, WorkspaceSpec,
+};
+
+use crate::db::{AgentRow, ContainerRow, ContainerUpdate, container_state, state};
+use crate::error::ApiError;
+use crate::{AppState, now_unix};
+
+/// The connection protocol of workspace containers (the bridge speaks VNC to them).
+pub const PROTOCOL: &str = "container";
+/// How long a container may stay `starting` before the session fails.
+pub const START_TIMEOUT_SECS: i64 = 90;
+/// How often waiting requests look at the database again.
+const POLL: Duration = Duration::from_millis(100);
+/// Longest an agent's sync is held.
+const MAX_SYNC_WAIT: Duration = Duration::from_secs(8);
+/// Longest a bridge's wait for a container is held (it asks again after that); below the internal HTTP
+/// clients' 10 s timeout.
+pub const WORKSPACE_WAIT: Duration = Duration::from_secs(8);
+
+pub fn validate_spec(w: &WorkspaceSpec) -> Result<(), ApiError> {
+    let image_ok = !w.image.is_empty()
+        && w.image.len() <= 255
+        && w.image
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c))
+        && !w.image.starts_with(['-', '.', '/', ':']);
+    if !image_ok {
+        return Err(ApiError::bad_request(
+            "settings.workspace.image must be a docker image reference like portico/workspace:latest",
+        ));
+    }
+    if !(100..=64_000).contains(&w.cpu_millis) {
+        return Err(ApiError::bad_request(
+            "settings.workspace.cpu_millis must be between 100 and 64000 (thousandths of a core)",
+        ));
+    }
+    if !(128..=262_144).contains(&w.memory_mb) {
+        return Err(ApiError::bad_request(
+            "settings.workspace.memory_mb must be between 128 and 262144",
+        ));
+    }
+    if !(16..=65_536).contains(&w.pids_limit) {
+        return Err(ApiError::bad_request(
+            "settings.workspace.pids_limit must be between 16 and 65536",
+        ));
+    }
+    if w.vnc_port == 0 {
+        return Err(ApiError::bad_request("settings.workspace.vnc_port must be a port"));
+    }
+    if let Some(g) = &w.geometry {
+        let ok = g
+            .split_once('x')
+            .and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)))
+            .is_some_and(|(a, b)| (200..=8192).contains(&a) && (200..=8192).contains(&b));
+        if !ok {
+            return Err(ApiError::bad_request(
+                "settings.workspace.geometry must look like 1280x720 (each side 200..=8192)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A random VNC password (VNC authentication uses the first 8 characters).
+fn vnc_password() -> String {
+    // 64 symbols: each random byte maps to one without bias (48 bits in all).
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    crate::crypto::random_bytes::<8>()
+        .iter()
+        .map(|b| ALPHABET[usize::from(b & 63)] as char)
+        .collect()
+}
+
+fn aad(session_id: &str) -> String {
+    format!("container:{session_id}:vnc_password")
+}
+
+/// Schedule the container of a new session: on the healthy agent with the most free memory that has room
+/// for the spec's memory and cores. Returns the agent's name.
+pub async fn schedule(st: &AppState, session_id: &str, spec: &WorkspaceSpec) -> Result<String, ApiError> {
+    let now = now_unix();
+    let alive = st.agents_alive_since(now);
+    st.db.sweep_lost(now, alive).await?;
+    let loads = st.db.agent_loads(alive).await?;
+    let need_mem = i64::from(spec.memory_mb);
+    let need_cpu = i64::from(spec.cpu_millis);
+    let pick = loads
+        .iter()
+        .filter(|a| a.memory_mb - a.used_memory_mb >= need_mem && a.cores * 1000 - a.used_cpu_millis >= need_cpu)
+        .max_by_key(|a| a.memory_mb - a.used_memory_mb);
+    let Some(agent) = pick else {
+        let why = if loads.is_empty() {
+            "no healthy docker agent is registered".to_owned()
+        } else {
+            format!(
+                "no healthy docker agent has room for this workspace ({} MiB, {:.1} cores) right now",
+                spec.memory_mb,
+                f64::from(spec.cpu_millis) / 1000.0
+            )
+        };
+        return Err(ApiError::NoCapacity(why));
+    };
+    let sealed = st.keys.seal(&vnc_password(), &aad(session_id))?;
+    st.db
+        .insert_container(&ContainerRow {
+            session_id: session_id.into(),
+            agent_id: agent.id.clone(),
+            spec: serde_json::to_string(spec).map_err(|e| ApiError::Internal(e.into()))?,
+            vnc_password_enc: sealed,
+            state: container_state::STARTING.into(),
+            container_id: None,
+            host: None,
+            port: None,
+            error: None,
+            memory_mb: need_mem,
+            cpu_millis: need_cpu,
+            created_at: now,
+            ready_at: None,
+            removed_at: None,
+        })
+        .await?;
+    tracing::info!(%session_id, agent = %agent.name, agent_id = %agent.id, image = %spec.image, "Workspace scheduled");
+    Ok(agent.name.clone())
+}
+
+fn db_err(e: sqlx::Error) -> ControlError {
+    tracing::error!(error = %e, "Workspace database error");
+    ControlError::Unavailable("database error".into())
+}
+
+/// Take an agent's report, then answer with the containers it should run (held while nothing changed).
+pub async fn agent_sync(st: &AppState, agent: &AgentRow, req: &AgentSync) -> Result<AgentSyncResponse, ControlError> {
+    let now = now_unix();
+    let db = &st.db;
+    let c = &req.capacity;
+    db.agent_heartbeat(
+        &agent.id,
+        i64::from(c.cores),
+        i64::try_from(c.memory_mb).unwrap_or(i64::MAX),
+        i64::try_from(req.containers.len()).unwrap_or(i64::MAX),
+        now,
+    )
+    .await
+    .map_err(db_err)?;
+    db.sweep_lost(now, st.agents_alive_since(now)).await.map_err(db_err)?;
+    for r in &req.containers {
+        let (row_state, error) = match r.state {
+            ContainerState::Starting => (container_state::STARTING, None),
+            ContainerState::Ready => (container_state::READY, None),
+            ContainerState::Failed => (
+                container_state::FAILED,
+                Some(r.error.as_deref().unwrap_or("the workspace container stopped")),
+            ),
+        };
+        let update = ContainerUpdate {
+            session_id: &r.session_id,
+            container_id: &r.container_id,
+            state: row_state,
+            host: r.host.as_deref(),
+            port: r.port.map(i64::from),
+            error,
+        };
+        if db.update_container(&agent.id, &update, now).await.map_err(db_err)? {
+            if let Some(why) = error {
+                let reason = format!("workspace failed: {why}");
+                tracing::warn!(session_id = %r.session_id, agent = %agent.name, error = %why, "Workspace container failed");
+                db.end_session(&r.session_id, &reason, now).await.map_err(db_err)?;
+            } else if r.state == ContainerState::Ready {
+                tracing::info!(session_id = %r.session_id, agent = %agent.name, container_id = %r.container_id, "Workspace ready");
+            }
+        }
+    }
+    // Rows the agent did not mention: a ready container that vanished ends its session; a wanted one the
+    // agent has not created yet is fine for a while; an ended session's container is gone as it should be.
+    let reported: Vec<String> = req.containers.iter().map(|r| r.session_id.clone()).collect();
+    for c in db.unreported_containers(&agent.id, &reported).await.map_err(db_err)? {
+        let session = db.session(&c.session_id).await.map_err(db_err)?;
+        let ended = session.as_ref().is_none_or(|s| s.state == state::ENDED);
+        if ended {
+            db.close_container(&c.session_id, container_state::REMOVED, None, now)
+                .await
+                .map_err(db_err)?;
+        } else if c.state == container_state::READY {
+            let why = "the workspace container vanished";
+            tracing::warn!(session_id = %c.session_id, agent = %agent.name, "Workspace container vanished");
+            db.close_container(&c.session_id, container_state::FAILED, Some(why), now)
+                .await
+                .map_err(db_err)?;
+            db.end_session(&c.session_id, &format!("workspace failed: {why}"), now)
+                .await
+                .map_err(db_err)?;
+        } else if now - c.created_at > START_TIMEOUT_SECS {
+            let why = format!(
+                "agent {} did not start the workspace within {START_TIMEOUT_SECS} s",
+                agent.name
+            );
+            db.close_container(&c.session_id, container_state::FAILED, Some(&why), now)
+                .await
+                .map_err(db_err)?;
+            db.end_session(&c.session_id, &format!("workspace failed: {why}"), now)
+                .await
+                .map_err(db_err)?;
+        }
+    }
+    // Long poll: answer as soon as the wanted set differs from what the agent has.
+    let mut have: Vec<&str> = req
+        .containers
+        .iter()
+        .filter(|r| r.state != ContainerState::Failed)
+        .map(|r| r.session_id.as_str())
+        .collect();
+    have.sort_unstable();
+    // Held at most one heartbeat interval: a held sync must not make its agent look down.
+    let wait = Duration::from_millis(req.wait_ms.into())
+        .min(MAX_SYNC_WAIT)
+        .min(st.config.agent_heartbeat);
+    let deadline = tokio::time::Instant::now() + wait;
+    let desired = loop {
+        let desired = db.desired_containers(&agent.id).await.map_err(db_err)?;
+        let mut want: Vec<&str> = desired.iter().map(|c| c.session_id.as_str()).collect();
+        want.sort_unstable();
+        if want != have || tokio::time::Instant::now() >= deadline {
+            break desired;
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    let mut out = Vec::with_capacity(desired.len());
+    for c in desired {
+        let spec: WorkspaceSpec = serde_json::from_str(&c.spec)
+            .map_err(|e| ControlError::Unavailable(format!("bad workspace spec in the database: {e}")))?;
+        let password = st.keys.open(&c.vnc_password_enc, &aad(&c.session_id)).map_err(|e| {
+            tracing::error!(error = format!("{e:#}"), session_id = %c.session_id, "Cannot decrypt a workspace password");
+            ControlError::Unavailable("cannot decrypt the workspace password".into())
+        })?;
+        out.push(DesiredContainer {
+            session_id: c.session_id,
+            spec,
+            vnc_password: Secret::new(password),
+        });
+    }
+    Ok(AgentSyncResponse {
+        heartbeat_secs: u32::try_from(st.config.agent_heartbeat.as_secs().max(1)).unwrap_or(5),
+        desired: out,
+    })
+}
+
+/// Wait (at most [`WORKSPACE_WAIT`]) until the session's container is ready; `Ok(None)` if it is still
+/// starting (ask again).
+pub async fn wait_ready(st: &AppState, session_id: &str) -> Result<Option<WorkspaceEndpoint>, ControlError> {
+    let deadline = tokio::time::Instant::now() + WORKSPACE_WAIT;
+    loop {
+        let now = now_unix();
+        st.db
+            .sweep_lost(now, st.agents_alive_since(now))
+            .await
+            .map_err(db_err)?;
+        let c = st
+            .db
+            .container(session_id)
+            .await
+            .map_err(db_err)?
+            .ok_or(ControlError::NotFound)?;
+        match c.state.as_str() {
+            container_state::READY => {
+                let (Some(host), Some(port)) = (c.host.clone(), c.port.and_then(|p| u16::try_from(p).ok())) else {
+                    return Err(ControlError::Unavailable("the agent reported no address".into()));
+                };
+                let password = st
+                    .keys
+                    .open(&c.vnc_password_enc, &aad(session_id))
+                    .map_err(|_| ControlError::Unavailable("cannot decrypt the workspace password".into()))?;
+                return Ok(Some(WorkspaceEndpoint {
+                    host,
+                    port,
+                    password: Secret::new(password),
+                }));
+            }
+            container_state::STARTING => {
+                let s = st.db.session(session_id).await.map_err(db_err)?;
+                if let Some(s) = s.filter(|s| s.state == state::ENDED) {
+                    return Err(ControlError::Refused(
+                        s.end_reason.unwrap_or_else(|| "the session ended".into()),
+                    ));
+                }
+            }
+            _ => {
+                return Err(ControlError::Refused(
+                    c.error.unwrap_or_else(|| "the workspace container is gone".into()),
+                ));
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
