@@ -48,12 +48,32 @@ pub struct LiveSession {
     pub id: String,
     pub cmd: mpsc::Sender<Cmd>,
     resume_hash: Mutex<[u8; 32]>,
+    /// How the session ended (set by [`Lifecycle::finish`]), for a browser that comes back too late.
+    end: Mutex<Option<(&'static str, String)>>,
 }
+
+/// An ended session, remembered for one grace period: a browser that was away when it ended and comes
+/// back with its resume token hears why instead of being refused without a reason.
+struct Ended {
+    resume_hash: [u8; 32],
+    code: &'static str,
+    reason: String,
+    until: Instant,
+}
+
+/// Most ended sessions remembered at once (each is a few hundred bytes).
+const MAX_ENDED: usize = 10_000;
 
 impl LiveSession {
     pub fn resume_matches(&self, token: &str) -> bool {
         let h: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         self.resume_hash.lock().is_ok_and(|cur| bool::from(cur.ct_eq(&h)))
+    }
+
+    fn set_end(&self, code: &'static str, reason: &str) {
+        if let Ok(mut e) = self.end.lock() {
+            *e = Some((code, reason.to_owned()));
+        }
     }
 
     fn set_resume(&self, token: &str) {
@@ -67,6 +87,7 @@ impl LiveSession {
 #[derive(Default)]
 pub struct Registry {
     sessions: Mutex<HashMap<String, Arc<LiveSession>>>,
+    ended: Mutex<HashMap<String, Ended>>,
 }
 
 impl Registry {
@@ -95,10 +116,36 @@ impl Registry {
         }
     }
 
-    fn remove(&self, id: &str) {
-        if let Ok(mut m) = self.sessions.lock() {
-            m.remove(id);
+    /// The session is over: forget it, but remember how it ended for `grace`.
+    fn remove(&self, id: &str, grace: Duration) {
+        let Some(live) = self.sessions.lock().ok().and_then(|mut m| m.remove(id)) else {
+            return;
+        };
+        let end = live.end.lock().ok().and_then(|e| e.clone());
+        let resume_hash = live.resume_hash.lock().map(|h| *h).unwrap_or([0; 32]);
+        if let (Some((code, reason)), Ok(mut ended)) = (end, self.ended.lock()) {
+            let now = Instant::now();
+            ended.retain(|_, e| e.until > now);
+            if ended.len() < MAX_ENDED {
+                ended.insert(
+                    id.to_owned(),
+                    Ended {
+                        resume_hash,
+                        code,
+                        reason,
+                        until: now + grace,
+                    },
+                );
+            }
         }
+    }
+
+    /// How session `id` ended, if it ended within its grace period and `resume_token` was its last one.
+    pub fn ended(&self, id: &str, resume_token: &str) -> Option<(&'static str, String)> {
+        let h: [u8; 32] = Sha256::digest(resume_token.as_bytes()).into();
+        let ended = self.ended.lock().ok()?;
+        let e = ended.get(id)?;
+        (e.until > Instant::now() && bool::from(e.resume_hash.ct_eq(&h))).then(|| (e.code, e.reason.clone()))
     }
 }
 
@@ -122,8 +169,10 @@ pub fn spawn(
         id: claims.sid.clone(),
         cmd: cmd_tx,
         resume_hash: Mutex::new([0; 32]),
+        end: Mutex::new(None),
     });
     registry.insert(live.clone());
+    let grace = Duration::from_secs(claims.grace.max(1).into());
     let life = Lifecycle {
         live: live.clone(),
         control,
@@ -142,7 +191,7 @@ pub fn spawn(
             Protocol::Vnc => crate::vnc::run(life, target, cmd_rx).await,
             Protocol::Rdp => crate::rdp::run(life, target, cmd_rx).await,
         }
-        registry.remove(&id);
+        registry.remove(&id, grace);
     });
     live
 }
@@ -358,6 +407,7 @@ impl Lifecycle {
     /// Tell the browser (if any) and the control plane that the session is over.
     pub async fn finish(mut self, code: &'static str, reason: String, from_control: bool) {
         tracing::info!(code, %reason, "Session ended");
+        self.live.set_end(code, &reason);
         if let Some(c) = self.client.take() {
             // The close message must get through even when the queue is full.
             let _ = tokio::time::timeout(Duration::from_secs(1), c.send(ServerMsg::closed(code, reason.clone()))).await;

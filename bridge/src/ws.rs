@@ -68,6 +68,22 @@ pub async fn handler(
         None => return refuse(StatusCode::UNAUTHORIZED, "missing session token"),
         Some(Credential::Resume(token)) => match bridge.registry.get(&session_id) {
             Some(live) if live.resume_matches(&token) => live,
+            None if let Some((code, reason)) = bridge.registry.ended(&session_id, &token) => {
+                // It ended while the browser was away: say why, then close.
+                tracing::info!(%session_id, code, "Reattach to an ended session: telling the browser why");
+                return ws
+                    .protocols([wire::SUBPROTOCOL])
+                    .on_upgrade(move |mut socket| async move {
+                        let msg = ServerMsg::closed(code, reason);
+                        let _ = socket.send(Message::Binary(msg.encode().into())).await;
+                        let _ = socket
+                            .send(Message::Close(Some(CloseFrame {
+                                code: 1000,
+                                reason: "session closed".into(),
+                            })))
+                            .await;
+                    });
+            }
             _ => {
                 tracing::info!(%session_id, "Refused reattach: invalid or expired resume token");
                 return refuse(StatusCode::UNAUTHORIZED, "invalid or expired resume token");

@@ -205,6 +205,25 @@ async fn reattach_within_grace_gets_the_screen_and_the_same_shell() -> anyhow::R
     // The old resume token was rotated away.
     let stale = ws_connect(ws_url, &p.cert_sha256, &[format!("{}{resume}", wire::RESUME_PREFIX)]).await?;
     assert_eq!(stale.err().map(|r| r.status), Some(401));
+    // The session ends while the browser is away: coming back with its token, it hears why (a stale or
+    // forged token still gets nothing).
+    let current = t.hello.as_ref().expect("hello").resume_token.clone();
+    drop(t);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sid = s["session_id"].as_str().unwrap_or_default();
+    api.request(reqwest::Method::DELETE, &format!("/api/v1/sessions/{sid}"), None)
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stale = ws_connect(ws_url, &p.cert_sha256, &[format!("{}{resume}", wire::RESUME_PREFIX)]).await?;
+    assert_eq!(stale.err().map(|r| r.status), Some(401));
+    let ws = ws_connect(ws_url, &p.cert_sha256, &[format!("{}{current}", wire::RESUME_PREFIX)])
+        .await?
+        .map_err(|r| anyhow::anyhow!("{r:?}"))?;
+    let mut t = Term::new(ws);
+    let closed = t.closed_within(Duration::from_secs(5)).await?.expect("a close message");
+    assert_eq!(closed.code, "ended", "{closed:?}");
+    assert!(closed.reason.contains("ended by the user"), "{closed:?}");
+    assert!(t.hello.is_none(), "no session to attach to");
     Ok(())
 }
 

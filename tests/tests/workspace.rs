@@ -216,6 +216,9 @@ async fn a_workspace_launches_with_its_limits_and_is_destroyed_when_the_session_
         engine.docker(&["exec", &ids2[0], "cat", "/tmp/proof"]).is_err(),
         "a fresh container does not have the last session's file"
     );
+    // Logging out ends the user's workspaces too.
+    api.ok(reqwest::Method::POST, "/api/v1/auth/logout", None).await?;
+    wait_containers(&engine, &sid2, 0, Duration::from_secs(10)).await?;
     Ok(())
 }
 

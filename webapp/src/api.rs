@@ -173,6 +173,13 @@ async fn logout(State(st): State<AppState>, me: CurrentUser, headers: HeaderMap)
     if let Some(cookie) = cookie_value(&headers, COOKIE_NAME) {
         st.db.delete_login_session(&crypto::sha256_hex(cookie)).await?;
     }
+    // Logging out ends the user's workspaces (their containers are destroyed), as Kasm does; remote
+    // SSH/VNC/RDP sessions stay until closed, as they may be open elsewhere (embedded, API).
+    let now = now_unix();
+    for sid in st.db.live_workspace_sessions(&me.user.id).await? {
+        st.db.end_session(&sid, "ended: the user logged out", now).await?;
+        tracing::info!(session_id = %sid, user_id = %me.user.id, "Workspace ended by logout");
+    }
     tracing::info!(user_id = %me.user.id, "Logout");
     let mut res = Json(json!({ "ok": true })).into_response();
     res.headers_mut().insert(

@@ -917,6 +917,17 @@ impl Db {
         Ok(r.rows_affected() == 1)
     }
 
+    /// Live workspace sessions of a user.
+    pub async fn live_workspace_sessions(&self, user_id: &str) -> sqlx::Result<Vec<String>> {
+        sqlx::query_scalar(
+            "SELECT s.id FROM sessions s JOIN containers c ON c.session_id = s.id \
+             WHERE s.user_id = $1 AND s.state <> 'ended'",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await
+    }
+
     /// Sessions whose container lives on an agent without a heartbeat since `alive_since` are lost: ended
     /// with a reason that says so, their containers marked `lost`. Idempotent, so every webapp may run it
     /// on its reads (the webapp tier keeps no timers); returns the sessions it ended.

@@ -51,8 +51,8 @@ pub fn document() -> Value {
                 "PasswordChange": { "type": "object", "required": ["current_password", "new_password"], "properties": { "current_password": { "type": "string" }, "new_password": { "type": "string" } } },
                 "NewApiKey": { "type": "object", "required": ["name"], "properties": { "name": { "type": "string" } } },
                 "ApiKeyCreated": { "type": "object", "properties": { "id": { "type": "string" }, "name": { "type": "string" }, "key": { "type": "string", "description": "shown once" } } },
-                "ConnectionInput": { "type": "object", "required": ["protocol", "host"], "properties": {
-                    "name": { "type": "string" }, "protocol": { "enum": ["ssh", "vnc", "rdp"] }, "host": { "type": "string" },
+                "ConnectionInput": { "type": "object", "required": ["protocol"], "description": "ssh, vnc, rdp: host required; container: settings.workspace required, no host, port or credentials", "properties": {
+                    "name": { "type": "string" }, "protocol": { "enum": ["ssh", "vnc", "rdp", "container"] }, "host": { "type": "string" },
                     "port": { "type": "integer", "minimum": 1, "maximum": 65535 }, "username": { "type": "string" },
                     "password": { "type": "string", "writeOnly": true }, "private_key": { "type": "string", "writeOnly": true },
                     "host_key_fingerprint": { "type": "string", "description": "SSH host key or RDP certificate: SHA256:<base64> (or 64 hex digits); empty = trust on first use" },
@@ -67,7 +67,26 @@ pub fn document() -> Value {
                     "clipboard_up": { "type": "boolean", "default": true, "description": "browser to remote" },
                     "clipboard_down": { "type": "boolean", "default": true, "description": "remote to browser" },
                     "ask_credentials": { "type": "boolean", "default": false, "description": "ask the user at every connection; never stored" },
-                    "danger_accept_any_certificate": { "type": "boolean", "default": false, "description": "RDP: accept any server certificate (allows a man in the middle)" } } },
+                    "danger_accept_any_certificate": { "type": "boolean", "default": false, "description": "RDP: accept any server certificate (allows a man in the middle)" },
+                    "workspace": { "oneOf": [{ "type": "null" }, { "$ref": "#/components/schemas/WorkspaceSpec" }], "description": "protocol container" } } },
+                "WorkspaceSpec": { "type": "object", "required": ["image"], "additionalProperties": false, "description": "an image serving a VNC desktop on vnc_port with the password in VNC_PASSWORD; a fresh container per session", "properties": {
+                    "image": { "type": "string", "example": "portico/workspace:latest" },
+                    "cpu_millis": { "type": "integer", "minimum": 100, "maximum": 64000, "default": 1000, "description": "thousandths of a core" },
+                    "memory_mb": { "type": "integer", "minimum": 128, "maximum": 262144, "default": 512, "description": "no swap on top" },
+                    "pids_limit": { "type": "integer", "minimum": 16, "maximum": 65536, "default": 256 },
+                    "vnc_port": { "type": "integer", "default": 5901 },
+                    "geometry": { "type": ["string", "null"], "example": "1280x720" } } },
+                "Agent": { "type": "object", "properties": {
+                    "id": { "type": "string" }, "name": { "type": "string" },
+                    "state": { "enum": ["healthy", "down", "failed"], "description": "down: three heartbeats missed; failed: registration refused (last_error)" },
+                    "last_error": { "type": ["string", "null"] }, "remote_addr": { "type": "string" }, "docker_version": { "type": "string" },
+                    "cores": { "type": "integer" }, "memory_mb": { "type": "integer" }, "running": { "type": "integer" },
+                    "created_at": { "type": "integer" }, "registered_at": { "type": ["integer", "null"] }, "last_heartbeat_at": { "type": ["integer", "null"] } } },
+                "Workspace": { "type": "object", "description": "a workspace session's container (never its password)", "properties": {
+                    "agent_id": { "type": "string" }, "state": { "enum": ["starting", "ready", "failed", "lost", "removed"] },
+                    "container_id": { "type": ["string", "null"] }, "host": { "type": ["string", "null"] }, "port": { "type": ["integer", "null"] },
+                    "error": { "type": ["string", "null"] }, "memory_mb": { "type": "integer" }, "cpu_millis": { "type": "integer" },
+                    "created_at": { "type": "integer" }, "ready_at": { "type": ["integer", "null"] }, "removed_at": { "type": ["integer", "null"] } } },
                 "Connection": { "type": "object", "properties": {
                     "id": { "type": "string" }, "name": { "type": "string" }, "protocol": { "type": "string" }, "host": { "type": "string" },
                     "port": { "type": "integer" }, "username": { "type": "string" }, "has_password": { "type": "boolean" },
@@ -82,7 +101,8 @@ pub fn document() -> Value {
                 "Session": { "type": "object", "properties": {
                     "id": { "type": "string" }, "user_id": { "type": "string" }, "connection_id": { "type": "string" },
                     "state": { "enum": ["pending", "active", "ended"] }, "created_at": { "type": "integer" },
-                    "ended_at": { "type": ["integer", "null"] }, "end_reason": { "type": ["string", "null"] } } },
+                    "ended_at": { "type": ["integer", "null"] }, "end_reason": { "type": ["string", "null"], "description": "a lost workspace's reason starts with \"lost:\"" },
+                    "workspace": { "$ref": "#/components/schemas/Workspace" } } },
                 "Health": { "type": "object", "properties": { "ok": { "type": "boolean" } } }
             }
         },
@@ -108,8 +128,9 @@ pub fn document() -> Value {
             },
             "/api/v1/sessions": {
                 "get": op("list live sessions (own; all for admins)", None, "200", None),
-                "post": op("start a session: one-time token, websocket url and embeddable connect url", Some("NewSession"), "201", Some("SessionCreated"))
+                "post": op("start a session: one-time token, websocket url and embeddable connect url; for a workspace also schedules its container (503 when no healthy agent has room)", Some("NewSession"), "201", Some("SessionCreated"))
             },
+            "/api/v1/agents": { "get": op("docker agents with their state and capacity (admin)", None, "200", None) },
             "/api/v1/sessions/{id}": {
                 "get": with_id(op("get a session", None, "200", Some("Session"))),
                 "delete": with_id(op("end a session; the bridge closes it within 2 s", None, "204", None))

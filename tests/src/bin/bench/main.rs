@@ -1,7 +1,8 @@
 //! `portico-bench`: benchmarks against real peers, printing a markdown table.
 //!
 //! `portico-bench vnc` runs the graphical benchmark (see `vnc.rs`) side by side with websockify;
-//! `portico-bench rdp` the RDP workloads on FreeRDP's shadow server (see `rdp.rs`).
+//! `portico-bench rdp` the RDP workloads on FreeRDP's shadow server (see `rdp.rs`);
+//! `portico-bench workspace` launch-to-first-frame and density of container workspaces (see `workspace.rs`).
 //!
 //! `cargo run --release -p portico-tests --bin portico-bench -- ssh` runs the SSH benchmark of
 //! `docs/performance.md`: bridge CPU per session on the `ssh-text` workload (N = 1, 5, 20), keystroke-to-echo
@@ -26,11 +27,21 @@ use tokio_tungstenite::tungstenite::Message;
 
 mod rdp;
 mod vnc;
+mod workspace;
 
 #[derive(Parser)]
 struct Args {
-    /// Which benchmark: `ssh`, `vnc` or `rdp`.
+    /// Which benchmark: `ssh`, `vnc`, `rdp` or `workspace`.
     which: String,
+    /// Workspace benchmark: launches to time.
+    #[arg(long, default_value_t = 20)]
+    launches: usize,
+    /// Workspace benchmark: memory the agent offers, MiB.
+    #[arg(long, default_value_t = 4096)]
+    memory_budget: u64,
+    /// Workspace benchmark: memory limit of each workspace, MiB.
+    #[arg(long, default_value_t = 256)]
+    workspace_memory: u64,
     /// VNC workloads to run (default all): text-heavy, text-light, video, idle.
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
@@ -357,8 +368,8 @@ async fn idle_memory(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(
-        ["ssh", "vnc", "rdp"].contains(&args.which.as_str()),
-        "unknown benchmark {:?} (available: ssh, vnc, rdp)",
+        ["ssh", "vnc", "rdp", "workspace"].contains(&args.which.as_str()),
+        "unknown benchmark {:?} (available: ssh, vnc, rdp, workspace)",
         args.which
     );
     if std::env::var("PORTICO_BENCH_RELEASE").is_err() {
@@ -369,11 +380,11 @@ async fn main() -> anyhow::Result<()> {
     let script = script_dir.join("scroller.py");
     std::fs::copy(portico_tests::workspace_root().join("tests/bench/scroller.py"), &script)?;
     let script = script.display().to_string();
-    if args.which == "vnc" || args.which == "rdp" {
-        let (header, rows) = if args.which == "vnc" {
-            (vnc::HEADER, vnc::run(&args).await?)
-        } else {
-            (rdp::HEADER, rdp::run(&args).await?)
+    if args.which != "ssh" {
+        let (header, rows) = match args.which.as_str() {
+            "vnc" => (vnc::HEADER, vnc::run(&args).await?),
+            "rdp" => (rdp::HEADER, rdp::run(&args).await?),
+            _ => (workspace::HEADER, workspace::run(&args).await?),
         };
         println!("{header}");
         for r in rows {
