@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 if [ "${1:-}" = vnc ] && ! command -v websockify >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get -y -qq -o DPkg::Lock::Timeout=900 --no-install-recommends install websockify >&2
 fi
+if [ "${1:-}" = workspace ]; then
+  ./scripts/build-workspace-image.sh --rootfs-only >&2
+fi
 export PORTICO_BENCH_RELEASE=1
 cargo build --release --locked -p portico --bin portico -p portico-tests --bin portico-bench >&2
 exec ./target/release/portico-bench "$@"

@@ -6,13 +6,15 @@
 #
 # usage: scripts/build-workspace-image.sh [--docker-host unix:///path/docker.sock]
 #                                         [--tag portico/workspace:latest]
-#                                         [--cache-dir DIR] [--force]
+#                                         [--cache-dir DIR] [--force] [--rootfs-only]
 #
 #   --docker-host  daemon to import into (default: $DOCKER_HOST, else the docker default)
 #   --tag          image tag (default: portico/workspace:latest)
 #   --cache-dir    where the rootfs tarball is cached
 #                  (default: ${PORTICO_CACHE:-/var/cache/portico})
 #   --force        rebuild the rootfs and re-import even if everything is up to date
+#   --rootfs-only  only make sure the cached rootfs tarball exists (no Docker needed); the test
+#                  command runs this first, so tests themselves only import from the cache
 #
 # Idempotent: the image carries the label org.portico.workspace.hash, a hash of
 # scripts/workspace/* and of this script. If the tagged image has the current hash the
@@ -30,6 +32,7 @@ SUITE=bookworm
 TAG=portico/workspace:latest
 CACHE_DIR=${PORTICO_CACHE:-/var/cache/portico}
 FORCE=0
+ROOTFS_ONLY=0
 LABEL_KEY=org.portico.workspace.hash
 # scripts/workspace/<file> -> path and mode in the image (added on top of the cached rootfs).
 WS_FILES=("start-vnc:/usr/local/bin/start-vnc:0755" "twmrc:/etc/portico/twmrc:0644")
@@ -49,6 +52,7 @@ while [ $# -gt 0 ]; do
     --cache-dir) [ $# -ge 2 ] || die "--cache-dir needs a value"; CACHE_DIR=$2; shift 2 ;;
     --cache-dir=*) CACHE_DIR=${1#*=}; shift ;;
     --force) FORCE=1; shift ;;
+    --rootfs-only) ROOTFS_ONLY=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
@@ -60,9 +64,11 @@ T_TOTAL=$(now)
 for spec in "${WS_FILES[@]}"; do
   [ -f "$WS_DIR/${spec%%:*}" ] || die "missing $WS_DIR/${spec%%:*}"
 done
-command -v docker >/dev/null || die "the docker CLI is not installed (Debian: apt-get install docker.io)"
-docker version --format '{{.Server.Version}}' >/dev/null 2>&1 \
-  || die "cannot reach the Docker daemon at ${DOCKER_HOST:-the default socket}: $(docker version 2>&1 | tail -n 1)"
+if [ "$ROOTFS_ONLY" -eq 0 ]; then
+  command -v docker >/dev/null || die "the docker CLI is not installed (Debian: apt-get install docker.io)"
+  docker version --format '{{.Server.Version}}' >/dev/null 2>&1 \
+    || die "cannot reach the Docker daemon at ${DOCKER_HOST:-the default socket}: $(docker version 2>&1 | tail -n 1)"
+fi
 
 # ---- content hashes ----
 sha() { sha256sum | cut -d' ' -f1; }
@@ -80,7 +86,7 @@ HASH=$(printf '%s' "$HASH" | sha)
 SHORT=${HASH:0:16}
 TARBALL=$CACHE_DIR/workspace-rootfs-${BASE_HASH:0:16}.tar
 
-image_hash() { docker image inspect --format "{{ index .Config.Labels \"$LABEL_KEY\" }}" "$TAG" 2>/dev/null || true; }
+image_hash() { [ "$ROOTFS_ONLY" -eq 1 ] || docker image inspect --format "{{ index .Config.Labels \"$LABEL_KEY\" }}" "$TAG" 2>/dev/null || true; }
 
 if [ "$FORCE" -eq 0 ] && [ "$(image_hash)" = "$HASH" ]; then
   echo "image up to date: $TAG (hash $SHORT, $(since "$T_TOTAL"))"
@@ -268,6 +274,10 @@ if [ "$FORCE" -eq 1 ] || ! tarball_ok; then
 else
   say "using cached rootfs $TARBALL"
   touch "$TARBALL"   # mtime = last use, for the pruning above
+fi
+if [ "$ROOTFS_ONLY" -eq 1 ]; then
+  echo "rootfs ready: $TARBALL ($(since "$T_TOTAL"))"
+  exit 0
 fi
 
 # ---- image: cached rootfs + scripts/workspace files, in one tar stream ----

@@ -8,6 +8,9 @@ export RUST_BACKTRACE=1 PORTICO_TEST=1
 
 ./scripts/install-test-deps.sh
 
+echo "== workspace image rootfs (built once per machine, cached; the tests import it into their engines)"
+./scripts/build-workspace-image.sh --rootfs-only
+
 echo "== web client: typecheck and build"
 (cd web-client && npm run --silent typecheck && npm run --silent build)
 
