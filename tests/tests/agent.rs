@@ -75,7 +75,9 @@ async fn an_agent_registers_heartbeats_and_is_marked_down_when_lost() -> anyhow:
     agent.kill();
     let lost_at = tokio::time::Instant::now();
     wait_agent(&api, "agent-a", Duration::from_secs(10), |a| a["state"] == "down").await?;
-    assert!(lost_at.elapsed() >= Duration::from_secs(2), "marked down too early");
+    // The agent's last sync may have been held by the webapp up to one interval before it was killed:
+    // down comes two to three intervals after the kill, never sooner.
+    assert!(lost_at.elapsed() >= Duration::from_secs(1), "marked down too early");
     Ok(())
 }
 

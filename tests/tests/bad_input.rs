@@ -24,7 +24,7 @@ async fn malformed_api_bodies_get_clear_errors() -> anyhow::Result<()> {
         (br#"{"protocol":"ssh","host":"h","surprise":1}"#, "unknown field"),
         (
             br#"{"protocol":"telnet","host":"h"}"#,
-            "protocol must be ssh, vnc or rdp",
+            "protocol must be ssh, vnc, rdp or container",
         ),
     ];
     for (body, needle) in cases {

@@ -2,11 +2,12 @@
 //! bridge) with Portico's default workspace image (`scripts/build-workspace-image.sh`): launch to first
 //! frame, limits and isolation on the container, destruction at session end, orphan reaping on agent
 //! restart, a vanished container ending its session, a lost agent's sessions and a relaunch on another
-//! agent, and clear errors (no agent, no such image, bad specs).
+//! agent, and clear errors (no agent, no such image, bad specs). The last two run split (webapp and bridge
+//! processes), so the bridge reaches workspaces over the internal HTTPS API.
 
 use std::time::Duration;
 
-use portico_tests::client::{Api, Screen, attach};
+use portico_tests::client::{Api, Screen, ws_with_token};
 use portico_tests::peers::Dockerd;
 use portico_tests::portico::{AgentProcess, Options, Portico};
 use serde_json::{Value, json};
@@ -28,6 +29,44 @@ fn webapp(heartbeat_secs: u32, extra: &[&str]) -> anyhow::Result<Portico> {
         extra_args,
         ..Options::default()
     })
+}
+
+/// Split topology: a webapp and a separate bridge (the bridge asks for workspaces over HTTPS).
+fn split(heartbeat_secs: u32) -> anyhow::Result<(Portico, Portico)> {
+    let web = Portico::start_with(Options {
+        subcommand: Some("webapp"),
+        extra_args: vec![
+            "--agent-registration-token".to_owned(),
+            TOKEN.to_owned(),
+            "--agent-heartbeat-secs".to_owned(),
+            heartbeat_secs.to_string(),
+        ],
+        ..Options::default()
+    })?;
+    let bridge = Portico::start_with(web.bridge_options("bridge-w"))?;
+    Ok((web, bridge))
+}
+
+/// Start a session on the webapp and open it on `bridge` (split topology; all-in-one: the same process).
+async fn open_via(bridge: &Portico, api: &Api, conn: &str) -> anyhow::Result<(String, Screen)> {
+    let s = api.create_session(conn).await?;
+    let sid = s["session_id"].as_str().unwrap_or_default().to_owned();
+    let url = format!("{}/bridge/v1/ws?session={sid}", bridge.ws_base());
+    let ws = ws_with_token(&url, &bridge.cert_sha256, s["token"].as_str().unwrap_or_default())
+        .await?
+        .map_err(|r| anyhow::anyhow!("upgrade refused: {} {}", r.status, r.body))?;
+    Ok((sid, Screen::new(ws)))
+}
+
+/// [`open_via`], then wait for the desktop.
+async fn launch_via(bridge: &Portico, api: &Api, conn: &str) -> anyhow::Result<(String, Screen)> {
+    let (sid, mut screen) = open_via(bridge, api, conn).await?;
+    screen
+        .until("the workspace desktop", Duration::from_secs(60), |c| {
+            c.width > 0 && c.pixel(c.width - 5, c.height - 5) == ROOT
+        })
+        .await?;
+    Ok((sid, screen))
 }
 
 pub async fn workspace_connection(api: &Api, image: &str, extra: Value) -> anyhow::Result<String> {
@@ -103,19 +142,6 @@ async fn wait_containers(engine: &Dockerd, sid: &str, n: usize, within: Duration
     }
 }
 
-/// Open a workspace session and wait for its first frame with the image's root colour.
-async fn launch(p: &Portico, api: &Api, conn: &str) -> anyhow::Result<(String, Screen)> {
-    let (s, ws) = attach(p, api, conn).await?;
-    let sid = s["session_id"].as_str().unwrap_or_default().to_owned();
-    let mut screen = Screen::new(ws);
-    screen
-        .until("the workspace desktop", Duration::from_secs(60), |c| {
-            c.width > 0 && c.pixel(c.width - 5, c.height - 5) == ROOT
-        })
-        .await?;
-    Ok((sid, screen))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_workspace_launches_with_its_limits_and_is_destroyed_when_the_session_ends() -> anyhow::Result<()> {
     let engine = Dockerd::start()?;
@@ -133,7 +159,7 @@ async fn a_workspace_launches_with_its_limits_and_is_destroyed_when_the_session_
     let conn = workspace_connection(&api, image, json!({})).await?;
 
     let t0 = tokio::time::Instant::now();
-    let (sid, mut screen) = launch(&p, &api, &conn)
+    let (sid, mut screen) = launch_via(&p, &api, &conn)
         .await
         .map_err(|e| anyhow::anyhow!("{e}\nportico log:\n{}", p.log()))?;
     eprintln!("launch to first frame: {:?}", t0.elapsed());
@@ -209,7 +235,7 @@ async fn a_workspace_launches_with_its_limits_and_is_destroyed_when_the_session_
         |v| v["workspace"]["state"] == "removed",
     )
     .await?;
-    let (sid2, _screen2) = launch(&p, &api, &conn).await?;
+    let (sid2, _screen2) = launch_via(&p, &api, &conn).await?;
     let ids2 = containers_of(&engine, &sid2)?;
     assert_eq!(ids2.len(), 1);
     assert!(
@@ -290,7 +316,7 @@ async fn an_agent_restart_reaps_orphans_and_a_vanished_container_ends_its_sessio
     let conn = workspace_connection(&api, image, json!({})).await?;
 
     // A session whose agent dies; the session ends meanwhile: its container is an orphan.
-    let (sid, _screen) = launch(&p, &api, &conn).await?;
+    let (sid, _screen) = launch_via(&p, &api, &conn).await?;
     agent.kill();
     api.request(reqwest::Method::DELETE, &format!("/api/v1/sessions/{sid}"), None)
         .await?;
@@ -342,7 +368,7 @@ async fn an_agent_restart_reaps_orphans_and_a_vanished_container_ends_its_sessio
     );
 
     // A container that vanishes under a live session ends the session, and the browser hears why.
-    let (sid, mut screen) = launch(&p, &api, &conn).await?;
+    let (sid, mut screen) = launch_via(&p, &api, &conn).await?;
     let ids = containers_of(&engine, &sid)?;
     engine.docker(&["rm", "-f", &ids[0]])?;
     let s = wait_json(
@@ -369,8 +395,8 @@ async fn a_lost_agent_s_sessions_are_lost_within_15_s_and_a_relaunch_lands_on_an
     let engine_b = Dockerd::start()?;
     let image = engine_a.with_workspace_image()?;
     engine_b.with_workspace_image()?;
-    // The default heartbeat (5 s; three missed = down).
-    let p = webapp(5, &[])?;
+    // The default heartbeat (5 s; three missed = down), split webapp and bridge.
+    let (p, bridge) = split(5)?;
     let api = Api::admin(&p).await?;
     // The scheduler takes the agent with the most free memory: A first.
     let mut a = AgentProcess::start_with(&p, &engine_a.socket, "host-a", TOKEN, &["--agent-memory-mb", "8192"])?;
@@ -378,7 +404,7 @@ async fn a_lost_agent_s_sessions_are_lost_within_15_s_and_a_relaunch_lands_on_an
     wait_agent_healthy(&api, "host-a", &a).await?;
     wait_agent_healthy(&api, "host-b", &b).await?;
     let conn = workspace_connection(&api, image, json!({})).await?;
-    let (sid, mut screen) = launch(&p, &api, &conn).await?;
+    let (sid, mut screen) = launch_via(&bridge, &api, &conn).await?;
     assert_eq!(containers_of(&engine_a, &sid)?.len(), 1, "scheduled on host-a");
 
     a.kill();
@@ -413,7 +439,7 @@ async fn a_lost_agent_s_sessions_are_lost_within_15_s_and_a_relaunch_lands_on_an
     assert!(closed.reason.contains("lost"), "{closed:?}");
 
     // The user relaunches: a fresh container on the surviving agent.
-    let (sid2, _screen2) = launch(&p, &api, &conn).await?;
+    let (sid2, _screen2) = launch_via(&bridge, &api, &conn).await?;
     assert_eq!(containers_of(&engine_b, &sid2)?.len(), 1, "relaunched on host-b");
     let s2 = api
         .ok(reqwest::Method::GET, &format!("/api/v1/sessions/{sid2}"), None)
@@ -435,7 +461,7 @@ async fn start_session(api: &Api, conn: &str) -> anyhow::Result<(u16, Value)> {
 async fn workspace_errors_are_clear() -> anyhow::Result<()> {
     let engine = Dockerd::start()?;
     let image = engine.with_workspace_image()?;
-    let p = webapp(1, &[])?;
+    let (p, bridge) = split(1)?;
     let api = Api::admin(&p).await?;
 
     // Bad specs are refused with the field named.
@@ -487,8 +513,7 @@ async fn workspace_errors_are_clear() -> anyhow::Result<()> {
     let agent = AgentProcess::start_with(&p, &engine.socket, "big", TOKEN, &["--agent-memory-mb", "4096"])?;
     wait_agent_healthy(&api, "big", &agent).await?;
     let missing = workspace_connection(&api, "portico/no-such-image:1", json!({})).await?;
-    let (s, ws) = attach(&p, &api, &missing).await?;
-    let mut screen = Screen::new(ws);
+    let (sid, mut screen) = open_via(&bridge, &api, &missing).await?;
     let closed = screen
         .term
         .closed_within(Duration::from_secs(30))
@@ -498,7 +523,6 @@ async fn workspace_errors_are_clear() -> anyhow::Result<()> {
         closed.reason.contains("no-such-image") || closed.reason.contains("no such image"),
         "{closed:?}"
     );
-    let sid = s["session_id"].as_str().unwrap_or_default();
     let v = api
         .ok(reqwest::Method::GET, &format!("/api/v1/sessions/{sid}"), None)
         .await?;

@@ -341,6 +341,17 @@ impl Rdp {
                             }
                         }
                     }
+                    // What the server drew while the stage was reactivating was skipped: ask for the
+                    // whole new desktop, or a static screen (xrdp's fresh session) stays black.
+                    if (refresh_rect_support || suppress_output_support)
+                        && let Ok(frames) =
+                            self.stage
+                                .request_full_redraw(w, h, refresh_rect_support, suppress_output_support)
+                    {
+                        for f in frames {
+                            self.write(&f).await?;
+                        }
+                    }
                     return Ok(());
                 }
                 ConnectionActivationState::Redirected { .. } => {
