@@ -221,6 +221,45 @@ async fn workspaces(db: &Db, now: i64) -> anyhow::Result<()> {
         "{w3:?}"
     );
     assert_eq!(db.container("w3").await?.map(|c| c.state).as_deref(), Some("lost"));
+
+    // Placement is atomic: 20 concurrent placements of 256 MiB on 2048 MiB, exactly 8 fit.
+    let d = db
+        .register_agent("host-d", "cred-d", "20.10.24", 64, 2048, 0, "127.0.0.1", now)
+        .await?;
+    let rows: Vec<ContainerRow> = (0..20)
+        .map(|i| ContainerRow {
+            session_id: format!("p{i}"),
+            agent_id: d.clone(),
+            spec: "{}".into(),
+            vnc_password_enc: "sealed".into(),
+            state: container_state::STARTING.into(),
+            container_id: None,
+            host: None,
+            port: None,
+            error: None,
+            memory_mb: 256,
+            cpu_millis: 100,
+            created_at: now,
+            ready_at: None,
+            removed_at: None,
+        })
+        .collect();
+    let placed = futures_util::future::join_all(rows.iter().map(|r| db.place_container(r))).await;
+    let ok = placed.iter().filter(|r| matches!(r, Ok(true))).count();
+    let errors: Vec<String> = placed
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(ToString::to_string))
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(ok, 8, "placed {ok} of 20 in a budget of 8");
+    assert_eq!(
+        db.agent_loads(now - 10)
+            .await?
+            .iter()
+            .find(|l| l.id == d)
+            .map(|l| l.used_memory_mb),
+        Some(2048)
+    );
     Ok(())
 }
 

@@ -169,6 +169,32 @@ fn container(r: &AnyRow) -> sqlx::Result<ContainerRow> {
     })
 }
 
+async fn insert_container_on<'e, E>(e: E, c: &ContainerRow) -> sqlx::Result<()>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO containers ({CONTAINER_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+    )))
+    .bind(&c.session_id)
+    .bind(&c.agent_id)
+    .bind(&c.spec)
+    .bind(&c.vnc_password_enc)
+    .bind(&c.state)
+    .bind(&c.container_id)
+    .bind(&c.host)
+    .bind(c.port)
+    .bind(&c.error)
+    .bind(c.memory_mb)
+    .bind(c.cpu_millis)
+    .bind(c.created_at)
+    .bind(c.ready_at)
+    .bind(c.removed_at)
+    .execute(e)
+    .await
+    .map(|_| ())
+}
+
 /// A healthy agent and what its live containers already take.
 #[derive(Debug, Clone)]
 pub struct AgentLoad {
@@ -789,26 +815,36 @@ impl Db {
     // ---- workspace containers
 
     pub async fn insert_container(&self, c: &ContainerRow) -> sqlx::Result<()> {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO containers ({CONTAINER_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-        )))
-        .bind(&c.session_id)
+        insert_container_on(&self.pool, c).await
+    }
+
+    /// Insert `c` only if its agent still has room for it (memory and CPU limits of its live containers
+    /// plus this one within the agent's capacity); `false` if not. Atomic across webapps: the agent's row
+    /// is locked (PostgreSQL row lock, SQLite write lock) for the check and the insert.
+    pub async fn place_container(&self, c: &ContainerRow) -> sqlx::Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let locked = sqlx::query("UPDATE agents SET running = running WHERE id = $1")
+            .bind(&c.agent_id)
+            .execute(&mut *tx)
+            .await?;
+        if locked.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let (cores, memory_mb, used_mem, used_cpu): (i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT a.cores, a.memory_mb, \
+             CAST(COALESCE((SELECT SUM(memory_mb) FROM containers WHERE agent_id = a.id AND state IN ('starting', 'ready')), 0) AS BIGINT), \
+             CAST(COALESCE((SELECT SUM(cpu_millis) FROM containers WHERE agent_id = a.id AND state IN ('starting', 'ready')), 0) AS BIGINT) \
+             FROM agents a WHERE a.id = $1",
+        )
         .bind(&c.agent_id)
-        .bind(&c.spec)
-        .bind(&c.vnc_password_enc)
-        .bind(&c.state)
-        .bind(&c.container_id)
-        .bind(&c.host)
-        .bind(c.port)
-        .bind(&c.error)
-        .bind(c.memory_mb)
-        .bind(c.cpu_millis)
-        .bind(c.created_at)
-        .bind(c.ready_at)
-        .bind(c.removed_at)
-        .execute(&self.pool)
-        .await
-        .map(|_| ())
+        .fetch_one(&mut *tx)
+        .await?;
+        if memory_mb - used_mem < c.memory_mb || cores * 1000 - used_cpu < c.cpu_millis {
+            return Ok(false); // Dropping the transaction rolls it back.
+        }
+        insert_container_on(&mut *tx, c).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     pub async fn container(&self, session_id: &str) -> sqlx::Result<Option<ContainerRow>> {

@@ -93,14 +93,41 @@ pub async fn schedule(st: &AppState, session_id: &str, spec: &WorkspaceSpec) -> 
     let now = now_unix();
     let alive = st.agents_alive_since(now);
     st.db.sweep_lost(now, alive).await?;
-    let loads = st.db.agent_loads(alive).await?;
+    let mut loads = st.db.agent_loads(alive).await?;
     let need_mem = i64::from(spec.memory_mb);
     let need_cpu = i64::from(spec.cpu_millis);
-    let pick = loads
+    // Most free memory first; the placement itself re-checks under a lock (another webapp may have
+    // taken the room meanwhile), so the next candidate is tried.
+    loads.sort_by_key(|a| std::cmp::Reverse(a.memory_mb - a.used_memory_mb));
+    let sealed = st.keys.seal(&vnc_password(), &aad(session_id))?;
+    let mut row = ContainerRow {
+        session_id: session_id.into(),
+        agent_id: String::new(),
+        spec: serde_json::to_string(spec).map_err(|e| ApiError::Internal(e.into()))?,
+        vnc_password_enc: sealed,
+        state: container_state::STARTING.into(),
+        container_id: None,
+        host: None,
+        port: None,
+        error: None,
+        memory_mb: need_mem,
+        cpu_millis: need_cpu,
+        created_at: now,
+        ready_at: None,
+        removed_at: None,
+    };
+    let mut placed = None;
+    for a in loads
         .iter()
         .filter(|a| a.memory_mb - a.used_memory_mb >= need_mem && a.cores * 1000 - a.used_cpu_millis >= need_cpu)
-        .max_by_key(|a| a.memory_mb - a.used_memory_mb);
-    let Some(agent) = pick else {
+    {
+        row.agent_id = a.id.clone();
+        if st.db.place_container(&row).await? {
+            placed = Some(a);
+            break;
+        }
+    }
+    let Some(agent) = placed else {
         let why = if loads.is_empty() {
             "no healthy docker agent is registered".to_owned()
         } else {
@@ -112,25 +139,6 @@ pub async fn schedule(st: &AppState, session_id: &str, spec: &WorkspaceSpec) -> 
         };
         return Err(ApiError::NoCapacity(why));
     };
-    let sealed = st.keys.seal(&vnc_password(), &aad(session_id))?;
-    st.db
-        .insert_container(&ContainerRow {
-            session_id: session_id.into(),
-            agent_id: agent.id.clone(),
-            spec: serde_json::to_string(spec).map_err(|e| ApiError::Internal(e.into()))?,
-            vnc_password_enc: sealed,
-            state: container_state::STARTING.into(),
-            container_id: None,
-            host: None,
-            port: None,
-            error: None,
-            memory_mb: need_mem,
-            cpu_millis: need_cpu,
-            created_at: now,
-            ready_at: None,
-            removed_at: None,
-        })
-        .await?;
     tracing::info!(%session_id, agent = %agent.name, agent_id = %agent.id, image = %spec.image, "Workspace scheduled");
     Ok(agent.name.clone())
 }
