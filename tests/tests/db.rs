@@ -110,6 +110,26 @@ async fn exercise(db: &Db) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A wanted container row of session `sid` on `agent`.
+fn starting(sid: &str, agent: &str, memory_mb: i64, cpu_millis: i64, now: i64) -> ContainerRow {
+    ContainerRow {
+        session_id: sid.into(),
+        agent_id: agent.into(),
+        spec: "{}".into(),
+        vnc_password_enc: "sealed".into(),
+        state: container_state::STARTING.into(),
+        container_id: None,
+        host: None,
+        port: None,
+        error: None,
+        memory_mb,
+        cpu_millis,
+        created_at: now,
+        ready_at: None,
+        removed_at: None,
+    }
+}
+
 /// Agents and workspace containers: scheduling loads, the wanted set, agent reports, lost agents.
 async fn workspaces(db: &Db, now: i64) -> anyhow::Result<()> {
     let a = db
@@ -135,23 +155,7 @@ async fn workspaces(db: &Db, now: i64) -> anyhow::Result<()> {
             end_reason: None,
         })
         .await?;
-        db.insert_container(&ContainerRow {
-            session_id: sid.into(),
-            agent_id: agent.clone(),
-            spec: "{}".into(),
-            vnc_password_enc: "sealed".into(),
-            state: container_state::STARTING.into(),
-            container_id: None,
-            host: None,
-            port: None,
-            error: None,
-            memory_mb: 512,
-            cpu_millis: 1500,
-            created_at: now,
-            ready_at: None,
-            removed_at: None,
-        })
-        .await?;
+        db.insert_container(&starting(sid, agent, 512, 1500, now)).await?;
     }
     // Only agents alive since the cut-off count; sums come back as integers on both engines.
     let loads = db.agent_loads(now - 10).await?;
@@ -226,24 +230,7 @@ async fn workspaces(db: &Db, now: i64) -> anyhow::Result<()> {
     let d = db
         .register_agent("host-d", "cred-d", "20.10.24", 64, 2048, 0, "127.0.0.1", now)
         .await?;
-    let rows: Vec<ContainerRow> = (0..20)
-        .map(|i| ContainerRow {
-            session_id: format!("p{i}"),
-            agent_id: d.clone(),
-            spec: "{}".into(),
-            vnc_password_enc: "sealed".into(),
-            state: container_state::STARTING.into(),
-            container_id: None,
-            host: None,
-            port: None,
-            error: None,
-            memory_mb: 256,
-            cpu_millis: 100,
-            created_at: now,
-            ready_at: None,
-            removed_at: None,
-        })
-        .collect();
+    let rows: Vec<ContainerRow> = (0..20).map(|i| starting(&format!("p{i}"), &d, 256, 100, now)).collect();
     let placed = futures_util::future::join_all(rows.iter().map(|r| db.place_container(r))).await;
     let ok = placed.iter().filter(|r| matches!(r, Ok(true))).count();
     let errors: Vec<String> = placed
