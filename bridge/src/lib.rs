@@ -132,12 +132,7 @@ impl Bridge {
                         for id in res.ended {
                             if let Some(live) = bridge.registry.get(&id) {
                                 let reason = res.reasons.get(&id).cloned();
-                                // A lost workspace says so; everything else ended on purpose.
-                                let code = match &reason {
-                                    Some(r) if r.starts_with("lost:") => "lost",
-                                    Some(r) if r.starts_with("workspace failed") => "target_error",
-                                    _ => "ended",
-                                };
+                                let code = session::end_code(reason.as_deref());
                                 let _ = live
                                     .cmd
                                     .send(session::Cmd::End {

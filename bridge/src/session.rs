@@ -196,6 +196,16 @@ pub fn spawn(
     live
 }
 
+/// The close code for a session the control plane ended, from its recorded reason: a lost workspace
+/// says so, a failed one is a target error, everything else ended on purpose.
+pub fn end_code(reason: Option<&str>) -> &'static str {
+    match reason {
+        Some(r) if r.starts_with("lost:") => "lost",
+        Some(r) if r.starts_with("workspace failed") => "target_error",
+        _ => "ended",
+    }
+}
+
 /// How a session ends.
 pub struct End {
     pub code: &'static str,
@@ -402,6 +412,27 @@ impl Lifecycle {
 
     pub async fn end(self, end: End) {
         self.finish(end.code, end.reason, end.from_control).await
+    }
+
+    /// A workspace's VNC server went away: usually because the session was ended (the agent removes the
+    /// container at once, before the bridge's next sync). Ask the control plane, so the browser hears the
+    /// real reason rather than "the vnc server closed the connection".
+    pub async fn explain_workspace_end(&self, end: End) -> End {
+        let req = portico_proto::control::SyncRequest {
+            bridge_id: String::new(),
+            sessions: vec![self.claims.sid.clone()],
+        };
+        match self.control.sync(&req).await {
+            Ok(res) if res.ended.contains(&self.claims.sid) => {
+                let reason = res.reasons.get(&self.claims.sid).cloned();
+                End {
+                    code: end_code(reason.as_deref()),
+                    reason: reason.unwrap_or(end.reason),
+                    from_control: true,
+                }
+            }
+            _ => end,
+        }
     }
 
     /// Tell the browser (if any) and the control plane that the session is over.

@@ -237,7 +237,8 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
         return life.end(end).await;
     }
     let mut target = target;
-    if target.workspace_pending {
+    let workspace = target.workspace_pending;
+    if workspace {
         match wait_workspace(&mut life, &mut cmd_rx).await {
             Ok(e) => {
                 target.host = e.host;
@@ -365,6 +366,11 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                 }
             }
         }
+    };
+    let end = if workspace && end.code == "remote_closed" {
+        life.explain_workspace_end(end).await
+    } else {
+        end
     };
     life.end(end).await;
 }

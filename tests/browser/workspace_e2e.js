@@ -1,5 +1,6 @@
 // Container workspaces in the browser: the admin sees the agent, creates a workspace in the UI, launches
-// it (a fresh container), sees its desktop on the canvas, types into its xterm, and ends it.
+// it (a fresh container), sees its desktop on the canvas, types into its xterm, and ends it from the live
+// sessions list of another tab.
 'use strict';
 const { launch, newPage, shot, waitState, login, main, waitPixel, at } = require('./lib');
 const env = process.env;
@@ -48,8 +49,21 @@ main(async () => {
   await page.keyboard.type("xsetroot -solid '#10a040'\n");
   await waitPixel(page, 1000, 620, [0x10, 0xa0, 0x40], 15000);
   console.log('typed command ran in the container');
-  console.log(`SESSION ${await page.evaluate(() => window.porticoSessionId)}`);
-  await page.click('#session-end');
-  await waitState(page, 'closed');
+  const sid = await page.evaluate(() => window.porticoSessionId);
+  console.log(`SESSION ${sid}`);
+
+  // The admin ends it from the live sessions list in another tab: the workspace tab says so.
+  const admin = await page.context().newPage();
+  await admin.goto(`${env.PORTICO_URL}/`);
+  const live = admin.locator(`tr.session-row[data-id="${sid}"]`);
+  await live.waitFor({ timeout: 10000 });
+  const text = await live.textContent();
+  if (!/e2e workspace/.test(text)) throw new Error(`live session row shows ${text}`);
+  await live.locator('.session-kill').click();
+  await waitState(page, 'closed', 10000);
+  const status = await page.textContent('#session-status');
+  if (!/ended/.test(status)) throw new Error(`the workspace tab says ${status}`);
+  console.log(`workspace tab: ${status}`);
+  await admin.locator(`tr.session-row[data-id="${sid}"]`).waitFor({ state: 'detached', timeout: 10000 });
   await browser.close();
 });

@@ -83,3 +83,10 @@ export const createApiKey = (name: string) => call<{ id: string; name: string; k
 export const deleteApiKey = (id: string) => call<unknown>('DELETE', `/api/v1/api-keys/${encodeURIComponent(id)}`);
 
 export const agents = (): Promise<Agent[]> => call('GET', '/api/v1/agents');
+/** A live session as `GET /api/v1/sessions` lists it (own; all for admins). */
+export interface SessionRow {
+  id: string; user_id: string; connection_id: string; state: 'pending' | 'active' | 'ended';
+  claimed_at: number | null; bridge_id: string | null; created_at: number;
+}
+export const sessions = (): Promise<SessionRow[]> => call('GET', '/api/v1/sessions');
+

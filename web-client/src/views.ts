@@ -244,6 +244,7 @@ export async function showMain(me: api.Me, onLogout: () => void): Promise<void> 
       h('td', { class: 'muted' }, container ? 'one-time password' : c.host_key_fingerprint ?? (c.protocol === 'vnc' ? '—' : c.settings?.danger_accept_any_certificate ? 'any (insecure)' : 'trust on first use')), actions));
   }
 
+  page.append(await sessionsCard(me, conns, refresh));
   page.append(await apiKeysCard());
   if (isAdmin) page.append(await agentsCard());
   if (isAdmin) page.append(await usersCard(me, refresh));
@@ -254,6 +255,41 @@ export async function showMain(me: api.Me, onLogout: () => void): Promise<void> 
     const c = conns.find((x) => x.id === decodeURIComponent(m[1] ?? ''));
     if (c) await launch(c, me, refresh);
   }
+}
+
+/** Live sessions (own; all for admins), each with an End button: an admin's End is the kill switch. */
+async function sessionsCard(me: api.Me, conns: api.Connection[], refresh: () => void): Promise<HTMLElement> {
+  const err = h('div', { class: 'error', role: 'alert' });
+  const list = h('tbody', { id: 'sessions' });
+  const card = h('section', { class: 'card' }, h('h2', {}, 'Live sessions'),
+    h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Connection'), h('th', {}, 'User'), h('th', {}, 'State'),
+      h('th', {}, 'Started'), h('th', {}))), list), err);
+  try {
+    const [rows, users] = await Promise.all([
+      api.sessions(),
+      me.user.role === 'admin' ? api.users().catch(() => []) : Promise.resolve([] as api.User[]),
+    ]);
+    const userName = (id: string) => id === me.user.id ? me.user.username : users.find((u) => u.id === id)?.username ?? id.slice(0, 8);
+    if (rows.length === 0) list.append(h('tr', {}, h('td', { colspan: '5', class: 'muted' }, 'No live session.')));
+    for (const s of rows) {
+      const conn = conns.find((c) => c.id === s.connection_id);
+      const end = h('button', { class: 'session-kill danger' }, 'End');
+      end.addEventListener('click', async () => {
+        try {
+          await api.endSession(s.id);
+          refresh();
+        } catch (e) {
+          err.textContent = errorText(e);
+        }
+      });
+      list.append(h('tr', { class: 'session-row', 'data-id': s.id, 'data-connection': conn?.name ?? '' },
+        h('td', {}, conn?.name ?? s.connection_id), h('td', {}, userName(s.user_id)),
+        h('td', {}, h('span', { class: 'tag' }, s.state)), h('td', {}, fmtTime(s.created_at)), h('td', { class: 'actions' }, end)));
+    }
+  } catch (e) {
+    err.textContent = errorText(e);
+  }
+  return card;
 }
 
 function workspaceSummary(w: api.WorkspaceSpec | null | undefined): string {
