@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use portico_proto::Secret;
 use portico_proto::control::{
     AgentCapacity, AgentRegisterRequest, AgentRegistered, AgentSync, AgentSyncResponse, ContainerReport,
-    ContainerState, DesiredContainer,
+    DesiredContainer,
 };
 
 #[derive(Debug, Clone)]
@@ -175,6 +175,8 @@ impl Upstream {
 /// Labels on every container the agent creates.
 pub const LABEL_AGENT: &str = "org.portico.agent";
 pub const LABEL_SESSION: &str = "org.portico.session";
+/// The VNC port inside the container, as the spec said.
+const LABEL_VNC_PORT: &str = "org.portico.vnc_port";
 /// How long a started container may take until its VNC server answers.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -254,66 +256,37 @@ impl Workspaces {
                 continue; // Going away: neither wanted nor failed.
             }
             let nets = c.network_settings.as_ref().and_then(|n| n.networks.as_ref());
-            let report = match c.state {
-                Some(S::RUNNING) if local.verified.contains(&id) => ContainerReport {
-                    session_id: sid.clone(),
-                    container_id: id,
-                    state: ContainerState::Ready,
-                    host: ip_of(nets, &self.network),
-                    port: c
+            out.push(match c.state {
+                Some(S::RUNNING) if local.verified.contains(&id) => {
+                    let port = c
                         .labels
                         .as_ref()
-                        .and_then(|l| l.get("org.portico.vnc_port"))
-                        .and_then(|p| p.parse().ok()),
-                    error: None,
-                },
-                Some(S::RUNNING | S::CREATED | S::RESTARTING) => ContainerReport {
-                    session_id: sid.clone(),
-                    container_id: id,
-                    state: ContainerState::Starting,
-                    host: None,
-                    port: None,
-                    error: None,
-                },
-                _ => ContainerReport {
-                    session_id: sid.clone(),
-                    container_id: id,
-                    state: ContainerState::Failed,
-                    host: None,
-                    port: None,
-                    error: Some(format!(
-                        "the workspace container stopped ({})",
-                        c.status.as_deref().unwrap_or("not running").to_lowercase()
-                    )),
-                },
-            };
-            out.push(report);
+                        .and_then(|l| l.get(LABEL_VNC_PORT))
+                        .and_then(|p| p.parse().ok());
+                    ContainerReport::ready(sid, id, ip_of(nets, &self.network), port)
+                }
+                Some(S::RUNNING | S::CREATED | S::RESTARTING) => ContainerReport::starting(sid, id),
+                _ => {
+                    let status = c.status.as_deref().unwrap_or("not running").to_lowercase();
+                    ContainerReport::failed(sid, id, format!("the workspace container stopped ({status})"))
+                }
+            });
         }
         local.verified.retain(|id| seen.contains(id));
-        for (sid, why) in &local.failed {
-            if !out.iter().any(|r| &r.session_id == sid) {
-                out.push(ContainerReport {
-                    session_id: sid.clone(),
-                    container_id: String::new(),
-                    state: ContainerState::Failed,
-                    host: None,
-                    port: None,
-                    error: Some(why.clone()),
-                });
-            }
-        }
-        for sid in &local.starting {
-            if !out.iter().any(|r| &r.session_id == sid) {
-                out.push(ContainerReport {
-                    session_id: sid.clone(),
-                    container_id: String::new(),
-                    state: ContainerState::Starting,
-                    host: None,
-                    port: None,
-                    error: None,
-                });
-            }
-        }
+        // Sessions Docker has no container for (yet, or any more): failed starts and starts in flight.
+        let failed = local
+            .failed
+            .iter()
+            .map(|(sid, why)| ContainerReport::failed(sid.clone(), String::new(), why.clone()));
+        let starting = local
+            .starting
+            .iter()
+            .map(|sid| ContainerReport::starting(sid.clone(), String::new()));
+        let extra: Vec<ContainerReport> = failed
+            .chain(starting)
+            .filter(|r| !out.iter().any(|o| o.session_id == r.session_id))
+            .collect();
+        out.extend(extra);
         Ok(out)
     }
 
@@ -405,7 +378,7 @@ impl Workspaces {
             labels: Some(std::collections::HashMap::from([
                 (LABEL_AGENT.to_owned(), self.agent.clone()),
                 (LABEL_SESSION.to_owned(), d.session_id.clone()),
-                ("org.portico.vnc_port".to_owned(), spec.vnc_port.to_string()),
+                (LABEL_VNC_PORT.to_owned(), spec.vnc_port.to_string()),
             ])),
             host_config: Some(bollard::models::HostConfig {
                 memory: Some(memory),
@@ -431,7 +404,7 @@ impl Workspaces {
             .docker
             .create_container(
                 Some(bollard::query_parameters::CreateContainerOptions {
-                    name: Some(name.clone()),
+                    name: Some(name),
                     ..Default::default()
                 }),
                 self.container_body(d),
@@ -547,12 +520,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         // Register, loudly, until it works.
         let mut backoff = Backoff::new();
         let mut attempt = 0u32;
-        let registered = loop {
+        let (registered, mut engine) = loop {
             attempt += 1;
-            let info = probe(&docker).await;
+            let info = probe(&docker).await.ok();
             let (docker_version, capacity) = match &info {
-                Ok(i) => (i.version.clone(), capacity(i)),
-                Err(_) => (String::new(), AgentCapacity::default()),
+                Some(i) => (i.version.clone(), capacity(i)),
+                None => (String::new(), AgentCapacity::default()),
             };
             let req = AgentRegisterRequest {
                 name: config.name.clone(),
@@ -561,7 +534,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 capacity,
             };
             match upstream.register(&req).await {
-                Ok(r) => break r,
+                Ok(r) => break (r, info),
                 Err(e) => {
                     let retry = backoff.delay();
                     tracing::error!(
@@ -580,11 +553,20 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         // Sync: report, get what is wanted (the webapp holds the answer while nothing changes), apply.
         // The first sync after a (re)start removes the orphans of the previous run.
         // The webapp holds a sync at most one heartbeat interval, so a held sync is a heartbeat too.
+        // The host's capacity is probed once (again only if that failed); listing the containers is what
+        // every sync asks Docker.
         let mut wait_ms = 0;
         loop {
-            let (info, reports) = match (probe(&docker).await, workspaces.scan().await) {
-                (Ok(i), Ok(r)) => (i, r),
-                (Err(e), _) | (_, Err(e)) => {
+            if engine.is_none() {
+                engine = probe(&docker).await.ok();
+            }
+            let scanned = match &engine {
+                Some(info) => workspaces.scan().await.map(|r| (info, r)),
+                None => Err(anyhow::anyhow!("cannot query the docker host")),
+            };
+            let (info, reports) = match scanned {
+                Ok(x) => x,
+                Err(e) => {
                     // No heartbeat: the webapp marks this agent down while Docker is gone.
                     tracing::warn!(error = format!("{e:#}"), "Docker engine unreachable");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -592,8 +574,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 }
             };
             let req = AgentSync {
-                capacity: capacity(&info),
-                containers: reports.clone(),
+                capacity: capacity(info),
+                containers: reports,
                 wait_ms,
             };
             let news = workspaces.news.clone();
@@ -605,7 +587,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             match answer {
                 None => wait_ms = 0,
                 Some(Ok(r)) => {
-                    workspaces.apply(&reports, r.desired).await;
+                    workspaces.apply(&req.containers, r.desired).await;
                     wait_ms = r.heartbeat_secs.max(1) * 1000;
                 }
                 Some(Err(UpstreamError::UnknownCredential)) => {

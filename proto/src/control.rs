@@ -131,6 +131,41 @@ pub struct ContainerReport {
     pub error: Option<String>,
 }
 
+impl ContainerReport {
+    /// Being created or started, not answering yet (`container_id` empty while Docker has none).
+    pub fn starting(session_id: String, container_id: String) -> Self {
+        Self::new(session_id, container_id, ContainerState::Starting, None, None, None)
+    }
+
+    /// Its VNC server answers at `host:port`.
+    pub fn ready(session_id: String, container_id: String, host: Option<String>, port: Option<u16>) -> Self {
+        Self::new(session_id, container_id, ContainerState::Ready, host, port, None)
+    }
+
+    /// It could not start, or it stopped, for `why`.
+    pub fn failed(session_id: String, container_id: String, why: String) -> Self {
+        Self::new(session_id, container_id, ContainerState::Failed, None, None, Some(why))
+    }
+
+    fn new(
+        session_id: String,
+        container_id: String,
+        state: ContainerState,
+        host: Option<String>,
+        port: Option<u16>,
+        error: Option<String>,
+    ) -> Self {
+        ContainerReport {
+            session_id,
+            container_id,
+            state,
+            host,
+            port,
+            error,
+        }
+    }
+}
+
 /// Heartbeat and reconciliation in one: the agent reports its capacity and every Portico container it
 /// has; the webapp answers with the containers it wants (long poll: the answer comes early when that set
 /// changes). Containers not wanted are removed by the agent.

@@ -67,4 +67,18 @@ function main(fn) {
   fn().then(() => process.exit(0), (e) => { console.error(e && e.stack || e); process.exit(1); });
 }
 
-module.exports = { launch, newPage, shot, waitState, waitText, login, main, pixel, waitPixel, at };
+/** Create a connection in the editor (`username` only for protocols that have one) and wait for its row. */
+async function createConnection(page, { name, protocol, port, username, password }) {
+  await page.click('#conn-new');
+  await page.waitForSelector('#conn-form');
+  await page.fill('#conn-name', name);
+  await page.selectOption('#conn-protocol', protocol);
+  await page.fill('#conn-host', '127.0.0.1');
+  await page.fill('#conn-port', port);
+  if (username !== undefined) await page.fill('#conn-username', username);
+  await page.fill('#conn-password', password);
+  await page.click('#conn-save');
+  await page.locator(`tr.conn-row[data-name="${name}"]`).waitFor({ timeout: 10000 });
+}
+
+module.exports = { launch, newPage, shot, waitState, waitText, login, main, pixel, waitPixel, at, createConnection };

@@ -3,23 +3,11 @@
 // physical keys (input truth), clipboard both ways, resize with the window, special keys, and a wrong
 // password (xrdp shows its own dialog: checked by pixels).
 'use strict';
-const { launch, newPage, shot, waitState, login, main, pixel, waitPixel, at } = require('./lib');
+const { launch, newPage, shot, waitState, login, main, pixel, waitPixel, at, createConnection: create } = require('./lib');
 const env = process.env;
 const GREEN = [0x30, 0x50, 0x30];
-
-async function createConnection(page, name, password) {
-  await page.click('#conn-new');
-  await page.waitForSelector('#conn-form');
-  await page.fill('#conn-name', name);
-  await page.selectOption('#conn-protocol', 'rdp');
-  await page.fill('#conn-host', '127.0.0.1');
-  await page.fill('#conn-port', env.RDP_PORT);
-  await page.fill('#conn-username', env.RDP_USER);
-  await page.fill('#conn-password', password);
-  await page.click('#conn-save');
-  await page.locator(`tr.conn-row[data-name="${name}"]`).waitFor({ timeout: 10000 });
-}
-
+const createConnection = (page, name, password) =>
+  create(page, { name, protocol: 'rdp', port: env.RDP_PORT, username: env.RDP_USER, password });
 
 // Characters typed with Shift on a US keyboard, and the key that types them.
 const SHIFTED = { '>': 'Period', '|': 'Backslash', '$': 'Digit4', '(': 'Digit9', ')': 'Digit0', '*': 'Digit8', '_': 'Minus' };

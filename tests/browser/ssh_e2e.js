@@ -1,21 +1,10 @@
 // Log in as admin, create an SSH connection in the UI, open it, type a command, see its output;
 // then a connection with a wrong password shows a clear error.
 'use strict';
-const { launch, newPage, shot, waitState, waitText, main } = require('./lib');
+const { launch, newPage, shot, waitState, waitText, main, createConnection: create } = require('./lib');
 const env = process.env;
-
-async function createConnection(page, name, password) {
-  await page.click('#conn-new');
-  await page.waitForSelector('#conn-form');
-  await page.fill('#conn-name', name);
-  await page.selectOption('#conn-protocol', 'ssh');
-  await page.fill('#conn-host', '127.0.0.1');
-  await page.fill('#conn-port', env.SSH_PORT);
-  await page.fill('#conn-username', env.SSH_USER);
-  await page.fill('#conn-password', password);
-  await page.click('#conn-save');
-  await page.locator(`tr.conn-row[data-name="${name}"]`).waitFor({ timeout: 10000 });
-}
+const createConnection = (page, name, password) =>
+  create(page, { name, protocol: 'ssh', port: env.SSH_PORT, username: env.SSH_USER, password });
 
 main(async () => {
   const browser = await launch();

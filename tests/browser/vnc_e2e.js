@@ -1,21 +1,10 @@
 // VNC in the browser: create the connection in the UI, see the desktop on the canvas (pixel truth, fit to
 // window), click and type into remote xterms (input truth), clipboard both ways, a wrong password.
 'use strict';
-const { launch, newPage, shot, waitState, login, main, pixel, waitPixel, at } = require('./lib');
+const { launch, newPage, shot, waitState, login, main, pixel, waitPixel, at, createConnection: create } = require('./lib');
 const env = process.env;
-
-async function createConnection(page, name, password, port = env.VNC_PORT) {
-  await page.click('#conn-new');
-  await page.waitForSelector('#conn-form');
-  await page.fill('#conn-name', name);
-  await page.selectOption('#conn-protocol', 'vnc');
-  await page.fill('#conn-host', '127.0.0.1');
-  await page.fill('#conn-port', port);
-  await page.fill('#conn-password', password);
-  await page.click('#conn-save');
-  await page.locator(`tr.conn-row[data-name="${name}"]`).waitFor({ timeout: 10000 });
-}
-
+const createConnection = (page, name, password, port = env.VNC_PORT) =>
+  create(page, { name, protocol: 'vnc', port, password });
 
 main(async () => {
   const browser = await launch();

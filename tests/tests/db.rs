@@ -64,20 +64,7 @@ async fn exercise(db: &Db) -> anyhow::Result<()> {
     );
     assert_eq!(db.list_connections().await?.len(), 1);
 
-    let s = SessionRow {
-        id: "s1".into(),
-        user_id: "u1".into(),
-        connection_id: "c1".into(),
-        state: state::PENDING.into(),
-        token_jti: "jti-1".into(),
-        token_expires_at: now + 60,
-        claimed_at: None,
-        bridge_id: None,
-        created_at: now,
-        ended_at: None,
-        end_reason: None,
-    };
-    db.insert_session(&s).await?;
+    db.insert_session(&pending("s1", "jti-1", now)).await?;
     assert!(!db.claim_session("s1", "wrong-jti", "b1", now).await?);
     assert!(db.claim_session("s1", "jti-1", "b1", now).await?, "first claim wins");
     assert!(!db.claim_session("s1", "jti-1", "b2", now).await?, "second claim loses");
@@ -88,10 +75,11 @@ async fn exercise(db: &Db) -> anyhow::Result<()> {
     );
 
     let ids = vec!["s1".to_owned(), "ghost".to_owned()];
-    assert_eq!(db.ended_among(&ids).await?, vec!["ghost".to_owned()]);
+    let ended_ids = |v: Vec<(String, Option<String>)>| v.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+    assert_eq!(ended_ids(db.ended_among(&ids).await?), vec!["ghost".to_owned()]);
     assert!(db.end_session("s1", "test", now + 5).await?);
     assert!(!db.end_session("s1", "test", now + 6).await?, "ending twice is a no-op");
-    assert_eq!(db.ended_among(&ids).await?, ids);
+    assert_eq!(ended_ids(db.ended_among(&ids).await?), ids);
     assert_eq!(db.list_sessions(Some("u1"), false).await?.len(), 0);
     assert_eq!(db.list_sessions(None, true).await?.len(), 1);
 
@@ -108,6 +96,23 @@ async fn exercise(db: &Db) -> anyhow::Result<()> {
     workspaces(db, now).await?;
     db.prune(now + 100_000).await?;
     Ok(())
+}
+
+/// A new session `id` of user u1 on connection c1, its token not yet claimed.
+fn pending(id: &str, jti: &str, now: i64) -> SessionRow {
+    SessionRow {
+        id: id.into(),
+        user_id: "u1".into(),
+        connection_id: "c1".into(),
+        state: state::PENDING.into(),
+        token_jti: jti.into(),
+        token_expires_at: now + 60,
+        claimed_at: None,
+        bridge_id: None,
+        created_at: now,
+        ended_at: None,
+        end_reason: None,
+    }
 }
 
 /// A wanted container row of session `sid` on `agent`.
@@ -141,20 +146,7 @@ async fn workspaces(db: &Db, now: i64) -> anyhow::Result<()> {
     db.agent_registration_failed("host-c", "wrong registration token", "127.0.0.2", now)
         .await?;
     for (sid, agent) in [("w1", &a), ("w2", &a), ("w3", &b)] {
-        db.insert_session(&SessionRow {
-            id: sid.into(),
-            user_id: "u1".into(),
-            connection_id: "c1".into(),
-            state: state::PENDING.into(),
-            token_jti: format!("jti-{sid}"),
-            token_expires_at: now + 60,
-            claimed_at: None,
-            bridge_id: None,
-            created_at: now,
-            ended_at: None,
-            end_reason: None,
-        })
-        .await?;
+        db.insert_session(&pending(sid, &format!("jti-{sid}"), now)).await?;
         db.insert_container(&starting(sid, agent, 512, 1500, now)).await?;
     }
     // Only agents alive since the cut-off count; sums come back as integers on both engines.
@@ -194,10 +186,11 @@ async fn workspaces(db: &Db, now: i64) -> anyhow::Result<()> {
         ("ready", Some(now + 1), Some(5901))
     );
     let unreported: Vec<String> = db
-        .unreported_containers(&a, &["w1".to_owned()])
+        .live_containers(&a)
         .await?
         .into_iter()
         .map(|c| c.session_id)
+        .filter(|sid| sid != "w1")
         .collect();
     assert_eq!(unreported, ["w2"]);
     // An ended session's container is no longer wanted, and its reports change nothing.

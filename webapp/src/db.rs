@@ -793,21 +793,27 @@ impl Db {
         Ok(r.rows_affected() == 1)
     }
 
-    /// Of `ids`, the sessions that are ended (or unknown).
-    pub async fn ended_among(&self, ids: &[String]) -> sqlx::Result<Vec<String>> {
+    /// Of `ids`, the sessions that are ended (or unknown), each with its recorded end reason.
+    pub async fn ended_among(&self, ids: &[String]) -> sqlx::Result<Vec<(String, Option<String>)>> {
         let mut ended = Vec::new();
         for chunk in ids.chunks(200) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
-                "SELECT id FROM sessions WHERE state <> 'ended' AND id IN ({})",
+                "SELECT id, state, end_reason FROM sessions WHERE id IN ({})",
                 placeholders.join(", ")
             );
-            let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+            let mut q = sqlx::query_as::<_, (String, String, Option<String>)>(sqlx::AssertSqlSafe(sql));
             for id in chunk {
                 q = q.bind(id);
             }
-            let live: Vec<String> = q.fetch_all(&self.pool).await?;
-            ended.extend(chunk.iter().filter(|id| !live.contains(id)).cloned());
+            let known = q.fetch_all(&self.pool).await?;
+            for id in chunk {
+                match known.iter().find(|(k, _, _)| k == id) {
+                    Some((_, st, _)) if st != state::ENDED => {}
+                    Some((_, _, reason)) => ended.push((id.clone(), reason.clone())),
+                    None => ended.push((id.clone(), None)),
+                }
+            }
         }
         Ok(ended)
     }
@@ -920,16 +926,15 @@ impl Db {
         Ok(r.rows_affected() == 1)
     }
 
-    /// Containers of `agent_id` in one of the live states whose session is not in `reported`.
-    pub async fn unreported_containers(&self, agent_id: &str, reported: &[String]) -> sqlx::Result<Vec<ContainerRow>> {
+    /// Containers of `agent_id` in one of the live states (starting, ready).
+    pub async fn live_containers(&self, agent_id: &str) -> sqlx::Result<Vec<ContainerRow>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {CONTAINER_COLS} FROM containers WHERE agent_id = $1 AND state IN ('starting', 'ready')"
         )))
         .bind(agent_id)
         .fetch_all(&self.pool)
         .await?;
-        let all: Vec<ContainerRow> = rows.iter().map(container).collect::<sqlx::Result<_>>()?;
-        Ok(all.into_iter().filter(|c| !reported.contains(&c.session_id)).collect())
+        rows.iter().map(container).collect()
     }
 
     /// Set a container's final state (`failed`, `removed`, `lost`) unless it already has one.

@@ -149,13 +149,14 @@ impl Internal {
             .await
             .map_err(db_err)?;
         let ended = self.st.db.ended_among(&req.sessions).await.map_err(db_err)?;
-        let mut reasons = std::collections::BTreeMap::new();
-        for id in &ended {
-            if let Some(reason) = self.st.db.session(id).await.map_err(db_err)?.and_then(|s| s.end_reason) {
-                reasons.insert(id.clone(), reason);
-            }
-        }
-        Ok(SyncResponse { ended, reasons })
+        let reasons = ended
+            .iter()
+            .filter_map(|(id, reason)| Some((id.clone(), reason.clone()?)))
+            .collect();
+        Ok(SyncResponse {
+            ended: ended.into_iter().map(|(id, _)| id).collect(),
+            reasons,
+        })
     }
 }
 
@@ -240,7 +241,7 @@ impl Internal {
         Ok(AgentRegistered {
             agent_id: id,
             credential: Secret::new(credential),
-            heartbeat_secs: self.heartbeat_secs(),
+            heartbeat_secs: self.st.agent_heartbeat_secs(),
         })
     }
 
@@ -259,10 +260,6 @@ impl Internal {
             .map_err(db_err)?
             .ok_or(ControlError::Unauthorized)?;
         crate::workspaces::agent_sync(&self.st, &agent, req).await
-    }
-
-    fn heartbeat_secs(&self) -> u32 {
-        u32::try_from(self.st.config.agent_heartbeat.as_secs().max(1)).unwrap_or(5)
     }
 }
 

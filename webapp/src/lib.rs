@@ -45,7 +45,12 @@ impl AppState {
     /// Agents whose last heartbeat is before this second are down: three intervals without one (times are
     /// whole seconds, so "before `now - 3 × interval + 1`" is at most three intervals ago, never more).
     pub fn agents_alive_since(&self, now: i64) -> i64 {
-        now - 3 * i64::try_from(self.config.agent_heartbeat.as_secs().max(1)).unwrap_or(5) + 1
+        now - 3 * i64::from(self.agent_heartbeat_secs()) + 1
+    }
+
+    /// How often agents are expected to sync (whole seconds, at least 1).
+    pub fn agent_heartbeat_secs(&self) -> u32 {
+        u32::try_from(self.config.agent_heartbeat.as_secs().max(1)).unwrap_or(5)
     }
 
     /// Connect to the database, run migrations and derive the keys.

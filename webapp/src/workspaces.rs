@@ -148,6 +148,20 @@ fn db_err(e: sqlx::Error) -> ControlError {
     ControlError::Unavailable("database error".into())
 }
 
+/// A workspace that failed: its container row says why (unless the agent's report already did) and its
+/// session ends with `workspace failed: <why>`.
+async fn fail(st: &AppState, session_id: &str, why: &str, now: i64) -> Result<(), ControlError> {
+    st.db
+        .close_container(session_id, container_state::FAILED, Some(why), now)
+        .await
+        .map_err(db_err)?;
+    st.db
+        .end_session(session_id, &format!("workspace failed: {why}"), now)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
 /// Take an agent's report, then answer with the containers it should run (held while nothing changed).
 pub async fn agent_sync(st: &AppState, agent: &AgentRow, req: &AgentSync) -> Result<AgentSyncResponse, ControlError> {
     let now = now_unix();
@@ -163,7 +177,15 @@ pub async fn agent_sync(st: &AppState, agent: &AgentRow, req: &AgentSync) -> Res
     .await
     .map_err(db_err)?;
     db.sweep_lost(now, st.agents_alive_since(now)).await.map_err(db_err)?;
+    // What the database holds of this agent's live containers, read once: reports that change nothing
+    // write nothing (most syncs), and rows no report mentions are the agent's missing containers.
+    let live = db.live_containers(&agent.id).await.map_err(db_err)?;
     for r in &req.containers {
+        // A report for a row that is not live (an orphan, an ended session) changes nothing: the agent
+        // removes the container because nobody wants it.
+        let Some(row) = live.iter().find(|c| c.session_id == r.session_id) else {
+            continue;
+        };
         let (row_state, error) = match r.state {
             ContainerState::Starting => (container_state::STARTING, None),
             ContainerState::Ready => (container_state::READY, None),
@@ -172,6 +194,13 @@ pub async fn agent_sync(st: &AppState, agent: &AgentRow, req: &AgentSync) -> Res
                 Some(r.error.as_deref().unwrap_or("the workspace container stopped")),
             ),
         };
+        let unchanged = row.state == row_state
+            && row.container_id.as_deref().unwrap_or("") == r.container_id
+            && row.host.as_deref() == r.host.as_deref()
+            && row.port == r.port.map(i64::from);
+        if unchanged {
+            continue;
+        }
         let update = ContainerUpdate {
             session_id: &r.session_id,
             container_id: &r.container_id,
@@ -182,9 +211,8 @@ pub async fn agent_sync(st: &AppState, agent: &AgentRow, req: &AgentSync) -> Res
         };
         if db.update_container(&agent.id, &update, now).await.map_err(db_err)? {
             if let Some(why) = error {
-                let reason = format!("workspace failed: {why}");
                 tracing::warn!(session_id = %r.session_id, agent = %agent.name, error = %why, "Workspace container failed");
-                db.end_session(&r.session_id, &reason, now).await.map_err(db_err)?;
+                fail(st, &r.session_id, why, now).await?;
             } else if r.state == ContainerState::Ready {
                 tracing::info!(session_id = %r.session_id, agent = %agent.name, container_id = %r.container_id, "Workspace ready");
             }
@@ -192,8 +220,10 @@ pub async fn agent_sync(st: &AppState, agent: &AgentRow, req: &AgentSync) -> Res
     }
     // Rows the agent did not mention: a ready container that vanished ends its session; a wanted one the
     // agent has not created yet is fine for a while; an ended session's container is gone as it should be.
-    let reported: Vec<String> = req.containers.iter().map(|r| r.session_id.clone()).collect();
-    for c in db.unreported_containers(&agent.id, &reported).await.map_err(db_err)? {
+    for c in live
+        .iter()
+        .filter(|c| !req.containers.iter().any(|r| r.session_id == c.session_id))
+    {
         let session = db.session(&c.session_id).await.map_err(db_err)?;
         let ended = session.as_ref().is_none_or(|s| s.state == state::ENDED);
         if ended {
@@ -201,25 +231,14 @@ pub async fn agent_sync(st: &AppState, agent: &AgentRow, req: &AgentSync) -> Res
                 .await
                 .map_err(db_err)?;
         } else if c.state == container_state::READY {
-            let why = "the workspace container vanished";
             tracing::warn!(session_id = %c.session_id, agent = %agent.name, "Workspace container vanished");
-            db.close_container(&c.session_id, container_state::FAILED, Some(why), now)
-                .await
-                .map_err(db_err)?;
-            db.end_session(&c.session_id, &format!("workspace failed: {why}"), now)
-                .await
-                .map_err(db_err)?;
+            fail(st, &c.session_id, "the workspace container vanished", now).await?;
         } else if now - c.created_at > START_TIMEOUT_SECS {
             let why = format!(
                 "agent {} did not start the workspace within {START_TIMEOUT_SECS} s",
                 agent.name
             );
-            db.close_container(&c.session_id, container_state::FAILED, Some(&why), now)
-                .await
-                .map_err(db_err)?;
-            db.end_session(&c.session_id, &format!("workspace failed: {why}"), now)
-                .await
-                .map_err(db_err)?;
+            fail(st, &c.session_id, &why, now).await?;
         }
     }
     // Long poll: answer as soon as the wanted set differs from what the agent has.
@@ -259,7 +278,7 @@ pub async fn agent_sync(st: &AppState, agent: &AgentRow, req: &AgentSync) -> Res
         });
     }
     Ok(AgentSyncResponse {
-        heartbeat_secs: u32::try_from(st.config.agent_heartbeat.as_secs().max(1)).unwrap_or(5),
+        heartbeat_secs: st.agent_heartbeat_secs(),
         desired: out,
     })
 }
@@ -268,12 +287,13 @@ pub async fn agent_sync(st: &AppState, agent: &AgentRow, req: &AgentSync) -> Res
 /// starting (ask again).
 pub async fn wait_ready(st: &AppState, session_id: &str) -> Result<Option<WorkspaceEndpoint>, ControlError> {
     let deadline = tokio::time::Instant::now() + WORKSPACE_WAIT;
+    // Once per call: the bridge asks again every few seconds, and its session sync sweeps too.
+    let now = now_unix();
+    st.db
+        .sweep_lost(now, st.agents_alive_since(now))
+        .await
+        .map_err(db_err)?;
     loop {
-        let now = now_unix();
-        st.db
-            .sweep_lost(now, st.agents_alive_since(now))
-            .await
-            .map_err(db_err)?;
         let c = st
             .db
             .container(session_id)
