@@ -129,15 +129,15 @@ impl Bridge {
                 };
                 match bridge.control.sync(&req).await {
                     Ok(res) => {
-                        for id in res.ended {
-                            if let Some(live) = bridge.registry.get(&id) {
-                                let reason = res.reasons.get(&id).cloned();
-                                let code = session::end_code(reason.as_deref());
+                        for id in &res.ended {
+                            if let (Some(live), Some((code, reason))) =
+                                (bridge.registry.get(id), session::control_end(&res, id))
+                            {
                                 let _ = live
                                     .cmd
                                     .send(session::Cmd::End {
                                         code,
-                                        reason: reason.unwrap_or_else(|| "the session was ended".into()),
+                                        reason,
                                         from_control: true,
                                     })
                                     .await;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use portico_proto::control::{ControlError, EndRequest, Target};
+use portico_proto::control::{ControlError, EndRequest, SyncRequest, SyncResponse, Target};
 use portico_proto::token::{Protocol, SessionClaims};
 use portico_proto::wire::{ClientMsg, Credentials, Hello, ServerMsg};
 use sha2::{Digest as _, Sha256};
@@ -196,14 +196,20 @@ pub fn spawn(
     live
 }
 
-/// The close code for a session the control plane ended, from its recorded reason: a lost workspace
-/// says so, a failed one is a target error, everything else ended on purpose.
-pub fn end_code(reason: Option<&str>) -> &'static str {
-    match reason {
+/// How the control plane's sync answer says session `id` ended, if it did: the close code from the
+/// recorded reason (a lost workspace says so, a failed one is a target error, everything else ended on
+/// purpose) and the reason itself.
+pub fn control_end(res: &SyncResponse, id: &str) -> Option<(&'static str, String)> {
+    if !res.ended.iter().any(|e| e == id) {
+        return None;
+    }
+    let reason = res.reasons.get(id);
+    let code = match reason.map(String::as_str) {
         Some(r) if r.starts_with("lost:") => "lost",
         Some(r) if r.starts_with("workspace failed") => "target_error",
         _ => "ended",
-    }
+    };
+    Some((code, reason.cloned().unwrap_or_else(|| "the session was ended".into())))
 }
 
 /// How a session ends.
@@ -418,19 +424,21 @@ impl Lifecycle {
     /// container at once, before the bridge's next sync). Ask the control plane, so the browser hears the
     /// real reason rather than "the vnc server closed the connection".
     pub async fn explain_workspace_end(&self, end: End) -> End {
-        let req = portico_proto::control::SyncRequest {
+        let req = SyncRequest {
             bridge_id: String::new(),
             sessions: vec![self.claims.sid.clone()],
         };
-        match self.control.sync(&req).await {
-            Ok(res) if res.ended.contains(&self.claims.sid) => {
-                let reason = res.reasons.get(&self.claims.sid).cloned();
-                End {
-                    code: end_code(reason.as_deref()),
-                    reason: reason.unwrap_or(end.reason),
-                    from_control: true,
-                }
-            }
+        match self
+            .control
+            .sync(&req)
+            .await
+            .map(|res| control_end(&res, &self.claims.sid))
+        {
+            Ok(Some((code, reason))) => End {
+                code,
+                reason,
+                from_control: true,
+            },
             _ => end,
         }
     }

@@ -174,17 +174,20 @@ impl Display {
 /// Longest the bridge waits for a workspace container to be ready.
 const WORKSPACE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Why waiting for a workspace stopped.
+enum WaitEnd {
+    /// The session ended meanwhile (the user, the control plane, the bridge shutting down).
+    Ended(End),
+    /// The workspace will not come: the browser is told why ([`Lifecycle::fail`]).
+    Failed(String),
+}
+
 /// Tell the browser the workspace is starting and wait until its container is ready (the browser may
 /// detach, reattach or end the session meanwhile).
-async fn wait_workspace(life: &mut Lifecycle, cmd_rx: &mut mpsc::Receiver<Cmd>) -> Result<WorkspaceEndpoint, End> {
+async fn wait_workspace(life: &mut Lifecycle, cmd_rx: &mut mpsc::Receiver<Cmd>) -> Result<WorkspaceEndpoint, WaitEnd> {
     let started = tokio::time::Instant::now();
     let status = "starting your workspace…";
     life.send(ServerMsg::status("connecting", status));
-    let fail = |code, reason: String| End {
-        code,
-        reason,
-        from_control: false,
-    };
     let control = life.control.clone();
     let sid = life.claims.sid.clone();
     loop {
@@ -194,38 +197,32 @@ async fn wait_workspace(life: &mut Lifecycle, cmd_rx: &mut mpsc::Receiver<Cmd>) 
             tokio::select! {
                 a = &mut ask => break a,
                 cmd = cmd_rx.recv() => match cmd.map(|c| life.common(c)) {
-                    None => return Err(fail("ended", "bridge shutting down".into())),
-                    Some(Common::End(end)) => return Err(end),
+                    None => return Err(WaitEnd::Ended(End { code: "ended", reason: "bridge shutting down".into(), from_control: false })),
+                    Some(Common::End(end)) => return Err(WaitEnd::Ended(end)),
                     Some(Common::Attached(_)) => { life.send(ServerMsg::status("connecting", status)); }
                     Some(Common::Input(_) | Common::Handled) => {}
                 },
             }
         };
+        let in_time = started.elapsed() < WORKSPACE_TIMEOUT;
         match answer {
             Ok(Some(endpoint)) => {
                 tracing::info!(host = %endpoint.host, port = endpoint.port, waited_ms = started.elapsed().as_millis() as u64, "Workspace ready");
                 return Ok(endpoint);
             }
-            Ok(None) if started.elapsed() < WORKSPACE_TIMEOUT => {}
+            Ok(None) if in_time => {}
             Ok(None) => {
                 let why = format!("the workspace did not start within {} s", WORKSPACE_TIMEOUT.as_secs());
-                life.send(ServerMsg::error("target_error", why.clone(), true));
-                return Err(fail("target_error", why));
+                return Err(WaitEnd::Failed(why));
             }
             Err(ControlError::Refused(why)) => {
-                let why = format!("the workspace could not start: {why}");
-                life.send(ServerMsg::error("target_error", why.clone(), true));
-                return Err(fail("target_error", why));
+                return Err(WaitEnd::Failed(format!("the workspace could not start: {why}")));
             }
-            Err(e) if started.elapsed() < WORKSPACE_TIMEOUT => {
+            Err(e) if in_time => {
                 tracing::warn!(error = %e, "Asking for the workspace failed; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Err(e) => {
-                let why = format!("the workspace could not start: {e}");
-                life.send(ServerMsg::error("target_error", why.clone(), true));
-                return Err(fail("target_error", why));
-            }
+            Err(e) => return Err(WaitEnd::Failed(format!("the workspace could not start: {e}"))),
         }
     }
 }
@@ -245,7 +242,8 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                 target.port = e.port;
                 target.password = Some(e.password);
             }
-            Err(end) => return life.end(end).await,
+            Err(WaitEnd::Ended(end)) => return life.end(end).await,
+            Err(WaitEnd::Failed(why)) => return life.fail("target_error", why).await,
         }
     }
     let settings = target.settings.clone();

@@ -75,13 +75,9 @@ pub async fn handler(
                     .protocols([wire::SUBPROTOCOL])
                     .on_upgrade(move |mut socket| async move {
                         let msg = ServerMsg::closed(code, reason);
-                        let _ = socket.send(Message::Binary(msg.encode().into())).await;
-                        let _ = socket
-                            .send(Message::Close(Some(CloseFrame {
-                                code: 1000,
-                                reason: "session closed".into(),
-                            })))
-                            .await;
+                        if socket.send(Message::Binary(msg.encode().into())).await.is_ok() {
+                            goodbye(&mut socket).await;
+                        }
                     });
             }
             _ => {
@@ -157,7 +153,7 @@ async fn pump(socket: WebSocket, live: Arc<LiveSession>) {
                     break;
                 }
                 if closing {
-                    let _ = tx.send(Message::Close(Some(CloseFrame { code: 1000, reason: "session closed".into() }))).await;
+                    goodbye(&mut tx).await;
                     return;
                 }
             }
@@ -206,6 +202,14 @@ where
         }
     };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), forward).await;
+    goodbye(tx).await;
+}
+
+/// The normal WebSocket close after the session's `CLOSED` message.
+async fn goodbye<S>(tx: &mut S)
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
     let _ = tx
         .send(Message::Close(Some(CloseFrame {
             code: 1000,

@@ -147,7 +147,10 @@ async fn workspaces(db: &Db, now: i64) -> anyhow::Result<()> {
         .await?;
     for (sid, agent) in [("w1", &a), ("w2", &a), ("w3", &b)] {
         db.insert_session(&pending(sid, &format!("jti-{sid}"), now)).await?;
-        db.insert_container(&starting(sid, agent, 512, 1500, now)).await?;
+        assert!(
+            db.place_container(&starting(sid, agent, 512, 1500, now)).await?,
+            "room for {sid}"
+        );
     }
     // Only agents alive since the cut-off count; sums come back as integers on both engines.
     let loads = db.agent_loads(now - 10).await?;

@@ -522,15 +522,7 @@ fn apply_connection_body(st: &AppState, c: &mut Connection, b: ConnectionBody) -
     if b.username.len() > 256 {
         return Err(ApiError::bad_request("username is too long"));
     }
-    let name = b
-        .name
-        .map(|n| n.trim().to_owned())
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| format!("{}@{host}", b.username));
-    if name.len() > 200 {
-        return Err(ApiError::bad_request("name is too long"));
-    }
-    c.name = name;
+    c.name = connection_name(b.name, || format!("{}@{host}", b.username))?;
     c.protocol = protocol.as_str().into();
     c.host = host.into();
     c.port = port.into();
@@ -563,6 +555,18 @@ fn apply_connection_body(st: &AppState, c: &mut Connection, b: ConnectionBody) -
     Ok(())
 }
 
+/// The connection's name as given (trimmed), or `default` when empty; at most 200 bytes.
+fn connection_name(given: Option<String>, default: impl FnOnce() -> String) -> Result<String, ApiError> {
+    let name = given
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(default);
+    if name.len() > 200 {
+        return Err(ApiError::bad_request("name is too long"));
+    }
+    Ok(name)
+}
+
 /// A workspace: no host, port or credentials (each session gets its own container and one-time password),
 /// only `settings.workspace`.
 fn apply_workspace_body(c: &mut Connection, b: ConnectionBody) -> Result<(), ApiError> {
@@ -580,15 +584,7 @@ fn apply_workspace_body(c: &mut Connection, b: ConnectionBody) -> Result<(), Api
         .as_ref()
         .ok_or_else(|| ApiError::bad_request("a container workspace needs settings.workspace with an image"))?;
     crate::workspaces::validate_spec(spec)?;
-    let name = b
-        .name
-        .map(|n| n.trim().to_owned())
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| spec.image.clone());
-    if name.len() > 200 {
-        return Err(ApiError::bad_request("name is too long"));
-    }
-    c.name = name;
+    c.name = connection_name(b.name, || spec.image.clone())?;
     c.protocol = crate::workspaces::PROTOCOL.into();
     c.host = String::new();
     c.port = i64::from(spec.vnc_port);
@@ -798,8 +794,7 @@ async fn create_session(
 }
 
 async fn list_sessions(State(st): State<AppState>, me: CurrentUser) -> Result<Json<Vec<SessionRow>>, ApiError> {
-    let now = now_unix();
-    st.db.sweep_lost(now, st.agents_alive_since(now)).await?;
+    st.sweep_lost(now_unix()).await?;
     let filter = if me.is_admin() { None } else { Some(me.user.id.as_str()) };
     Ok(Json(st.db.list_sessions(filter, false).await?))
 }
@@ -819,8 +814,7 @@ async fn get_session(
     me: CurrentUser,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let now = now_unix();
-    st.db.sweep_lost(now, st.agents_alive_since(now)).await?;
+    st.sweep_lost(now_unix()).await?;
     let s = visible_session(&st, &me, &id).await?;
     let mut v = serde_json::to_value(&s).map_err(|e| ApiError::Internal(e.into()))?;
     if let Some(c) = st.db.container(&id).await? {

@@ -169,32 +169,6 @@ fn container(r: &AnyRow) -> sqlx::Result<ContainerRow> {
     })
 }
 
-async fn insert_container_on<'e, E>(e: E, c: &ContainerRow) -> sqlx::Result<()>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO containers ({CONTAINER_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-    )))
-    .bind(&c.session_id)
-    .bind(&c.agent_id)
-    .bind(&c.spec)
-    .bind(&c.vnc_password_enc)
-    .bind(&c.state)
-    .bind(&c.container_id)
-    .bind(&c.host)
-    .bind(c.port)
-    .bind(&c.error)
-    .bind(c.memory_mb)
-    .bind(c.cpu_millis)
-    .bind(c.created_at)
-    .bind(c.ready_at)
-    .bind(c.removed_at)
-    .execute(e)
-    .await
-    .map(|_| ())
-}
-
 /// A healthy agent and what its live containers already take.
 #[derive(Debug, Clone)]
 pub struct AgentLoad {
@@ -820,10 +794,6 @@ impl Db {
 
     // ---- workspace containers
 
-    pub async fn insert_container(&self, c: &ContainerRow) -> sqlx::Result<()> {
-        insert_container_on(&self.pool, c).await
-    }
-
     /// Insert `c` only if its agent still has room for it (memory and CPU limits of its live containers
     /// plus this one within the agent's capacity); `false` if not. Atomic across webapps: the agent's row
     /// is locked (PostgreSQL row lock, SQLite write lock) for the check and the insert.
@@ -848,7 +818,25 @@ impl Db {
         if memory_mb - used_mem < c.memory_mb || cores * 1000 - used_cpu < c.cpu_millis {
             return Ok(false); // Dropping the transaction rolls it back.
         }
-        insert_container_on(&mut *tx, c).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO containers ({CONTAINER_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        )))
+        .bind(&c.session_id)
+        .bind(&c.agent_id)
+        .bind(&c.spec)
+        .bind(&c.vnc_password_enc)
+        .bind(&c.state)
+        .bind(&c.container_id)
+        .bind(&c.host)
+        .bind(c.port)
+        .bind(&c.error)
+        .bind(c.memory_mb)
+        .bind(c.cpu_millis)
+        .bind(c.created_at)
+        .bind(c.ready_at)
+        .bind(c.removed_at)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -142,12 +142,7 @@ impl Internal {
     }
 
     pub async fn sync(&self, req: &SyncRequest) -> Result<SyncResponse, ControlError> {
-        let now = now_unix();
-        self.st
-            .db
-            .sweep_lost(now, self.st.agents_alive_since(now))
-            .await
-            .map_err(db_err)?;
+        self.st.sweep_lost(now_unix()).await.map_err(db_err)?;
         let ended = self.st.db.ended_among(&req.sessions).await.map_err(db_err)?;
         let reasons = ended
             .iter()

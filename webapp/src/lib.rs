@@ -48,6 +48,12 @@ impl AppState {
         now - 3 * i64::from(self.agent_heartbeat_secs()) + 1
     }
 
+    /// End the sessions of agents that stopped responding ([`db::Db::sweep_lost`]); every read that
+    /// depends on them calls this first, since the webapp keeps no timers.
+    pub async fn sweep_lost(&self, now: i64) -> sqlx::Result<Vec<String>> {
+        self.db.sweep_lost(now, self.agents_alive_since(now)).await
+    }
+
     /// How often agents are expected to sync (whole seconds, at least 1).
     pub fn agent_heartbeat_secs(&self) -> u32 {
         u32::try_from(self.config.agent_heartbeat.as_secs().max(1)).unwrap_or(5)

@@ -91,9 +91,8 @@ fn aad(session_id: &str) -> String {
 /// for the spec's memory and cores. Returns the agent's name.
 pub async fn schedule(st: &AppState, session_id: &str, spec: &WorkspaceSpec) -> Result<String, ApiError> {
     let now = now_unix();
-    let alive = st.agents_alive_since(now);
-    st.db.sweep_lost(now, alive).await?;
-    let mut loads = st.db.agent_loads(alive).await?;
+    st.sweep_lost(now).await?;
+    let mut loads = st.db.agent_loads(st.agents_alive_since(now)).await?;
     let need_mem = i64::from(spec.memory_mb);
     let need_cpu = i64::from(spec.cpu_millis);
     // Most free memory first; the placement itself re-checks under a lock (another webapp may have
@@ -176,7 +175,7 @@ pub async fn agent_sync(st: &AppState, agent: &AgentRow, req: &AgentSync) -> Res
     )
     .await
     .map_err(db_err)?;
-    db.sweep_lost(now, st.agents_alive_since(now)).await.map_err(db_err)?;
+    st.sweep_lost(now).await.map_err(db_err)?;
     // What the database holds of this agent's live containers, read once: reports that change nothing
     // write nothing (most syncs), and rows no report mentions are the agent's missing containers.
     let live = db.live_containers(&agent.id).await.map_err(db_err)?;
@@ -288,11 +287,7 @@ pub async fn agent_sync(st: &AppState, agent: &AgentRow, req: &AgentSync) -> Res
 pub async fn wait_ready(st: &AppState, session_id: &str) -> Result<Option<WorkspaceEndpoint>, ControlError> {
     let deadline = tokio::time::Instant::now() + WORKSPACE_WAIT;
     // Once per call: the bridge asks again every few seconds, and its session sync sweeps too.
-    let now = now_unix();
-    st.db
-        .sweep_lost(now, st.agents_alive_since(now))
-        .await
-        .map_err(db_err)?;
+    st.sweep_lost(now_unix()).await.map_err(db_err)?;
     loop {
         let c = st
             .db
