@@ -362,6 +362,25 @@ impl Rdp {
         }
     }
 
+    /// Apply the stage's outputs and pass the user's notices on; `Err` ends the session (a target error is
+    /// also told to the browser as a fatal error, whichever event produced it).
+    async fn deliver(&mut self, life: &mut Lifecycle, outputs: Vec<ActiveStageOutput>) -> Result<(), End> {
+        match self.outputs(outputs).await {
+            Ok(notices) => {
+                for m in notices {
+                    life.send(m);
+                }
+                Ok(())
+            }
+            Err(end) => {
+                if end.code == "target_error" {
+                    life.send(ServerMsg::error(end.code, end.reason.clone(), true));
+                }
+                Err(end)
+            }
+        }
+    }
+
     /// Apply the stage's outputs; `Err` ends the session. Messages for the user come back in `Ok`.
     async fn outputs(&mut self, outputs: Vec<ActiveStageOutput>) -> Result<Vec<ServerMsg>, End> {
         let mut notices = Vec::new();
@@ -624,14 +643,8 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                             outputs.extend(frames.into_iter().map(ActiveStageOutput::ResponseFrame));
                         }
                     }
-                    match rdp.outputs(outputs).await {
-                        Ok(notices) => notices.into_iter().for_each(|m| { life.send(m); }),
-                        Err(end) => {
-                            if end.code == "target_error" {
-                                life.send(ServerMsg::error(end.code, end.reason.clone(), true));
-                            }
-                            break 'session end;
-                        }
+                    if let Err(end) = rdp.deliver(&mut life, outputs).await {
+                        break 'session end;
                     }
                     pdu = rdp.framed.read_pdu().now_or_never();
                 }
@@ -647,9 +660,8 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                         Vec::new()
                     }
                 };
-                match rdp.outputs(outputs).await {
-                    Ok(notices) => notices.into_iter().for_each(|m| { life.send(m); }),
-                    Err(end) => break end,
+                if let Err(end) = rdp.deliver(&mut life, outputs).await {
+                    break end;
                 }
             }
             cmd = cmd_rx.recv() => {
@@ -688,9 +700,8 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                         _ => Vec::new(),
                     },
                 };
-                match rdp.outputs(outputs).await {
-                    Ok(notices) => notices.into_iter().for_each(|m| { life.send(m); }),
-                    Err(end) => break end,
+                if let Err(end) = rdp.deliver(&mut life, outputs).await {
+                    break end;
                 }
             }
             () = sleep_until(deadline) => {
