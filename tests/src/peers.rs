@@ -729,6 +729,21 @@ pub enum ShadowAuth {
 /// Serializes xrdp servers: xrdp finds its session manager at the compiled-in [::1]:3350.
 static XRDP_LOCK: Mutex<()> = Mutex::new(());
 
+/// The X displays xrdp's sessions get here (`X11DisplayOffset` 100; sesman tries 50 more).
+const XRDP_DISPLAYS: std::ops::RangeInclusive<u16> = 100..=150;
+
+/// The per-display sockets xrdp's session (chansrv, sesman) leaves in its socket directory.
+fn remove_xrdp_sockets(display: u16) {
+    for kind in [
+        "xrdp_chansrv_socket_",
+        "xrdp_disconnect_display_",
+        "xrdp_display_",
+        "xrdpapi_",
+    ] {
+        let _ = fs::remove_file(format!("/run/xrdp/sockdir/{kind}{display}"));
+    }
+}
+
 /// A real RDP server on 127.0.0.1: FreeRDP's shadow server on its own Xvfb, or xrdp with xorgxrdp
 /// sessions for the test user.
 pub struct RdpServer {
@@ -899,6 +914,15 @@ impl RdpServer {
         let _ = Command::new("chmod").args(["3777", "/run/xrdp/sockdir"]).status();
         let _ = fs::remove_file("/run/xrdp/xrdp.pid");
         let _ = fs::remove_file("/run/xrdp/xrdp-sesman.pid");
+        // sesman skips a display whose channel sockets exist, and killed sessions leave them behind: after
+        // enough runs every display of the range looked taken ("no display in range is available").
+        // Displays 100..=150 are this harness's alone (X11DisplayOffset, one xrdp at a time).
+        for d in XRDP_DISPLAYS {
+            if !Path::new(&format!("/tmp/.X11-unix/X{d}")).exists() && !Path::new(&format!("/tmp/.X{d}-lock")).exists()
+            {
+                remove_xrdp_sockets(d);
+            }
+        }
         if TcpStream::connect("[::1]:3350").is_ok() {
             bail!("another xrdp-sesman already listens on [::1]:3350 (xrdp finds its session manager only there)");
         }
@@ -988,6 +1012,7 @@ impl RdpServer {
         if let Some(d) = session_display {
             let _ = fs::remove_file(format!("/tmp/.X11-unix/X{d}"));
             let _ = fs::remove_file(format!("/tmp/.X{d}-lock"));
+            remove_xrdp_sockets(d);
         }
     }
 }
