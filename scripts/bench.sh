@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks against real peers (release build); prints a markdown table. Usage: scripts/bench.sh ssh|vnc|rdp|workspace [options]
+# Benchmarks against real peers (release build); prints a markdown table. Usage: scripts/bench.sh ssh|vnc|rdp|workspace|upgrades [options]
 # Options: --window 30 --warmup 5 --repeats 3 --sessions 1,5,20 --idle 100,1000 (see portico-bench --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine: installs its dependencies, checks formatting and lints,
-# then runs every test (unit tests and the integration tests against real sshd, PostgreSQL and Chromium).
+# runs every fuzz target briefly, then every test (unit tests and the integration tests against real sshd,
+# PostgreSQL and Chromium).
 # Extra arguments go to `cargo test` (e.g. a test name filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,9 +17,16 @@ echo "== web client: typecheck and build"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+(cd fuzz && cargo fmt -- --check)
 
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# A smoke run of every fuzz target (the long run is scripts/fuzz.sh); skipped when a test filter is given.
+if [ $# -eq 0 ]; then
+    echo "== fuzz smoke run"
+    ./scripts/fuzz.sh 15
+fi
 
 echo "== cargo test"
 cargo test --workspace --locked -- "$@"

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use base64::Engine as _;
@@ -85,11 +86,38 @@ pub struct Settings {
     #[arg(long, global = true, env = "PORTICO_AGENT_HEARTBEAT_SECS")]
     pub agent_heartbeat_secs: Option<u64>,
     /// Docker network of workspace containers (the bridge tier must reach it; nothing is published).
+    /// Default: portico-workspaces, created by the agent without inter-container traffic.
     #[arg(long, global = true, env = "PORTICO_AGENT_NETWORK")]
     pub agent_network: Option<String>,
+    /// Numeric uid[:gid] workspace containers run as, whatever their image says; never root (default
+    /// 1000:1000).
+    #[arg(long, global = true, env = "PORTICO_AGENT_USER")]
+    pub agent_user: Option<String>,
     /// Memory the agent offers to workspaces, MiB (default: all of the host's).
     #[arg(long, global = true, env = "PORTICO_AGENT_MEMORY_MB")]
     pub agent_memory_mb: Option<u64>,
+    /// Bridge: the largest desktop a VNC or RDP server may impose, WIDTHxHEIGHT (either orientation: at
+    /// most that many pixels, no side longer than the longer one); a larger one ends its session with
+    /// target_error. Default 4096x2160.
+    #[arg(long, global = true, env = "PORTICO_MAX_DESKTOP")]
+    pub max_desktop: Option<portico_proto::limits::MaxDesktop>,
+    /// Origins allowed to frame the embed page /connect, comma-separated (e.g. https://app.example);
+    /// default: none, no page may be framed.
+    #[arg(long, global = true, env = "PORTICO_EMBED_ORIGINS", value_delimiter = ',')]
+    pub embed_origins: Option<Vec<String>>,
+    /// Load balancers whose PROXY protocol v2 header or X-Forwarded-For names the real client address,
+    /// comma-separated CIDRs (e.g. 10.0.0.0/8,192.0.2.7); default: none, the TCP peer is the client.
+    #[arg(long, global = true, env = "PORTICO_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<String>>,
+    /// Open connections in total (WebSockets included); beyond it new ones are closed at once.
+    #[arg(long, global = true, env = "PORTICO_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Open connections of one client address.
+    #[arg(long, global = true, env = "PORTICO_MAX_CONNECTIONS_PER_CLIENT")]
+    pub max_connections_per_client: Option<usize>,
+    /// Seconds a connection may take to send its TLS handshake and each request head (default 10).
+    #[arg(long, global = true, env = "PORTICO_HEADER_TIMEOUT_SECS")]
+    pub header_timeout_secs: Option<u64>,
 }
 
 macro_rules! merge {
@@ -128,9 +156,34 @@ impl Settings {
             agent_name,
             agent_heartbeat_secs,
             agent_network,
-            agent_memory_mb
+            agent_user,
+            agent_memory_mb,
+            max_desktop,
+            embed_origins,
+            trusted_proxies,
+            max_connections,
+            max_connections_per_client,
+            header_timeout_secs
         );
         Ok(self)
+    }
+
+    /// How the listener treats connections (trusted proxies, caps, timeouts).
+    pub fn frontend(&self) -> anyhow::Result<crate::serve::Frontend> {
+        let mut f = crate::serve::Frontend::default();
+        for c in self.trusted_proxies.iter().flatten().filter(|c| !c.trim().is_empty()) {
+            f.trusted_proxies.push(c.parse().context("--trusted-proxies")?);
+        }
+        if let Some(n) = self.max_connections {
+            f.max_connections = n.max(1);
+        }
+        if let Some(n) = self.max_connections_per_client {
+            f.max_connections_per_client = n.max(1);
+        }
+        if let Some(s) = self.header_timeout_secs {
+            f.header_timeout = Duration::from_secs(s.max(1));
+        }
+        Ok(f)
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -148,8 +201,18 @@ impl Settings {
             return Ok(u.clone());
         }
         let dir = self.data_dir();
-        std::fs::create_dir_all(&dir).with_context(|| format!("create data directory {}", dir.display()))?;
-        Ok(format!("sqlite://{}", dir.join("portico.db").display()))
+        private_dir(&dir)?;
+        // SQLite creates the -wal and -shm files with the database file's mode: 0600 from the start.
+        let db = dir.join("portico.db");
+        for f in [db.clone(), dir.join("portico.db-wal"), dir.join("portico.db-shm")] {
+            if f.exists() {
+                set_mode(&f, 0o600)?;
+            }
+        }
+        if !db.exists() {
+            write_private(&db, b"")?;
+        }
+        Ok(format!("sqlite://{}", db.display()))
     }
 
     pub fn master_key(&self) -> anyhow::Result<[u8; 32]> {
@@ -173,6 +236,12 @@ impl Settings {
         }
     }
 
+    /// The agent's persistent identity: generated once in the data directory (mode 0600); its name is bound
+    /// to it at the webapp.
+    pub fn agent_identity(&self) -> anyhow::Result<String> {
+        read_or_generate(&self.data_dir().join("agent-identity.key"))
+    }
+
     pub fn node_secret(&self) -> anyhow::Result<String> {
         match &self.node_secret {
             Some(s) if s.len() >= 16 => Ok(s.clone()),
@@ -188,13 +257,30 @@ fn read_or_generate(path: &Path) -> anyhow::Result<String> {
         return Ok(s.trim().to_owned());
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        private_dir(dir)?;
     }
     let mut b = [0u8; 32];
     getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("os random number generator: {e}"))?;
     let s = base64::engine::general_purpose::STANDARD.encode(b);
     write_private(path, s.as_bytes())?;
     Ok(s)
+}
+
+/// Create `dir` (and its parents) readable only by its owner, and make an existing one so (mode 0700).
+pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("create {}", dir.display()))?;
+    set_mode(dir, 0o700)
+}
+
+fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("restrict the permissions of {}", path.display()))
 }
 
 pub fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {

@@ -8,12 +8,25 @@ use portico_proto::control::{
     WorkspaceEndpoint,
 };
 use portico_webapp::Internal;
+use portico_webapp::internal::CallerBridge;
 
-pub struct LocalControl(Internal);
+/// The webapp's internal logic, called as the bridge identity this process registered at start.
+pub struct LocalControl(Internal, CallerBridge);
 
 impl LocalControl {
-    pub fn new(internal: Internal) -> Self {
-        LocalControl(internal)
+    /// Register the in-process bridge (with the node secret, like any bridge) and act as it.
+    pub async fn register(internal: Internal, node_secret: &str, name: &str) -> anyhow::Result<Self> {
+        let req = portico_proto::control::BridgeRegisterRequest { name: name.to_owned() };
+        let registered = internal
+            .register_bridge(node_secret, &req, "in-process")
+            .await
+            .map_err(|e| anyhow::anyhow!("register the in-process bridge: {e}"))?;
+        Ok(LocalControl(
+            internal,
+            CallerBridge {
+                id: registered.bridge_id,
+            },
+        ))
     }
 }
 
@@ -24,22 +37,22 @@ impl ControlPlane for LocalControl {
     }
 
     async fn claim(&self, session_id: &str, req: &ClaimRequest) -> Result<Target, ControlError> {
-        self.0.claim(session_id, req).await
+        self.0.claim(&self.1, session_id, req).await
     }
 
     async fn record_host_key(&self, session_id: &str, report: &HostKeyReport) -> Result<(), ControlError> {
-        self.0.record_host_key(session_id, report).await
+        self.0.record_host_key(&self.1, session_id, report).await
     }
 
     async fn end_session(&self, session_id: &str, req: &EndRequest) -> Result<(), ControlError> {
-        self.0.end_session(session_id, req).await
+        self.0.end_session(&self.1, session_id, req).await
     }
 
     async fn sync(&self, req: &SyncRequest) -> Result<SyncResponse, ControlError> {
-        self.0.sync(req).await
+        self.0.sync(&self.1, req).await
     }
 
     async fn workspace(&self, session_id: &str) -> Result<Option<WorkspaceEndpoint>, ControlError> {
-        self.0.workspace(session_id).await
+        self.0.workspace(&self.1, session_id).await
     }
 }

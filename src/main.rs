@@ -99,8 +99,13 @@ fn agent_config(s: &Settings) -> anyhow::Result<portico_agent::AgentConfig> {
         upstream_cert_sha256: s.webapp_cert_sha256.clone(),
         upstream_ca,
         registration_token: s.agent_registration_token.clone().map(Secret::new),
+        identity: Secret::new(s.agent_identity()?),
         name: s.agent_name.clone().unwrap_or_else(host_name),
-        network: s.agent_network.clone().unwrap_or_else(|| "bridge".into()),
+        network: s.agent_network.clone().filter(|n| !n.is_empty()),
+        user: s
+            .agent_user
+            .clone()
+            .unwrap_or_else(|| portico_agent::DEFAULT_USER.into()),
         memory_mb: s.agent_memory_mb,
     })
 }
@@ -113,10 +118,23 @@ fn host_name() -> String {
         .unwrap_or_else(|| "agent".into())
 }
 
+/// Connections the kernel may queue before Portico accepts them.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(settings: &Settings) -> anyhow::Result<(TcpListener, String)> {
     let addr = settings.listen()?;
-    let listener = TcpListener::bind(addr)
-        .await
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .context("create the listening socket")?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr).with_context(|| format!("listen on {addr}"))?;
+    // A deep accept queue (the kernel caps it at net.core.somaxconn): with the default of 128, a burst of
+    // hundreds of connections overflowed it and the dropped SYNs waited a second for their retransmission.
+    let listener = socket
+        .listen(LISTEN_BACKLOG)
         .with_context(|| format!("listen on {addr}"))?;
     let local = listener.local_addr()?;
     let host = if local.ip().is_unspecified() {
@@ -141,6 +159,9 @@ async fn webapp_state(settings: &Settings, public_url: &str) -> anyhow::Result<A
     );
     if let Some(b) = &settings.bridge_public_url {
         cfg.bridge_public_url = b.clone();
+    }
+    if let Some(o) = &settings.embed_origins {
+        cfg.embed_origins = o.iter().filter(|o| !o.trim().is_empty()).cloned().collect();
     }
     if let Some(z) = &settings.zone {
         cfg.zone = z.clone();
@@ -174,20 +195,31 @@ fn bridge_id(settings: &Settings) -> String {
     })
 }
 
+/// The bridge's settings: its name, its pool and the caps on what servers may impose.
+fn bridge_config(settings: &Settings, zone: String) -> BridgeConfig {
+    let mut config = BridgeConfig::new(bridge_id(settings), zone);
+    config.max_desktop = settings.max_desktop.unwrap_or_default();
+    config
+}
+
 fn announce(url: &str, tls: &serve::Tls) {
     // Tests and scripts read this line.
     println!("portico listening on {url} (certificate sha256 {})", tls.fingerprint);
 }
 
 async fn all_in_one(settings: Settings) -> anyhow::Result<()> {
+    let frontend = settings.frontend()?;
     let tls = serve::tls(&settings)?;
     let (listener, url) = bind(&settings).await?;
     let state = webapp_state(&settings, &url).await?;
-    let control = Arc::new(local::LocalControl::new(portico_webapp::Internal::new(state.clone())));
-    let bridge = Bridge::new(
-        BridgeConfig::new(bridge_id(&settings), state.config.zone.clone()),
-        control,
-    );
+    let config = bridge_config(&settings, state.config.zone.clone());
+    let control = local::LocalControl::register(
+        portico_webapp::Internal::new(state.clone()),
+        state.config.node_secret.expose(),
+        &config.bridge_id,
+    )
+    .await?;
+    let bridge = Bridge::new(config, Arc::new(control));
     bridge.spawn_sync();
     let mut agent_cfg = agent_config(&settings)?;
     if portico_agent::docker_socket_present(&agent_cfg.docker_socket) {
@@ -201,20 +233,30 @@ async fn all_in_one(settings: Settings) -> anyhow::Result<()> {
             }
         });
     }
-    let app = portico_webapp::router(state).merge(bridge.router());
+    // The security headers cover the bridge's answers too (one layer over both).
+    let app = portico_webapp::headers::layer(portico_webapp::router(state).merge(bridge.router()));
     announce(&url, &tls);
-    serve::serve(listener, tls.acceptor, app).await
+    let draining = serve::serve(listener, tls.acceptor, app, frontend).await?;
+    bridge.shutdown().await;
+    draining.finish().await;
+    Ok(())
 }
 
 async fn webapp_only(settings: Settings) -> anyhow::Result<()> {
+    let frontend = settings.frontend()?;
     let tls = serve::tls(&settings)?;
     let (listener, url) = bind(&settings).await?;
     let state = webapp_state(&settings, &url).await?;
     announce(&url, &tls);
-    serve::serve(listener, tls.acceptor, portico_webapp::router(state)).await
+    serve::serve(listener, tls.acceptor, portico_webapp::router(state), frontend)
+        .await?
+        .finish()
+        .await;
+    Ok(())
 }
 
 async fn bridge_only(settings: Settings) -> anyhow::Result<()> {
+    let frontend = settings.frontend()?;
     let webapp_url = settings
         .webapp_url
         .clone()
@@ -230,17 +272,22 @@ async fn bridge_only(settings: Settings) -> anyhow::Result<()> {
     if settings.webapp_cert_sha256.is_none() && ca.is_none() {
         anyhow::bail!("the bridge needs --webapp-cert-sha256 or --webapp-ca to trust the webapp's certificate");
     }
+    let zone = settings.zone.clone().unwrap_or_else(|| "default".into());
+    let config = bridge_config(&settings, zone);
     let control = HttpControlPlane::new(
         webapp_url,
         Secret::new(node_secret),
+        &config.bridge_id,
         settings.webapp_cert_sha256.as_deref(),
         ca.as_deref(),
     )?;
-    let zone = settings.zone.clone().unwrap_or_else(|| "default".into());
-    let bridge = Bridge::new(BridgeConfig::new(bridge_id(&settings), zone), Arc::new(control));
+    let bridge = Bridge::new(config, Arc::new(control));
     bridge.spawn_sync();
     let tls = serve::tls(&settings)?;
     let (listener, url) = bind(&settings).await?;
     announce(&url, &tls);
-    serve::serve(listener, tls.acceptor, bridge.router()).await
+    let draining = serve::serve(listener, tls.acceptor, bridge.router(), frontend).await?;
+    bridge.shutdown().await;
+    draining.finish().await;
+    Ok(())
 }

@@ -4,18 +4,23 @@
 //! the host's capacity. A registration that fails is loud: an error line per attempt with the reason and
 //! the next retry (exponential backoff up to [`Backoff::MAX`]), and the webapp lists the agent as `failed`.
 //!
+//! The agent's name is bound to its persistent identity (a random key in its data directory): the webapp
+//! refuses another identity under the same name until an admin removes the agent.
+//!
 //! Workspaces: the agent's sync (heartbeat and reconciliation in one) reports every container labelled
-//! with its name; the webapp answers with the containers it wants. Missing ones are created (limits, all
-//! capabilities dropped, no-new-privileges, a per-session VNC password, nothing published) and reported
-//! ready once their VNC server answers; unwanted ones (ended sessions, orphans of a previous run) are
-//! removed.
+//! with its name and the subnets of its network; the webapp answers with the containers it wants. Missing
+//! ones are created (the configured non-root user whatever the image says, limits, all capabilities
+//! dropped, no-new-privileges, a per-session VNC password, nothing published, on the Portico-managed
+//! network `portico-workspaces` without inter-container traffic unless another network is configured) and
+//! reported ready once their VNC server answers; unwanted ones (ended sessions, orphans of a previous run)
+//! are removed.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use portico_proto::Secret;
 use portico_proto::control::{
-    AgentCapacity, AgentRegisterRequest, AgentRegistered, AgentSync, AgentSyncResponse, ContainerReport,
+    AgentCapacity, AgentNetwork, AgentRegisterRequest, AgentRegistered, AgentSync, AgentSyncResponse, ContainerReport,
     DesiredContainer,
 };
 
@@ -29,10 +34,15 @@ pub struct AgentConfig {
     pub upstream_cert_sha256: Option<String>,
     pub upstream_ca: Option<Vec<u8>>,
     pub registration_token: Option<Secret<String>>,
+    /// The agent's persistent identity (kept in its data directory): its name is bound to it.
+    pub identity: Secret<String>,
     /// This agent's name (unique per host).
     pub name: String,
-    /// Docker network of the workspace containers (the bridge tier must route to it; nothing is published).
-    pub network: String,
+    /// Docker network of the workspace containers (the bridge tier must route to it; nothing is
+    /// published); `None`: the managed [`MANAGED_NETWORK`], created when missing.
+    pub network: Option<String>,
+    /// `uid[:gid]` the workspace containers run as, whatever their image says (never root).
+    pub user: String,
     /// Memory the agent offers to workspaces, MiB; `None` = all of the host's.
     pub memory_mb: Option<u64>,
 }
@@ -172,6 +182,97 @@ impl Upstream {
     }
 }
 
+/// The network workspaces join unless `--agent-network` names another: a user-defined bridge created by
+/// the agent, without inter-container traffic.
+pub const MANAGED_NETWORK: &str = "portico-workspaces";
+/// The label of the networks Portico created.
+pub const LABEL_MANAGED: &str = "org.portico.managed";
+/// The user workspaces run as by default.
+pub const DEFAULT_USER: &str = "1000:1000";
+
+/// Check a workspace user: numeric `uid[:gid]`, and not root.
+pub fn check_user(user: &str) -> anyhow::Result<()> {
+    let (uid, gid) = user.split_once(':').map_or((user, None), |(u, g)| (u, Some(g)));
+    let numeric = |s: &str| !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit());
+    anyhow::ensure!(
+        numeric(uid) && gid.is_none_or(numeric),
+        "the workspace user {user:?} must be a numeric uid[:gid] (e.g. 1000:1000)"
+    );
+    anyhow::ensure!(
+        uid.parse::<u32>().is_ok_and(|u| u != 0),
+        "the workspace user must be a non-root uid (got {user:?})"
+    );
+    Ok(())
+}
+
+/// The workspace network: the configured one (it must exist), or the managed [`MANAGED_NETWORK`], created
+/// if missing as a user-defined bridge with `com.docker.network.bridge.enable_icc=false`. Returns its name
+/// and its subnets (what the webapp accepts container addresses in).
+pub async fn ensure_network(
+    docker: &bollard::Docker,
+    configured: Option<&str>,
+) -> anyhow::Result<(String, Vec<AgentNetwork>)> {
+    use bollard::errors::Error as E;
+    let name = configured.unwrap_or(MANAGED_NETWORK).to_owned();
+    let inspect = |name: String| async move {
+        docker
+            .inspect_network(&name, None::<bollard::query_parameters::InspectNetworkOptions>)
+            .await
+    };
+    let net = match inspect(name.clone()).await {
+        Ok(n) => n,
+        Err(E::DockerResponseServerError { status_code: 404, .. }) if configured.is_none() => {
+            let req = bollard::models::NetworkCreateRequest {
+                name: name.clone(),
+                driver: Some("bridge".into()),
+                options: Some(std::collections::HashMap::from([(
+                    "com.docker.network.bridge.enable_icc".to_owned(),
+                    "false".to_owned(),
+                )])),
+                labels: Some(std::collections::HashMap::from([(
+                    LABEL_MANAGED.to_owned(),
+                    "true".to_owned(),
+                )])),
+                ..Default::default()
+            };
+            match docker.create_network(req).await {
+                Ok(_) => tracing::info!(network = %name, "Created the workspace network (no inter-container traffic)"),
+                // Another agent on this engine created it meanwhile.
+                Err(E::DockerResponseServerError { status_code: 409, .. }) => {}
+                Err(e) => return Err(e).with_context(|| format!("create the docker network {name}")),
+            }
+            inspect(name.clone())
+                .await
+                .with_context(|| format!("inspect the docker network {name}"))?
+        }
+        Err(e) => return Err(e).with_context(|| format!("inspect the docker network {name}")),
+    };
+    if configured.is_none()
+        && net
+            .options
+            .as_ref()
+            .and_then(|o| o.get("com.docker.network.bridge.enable_icc"))
+            .is_none_or(|v| v != "false")
+    {
+        tracing::warn!(network = %name, "The workspace network allows inter-container traffic (enable_icc is not false)");
+    }
+    let subnets: Vec<AgentNetwork> = net
+        .ipam
+        .and_then(|i| i.config)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|c| {
+            Some(AgentNetwork {
+                name: name.clone(),
+                subnet: c.subnet.filter(|s| !s.is_empty())?,
+                gateway: c.gateway.filter(|g| !g.is_empty()),
+            })
+        })
+        .collect();
+    anyhow::ensure!(!subnets.is_empty(), "the docker network {name} has no subnet");
+    Ok((name, subnets))
+}
+
 /// Labels on every container the agent creates.
 pub const LABEL_AGENT: &str = "org.portico.agent";
 pub const LABEL_SESSION: &str = "org.portico.session";
@@ -200,6 +301,7 @@ pub struct Workspaces {
     docker: bollard::Docker,
     agent: String,
     network: String,
+    user: String,
     local: Shared,
     /// Woken when a start finished (the webapp hears of it at once instead of at the next poll).
     news: std::sync::Arc<tokio::sync::Notify>,
@@ -217,11 +319,12 @@ fn ip_of(
 }
 
 impl Workspaces {
-    pub fn new(docker: bollard::Docker, agent: &str, network: &str) -> Self {
+    pub fn new(docker: bollard::Docker, agent: &str, network: &str, user: &str) -> Self {
         Workspaces {
             docker,
             agent: agent.to_owned(),
             network: network.to_owned(),
+            user: user.to_owned(),
             local: Shared::default(),
             news: std::sync::Arc::new(tokio::sync::Notify::new()),
         }
@@ -361,7 +464,7 @@ impl Workspaces {
         self.news.notify_one();
     }
 
-    /// The container's Docker definition: limits, no privileges, nothing published.
+    /// The container's Docker definition: the configured user, limits, no privileges, nothing published.
     pub fn container_body(&self, d: &DesiredContainer) -> bollard::models::ContainerCreateBody {
         let spec = &d.spec;
         let mut env = vec![
@@ -374,6 +477,8 @@ impl Workspaces {
         let memory = i64::from(spec.memory_mb) * 1024 * 1024;
         bollard::models::ContainerCreateBody {
             image: Some(spec.image.clone()),
+            // Whatever the image's USER says: never root.
+            user: Some(self.user.clone()),
             env: Some(env),
             labels: Some(std::collections::HashMap::from([
                 (LABEL_AGENT.to_owned(), self.agent.clone()),
@@ -488,6 +593,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         .registration_token
         .clone()
         .context("the agent needs a registration token (--agent-registration-token)")?;
+    check_user(&config.user).context("--agent-user")?;
     let upstream = Upstream::new(
         &upstream_url,
         config.upstream_cert_sha256.as_deref(),
@@ -508,7 +614,22 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             }
         }
     };
-    let workspaces = std::sync::Arc::new(Workspaces::new(docker.clone(), &config.name, &config.network));
+    // The network comes first (containers join it); an engine that cannot give it is retried loudly.
+    let (network, mut networks) = loop {
+        match ensure_network(&docker, config.network.as_deref()).await {
+            Ok(n) => break n,
+            Err(e) => {
+                let retry = backoff.delay();
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    retry_in_s = retry.as_secs(),
+                    "Workspace network unavailable"
+                );
+                tokio::time::sleep(retry).await;
+            }
+        }
+    };
+    let workspaces = std::sync::Arc::new(Workspaces::new(docker.clone(), &config.name, &network, &config.user));
     let capacity = |info: &EngineInfo| {
         let mut c = info.capacity.clone();
         if let Some(m) = config.memory_mb {
@@ -523,6 +644,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         let (registered, mut engine) = loop {
             attempt += 1;
             let info = probe(&docker).await.ok();
+            // Again at every registration: a managed network removed meanwhile is created anew.
+            if let Ok((_, n)) = ensure_network(&docker, config.network.as_deref()).await {
+                networks = n;
+            }
             let (docker_version, capacity) = match &info {
                 Some(i) => (i.version.clone(), capacity(i)),
                 None => (String::new(), AgentCapacity::default()),
@@ -530,8 +655,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             let req = AgentRegisterRequest {
                 name: config.name.clone(),
                 registration_token: token.clone(),
+                identity: config.identity.clone(),
                 docker_version,
                 capacity,
+                networks: networks.clone(),
             };
             match upstream.register(&req).await {
                 Ok(r) => break (r, info),
@@ -577,6 +704,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 capacity: capacity(info),
                 containers: reports,
                 wait_ms,
+                networks: networks.clone(),
             };
             let news = workspaces.news.clone();
             let answer = tokio::select! {
@@ -607,6 +735,17 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workspace_users_are_numeric_and_never_root() {
+        for ok in ["1000:1000", "1000", "65534:0"] {
+            assert!(check_user(ok).is_ok(), "{ok}");
+        }
+        for bad in ["0", "0:0", "root", "1000:staff", "", ":1000", "1000:"] {
+            assert!(check_user(bad).is_err(), "{bad}");
+        }
+        assert!(format!("{:#}", check_user("0:0").unwrap_err()).contains("non-root"));
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {

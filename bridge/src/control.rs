@@ -9,8 +9,8 @@ use base64::Engine as _;
 use ed25519_dalek::VerifyingKey;
 use portico_proto::Secret;
 use portico_proto::control::{
-    ClaimRequest, ControlError, EndRequest, HostKeyReport, SyncRequest, SyncResponse, Target, TokenKeys,
-    WorkspaceEndpoint,
+    BridgeRegisterRequest, BridgeRegistered, ClaimRequest, ControlError, EndRequest, HostKeyReport, SyncRequest,
+    SyncResponse, Target, TokenKeys, WorkspaceEndpoint,
 };
 
 #[async_trait]
@@ -43,7 +43,10 @@ pub fn verifying_keys(keys: &TokenKeys) -> Result<Vec<VerifyingKey>, ControlErro
 /// The webapp's internal API over HTTPS, authenticated with the node credential.
 pub struct HttpControlPlane {
     base: String,
+    /// Used only to register; every other call carries this bridge's own credential.
     node_secret: Secret<String>,
+    name: String,
+    credential: tokio::sync::Mutex<Option<Secret<String>>>,
     http: reqwest::Client,
 }
 
@@ -101,6 +104,7 @@ impl HttpControlPlane {
     pub fn new(
         base: String,
         node_secret: Secret<String>,
+        name: &str,
         cert_sha256: Option<&str>,
         ca_pem: Option<&[u8]>,
     ) -> anyhow::Result<Self> {
@@ -108,8 +112,34 @@ impl HttpControlPlane {
         Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
             node_secret,
+            name: name.to_owned(),
+            credential: tokio::sync::Mutex::new(None),
             http,
         })
+    }
+
+    /// This bridge's credential: registered (with the node secret) on first use and after the webapp
+    /// stopped knowing the previous one.
+    async fn credential(&self) -> Result<Secret<String>, ControlError> {
+        let mut held = self.credential.lock().await;
+        if let Some(c) = held.as_ref() {
+            return Ok(c.clone());
+        }
+        let req = BridgeRegisterRequest {
+            name: self.name.clone(),
+        };
+        let registered: BridgeRegistered = required(
+            self.send(
+                reqwest::Method::POST,
+                "/internal/v1/bridges/register",
+                Some(&req),
+                &self.node_secret,
+            )
+            .await?,
+        )?;
+        tracing::info!(bridge_id = %registered.bridge_id, "Registered with the control plane");
+        *held = Some(registered.credential.clone());
+        Ok(registered.credential)
     }
 
     async fn call<T: serde::de::DeserializeOwned>(
@@ -118,10 +148,27 @@ impl HttpControlPlane {
         path: &str,
         body: Option<&impl serde::Serialize>,
     ) -> Result<Option<T>, ControlError> {
+        let credential = self.credential().await?;
+        let res = self.send(method, path, body, &credential).await;
+        if matches!(res, Err(ControlError::Unauthorized)) {
+            // Revoked, or a webapp tier that no longer knows it: register again at the next call (a revoked
+            // bridge's name is refused then).
+            *self.credential.lock().await = None;
+        }
+        res
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&impl serde::Serialize>,
+        bearer: &Secret<String>,
+    ) -> Result<Option<T>, ControlError> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
-            .bearer_auth(self.node_secret.expose());
+            .bearer_auth(bearer.expose());
         if let Some(b) = body {
             req = req.json(b);
         }

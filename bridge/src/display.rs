@@ -23,9 +23,14 @@ const MAX_RECTS_PER_FLUSH: usize = 48;
 /// A frame that collects more damage rectangles than this (a browser that is behind, while the server keeps
 /// sending) merges them into their bounding box: the damage of a frame stays bounded.
 const MAX_PENDING_DAMAGE: usize = 512;
-/// A frame with more operations than this (copies and the damage flushed before them: a server that keeps
-/// scrolling while the browser is behind) collapses into one repaint of the whole screen.
+/// A frame with more operations than this (copies, fills, passthrough images and the damage flushed before
+/// copies: a server that keeps scrolling while the browser is behind, or floods one update with tiny
+/// rectangles) collapses into one repaint of the whole screen. Pointer images and the size do not count: a
+/// frame keeps only its last of each.
 const MAX_FRAME_OPS: usize = 256;
+/// Nor may a frame's operations hold more bytes (captured pixels, passthrough images) than a repaint of the
+/// whole screen would (and at least this much, for small screens).
+const MIN_FRAME_BYTES: usize = 4 * 1024 * 1024;
 /// Frames sent but not yet acknowledged before a session stops sending (VNC: stops asking for updates).
 pub const MAX_FRAMES_IN_FLIGHT: u32 = 2;
 
@@ -264,6 +269,20 @@ enum Op {
 pub struct Frame {
     damage: Vec<Rect>,
     ops: Vec<Op>,
+    /// Bytes held by `ops` (captured pixels, passthrough images).
+    bytes: usize,
+}
+
+fn area_bytes(r: &Rect) -> usize {
+    usize::from(r.width) * usize::from(r.height) * 4
+}
+
+/// Whether `d` covers all of `r`.
+fn covers(d: &Rect, r: &Rect) -> bool {
+    d.x <= r.x
+        && d.y <= r.y
+        && u32::from(d.x) + u32::from(d.width) >= u32::from(r.x) + u32::from(r.width)
+        && u32::from(d.y) + u32::from(d.height) >= u32::from(r.y) + u32::from(r.height)
 }
 
 impl Frame {
@@ -281,17 +300,58 @@ impl Frame {
         }
     }
 
+    /// The rectangles a flush would capture now.
+    fn flush_rects(&self) -> Vec<Rect> {
+        if self.damage.len() > MAX_RECTS_PER_FLUSH {
+            vec![bounding(&self.damage)]
+        } else {
+            self.damage.clone()
+        }
+    }
+
     /// Capture the pending damage from the framebuffer now.
     fn flush(&mut self, fb: &Framebuffer) {
-        let mut rects = std::mem::take(&mut self.damage);
-        if rects.len() > MAX_RECTS_PER_FLUSH {
-            rects = vec![bounding(&rects)];
-        }
+        let rects = self.flush_rects();
+        self.damage.clear();
         for r in rects {
             if fb.contains(&r) {
+                self.bytes += area_bytes(&r);
                 self.ops.push(Op::Pixels(r, fb.extract(&r)));
             }
         }
+    }
+
+    /// Whether pending damage already covers `r` (its final pixels are sent at the next flush).
+    fn damaged(&self, r: &Rect) -> bool {
+        self.damage.iter().any(|d| covers(d, r))
+    }
+
+    /// Whether `ops` more operations holding `bytes` more bytes fit in the frame; if not, the frame
+    /// collapses into one repaint of the whole screen.
+    fn room(&mut self, fb: &Framebuffer, ops: usize, bytes: usize) -> bool {
+        let budget = area_bytes(&fb.full()).max(MIN_FRAME_BYTES);
+        if self.ops.len() + ops <= MAX_FRAME_OPS && self.bytes + bytes <= budget {
+            return true;
+        }
+        tracing::debug!(
+            ops = self.ops.len(),
+            bytes = self.bytes,
+            "Frame over its operation budget; sending one repaint instead"
+        );
+        // Keep what is not pixels: the last size and the last pointer image.
+        let mut size = None;
+        let mut cursor = None;
+        for op in self.ops.drain(..) {
+            match op {
+                Op::Msg(m @ ServerMsg::DisplaySize { .. }) => size = Some(m),
+                Op::Msg(m @ ServerMsg::Cursor { .. }) => cursor = Some(m),
+                _ => {}
+            }
+        }
+        self.ops.extend(size.into_iter().chain(cursor).map(Op::Msg));
+        self.bytes = 0;
+        self.damage = vec![fb.full()];
+        false
     }
 
     /// A copy on the remote side: flush what it would read, then apply it to the framebuffer.
@@ -301,23 +361,23 @@ impl Frame {
             y: src_y,
             ..r
         };
-        let covers = |d: &Rect, x: &Rect| {
-            d.x <= x.x && d.y <= x.y && d.x + d.width >= x.x + x.width && d.y + d.height >= x.y + x.height
-        };
         if self.damage.iter().any(|d| covers(d, &src) && covers(d, &r)) {
             // The damage is sent from the final framebuffer anyway: the copy needs no message.
             fb.copy(src_x, src_y, &r);
             return;
         }
-        if self.ops.len() >= MAX_FRAME_OPS {
-            // Keep what is not pixels (size, pointer); the whole screen is sent from the framebuffer instead.
+        let flush = self.damage.iter().any(|d| intersects(d, &src));
+        let (ops, bytes) = if flush {
+            let rects = self.flush_rects();
+            (rects.len() + 1, rects.iter().map(area_bytes).sum())
+        } else {
+            (1, 0)
+        };
+        if !self.room(fb, ops, bytes) {
             fb.copy(src_x, src_y, &r);
-            self.ops
-                .retain(|op| matches!(op, Op::Msg(m) if !matches!(m, ServerMsg::Copy { .. } | ServerMsg::Fill { .. })));
-            self.damage = vec![fb.full()];
             return;
         }
-        if self.damage.iter().any(|d| intersects(d, &src)) {
+        if flush {
             self.flush(fb);
         }
         fb.copy(src_x, src_y, &r);
@@ -327,11 +387,30 @@ impl Frame {
     /// A solid rectangle: applied to the framebuffer and sent as a fill in its place.
     pub fn fill(&mut self, fb: &mut Framebuffer, r: Rect, rgb: [u8; 3]) {
         fb.fill(&r, rgb);
+        if !fb.contains(&r) || self.damaged(&r) || !self.room(fb, 1, 0) {
+            return;
+        }
         self.ops.push(Op::Msg(ServerMsg::Fill { rect: r, rgb }));
     }
 
-    /// A message that keeps its place among the frame's operations.
+    /// An image passed through as it is (a VNC server's JPEG): its pixels `rgba` go into the framebuffer,
+    /// the image itself into the frame in their place.
+    pub fn image(&mut self, fb: &mut Framebuffer, r: Rect, rgba: &[u8], format: ImageFormat, data: Vec<u8>) {
+        fb.put(&r, rgba);
+        if !fb.contains(&r) || self.damaged(&r) || !self.room(fb, 1, data.len()) {
+            return;
+        }
+        self.bytes += data.len();
+        self.ops.push(Op::Msg(ServerMsg::Image { rect: r, format, data }));
+    }
+
+    /// A message that keeps its place among the frame's operations: the size (a new framebuffer starts a
+    /// new frame, so there is one) or a pointer image (only the last one of a frame is kept, so neither
+    /// counts against [`MAX_FRAME_OPS`]).
     pub fn message(&mut self, msg: ServerMsg) {
+        if matches!(msg, ServerMsg::Cursor { .. }) {
+            self.ops.retain(|op| !matches!(op, Op::Msg(ServerMsg::Cursor { .. })));
+        }
         self.ops.push(Op::Msg(msg));
     }
 
@@ -598,19 +677,25 @@ pub async fn decode_jpeg(data: Vec<u8>, width: u16, height: u16) -> (Vec<u8>, Op
     let permit = encode_pool().clone().acquire_owned().await;
     let res = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        use zune_jpeg::zune_core::{colorspace::ColorSpace, options::DecoderOptions};
-        let opts = DecoderOptions::default()
-            .jpeg_set_out_colorspace(ColorSpace::RGBA)
-            .set_max_width(usize::from(width))
-            .set_max_height(usize::from(height));
-        let mut dec = zune_jpeg::JpegDecoder::new_with_options(std::io::Cursor::new(&data), opts);
-        let rgba = dec.decode().ok();
-        let size_ok = dec.dimensions() == Some((usize::from(width), usize::from(height)));
-        let rgba = rgba.filter(|px| size_ok && px.len() == usize::from(width) * usize::from(height) * 4);
+        let rgba = jpeg_pixels(&data, width, height);
         (data, rgba)
     })
     .await;
     res.unwrap_or_default()
+}
+
+/// The RGBA pixels of a JPEG from the server, if it decodes to exactly `width` x `height` (the decoder
+/// refuses larger images before allocating for them). Blocking: call it on the pool.
+pub fn jpeg_pixels(data: &[u8], width: u16, height: u16) -> Option<Vec<u8>> {
+    use zune_jpeg::zune_core::{colorspace::ColorSpace, options::DecoderOptions};
+    let opts = DecoderOptions::default()
+        .jpeg_set_out_colorspace(ColorSpace::RGBA)
+        .set_max_width(usize::from(width))
+        .set_max_height(usize::from(height));
+    let mut dec = zune_jpeg::JpegDecoder::new_with_options(std::io::Cursor::new(data), opts);
+    let rgba = dec.decode().ok();
+    let size_ok = dec.dimensions() == Some((usize::from(width), usize::from(height)));
+    rgba.filter(|px| size_ok && px.len() == usize::from(width) * usize::from(height) * 4)
 }
 
 /// PNG with the fastest deflate level (the browser decodes it natively).
@@ -762,6 +847,63 @@ mod tests {
             "non-pixel messages are kept"
         );
         assert!(msgs.len() <= 4, "{} messages", msgs.len());
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_fills_images_and_pointers_stays_bounded() {
+        let mut fb = Framebuffer::new(64, 64);
+        let mut frame = Frame::default();
+        frame.message(ServerMsg::DisplaySize { width: 64, height: 64 });
+        for i in 0..65535u32 {
+            let r = rect((i % 64) as u16, (i / 64 % 64) as u16, 1, 1);
+            match i % 3 {
+                0 => frame.fill(&mut fb, r, [i as u8, 1, 2]),
+                1 => frame.image(&mut fb, r, &[i as u8, 3, 4, 255], ImageFormat::Jpeg, vec![0; 600]),
+                _ => frame.message(ServerMsg::Cursor {
+                    hot_x: 0,
+                    hot_y: 0,
+                    png: vec![i as u8],
+                }),
+            }
+            assert!(frame.ops.len() <= MAX_FRAME_OPS + 2, "{} ops at {i}", frame.ops.len());
+        }
+        let msgs = frame.finish(&fb, 6).await;
+        assert!(matches!(msgs[0], ServerMsg::DisplaySize { .. }), "the size first");
+        let cursors: Vec<_> = msgs.iter().filter(|m| matches!(m, ServerMsg::Cursor { .. })).collect();
+        assert_eq!(cursors.len(), 1, "only the last pointer image");
+        assert!(matches!(cursors[0], ServerMsg::Cursor { png, .. } if png == &[(65534 % 256) as u8]));
+        assert_eq!(msgs.len(), 3, "size, pointer, one repaint: {msgs:?}");
+        assert!(matches!(msgs[2], ServerMsg::Image { rect: r, .. } if r == fb.full()));
+    }
+
+    #[tokio::test]
+    async fn a_frame_holds_no_more_bytes_than_a_repaint() {
+        // Few operations, but each image as large as the screen could ever need.
+        let mut fb = Framebuffer::new(2048, 1024);
+        let mut frame = Frame::default();
+        let full = fb.full();
+        let rgba = vec![7; area_bytes(&full)];
+        for _ in 0..8 {
+            frame.image(&mut fb, full, &rgba, ImageFormat::Jpeg, vec![0; area_bytes(&full) / 3]);
+            fb.put(&rect(0, 0, 1, 1), &[1, 2, 3, 255]);
+            frame.damage(rect(0, 0, 1, 1));
+            frame.copy(&mut fb, 0, 0, rect(5, 5, 1, 1));
+            assert!(frame.bytes <= area_bytes(&full), "{} bytes", frame.bytes);
+        }
+    }
+
+    #[tokio::test]
+    async fn fills_and_images_under_pending_damage_send_nothing_of_their_own() {
+        let mut fb = Framebuffer::new(8, 8);
+        let mut frame = Frame::default();
+        fb.put(&rect(0, 0, 4, 4), &[9; 64]);
+        frame.damage(rect(0, 0, 4, 4));
+        frame.fill(&mut fb, rect(1, 1, 2, 2), [1, 2, 3]);
+        frame.image(&mut fb, rect(0, 0, 1, 1), &[4, 5, 6, 255], ImageFormat::Jpeg, vec![1]);
+        let msgs = frame.finish(&fb, 6).await;
+        assert_eq!(msgs.len(), 1, "{msgs:?}");
+        assert_eq!(fb.extract(&rect(1, 1, 1, 1)), [1, 2, 3, 255]);
+        assert_eq!(fb.extract(&rect(0, 0, 1, 1)), [4, 5, 6, 255]);
     }
 
     #[test]

@@ -19,7 +19,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::routing::get;
-use portico_proto::control::SyncRequest;
+use portico_proto::control::{ControlError, SyncRequest};
+use portico_proto::limits::MaxDesktop;
 use portico_proto::token::{SessionClaims, TokenError, TokenVerifier};
 use tokio::sync::RwLock;
 
@@ -34,6 +35,9 @@ pub struct BridgeConfig {
     pub zone: String,
     /// How often live sessions are reconciled with the control plane (ended sessions are closed).
     pub sync_interval: Duration,
+    /// The largest desktop a VNC or RDP server may impose (default 4096x2160, either orientation); a server
+    /// over it ends its session with `target_error`.
+    pub max_desktop: MaxDesktop,
 }
 
 impl BridgeConfig {
@@ -42,6 +46,7 @@ impl BridgeConfig {
             bridge_id: bridge_id.into(),
             zone: zone.into(),
             sync_interval: Duration::from_millis(750),
+            max_desktop: MaxDesktop::DEFAULT,
         }
     }
 }
@@ -70,11 +75,19 @@ impl Bridge {
         })
     }
 
-    /// Fetch the token keys (again). Refreshes are rate-limited to one per 10 s.
+    /// The token verifier: the cached one under a shared lock (upgrades verify in parallel); the keys are
+    /// fetched (again) under the write lock only when there are none yet or `force` asks for a refresh,
+    /// which happens at most once per 10 s.
     async fn refresh_keys(&self, force: bool) -> Result<TokenVerifier, TokenError> {
+        let fresh = |at: &std::time::Instant| !force || at.elapsed() < Duration::from_secs(10);
+        if let Some((v, at)) = self.verifier.read().await.as_ref()
+            && fresh(at)
+        {
+            return Ok(v.clone());
+        }
         let mut guard = self.verifier.write().await;
         if let Some((v, at)) = guard.as_ref()
-            && (!force || at.elapsed() < Duration::from_secs(10))
+            && fresh(at)
         {
             return Ok(v.clone());
         }
@@ -93,6 +106,33 @@ impl Bridge {
                 tracing::error!(error = %e, "Cannot fetch token keys from the control plane");
                 guard.as_ref().map(|(v, _)| v.clone()).ok_or(TokenError::UnknownKey)
             }
+        }
+    }
+
+    /// Tell every live session to end with `code` and `reason`.
+    async fn end_all(&self, code: &'static str, reason: &str) {
+        for id in self.registry.ids() {
+            if let Some(live) = self.registry.get(&id) {
+                let _ = live
+                    .cmd
+                    .send(session::Cmd::End {
+                        code,
+                        reason: reason.to_owned(),
+                        from_control: false,
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// End every live session (the process is shutting down): each browser is told why, each end is
+    /// reported to the control plane. Waits until they are gone, at most 5 s.
+    pub async fn shutdown(&self) {
+        tracing::info!(sessions = self.registry.len(), "Ending live sessions: shutting down");
+        self.end_all("ended", "the bridge is shutting down").await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !self.registry.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -143,6 +183,14 @@ impl Bridge {
                                     .await;
                             }
                         }
+                    }
+                    Err(e @ (ControlError::Unauthorized | ControlError::Refused(_))) => {
+                        // This bridge's identity is gone (revoked by an administrator, or unknown to the
+                        // webapp tier): the sessions it claimed are no longer its own.
+                        tracing::error!(error = %e, "The control plane no longer accepts this bridge: ending its sessions");
+                        bridge
+                            .end_all("ended", "this bridge lost its credential (revoked by an administrator)")
+                            .await;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "Session sync with the control plane failed")

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use portico_proto::control::{ControlError, EndRequest, SyncRequest, SyncResponse, Target};
+use portico_proto::limits::MaxDesktop;
 use portico_proto::token::{Protocol, SessionClaims};
 use portico_proto::wire::{ClientMsg, Credentials, Hello, ServerMsg};
 use sha2::{Digest as _, Sha256};
@@ -163,6 +164,7 @@ pub fn spawn(
     control: Arc<dyn ControlPlane>,
     claims: SessionClaims,
     target: Target,
+    max_desktop: MaxDesktop,
 ) -> Arc<LiveSession> {
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let live = Arc::new(LiveSession {
@@ -183,6 +185,7 @@ pub fn spawn(
         started: Instant::now(),
         last_input: Instant::now(),
         detached_at: Some(Instant::now()),
+        max_desktop,
     };
     tokio::spawn(async move {
         let id = life.live.id.clone();
@@ -232,6 +235,8 @@ pub struct Lifecycle {
     started: Instant,
     pub last_input: Instant,
     detached_at: Option<Instant>,
+    /// The largest desktop a graphical session accepts from its server ([`crate::BridgeConfig::max_desktop`]).
+    pub max_desktop: MaxDesktop,
 }
 
 impl Lifecycle {

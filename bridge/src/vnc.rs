@@ -120,12 +120,7 @@ impl Display {
                         )));
                     };
                     if let Some(fb) = &mut self.fb {
-                        fb.put(&r, &rgba);
-                        self.frame.message(ServerMsg::Image {
-                            rect: r,
-                            format: ImageFormat::Jpeg,
-                            data,
-                        });
+                        self.frame.image(fb, r, &rgba, ImageFormat::Jpeg, data);
                     }
                 }
                 RfbEvent::Copy {
@@ -277,6 +272,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
     let mut d = Display {
         rfb: RfbClient::new(RfbConfig {
             password,
+            max_desktop: life.max_desktop,
             ..RfbConfig::default()
         }),
         fb: None,

@@ -113,7 +113,13 @@ pub async fn handler(
                     return refuse(StatusCode::SERVICE_UNAVAILABLE, "control plane unavailable");
                 }
             };
-            session::spawn(bridge.registry.clone(), bridge.control.clone(), claims, target)
+            session::spawn(
+                bridge.registry.clone(),
+                bridge.control.clone(),
+                claims,
+                target,
+                bridge.config.max_desktop,
+            )
         }
     };
     ws.protocols([wire::SUBPROTOCOL])

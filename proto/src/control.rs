@@ -176,6 +176,22 @@ pub struct AgentSync {
     /// Hold the answer until the wanted set differs from `containers`, at most this long (ms).
     #[serde(default)]
     pub wait_ms: u32,
+    /// The networks the agent's containers are on: the webapp accepts a container address only inside
+    /// one of them.
+    #[serde(default)]
+    pub networks: Vec<AgentNetwork>,
+}
+
+/// One subnet of a Docker network an agent's containers are on (from Docker's network inspect).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentNetwork {
+    /// The Docker network's name.
+    pub name: String,
+    /// CIDR, e.g. `172.18.0.0/16`.
+    pub subnet: String,
+    /// The subnet's gateway: the Docker host itself, never a container.
+    #[serde(default)]
+    pub gateway: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -283,6 +299,9 @@ pub enum ControlError {
     Unavailable(String),
     #[error("refused: {0}")]
     Refused(String),
+    /// Too many refused attempts from this address; try again after this many seconds.
+    #[error("too many refused attempts, try again in {0} s")]
+    RateLimited(u64),
 }
 
 /// What an agent's Docker host can take.
@@ -302,8 +321,29 @@ pub struct AgentRegisterRequest {
     /// The agent's name (unique per host, e.g. its host name).
     pub name: String,
     pub registration_token: Secret<String>,
+    /// The agent's persistent identity (a random key kept in its data directory): the name stays bound to
+    /// the first identity that registered it until an admin removes the agent.
+    pub identity: Secret<String>,
     pub docker_version: String,
     pub capacity: AgentCapacity,
+    /// The networks of its containers (see [`AgentSync::networks`]).
+    #[serde(default)]
+    pub networks: Vec<AgentNetwork>,
+}
+
+/// A bridge asks to join (with the node secret as its bearer credential).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeRegisterRequest {
+    /// The bridge's name (a label for admins; every registration is a new identity).
+    pub name: String,
+}
+
+/// The bridge's own credential, for every internal call after registration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BridgeRegistered {
+    pub bridge_id: String,
+    pub credential: Secret<String>,
 }
 
 /// The agent's own credential, for heartbeats and everything after.

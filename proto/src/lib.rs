@@ -3,6 +3,8 @@
 //! Nothing here performs I/O, reads the clock or draws randomness: time and keys are passed in by the caller.
 
 pub mod control;
+pub mod limits;
+pub mod proxy;
 pub mod rfb;
 pub mod secret;
 pub mod token;

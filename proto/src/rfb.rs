@@ -13,10 +13,10 @@
 use std::collections::VecDeque;
 
 use crate::Secret;
+pub use crate::limits::{MAX_CURSOR_SIDE, MaxDesktop};
 
-/// Largest framebuffer side accepted from a server.
-pub const MAX_DIMENSION: u16 = 16384;
-/// Largest compressed payload of one rectangle.
+/// Largest compressed payload of one rectangle (whatever its size; smaller rectangles get less, see
+/// [`data_limit`]).
 pub const MAX_RECT_DATA: usize = 64 * 1024 * 1024;
 /// Largest clipboard text accepted from a server.
 pub const MAX_CUT_TEXT: usize = 1024 * 1024;
@@ -127,6 +127,10 @@ pub enum RfbError {
     Protocol(String),
     #[error("{what} of {size} exceeds the limit")]
     TooLarge { what: &'static str, size: usize },
+    #[error("the server's desktop of {width}x{height} exceeds the limit of {limit}")]
+    DesktopTooLarge { width: u16, height: u16, limit: MaxDesktop },
+    #[error("a cursor of {width}x{height} exceeds the limit of {MAX_CURSOR_SIDE}x{MAX_CURSOR_SIDE}")]
+    CursorTooLarge { width: u16, height: u16 },
     #[error("corrupt compressed data: {0}")]
     Compression(String),
 }
@@ -137,11 +141,15 @@ fn protocol(msg: impl Into<String>) -> RfbError {
 
 #[derive(Debug, Clone)]
 pub struct RfbConfig {
+    /// The VncAuth password: the client drops it (zeroed) once the handshake no longer needs it.
     pub password: Option<Secret<String>>,
     /// Ask the server to keep other clients connected.
     pub shared: bool,
     /// Encodings in order of preference; Raw is always accepted.
     pub encodings: Vec<i32>,
+    /// The largest framebuffer accepted (ServerInit, DesktopSize, ExtendedDesktopSize); a larger one is
+    /// [`RfbError::DesktopTooLarge`], and resize requests are clamped to it.
+    pub max_desktop: MaxDesktop,
 }
 
 /// The Tight JPEG quality level asked for at first (TigerVNC: JPEG quality 62, 4:2:2 subsampling): full-motion
@@ -167,6 +175,7 @@ impl Default for RfbConfig {
                 LAST_RECT,
                 EXTENDED_CLIPBOARD,
             ],
+            max_desktop: MaxDesktop::DEFAULT,
         }
     }
 }
@@ -241,6 +250,7 @@ fn vnc_auth_response(password: &str, challenge: &[u8; 16]) -> [u8; 16] {
     }
     // INVARIANT: DES takes exactly 8 key bytes.
     let cipher = des::Des::new_from_slice(&key).expect("8-byte des key");
+    zeroize::Zeroize::zeroize(&mut key);
     let mut out = *challenge;
     for chunk in out.chunks_exact_mut(8) {
         let mut block = des::cipher::Block::<des::Des>::default();
@@ -283,6 +293,12 @@ impl RfbClient {
         matches!(self.state, State::Normal | State::Update(_))
     }
 
+    /// Whether the client still holds the VNC password: only until the VncAuth response is computed, or
+    /// until the server picks no authentication, or the handshake fails.
+    pub fn holds_password(&self) -> bool {
+        self.config.password.is_some()
+    }
+
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         (!self.outbuf.is_empty()).then(|| std::mem::take(&mut self.outbuf))
@@ -312,6 +328,7 @@ impl RfbClient {
                 Ok(false) => return Ok(()),
                 Err(e) => {
                     self.state = State::Failed;
+                    self.config.password = None;
                     return Err(e);
                 }
             }
@@ -343,10 +360,11 @@ impl RfbClient {
         self.screen_id.is_some()
     }
 
-    /// Ask the server to resize its desktop to one screen of `width` x `height`; false if it cannot.
+    /// Ask the server to resize its desktop to one screen of `width` x `height` (clamped to the configured
+    /// maximum); false if it cannot.
     pub fn set_desktop_size(&mut self, width: u16, height: u16) -> bool {
         let Some(id) = self.screen_id else { return false };
-        let (width, height) = (width.clamp(16, MAX_DIMENSION), height.clamp(16, MAX_DIMENSION));
+        let (width, height) = self.config.max_desktop.clamp(width.max(16), height.max(16));
         self.outbuf.extend_from_slice(&[251, 0]);
         self.outbuf.extend_from_slice(&width.to_be_bytes());
         self.outbuf.extend_from_slice(&height.to_be_bytes());
@@ -484,6 +502,7 @@ impl RfbClient {
                     self.state = State::VncAuthChallenge;
                 } else if types.contains(&1) {
                     self.outbuf.push(1);
+                    self.config.password = None;
                     self.state = State::SecurityResult;
                 } else if types.contains(&2) {
                     return Err(RfbError::PasswordRequired);
@@ -495,7 +514,9 @@ impl RfbClient {
                 let Some(ch) = c.take(16) else { return Ok(false) };
                 let mut challenge = [0u8; 16];
                 challenge.copy_from_slice(ch);
-                let pw = self.config.password.as_ref().map(|p| p.expose().as_str()).unwrap_or("");
+                // The password is needed for this response only: dropping it here zeroes it.
+                let pw = self.config.password.take();
+                let pw = pw.as_ref().map(|p| p.expose().as_str()).unwrap_or("");
                 self.outbuf.extend_from_slice(&vnc_auth_response(pw, &challenge));
                 self.state = State::SecurityResult;
             }
@@ -561,8 +582,16 @@ impl RfbClient {
     }
 
     fn check_size(&self, w: u16, h: u16) -> Result<(), RfbError> {
-        if w == 0 || h == 0 || w > MAX_DIMENSION || h > MAX_DIMENSION {
+        if w == 0 || h == 0 {
             return Err(protocol(format!("framebuffer size {w}x{h} out of range")));
+        }
+        let limit = self.config.max_desktop;
+        if !limit.allows(w, h) {
+            return Err(RfbError::DesktopTooLarge {
+                width: w,
+                height: h,
+                limit,
+            });
         }
         Ok(())
     }
@@ -714,7 +743,7 @@ impl RfbClient {
             }
             encoding::ZRLE => {
                 let Some(len) = c.u32() else { return Ok(NeedMore) };
-                if len as usize > MAX_RECT_DATA {
+                if len as usize > data_limit(zrle_limit(pixels)) {
                     return Err(RfbError::TooLarge {
                         what: "zrle rectangle",
                         size: len as usize,
@@ -740,6 +769,13 @@ impl RfbClient {
                 self.events.push_back(event);
             }
             encoding::CURSOR => {
+                // The position is the hotspot, within the image (or at its edge); the image is small.
+                if w > MAX_CURSOR_SIDE || h > MAX_CURSOR_SIDE {
+                    return Err(RfbError::CursorTooLarge { width: w, height: h });
+                }
+                if x > w || y > h {
+                    return Err(protocol(format!("cursor hotspot {x},{y} outside its {w}x{h} image")));
+                }
                 let mask_len = usize::from(w).div_ceil(8) * usize::from(h);
                 let Some(data) = c.take(pixels * 4 + mask_len) else {
                     return Ok(NeedMore);
@@ -803,9 +839,7 @@ impl RfbClient {
 
     /// Inflate one rectangle's worth from the connection-wide zlib stream.
     fn inflate(&mut self, data: &[u8], pixels: usize) -> Result<Vec<u8>, RfbError> {
-        // Worst case: raw tiles, 1 byte of sub-encoding per 64x64 tile plus 3 bytes per pixel.
-        let limit = pixels * 3 + pixels / (64 * 64) + 1024;
-        inflate(&mut self.zlib, data, limit)
+        inflate(&mut self.zlib, data, zrle_limit(pixels))
     }
 
     /// One Tight rectangle ([rfbproto: Tight]); `Ok(None)` = need more bytes.
@@ -813,7 +847,7 @@ impl RfbClient {
     /// [rfbproto: Tight]: https://github.com/rfbproto/rfbproto/blob/master/rfbproto.rst#tight-encoding
     fn tight(&mut self, c: &mut Cursor<'_>, x: u16, y: u16, w: u16, h: u16) -> Result<Option<RfbEvent>, RfbError> {
         let Some(ctl) = c.u8() else { return Ok(None) };
-        let compact_len = |c: &mut Cursor<'_>| -> Result<Option<usize>, RfbError> {
+        let compact_len = |c: &mut Cursor<'_>, limit: usize| -> Result<Option<usize>, RfbError> {
             let mut len = 0usize;
             for i in 0..3 {
                 let Some(b) = c.u8() else { return Ok(None) };
@@ -823,7 +857,7 @@ impl RfbClient {
                     break;
                 }
             }
-            if len > MAX_RECT_DATA {
+            if len > data_limit(limit) {
                 return Err(RfbError::TooLarge {
                     what: "tight rectangle",
                     size: len,
@@ -844,7 +878,10 @@ impl RfbClient {
                 }
             }
             9 => {
-                let Some(len) = compact_len(c)? else { return Ok(None) };
+                // A JPEG is smaller than the raw pixels it encodes (plus its headers).
+                let Some(len) = compact_len(c, wu * hu * 4 + 64 * 1024)? else {
+                    return Ok(None);
+                };
                 let Some(data) = c.take(len) else { return Ok(None) };
                 RfbEvent::Jpeg {
                     x,
@@ -882,7 +919,9 @@ impl RfbClient {
                     reset_streams(&mut self.tight_zlib, ctl);
                     d.to_vec()
                 } else {
-                    let Some(len) = compact_len(c)? else { return Ok(None) };
+                    let Some(len) = compact_len(c, raw_len)? else {
+                        return Ok(None);
+                    };
                     let Some(data) = c.take(len) else { return Ok(None) };
                     // Resets apply before this rectangle's data, and only once it is complete.
                     reset_streams(&mut self.tight_zlib, ctl);
@@ -915,6 +954,18 @@ impl RfbClient {
         }
         Ok(Some(event))
     }
+}
+
+/// The largest ZRLE payload of `pixels` once inflated: raw tiles, 1 byte of sub-encoding per 64x64 tile
+/// plus 3 bytes per pixel.
+fn zrle_limit(pixels: usize) -> usize {
+    pixels * 3 + pixels / (64 * 64) + 1024
+}
+
+/// The largest compressed payload accepted for data of at most `raw` bytes: deflate's worst case is a few
+/// bytes per stored block, so a quarter more is generous; never more than [`MAX_RECT_DATA`].
+fn data_limit(raw: usize) -> usize {
+    (raw + raw / 4 + 1024).min(MAX_RECT_DATA)
 }
 
 /// Reset the Tight zlib streams whose bits are set in the control byte's low nibble.
@@ -1179,6 +1230,38 @@ mod tests {
     }
 
     #[test]
+    fn the_password_is_dropped_once_the_handshake_no_longer_needs_it() {
+        let with_password = || RfbConfig {
+            password: Some(Secret::new("hunter2".into())),
+            ..RfbConfig::default()
+        };
+        // VncAuth: held until the challenge arrives, gone once the response is computed.
+        let mut c = RfbClient::new(with_password());
+        c.handle_input(b"RFB 003.008\n").unwrap();
+        c.handle_input(&[2, 1, 2]).unwrap();
+        assert!(c.holds_password(), "needed for the challenge");
+        c.handle_input(&[7; 16]).unwrap();
+        assert!(!c.holds_password(), "dropped with the response");
+        // The server picks no authentication: not needed at all.
+        let mut c = RfbClient::new(with_password());
+        c.handle_input(b"RFB 003.008\n").unwrap();
+        c.handle_input(&[1, 1]).unwrap();
+        assert!(!c.holds_password());
+        // The handshake fails.
+        let mut c = RfbClient::new(with_password());
+        c.handle_input(b"RFB 003.008\n").unwrap();
+        assert_eq!(c.handle_input(&[1, 19]), Err(RfbError::Security(vec![19])));
+        assert!(!c.holds_password());
+        let mut c = RfbClient::new(with_password());
+        assert!(c.handle_input(b"HTTP/1.1 200").is_err());
+        assert!(!c.holds_password());
+        // A full handshake through VncAuth ends with no password.
+        let mut c = RfbClient::new(with_password());
+        handshake(&mut c, &[2], 4, 2);
+        assert!(!c.holds_password() && c.is_connected());
+    }
+
+    #[test]
     fn raw_copy_cursor_and_update_boundaries() {
         let mut c = RfbClient::new(RfbConfig::default());
         handshake(&mut c, &[1], 4, 2);
@@ -1410,5 +1493,148 @@ mod tests {
         let mut c = RfbClient::new(RfbConfig::default());
         handshake(&mut c, &[1], 4, 2);
         assert!(matches!(c.handle_input(&[99]), Err(RfbError::Protocol(_))));
+    }
+
+    /// A client through security None, fed a ServerInit of `w` x `h`.
+    fn server_init(config: RfbConfig, w: u16, h: u16) -> (RfbClient, Result<(), RfbError>) {
+        let mut c = RfbClient::new(config);
+        c.handle_input(b"RFB 003.008\n").unwrap();
+        c.handle_input(&[1, 1]).unwrap();
+        c.handle_input(&0u32.to_be_bytes()).unwrap();
+        let mut init = Vec::new();
+        init.extend_from_slice(&w.to_be_bytes());
+        init.extend_from_slice(&h.to_be_bytes());
+        init.extend_from_slice(&[32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0]);
+        init.extend_from_slice(&0u32.to_be_bytes());
+        let res = c.handle_input(&init);
+        (c, res)
+    }
+
+    #[test]
+    fn a_desktop_over_the_limit_is_refused_at_connect_and_on_resize() {
+        // ServerInit: the default limit is 4K in either orientation.
+        let (_, res) = server_init(RfbConfig::default(), 16384, 16384);
+        let err = res.unwrap_err();
+        assert!(matches!(
+            err,
+            RfbError::DesktopTooLarge {
+                width: 16384,
+                height: 16384,
+                ..
+            }
+        ));
+        assert_eq!(
+            err.to_string(),
+            "the server's desktop of 16384x16384 exceeds the limit of 4096x2160"
+        );
+        assert!(server_init(RfbConfig::default(), 4097, 1000).1.is_err());
+        assert!(server_init(RfbConfig::default(), 4096, 2161).1.is_err());
+        assert!(server_init(RfbConfig::default(), 4096, 2160).1.is_ok());
+        assert!(server_init(RfbConfig::default(), 2160, 4096).1.is_ok());
+        // The limit is configurable.
+        let small = || RfbConfig {
+            max_desktop: MaxDesktop {
+                width: 800,
+                height: 600,
+            },
+            ..RfbConfig::default()
+        };
+        assert!(matches!(
+            server_init(small(), 1024, 768).1,
+            Err(RfbError::DesktopTooLarge { .. })
+        ));
+        // DesktopSize and ExtendedDesktopSize.
+        for enc in [encoding::DESKTOP_SIZE, encoding::EXTENDED_DESKTOP_SIZE] {
+            let (mut c, res) = server_init(small(), 800, 600);
+            res.unwrap();
+            let mut msg = vec![0, 0, 0, 1];
+            msg.extend(rect_header(0, 0, 801, 600, enc));
+            if enc == encoding::EXTENDED_DESKTOP_SIZE {
+                msg.extend([1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 3, 33, 2, 88, 0, 0, 0, 0]);
+            }
+            assert!(
+                matches!(c.handle_input(&msg), Err(RfbError::DesktopTooLarge { width: 801, .. })),
+                "encoding {enc}"
+            );
+        }
+        // Resize requests are clamped to the limit.
+        let (mut c, res) = server_init(small(), 640, 480);
+        res.unwrap();
+        let mut msg = vec![0, 0, 0, 1];
+        msg.extend(rect_header(0, 0, 640, 480, encoding::EXTENDED_DESKTOP_SIZE));
+        msg.extend([1, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0, 2, 128, 1, 224, 0, 0, 0, 0]);
+        c.handle_input(&msg).unwrap();
+        let _ = c.poll_transmit();
+        assert!(c.set_desktop_size(3000, 2000));
+        let req = c.poll_transmit().unwrap();
+        assert_eq!(&req[2..6], [3, 32, 2, 88], "800x600");
+    }
+
+    #[test]
+    fn a_cursor_over_the_limit_or_with_its_hotspot_outside_is_refused() {
+        for (x, y, w, h, ok) in [
+            (0, 0, MAX_CURSOR_SIDE, MAX_CURSOR_SIDE, true),
+            (0, 0, MAX_CURSOR_SIDE + 1, 1, false),
+            (0, 0, 16384, 16384, false),
+            (5, 5, 4, 4, false),
+            (4, 4, 4, 4, true),
+            (0, 0, 0, 0, true),
+        ] {
+            let mut c = RfbClient::new(RfbConfig::default());
+            handshake(&mut c, &[1], 4, 2);
+            let mut msg = vec![0, 0, 0, 1];
+            msg.extend(rect_header(x, y, w, h, encoding::CURSOR));
+            let pixels = usize::from(w) * usize::from(h);
+            msg.extend(vec![0; pixels * 4 + usize::from(w).div_ceil(8) * usize::from(h)]);
+            let res = c.handle_input(&msg);
+            assert_eq!(res.is_ok(), ok, "{w}x{h} hotspot {x},{y}: {res:?}");
+            if ok {
+                assert!(matches!(c.poll_event(), Some(RfbEvent::Cursor { .. })));
+            } else if w > MAX_CURSOR_SIDE {
+                assert_eq!(res, Err(RfbError::CursorTooLarge { width: w, height: h }));
+            }
+        }
+        // The header alone is enough to refuse: nothing of the gigabyte that would follow is waited for.
+        let mut c = RfbClient::new(RfbConfig::default());
+        handshake(&mut c, &[1], 4, 2);
+        let mut msg = vec![0, 0, 0, 1];
+        msg.extend(rect_header(0, 0, 16384, 16384, encoding::CURSOR));
+        assert!(
+            c.handle_input(&msg)
+                .unwrap_err()
+                .to_string()
+                .contains("cursor of 16384x16384")
+        );
+    }
+
+    #[test]
+    fn compressed_payloads_are_capped_by_the_rectangle_they_fill() {
+        // A 2x2 Tight JPEG may not announce more than its pixels could ever need.
+        let mut c = RfbClient::new(RfbConfig::default());
+        handshake(&mut c, &[1], 4, 2);
+        let mut msg = vec![0, 0, 0, 1];
+        msg.extend(rect_header(0, 0, 2, 2, encoding::TIGHT));
+        // Compact length of almost 4 MiB.
+        msg.extend([0x90, 0x80, 0x80, 0xff]);
+        assert!(matches!(
+            c.handle_input(&msg),
+            Err(RfbError::TooLarge {
+                what: "tight rectangle",
+                ..
+            })
+        ));
+        // Same for ZRLE.
+        let mut c = RfbClient::new(RfbConfig::default());
+        handshake(&mut c, &[1], 4, 2);
+        let mut msg = vec![0, 0, 0, 1];
+        msg.extend(rect_header(0, 0, 2, 2, encoding::ZRLE));
+        msg.extend((1u32 << 20).to_be_bytes());
+        assert!(matches!(
+            c.handle_input(&msg),
+            Err(RfbError::TooLarge {
+                what: "zrle rectangle",
+                ..
+            })
+        ));
     }
 }

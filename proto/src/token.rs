@@ -208,13 +208,17 @@ impl TokenVerifier {
         let claims: SessionClaims =
             serde_json::from_slice(&B64.decode(c).map_err(|_| TokenError::Malformed("claims encoding"))?)
                 .map_err(|_| TokenError::Malformed("claims json"))?;
-        if now > claims.exp + LEEWAY_SECS {
+        // Saturating: times at the ends of the i64 range are refused, never overflowed.
+        if now > claims.exp.saturating_add(LEEWAY_SECS) {
             return Err(TokenError::Expired);
         }
-        if now + LEEWAY_SECS < claims.nbf {
+        if now.saturating_add(LEEWAY_SECS) < claims.nbf {
             return Err(TokenError::NotYetValid);
         }
-        if claims.exp - claims.nbf > MAX_LIFETIME_SECS {
+        if claims.exp < claims.nbf {
+            return Err(TokenError::Malformed("validity ends before it starts"));
+        }
+        if claims.exp.saturating_sub(claims.nbf) > MAX_LIFETIME_SECS {
             return Err(TokenError::LifetimeTooLong);
         }
         if claims.aud != self.audience {
@@ -329,6 +333,31 @@ mod tests {
         assert!(err.is_forbidden());
         let err = verifier.verify(&signer.sign(&claims(1000)), 1000, "s2").unwrap_err();
         assert_eq!(err, TokenError::WrongSession);
+    }
+
+    #[test]
+    fn extreme_times_are_refused_without_overflow() {
+        // Signed claims at the ends of the i64 range, and a clock there: a refusal, never an overflow.
+        let (signer, verifier) = pair();
+        for (nbf, exp, now, want) in [
+            (i64::MAX - 10, i64::MAX, i64::MAX, None),
+            (i64::MIN, i64::MIN + 10, i64::MIN, None),
+            (i64::MIN, i64::MAX, 0, Some(TokenError::LifetimeTooLong)),
+            (1000, 1000, i64::MAX, Some(TokenError::Expired)),
+            (1000, 1000, i64::MIN, Some(TokenError::NotYetValid)),
+        ] {
+            let mut c = claims(1000);
+            (c.nbf, c.exp) = (nbf, exp);
+            let res = verifier.verify(&signer.sign(&c), now, "s1");
+            assert_eq!(res.err(), want, "nbf {nbf} exp {exp} now {now}");
+        }
+        // A window that ends before it starts is refused, even inside the leeway.
+        let mut c = claims(1000);
+        c.exp = c.nbf - 1;
+        assert_eq!(
+            verifier.verify(&signer.sign(&c), 1000, "s1"),
+            Err(TokenError::Malformed("validity ends before it starts"))
+        );
     }
 
     #[test]

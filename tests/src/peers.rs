@@ -1083,9 +1083,16 @@ impl Dockerd {
         let log = fs::File::create(dir.join("dockerd.log"))?;
         // Without it dockerd writes /etc/docker/key.json (the flag form is refused).
         let config = dir.join("daemon.json");
+        // User-defined networks (the agent's managed `portico-workspaces`) get subnets of this engine's own
+        // pool: engines side by side on one host never hand out the same subnet.
         fs::write(
             &config,
-            format!("{{\"deprecated-key-path\": \"{}\"}}", dir.join("key.json").display()),
+            format!(
+                "{{\"deprecated-key-path\": \"{}\", \"default-address-pools\": [{{\"base\": \"10.{}.{}.0/24\", \"size\": 26}}]}}",
+                dir.join("key.json").display(),
+                200 + n / 256,
+                n % 256
+            ),
         )?;
         // The data root lives on the workspace's disk (ext4, for overlay2), not on a tmpfs /tmp.
         let data_root = scratch("dockerd-data")?;
@@ -1222,6 +1229,47 @@ pub trait XDisplay {
 impl XDisplay for VncServer {
     fn display(&self) -> u16 {
         self.display
+    }
+}
+
+/// A real HAProxy in TCP mode on 127.0.0.1 in front of one backend, passing each client's address on with
+/// the PROXY protocol v2 (`send-proxy-v2`), as a load balancer in front of Portico does.
+pub struct Haproxy {
+    pub port: u16,
+    _dir: PathBuf,
+    _process: Background,
+}
+
+impl Haproxy {
+    pub fn send_proxy_v2(backend: std::net::SocketAddr) -> anyhow::Result<Haproxy> {
+        need("/usr/sbin/haproxy", "haproxy")?;
+        let dir = scratch("haproxy")?;
+        let port = free_port();
+        let cfg = dir.join("haproxy.cfg");
+        fs::write(
+            &cfg,
+            format!(
+                "global\n    maxconn 2000\n\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n\n\
+                 frontend fe\n    bind 127.0.0.1:{port}\n    default_backend be\n\n\
+                 backend be\n    server portico {backend} send-proxy-v2\n"
+            ),
+        )?;
+        let child = Command::new("/usr/sbin/haproxy")
+            .args(["-db", "-f"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start haproxy")?;
+        let process = Background(Some(child));
+        wait_for("haproxy to listen", Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })?;
+        Ok(Haproxy {
+            port,
+            _dir: dir,
+            _process: process,
+        })
     }
 }
 

@@ -205,6 +205,37 @@ impl Portico {
         self.child.id()
     }
 
+    /// Send SIGTERM (a graceful shutdown) and wait for the process to exit, at most `timeout`.
+    pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .context("send SIGTERM")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("portico still running {timeout:?} after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Resident memory now and at its peak (VmRSS, VmHWM), KiB.
+    pub fn memory_kib(&self) -> anyhow::Result<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let field = |name: &str| -> anyhow::Result<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .with_context(|| format!("{name} in /proc/<pid>/status"))
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
     /// The Ed25519 key the webapp signs tokens with (derived from the master key exactly as the webapp does).
     pub fn signing_key(&self) -> ed25519_dalek::SigningKey {
         let raw: [u8; 32] = base64::engine::general_purpose::STANDARD
@@ -229,6 +260,9 @@ pub struct AgentProcess {
     child: Child,
     log: std::sync::Arc<Mutex<String>>,
     data_dir: PathBuf,
+    /// How it was started (for [`AgentProcess::restart`]).
+    cmd: Vec<std::ffi::OsString>,
+    token: String,
 }
 
 impl AgentProcess {
@@ -249,24 +283,48 @@ impl AgentProcess {
             .join(".test-runs")
             .join(format!("agent-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&data_dir)?;
-        let mut cmd = Command::new(binary()?);
-        cmd.arg("agent")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--webapp-url", &webapp.url, "--webapp-cert-sha256", &webapp.cert_sha256])
-            .arg("--docker-socket")
-            .arg(docker_socket)
-            .args(["--agent-name", name])
-            .args(extra)
+        let mut cmd: Vec<std::ffi::OsString> = vec!["agent".into(), "--data-dir".into(), data_dir.clone().into()];
+        for a in ["--webapp-url", &webapp.url, "--webapp-cert-sha256", &webapp.cert_sha256] {
+            cmd.push(a.into());
+        }
+        cmd.extend([
+            "--docker-socket".into(),
+            docker_socket.into(),
+            "--agent-name".into(),
+            name.into(),
+        ]);
+        cmd.extend(extra.iter().map(Into::into));
+        let log = std::sync::Arc::new(Mutex::new(String::new()));
+        let child = Self::spawn(&cmd, token, &log)?;
+        Ok(AgentProcess {
+            child,
+            log,
+            data_dir,
+            cmd,
+            token: token.to_owned(),
+        })
+    }
+
+    fn spawn(cmd: &[std::ffi::OsString], token: &str, log: &std::sync::Arc<Mutex<String>>) -> anyhow::Result<Child> {
+        let mut child = Command::new(binary()?)
+            .args(cmd)
             .env("PORTICO_AGENT_REGISTRATION_TOKEN", token)
             .env("PORTICO_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().context("spawn portico agent")?;
-        let log = std::sync::Arc::new(Mutex::new(String::new()));
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawn portico agent")?;
         collect_lines(child.stderr.take().context("stderr")?, log.clone(), None);
         collect_lines(child.stdout.take().context("stdout")?, log.clone(), None);
-        Ok(AgentProcess { child, log, data_dir })
+        Ok(child)
+    }
+
+    /// Start the same agent again (same name, arguments and data directory, so the same identity) after
+    /// it was killed; its log goes on.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.child = Self::spawn(&self.cmd, &self.token, &self.log)?;
+        Ok(())
     }
 
     pub fn log(&self) -> String {

@@ -67,7 +67,11 @@ async fn csrf_is_required_for_cookie_writes_but_not_for_api_keys() -> anyhow::Re
     );
 
     let key = admin
-        .ok(Method::POST, "/api/v1/api-keys", Some(json!({ "name": "ci" })))
+        .ok(
+            Method::POST,
+            "/api/v1/api-keys",
+            Some(json!({ "name": "ci", "scope": "admin" })),
+        )
         .await?;
     let mut bot = Api::new(&p)?;
     bot.bearer = key["key"].as_str().map(str::to_owned);

@@ -205,3 +205,105 @@ async fn a_container_workspace_in_the_browser() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// An attacker's WebSocket server: accepts connections, records the request each one sent, answers nothing.
+struct FakeWebSocketServer {
+    port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<tokio::net::TcpListener>,
+}
+
+impl FakeWebSocketServer {
+    async fn start() -> anyhow::Result<Self> {
+        use tokio::io::AsyncReadExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let record = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return listener,
+                    Ok((mut sock, from)) = listener.accept() => {
+                        let mut buf = vec![0u8; 8192];
+                        let n = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut buf))
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                            .unwrap_or(0);
+                        let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        if let Ok(mut s) = record.lock() {
+                            s.push(format!("connection from {from}:\n{request}"));
+                        }
+                    }
+                }
+            }
+        });
+        Ok(FakeWebSocketServer { port, seen, stop, task })
+    }
+
+    /// Stop accepting and return every connection that arrived, including any still in the accept queue.
+    async fn finish(self) -> anyhow::Result<Vec<String>> {
+        let _ = self.stop.send(());
+        let listener = self.task.await?.into_std()?;
+        let mut seen = self.seen.lock().map(|s| s.clone()).unwrap_or_default();
+        // The socket is non-blocking: whatever the kernel accepted is returned now, the rest is WouldBlock.
+        while let Ok((_, from)) = listener.accept() {
+            seen.push(format!("connection from {from} (still queued)"));
+        }
+        Ok(seen)
+    }
+}
+
+fn fragment_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `/connect#…&ws=<attacker>` used to hand the session token to any WebSocket server named in the URL and
+/// show that server's prompts on Portico's origin. The page must use the configured bridge only, and its CSP
+/// must refuse WebSockets to other origins.
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_url_with_a_foreign_ws_parameter_never_reaches_it() -> anyhow::Result<()> {
+    let (_sshd, p, api, conn) = crate::password_fixture().await?;
+    let fake = FakeWebSocketServer::start().await?;
+    let s = api.create_session(&conn).await?;
+    let sid = s["session_id"].as_str().unwrap_or_default().to_owned();
+    let token = s["token"].as_str().unwrap_or_default().to_owned();
+    let fake_ws = format!("ws://127.0.0.1:{}/bridge/v1/ws?session={sid}", fake.port);
+    let attack_url = format!(
+        "{}/connect#session={sid}&token={token}&ws={}",
+        p.url,
+        fragment_encode(&fake_ws)
+    );
+    let probe_ws = format!("ws://127.0.0.1:{}/probe", fake.port);
+    let shots = std::env::var("PORTICO_SCREENSHOTS").unwrap_or_default();
+    let out = tokio::task::spawn_blocking(move || {
+        run_browser_script(
+            "embed_attack.js",
+            &[
+                ("ATTACK_URL", attack_url.as_str()),
+                ("FAKE_WS", probe_ws.as_str()),
+                ("SCREENSHOT_DIR", shots.as_str()),
+            ],
+            Duration::from_secs(60),
+        )
+    })
+    .await?;
+    let seen = fake.finish().await?;
+    assert!(
+        seen.is_empty(),
+        "the attacker's WebSocket server saw {} connection(s):\n{}\nbrowser: {out:#?}",
+        seen.len(),
+        seen.join("\n")
+    );
+    let out = out.map_err(|e| anyhow::anyhow!("{e:#}\nportico log:\n{}", p.log()))?;
+    assert!(out.contains("connected to the configured bridge"), "{out}");
+    Ok(())
+}

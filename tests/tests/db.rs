@@ -2,7 +2,10 @@
 
 use portico_tests::peers::Postgres;
 use portico_tests::workspace_root;
-use portico_webapp::db::{Connection, ContainerRow, ContainerUpdate, Db, SessionRow, container_state, state};
+use portico_webapp::db::{
+    AgentRegisterOutcome, AgentRegistration, Connection, ContainerRow, ContainerUpdate, Db, SessionRow,
+    container_state, state,
+};
 
 async fn exercise(db: &Db) -> anyhow::Result<()> {
     db.ping().await?;
@@ -28,12 +31,35 @@ async fn exercise(db: &Db) -> anyhow::Result<()> {
         "expired login sessions are invisible"
     );
 
-    for _ in 0..3 {
-        db.record_login_failure("user:alice", now).await?;
+    // Login attempts are recorded before verification: of 40 concurrent attempts at most the limit are
+    // admitted, refused ones leave no row, and the retry time is when the oldest counted attempt expires.
+    let subjects = |i: usize| vec![("user:alice".to_owned(), 5), (format!("ip:10.0.0.{i}"), 30)];
+    let admitted = futures_util::future::try_join_all((0..40).map(|i| {
+        let subjects = subjects(i);
+        async move { db.begin_login_attempt(&format!("a{i}"), &subjects, now, 300).await }
+    }))
+    .await?;
+    let refused: Vec<i64> = admitted.iter().flatten().copied().collect();
+    assert!(
+        40 - refused.len() <= 5,
+        "{} of 40 concurrent attempts admitted",
+        40 - refused.len()
+    );
+    assert!(refused.iter().all(|&r| r == 300), "{refused:?}");
+    let admitted_ids: Vec<String> = (0..40)
+        .filter(|&i| admitted[i].is_none())
+        .map(|i| format!("a{i}"))
+        .collect();
+    // The admitted ones stay counted (failures); the limit now refuses the next attempt at once.
+    assert_eq!(
+        db.begin_login_attempt("next", &subjects(99), now + 10, 300).await?,
+        (admitted_ids.len() == 5).then_some(290)
+    );
+    for id in &admitted_ids {
+        db.end_login_attempt(id).await?;
     }
-    assert_eq!(db.login_failures_since("user:alice", now - 1).await?, 3);
+    assert_eq!(db.begin_login_attempt("after", &subjects(99), now, 300).await?, None);
     db.clear_login_failures("user:alice").await?;
-    assert_eq!(db.login_failures_since("user:alice", now - 1).await?, 0);
 
     let c = Connection {
         id: "c1".into(),
@@ -66,6 +92,10 @@ async fn exercise(db: &Db) -> anyhow::Result<()> {
 
     db.insert_session(&pending("s1", "jti-1", now)).await?;
     assert!(!db.claim_session("s1", "wrong-jti", "b1", now).await?);
+    assert!(
+        !db.claim_session("s1", "jti-1", "b1", now + 66).await?,
+        "an expired token claims nothing"
+    );
     assert!(db.claim_session("s1", "jti-1", "b1", now).await?, "first claim wins");
     assert!(!db.claim_session("s1", "jti-1", "b2", now).await?, "second claim loses");
     let row = db.session("s1").await?.expect("session");
@@ -76,25 +106,91 @@ async fn exercise(db: &Db) -> anyhow::Result<()> {
 
     let ids = vec!["s1".to_owned(), "ghost".to_owned()];
     let ended_ids = |v: Vec<(String, Option<String>)>| v.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
-    assert_eq!(ended_ids(db.ended_among(&ids).await?), vec!["ghost".to_owned()]);
+    assert_eq!(ended_ids(db.ended_among(&ids, "b1").await?), vec!["ghost".to_owned()]);
+    assert_eq!(
+        ended_ids(db.ended_among(&ids, "b2").await?),
+        ids,
+        "another bridge's session is over for b2"
+    );
+    bridges(db, now).await?;
     assert!(db.end_session("s1", "test", now + 5).await?);
     assert!(!db.end_session("s1", "test", now + 6).await?, "ending twice is a no-op");
-    assert_eq!(ended_ids(db.ended_among(&ids).await?), ids);
+    assert_eq!(ended_ids(db.ended_among(&ids, "b1").await?), ids);
     assert_eq!(db.list_sessions(Some("u1"), false).await?.len(), 0);
     assert_eq!(db.list_sessions(None, true).await?.len(), 1);
 
-    db.insert_api_key("k1", "u1", "ci", "keyhash", now).await?;
+    let key = |id: &str, expires_at: Option<i64>| portico_webapp::db::ApiKey {
+        id: id.into(),
+        user_id: "u1".into(),
+        name: "ci".into(),
+        created_at: now,
+        last_used_at: None,
+        scope: "sessions".into(),
+        expires_at,
+    };
+    db.insert_api_key(&key("k1", Some(now + 10)), "keyhash").await?;
+    db.insert_api_key(&key("k2", None), "legacy").await?;
     assert_eq!(
-        db.user_by_api_key("keyhash", now).await?.map(|u| u.id).as_deref(),
-        Some("u1")
+        db.user_by_api_key("keyhash", now).await?.map(|(u, s)| (u.id, s)),
+        Some(("u1".into(), "sessions".into()))
     );
-    assert!(db.delete_user("u1").await?);
+    assert!(
+        db.user_by_api_key("keyhash", now + 10).await?.is_none(),
+        "expired keys are invalid"
+    );
+    assert!(
+        db.user_by_api_key("legacy", now + 10).await?.is_some(),
+        "keys from before expiries"
+    );
+    assert!(db.delete_user("u1", now).await?);
     assert!(
         db.user_by_api_key("keyhash", now).await?.is_none(),
         "keys go with their user"
     );
     workspaces(db, now).await?;
+    agent_identities(db, now).await?;
     db.prune(now + 100_000).await?;
+    Ok(())
+}
+
+/// Bridge identities: registration, credentials, revocation (which ends the bridge's sessions) and the
+/// revoked name that cannot register again until it is forgotten.
+async fn bridges(db: &Db, now: i64) -> anyhow::Result<()> {
+    let row = |id: &str, name: &str| portico_webapp::db::BridgeRow {
+        id: id.into(),
+        name: name.into(),
+        remote_addr: "127.0.0.1".into(),
+        registered_at: now,
+        last_seen_at: now,
+        revoked_at: None,
+        live_sessions: 0,
+    };
+    assert!(db.register_bridge(&row("b1", "bridge-a"), "cred-1").await?);
+    assert!(
+        db.register_bridge(&row("b1x", "bridge-a"), "cred-1x").await?,
+        "a restart is a new identity"
+    );
+    assert_eq!(
+        db.bridge_by_credential("cred-1", now + 40).await?.as_deref(),
+        Some("b1")
+    );
+    assert_eq!(db.bridge_by_credential("nope", now).await?, None);
+    let listed = db.list_bridges().await?;
+    assert_eq!(
+        listed
+            .iter()
+            .map(|b| (b.id.as_str(), b.live_sessions))
+            .collect::<Vec<_>>(),
+        [("b1", 1), ("b1x", 0)]
+    );
+    assert!(db.revoke_bridge("b1x", false, now).await?);
+    assert_eq!(db.bridge_by_credential("cred-1x", now).await?, None, "revoked");
+    assert!(
+        !db.register_bridge(&row("b1y", "bridge-a"), "cred-1y").await?,
+        "a revoked name"
+    );
+    assert!(db.revoke_bridge("b1x", true, now).await?, "forget");
+    assert!(db.register_bridge(&row("b1y", "bridge-a"), "cred-1y").await?);
     Ok(())
 }
 
@@ -135,15 +231,131 @@ fn starting(sid: &str, agent: &str, memory_mb: i64, cpu_millis: i64, now: i64) -
     }
 }
 
+/// Register agent `name` with `identity` and a fresh credential `cred`.
+async fn register(
+    db: &Db,
+    name: &str,
+    identity: &str,
+    cred: &str,
+    (cores, memory_mb): (i64, i64),
+    now: i64,
+) -> anyhow::Result<AgentRegisterOutcome> {
+    Ok(db
+        .register_agent(&AgentRegistration {
+            name,
+            identity_hash: identity,
+            credential_hash: cred,
+            docker_version: "20.10.24",
+            cores,
+            memory_mb,
+            running: 0,
+            networks: "[]",
+            addr: "127.0.0.1",
+            now,
+        })
+        .await?)
+}
+
+/// The id of a successful registration.
+fn id_of(o: AgentRegisterOutcome) -> anyhow::Result<String> {
+    match o {
+        AgentRegisterOutcome::New(id) | AgentRegisterOutcome::Again(id) => Ok(id),
+        AgentRegisterOutcome::NameTaken(id) => anyhow::bail!("name taken by {id}"),
+    }
+}
+
+/// Agents: a name is bound to its first identity; refusals live apart and never change an agent; an
+/// admin's removal frees the name and fails the agent's workspaces.
+async fn agent_identities(db: &Db, now: i64) -> anyhow::Result<()> {
+    let first = register(db, "bound", "identity-1", "cred-b1", (4, 4096), now).await?;
+    let AgentRegisterOutcome::New(id) = first else {
+        anyhow::bail!("{first:?}")
+    };
+    assert_eq!(
+        register(db, "bound", "identity-1", "cred-b2", (4, 4096), now + 1).await?,
+        AgentRegisterOutcome::Again(id.clone()),
+        "the same identity registers again"
+    );
+    assert_eq!(
+        register(db, "bound", "identity-2", "cred-b3", (4, 4096), now + 2).await?,
+        AgentRegisterOutcome::NameTaken(id.clone()),
+        "another identity is refused"
+    );
+    let row = db
+        .agent_by_credential("cred-b2")
+        .await?
+        .expect("the agent keeps its credential");
+    assert_eq!((row.id.as_str(), row.state.as_str()), (id.as_str(), "healthy"));
+    assert!(db.agent_by_credential("cred-b3").await?.is_none());
+    // Refusals: one row per name, counting attempts; they change no agent.
+    for i in 0..3 {
+        assert!(
+            db.record_agent_refusal("bound", "another identity", "10.0.0.9", now + 3 + i)
+                .await?
+        );
+    }
+    assert!(
+        db.record_agent_refusal("ghost", "wrong registration token", "10.0.0.9", now)
+            .await?
+    );
+    let refusals = db.agent_refusals().await?;
+    let names: Vec<(&str, i64, i64)> = refusals
+        .iter()
+        .filter(|r| ["bound", "ghost"].contains(&r.name.as_str()))
+        .map(|r| (r.name.as_str(), r.attempts, r.last_at))
+        .collect();
+    assert_eq!(names, [("bound", 3, now + 5), ("ghost", 1, now)]);
+    assert_eq!(
+        db.agent_by_credential("cred-b2").await?.map(|a| a.state).as_deref(),
+        Some("healthy")
+    );
+    // Concurrent registrations of a new name: exactly one identity gets it.
+    let outcomes = futures_util::future::join_all((0..8).map(|i| {
+        let (identity, cred) = (format!("racer-{i}"), format!("cred-race-{i}"));
+        async move { register(db, "raced", &identity, &cred, (1, 1024), now).await }
+    }))
+    .await;
+    let won = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(AgentRegisterOutcome::New(_) | AgentRegisterOutcome::Again(_))))
+        .count();
+    assert_eq!(won, 1, "{outcomes:?}");
+    // Removal: the name is free for another identity, the agent's workspaces fail, its refusals go.
+    db.insert_session(&pending("on-bound", "jti-on-bound", now)).await?;
+    assert!(db.place_container(&starting("on-bound", &id, 256, 100, now)).await?);
+    assert_eq!(db.delete_agent(&id, now + 10).await?.as_deref(), Some("bound"));
+    assert_eq!(db.delete_agent(&id, now + 10).await?, None);
+    assert_eq!(
+        db.container("on-bound").await?.map(|c| c.state).as_deref(),
+        Some("failed")
+    );
+    let s = db.session("on-bound").await?.expect("row");
+    assert!(
+        s.end_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("removed by an admin")),
+        "{s:?}"
+    );
+    assert!(db.agent_refusals().await?.iter().all(|r| r.name != "bound"));
+    assert!(
+        !db.place_container(&starting("late", &id, 256, 100, now)).await?,
+        "no placement on a removed agent"
+    );
+    assert!(matches!(
+        register(db, "bound", "identity-2", "cred-b4", (4, 4096), now + 11).await?,
+        AgentRegisterOutcome::New(_)
+    ));
+    // Refusals older than a day are pruned.
+    db.prune(now + 2 * 24 * 3600).await?;
+    assert!(db.agent_refusals().await?.is_empty());
+    Ok(())
+}
+
 /// Agents and workspace containers: scheduling loads, the wanted set, agent reports, lost agents.
 async fn workspaces(db: &Db, now: i64) -> anyhow::Result<()> {
-    let a = db
-        .register_agent("host-a", "cred-a", "20.10.24", 4, 8192, 0, "127.0.0.1", now)
-        .await?;
-    let b = db
-        .register_agent("host-b", "cred-b", "20.10.24", 2, 4096, 0, "127.0.0.1", now - 100)
-        .await?;
-    db.agent_registration_failed("host-c", "wrong registration token", "127.0.0.2", now)
+    let a = id_of(register(db, "host-a", "identity-a", "cred-a", (4, 8192), now).await?)?;
+    let b = id_of(register(db, "host-b", "identity-b", "cred-b", (2, 4096), now - 100).await?)?;
+    db.record_agent_refusal("host-c", "wrong registration token", "127.0.0.2", now)
         .await?;
     for (sid, agent) in [("w1", &a), ("w2", &a), ("w3", &b)] {
         db.insert_session(&pending(sid, &format!("jti-{sid}"), now)).await?;
@@ -223,9 +435,7 @@ async fn workspaces(db: &Db, now: i64) -> anyhow::Result<()> {
     assert_eq!(db.container("w3").await?.map(|c| c.state).as_deref(), Some("lost"));
 
     // Placement is atomic: 20 concurrent placements of 256 MiB on 2048 MiB, exactly 8 fit.
-    let d = db
-        .register_agent("host-d", "cred-d", "20.10.24", 64, 2048, 0, "127.0.0.1", now)
-        .await?;
+    let d = id_of(register(db, "host-d", "identity-d", "cred-d", (64, 2048), now).await?)?;
     let rows: Vec<ContainerRow> = (0..20).map(|i| starting(&format!("p{i}"), &d, 256, 100, now)).collect();
     let placed = futures_util::future::join_all(rows.iter().map(|r| db.place_container(r))).await;
     let ok = placed.iter().filter(|r| matches!(r, Ok(true))).count();

@@ -1,12 +1,15 @@
 //! Portico integration tests against real peers: OpenSSH sshd, PostgreSQL, headless Chromium, and the
 //! real `portico` binary in its all-in-one and split (webapp + bridges) topologies.
 
+mod abuse;
 mod agent;
 mod api;
 mod bad_input;
 mod browser;
 mod db;
+mod headers;
 mod health;
+mod hostile;
 mod rdp;
 pub mod rfb;
 mod ssh;

@@ -36,6 +36,7 @@ pub async fn full_frame(
         password: password.map(|p| Secret::new(p.to_owned())),
         shared: true,
         encodings,
+        ..RfbConfig::default()
     });
     let mut screen: Option<Screen> = None;
     let mut buf = vec![0u8; 64 * 1024];

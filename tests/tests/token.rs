@@ -157,7 +157,12 @@ async fn a_used_token_is_refused_by_every_bridge_of_the_fleet() -> anyhow::Resul
     let row: Value = api
         .ok(reqwest::Method::GET, &format!("/api/v1/sessions/{id}"), None)
         .await?;
-    assert_eq!(row["bridge_id"], "bridge-a");
+    let bridges: Value = api.ok(reqwest::Method::GET, "/api/v1/bridges", None).await?;
+    let owner = bridges
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["id"] == row["bridge_id"]))
+        .map(|b| b["name"].clone());
+    assert_eq!(owner, Some(json!("bridge-a")), "{row} {bridges}");
     api.ok(reqwest::Method::DELETE, &format!("/api/v1/sessions/{id}"), None)
         .await?;
     let closed = t.closed_within(Duration::from_secs(3)).await?;

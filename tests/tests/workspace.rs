@@ -197,8 +197,9 @@ async fn a_workspace_launches_with_its_limits_and_is_destroyed_when_the_session_
     assert_eq!(c["Config"]["Labels"]["org.portico.session"], sid.as_str());
     assert_eq!(c["Config"]["Labels"]["org.portico.agent"], "embedded");
     assert_eq!(c["Config"]["User"], "1000:1000", "the desktop does not run as root");
+    assert_eq!(hc["NetworkMode"], "portico-workspaces", "on the managed network: {hc}");
     // The VNC server asks for the one-time password: a client without it is refused.
-    let ip = c["NetworkSettings"]["Networks"]["bridge"]["IPAddress"]
+    let ip = c["NetworkSettings"]["Networks"]["portico-workspaces"]["IPAddress"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
@@ -352,7 +353,8 @@ async fn an_agent_restart_reaps_orphans_and_a_vanished_container_ends_its_sessio
         "the agent is dead: nothing removed it yet"
     );
 
-    let agent = AgentProcess::start(&p, &engine.socket, "reaper", TOKEN)?;
+    // The same agent again (its data directory, so its identity): its first sync reaps the orphans.
+    agent.restart()?;
     wait_agent_healthy(&api, "reaper", &agent).await?;
     wait_containers(&engine, &sid, 0, Duration::from_secs(15))
         .await
@@ -534,5 +536,164 @@ async fn workspace_errors_are_clear() -> anyhow::Result<()> {
         .await?;
     assert_eq!(v["state"], "ended", "{v}");
     assert_eq!(v["workspace"]["state"], "failed", "{v}");
+    Ok(())
+}
+
+/// A local address of this machine other than loopback (the route to a public address), if any.
+fn local_address() -> Option<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.255:9").or_else(|_| s.connect("8.8.8.8:53")).ok()?;
+    Some(s.local_addr().ok()?.ip()).filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lying_agent_cannot_send_the_bridge_to_an_address_outside_its_networks() -> anyhow::Result<()> {
+    let p = webapp(5, &[])?;
+    let api = Api::admin(&p).await?;
+    let fake = crate::agent::FakeAgent::new(&p)?;
+    // The lying agent declares a network of its own, and (to try the control plane's own address) one
+    // holding this machine's address.
+    let own = local_address();
+    let mut networks =
+        vec![json!({ "name": "portico-workspaces", "subnet": "10.123.0.0/24", "gateway": "10.123.0.1" })];
+    if let Some(ip) = own {
+        let prefix = if ip.is_ipv4() { 32 } else { 128 };
+        networks.push(json!({ "name": "host-net", "subnet": format!("{ip}/{prefix}") }));
+    }
+    let networks = Value::Array(networks);
+    let (status, reg) = fake
+        .register("liar", TOKEN, "liar-identity-0123456789abcdef", &networks)
+        .await?;
+    anyhow::ensure!(status == 200, "registration: http {status} {reg}");
+    let cred = reg["credential"].as_str().unwrap_or_default().to_owned();
+    let conn = workspace_connection(&api, "portico/workspace:latest", json!({})).await?;
+    // A listener on loopback, where the lying agent says the container is.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let trap = listener.local_addr()?.port();
+    let webapp_port: u16 = p.url.rsplit(':').next().and_then(|s| s.parse().ok()).unwrap_or(443);
+    let mut cases = vec![
+        ("127.0.0.1".to_owned(), trap, "loopback"),
+        ("10.9.9.9".to_owned(), 5901, "outside"),
+        ("10.123.0.1".to_owned(), 5901, "gateway"),
+        ("10.123.0.7".to_owned(), 22, "vnc port"),
+    ];
+    if let Some(ip) = own {
+        cases.push((ip.to_string(), webapp_port, "control plane"));
+    }
+    let mut problems = Vec::new();
+    for (host, port, needle) in cases {
+        // A heartbeat first: the lying agent must look healthy to be scheduled.
+        let (status, body) = fake.sync(&cred, json!([]), &networks).await?;
+        anyhow::ensure!(status == 200, "heartbeat: http {status} {body}");
+        let (sid, mut screen) = open_via(&p, &api, &conn).await?;
+        let report =
+            json!([{ "session_id": sid, "container_id": "c0ffee", "state": "ready", "host": host, "port": port }]);
+        let (status, body) = fake.sync(&cred, report, &networks).await?;
+        anyhow::ensure!(status == 200, "sync: http {status} {body}");
+        // The bridge must never connect there: the session ends with the reason instead.
+        tokio::select! {
+            accepted = listener.accept() => {
+                problems.push(format!("{host}:{port}: the bridge connected to the reported address ({:?})", accepted.map(|a| a.1)));
+                let _ = screen.term.closed_within(Duration::from_secs(10)).await;
+            }
+            closed = screen.term.closed_within(Duration::from_secs(15)) => {
+                let closed = closed?;
+                if !closed.as_ref().is_some_and(|c| c.reason.contains(needle)) {
+                    problems.push(format!("{host}:{port}: the browser was told {closed:?}"));
+                }
+            }
+        }
+        let s = api
+            .ok(reqwest::Method::GET, &format!("/api/v1/sessions/{sid}"), None)
+            .await?;
+        if s["workspace"]["state"] != "failed" || !s["workspace"]["error"].as_str().is_some_and(|e| e.contains(needle))
+        {
+            problems.push(format!("{host}:{port}: {}", s["workspace"]));
+        }
+    }
+    anyhow::ensure!(problems.is_empty(), "{problems:#?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workspaces_run_as_the_configured_user_on_a_managed_network_whatever_the_image_says() -> anyhow::Result<()> {
+    let engine = Dockerd::start()?;
+    let image = engine.with_workspace_image()?;
+    // The same image (its own command), told to run as root.
+    let tmp = engine.docker(&["create", image])?;
+    const ROOT_IMAGE: &str = "portico/workspace:root-user";
+    engine.docker(&["commit", "--change", "USER 0:0", tmp.trim(), ROOT_IMAGE])?;
+    engine.docker(&["rm", tmp.trim()])?;
+    assert_eq!(
+        engine
+            .docker(&["image", "inspect", "--format", "{{.Config.User}}", ROOT_IMAGE])?
+            .trim(),
+        "0:0"
+    );
+    let p = webapp(1, &[])?;
+    let api = Api::admin(&p).await?;
+    let agent = AgentProcess::start(&p, &engine.socket, "netagent", TOKEN)?;
+    wait_agent_healthy(&api, "netagent", &agent).await?;
+    let conn = workspace_connection(&api, ROOT_IMAGE, json!({})).await?;
+    let (sid, _screen) = launch_via(&p, &api, &conn)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", agent.log()))?;
+    let ids = containers_of(&engine, &sid)?;
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let inspect: Value = serde_json::from_str(&engine.docker(&["inspect", &ids[0]])?)?;
+    let c = &inspect[0];
+    let mut problems = Vec::new();
+    if c["Config"]["User"] != "1000:1000" {
+        problems.push(format!("container user {} (the image says 0:0)", c["Config"]["User"]));
+    }
+    let uid = engine.docker(&["exec", &ids[0], "id", "-u"]).unwrap_or_default();
+    if uid.trim() != "1000" {
+        problems.push(format!("processes run as uid {uid:?}"));
+    }
+    if c["HostConfig"]["NetworkMode"] != "portico-workspaces"
+        || c["NetworkSettings"]["Networks"]["portico-workspaces"]["IPAddress"]
+            .as_str()
+            .is_none_or(str::is_empty)
+    {
+        problems.push(format!(
+            "not on the managed network: {} {}",
+            c["HostConfig"]["NetworkMode"], c["NetworkSettings"]["Networks"]
+        ));
+    }
+    // The managed network: a user-defined bridge without inter-container traffic (enforced by Docker's
+    // iptables rules; the test engines run without them, so only the setting is checked here).
+    match engine.docker(&["network", "inspect", "portico-workspaces"]) {
+        Ok(n) => {
+            let n: Value = serde_json::from_str(&n)?;
+            let n = &n[0];
+            if n["Driver"] != "bridge" || n["Options"]["com.docker.network.bridge.enable_icc"] != "false" {
+                problems.push(format!("managed network: {n}"));
+            }
+        }
+        Err(e) => problems.push(format!("no managed network: {e}")),
+    }
+    // The agent's declared networks are listed for admins.
+    let agents = api.ok(reqwest::Method::GET, "/api/v1/agents", None).await?;
+    let declared = agents
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["name"] == "netagent"))
+        .map(|a| a["networks"].clone())
+        .unwrap_or_default();
+    if !declared
+        .as_array()
+        .is_some_and(|n| n.iter().any(|x| x["name"] == "portico-workspaces"))
+    {
+        problems.push(format!("declared networks: {declared}"));
+    }
+    // Root is refused as the configured user.
+    let mut rooty = AgentProcess::start_with(&p, &engine.socket, "rooty", TOKEN, &["--agent-user", "0:0"])?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while rooty.running() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if rooty.running() || !rooty.log().contains("non-root") {
+        problems.push(format!("--agent-user 0:0 was not refused:\n{}", rooty.log()));
+    }
+    anyhow::ensure!(problems.is_empty(), "{problems:#?}");
     Ok(())
 }

@@ -20,15 +20,19 @@ export interface WorkspaceSpec {
 }
 /** A Docker agent as `GET /api/v1/agents` lists it. */
 export interface Agent {
-  id: string; name: string; state: 'healthy' | 'down' | 'failed'; last_error: string | null; remote_addr: string;
+  id: string | null; name: string; state: 'healthy' | 'down' | 'failed'; last_error: string | null; remote_addr: string;
   docker_version: string; cores: number; memory_mb: number; running: number; last_heartbeat_at: number | null;
+  networks: { name: string; subnet: string; gateway?: string | null }[];
+  /** The latest refused registration under this name (never changes the agent). */
+  refused: { reason: string; remote_addr: string; attempts: number; first_at: number; last_at: number } | null;
 }
 export interface ConnectionInput {
   name: string; protocol: string; host?: string; port?: number; username?: string;
   password?: string; private_key?: string; host_key_fingerprint?: string; settings?: ConnectionSettings;
 }
 export interface SessionCreated { session_id: string; token: string; ws_url: string; connect_url: string; expires_at: number }
-export interface ApiKey { id: string; name: string; created_at: number; last_used_at: number | null }
+export type KeyScope = 'read' | 'sessions' | 'admin';
+export interface ApiKey { id: string; name: string; created_at: number; last_used_at: number | null; scope: KeyScope; expires_at: number | null }
 
 export class ApiError extends Error {
   constructor(public status: number, message: string) { super(message); }
@@ -79,10 +83,12 @@ export const users = () => call<User[]>('GET', '/api/v1/users');
 export const createUser = (username: string, password: string, role: string) => call<User>('POST', '/api/v1/users', { username, password, role });
 export const deleteUser = (id: string) => call<unknown>('DELETE', `/api/v1/users/${encodeURIComponent(id)}`);
 export const apiKeys = () => call<ApiKey[]>('GET', '/api/v1/api-keys');
-export const createApiKey = (name: string) => call<{ id: string; name: string; key: string }>('POST', '/api/v1/api-keys', { name });
+export const createApiKey = (name: string, scope: KeyScope, expiresInDays: number) =>
+  call<{ id: string; name: string; key: string }>('POST', '/api/v1/api-keys', { name, scope, expires_in_days: expiresInDays });
 export const deleteApiKey = (id: string) => call<unknown>('DELETE', `/api/v1/api-keys/${encodeURIComponent(id)}`);
 
 export const agents = (): Promise<Agent[]> => call('GET', '/api/v1/agents');
+export const deleteAgent = (id: string) => call<unknown>('DELETE', `/api/v1/agents/${encodeURIComponent(id)}`);
 /** A live session as `GET /api/v1/sessions` lists it (own; all for admins). */
 export interface SessionRow {
   id: string; user_id: string; connection_id: string; state: 'pending' | 'active' | 'ended';

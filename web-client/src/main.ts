@@ -1,9 +1,15 @@
-// Entry point: the embed page (/connect#session=…&token=…&ws=…) or the logged-in application.
+// Entry point: the embed page (/connect#session=…&token=…) or the logged-in application.
 
 import * as api from './api';
 import { mount, h, errorText } from './dom';
 import { openSession } from './session';
 import { showLogin, showMain } from './views';
+
+/** The bridge's WebSocket base URL, which the webapp writes into the page it serves (never from the URL). */
+function bridgeBase(): string | null {
+  const meta = document.querySelector<HTMLMetaElement>('meta[name="portico-bridge"]');
+  return meta?.content ? meta.content.replace(/\/+$/, '') : null;
+}
 
 function embed(): void {
   const params = new URLSearchParams(location.hash.replace(/^#/, ''));
@@ -11,11 +17,18 @@ function embed(): void {
   history.replaceState(null, '', location.pathname);
   const sessionId = params.get('session');
   const token = params.get('token');
-  const wsUrl = params.get('ws');
-  if (!sessionId || !token || !wsUrl) {
+  if (!sessionId || !token) {
     mount(h('p', { class: 'error', style: 'padding: 2rem' }, 'This link is incomplete or was already opened. Ask for a new session link.'));
     return;
   }
+  // A `ws` parameter (links of older versions had one) is ignored: whoever writes the link must not choose the
+  // server that receives the token.
+  const base = bridgeBase();
+  if (!base) {
+    mount(h('p', { class: 'error', style: 'padding: 2rem' }, 'Portico is unavailable: this page does not name its bridge.'));
+    return;
+  }
+  const wsUrl = `${base}/bridge/v1/ws?session=${encodeURIComponent(sessionId)}`;
   openSession({ sessionId, token, wsUrl, title: 'Portico' }, { embed: true });
 }
 

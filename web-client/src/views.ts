@@ -297,26 +297,43 @@ function workspaceSummary(w: api.WorkspaceSpec | null | undefined): string {
   return `${w.image} · ${w.cpu_millis / 1000} cores · ${w.memory_mb} MiB`;
 }
 
-/** Docker agents: an agent that never registered shows as failed with the reason. */
+/** Docker agents: an agent that never registered shows as failed with the reason; a refused registration
+ * under a registered agent's name (a wrong token, another identity) is shown on its row without changing it.
+ * Removing an agent frees its name for another agent identity. */
 async function agentsCard(): Promise<HTMLElement> {
   const err = h('div', { class: 'error', role: 'alert' });
   const list = h('tbody', { id: 'agents' });
   const card = h('section', { class: 'card' }, h('h2', {}, 'Docker agents'),
     h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'State'), h('th', {}, 'Docker'),
-      h('th', {}, 'Capacity'), h('th', {}, 'Workspaces'), h('th', {}, 'Last heartbeat'))), list), err);
-  try {
+      h('th', {}, 'Capacity'), h('th', {}, 'Networks'), h('th', {}, 'Workspaces'), h('th', {}, 'Last heartbeat'), h('th', {}))), list), err);
+  const load = async () => {
+    list.replaceChildren();
     const agents = await api.agents();
-    if (agents.length === 0) list.append(h('tr', {}, h('td', { colspan: '6', class: 'muted' }, 'No agent has registered yet.')));
+    if (agents.length === 0) list.append(h('tr', {}, h('td', { colspan: '8', class: 'muted' }, 'No agent has registered yet.')));
     for (const a of agents) {
       const state = h('span', { class: `tag state-${a.state}` }, a.state);
+      const refused = a.refused && a.id
+        ? h('div', { class: 'error' }, `refused registration from ${a.refused.remote_addr} (${a.refused.attempts}×): ${a.refused.reason}`)
+        : '';
+      const actions = h('td', { class: 'actions' });
+      const id = a.id;
+      if (id) {
+        const del = h('button', { class: 'danger' }, 'Remove');
+        del.addEventListener('click', async () => {
+          if (!confirm(`Remove agent ${a.name}? Its workspaces end, and any agent may then register under this name.`)) return;
+          await api.deleteAgent(id).catch((e) => { err.textContent = errorText(e); });
+          await load().catch((e) => { err.textContent = errorText(e); });
+        });
+        actions.append(del);
+      }
       list.append(h('tr', { class: 'agent-row', 'data-name': a.name },
-        h('td', {}, a.name), h('td', {}, state, a.last_error ? h('div', { class: 'error' }, a.last_error) : ''),
+        h('td', {}, a.name), h('td', {}, state, a.last_error ? h('div', { class: 'error' }, a.last_error) : '', refused),
         h('td', {}, a.docker_version || '—'), h('td', {}, `${a.cores} cores · ${a.memory_mb} MiB`),
-        h('td', {}, String(a.running)), h('td', {}, fmtTime(a.last_heartbeat_at))));
+        h('td', {}, (a.networks ?? []).map((n) => n.subnet).join(', ') || '—'),
+        h('td', {}, String(a.running)), h('td', {}, fmtTime(a.last_heartbeat_at)), actions));
     }
-  } catch (e) {
-    err.textContent = errorText(e);
-  }
+  };
+  await load().catch((e) => { err.textContent = errorText(e); });
   return card;
 }
 
@@ -324,11 +341,16 @@ async function apiKeysCard(): Promise<HTMLElement> {
   const err = h('div', { class: 'error', role: 'alert' });
   const shown = h('div');
   const name = h('input', { id: 'apikey-name', placeholder: 'key name, e.g. ci' });
+  const scope = h('select', { id: 'apikey-scope', title: 'what the key may do' },
+    h('option', { value: 'sessions' }, 'sessions: start and end sessions, read'),
+    h('option', { value: 'read' }, 'read only'),
+    h('option', { value: 'admin' }, 'admin: everything you may do'));
+  const days = h('input', { id: 'apikey-days', type: 'number', min: '1', max: '3650', value: '90', title: 'expires after this many days' });
   const create = h('button', { id: 'apikey-create' }, 'Create API key');
   const list = h('tbody');
   const card = h('section', { class: 'card' }, h('h2', {}, 'API keys'),
-    h('div', { class: 'inline-form' }, name, create), shown,
-    h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Created'), h('th', {}, 'Last used'), h('th', {}))), list), err);
+    h('div', { class: 'inline-form' }, name, scope, days, h('span', { class: 'muted' }, 'days'), create), shown,
+    h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Scope'), h('th', {}, 'Created'), h('th', {}, 'Expires'), h('th', {}, 'Last used'), h('th', {}))), list), err);
   const load = async () => {
     list.replaceChildren();
     for (const k of await api.apiKeys()) {
@@ -337,13 +359,13 @@ async function apiKeysCard(): Promise<HTMLElement> {
         await api.deleteApiKey(k.id).catch((e) => { err.textContent = errorText(e); });
         await load();
       });
-      list.append(h('tr', {}, h('td', {}, k.name), h('td', {}, fmtTime(k.created_at)), h('td', {}, fmtTime(k.last_used_at)), h('td', { class: 'actions' }, del)));
+      list.append(h('tr', {}, h('td', {}, k.name), h('td', {}, k.scope), h('td', {}, fmtTime(k.created_at)), h('td', {}, fmtTime(k.expires_at)), h('td', {}, fmtTime(k.last_used_at)), h('td', { class: 'actions' }, del)));
     }
   };
   create.addEventListener('click', async () => {
     err.textContent = '';
     try {
-      const k = await api.createApiKey(name.value.trim());
+      const k = await api.createApiKey(name.value.trim(), (scope as HTMLSelectElement).value as api.KeyScope, Number((days as HTMLInputElement).value));
       shown.replaceChildren(h('p', { class: 'muted' }, 'Copy this key now; it is not shown again:'), h('div', { class: 'secret-key', id: 'apikey-value' }, k.key));
       name.value = '';
       await load();

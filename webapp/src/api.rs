@@ -13,14 +13,10 @@ use portico_proto::token::{MAX_LIFETIME_SECS, Protocol, SessionClaims};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::auth::{API_KEY_PREFIX, COOKIE_NAME, CurrentUser, ROLE_ADMIN, ROLE_USER, cookie_value};
+use crate::auth::{API_KEY_PREFIX, COOKIE_NAME, CurrentUser, KeyScope, ROLE_ADMIN, ROLE_USER, cookie_value};
 use crate::db::{Connection, SessionRow, User, state};
 use crate::error::ApiError;
-use crate::{AppState, crypto, now_unix};
-
-/// Failed logins allowed per user name (and, ×6, per client address) in [`RATE_WINDOW_SECS`].
-pub const MAX_LOGIN_FAILURES: i64 = 5;
-pub const RATE_WINDOW_SECS: i64 = 300;
+use crate::{AppState, crypto, login, now_unix};
 
 /// JSON body extractor whose rejections are `{"error": ...}` like every other API error.
 pub struct ApiJson<T>(pub T);
@@ -66,6 +62,9 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/auth/password", post(change_password))
         .route("/api/v1/users", get(list_users).post(create_user))
         .route("/api/v1/agents", get(list_agents))
+        .route("/api/v1/agents/{id}", delete(delete_agent))
+        .route("/api/v1/bridges", get(list_bridges))
+        .route("/api/v1/bridges/{id}", delete(revoke_bridge))
         .route("/api/v1/users/{id}", delete(delete_user))
         .route("/api/v1/api-keys", get(list_api_keys).post(create_api_key))
         .route("/api/v1/api-keys/{id}", delete(delete_api_key))
@@ -115,57 +114,39 @@ struct MeResponse {
 async fn login(
     State(st): State<AppState>,
     ClientAddr(peer): ClientAddr,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Response, ApiError> {
+    let client = peer.map(|a| a.ip());
+    let user = login::check_password(&st, &body.username, body.password, client, &headers).await?;
     let now = now_unix();
-    let user_subject = format!("user:{}", body.username);
-    let ip_subject = peer.map(|a| format!("ip:{}", a.ip()));
-    let since = now - RATE_WINDOW_SECS;
-    if st.db.login_failures_since(&user_subject, since).await? >= MAX_LOGIN_FAILURES {
-        return Err(ApiError::RateLimited);
-    }
-    if let Some(ip) = &ip_subject
-        && st.db.login_failures_since(ip, since).await? >= MAX_LOGIN_FAILURES * 6
-    {
-        return Err(ApiError::RateLimited);
-    }
-    let found = st.db.user_with_hash(&body.username).await?;
-    // Verify against a dummy hash for unknown users so timing does not reveal which names exist.
-    let hash = found
-        .as_ref()
-        .map_or(crypto::dummy_hash(), |(_, h)| h.as_str())
-        .to_owned();
-    let password = body.password;
-    let ok = tokio::task::spawn_blocking(move || crypto::verify_password(&password, &hash))
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
-    let Some((user, _)) = found.filter(|_| ok) else {
-        st.db.record_login_failure(&user_subject, now).await?;
-        if let Some(ip) = &ip_subject {
-            st.db.record_login_failure(ip, now).await?;
-        }
-        tracing::info!(username = %body.username, "Login failed");
-        return Err(ApiError::Unauthorized("invalid username or password".into()));
-    };
-    st.db.clear_login_failures(&user_subject).await?;
     let cookie = crypto::random_token();
     let csrf = crypto::random_token();
     let ttl = st.config.login_ttl.as_secs() as i64;
     st.db
         .insert_login_session(&crypto::sha256_hex(&cookie), &user.id, &csrf, now, now + ttl)
         .await?;
-    tracing::info!(user_id = %user.id, username = %user.username, "Login");
+    tracing::info!(user_id = %user.id, username = ?user.username, client = ?client, "Login");
     let secure = if st.config.secure_cookies { "; Secure" } else { "" };
     let set_cookie = format!("{COOKIE_NAME}={cookie}; Path=/; HttpOnly; SameSite=Strict; Max-Age={ttl}{secure}");
+    // The device cookie gives this browser its own login throttle for this user (see `login`).
+    let device = st.keys.device_cookie(&user.id)?;
+    let set_device = format!(
+        "{}={device}; Path=/api/v1/auth; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        login::DEVICE_COOKIE,
+        login::DEVICE_COOKIE_MAX_AGE
+    );
     let mut res = Json(MeResponse {
         user,
         csrf_token: Some(csrf),
     })
     .into_response();
-    res.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_str(&set_cookie).map_err(|e| ApiError::Internal(e.into()))?,
-    );
+    for c in [set_cookie, set_device] {
+        res.headers_mut().append(
+            header::SET_COOKIE,
+            HeaderValue::from_str(&c).map_err(|e| ApiError::Internal(e.into()))?,
+        );
+    }
     Ok(res)
 }
 
@@ -203,24 +184,27 @@ struct PasswordBody {
     new_password: String,
 }
 
+/// Change the caller's password: the current one is checked under the login throttle, and every other
+/// login session of the user ends (the caller's own stays).
 async fn change_password(
     State(st): State<AppState>,
     me: CurrentUser,
+    ClientAddr(peer): ClientAddr,
+    headers: HeaderMap,
     ApiJson(b): ApiJson<PasswordBody>,
 ) -> Result<Json<Value>, ApiError> {
     validate_password(&b.new_password)?;
-    let (_, hash) = st
-        .db
-        .user_with_hash(&me.user.username)
-        .await?
-        .ok_or(ApiError::NotFound("user"))?;
-    if !crypto::verify_password(&b.current_password, &hash) {
-        return Err(ApiError::Forbidden("current password is wrong".into()));
-    }
-    st.db
-        .set_password(&me.user.id, &crypto::hash_password(&b.new_password)?)
-        .await?;
-    Ok(Json(json!({ "ok": true })))
+    let client = peer.map(|a| a.ip());
+    match login::check_password(&st, &me.user.username, b.current_password, client, &headers).await {
+        Err(ApiError::Unauthorized(_)) => return Err(ApiError::Forbidden("current password is wrong".into())),
+        other => other?,
+    };
+    let hash = st.passwords.hash(b.new_password).await?;
+    st.db.set_password(&me.user.id, &hash).await?;
+    let keep = cookie_value(&headers, COOKIE_NAME).map(crypto::sha256_hex);
+    let ended = st.db.delete_other_login_sessions(&me.user.id, keep.as_deref()).await?;
+    tracing::info!(user_id = %me.user.id, other_logins_ended = ended, "Password changed");
+    Ok(Json(json!({ "ok": true, "other_logins_ended": ended })))
 }
 
 fn validate_password(p: &str) -> Result<(), ApiError> {
@@ -241,26 +225,90 @@ struct UserBody {
     role: Option<String>,
 }
 
-/// Docker agents with their state: `healthy`, `down` (three heartbeats missed) or `failed` (registration
-/// refused: `last_error` says why).
+/// Docker agents with their state: `healthy` or `down` (three heartbeats missed), their declared networks,
+/// and the latest refused registration under their name (`refused`: a wrong token, or another identity
+/// trying to take the name). Names that only ever had refused registrations follow as `failed` entries
+/// (`id` null, `last_error` says why). Refusals never change an agent.
 async fn list_agents(State(st): State<AppState>, me: CurrentUser) -> Result<Json<Vec<Value>>, ApiError> {
     me.require_admin()?;
     let now = now_unix();
     let alive_since = st.agents_alive_since(now);
     let agents = st.db.list_agents().await?;
-    Ok(Json(
-        agents
-            .into_iter()
-            .map(|a| {
-                let down = a.state == "healthy" && a.last_heartbeat_at.is_none_or(|t| t < alive_since);
-                let mut v = serde_json::to_value(&a).unwrap_or(Value::Null);
-                if down {
-                    v["state"] = json!("down");
-                }
-                v
-            })
-            .collect(),
-    ))
+    let mut refusals = st.db.agent_refusals().await?;
+    let mut out: Vec<Value> = agents
+        .into_iter()
+        .map(|a| {
+            let down = a.last_heartbeat_at.is_none_or(|t| t < alive_since);
+            let refused = refusals
+                .iter()
+                .position(|r| r.name == a.name)
+                .map(|i| refusals.swap_remove(i));
+            let mut v = serde_json::to_value(&a).unwrap_or(Value::Null);
+            v["state"] = json!(if down { "down" } else { "healthy" });
+            v["networks"] = serde_json::from_str(&a.networks).unwrap_or_else(|_| json!([]));
+            v["refused"] = serde_json::to_value(refused).unwrap_or(Value::Null);
+            v
+        })
+        .collect();
+    refusals.sort_by(|a, b| a.name.cmp(&b.name));
+    out.extend(refusals.into_iter().map(|r| {
+        json!({
+            "id": null, "name": r.name, "state": "failed", "last_error": r.reason, "remote_addr": r.remote_addr,
+            "docker_version": "", "cores": 0, "memory_mb": 0, "running": 0, "created_at": r.first_at,
+            "registered_at": null, "last_heartbeat_at": null, "networks": [],
+            "refused": r,
+        })
+    }));
+    Ok(Json(out))
+}
+
+/// Remove an agent: its live workspaces fail and their sessions end, and its name is free for the next
+/// identity that registers it (the same agent re-registers by itself if it still runs).
+async fn delete_agent(
+    State(st): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    me.require_admin()?;
+    match st.db.delete_agent(&id, now_unix()).await? {
+        Some(name) => {
+            tracing::info!(agent = ?name, agent_id = ?id, by = %me.user.id, "Agent removed");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        None => Err(ApiError::NotFound("agent")),
+    }
+}
+
+/// Registered bridges (each registration is an identity), with their live sessions and whether revoked.
+async fn list_bridges(
+    State(st): State<AppState>,
+    me: CurrentUser,
+) -> Result<Json<Vec<crate::db::BridgeRow>>, ApiError> {
+    me.require_admin()?;
+    Ok(Json(st.db.list_bridges().await?))
+}
+
+#[derive(Deserialize)]
+struct RevokeQuery {
+    #[serde(default)]
+    forget: bool,
+}
+
+/// Revoke a bridge: its credential stops working and its sessions end; `?forget=true` on a revoked bridge
+/// removes it, so its name may register again.
+async fn revoke_bridge(
+    State(st): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<RevokeQuery>,
+) -> Result<StatusCode, ApiError> {
+    me.require_admin()?;
+    if st.db.revoke_bridge(&id, q.forget, now_unix()).await? {
+        tracing::warn!(bridge_id = %id, forget = q.forget, admin = %me.user.id, "Bridge revoked");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("bridge"))
+    }
 }
 
 async fn list_users(State(st): State<AppState>, me: CurrentUser) -> Result<Json<Vec<User>>, ApiError> {
@@ -301,7 +349,7 @@ async fn create_user(
         .insert_user(
             &user.id,
             &user.username,
-            &crypto::hash_password(&b.password)?,
+            &st.passwords.hash(b.password).await?,
             role,
             user.created_at,
         )
@@ -318,7 +366,7 @@ async fn delete_user(
     if id == me.user.id {
         return Err(ApiError::bad_request("you cannot delete yourself"));
     }
-    if st.db.delete_user(&id).await? {
+    if st.db.delete_user(&id, now_unix()).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("user"))
@@ -331,7 +379,15 @@ async fn delete_user(
 #[serde(deny_unknown_fields)]
 struct ApiKeyBody {
     name: String,
+    /// `read`, `sessions` (default) or `admin`.
+    #[serde(default)]
+    scope: Option<String>,
+    /// Lifetime in days, 1 to 3650 (default 90).
+    #[serde(default)]
+    expires_in_days: Option<i64>,
 }
+
+pub const API_KEY_DEFAULT_DAYS: i64 = 90;
 
 async fn list_api_keys(State(st): State<AppState>, me: CurrentUser) -> Result<Json<Vec<crate::db::ApiKey>>, ApiError> {
     Ok(Json(st.db.list_api_keys(&me.user.id).await?))
@@ -346,12 +402,30 @@ async fn create_api_key(
     if name.is_empty() || name.len() > 100 {
         return Err(ApiError::bad_request("name must have 1 to 100 characters"));
     }
-    let id = uuid::Uuid::new_v4().to_string();
+    let scope = match b.scope.as_deref() {
+        None => KeyScope::Sessions,
+        Some(s) => KeyScope::parse(s).ok_or_else(|| ApiError::bad_request("scope must be read, sessions or admin"))?,
+    };
+    let days = b.expires_in_days.unwrap_or(API_KEY_DEFAULT_DAYS);
+    if !(1..=3650).contains(&days) {
+        return Err(ApiError::bad_request("expires_in_days must be 1 to 3650"));
+    }
+    let now = now_unix();
+    let k = crate::db::ApiKey {
+        id: uuid::Uuid::new_v4().to_string(),
+        user_id: me.user.id.clone(),
+        name: name.to_owned(),
+        created_at: now,
+        last_used_at: None,
+        scope: scope.as_str().to_owned(),
+        expires_at: Some(now + days * 86_400),
+    };
     let key = format!("{API_KEY_PREFIX}{}", crypto::random_token());
-    st.db
-        .insert_api_key(&id, &me.user.id, name, &crypto::sha256_hex(&key), now_unix())
-        .await?;
-    Ok((StatusCode::CREATED, Json(json!({ "id": id, "name": name, "key": key }))))
+    st.db.insert_api_key(&k, &crypto::sha256_hex(&key)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": k.id, "name": k.name, "key": key, "scope": k.scope, "expires_at": k.expires_at })),
+    ))
 }
 
 async fn delete_api_key(
@@ -384,8 +458,9 @@ pub struct ConnectionBody {
     password: Option<String>,
     #[serde(default)]
     private_key: Option<String>,
-    #[serde(default)]
-    host_key_fingerprint: Option<String>,
+    /// Omitted: unchanged (update) or none (create); `null` or empty: cleared (trust on first use).
+    #[serde(default, deserialize_with = "present")]
+    host_key_fingerprint: Option<Option<String>>,
     #[serde(default)]
     clear_password: bool,
     #[serde(default)]
@@ -495,6 +570,12 @@ pub fn bridge_protocol(connection_protocol: &str) -> Option<Protocol> {
     Protocol::parse(connection_protocol)
 }
 
+/// A field that was present in the body (`Some`, holding `None` for `null`); omitted fields default to
+/// `None` through `#[serde(default)]`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
 fn apply_connection_body(st: &AppState, c: &mut Connection, b: ConnectionBody) -> Result<(), ApiError> {
     if b.protocol == crate::workspaces::PROTOCOL {
         return apply_workspace_body(c, b);
@@ -527,7 +608,9 @@ fn apply_connection_body(st: &AppState, c: &mut Connection, b: ConnectionBody) -
     c.host = host.into();
     c.port = port.into();
     c.username = b.username;
-    c.host_key_fingerprint = normalize_fingerprint(b.host_key_fingerprint.as_deref())?;
+    if let Some(fp) = b.host_key_fingerprint {
+        c.host_key_fingerprint = normalize_fingerprint(fp.as_deref())?;
+    }
     if let Some(settings) = b.settings {
         validate_settings(&settings)?;
         c.settings = serde_json::to_string(&settings).map_err(|e| ApiError::Internal(e.into()))?;
@@ -665,7 +748,7 @@ async fn delete_connection(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     me.require_admin()?;
-    if st.db.delete_connection(&id).await? {
+    if st.db.delete_connection(&id, now_unix()).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("connection"))
@@ -691,15 +774,6 @@ struct SessionCreated {
     ws_url: String,
     connect_url: String,
     expires_at: i64,
-}
-
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 async fn create_session(
@@ -771,14 +845,11 @@ async fn create_session(
         return Err(e);
     }
     let token = st.signer.sign(&claims);
-    let ws_url = format!(
-        "{}/bridge/v1/ws?session={session_id}",
-        cfg.bridge_public_url.trim_end_matches('/')
-    );
+    let ws_url = format!("{}/bridge/v1/ws?session={session_id}", cfg.bridge_ws_base());
+    // No bridge address in the link: the embed page connects only to the bridge this webapp names.
     let connect_url = format!(
-        "{}/connect#session={session_id}&token={token}&ws={}",
-        cfg.public_url.trim_end_matches('/'),
-        url_encode(&ws_url)
+        "{}/connect#session={session_id}&token={token}",
+        cfg.public_url.trim_end_matches('/')
     );
     tracing::info!(%session_id, connection_id = %conn.id, user_id = %me.user.id, protocol = protocol.as_str(), "Session created");
     Ok((

@@ -15,12 +15,52 @@ pub const COOKIE_NAME: &str = "portico_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 pub const API_KEY_PREFIX: &str = "pk_";
 
+/// What an API key may do, within its user's role. Enforced once, in the [`CurrentUser`] extractor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyScope {
+    /// Reads only (`GET`).
+    Read,
+    /// Reads, and starting and ending sessions (`/api/v1/sessions`).
+    Sessions,
+    /// Everything the user may do, including minting keys.
+    Admin,
+}
+
+impl KeyScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyScope::Read => "read",
+            KeyScope::Sessions => "sessions",
+            KeyScope::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<KeyScope> {
+        [KeyScope::Read, KeyScope::Sessions, KeyScope::Admin]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+
+    /// Whether a key of this scope may make a request with `method` on `path`.
+    pub fn allows(self, method: &Method, path: &str) -> bool {
+        let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+        match self {
+            KeyScope::Read => safe,
+            KeyScope::Sessions => safe || path == "/api/v1/sessions" || path.starts_with("/api/v1/sessions/"),
+            KeyScope::Admin => true,
+        }
+    }
+}
+
 /// The authenticated caller of a request.
 #[derive(Debug, Clone)]
 pub struct CurrentUser {
     pub user: User,
     /// The CSRF token of the login session; `None` for API-key callers.
     pub csrf_token: Option<String>,
+    /// The scope of the API key; `None` for a login session (everything the role allows).
+    pub key_scope: Option<KeyScope>,
 }
 
 impl CurrentUser {
@@ -66,12 +106,23 @@ impl FromRequestParts<AppState> for CurrentUser {
             if !key.starts_with(API_KEY_PREFIX) {
                 return Err(ApiError::Unauthorized("invalid api key".into()));
             }
-            let user = state
+            let (user, scope) = state
                 .db
                 .user_by_api_key(&crypto::sha256_hex(key), now)
                 .await?
-                .ok_or_else(|| ApiError::Unauthorized("invalid api key".into()))?;
-            return Ok(CurrentUser { user, csrf_token: None });
+                .ok_or_else(|| ApiError::Unauthorized("invalid or expired api key".into()))?;
+            let scope = KeyScope::parse(&scope).unwrap_or(KeyScope::Read);
+            if !scope.allows(&parts.method, parts.uri.path()) {
+                return Err(ApiError::Forbidden(format!(
+                    "this api key's scope ({}) does not allow this request",
+                    scope.as_str()
+                )));
+            }
+            return Ok(CurrentUser {
+                user,
+                csrf_token: None,
+                key_scope: Some(scope),
+            });
         }
         let cookie = cookie_value(&parts.headers, COOKIE_NAME).ok_or(ApiError::Unauthenticated)?;
         let (user, csrf) = state
@@ -93,6 +144,26 @@ impl FromRequestParts<AppState> for CurrentUser {
         Ok(CurrentUser {
             user,
             csrf_token: Some(csrf),
+            key_scope: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes() {
+        let (get, post, delete) = (Method::GET, Method::POST, Method::DELETE);
+        assert!(KeyScope::Read.allows(&get, "/api/v1/connections"));
+        assert!(!KeyScope::Read.allows(&post, "/api/v1/sessions"));
+        assert!(KeyScope::Sessions.allows(&post, "/api/v1/sessions"));
+        assert!(KeyScope::Sessions.allows(&delete, "/api/v1/sessions/abc"));
+        assert!(!KeyScope::Sessions.allows(&post, "/api/v1/api-keys"));
+        assert!(!KeyScope::Sessions.allows(&post, "/api/v1/sessionsx"));
+        assert!(KeyScope::Admin.allows(&post, "/api/v1/api-keys"));
+        assert_eq!(KeyScope::parse("sessions"), Some(KeyScope::Sessions));
+        assert_eq!(KeyScope::parse("root"), None);
     }
 }

@@ -71,6 +71,23 @@ pub struct ApiKey {
     pub name: String,
     pub created_at: i64,
     pub last_used_at: Option<i64>,
+    /// `read`, `sessions` or `admin` (see `auth::KeyScope`).
+    pub scope: String,
+    /// Unix seconds; `None` only for keys created before keys expired.
+    pub expires_at: Option<i64>,
+}
+
+/// A bridge as the control plane knows it (its credential only as a hash, never here).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BridgeRow {
+    pub id: String,
+    pub name: String,
+    pub remote_addr: String,
+    pub registered_at: i64,
+    pub last_seen_at: i64,
+    pub revoked_at: Option<i64>,
+    /// Sessions it holds that have not ended (listing only).
+    pub live_sessions: i64,
 }
 
 /// A Docker agent as the control plane knows it.
@@ -80,7 +97,10 @@ pub struct AgentRow {
     pub name: String,
     #[serde(skip)]
     pub credential_hash: Option<String>,
-    /// `healthy`, `failed` (a refused registration) as stored; readers derive `down` from the heartbeat age.
+    /// SHA-256 of the agent's persistent identity key; `None` until its next registration binds one.
+    #[serde(skip)]
+    pub identity_hash: Option<String>,
+    /// `healthy` as stored; readers derive `down` from the heartbeat age.
     pub state: String,
     pub last_error: Option<String>,
     pub remote_addr: String,
@@ -91,15 +111,60 @@ pub struct AgentRow {
     pub created_at: i64,
     pub registered_at: Option<i64>,
     pub last_heartbeat_at: Option<i64>,
+    /// JSON list of the subnets its containers are on (`portico_proto::control::AgentNetwork`).
+    #[serde(skip)]
+    pub networks: String,
 }
 
-const AGENT_COLS: &str = "id, name, credential_hash, state, last_error, remote_addr, docker_version, cores, memory_mb, running, created_at, registered_at, last_heartbeat_at";
+const AGENT_COLS: &str = "id, name, credential_hash, identity_hash, state, last_error, remote_addr, docker_version, cores, memory_mb, running, created_at, registered_at, last_heartbeat_at, networks";
+
+/// Most names kept in `agent_refusals` (refused registrations are unauthenticated: their rows are bounded).
+pub const MAX_AGENT_REFUSALS: i64 = 1000;
+
+/// A refused registration as admins see it: the latest reason and address under one name.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AgentRefusal {
+    pub name: String,
+    pub reason: String,
+    pub remote_addr: String,
+    pub attempts: i64,
+    pub first_at: i64,
+    pub last_at: i64,
+}
+
+/// What a registration writes.
+#[derive(Debug, Clone)]
+pub struct AgentRegistration<'a> {
+    pub name: &'a str,
+    pub identity_hash: &'a str,
+    pub credential_hash: &'a str,
+    pub docker_version: &'a str,
+    pub cores: i64,
+    pub memory_mb: i64,
+    pub running: i64,
+    /// JSON list of its declared networks.
+    pub networks: &'a str,
+    pub addr: &'a str,
+    pub now: i64,
+}
+
+/// How a registration went (each with the agent's id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentRegisterOutcome {
+    /// A name nobody had: bound to this identity.
+    New(String),
+    /// This identity's own name (or a name no identity was bound to yet): a fresh credential.
+    Again(String),
+    /// The name belongs to another identity: nothing was changed.
+    NameTaken(String),
+}
 
 fn agent(r: &AnyRow) -> sqlx::Result<AgentRow> {
     Ok(AgentRow {
         id: r.try_get("id")?,
         name: r.try_get("name")?,
         credential_hash: r.try_get("credential_hash")?,
+        identity_hash: r.try_get("identity_hash")?,
         state: r.try_get("state")?,
         last_error: r.try_get("last_error")?,
         remote_addr: r.try_get("remote_addr")?,
@@ -110,6 +175,7 @@ fn agent(r: &AnyRow) -> sqlx::Result<AgentRow> {
         created_at: r.try_get("created_at")?,
         registered_at: r.try_get("registered_at")?,
         last_heartbeat_at: r.try_get("last_heartbeat_at")?,
+        networks: r.try_get("networks")?,
     })
 }
 
@@ -345,11 +411,37 @@ impl Db {
         rows.iter().map(user).collect()
     }
 
-    pub async fn delete_user(&self, id: &str) -> sqlx::Result<bool> {
-        let r = sqlx::query("DELETE FROM users WHERE id = $1")
+    /// Delete a user and, in the same transaction, end every live session of theirs: the bridges close
+    /// them at their next sync and their unclaimed tokens can no longer be claimed.
+    pub async fn delete_user(&self, id: &str, now: i64) -> sqlx::Result<bool> {
+        self.delete_with_sessions("users", "user_id", id, "ended: the user was deleted", now)
+            .await
+    }
+
+    /// Delete `table`'s row `id` and end the live sessions whose `session_column` names it, atomically.
+    async fn delete_with_sessions(
+        &self,
+        table: &'static str,
+        session_column: &'static str,
+        id: &str,
+        reason: &str,
+        now: i64,
+    ) -> sqlx::Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE id = $1")))
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE sessions SET state = $1, ended_at = $2, end_reason = $3 WHERE {session_column} = $4 AND state <> $1"
+        )))
+        .bind(state::ENDED)
+        .bind(now)
+        .bind(reason)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(r.rows_affected() == 1)
     }
 
@@ -387,6 +479,16 @@ impl Db {
         row.map(|r| Ok((user(&r)?, r.try_get("csrf_token")?))).transpose()
     }
 
+    /// End every login session of `user_id` except `keep` (the caller's own); returns how many ended.
+    pub async fn delete_other_login_sessions(&self, user_id: &str, keep: Option<&str>) -> sqlx::Result<u64> {
+        let r = sqlx::query("DELETE FROM login_sessions WHERE user_id = $1 AND id_hash <> $2")
+            .bind(user_id)
+            .bind(keep.unwrap_or(""))
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
     pub async fn delete_login_session(&self, id_hash: &str) -> sqlx::Result<()> {
         sqlx::query("DELETE FROM login_sessions WHERE id_hash = $1")
             .bind(id_hash)
@@ -395,21 +497,56 @@ impl Db {
             .map(|_| ())
     }
 
-    pub async fn record_login_failure(&self, subject: &str, now: i64) -> sqlx::Result<()> {
-        sqlx::query("INSERT INTO login_attempts (subject, at) VALUES ($1, $2)")
-            .bind(subject)
-            .bind(now)
+    /// Record a login attempt under each of `subjects` (subject, limit) *before* its password is verified,
+    /// then count the subjects' attempts in the window. The k-th attempt to be recorded sees at least k rows
+    /// of its subject, so of any number of concurrent attempts at most `limit` per subject are admitted; a
+    /// refused attempt removes its rows again (it was never verified, so it is no failure). Returns `None`
+    /// when admitted, else the seconds until the oldest counted attempt of a full subject leaves the window.
+    pub async fn begin_login_attempt(
+        &self,
+        attempt_id: &str,
+        subjects: &[(String, i64)],
+        now: i64,
+        window: i64,
+    ) -> sqlx::Result<Option<i64>> {
+        let values: Vec<String> = (0..subjects.len()).map(|i| format!("($1, $2, ${})", i + 3)).collect();
+        let sql = format!(
+            "INSERT INTO login_attempts (attempt_id, at, subject) VALUES {}",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(attempt_id).bind(now);
+        for (subject, _) in subjects {
+            q = q.bind(subject);
+        }
+        q.execute(&self.pool).await?;
+        let placeholders: Vec<String> = (0..subjects.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT subject, COUNT(*), MIN(at) FROM login_attempts WHERE at > $1 AND subject IN ({}) GROUP BY subject",
+            placeholders.join(", ")
+        );
+        let mut q = sqlx::query_as::<_, (String, i64, i64)>(sqlx::AssertSqlSafe(sql)).bind(now - window);
+        for (subject, _) in subjects {
+            q = q.bind(subject);
+        }
+        let counts = q.fetch_all(&self.pool).await?;
+        let retry_after = counts
+            .iter()
+            .filter(|(subject, n, _)| subjects.iter().any(|(s, limit)| s == subject && n > limit))
+            .map(|(_, _, first)| (first + window - now).max(1))
+            .max();
+        if retry_after.is_some() {
+            self.end_login_attempt(attempt_id).await?;
+        }
+        Ok(retry_after)
+    }
+
+    /// Remove the rows of one attempt (refused before verification, or successful).
+    pub async fn end_login_attempt(&self, attempt_id: &str) -> sqlx::Result<()> {
+        sqlx::query("DELETE FROM login_attempts WHERE attempt_id = $1")
+            .bind(attempt_id)
             .execute(&self.pool)
             .await
             .map(|_| ())
-    }
-
-    pub async fn login_failures_since(&self, subject: &str, since: i64) -> sqlx::Result<i64> {
-        sqlx::query_scalar("SELECT COUNT(*) FROM login_attempts WHERE subject = $1 AND at > $2")
-            .bind(subject)
-            .bind(since)
-            .fetch_one(&self.pool)
-            .await
     }
 
     pub async fn clear_login_failures(&self, subject: &str) -> sqlx::Result<()> {
@@ -430,6 +567,10 @@ impl Db {
             .bind(now - 3600)
             .execute(&self.pool)
             .await?;
+        sqlx::query("DELETE FROM agent_refusals WHERE last_at <= $1")
+            .bind(now - 24 * 3600)
+            .execute(&self.pool)
+            .await?;
         sqlx::query(
             "UPDATE sessions SET state = $1, ended_at = $2, end_reason = $3 WHERE state = $4 AND token_expires_at < $5",
         )
@@ -445,30 +586,31 @@ impl Db {
 
     // ---- API keys
 
-    pub async fn insert_api_key(
-        &self,
-        id: &str,
-        user_id: &str,
-        name: &str,
-        key_hash: &str,
-        now: i64,
-    ) -> sqlx::Result<()> {
-        sqlx::query("INSERT INTO api_keys (id, user_id, name, key_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(id)
-            .bind(user_id)
-            .bind(name)
-            .bind(key_hash)
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
+    pub async fn insert_api_key(&self, k: &ApiKey, key_hash: &str) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, user_id, name, key_hash, created_at, scope, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&k.id)
+        .bind(&k.user_id)
+        .bind(&k.name)
+        .bind(key_hash)
+        .bind(k.created_at)
+        .bind(&k.scope)
+        .bind(k.expires_at)
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
     }
 
-    pub async fn user_by_api_key(&self, key_hash: &str, now: i64) -> sqlx::Result<Option<User>> {
+    /// The user and scope of an API key that has not expired (keys from before expiries had none).
+    pub async fn user_by_api_key(&self, key_hash: &str, now: i64) -> sqlx::Result<Option<(User, String)>> {
         let row = sqlx::query(
-            "SELECT u.id, u.username, u.role, u.created_at FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = $1",
+            "SELECT u.id, u.username, u.role, u.created_at, k.scope FROM api_keys k JOIN users u ON u.id = k.user_id \
+             WHERE k.key_hash = $1 AND (k.expires_at IS NULL OR k.expires_at > $2)",
         )
         .bind(key_hash)
+        .bind(now)
         .fetch_optional(&self.pool)
         .await?;
         if row.is_some() {
@@ -478,12 +620,13 @@ impl Db {
                 .execute(&self.pool)
                 .await?;
         }
-        row.as_ref().map(user).transpose()
+        row.map(|r| Ok((user(&r)?, r.try_get("scope")?))).transpose()
     }
 
     pub async fn list_api_keys(&self, user_id: &str) -> sqlx::Result<Vec<ApiKey>> {
         let rows = sqlx::query(
-            "SELECT id, user_id, name, created_at, last_used_at FROM api_keys WHERE user_id = $1 ORDER BY created_at",
+            "SELECT id, user_id, name, created_at, last_used_at, scope, expires_at FROM api_keys \
+             WHERE user_id = $1 ORDER BY created_at",
         )
         .bind(user_id)
         .fetch_all(&self.pool)
@@ -496,6 +639,8 @@ impl Db {
                     name: r.try_get("name")?,
                     created_at: r.try_get("created_at")?,
                     last_used_at: r.try_get("last_used_at")?,
+                    scope: r.try_get("scope")?,
+                    expires_at: r.try_get("expires_at")?,
                 })
             })
             .collect()
@@ -567,12 +712,16 @@ impl Db {
         rows.iter().map(connection).collect()
     }
 
-    pub async fn delete_connection(&self, id: &str) -> sqlx::Result<bool> {
-        let r = sqlx::query("DELETE FROM connections WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() == 1)
+    /// Delete a connection and end its live sessions (see [`Db::delete_user`]).
+    pub async fn delete_connection(&self, id: &str, now: i64) -> sqlx::Result<bool> {
+        self.delete_with_sessions(
+            "connections",
+            "connection_id",
+            id,
+            "ended: the connection was deleted",
+            now,
+        )
+        .await
     }
 
     /// Record a host key seen on first use; a pinned key is never overwritten.
@@ -590,67 +739,146 @@ impl Db {
 
     // ---- agents
 
-    /// A refused registration: the agent's name shows as `failed` with the reason (created if unknown).
-    pub async fn agent_registration_failed(&self, name: &str, reason: &str, addr: &str, now: i64) -> sqlx::Result<()> {
-        let r = sqlx::query("UPDATE agents SET state = 'failed', last_error = $2, remote_addr = $3 WHERE name = $1")
-            .bind(name)
-            .bind(reason)
-            .bind(addr)
-            .execute(&self.pool)
-            .await?;
-        if r.rows_affected() == 0 {
-            sqlx::query(
-                "INSERT INTO agents (id, name, state, last_error, remote_addr, created_at) VALUES ($1, $2, 'failed', $3, $4, $5)",
-            )
-            .bind(uuid::Uuid::new_v4().to_string())
-            .bind(name)
-            .bind(reason)
-            .bind(addr)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
+    /// Record a refused registration under `name` (the latest reason and address, and how many times), in
+    /// a table of its own: it never touches an agent. At most [`MAX_AGENT_REFUSALS`] names are kept (rows
+    /// older than a day are pruned); `false` when the table is full and this one was only logged.
+    pub async fn record_agent_refusal(&self, name: &str, reason: &str, addr: &str, now: i64) -> sqlx::Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO agent_refusals (name, reason, remote_addr, attempts, first_at, last_at) \
+             SELECT $1, $2, $3, 1, $4, $4 WHERE (SELECT COUNT(*) FROM agent_refusals) < $5 \
+             ON CONFLICT (name) DO UPDATE SET reason = excluded.reason, remote_addr = excluded.remote_addr, \
+             attempts = agent_refusals.attempts + 1, last_at = excluded.last_at",
+        )
+        .bind(name)
+        .bind(reason)
+        .bind(addr)
+        .bind(now)
+        .bind(MAX_AGENT_REFUSALS)
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() == 1 {
+            return Ok(true);
         }
-        Ok(())
+        // The table is full: a name already in it still counts its attempts.
+        let r = sqlx::query(
+            "UPDATE agent_refusals SET reason = $2, remote_addr = $3, attempts = attempts + 1, last_at = $4 WHERE name = $1",
+        )
+        .bind(name)
+        .bind(reason)
+        .bind(addr)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
     }
 
-    /// Register (or re-register) the agent `name` with a fresh credential; returns its id.
-    #[expect(clippy::too_many_arguments, reason = "one argument per column written")]
-    pub async fn register_agent(
-        &self,
-        name: &str,
-        credential_hash: &str,
-        docker_version: &str,
-        cores: i64,
-        memory_mb: i64,
-        running: i64,
-        addr: &str,
-        now: i64,
-    ) -> sqlx::Result<String> {
-        let existing: Option<String> = sqlx::query_scalar("SELECT id FROM agents WHERE name = $1")
-            .bind(name)
+    /// Refused registrations, by name.
+    pub async fn agent_refusals(&self) -> sqlx::Result<Vec<AgentRefusal>> {
+        let rows = sqlx::query(
+            "SELECT name, reason, remote_addr, attempts, first_at, last_at FROM agent_refusals ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AgentRefusal {
+                    name: r.try_get("name")?,
+                    reason: r.try_get("reason")?,
+                    remote_addr: r.try_get("remote_addr")?,
+                    attempts: r.try_get("attempts")?,
+                    first_at: r.try_get("first_at")?,
+                    last_at: r.try_get("last_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Register the agent `r.name` with a fresh credential: a new name is bound to `r.identity_hash`; an
+    /// existing one is taken only by that same identity (or bound by it if it has none yet). Never changes
+    /// an agent registered by another identity.
+    pub async fn register_agent(&self, r: &AgentRegistration<'_>) -> sqlx::Result<AgentRegisterOutcome> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let inserted = sqlx::query(
+            "INSERT INTO agents (id, name, identity_hash, credential_hash, state, docker_version, cores, memory_mb, running, \
+             networks, remote_addr, created_at, registered_at, last_heartbeat_at) \
+             VALUES ($1, $2, $3, $4, 'healthy', $5, $6, $7, $8, $9, $10, $11, $11, $11) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(r.name)
+        .bind(r.identity_hash)
+        .bind(r.credential_hash)
+        .bind(r.docker_version)
+        .bind(r.cores)
+        .bind(r.memory_mb)
+        .bind(r.running)
+        .bind(r.networks)
+        .bind(r.addr)
+        .bind(r.now)
+        .execute(&self.pool)
+        .await?;
+        if inserted.rows_affected() == 1 {
+            // Earlier refusals under this name were this agent's (a wrong token, fixed since).
+            sqlx::query("DELETE FROM agent_refusals WHERE name = $1")
+                .bind(r.name)
+                .execute(&self.pool)
+                .await?;
+            return Ok(AgentRegisterOutcome::New(id));
+        }
+        let updated = sqlx::query(
+            "UPDATE agents SET identity_hash = $2, credential_hash = $3, state = 'healthy', last_error = NULL, \
+             docker_version = $4, cores = $5, memory_mb = $6, running = $7, networks = $8, remote_addr = $9, \
+             registered_at = $10, last_heartbeat_at = $10 \
+             WHERE name = $1 AND (identity_hash = $2 OR identity_hash IS NULL)",
+        )
+        .bind(r.name)
+        .bind(r.identity_hash)
+        .bind(r.credential_hash)
+        .bind(r.docker_version)
+        .bind(r.cores)
+        .bind(r.memory_mb)
+        .bind(r.running)
+        .bind(r.networks)
+        .bind(r.addr)
+        .bind(r.now)
+        .execute(&self.pool)
+        .await?;
+        let id: Option<String> = sqlx::query_scalar("SELECT id FROM agents WHERE name = $1")
+            .bind(r.name)
             .fetch_optional(&self.pool)
             .await?;
-        let id = existing.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let sql = if existing.is_some() {
-            "UPDATE agents SET credential_hash = $2, state = 'healthy', last_error = NULL, docker_version = $3, cores = $4, \
-             memory_mb = $5, running = $6, remote_addr = $7, registered_at = $8, last_heartbeat_at = $8 WHERE id = $1 AND name = $9"
+        let id = id.unwrap_or_default();
+        Ok(if updated.rows_affected() == 1 {
+            AgentRegisterOutcome::Again(id)
         } else {
-            "INSERT INTO agents (id, credential_hash, state, docker_version, cores, memory_mb, running, remote_addr, \
-             created_at, registered_at, last_heartbeat_at, name) VALUES ($1, $2, 'healthy', $3, $4, $5, $6, $7, $8, $8, $8, $9)"
-        };
-        sqlx::query(sql)
-            .bind(&id)
-            .bind(credential_hash)
-            .bind(docker_version)
-            .bind(cores)
-            .bind(memory_mb)
-            .bind(running)
-            .bind(addr)
-            .bind(now)
-            .bind(name)
+            AgentRegisterOutcome::NameTaken(id)
+        })
+    }
+
+    /// Remove an agent (an admin's decision: frees its name for the next identity that registers it). Its
+    /// live workspaces fail and their sessions end; its refusals go with it. Returns its name.
+    pub async fn delete_agent(&self, id: &str, now: i64) -> sqlx::Result<Option<String>> {
+        let name: Option<String> = sqlx::query_scalar("SELECT name FROM agents WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(name) = name else { return Ok(None) };
+        // The row goes first: a placement after this finds no agent to lock (`place_container`).
+        sqlx::query("DELETE FROM agents WHERE id = $1")
+            .bind(id)
             .execute(&self.pool)
             .await?;
-        Ok(id)
+        sqlx::query("DELETE FROM agent_refusals WHERE name = $1")
+            .bind(&name)
+            .execute(&self.pool)
+            .await?;
+        let reason = format!("agent {name} was removed by an admin");
+        for c in self.live_containers(id).await? {
+            self.close_container(&c.session_id, container_state::FAILED, Some(&reason), now)
+                .await?;
+            self.end_session(&c.session_id, &format!("workspace failed: {reason}"), now)
+                .await?;
+        }
+        Ok(Some(name))
     }
 
     pub async fn agent_by_credential(&self, credential_hash: &str) -> sqlx::Result<Option<AgentRow>> {
@@ -663,22 +891,26 @@ impl Db {
         row.as_ref().map(agent).transpose()
     }
 
+    /// A sync from the agent: its capacity, its declared networks (JSON) and the time.
     pub async fn agent_heartbeat(
         &self,
         id: &str,
         cores: i64,
         memory_mb: i64,
         running: i64,
+        networks: &str,
         now: i64,
     ) -> sqlx::Result<()> {
         sqlx::query(
-            "UPDATE agents SET cores = $2, memory_mb = $3, running = $4, last_heartbeat_at = $5, state = 'healthy' WHERE id = $1",
+            "UPDATE agents SET cores = $2, memory_mb = $3, running = $4, last_heartbeat_at = $5, state = 'healthy', \
+             networks = $6 WHERE id = $1",
         )
         .bind(id)
         .bind(cores)
         .bind(memory_mb)
         .bind(running)
         .bind(now)
+        .bind(networks)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -738,11 +970,12 @@ impl Db {
         rows.iter().map(session).collect()
     }
 
-    /// Atomically claim a session token: succeeds once per `jti`, fleet-wide.
+    /// Atomically claim a session token: succeeds once per `jti`, fleet-wide, and only while the token is
+    /// valid (its expiry plus the verifier's leeway): whoever presents an expired token claims nothing.
     pub async fn claim_session(&self, id: &str, jti: &str, bridge_id: &str, now: i64) -> sqlx::Result<bool> {
         let r = sqlx::query(
             "UPDATE sessions SET state = $1, claimed_at = $2, bridge_id = $3 \
-             WHERE id = $4 AND token_jti = $5 AND state = $6 AND claimed_at IS NULL",
+             WHERE id = $4 AND token_jti = $5 AND state = $6 AND claimed_at IS NULL AND token_expires_at >= $7",
         )
         .bind(state::ACTIVE)
         .bind(now)
@@ -750,6 +983,7 @@ impl Db {
         .bind(id)
         .bind(jti)
         .bind(state::PENDING)
+        .bind(now - portico_proto::token::LEEWAY_SECS)
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)
@@ -767,29 +1001,128 @@ impl Db {
         Ok(r.rows_affected() == 1)
     }
 
-    /// Of `ids`, the sessions that are ended (or unknown), each with its recorded end reason.
-    pub async fn ended_among(&self, ids: &[String]) -> sqlx::Result<Vec<(String, Option<String>)>> {
+    /// Of `ids`, the sessions that are over for `bridge_id`: ended, unknown, or claimed by another bridge
+    /// (a bridge acts only on its own sessions), each with its recorded end reason.
+    pub async fn ended_among(&self, ids: &[String], bridge_id: &str) -> sqlx::Result<Vec<(String, Option<String>)>> {
         let mut ended = Vec::new();
         for chunk in ids.chunks(200) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
-                "SELECT id, state, end_reason FROM sessions WHERE id IN ({})",
+                "SELECT id, state, end_reason, bridge_id FROM sessions WHERE id IN ({})",
                 placeholders.join(", ")
             );
-            let mut q = sqlx::query_as::<_, (String, String, Option<String>)>(sqlx::AssertSqlSafe(sql));
+            let mut q = sqlx::query_as::<_, (String, String, Option<String>, Option<String>)>(sqlx::AssertSqlSafe(sql));
             for id in chunk {
                 q = q.bind(id);
             }
             let known = q.fetch_all(&self.pool).await?;
             for id in chunk {
-                match known.iter().find(|(k, _, _)| k == id) {
-                    Some((_, st, _)) if st != state::ENDED => {}
-                    Some((_, _, reason)) => ended.push((id.clone(), reason.clone())),
-                    None => ended.push((id.clone(), None)),
+                match known.iter().find(|(k, _, _, _)| k == id) {
+                    Some((_, st, _, owner)) if st != state::ENDED && owner.as_deref() == Some(bridge_id) => {}
+                    Some((_, st, reason, _)) if st == state::ENDED => ended.push((id.clone(), reason.clone())),
+                    _ => ended.push((id.clone(), None)),
                 }
             }
         }
         Ok(ended)
+    }
+
+    // ---- bridges
+
+    /// Register a bridge under a new identity; `Ok(false)` when the name belongs to a revoked bridge.
+    pub async fn register_bridge(&self, b: &BridgeRow, credential_hash: &str) -> sqlx::Result<bool> {
+        let revoked: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM bridges WHERE name = $1 AND revoked_at IS NOT NULL")
+                .bind(&b.name)
+                .fetch_one(&self.pool)
+                .await?;
+        if revoked > 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO bridges (id, name, credential_hash, remote_addr, registered_at, last_seen_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&b.id)
+        .bind(&b.name)
+        .bind(credential_hash)
+        .bind(&b.remote_addr)
+        .bind(b.registered_at)
+        .bind(b.last_seen_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(true)
+    }
+
+    /// The identity of a bridge credential that is not revoked; marks the bridge seen (at most every 30 s).
+    pub async fn bridge_by_credential(&self, credential_hash: &str, now: i64) -> sqlx::Result<Option<String>> {
+        let id: Option<String> =
+            sqlx::query_scalar("SELECT id FROM bridges WHERE credential_hash = $1 AND revoked_at IS NULL")
+                .bind(credential_hash)
+                .fetch_optional(&self.pool)
+                .await?;
+        if let Some(id) = &id {
+            sqlx::query("UPDATE bridges SET last_seen_at = $1 WHERE id = $2 AND last_seen_at < $3")
+                .bind(now)
+                .bind(id)
+                .bind(now - 30)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(id)
+    }
+
+    pub async fn list_bridges(&self) -> sqlx::Result<Vec<BridgeRow>> {
+        let rows = sqlx::query(
+            "SELECT b.id, b.name, b.remote_addr, b.registered_at, b.last_seen_at, b.revoked_at, \
+             (SELECT COUNT(*) FROM sessions s WHERE s.bridge_id = b.id AND s.state <> $1) AS live_sessions \
+             FROM bridges b ORDER BY b.registered_at, b.id",
+        )
+        .bind(state::ENDED)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(BridgeRow {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    remote_addr: r.try_get("remote_addr")?,
+                    registered_at: r.try_get("registered_at")?,
+                    last_seen_at: r.try_get("last_seen_at")?,
+                    revoked_at: r.try_get("revoked_at")?,
+                    live_sessions: r.try_get("live_sessions")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Revoke a bridge: its credential stops working and its live sessions end, in one transaction.
+    /// `forget` removes an already revoked bridge's row, so its name may register again.
+    pub async fn revoke_bridge(&self, id: &str, forget: bool, now: i64) -> sqlx::Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let r = if forget {
+            sqlx::query("DELETE FROM bridges WHERE id = $1 AND revoked_at IS NOT NULL")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+        } else {
+            sqlx::query("UPDATE bridges SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+        };
+        sqlx::query(
+            "UPDATE sessions SET state = $1, ended_at = $2, end_reason = $3 WHERE bridge_id = $4 AND state <> $1",
+        )
+        .bind(state::ENDED)
+        .bind(now)
+        .bind("ended: the bridge was revoked by an administrator")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected() == 1)
     }
 
     // ---- workspace containers

@@ -19,8 +19,12 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("{0}")]
     Conflict(String),
+    /// Throttled; the client may try again after `retry_after` seconds (sent as `Retry-After`).
     #[error("too many attempts, try again later")]
-    RateLimited,
+    RateLimited { retry_after: u64 },
+    /// A bounded resource (password hashing) is saturated; try again in a second.
+    #[error("server busy, try again later")]
+    Busy,
     #[error("database unavailable")]
     Unavailable(#[source] anyhow::Error),
     /// A dependency other than the database cannot serve the request now (e.g. no agent has room).
@@ -42,8 +46,8 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) | ApiError::NoCapacity(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) | ApiError::NoCapacity(_) | ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -69,6 +73,15 @@ impl IntoResponse for ApiError {
             }
             _ => tracing::debug!(error = %self, %status, "Request refused"),
         }
-        (status, Json(json!({ "error": self.to_string() }))).into_response()
+        let retry_after = match &self {
+            ApiError::RateLimited { retry_after } => Some(*retry_after),
+            ApiError::Busy => Some(1),
+            _ => None,
+        };
+        let mut res = (status, Json(json!({ "error": self.to_string() }))).into_response();
+        if let Some(secs) = retry_after {
+            res.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        res
     }
 }

@@ -1,5 +1,7 @@
-//! The internal API for bridges: token keys, one-time token claims with target credentials, host-key pinning,
-//! session end and liveness sync. Callers authenticate with the node credential (`Bearer`).
+//! The internal API for bridges: registration, token keys, one-time token claims with target credentials,
+//! host-key pinning, session end and liveness sync. A bridge registers with the node secret and gets its own
+//! credential ([`CallerBridge`]); every other call is made with that credential and may act only on the
+//! sessions that bridge claimed.
 //!
 //! [`Internal`] holds the logic; the HTTPS routes below and the in-process adapter of the all-in-one binary
 //! both call it, so the two topologies behave the same.
@@ -12,14 +14,15 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use portico_proto::Secret;
 use portico_proto::control::{
-    AgentRegisterRequest, AgentRegistered, AgentSync, AgentSyncResponse, ClaimRequest, ControlError, EndRequest,
-    HostKeyReport, SyncRequest, SyncResponse, Target, TokenKey, TokenKeys, WorkspaceEndpoint,
+    AgentRegisterRequest, AgentRegistered, AgentSync, AgentSyncResponse, BridgeRegisterRequest, BridgeRegistered,
+    ClaimRequest, ControlError, EndRequest, HostKeyReport, SyncRequest, SyncResponse, Target, TokenKey, TokenKeys,
+    WorkspaceEndpoint,
 };
 use portico_proto::token::key_id;
 use subtle::ConstantTimeEq as _;
 
 use crate::api::ApiJson;
-use crate::db::state;
+use crate::db::{AgentRegisterOutcome, state};
 use crate::error::ApiError;
 use crate::{AppState, now_unix};
 
@@ -27,6 +30,15 @@ use crate::{AppState, now_unix};
 pub struct Internal {
     st: AppState,
 }
+
+/// A bridge authenticated by its own credential; the only one that may act on the sessions it claimed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerBridge {
+    pub id: String,
+}
+
+/// Refused bridge registrations allowed per client address in [`crate::login::WINDOW_SECS`].
+pub const BRIDGE_REGISTRATION_LIMIT: i64 = 30;
 
 fn db_err(e: sqlx::Error) -> ControlError {
     tracing::error!(error = %e, "Internal API database error");
@@ -49,11 +61,16 @@ impl Internal {
     }
 
     /// Claim the token `jti` of `session_id` for `bridge_id`: succeeds once, fleet-wide, and returns the target.
-    pub async fn claim(&self, session_id: &str, req: &ClaimRequest) -> Result<Target, ControlError> {
+    pub async fn claim(
+        &self,
+        caller: &CallerBridge,
+        session_id: &str,
+        req: &ClaimRequest,
+    ) -> Result<Target, ControlError> {
         let now = now_unix();
         let db = &self.st.db;
         if !db
-            .claim_session(session_id, &req.jti, &req.bridge_id, now)
+            .claim_session(session_id, &req.jti, &caller.id, now)
             .await
             .map_err(db_err)?
         {
@@ -62,9 +79,12 @@ impl Internal {
                 .await
                 .map_err(db_err)?
                 .ok_or(ControlError::NotFound)?;
-            tracing::warn!(%session_id, bridge_id = %req.bridge_id, state = %s.state, "Refused token claim");
+            tracing::warn!(%session_id, bridge_id = %caller.id, bridge = ?req.bridge_id, state = %s.state, "Refused token claim");
             return Err(match s.state.as_str() {
                 state::ENDED if s.claimed_at.is_none() => ControlError::Ended,
+                state::PENDING if s.token_expires_at < now - portico_proto::token::LEEWAY_SECS => {
+                    ControlError::Refused("token expired".into())
+                }
                 _ => ControlError::AlreadyUsed,
             });
         }
@@ -90,7 +110,7 @@ impl Internal {
                 })
                 .transpose()
         };
-        tracing::info!(%session_id, bridge_id = %req.bridge_id, connection_id = %c.id, "Token claimed");
+        tracing::info!(%session_id, bridge_id = %caller.id, bridge = ?req.bridge_id, connection_id = %c.id, "Token claimed");
         let workspace = c.protocol == crate::workspaces::PROTOCOL;
         Ok(Target {
             protocol: crate::api::bridge_protocol(&c.protocol)
@@ -108,15 +128,30 @@ impl Internal {
         })
     }
 
-    /// Trust on first use: pin the host key of the session's connection if none is pinned yet.
-    pub async fn record_host_key(&self, session_id: &str, report: &HostKeyReport) -> Result<(), ControlError> {
-        let s = self
-            .st
+    /// The session `session_id` if `caller` claimed it (else `NotFound`: another bridge's sessions do not
+    /// exist for it).
+    async fn own_session(
+        &self,
+        caller: &CallerBridge,
+        session_id: &str,
+    ) -> Result<crate::db::SessionRow, ControlError> {
+        self.st
             .db
             .session(session_id)
             .await
             .map_err(db_err)?
-            .ok_or(ControlError::NotFound)?;
+            .filter(|s| s.bridge_id.as_deref() == Some(caller.id.as_str()))
+            .ok_or(ControlError::NotFound)
+    }
+
+    /// Trust on first use: pin the host key of the session's connection if none is pinned yet.
+    pub async fn record_host_key(
+        &self,
+        caller: &CallerBridge,
+        session_id: &str,
+        report: &HostKeyReport,
+    ) -> Result<(), ControlError> {
+        let s = self.own_session(caller, session_id).await?;
         let fp = crate::api::normalize_fingerprint(Some(&report.fingerprint))
             .map_err(|_| ControlError::Unavailable("bad fingerprint".into()))?
             .ok_or(ControlError::NotFound)?;
@@ -132,7 +167,13 @@ impl Internal {
         Ok(())
     }
 
-    pub async fn end_session(&self, session_id: &str, req: &EndRequest) -> Result<(), ControlError> {
+    pub async fn end_session(
+        &self,
+        caller: &CallerBridge,
+        session_id: &str,
+        req: &EndRequest,
+    ) -> Result<(), ControlError> {
+        self.own_session(caller, session_id).await?;
         self.st
             .db
             .end_session(session_id, &req.reason, now_unix())
@@ -141,9 +182,14 @@ impl Internal {
         Ok(())
     }
 
-    pub async fn sync(&self, req: &SyncRequest) -> Result<SyncResponse, ControlError> {
+    pub async fn sync(&self, caller: &CallerBridge, req: &SyncRequest) -> Result<SyncResponse, ControlError> {
         self.st.sweep_lost(now_unix()).await.map_err(db_err)?;
-        let ended = self.st.db.ended_among(&req.sessions).await.map_err(db_err)?;
+        let ended = self
+            .st
+            .db
+            .ended_among(&req.sessions, &caller.id)
+            .await
+            .map_err(db_err)?;
         let reasons = ended
             .iter()
             .filter_map(|(id, reason)| Some((id.clone(), reason.clone()?)))
@@ -153,19 +199,105 @@ impl Internal {
             reasons,
         })
     }
+
+    /// Where the session's workspace container is, once it is ready (`None`: still starting, ask again).
+    pub async fn workspace(
+        &self,
+        caller: &CallerBridge,
+        session_id: &str,
+    ) -> Result<Option<WorkspaceEndpoint>, ControlError> {
+        self.own_session(caller, session_id).await?;
+        crate::workspaces::wait_ready(&self.st, session_id).await
+    }
+
+    /// Register a bridge: the node secret (compared in constant time, each attempt counted first, so
+    /// guessing is throttled per address) buys a new identity with its own credential.
+    pub async fn register_bridge(
+        &self,
+        node_secret: &str,
+        req: &BridgeRegisterRequest,
+        addr: &str,
+    ) -> Result<BridgeRegistered, ControlError> {
+        let now = now_unix();
+        let attempt = uuid::Uuid::new_v4().to_string();
+        let subjects = [(format!("bridge-register:{addr}"), BRIDGE_REGISTRATION_LIMIT)];
+        if self
+            .st
+            .db
+            .begin_login_attempt(&attempt, &subjects, now, crate::login::WINDOW_SECS)
+            .await
+            .map_err(db_err)?
+            .is_some()
+        {
+            tracing::warn!(remote_addr = %addr, "Bridge registration throttled");
+            return Err(ControlError::Refused("too many attempts, try again later".into()));
+        }
+        let expected = self.st.config.node_secret.expose();
+        if expected.is_empty() || !bool::from(node_secret.as_bytes().ct_eq(expected.as_bytes())) {
+            tracing::warn!(remote_addr = %addr, bridge = ?req.name, "Bridge registration refused: wrong node secret");
+            return Err(ControlError::Unauthorized);
+        }
+        self.st.db.end_login_attempt(&attempt).await.map_err(db_err)?;
+        let name = req.name.trim();
+        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+            return Err(ControlError::Refused(
+                "bridge name must be 1..=128 printable characters".into(),
+            ));
+        }
+        let credential = crate::crypto::random_token();
+        let row = crate::db::BridgeRow {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: name.to_owned(),
+            remote_addr: addr.to_owned(),
+            registered_at: now,
+            last_seen_at: now,
+            revoked_at: None,
+            live_sessions: 0,
+        };
+        if !self
+            .st
+            .db
+            .register_bridge(&row, &crate::crypto::sha256_hex(&credential))
+            .await
+            .map_err(db_err)?
+        {
+            tracing::warn!(bridge = ?name, remote_addr = %addr, "Bridge registration refused: revoked");
+            return Err(ControlError::Refused(format!(
+                "bridge {name:?} was revoked by an administrator"
+            )));
+        }
+        tracing::info!(bridge = ?name, bridge_id = %row.id, remote_addr = %addr, "Bridge registered");
+        Ok(BridgeRegistered {
+            bridge_id: row.id,
+            credential: Secret::new(credential),
+        })
+    }
+
+    /// The bridge a credential belongs to (`Unauthorized` if unknown or revoked).
+    pub async fn bridge(&self, credential: &str) -> Result<CallerBridge, ControlError> {
+        self.st
+            .db
+            .bridge_by_credential(&crate::crypto::sha256_hex(credential), now_unix())
+            .await
+            .map_err(db_err)?
+            .map(|id| CallerBridge { id })
+            .ok_or(ControlError::Unauthorized)
+    }
 }
 
-fn check_node(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let sent = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let expected = st.config.node_secret.expose();
-    if expected.is_empty() || !bool::from(sent.as_bytes().ct_eq(expected.as_bytes())) {
-        return Err(ApiError::Unauthorized("invalid node credential".into()));
+/// The calling bridge, authenticated by its own credential: enforced once, as an extractor, for every
+/// bridge route.
+impl axum::extract::FromRequestParts<AppState> for CallerBridge {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, st: &AppState) -> Result<Self, ApiError> {
+        let credential =
+            bearer(&parts.headers).ok_or_else(|| ApiError::Unauthorized("bridge credential required".into()))?;
+        Internal::new(st.clone()).bridge(credential).await.map_err(|e| match e {
+            ControlError::Unauthorized => ApiError::Unauthorized("invalid bridge credential".into()),
+            other => control_err(other),
+        })
     }
-    Ok(())
 }
 
 fn control_err(e: ControlError) -> ApiError {
@@ -176,13 +308,23 @@ fn control_err(e: ControlError) -> ApiError {
         ControlError::Unauthorized => ApiError::Unauthorized(e.to_string()),
         ControlError::Unavailable(m) => ApiError::Unavailable(anyhow::anyhow!(m)),
         ControlError::Refused(m) => ApiError::Forbidden(m),
+        ControlError::RateLimited(retry_after) => ApiError::RateLimited { retry_after },
         other => ApiError::Internal(anyhow::anyhow!(other)),
     }
 }
 
+/// Refused registrations one client address may make per [`REFUSED_WINDOW_SECS`].
+pub const REFUSED_REGISTRATIONS: i64 = 10;
+pub const REFUSED_WINDOW_SECS: i64 = 300;
+/// Most networks an agent may declare.
+pub const MAX_NETWORKS: usize = 16;
+
 /// Agent registration and heartbeats: agents join with the registration token and get their own credential.
 impl Internal {
-    /// Register an agent (a refused one is recorded by name, so it shows as failed in the admin API).
+    /// Register an agent. The registration token lets it in; its persistent identity binds its name: an
+    /// existing name is taken only by the identity that registered it. A refusal writes nothing an agent
+    /// has: it is recorded apart (by name, for admins) and counted per client address, and beyond
+    /// [`REFUSED_REGISTRATIONS`] in [`REFUSED_WINDOW_SECS`] the address is only told to wait.
     pub async fn register_agent(
         &self,
         req: &AgentRegisterRequest,
@@ -194,6 +336,17 @@ impl Internal {
             return Err(ControlError::Refused(
                 "agent name must be 1..=128 printable characters".into(),
             ));
+        }
+        let identity = req.identity.expose();
+        if !(16..=256).contains(&identity.len()) || identity.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(ControlError::Refused(
+                "agent identity must be 16..=256 printable characters".into(),
+            ));
+        }
+        if req.networks.len() > MAX_NETWORKS {
+            return Err(ControlError::Refused(format!(
+                "an agent may declare at most {MAX_NETWORKS} networks"
+            )));
         }
         let ok = self
             .st
@@ -207,32 +360,39 @@ impl Internal {
             } else {
                 "wrong registration token"
             };
-            tracing::warn!(agent = %name, remote_addr = %addr, reason, "Agent registration refused");
-            self.st
-                .db
-                .agent_registration_failed(name, reason, addr, now)
-                .await
-                .map_err(db_err)?;
-            return Err(ControlError::Refused(reason.into()));
+            return Err(self.refuse_registration(name, reason, addr, now).await);
         }
         let credential = crate::crypto::random_token();
         let c = &req.capacity;
-        let id = self
+        let networks = serde_json::to_string(&req.networks).unwrap_or_else(|_| "[]".into());
+        let outcome = self
             .st
             .db
-            .register_agent(
+            .register_agent(&crate::db::AgentRegistration {
                 name,
-                &crate::crypto::sha256_hex(&credential),
-                &req.docker_version,
-                i64::from(c.cores),
-                i64::try_from(c.memory_mb).unwrap_or(i64::MAX),
-                i64::from(c.running),
+                identity_hash: &crate::crypto::sha256_hex(identity),
+                credential_hash: &crate::crypto::sha256_hex(&credential),
+                docker_version: &req.docker_version,
+                cores: i64::from(c.cores),
+                memory_mb: i64::try_from(c.memory_mb).unwrap_or(i64::MAX),
+                running: i64::from(c.running),
+                networks: &networks,
                 addr,
                 now,
-            )
+            })
             .await
             .map_err(db_err)?;
-        tracing::info!(agent = %name, agent_id = %id, remote_addr = %addr, "Agent registered");
+        let id = match outcome {
+            AgentRegisterOutcome::New(id) | AgentRegisterOutcome::Again(id) => id,
+            AgentRegisterOutcome::NameTaken(id) => {
+                let reason = format!(
+                    "agent name {name} is registered to another agent identity (id {id}); an admin must remove \
+                     that agent (DELETE /api/v1/agents/{id}) before another agent can take the name"
+                );
+                return Err(self.refuse_registration(name, &reason, addr, now).await);
+            }
+        };
+        tracing::info!(agent = ?name, agent_id = %id, remote_addr = %addr, "Agent registered");
         Ok(AgentRegistered {
             agent_id: id,
             credential: Secret::new(credential),
@@ -240,9 +400,32 @@ impl Internal {
         })
     }
 
-    /// Where the session's workspace container is, once it is ready (`None`: still starting, ask again).
-    pub async fn workspace(&self, session_id: &str) -> Result<Option<WorkspaceEndpoint>, ControlError> {
-        crate::workspaces::wait_ready(&self.st, session_id).await
+    /// A refused registration: counted against the client address first (the k-th concurrent refusal sees
+    /// at least k rows, so at most the limit get through), then recorded under the name for admins.
+    async fn refuse_registration(&self, name: &str, reason: &str, addr: &str, now: i64) -> ControlError {
+        let db = &self.st.db;
+        let attempt = uuid::Uuid::new_v4().to_string();
+        let subject = [(format!("agent-register:{addr}"), REFUSED_REGISTRATIONS)];
+        match db
+            .begin_login_attempt(&attempt, &subject, now, REFUSED_WINDOW_SECS)
+            .await
+        {
+            Ok(Some(retry_after)) => {
+                tracing::info!(agent = ?name, remote_addr = %addr, retry_after, "Agent registration refused and rate-limited");
+                return ControlError::RateLimited(u64::try_from(retry_after).unwrap_or(1));
+            }
+            Ok(None) => {}
+            Err(e) => return db_err(e),
+        }
+        tracing::warn!(agent = ?name, remote_addr = %addr, reason, "Agent registration refused");
+        match db.record_agent_refusal(name, reason, addr, now).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(agent = ?name, "Too many refused agent names recorded; this one is only logged")
+            }
+            Err(e) => return db_err(e),
+        }
+        ControlError::Refused(reason.into())
     }
 
     /// An agent's heartbeat with its containers; answers with the containers it should run.
@@ -268,10 +451,11 @@ pub fn routes() -> Router<AppState> {
             "/internal/v1/agents/register",
             post(
                 |State(st): State<AppState>,
-                 axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+                 crate::api::ClientAddr(peer): crate::api::ClientAddr,
                  ApiJson(b): ApiJson<AgentRegisterRequest>| async move {
+                    let addr = peer.map_or_else(|| "unknown".to_owned(), |p| p.ip().to_string());
                     Internal::new(st)
-                        .register_agent(&b, &peer.ip().to_string())
+                        .register_agent(&b, &addr)
                         .await
                         .map(Json)
                         .map_err(control_err)
@@ -280,56 +464,101 @@ pub fn routes() -> Router<AppState> {
         )
         .route(
             "/internal/v1/agents/sync",
-            post(|State(st): State<AppState>, h: HeaderMap, ApiJson(b): ApiJson<AgentSync>| async move {
-                let cred = bearer(&h).ok_or_else(|| ApiError::Unauthorized("agent credential required".into()))?;
-                Internal::new(st).agent_sync(cred, &b).await.map(Json).map_err(control_err)
-            }),
+            post(
+                |State(st): State<AppState>, h: HeaderMap, ApiJson(b): ApiJson<AgentSync>| async move {
+                    let cred = bearer(&h).ok_or_else(|| ApiError::Unauthorized("agent credential required".into()))?;
+                    Internal::new(st)
+                        .agent_sync(cred, &b)
+                        .await
+                        .map(Json)
+                        .map_err(control_err)
+                },
+            ),
+        )
+        .route(
+            "/internal/v1/bridges/register",
+            post(
+                |State(st): State<AppState>,
+                 h: HeaderMap,
+                 axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+                 ApiJson(b): ApiJson<BridgeRegisterRequest>| async move {
+                    let secret = bearer(&h).unwrap_or("");
+                    Internal::new(st)
+                        .register_bridge(secret, &b, &peer.ip().to_string())
+                        .await
+                        .map(Json)
+                        .map_err(control_err)
+                },
+            ),
         )
         .route(
             "/internal/v1/sessions/{id}/workspace",
-            get(|State(st): State<AppState>, h: HeaderMap, Path(id): Path<String>| async move {
-                check_node(&st, &h)?;
-                match Internal::new(st).workspace(&id).await.map_err(control_err)? {
-                    Some(e) => Ok::<_, ApiError>(Json(e).into_response()),
-                    None => Ok(StatusCode::NO_CONTENT.into_response()),
-                }
-            }),
+            get(
+                |State(st): State<AppState>, caller: CallerBridge, Path(id): Path<String>| async move {
+                    match Internal::new(st).workspace(&caller, &id).await.map_err(control_err)? {
+                        Some(e) => Ok::<_, ApiError>(Json(e).into_response()),
+                        None => Ok(StatusCode::NO_CONTENT.into_response()),
+                    }
+                },
+            ),
         )
         .route(
             "/internal/v1/token-keys",
-            get(|State(st): State<AppState>, h: HeaderMap| async move {
-                check_node(&st, &h)?;
+            get(|State(st): State<AppState>, _caller: CallerBridge| async move {
                 Ok::<_, ApiError>(Json(Internal::new(st).token_keys()))
             }),
         )
         .route(
             "/internal/v1/sessions/{id}/claim",
-            post(|State(st): State<AppState>, h: HeaderMap, Path(id): Path<String>, ApiJson(b): ApiJson<ClaimRequest>| async move {
-                check_node(&st, &h)?;
-                Internal::new(st).claim(&id, &b).await.map(Json).map_err(control_err)
-            }),
+            post(
+                |State(st): State<AppState>,
+                 caller: CallerBridge,
+                 Path(id): Path<String>,
+                 ApiJson(b): ApiJson<ClaimRequest>| async move {
+                    Internal::new(st)
+                        .claim(&caller, &id, &b)
+                        .await
+                        .map(Json)
+                        .map_err(control_err)
+                },
+            ),
         )
         .route(
             "/internal/v1/sessions/{id}/host-key",
-            post(|State(st): State<AppState>, h: HeaderMap, Path(id): Path<String>, ApiJson(b): ApiJson<HostKeyReport>| async move {
-                check_node(&st, &h)?;
-                Internal::new(st).record_host_key(&id, &b).await.map_err(control_err)?;
-                Ok::<_, ApiError>(StatusCode::NO_CONTENT)
-            }),
+            post(
+                |State(st): State<AppState>,
+                 caller: CallerBridge,
+                 Path(id): Path<String>,
+                 ApiJson(b): ApiJson<HostKeyReport>| async move {
+                    Internal::new(st)
+                        .record_host_key(&caller, &id, &b)
+                        .await
+                        .map_err(control_err)?;
+                    Ok::<_, ApiError>(StatusCode::NO_CONTENT)
+                },
+            ),
         )
         .route(
             "/internal/v1/sessions/{id}/end",
-            post(|State(st): State<AppState>, h: HeaderMap, Path(id): Path<String>, ApiJson(b): ApiJson<EndRequest>| async move {
-                check_node(&st, &h)?;
-                Internal::new(st).end_session(&id, &b).await.map_err(control_err)?;
-                Ok::<_, ApiError>(StatusCode::NO_CONTENT)
-            }),
+            post(
+                |State(st): State<AppState>,
+                 caller: CallerBridge,
+                 Path(id): Path<String>,
+                 ApiJson(b): ApiJson<EndRequest>| async move {
+                    Internal::new(st)
+                        .end_session(&caller, &id, &b)
+                        .await
+                        .map_err(control_err)?;
+                    Ok::<_, ApiError>(StatusCode::NO_CONTENT)
+                },
+            ),
         )
         .route(
             "/internal/v1/bridge/sync",
-            post(|State(st): State<AppState>, h: HeaderMap, ApiJson(b): ApiJson<SyncRequest>| async move {
-                check_node(&st, &h)?;
-                Internal::new(st).sync(&b).await.map(Json).map_err(control_err)
-            }),
+            post(
+                |State(st): State<AppState>, caller: CallerBridge, ApiJson(b): ApiJson<SyncRequest>| async move {
+                    Internal::new(st).sync(&caller, &b).await.map(Json).map_err(control_err)
+                },
+            ),
         )
 }

@@ -11,7 +11,9 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod error;
+pub mod headers;
 pub mod internal;
+pub mod login;
 pub mod openapi;
 pub mod workspaces;
 
@@ -32,6 +34,8 @@ pub struct AppState {
     pub keys: Arc<crypto::Keys>,
     pub signer: Arc<TokenSigner>,
     pub config: Arc<WebappConfig>,
+    /// Password hashing: bounded, on its own threads.
+    pub passwords: Arc<login::PasswordPool>,
 }
 
 pub fn now_unix() -> i64 {
@@ -61,6 +65,7 @@ impl AppState {
 
     /// Connect to the database, run migrations and derive the keys.
     pub async fn new(config: WebappConfig) -> anyhow::Result<AppState> {
+        config.validate()?;
         let db = db::Db::connect(config.database_url.expose()).await?;
         let keys = crypto::Keys::derive(config.master_key.expose());
         let signer = TokenSigner::new(keys.token_signing.clone());
@@ -69,6 +74,7 @@ impl AppState {
             keys: Arc::new(keys),
             signer: Arc::new(signer),
             config: Arc::new(config),
+            passwords: Arc::new(login::PasswordPool::for_machine()),
         })
     }
 
@@ -111,9 +117,11 @@ impl AppState {
 
 /// The webapp's HTTP routes: public API, internal API, health, OpenAPI and the web client.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .merge(api::routes())
-        .merge(internal::routes())
-        .merge(assets::routes())
-        .with_state(state)
+    headers::layer(
+        Router::new()
+            .merge(api::routes())
+            .merge(internal::routes())
+            .merge(assets::routes()),
+    )
+    .with_state(state)
 }

@@ -49,13 +49,16 @@ pub fn document() -> Value {
                 "Me": { "type": "object", "properties": { "user": { "$ref": "#/components/schemas/User" }, "csrf_token": { "type": ["string", "null"] } } },
                 "NewUser": { "type": "object", "required": ["username", "password"], "properties": { "username": { "type": "string" }, "password": { "type": "string", "minLength": 8 }, "role": { "enum": ["admin", "user"] } } },
                 "PasswordChange": { "type": "object", "required": ["current_password", "new_password"], "properties": { "current_password": { "type": "string" }, "new_password": { "type": "string" } } },
-                "NewApiKey": { "type": "object", "required": ["name"], "properties": { "name": { "type": "string" } } },
-                "ApiKeyCreated": { "type": "object", "properties": { "id": { "type": "string" }, "name": { "type": "string" }, "key": { "type": "string", "description": "shown once" } } },
+                "NewApiKey": { "type": "object", "required": ["name"], "properties": {
+                    "name": { "type": "string" },
+                    "scope": { "enum": ["read", "sessions", "admin"], "default": "sessions", "description": "read: GET only; sessions: reads and starting/ending sessions; admin: everything the user may do, including minting keys" },
+                    "expires_in_days": { "type": "integer", "minimum": 1, "maximum": 3650, "default": 90 } } },
+                "ApiKeyCreated": { "type": "object", "properties": { "id": { "type": "string" }, "name": { "type": "string" }, "key": { "type": "string", "description": "shown once" }, "scope": { "type": "string" }, "expires_at": { "type": "integer", "description": "unix seconds" } } },
                 "ConnectionInput": { "type": "object", "required": ["protocol"], "description": "ssh, vnc, rdp: host required; container: settings.workspace required, no host, port or credentials", "properties": {
                     "name": { "type": "string" }, "protocol": { "enum": ["ssh", "vnc", "rdp", "container"] }, "host": { "type": "string" },
                     "port": { "type": "integer", "minimum": 1, "maximum": 65535 }, "username": { "type": "string" },
                     "password": { "type": "string", "writeOnly": true }, "private_key": { "type": "string", "writeOnly": true },
-                    "host_key_fingerprint": { "type": "string", "description": "SSH host key or RDP certificate: SHA256:<base64> (or 64 hex digits); empty = trust on first use" },
+                    "host_key_fingerprint": { "type": ["string", "null"], "description": "SSH host key or RDP certificate: SHA256:<base64> (or 64 hex digits); omitted = unchanged, null or empty = trust on first use" },
                     "clear_password": { "type": "boolean" }, "clear_private_key": { "type": "boolean" },
                     "settings": { "$ref": "#/components/schemas/ConnectionSettings" } } },
                 "ConnectionSettings": { "type": "object", "additionalProperties": false, "description": "omitted keys take their defaults", "properties": {
@@ -77,8 +80,13 @@ pub fn document() -> Value {
                     "vnc_port": { "type": "integer", "default": 5901 },
                     "geometry": { "type": ["string", "null"], "example": "1280x720" } } },
                 "Agent": { "type": "object", "properties": {
-                    "id": { "type": "string" }, "name": { "type": "string" },
-                    "state": { "enum": ["healthy", "down", "failed"], "description": "down: three heartbeats missed; failed: registration refused (last_error)" },
+                    "id": { "type": ["string", "null"], "description": "null for a name that only ever had refused registrations" }, "name": { "type": "string" },
+                    "state": { "enum": ["healthy", "down", "failed"], "description": "down: three heartbeats missed; failed: a name whose registrations were all refused (last_error); refusals never change a registered agent" },
+                    "networks": { "type": "array", "description": "the subnets its containers are on, as the agent declared them; a container address outside them is refused", "items": { "type": "object", "properties": {
+                        "name": { "type": "string" }, "subnet": { "type": "string" }, "gateway": { "type": ["string", "null"] } } } },
+                    "refused": { "type": ["object", "null"], "description": "the latest refused registration under this name (wrong token, or another identity trying to take the name)", "properties": {
+                        "reason": { "type": "string" }, "remote_addr": { "type": "string" }, "attempts": { "type": "integer" },
+                        "first_at": { "type": "integer" }, "last_at": { "type": "integer" } } },
                     "last_error": { "type": ["string", "null"] }, "remote_addr": { "type": "string" }, "docker_version": { "type": "string" },
                     "cores": { "type": "integer" }, "memory_mb": { "type": "integer" }, "running": { "type": "integer" },
                     "created_at": { "type": "integer" }, "registered_at": { "type": ["integer", "null"] }, "last_heartbeat_at": { "type": ["integer", "null"] } } },
@@ -96,7 +104,7 @@ pub fn document() -> Value {
                 "NewSession": { "type": "object", "required": ["connection_id"], "properties": { "connection_id": { "type": "string" }, "cols": { "type": "integer" }, "rows": { "type": "integer" } } },
                 "SessionCreated": { "type": "object", "properties": {
                     "session_id": { "type": "string" }, "token": { "type": "string", "description": "one-time, valid 60 s" },
-                    "ws_url": { "type": "string" }, "connect_url": { "type": "string", "description": "secret in the fragment" },
+                    "ws_url": { "type": "string" }, "connect_url": { "type": "string", "description": "embed page with the session id and token in the fragment; the page connects to the configured bridge only (a ws parameter is ignored)" },
                     "expires_at": { "type": "integer" } } },
                 "Session": { "type": "object", "properties": {
                     "id": { "type": "string" }, "user_id": { "type": "string" }, "connection_id": { "type": "string" },
@@ -130,7 +138,10 @@ pub fn document() -> Value {
                 "get": op("list live sessions (own; all for admins)", None, "200", None),
                 "post": op("start a session: one-time token, websocket url and embeddable connect url; for a workspace also schedules its container (503 when no healthy agent has room)", Some("NewSession"), "201", Some("SessionCreated"))
             },
-            "/api/v1/agents": { "get": op("docker agents with their state and capacity (admin)", None, "200", None) },
+            "/api/v1/agents": { "get": op("docker agents with their state, capacity, networks and refused registrations (admin)", None, "200", None) },
+            "/api/v1/agents/{id}": { "delete": with_id(op("remove an agent: its live workspaces fail and their sessions end, and its name is free for the next agent identity that registers it (admin)", None, "204", None)) },
+            "/api/v1/bridges": { "get": op("registered bridges: each registration is an identity with its own credential (admin)", None, "200", None) },
+            "/api/v1/bridges/{id}": { "delete": with_id(op("revoke a bridge: its credential stops working and its sessions end; ?forget=true removes a revoked bridge so its name may register again (admin)", None, "204", None)) },
             "/api/v1/sessions/{id}": {
                 "get": with_id(op("get a session", None, "200", Some("Session"))),
                 "delete": with_id(op("end a session; the bridge closes it within 2 s", None, "204", None))

@@ -6,11 +6,13 @@
 //! sync and make their Docker engine match. Nothing here keeps state between requests: any webapp instance
 //! answers any agent or bridge.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use portico_proto::Secret;
 use portico_proto::control::{
-    AgentSync, AgentSyncResponse, ContainerState, ControlError, DesiredContainer, WorkspaceEndpoint, WorkspaceSpec,
+    AgentNetwork, AgentSync, AgentSyncResponse, ContainerState, ControlError, DesiredContainer, WorkspaceEndpoint,
+    WorkspaceSpec,
 };
 
 use crate::db::{AgentRow, ContainerRow, ContainerUpdate, container_state, state};
@@ -166,11 +168,19 @@ pub async fn agent_sync(st: &AppState, agent: &AgentRow, req: &AgentSync) -> Res
     let now = now_unix();
     let db = &st.db;
     let c = &req.capacity;
+    if req.networks.len() > crate::internal::MAX_NETWORKS {
+        return Err(ControlError::Refused(format!(
+            "an agent may declare at most {} networks",
+            crate::internal::MAX_NETWORKS
+        )));
+    }
+    let networks = serde_json::to_string(&req.networks).unwrap_or_else(|_| "[]".into());
     db.agent_heartbeat(
         &agent.id,
         i64::from(c.cores),
         i64::try_from(c.memory_mb).unwrap_or(i64::MAX),
         i64::try_from(req.containers.len()).unwrap_or(i64::MAX),
+        &networks,
         now,
     )
     .await
@@ -185,32 +195,53 @@ pub async fn agent_sync(st: &AppState, agent: &AgentRow, req: &AgentSync) -> Res
         let Some(row) = live.iter().find(|c| c.session_id == r.session_id) else {
             continue;
         };
-        let (row_state, error) = match r.state {
+        let (mut row_state, mut error) = match r.state {
             ContainerState::Starting => (container_state::STARTING, None),
             ContainerState::Ready => (container_state::READY, None),
             ContainerState::Failed => (
                 container_state::FAILED,
-                Some(r.error.as_deref().unwrap_or("the workspace container stopped")),
+                Some(
+                    r.error
+                        .clone()
+                        .unwrap_or_else(|| "the workspace container stopped".into()),
+                ),
             ),
         };
+        let (mut host, mut port) = (r.host.as_deref(), r.port.map(i64::from));
         let unchanged = row.state == row_state
             && row.container_id.as_deref().unwrap_or("") == r.container_id
-            && row.host.as_deref() == r.host.as_deref()
-            && row.port == r.port.map(i64::from);
+            && row.host.as_deref() == host
+            && row.port == port;
         if unchanged {
             continue;
         }
+        // The bridge connects where a ready container is: only inside the agent's declared networks,
+        // never to loopback, the Docker host or the control plane itself.
+        if r.state == ContainerState::Ready {
+            let vnc_port = serde_json::from_str::<WorkspaceSpec>(&row.spec)
+                .ok()
+                .map(|s| s.vnc_port);
+            let why = match (r.host.as_deref(), r.port) {
+                (Some(h), Some(p)) => refuse_address(h, p, vnc_port, &req.networks, &host_addresses()),
+                _ => Some("the agent reported a ready container without an address".to_owned()),
+            };
+            if let Some(why) = why {
+                tracing::warn!(session_id = %r.session_id, agent = ?agent.name, host = ?r.host, port = ?r.port, reason = %why, "Refused a container address");
+                (row_state, error, host, port) = (container_state::FAILED, Some(why), None, None);
+            }
+        }
+        let error = error.as_deref();
         let update = ContainerUpdate {
             session_id: &r.session_id,
             container_id: &r.container_id,
             state: row_state,
-            host: r.host.as_deref(),
-            port: r.port.map(i64::from),
+            host,
+            port,
             error,
         };
         if db.update_container(&agent.id, &update, now).await.map_err(db_err)? {
             if let Some(why) = error {
-                tracing::warn!(session_id = %r.session_id, agent = %agent.name, error = %why, "Workspace container failed");
+                tracing::warn!(session_id = %r.session_id, agent = %agent.name, error = ?why, "Workspace container failed");
                 fail(st, &r.session_id, why, now).await?;
             } else if r.state == ContainerState::Ready {
                 tracing::info!(session_id = %r.session_id, agent = %agent.name, container_id = %r.container_id, "Workspace ready");
@@ -328,5 +359,188 @@ pub async fn wait_ready(st: &AppState, session_id: &str) -> Result<Option<Worksp
             return Ok(None);
         }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+/// An IP network (`address/prefix`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Net {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Net {
+    fn parse(s: &str) -> Option<Net> {
+        let (a, p) = s.split_once('/')?;
+        let addr: IpAddr = a.trim().parse().ok()?;
+        let prefix: u8 = p.trim().parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(Net { addr, prefix })
+    }
+
+    fn bits(ip: IpAddr) -> (u128, u8) {
+        match ip {
+            IpAddr::V4(v) => (u128::from(u32::from(v)) << 96, 32),
+            IpAddr::V6(v) => (u128::from(v), 128),
+        }
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        let ((net, fam), (x, fam2)) = (Self::bits(self.addr), Self::bits(ip));
+        if fam != fam2 {
+            return false;
+        }
+        let mask = if self.prefix == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(self.prefix))
+        };
+        net & mask == x & mask
+    }
+
+    fn overlaps(&self, other: &Net) -> bool {
+        self.contains(other.addr) || other.contains(self.addr)
+    }
+}
+
+/// Ranges no container address may be in, nor a declared network overlap (such a network is ignored).
+const FORBIDDEN: &[(&str, &str)] = &[
+    ("0.0.0.0/8", "the unspecified network"),
+    ("127.0.0.0/8", "a loopback address"),
+    ("169.254.0.0/16", "a link-local address"),
+    ("224.0.0.0/4", "a multicast address"),
+    ("255.255.255.255/32", "the broadcast address"),
+    ("::/128", "the unspecified address"),
+    ("::1/128", "a loopback address"),
+    ("fe80::/10", "a link-local address"),
+    ("ff00::/8", "a multicast address"),
+];
+
+/// Why the bridge must not be sent to `host:port`, which an agent reported for a container: `None` if it
+/// may. `own` are the addresses of the control plane's host; `vnc_port` the workspace's VNC port.
+pub fn refuse_address(
+    host: &str,
+    port: u16,
+    vnc_port: Option<u16>,
+    networks: &[AgentNetwork],
+    own: &[IpAddr],
+) -> Option<String> {
+    let refused = |why: String| Some(format!("refused container address {host}:{port}: {why}"));
+    let Ok(ip) = host.parse::<IpAddr>() else {
+        return refused("not an ip address".into());
+    };
+    let ip = ip.to_canonical();
+    for (net, what) in FORBIDDEN {
+        if Net::parse(net).is_some_and(|n| n.contains(ip)) {
+            return refused((*what).into());
+        }
+    }
+    if own.iter().any(|o| o.to_canonical() == ip) {
+        return refused("an address of the control plane's own host".into());
+    }
+    if let Some(n) = networks.iter().find(|n| {
+        n.gateway
+            .as_deref()
+            .and_then(|g| g.parse::<IpAddr>().ok())
+            .map(|g| g.to_canonical())
+            == Some(ip)
+    }) {
+        return refused(format!("the gateway of network {} (the docker host itself)", n.name));
+    }
+    let usable = |n: &&AgentNetwork| {
+        Net::parse(&n.subnet).is_some_and(|net| {
+            net.contains(ip)
+                && !FORBIDDEN
+                    .iter()
+                    .filter_map(|(f, _)| Net::parse(f))
+                    .any(|f| f.overlaps(&net))
+        })
+    };
+    if !networks.iter().any(|n| usable(&n)) {
+        let declared: Vec<&str> = networks.iter().map(|n| n.subnet.as_str()).collect();
+        return refused(format!("outside the agent's networks ({})", declared.join(", ")));
+    }
+    if let Some(v) = vnc_port
+        && v != port
+    {
+        return refused(format!("port {port} is not the workspace's vnc port {v}"));
+    }
+    None
+}
+
+/// The addresses of this host (Linux: `/proc/net/fib_trie` for IPv4, `/proc/net/if_inet6` for IPv6); an
+/// agent may never send the bridge to one of them.
+pub fn host_addresses() -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    if let Ok(trie) = std::fs::read_to_string("/proc/net/fib_trie") {
+        let mut last: Option<IpAddr> = None;
+        for line in trie.lines().map(str::trim) {
+            if let Some(a) = line.strip_prefix("|-- ") {
+                last = a.trim().parse().ok();
+            } else if line.contains("host LOCAL")
+                && let Some(ip) = last
+                && !out.contains(&ip)
+            {
+                out.push(ip);
+            }
+        }
+    }
+    if let Ok(v6) = std::fs::read_to_string("/proc/net/if_inet6") {
+        for hex in v6.lines().filter_map(|l| l.split_whitespace().next()) {
+            if let Ok(n) = u128::from_str_radix(hex, 16)
+                && hex.len() == 32
+            {
+                out.push(IpAddr::V6(n.into()));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(name: &str, subnet: &str, gateway: Option<&str>) -> AgentNetwork {
+        AgentNetwork {
+            name: name.into(),
+            subnet: subnet.into(),
+            gateway: gateway.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn container_addresses_must_be_inside_the_declared_networks() {
+        let nets = [
+            net("portico-workspaces", "172.18.0.0/16", Some("172.18.0.1")),
+            net("all", "0.0.0.0/0", None),
+        ];
+        let own: [IpAddr; 1] = ["10.0.0.5".parse().unwrap()];
+        let check = |h: &str, p: u16| refuse_address(h, p, Some(5901), &nets, &own);
+        assert_eq!(check("172.18.0.2", 5901), None);
+        for (host, needle) in [
+            ("127.0.0.1", "loopback"),
+            ("::1", "loopback"),
+            ("::ffff:127.0.0.1", "loopback"),
+            ("0.0.0.0", "unspecified"),
+            ("169.254.169.254", "link-local"),
+            ("fe80::1", "link-local"),
+            ("224.0.0.1", "multicast"),
+            ("10.0.0.5", "control plane"),
+            ("172.18.0.1", "gateway"),
+            ("10.0.0.6", "outside"),
+            ("portico.example", "not an ip"),
+        ] {
+            let why = check(host, 5901).unwrap_or_default();
+            assert!(why.contains(needle), "{host}: {why:?}");
+        }
+        assert!(check("172.18.0.2", 22).is_some_and(|w| w.contains("vnc port")));
+        assert!(refuse_address("172.18.0.2", 22, None, &nets, &own).is_none());
+    }
+
+    #[test]
+    fn this_host_has_addresses() {
+        let own = host_addresses();
+        assert!(own.iter().any(IpAddr::is_loopback), "{own:?}");
     }
 }

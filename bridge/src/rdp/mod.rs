@@ -33,6 +33,7 @@ use ironrdp_session::image::DecodedImage;
 use ironrdp_session::{ActiveStage, ActiveStageBuilder, ActiveStageOutput};
 use ironrdp_tokio::FramedWrite as _;
 use portico_proto::control::{HostKeyReport, Target};
+use portico_proto::limits::MaxDesktop;
 use portico_proto::wire::{ClientMsg, Rect, ServerMsg};
 use tokio::sync::mpsc;
 
@@ -52,10 +53,25 @@ const DEFAULT_JPEG_LEVEL: u8 = 6;
 const MAX_HELD_CHANNEL_PDUS: usize = 64;
 /// One wheel notch, in RDP rotation units.
 const WHEEL_NOTCH: i16 = 120;
+/// Largest pointer image side (the protocol's own maximum, large pointers of 384x384).
+const MAX_POINTER_SIDE: u16 = 384;
 
-/// Even width and height within what RDP servers accept.
-fn clamp_size(width: u16, height: u16) -> (u16, u16) {
-    (width.clamp(200, 8192) & !1, height.clamp(200, 8192) & !1)
+/// Even width and height within what RDP servers accept and the bridge's limit.
+fn clamp_size(width: u16, height: u16, max: MaxDesktop) -> (u16, u16) {
+    let (w, h) = max.clamp(width.clamp(200, 8192), height.clamp(200, 8192));
+    (w & !1, h & !1)
+}
+
+/// A target error for a desktop the server imposes over the bridge's limit.
+fn check_desktop(width: u16, height: u16, max: MaxDesktop) -> Result<(), End> {
+    if max.allows(width, height) {
+        return Ok(());
+    }
+    Err(End {
+        code: "target_error",
+        reason: format!("the rdp server's desktop of {width}x{height} exceeds the limit of {max}"),
+        from_control: false,
+    })
 }
 
 /// The browser's size, reported by its first `RESIZE` (the view asks for the remote size at once).
@@ -71,7 +87,7 @@ async fn browser_size(life: &mut Lifecycle, cmd_rx: &mut mpsc::Receiver<Cmd>) ->
             Some(Common::End(end)) => return Err(end),
             Some(Common::Input(ClientMsg::Resize {
                 width_px, height_px, ..
-            })) if width_px > 0 && height_px > 0 => return Ok(clamp_size(width_px, height_px)),
+            })) if width_px > 0 && height_px > 0 => return Ok(clamp_size(width_px, height_px, life.max_desktop)),
             Some(_) => {}
         }
     }
@@ -106,6 +122,79 @@ fn keysym_char(keysym: u32) -> Option<char> {
     }
 }
 
+/// A browser key as an input operation: the scancode when the browser knows the physical key, else the
+/// character the keysym types; `None` for neither.
+fn key_operation(keysym: u32, down: bool, scancode: u16) -> Option<Operation> {
+    Some(if scancode != 0 {
+        let code = Scancode::from_u16(scancode);
+        if down {
+            Operation::KeyPressed(code)
+        } else {
+            Operation::KeyReleased(code)
+        }
+    } else {
+        let ch = keysym_char(keysym)?;
+        if down {
+            Operation::UnicodeKeyPressed(ch)
+        } else {
+            Operation::UnicodeKeyReleased(ch)
+        }
+    })
+}
+
+/// A browser pointer event as input operations: the move (clamped to the desktop), buttons whose state
+/// changed since `held`, and one wheel notch per wheel bit that appeared.
+fn pointer_operations(held: u8, x: u16, y: u16, buttons: u8, (width, height): (u16, u16)) -> Vec<Operation> {
+    let x = x.min(width.saturating_sub(1));
+    let y = y.min(height.saturating_sub(1));
+    let mut ops = vec![Operation::MouseMove(MousePosition { x, y })];
+    for (bit, button) in [
+        (1, MouseButton::Left),
+        (2, MouseButton::Middle),
+        (4, MouseButton::Right),
+    ] {
+        match (held & bit != 0, buttons & bit != 0) {
+            (false, true) => ops.push(Operation::MouseButtonPressed(button)),
+            (true, false) => ops.push(Operation::MouseButtonReleased(button)),
+            _ => {}
+        }
+    }
+    // Wheel bits are one notch each when they appear (the browser sends press then release).
+    for (bit, vertical, units) in [
+        (8, true, WHEEL_NOTCH),
+        (16, true, -WHEEL_NOTCH),
+        (32, false, -WHEEL_NOTCH),
+        (64, false, WHEEL_NOTCH),
+    ] {
+        if buttons & bit != 0 && held & bit == 0 {
+            ops.push(Operation::WheelRotations(WheelRotations {
+                is_vertical: vertical,
+                rotation_units: units,
+            }));
+        }
+    }
+    ops
+}
+
+/// What the clipboard backend asked for, as the channel's PDUs (`None`: nothing to send).
+fn clipboard_messages(
+    cliprdr: &mut CliprdrClient,
+    msg: ClipboardMessage,
+) -> Option<ironrdp_pdu::PduResult<ironrdp_cliprdr::CliprdrSvcMessages<ironrdp_cliprdr::Client>>> {
+    Some(match msg {
+        ClipboardMessage::SendInitiateCopy(formats) => cliprdr.initiate_copy(&formats),
+        ClipboardMessage::SendFormatData(response) => cliprdr.submit_format_data(response),
+        ClipboardMessage::SendInitiatePaste(format) => cliprdr.initiate_paste(format),
+        ClipboardMessage::SendFileContentsRequest(r) => cliprdr.request_file_contents(r),
+        ClipboardMessage::SendFileContentsResponse(r) => cliprdr.submit_file_contents(r),
+        ClipboardMessage::SendInitiateFileCopy(files) => cliprdr.initiate_file_copy(files),
+        ClipboardMessage::Error(e) => {
+            tracing::debug!(error = %e, "Clipboard backend error");
+            return None;
+        }
+    })
+}
+
 /// The live RDP connection and the browser-side display state.
 struct Rdp {
     framed: connect::TlsFramed,
@@ -121,6 +210,8 @@ struct Rdp {
     suppress_output: bool,
     /// The text the browser last put on the clipboard (the CLIPRDR backend serves it).
     local_clip: Arc<Mutex<Option<String>>>,
+    /// The largest desktop the server may impose (reactivations included).
+    max_desktop: MaxDesktop,
 }
 
 impl Rdp {
@@ -149,20 +240,7 @@ impl Rdp {
     }
 
     fn key(&mut self, keysym: u32, down: bool, scancode: u16) -> Vec<ActiveStageOutput> {
-        let op = if scancode != 0 {
-            let code = Scancode::from_u16(scancode);
-            if down {
-                Operation::KeyPressed(code)
-            } else {
-                Operation::KeyReleased(code)
-            }
-        } else if let Some(ch) = keysym_char(keysym) {
-            if down {
-                Operation::UnicodeKeyPressed(ch)
-            } else {
-                Operation::UnicodeKeyReleased(ch)
-            }
-        } else {
+        let Some(op) = key_operation(keysym, down, scancode) else {
             tracing::debug!(keysym, "Key without scancode or character ignored");
             return Vec::new();
         };
@@ -170,34 +248,7 @@ impl Rdp {
     }
 
     fn pointer(&mut self, x: u16, y: u16, buttons: u8) -> Vec<ActiveStageOutput> {
-        let x = x.min(self.fb.width.saturating_sub(1));
-        let y = y.min(self.fb.height.saturating_sub(1));
-        let mut ops = vec![Operation::MouseMove(MousePosition { x, y })];
-        for (bit, button) in [
-            (1, MouseButton::Left),
-            (2, MouseButton::Middle),
-            (4, MouseButton::Right),
-        ] {
-            match (self.buttons & bit != 0, buttons & bit != 0) {
-                (false, true) => ops.push(Operation::MouseButtonPressed(button)),
-                (true, false) => ops.push(Operation::MouseButtonReleased(button)),
-                _ => {}
-            }
-        }
-        // Wheel bits are one notch each when they appear (the browser sends press then release).
-        for (bit, vertical, units) in [
-            (8, true, WHEEL_NOTCH),
-            (16, true, -WHEEL_NOTCH),
-            (32, false, -WHEEL_NOTCH),
-            (64, false, WHEEL_NOTCH),
-        ] {
-            if buttons & bit != 0 && self.buttons & bit == 0 {
-                ops.push(Operation::WheelRotations(WheelRotations {
-                    is_vertical: vertical,
-                    rotation_units: units,
-                }));
-            }
-        }
+        let ops = pointer_operations(self.buttons, x, y, buttons, (self.fb.width, self.fb.height));
         self.buttons = buttons;
         self.input(ops)
     }
@@ -206,17 +257,8 @@ impl Rdp {
         let Some(cliprdr) = self.stage.get_svc_processor_mut::<CliprdrClient>() else {
             return Vec::new(); // The server did not join the clipboard channel.
         };
-        let messages = match msg {
-            ClipboardMessage::SendInitiateCopy(formats) => cliprdr.initiate_copy(&formats),
-            ClipboardMessage::SendFormatData(response) => cliprdr.submit_format_data(response),
-            ClipboardMessage::SendInitiatePaste(format) => cliprdr.initiate_paste(format),
-            ClipboardMessage::SendFileContentsRequest(r) => cliprdr.request_file_contents(r),
-            ClipboardMessage::SendFileContentsResponse(r) => cliprdr.submit_file_contents(r),
-            ClipboardMessage::SendInitiateFileCopy(files) => cliprdr.initiate_file_copy(files),
-            ClipboardMessage::Error(e) => {
-                tracing::debug!(error = %e, "Clipboard backend error");
-                return Vec::new();
-            }
+        let Some(messages) = clipboard_messages(cliprdr, msg) else {
+            return Vec::new();
         };
         let frame = messages.map_err(|e| e.to_string()).and_then(|m| {
             self.stage
@@ -308,6 +350,7 @@ impl Rdp {
                     ..
                 } => {
                     let (w, h) = (desktop_size.width, desktop_size.height);
+                    check_desktop(w, h, self.max_desktop)?;
                     self.image = DecodedImage::new(PixelFormat::RgbA32, w, h);
                     if !self.stage.reactivate(
                         seq.io_channel_id(),
@@ -392,6 +435,17 @@ impl Rdp {
                     updates.extend(rect_of(&r, self.image.width(), self.image.height()));
                 }
                 ActiveStageOutput::PointerBitmap(p) => {
+                    if p.width > MAX_POINTER_SIDE || p.height > MAX_POINTER_SIDE {
+                        return Err(End {
+                            code: "target_error",
+                            reason: format!(
+                                "the rdp server sent a pointer of {}x{}, over the limit of \
+                                 {MAX_POINTER_SIDE}x{MAX_POINTER_SIDE}",
+                                p.width, p.height
+                            ),
+                            from_control: false,
+                        });
+                    }
                     let msg = cursor_msg(p.hotspot_x, p.hotspot_y, p.width, p.height, p.bitmap_data.clone()).await;
                     self.flow.cursor(&mut self.frame, msg);
                 }
@@ -532,7 +586,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
         )
     };
     let (width, height) = match (settings.width, settings.height) {
-        (Some(w), Some(h)) => clamp_size(w, h),
+        (Some(w), Some(h)) => clamp_size(w, h, life.max_desktop),
         _ => match browser_size(&mut life, &mut cmd_rx).await {
             Ok(size) => size,
             Err(end) => return life.end(end).await,
@@ -582,6 +636,10 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
     }
     let result = connected.result;
     let (w, h) = (result.desktop_size.width, result.desktop_size.height);
+    if let Err(end) = check_desktop(w, h, life.max_desktop) {
+        tracing::warn!(width = w, height = h, limit = %life.max_desktop, "RDP desktop over the limit");
+        return life.fail(end.code, end.reason).await;
+    }
     let mut rdp = Rdp {
         framed: connected.framed,
         image: DecodedImage::new(PixelFormat::RgbA32, w, h),
@@ -605,6 +663,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
         refresh_rect: result.refresh_rect_support,
         suppress_output: result.suppress_output_support,
         local_clip,
+        max_desktop: life.max_desktop,
     };
     tracing::info!(width = w, height = h, cert = %connected.cert_fingerprint, "Upstream connected");
     life.send(ServerMsg::DisplaySize { width: w, height: h });
@@ -745,7 +804,7 @@ fn resize(
             "this connection has a fixed desktop size; the view is scaled instead",
         );
     }
-    let (w, h) = clamp_size(width, height);
+    let (w, h) = clamp_size(width, height, rdp.max_desktop);
     if (w, h) == (rdp.fb.width, rdp.fb.height) {
         return Vec::new();
     }
@@ -760,6 +819,85 @@ fn resize(
             life,
             "this rdp server cannot resize the desktop (no display control channel); the view is scaled instead",
         ),
+    }
+}
+
+/// Entry points for the fuzz targets in `fuzz/` (not an API): the paths that take bytes from the browser
+/// or the RDP server without a live connection.
+#[doc(hidden)]
+pub mod fuzzing {
+    use ironrdp_cliprdr::pdu::ClipboardFormat;
+    use ironrdp_svc::SvcProcessor as _;
+
+    use super::*;
+
+    /// Browser messages (each a `u16` length then the wire message) through the wire decoder, the
+    /// key and pointer translation and IronRDP's input database into encoded fast-path input PDUs.
+    pub fn input(data: &[u8]) {
+        let mut db = ironrdp_input::Database::new();
+        let mut held = 0;
+        let size = (1024, 768);
+        for msg in chunks(data) {
+            let ops = match ClientMsg::decode(msg) {
+                Ok(ClientMsg::Key { keysym, down, scancode }) => {
+                    key_operation(keysym, down, scancode).into_iter().collect()
+                }
+                Ok(ClientMsg::Pointer { x, y, buttons }) => {
+                    let ops = pointer_operations(held, x, y, buttons, size);
+                    held = buttons;
+                    ops
+                }
+                _ => continue,
+            };
+            let events = db.apply(ops);
+            for chunk in events.chunks(ironrdp_pdu::input::fast_path::FastPathInput::MAX_EVENTS) {
+                let pdu = ironrdp_pdu::input::fast_path::FastPathInput::new(chunk.to_vec());
+                // INVARIANT: at most MAX_EVENTS events per PDU, and a Vec never refuses to grow.
+                let pdu = pdu.expect("at most MAX_EVENTS events");
+                ironrdp_core::encode_vec(&pdu).expect("fast-path input encodes");
+            }
+        }
+    }
+
+    /// Server PDUs on the clipboard channel (each a `u16` length then the PDU; the first byte of `data`
+    /// chooses whether the browser owns text and whether remote copies are fetched) through IronRDP's
+    /// CLIPRDR client and our text backend; what the backend asks for is answered as the session does.
+    pub fn cliprdr(data: &[u8]) {
+        let Some((&flags, data)) = data.split_first() else {
+            return;
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let local = Arc::new(Mutex::new((flags & 1 != 0).then(|| "local ✓ text\n".to_owned())));
+        let mut cliprdr = CliprdrClient::new(Box::new(TextClipboard::new(tx, local, flags & 2 != 0)));
+        let _ = cliprdr.start();
+        if flags & 4 != 0 {
+            let _ = cliprdr.initiate_copy(&text_formats());
+        }
+        for pdu in chunks(data) {
+            let _ = cliprdr.process(pdu);
+            while let Ok(event) = rx.try_recv() {
+                match event {
+                    ClipEvent::Message(msg) => {
+                        if let Some(Ok(messages)) = clipboard_messages(&mut cliprdr, msg) {
+                            drop(Vec::<ironrdp_svc::SvcMessage>::from(messages));
+                        }
+                    }
+                    ClipEvent::RemoteText(text) => assert!(text.len() <= MAX_CLIPBOARD_TEXT * 4),
+                }
+            }
+        }
+        let _ = cliprdr.initiate_copy(&[ClipboardFormat::new(ironrdp_cliprdr::pdu::ClipboardFormatId::CF_TEXT)]);
+    }
+
+    /// `u16`-length-prefixed pieces of `data` (the last one truncated).
+    fn chunks(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
+        std::iter::from_fn(move || {
+            let (len, rest) = data.split_first_chunk::<2>()?;
+            let len = usize::from(u16::from_be_bytes(*len)).min(rest.len());
+            let (chunk, rest) = rest.split_at(len);
+            data = rest;
+            Some(chunk)
+        })
     }
 }
 
@@ -810,8 +948,28 @@ mod tests {
 
     #[test]
     fn sizes_are_even_and_bounded() {
-        assert_eq!(clamp_size(1281, 719), (1280, 718));
-        assert_eq!(clamp_size(10, 60000), (200, 8192));
+        let max = MaxDesktop::DEFAULT;
+        assert_eq!(clamp_size(1281, 719, max), (1280, 718));
+        assert_eq!(clamp_size(10, 60000, max), (200, 4096), "the bridge's limit, portrait");
+        assert_eq!(clamp_size(5000, 5000, max), (4096, 2160));
+        let big = MaxDesktop {
+            width: 16384,
+            height: 16384,
+        };
+        assert_eq!(clamp_size(10, 60000, big), (200, 8192), "what rdp servers accept");
+    }
+
+    #[test]
+    fn a_desktop_over_the_limit_is_a_target_error() {
+        let max = MaxDesktop::DEFAULT;
+        assert!(check_desktop(3840, 2160, max).is_ok());
+        assert!(check_desktop(2160, 4096, max).is_ok());
+        let end = check_desktop(8192, 8192, max).unwrap_err();
+        assert_eq!(end.code, "target_error");
+        assert_eq!(
+            end.reason,
+            "the rdp server's desktop of 8192x8192 exceeds the limit of 4096x2160"
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! `portico-bench vnc` runs the graphical benchmark (see `vnc.rs`) side by side with websockify;
 //! `portico-bench rdp` the RDP workloads on FreeRDP's shadow server (see `rdp.rs`);
-//! `portico-bench workspace` launch-to-first-frame and density of container workspaces (see `workspace.rs`).
+//! `portico-bench workspace` launch-to-first-frame and density of container workspaces (see `workspace.rs`);
+//! `portico-bench upgrades` the time to `101` of many concurrent WebSocket upgrades (see `upgrades.rs`).
 //!
 //! `cargo run --release -p portico-tests --bin portico-bench -- ssh` runs the SSH benchmark of
 //! `docs/performance.md`: bridge CPU per session on the `ssh-text` workload (N = 1, 5, 20), keystroke-to-echo
@@ -26,12 +27,13 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 mod rdp;
+mod upgrades;
 mod vnc;
 mod workspace;
 
 #[derive(Parser)]
 struct Args {
-    /// Which benchmark: `ssh`, `vnc`, `rdp` or `workspace`.
+    /// Which benchmark: `ssh`, `vnc`, `rdp`, `workspace` or `upgrades`.
     which: String,
     /// Workspace benchmark: launches to time.
     #[arg(long, default_value_t = 20)]
@@ -57,6 +59,9 @@ struct Args {
     idle: Vec<usize>,
     #[arg(long, default_value_t = 300)]
     latency_samples: usize,
+    /// Upgrade benchmark: concurrent WebSocket upgrades per round.
+    #[arg(long, value_delimiter = ',', default_value = "500")]
+    upgrades: Vec<usize>,
 }
 
 fn clk_tck() -> f64 {
@@ -368,8 +373,8 @@ async fn idle_memory(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(
-        ["ssh", "vnc", "rdp", "workspace"].contains(&args.which.as_str()),
-        "unknown benchmark {:?} (available: ssh, vnc, rdp, workspace)",
+        ["ssh", "vnc", "rdp", "workspace", "upgrades"].contains(&args.which.as_str()),
+        "unknown benchmark {:?} (available: ssh, vnc, rdp, workspace, upgrades)",
         args.which
     );
     if std::env::var("PORTICO_BENCH_RELEASE").is_err() {
@@ -384,6 +389,7 @@ async fn main() -> anyhow::Result<()> {
         let (header, rows) = match args.which.as_str() {
             "vnc" => (vnc::HEADER, vnc::run(&args).await?),
             "rdp" => (rdp::HEADER, rdp::run(&args).await?),
+            "upgrades" => (upgrades::HEADER, upgrades::run(&args).await?),
             _ => (workspace::HEADER, workspace::run(&args).await?),
         };
         println!("{header}");
