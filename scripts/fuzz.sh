@@ -7,7 +7,7 @@
 # Works on the stable toolchain: RUSTC_BOOTSTRAP=1, set for the fuzz build only (its own crate and target dir,
 # fuzz/target), lets stable rustc take the -Z sanitizer flags cargo-fuzz passes. Each target starts from its
 # committed corpus (fuzz/corpus/TARGET, read only here) plus what earlier runs found (fuzz/target/corpus/TARGET,
-# not committed). FUZZ_UPDATE_CORPUS=1 merges the findings into the committed corpus, minimized (cmin).
+# not committed). FUZZ_UPDATE_CORPUS=1 merges the findings into the committed corpus, minimized.
 # A crash, a leak, an input slower than 10 s or an allocation over 1 GiB fails the target: the input is in
 # fuzz/artifacts/TARGET/, and it belongs in a regression test beside the code it broke. The script goes on
 # with the other targets and exits non-zero at the end.
@@ -54,8 +54,13 @@ for t in "${targets[@]}"; do
     grep -E '^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)' "$log" | tr '\n' ' '
     echo
     if [ "${FUZZ_UPDATE_CORPUS:-0}" = 1 ]; then
-        cp -n "target/corpus/$t"/* "corpus/$t"/ 2>/dev/null || true
-        cargo fuzz cmin --fuzz-dir . "$t" "corpus/$t"
+        # The smallest set of inputs with the edge coverage of the committed corpus and this run's findings
+        # (hit counts ignored: that keeps the committed corpora at a few hundred KB).
+        rm -rf "target/min/$t" && mkdir -p "target/min/$t"
+        "target/$(rustc -vV | sed -n 's/^host: //p')/release/$t" -merge=1 -set_cover_merge=1 -use_counters=0 \
+            -timeout=10 "target/min/$t" "corpus/$t" "target/corpus/$t" >"target/min-$t.log" 2>&1
+        rm -rf "corpus/$t" && mv "target/min/$t" "corpus/$t"
+        echo "corpus/$t: $(find "corpus/$t" -type f | wc -l) inputs"
     fi
 done
 

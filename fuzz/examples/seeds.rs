@@ -162,11 +162,11 @@ fn rfb() -> Vec<(String, Vec<u8>)> {
     let mut add = |name: &str, data: Vec<u8>| out.push((name.to_owned(), data));
 
     let raw = rect(0, 0, 2, 2, RAW, &[9; 16]);
-    add("raw", feed(0, &[update(&[raw.clone()])]));
-    add("raw-vncauth", feed(1, &[update(&[raw.clone()])]));
+    add("raw", feed(0, &[update(std::slice::from_ref(&raw))]));
+    add("raw-vncauth", feed(1, &[update(std::slice::from_ref(&raw))]));
     add("raw-bytewise", {
         let mut d = head(0);
-        d.extend(op(1, &update(&[raw.clone()])));
+        d.extend(op(1, &update(std::slice::from_ref(&raw))));
         d
     });
     add(
