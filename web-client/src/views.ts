@@ -341,16 +341,11 @@ async function apiKeysCard(): Promise<HTMLElement> {
   const err = h('div', { class: 'error', role: 'alert' });
   const shown = h('div');
   const name = h('input', { id: 'apikey-name', placeholder: 'key name, e.g. ci' });
-  const scope = h('select', { id: 'apikey-scope', title: 'what the key may do' },
-    h('option', { value: 'sessions' }, 'sessions: start and end sessions, read'),
-    h('option', { value: 'read' }, 'read only'),
-    h('option', { value: 'admin' }, 'admin: everything you may do'));
-  const days = h('input', { id: 'apikey-days', type: 'number', min: '1', max: '3650', value: '90', title: 'expires after this many days' });
   const create = h('button', { id: 'apikey-create' }, 'Create API key');
   const list = h('tbody');
   const card = h('section', { class: 'card' }, h('h2', {}, 'API keys'),
-    h('div', { class: 'inline-form' }, name, scope, days, h('span', { class: 'muted' }, 'days'), create), shown,
-    h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Scope'), h('th', {}, 'Created'), h('th', {}, 'Expires'), h('th', {}, 'Last used'), h('th', {}))), list), err);
+    h('div', { class: 'inline-form' }, name, create), shown,
+    h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Created'), h('th', {}, 'Last used'), h('th', {}))), list), err);
   const load = async () => {
     list.replaceChildren();
     for (const k of await api.apiKeys()) {
@@ -359,13 +354,13 @@ async function apiKeysCard(): Promise<HTMLElement> {
         await api.deleteApiKey(k.id).catch((e) => { err.textContent = errorText(e); });
         await load();
       });
-      list.append(h('tr', {}, h('td', {}, k.name), h('td', {}, k.scope), h('td', {}, fmtTime(k.created_at)), h('td', {}, fmtTime(k.expires_at)), h('td', {}, fmtTime(k.last_used_at)), h('td', { class: 'actions' }, del)));
+      list.append(h('tr', {}, h('td', {}, k.name), h('td', {}, fmtTime(k.created_at)), h('td', {}, fmtTime(k.last_used_at)), h('td', { class: 'actions' }, del)));
     }
   };
   create.addEventListener('click', async () => {
     err.textContent = '';
     try {
-      const k = await api.createApiKey(name.value.trim(), (scope as HTMLSelectElement).value as api.KeyScope, Number((days as HTMLInputElement).value));
+      const k = await api.createApiKey(name.value.trim(), 'sessions', 90);
       shown.replaceChildren(h('p', { class: 'muted' }, 'Copy this key now; it is not shown again:'), h('div', { class: 'secret-key', id: 'apikey-value' }, k.key));
       name.value = '';
       await load();
