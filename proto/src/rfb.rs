@@ -344,12 +344,20 @@ impl RfbClient {
         }
     }
 
+    /// A key event; dropped before the handshake is over (bytes sent then would be read as the handshake's).
     pub fn key(&mut self, keysym: u32, down: bool) {
+        if !self.is_connected() {
+            return;
+        }
         self.outbuf.extend_from_slice(&[4, u8::from(down), 0, 0]);
         self.outbuf.extend_from_slice(&keysym.to_be_bytes());
     }
 
+    /// A pointer event; dropped before the handshake is over, like [`RfbClient::key`].
     pub fn pointer(&mut self, x: u16, y: u16, buttons: u8) {
+        if !self.is_connected() {
+            return;
+        }
         self.outbuf.extend_from_slice(&[5, buttons]);
         self.outbuf.extend_from_slice(&x.to_be_bytes());
         self.outbuf.extend_from_slice(&y.to_be_bytes());
@@ -400,7 +408,11 @@ impl RfbClient {
 
     /// Send clipboard text: with the extended clipboard, announce it and provide it as UTF-8 when the server
     /// asks; otherwise as classic Latin-1, where other characters become `?`.
+    /// Dropped before the handshake is over, like [`RfbClient::key`].
     pub fn cut_text(&mut self, text: &str) {
+        if !self.is_connected() {
+            return;
+        }
         if self.ext_clipboard {
             self.our_clipboard = Some(text.to_owned());
             self.ext_clipboard_message(ext_clip::NOTIFY | ext_clip::TEXT, &[]);
@@ -1227,6 +1239,35 @@ mod tests {
         assert_ne!(vnc_auth_response("passwore", &[0; 16]), r);
         // Only the first 8 characters count.
         assert_eq!(vnc_auth_response("password-and-more", &[0; 16]), r);
+    }
+
+    #[test]
+    fn input_before_the_handshake_is_over_is_dropped() {
+        // A browser that types, moves or pastes while the server still checks the password must not put
+        // bytes into the handshake: the server would read them as ClientInit and what follows, and a server
+        // that refuses the password closes with them unread (a reset that loses its reason).
+        let mut c = RfbClient::new(RfbConfig {
+            password: Some(Secret::new("pw".into())),
+            ..RfbConfig::default()
+        });
+        c.handle_input(b"RFB 003.008\n").unwrap();
+        c.handle_input(&[1, 2]).unwrap();
+        c.handle_input(&[9; 16]).unwrap();
+        let handshake: Vec<u8> = std::iter::from_fn(|| c.poll_transmit()).flatten().collect();
+        assert_eq!(handshake.len(), 12 + 1 + 16, "version, security type, response");
+        c.key(0x61, true);
+        c.pointer(1, 2, 0);
+        c.cut_text("early");
+        assert!(c.poll_transmit().is_none(), "nothing before the security result");
+        c.handle_input(&0u32.to_be_bytes()).unwrap();
+        let mut init = vec![0, 64, 0, 48];
+        init.extend_from_slice(&[32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0]);
+        init.extend_from_slice(&0u32.to_be_bytes());
+        c.handle_input(&init).unwrap();
+        assert!(c.is_connected());
+        let _setup: Vec<u8> = std::iter::from_fn(|| c.poll_transmit()).flatten().collect();
+        c.key(0x61, true);
+        assert_eq!(c.poll_transmit(), Some(vec![4, 1, 0, 0, 0, 0, 0, 0x61]));
     }
 
     #[test]

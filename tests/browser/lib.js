@@ -54,6 +54,20 @@ async function waitPixel(page, x, y, rgb, timeout = 15000) {
   });
 }
 
+/** Wait (bounded) until a file on this machine has content: the mark that a command typed into the remote
+ * desktop ran there. `what` names the step in the error. */
+async function waitFile(file, what, timeout = 20000) {
+  const fs = require('fs');
+  const end = Date.now() + timeout;
+  for (;;) {
+    try {
+      if (fs.statSync(file).size > 0) return fs.readFileSync(file, 'utf8');
+    } catch (_) { /* not there yet */ }
+    if (Date.now() > end) throw new Error(`${what}: ${file} did not appear within ${timeout} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 /** Page coordinates of a remote pixel (the canvas may be scaled to fit the window). */
 async function at(page, x, y) {
   return page.evaluate(([rx, ry]) => {
@@ -81,4 +95,4 @@ async function createConnection(page, { name, protocol, port, username, password
   await page.locator(`tr.conn-row[data-name="${name}"]`).waitFor({ timeout: 10000 });
 }
 
-module.exports = { launch, newPage, shot, waitState, waitText, login, main, pixel, waitPixel, at, createConnection };
+module.exports = { launch, newPage, shot, waitState, waitText, waitFile, login, main, pixel, waitPixel, at, createConnection };

@@ -1,7 +1,7 @@
 // VNC in the browser: create the connection in the UI, see the desktop on the canvas (pixel truth, fit to
 // window), click and type into remote xterms (input truth), clipboard both ways, a wrong password.
 'use strict';
-const { launch, newPage, shot, waitState, login, main, pixel, waitPixel, at, createConnection: create } = require('./lib');
+const { launch, newPage, shot, waitState, waitFile, login, main, waitPixel, at, createConnection: create } = require('./lib');
 const env = process.env;
 const createConnection = (page, name, password, port = env.VNC_PORT) =>
   create(page, { name, protocol: 'vnc', port, password });
@@ -38,6 +38,11 @@ main(async () => {
   await page.mouse.move(p.x, p.y);
   await page.mouse.move(p.x + 3, p.y + 3);
   await page.keyboard.type(`echo typed-in-browser-$((6*7)) > ${env.MARKER_FILE}\n`);
+  await waitFile(env.MARKER_FILE, 'the command typed into the remote xterm never ran').catch(async (e) => {
+    await shot(page, 'vnc-typing-failed');
+    throw new Error(`${e.message}; display ${JSON.stringify(await page.evaluate(() => window.porticoDisplay))}`);
+  });
+  console.log('keys typed in the browser ran a command on the desktop');
   await page.keyboard.type(`printf remote-clip-42 | xclip -i -selection clipboard\n`);
   await page.waitForFunction(() => window.porticoDisplay.clipboard === 'remote-clip-42', null, { timeout: 15000 });
   const panel = await page.evaluate(() => document.querySelector('#clipboard-text').value);

@@ -73,7 +73,13 @@ async fn connect_url_embeds_one_session_and_delete_closes_it() -> anyhow::Result
 async fn vnc_desktop_in_the_browser_pixels_input_clipboard() -> anyhow::Result<()> {
     let xvnc = VncServer::xvnc(Some("vnc-pw-1"), 1280, 800)?;
     xvnc.x("xsetroot", &["-solid", "#2060a0"])?;
-    let _left = xvnc.spawn("xterm", &["-geometry", "40x10+0+0", "-title", "left", "-bg", "white"])?;
+    // `sh` (dash), not the user's bash: an interactive bash runs ~/.bashrc, which on a busy machine can hold the
+    // prompt for a minute (pyenv waits up to 60 s for its rehash lock while other shells start), and the
+    // keys typed meanwhile wait in the terminal.
+    let _left = xvnc.spawn(
+        "xterm",
+        &["-geometry", "40x10+0+0", "-title", "left", "-bg", "white", "-e", "sh"],
+    )?;
     let _right = xvnc.spawn(
         "xterm",
         &["-geometry", "40x10+600+450", "-title", "right", "-bg", "white"],

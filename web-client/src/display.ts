@@ -248,6 +248,13 @@ export class DisplayView implements View {
     return { x: Math.max(0, Math.min(this.width - 1, Math.floor(x))), y: Math.max(0, Math.min(this.height - 1, Math.floor(y))) };
   }
 
+  /** A key goes after any pointer move still waiting for its animation frame: with focus following the
+   * pointer, the remote must see the pointer where the user left it before the keys typed there. */
+  private key(k: KeyCode, down: boolean): void {
+    if (this.move) this.flushMove();
+    this.send(wire.key(k[0], down, k[1]));
+  }
+
   private flushMove(): void {
     this.moveScheduled = false;
     if (!this.move) return;
@@ -308,7 +315,7 @@ export class DisplayView implements View {
       }
       e.preventDefault();
       this.pressed.set(id, k);
-      this.send(wire.key(k[0], true, k[1]));
+      this.key(k, true);
     });
     c.addEventListener('keyup', (e) => {
       const id = e.code || e.key;
@@ -318,7 +325,7 @@ export class DisplayView implements View {
       this.pressed.delete(id);
       if (k === null) return;
       e.preventDefault();
-      this.send(wire.key(k[0], false, k[1]));
+      this.key(k, false);
     });
     c.addEventListener('paste', (e) => {
       const text = e.clipboardData?.getData('text/plain');
@@ -342,13 +349,13 @@ export class DisplayView implements View {
     if (!p) return;
     this.pendingPasteKey = null;
     window.clearTimeout(p.timer);
-    this.send(wire.key(p.key[0], true, p.key[1]));
+    this.key(p.key, true);
   }
 
   /** Release every key still down (focus left the canvas: the remote must not see a stuck key). */
   private releaseAll(): void {
     this.flushPasteKey();
-    for (const [keysym, sc] of this.pressed.values()) this.send(wire.key(keysym, false, sc));
+    for (const k of this.pressed.values()) this.key(k, false);
     this.pressed.clear();
     if (this.buttons) {
       this.buttons = 0;
