@@ -184,6 +184,13 @@ pub async fn ws_with_token(ws_url: &str, cert: &str, token: &str) -> anyhow::Res
     ws_connect(ws_url, cert, &[format!("{}{token}", wire::TOKEN_PREFIX)]).await
 }
 
+/// Whether the bridge refuses the token of a session `created` by `POST /api/v1/sessions` and never used.
+pub async fn unclaimed_token_is_refused(p: &Portico, created: &Value) -> anyhow::Result<bool> {
+    let ws_url = created["ws_url"].as_str().unwrap_or_default();
+    let token = created["token"].as_str().unwrap_or_default();
+    Ok(ws_with_token(ws_url, &p.cert_sha256, token).await?.is_err())
+}
+
 /// A terminal session driven over the wire protocol, with the output collected as text.
 pub struct Term {
     pub ws: WsStream,

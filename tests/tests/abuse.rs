@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use portico_tests::client::{Api, Term, attach, ws_with_token};
+use portico_tests::client::{Api, Term, attach, unclaimed_token_is_refused, ws_with_token};
 use portico_tests::peers::{Haproxy, Sshd};
 use portico_tests::portico::{Options, Portico};
 use reqwest::Method;
@@ -367,6 +367,13 @@ async fn deleting_a_user_or_connection_ends_its_sessions() -> anyhow::Result<()>
     let admin = Api::admin(&p).await?;
     let conn = crate::ssh_connection(&admin, &sshd, json!({ "password": sshd.user.password })).await?;
     let uid = create_user(&admin, "carol", "carol-pass-1").await?;
+    admin
+        .ok(
+            Method::PUT,
+            &format!("/api/v1/connections/{conn}/grants"),
+            Some(json!({ "user_ids": [uid] })),
+        )
+        .await?;
     let mut carol = Api::new(&p)?;
     carol.login("carol", "carol-pass-1").await?;
     let (_, ws) = attach(&p, &carol, &conn).await?;
@@ -381,13 +388,10 @@ async fn deleting_a_user_or_connection_ends_its_sessions() -> anyhow::Result<()>
         "closed in {:?}",
         t.elapsed()
     );
-    let refused = ws_with_token(
-        unclaimed["ws_url"].as_str().unwrap_or_default(),
-        &p.cert_sha256,
-        unclaimed["token"].as_str().unwrap_or_default(),
-    )
-    .await?;
-    assert!(refused.is_err(), "a deleted user's unclaimed token is refused");
+    assert!(
+        unclaimed_token_is_refused(&p, &unclaimed).await?,
+        "a deleted user's unclaimed token is refused"
+    );
 
     let (_, ws) = attach(&p, &admin, &conn).await?;
     let mut live = Term::new(ws);
@@ -398,13 +402,10 @@ async fn deleting_a_user_or_connection_ends_its_sessions() -> anyhow::Result<()>
         .await?;
     let closed = live.closed_within(Duration::from_secs(2)).await?;
     assert!(closed.is_some_and(|c| c.reason.contains("connection was deleted")));
-    let refused = ws_with_token(
-        unclaimed["ws_url"].as_str().unwrap_or_default(),
-        &p.cert_sha256,
-        unclaimed["token"].as_str().unwrap_or_default(),
-    )
-    .await?;
-    assert!(refused.is_err(), "a deleted connection's unclaimed token is refused");
+    assert!(
+        unclaimed_token_is_refused(&p, &unclaimed).await?,
+        "a deleted connection's unclaimed token is refused"
+    );
     Ok(())
 }
 

@@ -202,13 +202,16 @@ async fn secrets_are_encrypted_at_rest_and_never_returned() -> anyhow::Result<()
 async fn users_see_but_do_not_manage_connections() -> anyhow::Result<()> {
     let p = Portico::start()?;
     let admin = Api::admin(&p).await?;
-    admin
+    let alice_id = admin
         .ok(
             Method::POST,
             "/api/v1/users",
             Some(json!({ "username": "alice", "password": "alice-pass-1", "role": "user" })),
         )
-        .await?;
+        .await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let (s, v) = admin
         .request(
             Method::POST,
@@ -222,14 +225,22 @@ async fn users_see_but_do_not_manage_connections() -> anyhow::Result<()> {
         .await?;
     let mut alice = Api::new(&p)?;
     alice.login("alice", "alice-pass-1").await?;
-    assert_eq!(
-        alice
+    async fn count(api: &Api) -> anyhow::Result<Option<usize>> {
+        Ok(api
             .ok(Method::GET, "/api/v1/connections", None)
             .await?
             .as_array()
-            .map(Vec::len),
-        Some(1)
-    );
+            .map(Vec::len))
+    }
+    assert_eq!(count(&alice).await?, Some(0), "nothing is granted yet");
+    admin
+        .ok(
+            Method::PUT,
+            &format!("/api/v1/connections/{id}/grants"),
+            Some(json!({ "user_ids": [alice_id] })),
+        )
+        .await?;
+    assert_eq!(count(&alice).await?, Some(1));
     let (s, v) = alice
         .request(
             Method::POST,

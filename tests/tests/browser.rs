@@ -1,7 +1,7 @@
 //! End to end in headless Chromium (Debian's), driven by playwright-core: the real web client, served by
 //! the real binary, talking to a real sshd, TigerVNC and xrdp.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use portico_tests::client::Api;
 use portico_tests::peers::XDisplay as _;
@@ -311,5 +311,146 @@ async fn connect_url_with_a_foreign_ws_parameter_never_reaches_it() -> anyhow::R
     );
     let out = out.map_err(|e| anyhow::anyhow!("{e:#}\nportico log:\n{}", p.log()))?;
     assert!(out.contains("connected to the configured bridge"), "{out}");
+    Ok(())
+}
+
+/// The help-desk home page on a seeded database of 1,000 connections in 20 folders and 200 users: the
+/// user sees exactly their grants (one folder, through a group), search runs on the server, an admin gives
+/// access in the UI, and removing the membership closes the user's open terminal tab with the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn help_desk_home_page_on_a_seeded_database() -> anyhow::Result<()> {
+    use portico_webapp::db::{Connection, Db, Folder, Grants};
+    let sshd = Sshd::start()?;
+    let p = Portico::start()?;
+    let admin = Api::admin(&p).await?;
+    // The seed goes straight into the database the webapp runs on (the same code paths: folders through
+    // `create_folder`, which keeps the closure, grants through `set_grants`); one password hash for all.
+    let db = Db::connect(&format!("sqlite://{}", p.data_dir.join("portico.db").display())).await?;
+    let now = portico_webapp::now_unix();
+    let password = "user-password-1";
+    let hash = portico_webapp::crypto::hash_password(password)?;
+    let mut folders = Vec::new();
+    for i in 0..20 {
+        let f = Folder {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: format!("Site {i:02}"),
+            parent_id: None,
+            created_at: now,
+        };
+        db.create_folder(&f).await?;
+        folders.push(f.id);
+    }
+    for i in 0..1000usize {
+        db.insert_connection(&Connection {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: format!("pc-{i:04}"),
+            protocol: "rdp".into(),
+            host: format!("10.{}.{}.{}", i / 50, i % 50, 10),
+            port: 3389,
+            username: String::new(),
+            password_enc: None,
+            private_key_enc: None,
+            host_key_fingerprint: None,
+            settings: "{}".into(),
+            created_at: now,
+            updated_at: now,
+            folder_id: Some(folders[i / 50].clone()),
+            folder_path: None,
+        })
+        .await?;
+    }
+    let mut users = Vec::new();
+    for i in 0..200 {
+        let id = uuid::Uuid::new_v4().to_string();
+        db.insert_user(&id, &format!("user-{i:03}"), &hash, "user", now).await?;
+        users.push(id);
+    }
+    db.pool.close().await;
+    let group = admin
+        .ok(Method::POST, "/api/v1/groups", Some(json!({ "name": "site-07-desk" })))
+        .await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    admin
+        .ok(
+            Method::PUT,
+            &format!("/api/v1/groups/{group}/members"),
+            Some(json!({ "user_ids": users[..10] })),
+        )
+        .await?;
+    admin
+        .ok(
+            Method::PUT,
+            &format!("/api/v1/folders/{}/grants", folders[7]),
+            Some(json!(Grants {
+                user_ids: vec![],
+                group_ids: vec![group.clone()]
+            })),
+        )
+        .await?;
+    admin
+        .create_connection(json!({
+            "name": "bob-ssh", "protocol": "ssh", "host": "127.0.0.1", "port": sshd.port,
+            "username": sshd.user.name, "password": sshd.user.password, "folder_id": folders[7],
+        }))
+        .await?;
+    let key = admin
+        .ok(
+            Method::POST,
+            "/api/v1/api-keys",
+            Some(json!({ "name": "test", "scope": "admin" })),
+        )
+        .await?["key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    // The API's own latency on this database (printed; the browser measures what a user waits).
+    let mut bob = Api::new(&p)?;
+    bob.login("user-000", password).await?;
+    for (who, api, q) in [
+        ("user", &bob, "pc-0355"),
+        ("admin", &admin, "pc-0999"),
+        ("admin", &admin, ""),
+    ] {
+        let t = Instant::now();
+        let v = api
+            .ok(Method::GET, &format!("/api/v1/connections?q={q}&limit=50"), None)
+            .await?;
+        println!(
+            "GET /api/v1/connections?q={q:?} as {who}: {} rows in {:?}",
+            v.as_array().map_or(0, Vec::len),
+            t.elapsed()
+        );
+    }
+    let shots = std::env::var("PORTICO_SCREENSHOTS").unwrap_or_default();
+    let out = run_browser_script(
+        "access_e2e.js",
+        &[
+            ("PORTICO_URL", p.url.as_str()),
+            ("ADMIN_PASSWORD", p.admin_password.as_str()),
+            ("USER_NAME", "user-000"),
+            ("USER_PASSWORD", password),
+            ("GROUP_ID", group.as_str()),
+            ("ADMIN_KEY", key.as_str()),
+            ("SCREENSHOT_DIR", shots.as_str()),
+        ],
+        Duration::from_secs(180),
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}\nportico log:\n{}", p.log()))?;
+    println!("{out}");
+    assert!(out.contains("revoked: the tab closed"), "{out}");
+    // What the admin did in the UI holds: night-shift (user-042) may use Site 12, and only that.
+    let mut u42 = Api::new(&p)?;
+    u42.login("user-042", password).await?;
+    let listed = u42.ok(Method::GET, "/api/v1/connections?limit=1000", None).await?;
+    let names: Vec<&str> = listed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names.len(), 50, "{names:?}");
+    assert!(names.iter().all(|n| ("pc-0600".."pc-0650").contains(n)), "{names:?}");
     Ok(())
 }

@@ -3,8 +3,8 @@
 use portico_tests::peers::Postgres;
 use portico_tests::workspace_root;
 use portico_webapp::db::{
-    AgentRegisterOutcome, AgentRegistration, Connection, ContainerRow, ContainerUpdate, Db, SessionRow,
-    container_state, state,
+    AgentRegisterOutcome, AgentRegistration, Change, Connection, ContainerRow, ContainerUpdate, Db, Folder, Grants,
+    GroupBody, Limits, ListQuery, REVOKED, SessionRow, SessionStart, container_state, state,
 };
 
 async fn exercise(db: &Db) -> anyhow::Result<()> {
@@ -74,6 +74,8 @@ async fn exercise(db: &Db) -> anyhow::Result<()> {
         settings: r#"{"domain":"CORP"}"#.into(),
         created_at: now,
         updated_at: now,
+        folder_id: None,
+        folder_path: None,
     };
     db.insert_connection(&c).await?;
     assert!(db.pin_host_key_if_unset("c1", "SHA256:first", now).await?);
@@ -88,7 +90,7 @@ async fn exercise(db: &Db) -> anyhow::Result<()> {
             .as_deref(),
         Some("SHA256:first")
     );
-    assert_eq!(db.list_connections().await?.len(), 1);
+    assert_eq!(db.list_connections(None, &page(None)).await?.1, 1);
 
     db.insert_session(&pending("s1", "jti-1", now)).await?;
     assert!(!db.claim_session("s1", "wrong-jti", "b1", now).await?);
@@ -149,7 +151,211 @@ async fn exercise(db: &Db) -> anyhow::Result<()> {
     );
     workspaces(db, now).await?;
     agent_identities(db, now).await?;
+    access(db, now).await?;
     db.prune(now + 100_000).await?;
+    Ok(())
+}
+
+fn page(q: Option<&str>) -> ListQuery {
+    ListQuery {
+        q: q.map(str::to_owned),
+        folder_id: None,
+        limit: 1000,
+        offset: 0,
+    }
+}
+
+/// Grants through nested folders and groups, the closure that follows folder moves, revocation that ends
+/// exactly the sessions that lost access (in the same transaction), and the session limit under 40
+/// concurrent starts.
+async fn access(db: &Db, now: i64) -> anyhow::Result<()> {
+    for (id, name, role) in [
+        ("ua", "ann", "user"),
+        ("ub", "ben", "user"),
+        ("ud", "dan", "admin"),
+        ("ux", "xia", "auditor"),
+    ] {
+        db.insert_user(id, name, "hash", role, now).await?;
+    }
+    let folder = |id: &str, parent: Option<&str>| Folder {
+        id: id.into(),
+        name: format!("folder {id}"),
+        parent_id: parent.map(str::to_owned),
+        created_at: now,
+    };
+    assert_eq!(db.create_folder(&folder("f1", None)).await?, Change::Done);
+    assert_eq!(db.create_folder(&folder("f2", Some("f1"))).await?, Change::Done);
+    assert_eq!(db.create_folder(&folder("f3", Some("f2"))).await?, Change::Done);
+    assert_eq!(db.create_folder(&folder("g1", None)).await?, Change::Done);
+    assert!(matches!(
+        db.create_folder(&folder("f9", Some("nope"))).await?,
+        Change::Refused(_)
+    ));
+    let conn = |id: &str, name: &str, folder: Option<&str>| Connection {
+        id: id.into(),
+        name: name.into(),
+        protocol: "ssh".into(),
+        host: format!("{id}.example.internal"),
+        port: 22,
+        username: "root".into(),
+        password_enc: None,
+        private_key_enc: None,
+        host_key_fingerprint: None,
+        settings: "{}".into(),
+        created_at: now,
+        updated_at: now,
+        folder_id: folder.map(str::to_owned),
+        folder_path: None,
+    };
+    db.insert_connection(&conn("deep", "Deep 100%", Some("f3"))).await?;
+    db.insert_connection(&conn("other", "Other_box", Some("g1"))).await?;
+    db.insert_connection(&conn("top", "Top", None)).await?;
+    assert!(
+        db.create_group(
+            "grp",
+            &GroupBody {
+                name: "helpdesk".into(),
+                max_sessions: Some(3),
+                protocols: None
+            },
+            now
+        )
+        .await?
+    );
+    assert!(
+        !db.create_group(
+            "grp2",
+            &GroupBody {
+                name: "helpdesk".into(),
+                max_sessions: None,
+                protocols: None
+            },
+            now
+        )
+        .await?,
+        "group names are unique"
+    );
+    assert_eq!(
+        db.set_members("grp", &["ua".into(), "ghost".into()], now).await?,
+        Change::Refused("no user with id ghost".into())
+    );
+    assert_eq!(db.set_members("grp", &["ua".into()], now).await?, Change::Done);
+    let grants = |users: &[&str], groups: &[&str]| Grants {
+        user_ids: users.iter().map(|s| (*s).to_owned()).collect(),
+        group_ids: groups.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    assert_eq!(
+        db.set_grants("folder", "f1", &grants(&[], &["grp"]), now).await?,
+        Change::Done
+    );
+    assert_eq!(
+        db.set_grants("connection", "top", &grants(&["ub"], &[]), now).await?,
+        Change::Done
+    );
+    assert_eq!(db.grants("folder", "f1").await?, grants(&[], &["grp"]));
+    let visible = |viewer: Option<&'static str>, q: Option<&'static str>| async move {
+        let (rows, total) = db.list_connections(viewer, &page(q)).await?;
+        assert_eq!(rows.len() as i64, total);
+        anyhow::Ok(rows.into_iter().map(|c| c.id).collect::<Vec<_>>())
+    };
+    assert_eq!(
+        visible(Some("ua"), None).await?,
+        vec!["deep"],
+        "a folder grant covers its subfolders"
+    );
+    assert_eq!(visible(Some("ub"), None).await?, vec!["top"]);
+    assert_eq!(visible(None, None).await?.len(), 4);
+    assert_eq!(visible(None, Some("100%")).await?, vec!["deep"]);
+    assert_eq!(visible(None, Some("R_B")).await?, vec!["other"], "_ is a character");
+    assert_eq!(visible(None, Some("x_b")).await?, Vec::<String>::new());
+    assert_eq!(
+        visible(None, Some("FOLDER G1")).await?,
+        vec!["other"],
+        "folder names match"
+    );
+    assert_eq!(visible(Some("ua"), Some("other")).await?, Vec::<String>::new());
+    assert!(db.connection_for(Some("ua"), "deep").await?.is_some());
+    assert!(db.connection_for(Some("ua"), "top").await?.is_none());
+    assert!(db.connection_for(Some("ub"), "deep").await?.is_none());
+
+    // Limits: the strictest of own and groups'; 40 concurrent starts pass the limit of 3 exactly 3 times.
+    let ann = db.user("ua").await?.expect("ann");
+    assert_eq!(
+        db.limits(&ann).await?,
+        Limits {
+            max_sessions: Some(3),
+            protocols: None
+        }
+    );
+    let row = |i: usize, user: &str, conn: &str| SessionRow {
+        user_id: user.into(),
+        connection_id: conn.into(),
+        ..pending(&format!("acc-{user}-{i}"), &format!("acc-jti-{user}-{i}"), now)
+    };
+    let started = futures_util::future::try_join_all(
+        (0..40).map(|i| async move { db.start_session(&row(i, "ua", "deep"), Some(3), now).await }),
+    )
+    .await?;
+    assert_eq!(
+        started.iter().filter(|s| **s == SessionStart::Started).count(),
+        3,
+        "{started:?}"
+    );
+    assert_eq!(
+        db.start_session(&row(50, "ua", "deep"), Some(3), now + 120).await?,
+        SessionStart::Started,
+        "pending sessions whose tokens expired unclaimed are not live"
+    );
+    db.insert_session(&row(0, "ub", "top")).await?;
+    db.insert_session(&row(0, "ud", "other")).await?;
+    db.insert_session(&row(0, "ux", "top")).await?;
+    let live = |id: String| async move { anyhow::Ok(db.session(&id).await?.is_some_and(|s| s.state != state::ENDED)) };
+    // Moving f2 out of f1 takes deep out of the grant: ann's sessions end, nobody else's.
+    assert_eq!(
+        db.update_folder("f1", "loop", Some("f3"), now).await?,
+        Change::Refused("a folder cannot move into itself or one of its subfolders".into())
+    );
+    assert_eq!(db.update_folder("f2", "moved", Some("g1"), now).await?, Change::Done);
+    assert!(!live("acc-ua-50".into()).await?);
+    assert!(
+        !live("acc-ux-0".into()).await?,
+        "nothing lets an auditor hold a session"
+    );
+    assert_eq!(
+        db.session("acc-ua-50").await?.and_then(|s| s.end_reason).as_deref(),
+        Some(REVOKED)
+    );
+    assert!(
+        live("acc-ub-0".into()).await? && live("acc-ud-0".into()).await?,
+        "admins and other grants are untouched"
+    );
+    assert_eq!(visible(Some("ua"), None).await?, Vec::<String>::new());
+    assert_eq!(
+        db.list_connections(
+            None,
+            &ListQuery {
+                folder_id: Some("g1".into()),
+                ..page(None)
+            }
+        )
+        .await?
+        .1,
+        2,
+        "g1 now holds f2/f3/deep and other"
+    );
+    // Removing ben's grant ends his session; deleting a group or a user removes their grants.
+    assert_eq!(
+        db.set_grants("connection", "top", &grants(&[], &[]), now).await?,
+        Change::Done
+    );
+    assert!(!live("acc-ub-0".into()).await?);
+    assert!(db.delete_group("grp", now).await?);
+    assert_eq!(db.grants("folder", "f1").await?, Grants::default());
+    assert_eq!(
+        db.delete_folder("g1").await?,
+        Change::Refused("the folder is not empty: move or delete its subfolders and connections first".into())
+    );
+    assert_eq!(db.delete_folder("f1").await?, Change::Done);
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! real `portico` binary in its all-in-one and split (webapp + bridges) topologies.
 
 mod abuse;
+mod access;
 mod agent;
 mod api;
 mod bad_input;

@@ -1,12 +1,19 @@
 // The Portico REST API (see /api/openapi.json). Errors carry the server's message.
 
-export interface User { id: string; username: string; role: 'admin' | 'user'; created_at: number }
+export type Role = 'admin' | 'auditor' | 'user';
+export interface User { id: string; username: string; role: Role; created_at: number; max_sessions: number | null; protocols: string[] | null }
 export interface Me { user: User; csrf_token: string | null }
 export interface Connection {
   id: string; name: string; protocol: 'ssh' | 'vnc' | 'rdp' | 'container'; host: string; port: number; username: string;
   has_password: boolean; has_private_key: boolean; host_key_fingerprint: string | null; settings: ConnectionSettings;
+  folder_id: string | null; /** "Site A / Floor 1": the folders above it, top first. */ folder_path: string | null;
   created_at: number; updated_at: number;
 }
+export interface Group { id: string; name: string; max_sessions: number | null; protocols: string[] | null; created_at: number; members: number }
+export interface Folder { id: string; name: string; parent_id: string | null; created_at: number }
+export interface Grants { user_ids: string[]; group_ids: string[] }
+/** One page of a list and the number of all that matched. */
+export interface Page<T> { items: T[]; total: number }
 /** Protocol settings (see proto/src/control.rs `ConnectionSettings`). */
 export interface ConnectionSettings {
   domain: string | null; security: 'auto' | 'tls' | 'nla'; width: number | null; height: number | null;
@@ -29,6 +36,7 @@ export interface Agent {
 export interface ConnectionInput {
   name: string; protocol: string; host?: string; port?: number; username?: string;
   password?: string; private_key?: string; host_key_fingerprint?: string; settings?: ConnectionSettings;
+  folder_id?: string | null;
 }
 export interface SessionCreated { session_id: string; token: string; ws_url: string; connect_url: string; expires_at: number }
 export type KeyScope = 'read' | 'sessions' | 'admin';
@@ -41,6 +49,10 @@ export class ApiError extends Error {
 let csrf: string | null = null;
 
 async function call<T>(method: string, path: string, body?: unknown): Promise<T> {
+  return (await request<T>(method, path, body)).data;
+}
+
+async function request<T>(method: string, path: string, body?: unknown): Promise<{ data: T; res: Response }> {
   const headers: Record<string, string> = {};
   if (body !== undefined) headers['content-type'] = 'application/json';
   if (method !== 'GET' && csrf) headers['x-csrf-token'] = csrf;
@@ -52,7 +64,15 @@ async function call<T>(method: string, path: string, body?: unknown): Promise<T>
     const msg = (data && typeof data === 'object' && 'error' in data) ? String((data as { error: unknown }).error) : `${res.status} ${res.statusText}`;
     throw new ApiError(res.status, msg);
   }
-  return data as T;
+  return { data: data as T, res };
+}
+
+/** A page of a list endpoint: `?q=` searched on the server, the total from `X-Total-Count`. */
+async function page<T>(path: string, params: Record<string, string | number | undefined>): Promise<Page<T>> {
+  const qs = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== '') qs.set(k, String(v));
+  const { data, res } = await request<T[]>('GET', `${path}?${qs}`);
+  return { items: data, total: Number(res.headers.get('x-total-count') ?? data.length) };
 }
 
 export async function me(): Promise<Me | null> {
@@ -73,13 +93,31 @@ export async function login(username: string, password: string): Promise<Me> {
 }
 
 export const logout = () => call<unknown>('POST', '/api/v1/auth/logout');
-export const connections = () => call<Connection[]>('GET', '/api/v1/connections');
+export const connections = (p: { q?: string; folder_id?: string; limit?: number; offset?: number } = {}) =>
+  page<Connection>('/api/v1/connections', p);
+export const connection = (id: string) => call<Connection>('GET', `/api/v1/connections/${encodeURIComponent(id)}`);
 export const createConnection = (c: ConnectionInput) => call<Connection>('POST', '/api/v1/connections', c);
 export const updateConnection = (id: string, c: ConnectionInput) => call<Connection>('PUT', `/api/v1/connections/${encodeURIComponent(id)}`, c);
 export const deleteConnection = (id: string) => call<unknown>('DELETE', `/api/v1/connections/${encodeURIComponent(id)}`);
 export const createSession = (connection_id: string) => call<SessionCreated>('POST', '/api/v1/sessions', { connection_id });
 export const endSession = (id: string) => call<unknown>('DELETE', `/api/v1/sessions/${encodeURIComponent(id)}`);
-export const users = () => call<User[]>('GET', '/api/v1/users');
+export const users = (p: { q?: string; limit?: number; offset?: number } = { limit: 1000 }) => page<User>('/api/v1/users', p);
+export const updateUser = (id: string, u: { role?: Role; max_sessions?: number | null; protocols?: string[] | null }) =>
+  call<User>('PUT', `/api/v1/users/${encodeURIComponent(id)}`, u);
+export const groups = (p: { q?: string; limit?: number; offset?: number } = { limit: 1000 }) => page<Group>('/api/v1/groups', p);
+export const createGroup = (g: { name: string; max_sessions?: number | null; protocols?: string[] | null }) =>
+  call<{ id: string }>('POST', '/api/v1/groups', g);
+export const deleteGroup = (id: string) => call<unknown>('DELETE', `/api/v1/groups/${encodeURIComponent(id)}`);
+export const members = (id: string) => call<{ user_ids: string[] }>('GET', `/api/v1/groups/${encodeURIComponent(id)}/members`);
+export const setMembers = (id: string, userIds: string[]) =>
+  call<unknown>('PUT', `/api/v1/groups/${encodeURIComponent(id)}/members`, { user_ids: userIds });
+export const folders = () => call<Folder[]>('GET', '/api/v1/folders');
+export const createFolder = (name: string, parentId: string | null) => call<Folder>('POST', '/api/v1/folders', { name, parent_id: parentId });
+export const deleteFolder = (id: string) => call<unknown>('DELETE', `/api/v1/folders/${encodeURIComponent(id)}`);
+export type GrantTarget = 'connections' | 'folders';
+export const grants = (kind: GrantTarget, id: string) => call<Grants>('GET', `/api/v1/${kind}/${encodeURIComponent(id)}/grants`);
+export const setGrants = (kind: GrantTarget, id: string, g: Grants) =>
+  call<unknown>('PUT', `/api/v1/${kind}/${encodeURIComponent(id)}/grants`, g);
 export const createUser = (username: string, password: string, role: string) => call<User>('POST', '/api/v1/users', { username, password, role });
 export const deleteUser = (id: string) => call<unknown>('DELETE', `/api/v1/users/${encodeURIComponent(id)}`);
 export const apiKeys = () => call<ApiKey[]>('GET', '/api/v1/api-keys');

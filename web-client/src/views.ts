@@ -3,6 +3,7 @@
 import * as api from './api';
 import { h, mount, errorText } from './dom';
 import { openSession, type SessionTarget } from './session';
+import { foldersCard, grantsEditor, groupsCard } from './access';
 
 const DEFAULT_PORTS: Record<string, number> = { ssh: 22, vnc: 5900, rdp: 3389 };
 
@@ -73,6 +74,16 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
   const memory = h('input', { id: 'conn-memory', type: 'number', min: '128', max: '262144', value: String(ws?.memory_mb ?? 512) });
   const pids = h('input', { id: 'conn-pids', type: 'number', min: '16', max: '65536', value: String(ws?.pids_limit ?? 256) });
   const geometry = h('input', { id: 'conn-geometry', value: ws?.geometry ?? '', placeholder: 'e.g. 1280x720 (default)' });
+  const folder = h('select', { id: 'conn-folder' }, h('option', { value: '' }, '(top level)'));
+  void api.folders().then((all) => {
+    const byId = new Map(all.map((f) => [f.id, f]));
+    const path = (f: api.Folder): string => {
+      const up = f.parent_id ? byId.get(f.parent_id) : undefined;
+      return up ? `${path(up)} / ${f.name}` : f.name;
+    };
+    const opts = all.map((f) => ({ id: f.id, label: path(f) })).sort((a, b) => a.label.localeCompare(b.label));
+    folder.append(...opts.map((o) => h('option', { value: o.id, selected: existing?.folder_id === o.id }, o.label)));
+  }, () => undefined);
   const err = h('div', { id: 'conn-error', class: 'error wide', role: 'alert' });
   const save = h('button', { id: 'conn-save', class: 'primary', type: 'submit' }, existing ? 'Save' : 'Create');
   const cancel = h('button', { id: 'conn-cancel', type: 'button' }, 'Cancel');
@@ -127,6 +138,7 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
   const form = h('form', { id: 'conn-form', class: 'editor' },
     h('div', {}, h('label', { for: 'conn-name' }, 'Name'), name),
     h('div', {}, h('label', { for: 'conn-protocol' }, 'Protocol'), protocol),
+    h('div', {}, h('label', { for: 'conn-folder' }, 'Folder'), folder),
     hostField, portField, userField, passwordField,
     ...sshFields, hostKeyField, ...rdpFields, ...containerFields, ...commonFields,
     err, h('div', { class: 'buttons' }, save, cancel));
@@ -152,12 +164,12 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
         pids_limit: Number(pids.value), geometry: geometry.value.trim() || null,
       };
       const settings = { ...(st ?? {}), workspace, clipboard_up: clipUp.checked, clipboard_down: clipDown.checked } as api.ConnectionSettings;
-      await submit({ name: name.value.trim(), protocol: 'container', settings });
+      await submit({ name: name.value.trim(), protocol: 'container', settings, folder_id: folder.value || null });
       return;
     }
     const body: api.ConnectionInput = {
       name: name.value.trim(), protocol: protocol.value, host: host.value.trim(), port: Number(port.value),
-      username: username.value, host_key_fingerprint: hostKey.value.trim(),
+      username: username.value, host_key_fingerprint: hostKey.value.trim(), folder_id: folder.value || null,
     };
     const wh = /^\s*(\d+)\s*[x×]\s*(\d+)\s*$/.exec(size.value);
     if (size.value.trim() && !wh) {
@@ -181,6 +193,9 @@ function fmtTime(t: number | null): string {
   return t ? new Date(t * 1000).toLocaleString() : '—';
 }
 
+/** Rows of the connection list per request: more come with "Show more" (search and paging on the server). */
+const PAGE = 50;
+
 export async function showMain(me: api.Me, onLogout: () => void): Promise<void> {
   const refresh = () => void showMain(me, onLogout);
   const isAdmin = me.user.role === 'admin';
@@ -195,24 +210,21 @@ export async function showMain(me: api.Me, onLogout: () => void): Promise<void> 
   const err = h('div', { class: 'error', role: 'alert' });
   const editorSlot = h('div');
   const newBtn = isAdmin ? h('button', { id: 'conn-new', class: 'primary' }, 'New connection') : null;
-  const tbody = h('tbody');
+  const search = h('input', { id: 'conn-search', type: 'search', placeholder: 'Search by name, host or folder', autocomplete: 'off' });
+  const count = h('span', { id: 'conn-count', class: 'muted' });
+  const more = h('button', { id: 'conn-more', hidden: true }, 'Show more');
+  const tbody = h('tbody', { id: 'conn-list' });
   const connCard = h('section', { class: 'card' },
     h('h2', {}, 'Connections', h('span', { class: 'spacer' }), newBtn), editorSlot,
+    h('div', { class: 'inline-form' }, search, count),
     h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Protocol'), h('th', {}, 'Target'), h('th', {}, 'Host key'), h('th', {}))), tbody),
-    err);
+    more, err);
   newBtn?.addEventListener('click', () => editorSlot.replaceChildren(connectionEditor(null, refresh, () => editorSlot.replaceChildren())));
 
   const page = h('main', { class: 'page' }, connCard);
   mount(header, page);
 
-  let conns: api.Connection[] = [];
-  try {
-    conns = await api.connections();
-  } catch (e) {
-    err.textContent = errorText(e);
-  }
-  if (conns.length === 0) tbody.append(h('tr', {}, h('td', { colspan: '5', class: 'muted' }, isAdmin ? 'No connections yet: create one.' : 'No connections yet.')));
-  for (const c of conns) {
+  const row = (c: api.Connection): HTMLElement => {
     const container = c.protocol === 'container';
     const open = h('button', { class: 'conn-open primary' }, container ? 'Launch' : 'Open');
     open.addEventListener('click', async () => {
@@ -222,10 +234,15 @@ export async function showMain(me: api.Me, onLogout: () => void): Promise<void> 
         err.textContent = errorText(e);
       }
     });
-    const actions = h('td', { class: 'actions' }, open);
+    // An auditor reads the list and starts nothing.
+    const actions = h('td', { class: 'actions' }, me.user.role === 'auditor' ? null : open);
     if (isAdmin) {
       const edit = h('button', { class: 'conn-edit' }, 'Edit');
       edit.addEventListener('click', () => editorSlot.replaceChildren(connectionEditor(c, refresh, () => editorSlot.replaceChildren())));
+      const access = h('button', { class: 'conn-access' }, 'Access');
+      access.addEventListener('click', async () => {
+        editorSlot.replaceChildren(await grantsEditor('connections', c.id, c.name, () => editorSlot.replaceChildren()));
+      });
       const del = h('button', { class: 'conn-delete danger' }, 'Delete');
       del.addEventListener('click', async () => {
         if (!confirm(`Delete connection "${c.name}"?`)) return;
@@ -236,29 +253,78 @@ export async function showMain(me: api.Me, onLogout: () => void): Promise<void> 
           err.textContent = errorText(e);
         }
       });
-      actions.append(edit, del);
+      actions.append(edit, access, del);
     }
-    tbody.append(h('tr', { class: 'conn-row', 'data-id': c.id, 'data-name': c.name },
+    return h('tr', { class: 'conn-row', 'data-id': c.id, 'data-name': c.name },
       h('td', {}, c.name), h('td', {}, h('span', { class: 'tag' }, c.protocol)),
       h('td', {}, container ? workspaceSummary(c.settings?.workspace) : `${c.username ? `${c.username}@` : ''}${c.host}:${c.port}`),
-      h('td', { class: 'muted' }, container ? 'one-time password' : c.host_key_fingerprint ?? (c.protocol === 'vnc' ? '—' : c.settings?.danger_accept_any_certificate ? 'any (insecure)' : 'trust on first use')), actions));
-  }
+      h('td', { class: 'muted' }, container ? 'one-time password' : c.host_key_fingerprint ?? (c.protocol === 'vnc' ? '—' : c.settings?.danger_accept_any_certificate ? 'any (insecure)' : 'trust on first use')), actions);
+  };
 
-  page.append(await sessionsCard(me, conns, refresh));
+  // The server returns the list grouped by folder (top level first): a heading row starts each folder.
+  let loaded = 0;
+  let lastFolder: string | null = null;
+  let generation = 0;
+  const load = async (append: boolean) => {
+    const mine = ++generation;
+    const q = search.value.trim();
+    try {
+      const p = await api.connections({ q, limit: PAGE, offset: append ? loaded : 0 });
+      if (mine !== generation) return; // a newer search replaced this one
+      if (!append) {
+        tbody.replaceChildren();
+        loaded = 0;
+        lastFolder = null;
+      }
+      for (const c of p.items) {
+        const folder = c.folder_path ?? '';
+        if (folder !== lastFolder && (folder || lastFolder !== null)) {
+          tbody.append(h('tr', { class: 'folder-heading' }, h('th', { colspan: '5' }, folder || 'Top level')));
+        }
+        lastFolder = folder;
+        tbody.append(row(c));
+      }
+      loaded += p.items.length;
+      if (p.total === 0) {
+        tbody.append(h('tr', {}, h('td', { colspan: '5', class: 'muted' },
+          q ? 'Nothing matches.' : isAdmin ? 'No connections yet: create one.' : 'No connection is shared with you yet.')));
+      }
+      count.textContent = `${p.total} connection${p.total === 1 ? '' : 's'}`;
+      more.hidden = loaded >= p.total;
+      // What the list shows now (the browser tests wait for it).
+      tbody.dataset.query = q;
+      tbody.dataset.total = String(p.total);
+    } catch (e) {
+      err.textContent = errorText(e);
+    }
+  };
+  let timer = 0;
+  search.addEventListener('input', () => {
+    window.clearTimeout(timer);
+    timer = window.setTimeout(() => void load(false), 150);
+  });
+  more.addEventListener('click', () => void load(true));
+  await load(false);
+
+  page.append(await sessionsCard(me, refresh));
   page.append(await apiKeysCard());
-  if (isAdmin) page.append(await agentsCard());
-  if (isAdmin) page.append(await usersCard(me, refresh));
+  if (isAdmin) {
+    page.append(await groupsCard());
+    page.append(await foldersCard(() => void load(false)));
+    page.append(await agentsCard());
+    page.append(await usersCard(me, refresh));
+  }
 
   const m = /^#open=(.+)$/.exec(location.hash);
   if (m) {
     history.replaceState(null, '', location.pathname);
-    const c = conns.find((x) => x.id === decodeURIComponent(m[1] ?? ''));
+    const c = await api.connection(decodeURIComponent(m[1] ?? '')).catch(() => null);
     if (c) await launch(c, me, refresh);
   }
 }
 
 /** Live sessions (own; all for admins), each with an End button: an admin's End is the kill switch. */
-async function sessionsCard(me: api.Me, conns: api.Connection[], refresh: () => void): Promise<HTMLElement> {
+async function sessionsCard(me: api.Me, refresh: () => void): Promise<HTMLElement> {
   const err = h('div', { class: 'error', role: 'alert' });
   const list = h('tbody', { id: 'sessions' });
   const card = h('section', { class: 'card' }, h('h2', {}, 'Live sessions'),
@@ -267,8 +333,12 @@ async function sessionsCard(me: api.Me, conns: api.Connection[], refresh: () => 
   try {
     const [rows, users] = await Promise.all([
       api.sessions(),
-      me.user.role === 'admin' ? api.users().catch(() => []) : Promise.resolve([] as api.User[]),
+      me.user.role === 'user' ? Promise.resolve([] as api.User[]) : api.users().then((p) => p.items, () => []),
     ]);
+    // The names of the sessions' connections (one request each; a revoked one shows its id).
+    const ids = [...new Set(rows.map((s) => s.connection_id))];
+    const names = await Promise.all(ids.map((id) => api.connection(id).then((c) => c.name, () => null)));
+    const conns = ids.map((id, i) => ({ id, name: names[i] })).filter((c): c is { id: string; name: string } => c.name !== null);
     const userName = (id: string) => id === me.user.id ? me.user.username : users.find((u) => u.id === id)?.username ?? id.slice(0, 8);
     if (rows.length === 0) list.append(h('tr', {}, h('td', { colspan: '5', class: 'muted' }, 'No live session.')));
     for (const s of rows) {
@@ -284,7 +354,7 @@ async function sessionsCard(me: api.Me, conns: api.Connection[], refresh: () => 
       });
       list.append(h('tr', { class: 'session-row', 'data-id': s.id, 'data-connection': conn?.name ?? '' },
         h('td', {}, conn?.name ?? s.connection_id), h('td', {}, userName(s.user_id)),
-        h('td', {}, h('span', { class: 'tag' }, s.state)), h('td', {}, fmtTime(s.created_at)), h('td', { class: 'actions' }, end)));
+        h('td', {}, h('span', { class: 'tag' }, s.state)), h('td', {}, fmtTime(s.created_at)), h('td', { class: 'actions' }, me.user.role === 'auditor' ? null : end)));
     }
   } catch (e) {
     err.textContent = errorText(e);
@@ -341,11 +411,16 @@ async function apiKeysCard(): Promise<HTMLElement> {
   const err = h('div', { class: 'error', role: 'alert' });
   const shown = h('div');
   const name = h('input', { id: 'apikey-name', placeholder: 'key name, e.g. ci' });
+  const scope = h('select', { id: 'apikey-scope', title: 'what the key may do' },
+    h('option', { value: 'sessions' }, 'sessions: start and end sessions, read'),
+    h('option', { value: 'read' }, 'read only'),
+    h('option', { value: 'admin' }, 'admin: everything you may do'));
+  const days = h('input', { id: 'apikey-days', type: 'number', min: '1', max: '3650', value: '90', title: 'expires after this many days' });
   const create = h('button', { id: 'apikey-create' }, 'Create API key');
   const list = h('tbody');
   const card = h('section', { class: 'card' }, h('h2', {}, 'API keys'),
-    h('div', { class: 'inline-form' }, name, create), shown,
-    h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Created'), h('th', {}, 'Last used'), h('th', {}))), list), err);
+    h('div', { class: 'inline-form' }, name, scope, days, h('span', { class: 'muted' }, 'days'), create), shown,
+    h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Scope'), h('th', {}, 'Created'), h('th', {}, 'Expires'), h('th', {}, 'Last used'), h('th', {}))), list), err);
   const load = async () => {
     list.replaceChildren();
     for (const k of await api.apiKeys()) {
@@ -354,13 +429,13 @@ async function apiKeysCard(): Promise<HTMLElement> {
         await api.deleteApiKey(k.id).catch((e) => { err.textContent = errorText(e); });
         await load();
       });
-      list.append(h('tr', {}, h('td', {}, k.name), h('td', {}, fmtTime(k.created_at)), h('td', {}, fmtTime(k.last_used_at)), h('td', { class: 'actions' }, del)));
+      list.append(h('tr', {}, h('td', {}, k.name), h('td', {}, k.scope), h('td', {}, fmtTime(k.created_at)), h('td', {}, fmtTime(k.expires_at)), h('td', {}, fmtTime(k.last_used_at)), h('td', { class: 'actions' }, del)));
     }
   };
   create.addEventListener('click', async () => {
     err.textContent = '';
     try {
-      const k = await api.createApiKey(name.value.trim(), 'sessions', 90);
+      const k = await api.createApiKey(name.value.trim(), (scope as HTMLSelectElement).value as api.KeyScope, Number((days as HTMLInputElement).value));
       shown.replaceChildren(h('p', { class: 'muted' }, 'Copy this key now; it is not shown again:'), h('div', { class: 'secret-key', id: 'apikey-value' }, k.key));
       name.value = '';
       await load();
@@ -376,7 +451,8 @@ async function usersCard(me: api.Me, refresh: () => void): Promise<HTMLElement> 
   const err = h('div', { class: 'error', role: 'alert' });
   const name = h('input', { id: 'user-name', placeholder: 'user name', autocomplete: 'off' });
   const pass = h('input', { id: 'user-password', type: 'password', placeholder: 'password (8+ characters)', autocomplete: 'new-password' });
-  const role = h('select', { id: 'user-role' }, h('option', { value: 'user' }, 'user'), h('option', { value: 'admin' }, 'admin'));
+  const role = h('select', { id: 'user-role' }, h('option', { value: 'user' }, 'user'), h('option', { value: 'auditor' }, 'auditor'),
+    h('option', { value: 'admin' }, 'admin'));
   const create = h('button', { id: 'user-create' }, 'Add user');
   const list = h('tbody');
   create.addEventListener('click', async () => {
@@ -389,7 +465,7 @@ async function usersCard(me: api.Me, refresh: () => void): Promise<HTMLElement> 
     }
   });
   try {
-    for (const u of await api.users()) {
+    for (const u of (await api.users()).items) {
       const del = h('button', { class: 'danger', disabled: u.id === me.user.id }, 'Delete');
       del.addEventListener('click', async () => {
         if (!confirm(`Delete user "${u.username}"?`)) return;

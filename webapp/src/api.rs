@@ -13,7 +13,7 @@ use portico_proto::token::{MAX_LIFETIME_SECS, Protocol, SessionClaims};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::auth::{API_KEY_PREFIX, COOKIE_NAME, CurrentUser, KeyScope, ROLE_ADMIN, ROLE_USER, cookie_value};
+use crate::auth::{API_KEY_PREFIX, Admin, COOKIE_NAME, CurrentUser, KeyScope, cookie_value};
 use crate::db::{Connection, SessionRow, User, state};
 use crate::error::ApiError;
 use crate::{AppState, crypto, login, now_unix};
@@ -60,12 +60,10 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/auth/logout", post(logout))
         .route("/api/v1/auth/me", get(me))
         .route("/api/v1/auth/password", post(change_password))
-        .route("/api/v1/users", get(list_users).post(create_user))
         .route("/api/v1/agents", get(list_agents))
         .route("/api/v1/agents/{id}", delete(delete_agent))
         .route("/api/v1/bridges", get(list_bridges))
         .route("/api/v1/bridges/{id}", delete(revoke_bridge))
-        .route("/api/v1/users/{id}", delete(delete_user))
         .route("/api/v1/api-keys", get(list_api_keys).post(create_api_key))
         .route("/api/v1/api-keys/{id}", delete(delete_api_key))
         .route("/api/v1/connections", get(list_connections).post(create_connection))
@@ -75,6 +73,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/api/v1/sessions", get(list_sessions).post(create_session))
         .route("/api/v1/sessions/{id}", get(get_session).delete(end_session))
+        .merge(crate::access::routes())
 }
 
 async fn healthcheck(State(st): State<AppState>) -> Response {
@@ -207,7 +206,7 @@ async fn change_password(
     Ok(Json(json!({ "ok": true, "other_logins_ended": ended })))
 }
 
-fn validate_password(p: &str) -> Result<(), ApiError> {
+pub(crate) fn validate_password(p: &str) -> Result<(), ApiError> {
     if p.chars().count() < 8 || p.len() > 1024 {
         return Err(ApiError::bad_request("password must have 8 to 1024 characters"));
     }
@@ -216,21 +215,11 @@ fn validate_password(p: &str) -> Result<(), ApiError> {
 
 // ---- users
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UserBody {
-    username: String,
-    password: String,
-    #[serde(default)]
-    role: Option<String>,
-}
-
 /// Docker agents with their state: `healthy` or `down` (three heartbeats missed), their declared networks,
 /// and the latest refused registration under their name (`refused`: a wrong token, or another identity
 /// trying to take the name). Names that only ever had refused registrations follow as `failed` entries
 /// (`id` null, `last_error` says why). Refusals never change an agent.
-async fn list_agents(State(st): State<AppState>, me: CurrentUser) -> Result<Json<Vec<Value>>, ApiError> {
-    me.require_admin()?;
+async fn list_agents(State(st): State<AppState>, _: Admin) -> Result<Json<Vec<Value>>, ApiError> {
     let now = now_unix();
     let alive_since = st.agents_alive_since(now);
     let agents = st.db.list_agents().await?;
@@ -266,10 +255,9 @@ async fn list_agents(State(st): State<AppState>, me: CurrentUser) -> Result<Json
 /// identity that registers it (the same agent re-registers by itself if it still runs).
 async fn delete_agent(
     State(st): State<AppState>,
-    me: CurrentUser,
+    Admin(me): Admin,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    me.require_admin()?;
     match st.db.delete_agent(&id, now_unix()).await? {
         Some(name) => {
             tracing::info!(agent = ?name, agent_id = ?id, by = %me.user.id, "Agent removed");
@@ -280,11 +268,7 @@ async fn delete_agent(
 }
 
 /// Registered bridges (each registration is an identity), with their live sessions and whether revoked.
-async fn list_bridges(
-    State(st): State<AppState>,
-    me: CurrentUser,
-) -> Result<Json<Vec<crate::db::BridgeRow>>, ApiError> {
-    me.require_admin()?;
+async fn list_bridges(State(st): State<AppState>, _: Admin) -> Result<Json<Vec<crate::db::BridgeRow>>, ApiError> {
     Ok(Json(st.db.list_bridges().await?))
 }
 
@@ -298,78 +282,15 @@ struct RevokeQuery {
 /// removes it, so its name may register again.
 async fn revoke_bridge(
     State(st): State<AppState>,
-    me: CurrentUser,
+    Admin(me): Admin,
     Path(id): Path<String>,
     axum::extract::Query(q): axum::extract::Query<RevokeQuery>,
 ) -> Result<StatusCode, ApiError> {
-    me.require_admin()?;
     if st.db.revoke_bridge(&id, q.forget, now_unix()).await? {
         tracing::warn!(bridge_id = %id, forget = q.forget, admin = %me.user.id, "Bridge revoked");
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("bridge"))
-    }
-}
-
-async fn list_users(State(st): State<AppState>, me: CurrentUser) -> Result<Json<Vec<User>>, ApiError> {
-    me.require_admin()?;
-    Ok(Json(st.db.list_users().await?))
-}
-
-async fn create_user(
-    State(st): State<AppState>,
-    me: CurrentUser,
-    ApiJson(b): ApiJson<UserBody>,
-) -> Result<(StatusCode, Json<User>), ApiError> {
-    me.require_admin()?;
-    let username = b.username.trim();
-    if username.is_empty()
-        || username.len() > 64
-        || !username.chars().all(|c| c.is_alphanumeric() || "._-@".contains(c))
-    {
-        return Err(ApiError::bad_request(
-            "username must be 1 to 64 letters, digits or ._-@",
-        ));
-    }
-    validate_password(&b.password)?;
-    let role = b.role.as_deref().unwrap_or(ROLE_USER);
-    if role != ROLE_USER && role != ROLE_ADMIN {
-        return Err(ApiError::bad_request("role must be admin or user"));
-    }
-    if st.db.user_with_hash(username).await?.is_some() {
-        return Err(ApiError::Conflict("username already exists".into()));
-    }
-    let user = User {
-        id: uuid::Uuid::new_v4().to_string(),
-        username: username.into(),
-        role: role.into(),
-        created_at: now_unix(),
-    };
-    st.db
-        .insert_user(
-            &user.id,
-            &user.username,
-            &st.passwords.hash(b.password).await?,
-            role,
-            user.created_at,
-        )
-        .await?;
-    Ok((StatusCode::CREATED, Json(user)))
-}
-
-async fn delete_user(
-    State(st): State<AppState>,
-    me: CurrentUser,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    me.require_admin()?;
-    if id == me.user.id {
-        return Err(ApiError::bad_request("you cannot delete yourself"));
-    }
-    if st.db.delete_user(&id, now_unix()).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound("user"))
     }
 }
 
@@ -468,6 +389,9 @@ pub struct ConnectionBody {
     /// Protocol settings; omitted = keep (update) or defaults (create).
     #[serde(default)]
     settings: Option<ConnectionSettings>,
+    /// The folder; omitted = unchanged (update) or the top level (create); `null` = the top level.
+    #[serde(default, deserialize_with = "present")]
+    folder_id: Option<Option<String>>,
 }
 
 #[derive(Serialize)]
@@ -482,6 +406,9 @@ pub struct ConnectionView {
     has_private_key: bool,
     host_key_fingerprint: Option<String>,
     settings: ConnectionSettings,
+    folder_id: Option<String>,
+    /// "Site A / Floor 1": the folders above it, top first.
+    folder_path: Option<String>,
     created_at: i64,
     updated_at: i64,
 }
@@ -499,6 +426,8 @@ impl From<Connection> for ConnectionView {
             username: c.username,
             host_key_fingerprint: c.host_key_fingerprint,
             settings: serde_json::from_str(&c.settings).unwrap_or_default(),
+            folder_id: c.folder_id,
+            folder_path: c.folder_path,
             created_at: c.created_at,
             updated_at: c.updated_at,
         }
@@ -576,7 +505,10 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Strin
     Option::<String>::deserialize(d).map(Some)
 }
 
-fn apply_connection_body(st: &AppState, c: &mut Connection, b: ConnectionBody) -> Result<(), ApiError> {
+fn apply_connection_body(st: &AppState, c: &mut Connection, mut b: ConnectionBody) -> Result<(), ApiError> {
+    if let Some(folder) = b.folder_id.take() {
+        c.folder_id = folder.filter(|f| !f.is_empty());
+    }
     if b.protocol == crate::workspaces::PROTOCOL {
         return apply_workspace_body(c, b);
     }
@@ -679,20 +611,72 @@ fn apply_workspace_body(c: &mut Connection, b: ConnectionBody) -> Result<(), Api
     Ok(())
 }
 
-async fn list_connections(State(st): State<AppState>, _me: CurrentUser) -> Result<Json<Vec<ConnectionView>>, ApiError> {
-    Ok(Json(
-        st.db.list_connections().await?.into_iter().map(Into::into).collect(),
-    ))
+/// Search and paging of a list: `?q=` (a substring, case-insensitive), `limit` (1 to 1000, default 100),
+/// `offset`; for connections also `folder_id` (that folder and its subfolders). The total that matched is
+/// in the `X-Total-Count` header.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    #[serde(default)]
+    q: Option<String>,
+    #[serde(default)]
+    folder_id: Option<String>,
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(default)]
+    offset: Option<i64>,
 }
 
+impl PageQuery {
+    pub fn list_query(self) -> Result<crate::db::ListQuery, ApiError> {
+        let limit = self.limit.unwrap_or(100);
+        if !(1..=1000).contains(&limit) {
+            return Err(ApiError::bad_request("limit must be between 1 and 1000"));
+        }
+        let offset = self.offset.unwrap_or(0);
+        if offset < 0 {
+            return Err(ApiError::bad_request("offset must not be negative"));
+        }
+        if self.q.as_ref().is_some_and(|q| q.len() > 200) {
+            return Err(ApiError::bad_request("q is too long"));
+        }
+        Ok(crate::db::ListQuery {
+            q: self.q,
+            folder_id: self.folder_id,
+            limit,
+            offset,
+        })
+    }
+}
+
+/// A page of a list, with the number of all matches in `X-Total-Count`.
+pub fn page<T: Serialize>(items: Vec<T>, total: i64) -> Response {
+    let mut res = Json(items).into_response();
+    if let Ok(v) = HeaderValue::from_str(&total.to_string()) {
+        res.headers_mut().insert("x-total-count", v);
+    }
+    res
+}
+
+/// The connections the caller may use (admins and auditors: all), one page at a time.
+async fn list_connections(
+    State(st): State<AppState>,
+    me: CurrentUser,
+    axum::extract::Query(q): axum::extract::Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    let (rows, total) = st.db.list_connections(me.viewer(), &q.list_query()?).await?;
+    Ok(page(rows.into_iter().map(ConnectionView::from).collect(), total))
+}
+
+/// A connection the caller may use; one that is not granted is "not found", like one that never existed.
 async fn get_connection(
     State(st): State<AppState>,
-    _me: CurrentUser,
+    me: CurrentUser,
     Path(id): Path<String>,
 ) -> Result<Json<ConnectionView>, ApiError> {
     Ok(Json(
         st.db
-            .connection(&id)
+            .connection_for(me.viewer(), &id)
             .await?
             .ok_or(ApiError::NotFound("connection"))?
             .into(),
@@ -701,10 +685,9 @@ async fn get_connection(
 
 async fn create_connection(
     State(st): State<AppState>,
-    me: CurrentUser,
+    Admin(me): Admin,
     ApiJson(b): ApiJson<ConnectionBody>,
 ) -> Result<(StatusCode, Json<ConnectionView>), ApiError> {
-    me.require_admin()?;
     let now = now_unix();
     let mut c = Connection {
         id: uuid::Uuid::new_v4().to_string(),
@@ -719,35 +702,40 @@ async fn create_connection(
         settings: "{}".into(),
         created_at: now,
         updated_at: now,
+        folder_id: None,
+        folder_path: None,
     };
     apply_connection_body(&st, &mut c, b)?;
+    if let Some(f) = &c.folder_id
+        && st.db.folder(f).await?.is_none()
+    {
+        return Err(ApiError::bad_request(format!("no folder with id {f}")));
+    }
     st.db.insert_connection(&c).await?;
     tracing::info!(connection_id = %c.id, protocol = %c.protocol, user_id = %me.user.id, "Connection created");
+    let c = st.db.connection(&c.id).await?.ok_or(ApiError::NotFound("connection"))?;
     Ok((StatusCode::CREATED, Json(c.into())))
 }
 
 async fn update_connection(
     State(st): State<AppState>,
-    me: CurrentUser,
+    _: Admin,
     Path(id): Path<String>,
     ApiJson(b): ApiJson<ConnectionBody>,
 ) -> Result<Json<ConnectionView>, ApiError> {
-    me.require_admin()?;
     let mut c = st.db.connection(&id).await?.ok_or(ApiError::NotFound("connection"))?;
     apply_connection_body(&st, &mut c, b)?;
     c.updated_at = now_unix();
-    if !st.db.update_connection(&c).await? {
-        return Err(ApiError::NotFound("connection"));
-    }
+    crate::access::changed(st.db.update_connection(&c, c.updated_at).await?, "connection")?;
+    let c = st.db.connection(&id).await?.ok_or(ApiError::NotFound("connection"))?;
     Ok(Json(c.into()))
 }
 
 async fn delete_connection(
     State(st): State<AppState>,
-    me: CurrentUser,
+    _: Admin,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    me.require_admin()?;
     if st.db.delete_connection(&id, now_unix()).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -782,11 +770,19 @@ async fn create_session(
     ApiJson(b): ApiJson<SessionBody>,
 ) -> Result<(StatusCode, Json<SessionCreated>), ApiError> {
     let _ = (b.cols, b.rows); // The browser sends its size after attaching; accepted here for API clients.
+    // Not granted is "not found", exactly like a connection that never existed.
     let conn = st
         .db
-        .connection(&b.connection_id)
+        .connection_for(me.viewer(), &b.connection_id)
         .await?
         .ok_or(ApiError::NotFound("connection"))?;
+    let limits = st.db.limits(&me.user).await?;
+    if !limits.allows_protocol(&conn.protocol) {
+        return Err(ApiError::Forbidden(format!(
+            "you may not start {} sessions (a limit of your account or your groups)",
+            conn.protocol
+        )));
+    }
     let protocol =
         bridge_protocol(&conn.protocol).ok_or_else(|| ApiError::Internal(anyhow::anyhow!("bad protocol in db")))?;
     let now = now_unix();
@@ -821,21 +817,31 @@ async fn create_session(
         max_duration: cfg.session_max_duration.as_secs() as u32,
         grace: cfg.session_grace.as_secs() as u32,
     };
-    st.db
-        .insert_session(&SessionRow {
-            id: session_id.clone(),
-            user_id: me.user.id.clone(),
-            connection_id: conn.id.clone(),
-            state: state::PENDING.into(),
-            token_jti: jti,
-            token_expires_at: exp,
-            claimed_at: None,
-            bridge_id: None,
-            created_at: now,
-            ended_at: None,
-            end_reason: None,
-        })
+    let started = st
+        .db
+        .start_session(
+            &SessionRow {
+                id: session_id.clone(),
+                user_id: me.user.id.clone(),
+                connection_id: conn.id.clone(),
+                state: state::PENDING.into(),
+                token_jti: jti,
+                token_expires_at: exp,
+                claimed_at: None,
+                bridge_id: None,
+                created_at: now,
+                ended_at: None,
+                end_reason: None,
+            },
+            limits.max_sessions,
+            now,
+        )
         .await?;
+    if let crate::db::SessionStart::LimitReached(n) = started {
+        return Err(ApiError::Forbidden(format!(
+            "you have reached your limit of {n} concurrent sessions"
+        )));
+    }
     if let Some(spec) = &workspace
         && let Err(e) = crate::workspaces::schedule(&st, &session_id, spec).await
     {
@@ -866,16 +872,17 @@ async fn create_session(
 
 async fn list_sessions(State(st): State<AppState>, me: CurrentUser) -> Result<Json<Vec<SessionRow>>, ApiError> {
     st.sweep_lost(now_unix()).await?;
-    let filter = if me.is_admin() { None } else { Some(me.user.id.as_str()) };
+    let filter = if me.sees_all() { None } else { Some(me.user.id.as_str()) };
     Ok(Json(st.db.list_sessions(filter, false).await?))
 }
 
-/// A session the caller may see: their own, or any for admins (others' are "not found", not "forbidden").
+/// A session the caller may see: their own, or any for admins and auditors (others' are "not found", not
+/// "forbidden"). Auditors cannot end one: the role is read-only.
 async fn visible_session(st: &AppState, me: &CurrentUser, id: &str) -> Result<SessionRow, ApiError> {
     st.db
         .session(id)
         .await?
-        .filter(|s| me.is_admin() || s.user_id == me.user.id)
+        .filter(|s| me.sees_all() || s.user_id == me.user.id)
         .ok_or(ApiError::NotFound("session"))
 }
 

@@ -10,7 +10,11 @@ use crate::error::ApiError;
 use crate::{AppState, crypto, now_unix};
 
 pub const ROLE_ADMIN: &str = "admin";
+/// Reads everything (users, connections without credentials, every session); changes nothing and starts
+/// no session. Enforced once, in the [`CurrentUser`] extractor.
+pub const ROLE_AUDITOR: &str = "auditor";
 pub const ROLE_USER: &str = "user";
+pub const ROLES: [&str; 3] = [ROLE_ADMIN, ROLE_AUDITOR, ROLE_USER];
 pub const COOKIE_NAME: &str = "portico_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 pub const API_KEY_PREFIX: &str = "pk_";
@@ -68,13 +72,52 @@ impl CurrentUser {
         self.user.role == ROLE_ADMIN
     }
 
-    pub fn require_admin(&self) -> Result<(), ApiError> {
-        if self.is_admin() {
-            Ok(())
+    /// Admins and auditors see every connection and session; a user only what is granted to them.
+    pub fn sees_all(&self) -> bool {
+        self.is_admin() || self.user.role == ROLE_AUDITOR
+    }
+
+    /// Whose grants limit what the caller sees: `None` for those who see everything.
+    pub fn viewer(&self) -> Option<&str> {
+        (!self.sees_all()).then_some(self.user.id.as_str())
+    }
+}
+
+/// A caller with the admin role (everything else: 403).
+pub struct Admin(pub CurrentUser);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let me = CurrentUser::from_request_parts(parts, state).await?;
+        if me.is_admin() {
+            Ok(Admin(me))
         } else {
             Err(ApiError::Forbidden("admin role required".into()))
         }
     }
+}
+
+/// A caller who may read everything: an admin or an auditor (everything else: 403).
+pub struct Overseer(pub CurrentUser);
+
+impl FromRequestParts<AppState> for Overseer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let me = CurrentUser::from_request_parts(parts, state).await?;
+        if me.sees_all() {
+            Ok(Overseer(me))
+        } else {
+            Err(ApiError::Forbidden("admin or auditor role required".into()))
+        }
+    }
+}
+
+/// An auditor changes nothing but their own login (password, logout).
+fn auditor_allows(role: &str, method: &Method, path: &str) -> bool {
+    role != ROLE_AUDITOR || KeyScope::Read.allows(method, path) || path.starts_with("/api/v1/auth/")
 }
 
 pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -118,6 +161,9 @@ impl FromRequestParts<AppState> for CurrentUser {
                     scope.as_str()
                 )));
             }
+            if !auditor_allows(&user.role, &parts.method, parts.uri.path()) {
+                return Err(ApiError::Forbidden("the auditor role is read-only".into()));
+            }
             return Ok(CurrentUser {
                 user,
                 csrf_token: None,
@@ -140,6 +186,9 @@ impl FromRequestParts<AppState> for CurrentUser {
             if !bool::from(sent.as_bytes().ct_eq(csrf.as_bytes())) {
                 return Err(ApiError::Forbidden("missing or invalid csrf token".into()));
             }
+        }
+        if !auditor_allows(&user.role, &parts.method, parts.uri.path()) {
+            return Err(ApiError::Forbidden("the auditor role is read-only".into()));
         }
         Ok(CurrentUser {
             user,
@@ -165,5 +214,15 @@ mod tests {
         assert!(KeyScope::Admin.allows(&post, "/api/v1/api-keys"));
         assert_eq!(KeyScope::parse("sessions"), Some(KeyScope::Sessions));
         assert_eq!(KeyScope::parse("root"), None);
+    }
+
+    #[test]
+    fn auditors_read_and_manage_only_their_own_login() {
+        let (get, post, delete) = (Method::GET, Method::POST, Method::DELETE);
+        assert!(auditor_allows(ROLE_AUDITOR, &get, "/api/v1/sessions"));
+        assert!(!auditor_allows(ROLE_AUDITOR, &post, "/api/v1/sessions"));
+        assert!(!auditor_allows(ROLE_AUDITOR, &delete, "/api/v1/sessions/x"));
+        assert!(auditor_allows(ROLE_AUDITOR, &post, "/api/v1/auth/password"));
+        assert!(auditor_allows(ROLE_USER, &post, "/api/v1/sessions"));
     }
 }

@@ -3,7 +3,9 @@
 //! Users, API keys, connections and sessions live in the database; this crate is the only one that knows SQL.
 //! It mints the Ed25519 session tokens that the bridge checks, and serves the internal API that bridges
 //! use to claim tokens (once, fleet-wide) and to fetch target credentials.
+#![recursion_limit = "256"]
 
+pub mod access;
 pub mod api;
 pub mod assets;
 pub mod auth;

@@ -27,6 +27,36 @@ fn op(summary: &str, req: Option<&str>, code: &str, resp: Option<&str>) -> Value
     o
 }
 
+/// A list endpoint's search and paging parameters, and its total in `X-Total-Count`.
+fn paged(mut o: Value) -> Value {
+    let param = |name: &str, schema: Value, desc: &str| json!({ "name": name, "in": "query", "required": false, "schema": schema, "description": desc });
+    o["parameters"] = json!([
+        param(
+            "q",
+            json!({ "type": "string", "maxLength": 200 }),
+            "a substring, case-insensitive"
+        ),
+        param(
+            "folder_id",
+            json!({ "type": "string" }),
+            "connections: that folder and everything below it"
+        ),
+        param(
+            "limit",
+            json!({ "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 }),
+            "rows per page"
+        ),
+        param(
+            "offset",
+            json!({ "type": "integer", "minimum": 0, "default": 0 }),
+            "rows to skip"
+        ),
+    ]);
+    o["responses"]["200"]["headers"] =
+        json!({ "X-Total-Count": { "schema": { "type": "integer" }, "description": "how many match in all" } });
+    o
+}
+
 pub fn document() -> Value {
     let id = json!([{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }]);
     let with_id = |mut v: Value| {
@@ -45,9 +75,23 @@ pub fn document() -> Value {
             "schemas": {
                 "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "string" } } },
                 "Login": { "type": "object", "required": ["username", "password"], "properties": { "username": { "type": "string" }, "password": { "type": "string" } } },
-                "User": { "type": "object", "properties": { "id": { "type": "string" }, "username": { "type": "string" }, "role": { "enum": ["admin", "user"] }, "created_at": { "type": "integer" } } },
+                "User": { "type": "object", "properties": { "id": { "type": "string" }, "username": { "type": "string" }, "role": { "enum": ["admin", "auditor", "user"] }, "created_at": { "type": "integer" },
+                    "max_sessions": { "type": ["integer", "null"], "description": "the user's own limit of concurrent sessions" }, "protocols": { "type": ["array", "null"], "items": { "type": "string" } } } },
+                "UserUpdate": { "type": "object", "description": "omitted: unchanged; null limits: removed; changing the role ends the sessions it no longer allows", "properties": {
+                    "role": { "enum": ["admin", "auditor", "user"] }, "max_sessions": { "type": ["integer", "null"], "minimum": 1, "maximum": 1000 },
+                    "protocols": { "type": ["array", "null"], "items": { "enum": ["ssh", "vnc", "rdp", "container"] } } } },
+                "GroupInput": { "type": "object", "required": ["name"], "properties": { "name": { "type": "string", "maxLength": 100 },
+                    "max_sessions": { "type": ["integer", "null"], "minimum": 1, "maximum": 1000, "description": "concurrent sessions of each member; the strictest of a user's limits applies" },
+                    "protocols": { "type": ["array", "null"], "items": { "enum": ["ssh", "vnc", "rdp", "container"] }, "description": "null: any" } } },
+                "Group": { "type": "object", "properties": { "id": { "type": "string" }, "name": { "type": "string" }, "max_sessions": { "type": ["integer", "null"] },
+                    "protocols": { "type": ["array", "null"], "items": { "type": "string" } }, "members": { "type": "integer" }, "created_at": { "type": "integer" } } },
+                "Members": { "type": "object", "required": ["user_ids"], "properties": { "user_ids": { "type": "array", "items": { "type": "string" } } } },
+                "FolderInput": { "type": "object", "required": ["name"], "properties": { "name": { "type": "string", "maxLength": 100 }, "parent_id": { "type": ["string", "null"] } } },
+                "Folder": { "type": "object", "properties": { "id": { "type": "string" }, "name": { "type": "string" }, "parent_id": { "type": ["string", "null"] }, "created_at": { "type": "integer" } } },
+                "Grants": { "type": "object", "description": "who may use a connection, or a folder and everything below it", "properties": {
+                    "user_ids": { "type": "array", "items": { "type": "string" } }, "group_ids": { "type": "array", "items": { "type": "string" } } } },
                 "Me": { "type": "object", "properties": { "user": { "$ref": "#/components/schemas/User" }, "csrf_token": { "type": ["string", "null"] } } },
-                "NewUser": { "type": "object", "required": ["username", "password"], "properties": { "username": { "type": "string" }, "password": { "type": "string", "minLength": 8 }, "role": { "enum": ["admin", "user"] } } },
+                "NewUser": { "type": "object", "required": ["username", "password"], "properties": { "username": { "type": "string" }, "password": { "type": "string", "minLength": 8 }, "role": { "enum": ["admin", "auditor", "user"] } } },
                 "PasswordChange": { "type": "object", "required": ["current_password", "new_password"], "properties": { "current_password": { "type": "string" }, "new_password": { "type": "string" } } },
                 "NewApiKey": { "type": "object", "required": ["name"], "properties": {
                     "name": { "type": "string" },
@@ -60,6 +104,7 @@ pub fn document() -> Value {
                     "password": { "type": "string", "writeOnly": true }, "private_key": { "type": "string", "writeOnly": true },
                     "host_key_fingerprint": { "type": ["string", "null"], "description": "SSH host key or RDP certificate: SHA256:<base64> (or 64 hex digits); omitted = unchanged, null or empty = trust on first use" },
                     "clear_password": { "type": "boolean" }, "clear_private_key": { "type": "boolean" },
+                    "folder_id": { "type": ["string", "null"], "description": "omitted: unchanged (update) or the top level (create); null: the top level" },
                     "settings": { "$ref": "#/components/schemas/ConnectionSettings" } } },
                 "ConnectionSettings": { "type": "object", "additionalProperties": false, "description": "omitted keys take their defaults", "properties": {
                     "domain": { "type": ["string", "null"], "description": "RDP" },
@@ -100,6 +145,7 @@ pub fn document() -> Value {
                     "port": { "type": "integer" }, "username": { "type": "string" }, "has_password": { "type": "boolean" },
                     "has_private_key": { "type": "boolean" }, "host_key_fingerprint": { "type": ["string", "null"] },
                     "settings": { "$ref": "#/components/schemas/ConnectionSettings" },
+                    "folder_id": { "type": ["string", "null"] }, "folder_path": { "type": ["string", "null"], "description": "the folders above it, top first: \"Site A / Floor 1\"" },
                     "created_at": { "type": "integer" }, "updated_at": { "type": "integer" } } },
                 "NewSession": { "type": "object", "required": ["connection_id"], "properties": { "connection_id": { "type": "string" }, "cols": { "type": "integer" }, "rows": { "type": "integer" } } },
                 "SessionCreated": { "type": "object", "properties": {
@@ -121,21 +167,47 @@ pub fn document() -> Value {
             "/api/v1/auth/logout": { "post": op("log out", None, "200", None) },
             "/api/v1/auth/me": { "get": op("current user and csrf token", None, "200", Some("Me")) },
             "/api/v1/auth/password": { "post": op("change own password", Some("PasswordChange"), "200", None) },
-            "/api/v1/users": { "get": op("list users (admin)", None, "200", None), "post": op("create a user (admin)", Some("NewUser"), "201", Some("User")) },
-            "/api/v1/users/{id}": { "delete": with_id(op("delete a user (admin)", None, "204", None)) },
+            "/api/v1/users": { "get": paged(op("list users, searched by name (admin, auditor)", None, "200", None)), "post": op("create a user (admin)", Some("NewUser"), "201", Some("User")) },
+            "/api/v1/users/{id}": {
+                "put": with_id(op("set a user's role and limits (admin)", Some("UserUpdate"), "200", Some("User"))),
+                "delete": with_id(op("delete a user (admin)", None, "204", None))
+            },
+            "/api/v1/groups": { "get": paged(op("list groups (admin, auditor)", None, "200", None)), "post": op("create a group (admin); 409 when the name exists", Some("GroupInput"), "201", None) },
+            "/api/v1/groups/{id}": {
+                "get": with_id(op("a group with its members' ids (admin, auditor)", None, "200", Some("Group"))),
+                "put": with_id(op("rename a group, set its limits (admin)", Some("GroupInput"), "204", None)),
+                "delete": with_id(op("delete a group and its grants; sessions only it allowed end (admin)", None, "204", None))
+            },
+            "/api/v1/groups/{id}/members": {
+                "get": with_id(op("a group's members (admin, auditor)", None, "200", Some("Members"))),
+                "put": with_id(op("replace a group's members; removed members' sessions it alone allowed end within 2 s (admin)", Some("Members"), "204", None))
+            },
+            "/api/v1/folders": { "get": op("every folder (admin, auditor)", None, "200", None), "post": op("create a folder, under parent_id if given (admin)", Some("FolderInput"), "201", Some("Folder")) },
+            "/api/v1/folders/{id}": {
+                "put": with_id(op("rename or move a folder (not below itself); sessions it no longer allows end (admin)", Some("FolderInput"), "204", None)),
+                "delete": with_id(op("delete an empty folder and its grants; 409 when not empty (admin)", None, "204", None))
+            },
+            "/api/v1/folders/{id}/grants": {
+                "get": with_id(op("who may use the folder and everything below it (admin, auditor)", None, "200", Some("Grants"))),
+                "put": with_id(op("replace the folder's grants; sessions no longer allowed end within 2 s (admin)", Some("Grants"), "204", None))
+            },
+            "/api/v1/connections/{id}/grants": {
+                "get": with_id(op("who may use the connection (admin, auditor)", None, "200", Some("Grants"))),
+                "put": with_id(op("replace the connection's grants; sessions no longer allowed end within 2 s (admin)", Some("Grants"), "204", None))
+            },
             "/api/v1/api-keys": { "get": op("list own api keys", None, "200", None), "post": op("create an api key", Some("NewApiKey"), "201", Some("ApiKeyCreated")) },
             "/api/v1/api-keys/{id}": { "delete": with_id(op("delete an api key", None, "204", None)) },
             "/api/v1/connections": {
-                "get": op("list connections (secrets never returned)", None, "200", None),
+                "get": paged(op("the connections the caller may use (admins and auditors: all), grouped by folder then by name; q searches names, hosts and folder names; folder_id: that folder and everything below it (secrets never returned)", None, "200", None)),
                 "post": op("create a connection (admin)", Some("ConnectionInput"), "201", Some("Connection"))
             },
             "/api/v1/connections/{id}": {
-                "get": with_id(op("get a connection", None, "200", Some("Connection"))),
+                "get": with_id(op("get a connection; one not granted to the caller is 404, like one that does not exist", None, "200", Some("Connection"))),
                 "put": with_id(op("update a connection (admin); empty secrets keep the stored ones", Some("ConnectionInput"), "200", Some("Connection"))),
                 "delete": with_id(op("delete a connection (admin)", None, "204", None))
             },
             "/api/v1/sessions": {
-                "get": op("list live sessions (own; all for admins)", None, "200", None),
+                "get": op("list live sessions (own; all for admins and auditors)", None, "200", None),
                 "post": op("start a session: one-time token, websocket url and embeddable connect url; for a workspace also schedules its container (503 when no healthy agent has room)", Some("NewSession"), "201", Some("SessionCreated"))
             },
             "/api/v1/agents": { "get": op("docker agents with their state, capacity, networks and refused registrations (admin)", None, "200", None) },

@@ -8,6 +8,9 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor as _, Row as _};
 
+mod access;
+pub use access::{Change, Folder, Grants, Group, GroupBody, Limits, ListQuery, REVOKED, SessionStart};
+
 static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -29,6 +32,10 @@ pub struct User {
     pub username: String,
     pub role: String,
     pub created_at: i64,
+    /// The user's own limit of concurrent sessions (`None`: none of their own).
+    pub max_sessions: Option<i64>,
+    /// The protocols the user may use (`None`: no restriction of their own).
+    pub protocols: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -46,6 +53,10 @@ pub struct Connection {
     pub settings: String,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The folder it is in (`None`: the top level).
+    pub folder_id: Option<String>,
+    /// The names of the folders from the top down to `folder_id` (read only: kept with the folders).
+    pub folder_path: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -269,6 +280,8 @@ fn user(r: &AnyRow) -> sqlx::Result<User> {
         username: r.try_get("username")?,
         role: r.try_get("role")?,
         created_at: r.try_get("created_at")?,
+        max_sessions: r.try_get("max_sessions")?,
+        protocols: access::split_list(r.try_get("protocols")?),
     })
 }
 
@@ -286,6 +299,8 @@ fn connection(r: &AnyRow) -> sqlx::Result<Connection> {
         settings: r.try_get("settings")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
+        folder_id: r.try_get("folder_id")?,
+        folder_path: r.try_get("folder_path")?,
     })
 }
 
@@ -305,7 +320,13 @@ fn session(r: &AnyRow) -> sqlx::Result<SessionRow> {
     })
 }
 
-const CONNECTION_COLS: &str = "id, name, protocol, host, port, username, password_enc, private_key_enc, host_key_fingerprint, settings, created_at, updated_at";
+const CONNECTION_COLS: &str = "id, name, protocol, host, port, username, password_enc, private_key_enc, host_key_fingerprint, settings, created_at, updated_at, folder_id";
+/// Every column of [`Connection`], from `connections c` joined with its folder `f`.
+const CONNECTION_SELECT: &str = "SELECT c.id, c.name, c.protocol, c.host, c.port, c.username, c.password_enc, c.private_key_enc, \
+     c.host_key_fingerprint, c.settings, c.created_at, c.updated_at, c.folder_id, f.path AS folder_path \
+     FROM connections c LEFT JOIN folders f ON f.id = c.folder_id";
+/// The columns of [`User`], for tables aliased `u`.
+const USER_COLS: &str = "u.id, u.username, u.role, u.created_at, u.max_sessions, u.protocols";
 const SESSION_COLS: &str = "id, user_id, connection_id, state, token_jti, token_expires_at, claimed_at, bridge_id, created_at, ended_at, end_reason";
 
 impl Db {
@@ -388,10 +409,12 @@ impl Db {
     }
 
     pub async fn user_with_hash(&self, username: &str) -> sqlx::Result<Option<(User, String)>> {
-        let row = sqlx::query("SELECT id, username, role, created_at, password_hash FROM users WHERE username = $1")
-            .bind(username)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLS}, u.password_hash FROM users u WHERE u.username = $1"
+        )))
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| Ok((user(&r)?, r.try_get("password_hash")?))).transpose()
     }
 
@@ -404,30 +427,37 @@ impl Db {
         Ok(r.rows_affected() == 1)
     }
 
-    pub async fn list_users(&self) -> sqlx::Result<Vec<User>> {
-        let rows = sqlx::query("SELECT id, username, role, created_at FROM users ORDER BY username")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(user).collect()
-    }
-
     /// Delete a user and, in the same transaction, end every live session of theirs: the bridges close
     /// them at their next sync and their unclaimed tokens can no longer be claimed.
     pub async fn delete_user(&self, id: &str, now: i64) -> sqlx::Result<bool> {
-        self.delete_with_sessions("users", "user_id", id, "ended: the user was deleted", now)
-            .await
+        self.delete_with_sessions(
+            ("users", "subject", "user"),
+            "user_id",
+            id,
+            "ended: the user was deleted",
+            now,
+        )
+        .await
     }
 
-    /// Delete `table`'s row `id` and end the live sessions whose `session_column` names it, atomically.
+    /// Delete `table`'s row `id` with the grants naming it (as `grant_side` of `grant_kind`), and end the
+    /// live sessions whose `session_column` names it, atomically.
     async fn delete_with_sessions(
         &self,
-        table: &'static str,
+        (table, grant_side, grant_kind): (&'static str, &'static str, &'static str),
         session_column: &'static str,
         id: &str,
         reason: &str,
         now: i64,
     ) -> sqlx::Result<bool> {
         let mut tx = self.pool.begin().await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM grants WHERE {grant_side}_kind = $1 AND {grant_side}_id = $2"
+        )))
+        .bind(grant_kind)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         let r = sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE id = $1")))
             .bind(id)
             .execute(&mut *tx)
@@ -468,10 +498,10 @@ impl Db {
 
     /// The user and CSRF token of a live login session.
     pub async fn login_session(&self, id_hash: &str, now: i64) -> sqlx::Result<Option<(User, String)>> {
-        let row = sqlx::query(
-            "SELECT u.id, u.username, u.role, u.created_at, s.csrf_token FROM login_sessions s \
-             JOIN users u ON u.id = s.user_id WHERE s.id_hash = $1 AND s.expires_at > $2",
-        )
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLS}, s.csrf_token FROM login_sessions s \
+             JOIN users u ON u.id = s.user_id WHERE s.id_hash = $1 AND s.expires_at > $2"
+        )))
         .bind(id_hash)
         .bind(now)
         .fetch_optional(&self.pool)
@@ -605,10 +635,10 @@ impl Db {
 
     /// The user and scope of an API key that has not expired (keys from before expiries had none).
     pub async fn user_by_api_key(&self, key_hash: &str, now: i64) -> sqlx::Result<Option<(User, String)>> {
-        let row = sqlx::query(
-            "SELECT u.id, u.username, u.role, u.created_at, k.scope FROM api_keys k JOIN users u ON u.id = k.user_id \
-             WHERE k.key_hash = $1 AND (k.expires_at IS NULL OR k.expires_at > $2)",
-        )
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLS}, k.scope FROM api_keys k JOIN users u ON u.id = k.user_id \
+             WHERE k.key_hash = $1 AND (k.expires_at IS NULL OR k.expires_at > $2)"
+        )))
         .bind(key_hash)
         .bind(now)
         .fetch_optional(&self.pool)
@@ -657,7 +687,7 @@ impl Db {
 
     // ---- connections
 
-    /// Binds every column of `CONNECTION_COLS`, in order, as `$1..$12`.
+    /// Binds every column of `CONNECTION_COLS`, in order, as `$1..$13`.
     fn bind_connection<'q>(
         q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
         c: &'q Connection,
@@ -674,11 +704,12 @@ impl Db {
             .bind(&c.settings)
             .bind(c.created_at)
             .bind(c.updated_at)
+            .bind(&c.folder_id)
     }
 
     pub async fn insert_connection(&self, c: &Connection) -> sqlx::Result<()> {
         let sql = format!(
-            "INSERT INTO connections ({CONNECTION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+            "INSERT INTO connections ({CONNECTION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
         );
         Self::bind_connection(sqlx::query(sqlx::AssertSqlSafe(sql)), c)
             .execute(&self.pool)
@@ -686,36 +717,18 @@ impl Db {
             .map(|_| ())
     }
 
-    pub async fn update_connection(&self, c: &Connection) -> sqlx::Result<bool> {
-        let sql = "UPDATE connections SET name = $2, protocol = $3, host = $4, port = $5, username = $6, password_enc = $7, \
-                   private_key_enc = $8, host_key_fingerprint = $9, settings = $10, created_at = $11, updated_at = $12 WHERE id = $1";
-        let r = Self::bind_connection(sqlx::query(sql), c).execute(&self.pool).await?;
-        Ok(r.rows_affected() == 1)
-    }
-
     pub async fn connection(&self, id: &str) -> sqlx::Result<Option<Connection>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {CONNECTION_COLS} FROM connections WHERE id = $1"
-        )))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("{CONNECTION_SELECT} WHERE c.id = $1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(connection).transpose()
-    }
-
-    pub async fn list_connections(&self) -> sqlx::Result<Vec<Connection>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {CONNECTION_COLS} FROM connections ORDER BY name, id"
-        )))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(connection).collect()
     }
 
     /// Delete a connection and end its live sessions (see [`Db::delete_user`]).
     pub async fn delete_connection(&self, id: &str, now: i64) -> sqlx::Result<bool> {
         self.delete_with_sessions(
-            "connections",
+            ("connections", "object", "connection"),
             "connection_id",
             id,
             "ended: the connection was deleted",
@@ -927,24 +940,31 @@ impl Db {
 
     // ---- remote sessions
 
+    /// Binds every column of `SESSION_COLS`, in order, as `$1..$11`.
+    fn bind_session<'q>(
+        q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+        s: &'q SessionRow,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+        q.bind(&s.id)
+            .bind(&s.user_id)
+            .bind(&s.connection_id)
+            .bind(&s.state)
+            .bind(&s.token_jti)
+            .bind(s.token_expires_at)
+            .bind(s.claimed_at)
+            .bind(&s.bridge_id)
+            .bind(s.created_at)
+            .bind(s.ended_at)
+            .bind(&s.end_reason)
+    }
+
     pub async fn insert_session(&self, s: &SessionRow) -> sqlx::Result<()> {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO sessions ({SESSION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        )))
-        .bind(&s.id)
-        .bind(&s.user_id)
-        .bind(&s.connection_id)
-        .bind(&s.state)
-        .bind(&s.token_jti)
-        .bind(s.token_expires_at)
-        .bind(s.claimed_at)
-        .bind(&s.bridge_id)
-        .bind(s.created_at)
-        .bind(s.ended_at)
-        .bind(&s.end_reason)
-        .execute(&self.pool)
-        .await
-        .map(|_| ())
+        let sql =
+            format!("INSERT INTO sessions ({SESSION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)");
+        Self::bind_session(sqlx::query(sqlx::AssertSqlSafe(sql)), s)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
     }
 
     pub async fn session(&self, id: &str) -> sqlx::Result<Option<SessionRow>> {
