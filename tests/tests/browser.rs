@@ -454,3 +454,22 @@ async fn help_desk_home_page_on_a_seeded_database() -> anyhow::Result<()> {
     assert!(names.iter().all(|n| ("pc-0600".."pc-0650").contains(n)), "{names:?}");
     Ok(())
 }
+
+/// Two-factor authentication set up from the QR page and then asked at login, in Chromium.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_factor_authentication_in_the_browser() -> anyhow::Result<()> {
+    let p = Portico::start()?;
+    let shots = std::env::var("PORTICO_SCREENSHOTS").unwrap_or_default();
+    let out = run_browser_script(
+        "mfa_e2e.js",
+        &[
+            ("PORTICO_URL", p.url.as_str()),
+            ("ADMIN_PASSWORD", p.admin_password.as_str()),
+            ("SCREENSHOT_DIR", shots.as_str()),
+        ],
+        Duration::from_secs(120),
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}\nportico log:\n{}", p.log()))?;
+    assert!(out.contains("logged in with a second factor"), "{out}");
+    Ok(())
+}

@@ -20,10 +20,12 @@ async fn exercise(db: &Db) -> anyhow::Result<()> {
     let (u, hash) = db.user_with_hash("alice").await?.expect("user");
     assert_eq!((u.id.as_str(), hash.as_str(), u.role.as_str()), ("u1", "hash", "admin"));
 
-    db.insert_login_session("sess-hash", "u1", "csrf", now, now + 10)
+    db.insert_login_session("sess-hash", "u1", "csrf", now, now + 10, false)
         .await?;
     assert_eq!(
-        db.login_session("sess-hash", now).await?.map(|(u, c)| (u.username, c)),
+        db.login_session("sess-hash", now)
+            .await?
+            .map(|(u, c, _)| (u.username, c)),
         Some(("alice".into(), "csrf".into()))
     );
     assert!(

@@ -11,6 +11,7 @@ mod db;
 mod headers;
 mod health;
 mod hostile;
+mod mfa;
 mod rdp;
 pub mod rfb;
 mod ssh;

@@ -1,8 +1,15 @@
 // The Portico REST API (see /api/openapi.json). Errors carry the server's message.
 
 export type Role = 'admin' | 'auditor' | 'user';
-export interface User { id: string; username: string; role: Role; created_at: number; max_sessions: number | null; protocols: string[] | null }
-export interface Me { user: User; csrf_token: string | null }
+export interface User {
+  id: string; username: string; role: Role; created_at: number; max_sessions: number | null; protocols: string[] | null;
+  mfa_enabled: boolean;
+}
+/** `mfa_enrolment_required`: the login may only set up two-factor authentication until it has. */
+export interface Me { user: User; csrf_token: string | null; mfa_enrolment_required?: boolean }
+/** The password was right and the account has a second factor: the code goes to `loginSecondStep`. */
+export interface MfaChallenge { mfa_required: true; mfa_token: string }
+export interface MfaEnrolment { secret: string; otpauth_uri: string; qr_svg: string }
 export interface Connection {
   id: string; name: string; protocol: 'ssh' | 'vnc' | 'rdp' | 'container'; host: string; port: number; username: string;
   has_password: boolean; has_private_key: boolean; host_key_fingerprint: string | null; settings: ConnectionSettings;
@@ -86,11 +93,24 @@ export async function me(): Promise<Me | null> {
   }
 }
 
-export async function login(username: string, password: string): Promise<Me> {
-  const m = await call<Me>('POST', '/api/v1/auth/login', { username, password });
+export async function login(username: string, password: string): Promise<Me | MfaChallenge> {
+  const m = await call<Me | MfaChallenge>('POST', '/api/v1/auth/login', { username, password });
+  if ('csrf_token' in m) csrf = m.csrf_token;
+  return m;
+}
+
+/** The second step of a login: a code from the authenticator app, or one of the recovery codes. */
+export async function loginSecondStep(token: string, code: { code: string } | { recovery_code: string }): Promise<Me> {
+  const m = await call<Me>('POST', '/api/v1/auth/login/mfa', { mfa_token: token, ...code });
   csrf = m.csrf_token;
   return m;
 }
+
+export const mfaEnrol = () => call<MfaEnrolment>('POST', '/api/v1/auth/mfa/enrol');
+export const mfaConfirm = (code: string) => call<{ recovery_codes: string[] }>('POST', '/api/v1/auth/mfa/confirm', { code });
+export const settings = () => call<{ mfa_required_roles: Role[] }>('GET', '/api/v1/settings');
+export const setSettings = (s: { mfa_required_roles: Role[] }) => call<unknown>('PUT', '/api/v1/settings', s);
+export const mfaReset = (userId: string) => call<unknown>('DELETE', `/api/v1/users/${encodeURIComponent(userId)}/mfa`);
 
 export const logout = () => call<unknown>('POST', '/api/v1/auth/logout');
 export const connections = (p: { q?: string; folder_id?: string; limit?: number; offset?: number } = {}) =>

@@ -7,6 +7,22 @@ import { foldersCard, grantsEditor, groupsCard } from './access';
 
 const DEFAULT_PORTS: Record<string, number> = { ssh: 22, vnc: 5900, rdp: 3389 };
 
+/** Run `action` when the form is submitted: the button is disabled meanwhile, a failure shows in `err`. */
+function onSubmit(form: HTMLFormElement, submit: HTMLButtonElement, err: HTMLElement, action: () => Promise<void>): void {
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    err.textContent = '';
+    submit.disabled = true;
+    try {
+      await action();
+    } catch (e2) {
+      err.textContent = errorText(e2);
+    } finally {
+      submit.disabled = false;
+    }
+  });
+}
+
 export function showLogin(onDone: (me: api.Me) => void): void {
   const user = h('input', { id: 'login-username', autocomplete: 'username', required: true, autofocus: true });
   const pass = h('input', { id: 'login-password', type: 'password', autocomplete: 'current-password', required: true });
@@ -16,20 +32,74 @@ export function showLogin(onDone: (me: api.Me) => void): void {
     h('h1', {}, 'Portico'), h('p', { class: 'muted' }, 'Browser access to your servers'),
     h('label', { for: 'login-username' }, 'User name'), user,
     h('label', { for: 'login-password' }, 'Password'), pass, submit, err);
-  form.addEventListener('submit', async (e) => {
-    e.preventDefault();
-    err.textContent = '';
-    submit.disabled = true;
-    try {
-      onDone(await api.login(user.value.trim(), pass.value));
-    } catch (e2) {
-      err.textContent = errorText(e2);
-    } finally {
-      submit.disabled = false;
-    }
+  onSubmit(form, submit, err, async () => {
+    const r = await api.login(user.value.trim(), pass.value);
+    if ('mfa_required' in r) showSecondStep(r.mfa_token, onDone);
+    else onDone(r);
   });
   mount(form);
   user.focus();
+}
+
+/** The second step of a login: the authenticator's code, or a recovery code. */
+function showSecondStep(token: string, onDone: (me: api.Me) => void): void {
+  const code = h('input', { id: 'login-code', autocomplete: 'one-time-code', inputmode: 'numeric', required: true, placeholder: '123456' });
+  const err = h('div', { id: 'login-error', class: 'error', role: 'alert' });
+  const submit = h('button', { id: 'login-code-submit', class: 'primary', type: 'submit' }, 'Verify');
+  const useRecovery = h('input', { id: 'login-use-recovery', type: 'checkbox' });
+  const form = h('form', { id: 'login-mfa-form', class: 'login' },
+    h('h1', {}, 'Portico'), h('p', { class: 'muted' }, 'Enter the code from your authenticator app.'),
+    h('label', { for: 'login-code' }, 'Code'), code,
+    h('label', {}, useRecovery, ' Use a recovery code instead'), submit, err);
+  onSubmit(form, submit, err, async () => {
+    const typed = code.value.trim();
+    onDone(await api.loginSecondStep(token, useRecovery.checked ? { recovery_code: typed } : { code: typed }));
+  });
+  mount(form);
+  code.focus();
+}
+
+/** Two-factor authentication of the account: set it up (QR code, first code, recovery codes shown once). */
+async function mfaCard(me: api.Me, onEnrolled: () => void): Promise<HTMLElement> {
+  const err = h('div', { class: 'error', role: 'alert' });
+  const body = h('div', { id: 'mfa-body' });
+  const card = h('section', { class: 'card', id: 'mfa-card' }, h('h2', {}, 'Two-factor authentication'), body, err);
+  if (me.user.mfa_enabled) {
+    body.append(h('p', { class: 'muted' }, 'On. If you lose your authenticator, use a recovery code, or ask an administrator to reset it.'));
+    return card;
+  }
+  const start = h('button', { id: 'mfa-start', class: 'primary' }, 'Set up');
+  body.append(h('p', { class: 'muted' }, me.mfa_enrolment_required
+    ? 'Your role requires a second factor: set it up to continue.'
+    : 'Off. Protect this account with an authenticator app (TOTP).'), start);
+  start.addEventListener('click', async () => {
+    err.textContent = '';
+    try {
+      const e = await api.mfaEnrol();
+      // The server's QR code, shown as an image (never parsed into this page).
+      const qr = h('img', { id: 'mfa-qr', alt: 'QR code for your authenticator app', width: '200', height: '200',
+        src: `data:image/svg+xml;base64,${btoa(e.qr_svg)}` });
+      const code = h('input', { id: 'mfa-code', autocomplete: 'one-time-code', inputmode: 'numeric', placeholder: '123456' });
+      const confirm = h('button', { id: 'mfa-confirm', class: 'primary' }, 'Confirm');
+      confirm.addEventListener('click', async () => {
+        err.textContent = '';
+        try {
+          const r = await api.mfaConfirm(code.value.trim());
+          const done = h('button', { id: 'mfa-done', class: 'primary' }, 'I have saved them');
+          done.addEventListener('click', onEnrolled);
+          body.replaceChildren(h('p', {}, 'Two-factor authentication is on. Save these recovery codes: each works once, and they are not shown again.'),
+            h('pre', { id: 'mfa-recovery', class: 'secret-key' }, r.recovery_codes.join('\n')), done);
+        } catch (e2) {
+          err.textContent = errorText(e2);
+        }
+      });
+      body.replaceChildren(h('p', {}, 'Scan this with your authenticator app, or type the key, then enter the code it shows.'),
+        qr, h('p', {}, 'Key: ', h('code', { id: 'mfa-secret' }, e.secret)), h('div', { class: 'inline-form' }, code, confirm));
+    } catch (e2) {
+      err.textContent = errorText(e2);
+    }
+  });
+  return card;
 }
 
 export async function launch(conn: api.Connection, me: api.Me, back: () => void): Promise<void> {
@@ -221,6 +291,14 @@ export async function showMain(me: api.Me, onLogout: () => void): Promise<void> 
     more, err);
   newBtn?.addEventListener('click', () => editorSlot.replaceChildren(connectionEditor(null, refresh, () => editorSlot.replaceChildren())));
 
+  if (me.mfa_enrolment_required) {
+    // Nothing else works for this login until it has a second factor.
+    mount(header, h('main', { class: 'page' }, await mfaCard(me, async () => {
+      const fresh = await api.me();
+      if (fresh) void showMain(fresh, onLogout);
+    })));
+    return;
+  }
   const page = h('main', { class: 'page' }, connCard);
   mount(header, page);
 
@@ -308,11 +386,13 @@ export async function showMain(me: api.Me, onLogout: () => void): Promise<void> 
 
   page.append(await sessionsCard(me, refresh));
   page.append(await apiKeysCard());
+  page.append(await mfaCard(me, refresh));
   if (isAdmin) {
     page.append(await groupsCard());
     page.append(await foldersCard(() => void load(false)));
     page.append(await agentsCard());
     page.append(await usersCard(me, refresh));
+    page.append(await securityCard());
   }
 
   const m = /^#open=(.+)$/.exec(location.hash);
@@ -466,12 +546,17 @@ async function usersCard(me: api.Me, refresh: () => void): Promise<HTMLElement> 
   });
   try {
     for (const u of (await api.users()).items) {
+      const reset = u.mfa_enabled ? h('button', { class: 'user-mfa-reset' }, 'Reset 2FA') : null;
+      reset?.addEventListener('click', async () => {
+        if (!confirm(`Remove the second factor of "${u.username}"? They log in with the password alone until they set it up again.`)) return;
+        await api.mfaReset(u.id).then(refresh, (e) => { err.textContent = errorText(e); });
+      });
       const del = h('button', { class: 'danger', disabled: u.id === me.user.id }, 'Delete');
       del.addEventListener('click', async () => {
         if (!confirm(`Delete user "${u.username}"?`)) return;
         await api.deleteUser(u.id).then(refresh, (e) => { err.textContent = errorText(e); });
       });
-      list.append(h('tr', {}, h('td', {}, u.username), h('td', {}, u.role), h('td', {}, fmtTime(u.created_at)), h('td', { class: 'actions' }, del)));
+      list.append(h('tr', {}, h('td', {}, u.username), h('td', {}, u.role), h('td', {}, fmtTime(u.created_at)), h('td', { class: 'actions' }, reset, del)));
     }
   } catch (e) {
     err.textContent = errorText(e);
@@ -479,4 +564,32 @@ async function usersCard(me: api.Me, refresh: () => void): Promise<HTMLElement> 
   return h('section', { class: 'card' }, h('h2', {}, 'Users'),
     h('div', { class: 'inline-form' }, name, pass, role, create),
     h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'User'), h('th', {}, 'Role'), h('th', {}, 'Created'), h('th', {}))), list), err);
+}
+
+/** Which roles must log in with a second factor (their accounts without one may only set it up). */
+async function securityCard(): Promise<HTMLElement> {
+  const err = h('div', { class: 'error', role: 'alert' });
+  const roles: api.Role[] = ['admin', 'auditor', 'user'];
+  const boxes = roles.map((r) => h('input', { type: 'checkbox', id: `mfa-required-${r}`, value: r }));
+  const save = h('button', { id: 'security-save' }, 'Save');
+  const saved = h('span', { class: 'muted', id: 'security-saved' });
+  try {
+    const cur = await api.settings();
+    for (const b of boxes) b.checked = cur.mfa_required_roles.includes(b.value as api.Role);
+  } catch (e) {
+    err.textContent = errorText(e);
+  }
+  save.addEventListener('click', async () => {
+    err.textContent = '';
+    saved.textContent = '';
+    try {
+      await api.setSettings({ mfa_required_roles: boxes.filter((b) => b.checked).map((b) => b.value as api.Role) });
+      saved.textContent = 'saved';
+    } catch (e) {
+      err.textContent = errorText(e);
+    }
+  });
+  return h('section', { class: 'card' }, h('h2', {}, 'Security'),
+    h('p', { class: 'muted' }, 'Two-factor authentication is required for these roles:'),
+    h('div', { class: 'inline-form' }, ...boxes.flatMap((b, i) => [h('label', { for: b.id }, b, ` ${roles[i]}`)]), save, saved), err);
 }

@@ -140,6 +140,7 @@ async fn create_user(
         created_at: now_unix(),
         max_sessions: None,
         protocols: None,
+        mfa_enabled: false,
     };
     st.db
         .insert_user(

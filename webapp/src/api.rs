@@ -74,6 +74,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/sessions", get(list_sessions).post(create_session))
         .route("/api/v1/sessions/{id}", get(get_session).delete(end_session))
         .merge(crate::access::routes())
+        .merge(crate::mfa::routes())
 }
 
 async fn healthcheck(State(st): State<AppState>) -> Response {
@@ -108,6 +109,8 @@ struct LoginBody {
 struct MeResponse {
     user: User,
     csrf_token: Option<String>,
+    /// The login may only enrol a second factor until it confirms one (its role requires it).
+    mfa_enrolment_required: bool,
 }
 
 async fn login(
@@ -118,14 +121,33 @@ async fn login(
 ) -> Result<Response, ApiError> {
     let client = peer.map(|a| a.ip());
     let user = login::check_password(&st, &body.username, body.password, client, &headers).await?;
+    if user.mfa_enabled {
+        // No cookie yet: the second step (`/auth/login/mfa`) gives it for a right code.
+        tracing::info!(user_id = %user.id, client = ?client, "Password right; second factor asked");
+        return Ok(Json(crate::mfa::challenge(&st, &user.id).await?).into_response());
+    }
+    let pending = crate::mfa::required_roles(&st).await?.contains(&user.role);
+    start_login(&st, user, pending).await
+}
+
+/// A login session for `user` (cookie, CSRF token, device cookie); `mfa_pending`: it may only enrol a
+/// second factor (its role requires one and it has none).
+pub async fn start_login(st: &AppState, user: User, mfa_pending: bool) -> Result<Response, ApiError> {
     let now = now_unix();
     let cookie = crypto::random_token();
     let csrf = crypto::random_token();
     let ttl = st.config.login_ttl.as_secs() as i64;
     st.db
-        .insert_login_session(&crypto::sha256_hex(&cookie), &user.id, &csrf, now, now + ttl)
+        .insert_login_session(
+            &crypto::sha256_hex(&cookie),
+            &user.id,
+            &csrf,
+            now,
+            now + ttl,
+            mfa_pending,
+        )
         .await?;
-    tracing::info!(user_id = %user.id, username = ?user.username, client = ?client, "Login");
+    tracing::info!(user_id = %user.id, username = ?user.username, mfa_pending, "Login");
     let secure = if st.config.secure_cookies { "; Secure" } else { "" };
     let set_cookie = format!("{COOKIE_NAME}={cookie}; Path=/; HttpOnly; SameSite=Strict; Max-Age={ttl}{secure}");
     // The device cookie gives this browser its own login throttle for this user (see `login`).
@@ -138,6 +160,7 @@ async fn login(
     let mut res = Json(MeResponse {
         user,
         csrf_token: Some(csrf),
+        mfa_enrolment_required: mfa_pending,
     })
     .into_response();
     for c in [set_cookie, set_device] {
@@ -173,6 +196,7 @@ async fn me(me: CurrentUser) -> Json<MeResponse> {
     Json(MeResponse {
         user: me.user,
         csrf_token: me.csrf_token,
+        mfa_enrolment_required: me.mfa_pending,
     })
 }
 

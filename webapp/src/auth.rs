@@ -65,6 +65,8 @@ pub struct CurrentUser {
     pub csrf_token: Option<String>,
     /// The scope of the API key; `None` for a login session (everything the role allows).
     pub key_scope: Option<KeyScope>,
+    /// A login that may only enrol a second factor (its role requires one; see [`mfa_pending_allows`]).
+    pub mfa_pending: bool,
 }
 
 impl CurrentUser {
@@ -113,6 +115,14 @@ impl FromRequestParts<AppState> for Overseer {
             Err(ApiError::Forbidden("admin or auditor role required".into()))
         }
     }
+}
+
+/// What a login that must enrol a second factor may do before it has: see who it is, enrol, log out.
+fn mfa_pending_allows(path: &str) -> bool {
+    matches!(
+        path,
+        "/api/v1/auth/me" | "/api/v1/auth/logout" | "/api/v1/auth/mfa/enrol" | "/api/v1/auth/mfa/confirm"
+    )
 }
 
 /// An auditor changes nothing but their own login (password, logout).
@@ -168,10 +178,11 @@ impl FromRequestParts<AppState> for CurrentUser {
                 user,
                 csrf_token: None,
                 key_scope: Some(scope),
+                mfa_pending: false,
             });
         }
         let cookie = cookie_value(&parts.headers, COOKIE_NAME).ok_or(ApiError::Unauthenticated)?;
-        let (user, csrf) = state
+        let (user, csrf, mfa_pending) = state
             .db
             .login_session(&crypto::sha256_hex(cookie), now)
             .await?
@@ -190,10 +201,16 @@ impl FromRequestParts<AppState> for CurrentUser {
         if !auditor_allows(&user.role, &parts.method, parts.uri.path()) {
             return Err(ApiError::Forbidden("the auditor role is read-only".into()));
         }
+        if mfa_pending && !mfa_pending_allows(parts.uri.path()) {
+            return Err(ApiError::Forbidden(
+                "your role requires two-factor authentication: set it up first".into(),
+            ));
+        }
         Ok(CurrentUser {
             user,
             csrf_token: Some(csrf),
             key_scope: None,
+            mfa_pending,
         })
     }
 }

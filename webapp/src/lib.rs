@@ -16,6 +16,7 @@ pub mod error;
 pub mod headers;
 pub mod internal;
 pub mod login;
+pub mod mfa;
 pub mod openapi;
 pub mod workspaces;
 

@@ -76,7 +76,8 @@ pub fn document() -> Value {
                 "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "string" } } },
                 "Login": { "type": "object", "required": ["username", "password"], "properties": { "username": { "type": "string" }, "password": { "type": "string" } } },
                 "User": { "type": "object", "properties": { "id": { "type": "string" }, "username": { "type": "string" }, "role": { "enum": ["admin", "auditor", "user"] }, "created_at": { "type": "integer" },
-                    "max_sessions": { "type": ["integer", "null"], "description": "the user's own limit of concurrent sessions" }, "protocols": { "type": ["array", "null"], "items": { "type": "string" } } } },
+                    "max_sessions": { "type": ["integer", "null"], "description": "the user's own limit of concurrent sessions" }, "protocols": { "type": ["array", "null"], "items": { "type": "string" } },
+                    "mfa_enabled": { "type": "boolean" } } },
                 "UserUpdate": { "type": "object", "description": "omitted: unchanged; null limits: removed; changing the role ends the sessions it no longer allows", "properties": {
                     "role": { "enum": ["admin", "auditor", "user"] }, "max_sessions": { "type": ["integer", "null"], "minimum": 1, "maximum": 1000 },
                     "protocols": { "type": ["array", "null"], "items": { "enum": ["ssh", "vnc", "rdp", "container"] } } } },
@@ -90,7 +91,17 @@ pub fn document() -> Value {
                 "Folder": { "type": "object", "properties": { "id": { "type": "string" }, "name": { "type": "string" }, "parent_id": { "type": ["string", "null"] }, "created_at": { "type": "integer" } } },
                 "Grants": { "type": "object", "description": "who may use a connection, or a folder and everything below it", "properties": {
                     "user_ids": { "type": "array", "items": { "type": "string" } }, "group_ids": { "type": "array", "items": { "type": "string" } } } },
-                "Me": { "type": "object", "properties": { "user": { "$ref": "#/components/schemas/User" }, "csrf_token": { "type": ["string", "null"] } } },
+                "Me": { "type": "object", "properties": { "user": { "$ref": "#/components/schemas/User" }, "csrf_token": { "type": ["string", "null"] },
+                    "mfa_enrolment_required": { "type": "boolean", "description": "this login may only set up two-factor authentication (its role requires it) until it confirms a code" } } },
+                "MfaChallenge": { "type": "object", "description": "the password was right; the account has a second factor: send a code with this token to /api/v1/auth/login/mfa within 5 minutes (5 wrong codes end it)", "properties": {
+                    "mfa_required": { "const": true }, "mfa_token": { "type": "string" } } },
+                "MfaSecondStep": { "type": "object", "required": ["mfa_token"], "description": "exactly one of code and recovery_code", "properties": {
+                    "mfa_token": { "type": "string" }, "code": { "type": "string", "description": "6 digits (TOTP, 30 s steps, one step of drift accepted); each code works once" },
+                    "recovery_code": { "type": "string", "description": "one of the 10 recovery codes; each works once" } } },
+                "MfaEnrolment": { "type": "object", "properties": { "secret": { "type": "string", "description": "base32" }, "otpauth_uri": { "type": "string" }, "qr_svg": { "type": "string", "description": "the otpauth URI as a QR code (SVG)" } } },
+                "MfaConfirm": { "type": "object", "required": ["code"], "properties": { "code": { "type": "string" } } },
+                "RecoveryCodes": { "type": "object", "properties": { "recovery_codes": { "type": "array", "items": { "type": "string" }, "description": "shown once" } } },
+                "Settings": { "type": "object", "required": ["mfa_required_roles"], "properties": { "mfa_required_roles": { "type": "array", "items": { "enum": ["admin", "auditor", "user"] } } } },
                 "NewUser": { "type": "object", "required": ["username", "password"], "properties": { "username": { "type": "string" }, "password": { "type": "string", "minLength": 8 }, "role": { "enum": ["admin", "auditor", "user"] } } },
                 "PasswordChange": { "type": "object", "required": ["current_password", "new_password"], "properties": { "current_password": { "type": "string" }, "new_password": { "type": "string" } } },
                 "NewApiKey": { "type": "object", "required": ["name"], "properties": {
@@ -163,7 +174,15 @@ pub fn document() -> Value {
         "security": [{ "cookie": [] }, { "apiKey": [] }],
         "paths": {
             "/api/__healthcheck": { "get": op("health including a database round trip (503 when the database is down)", None, "200", Some("Health")) },
-            "/api/v1/auth/login": { "post": op("log in; sets the session cookie", Some("Login"), "200", Some("Me")) },
+            "/api/v1/auth/login": { "post": op("log in; sets the session cookie (Me), or, for an account with two-factor authentication, answers an MfaChallenge without a cookie", Some("Login"), "200", Some("Me")) },
+            "/api/v1/auth/login/mfa": { "post": op("the second step of a login: a TOTP code or a recovery code; sets the session cookie", Some("MfaSecondStep"), "200", Some("Me")) },
+            "/api/v1/auth/mfa/enrol": { "post": op("start setting up two-factor authentication: a new secret as a QR code (409 when it is on already)", None, "200", Some("MfaEnrolment")) },
+            "/api/v1/auth/mfa/confirm": { "post": op("confirm with a first code: two-factor authentication is on; returns the recovery codes once", Some("MfaConfirm"), "200", Some("RecoveryCodes")) },
+            "/api/v1/users/{id}/mfa": { "delete": with_id(op("remove a user's second factor and recovery codes (admin)", None, "204", None)) },
+            "/api/v1/settings": {
+                "get": op("settings shared by every webapp (admin, auditor)", None, "200", Some("Settings")),
+                "put": op("set them (admin): the roles that must log in with a second factor", Some("Settings"), "200", Some("Settings"))
+            },
             "/api/v1/auth/logout": { "post": op("log out", None, "200", None) },
             "/api/v1/auth/me": { "get": op("current user and csrf token", None, "200", Some("Me")) },
             "/api/v1/auth/password": { "post": op("change own password", Some("PasswordChange"), "200", None) },

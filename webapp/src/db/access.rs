@@ -12,7 +12,7 @@ use super::{
 pub const REVOKED: &str = "ended: access was revoked";
 
 /// A comma-separated list column (`NULL`: no list).
-pub(super) fn split_list(s: Option<String>) -> Option<Vec<String>> {
+pub fn split_list(s: Option<String>) -> Option<Vec<String>> {
     s.map(|s| s.split(',').filter(|p| !p.is_empty()).map(str::to_owned).collect())
 }
 

@@ -9,7 +9,8 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor as _, Row as _};
 
 mod access;
-pub use access::{Change, Folder, Grants, Group, GroupBody, Limits, ListQuery, REVOKED, SessionStart};
+mod mfa;
+pub use access::{Change, Folder, Grants, Group, GroupBody, Limits, ListQuery, REVOKED, SessionStart, split_list};
 
 static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
@@ -36,6 +37,8 @@ pub struct User {
     pub max_sessions: Option<i64>,
     /// The protocols the user may use (`None`: no restriction of their own).
     pub protocols: Option<Vec<String>>,
+    /// Whether a second factor (TOTP) is confirmed for the user.
+    pub mfa_enabled: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -282,6 +285,7 @@ fn user(r: &AnyRow) -> sqlx::Result<User> {
         created_at: r.try_get("created_at")?,
         max_sessions: r.try_get("max_sessions")?,
         protocols: access::split_list(r.try_get("protocols")?),
+        mfa_enabled: r.try_get::<i64, _>("totp_enabled")? != 0,
     })
 }
 
@@ -326,7 +330,7 @@ const CONNECTION_SELECT: &str = "SELECT c.id, c.name, c.protocol, c.host, c.port
      c.host_key_fingerprint, c.settings, c.created_at, c.updated_at, c.folder_id, f.path AS folder_path \
      FROM connections c LEFT JOIN folders f ON f.id = c.folder_id";
 /// The columns of [`User`], for tables aliased `u`.
-const USER_COLS: &str = "u.id, u.username, u.role, u.created_at, u.max_sessions, u.protocols";
+const USER_COLS: &str = "u.id, u.username, u.role, u.created_at, u.max_sessions, u.protocols, u.totp_enabled";
 const SESSION_COLS: &str = "id, user_id, connection_id, state, token_jti, token_expires_at, claimed_at, bridge_id, created_at, ended_at, end_reason";
 
 impl Db {
@@ -484,29 +488,38 @@ impl Db {
         csrf: &str,
         now: i64,
         expires_at: i64,
+        mfa_pending: bool,
     ) -> sqlx::Result<()> {
-        sqlx::query("INSERT INTO login_sessions (id_hash, user_id, csrf_token, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
+        sqlx::query("INSERT INTO login_sessions (id_hash, user_id, csrf_token, created_at, expires_at, mfa_pending) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(id_hash)
             .bind(user_id)
             .bind(csrf)
             .bind(now)
             .bind(expires_at)
+            .bind(i64::from(mfa_pending))
             .execute(&self.pool)
             .await
             .map(|_| ())
     }
 
-    /// The user and CSRF token of a live login session.
-    pub async fn login_session(&self, id_hash: &str, now: i64) -> sqlx::Result<Option<(User, String)>> {
+    /// The user, CSRF token, and whether it may only enrol a second factor, of a live login session.
+    pub async fn login_session(&self, id_hash: &str, now: i64) -> sqlx::Result<Option<(User, String, bool)>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {USER_COLS}, s.csrf_token FROM login_sessions s \
+            "SELECT {USER_COLS}, s.csrf_token, s.mfa_pending FROM login_sessions s \
              JOIN users u ON u.id = s.user_id WHERE s.id_hash = $1 AND s.expires_at > $2"
         )))
         .bind(id_hash)
         .bind(now)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| Ok((user(&r)?, r.try_get("csrf_token")?))).transpose()
+        row.map(|r| {
+            Ok((
+                user(&r)?,
+                r.try_get("csrf_token")?,
+                r.try_get::<i64, _>("mfa_pending")? != 0,
+            ))
+        })
+        .transpose()
     }
 
     /// End every login session of `user_id` except `keep` (the caller's own); returns how many ended.
