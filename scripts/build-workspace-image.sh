@@ -168,10 +168,12 @@ build_rootfs() {
   if [ -z "$mirror" ] && [ -f /etc/apt/sources.list.d/debian.sources ]; then
     mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources)
   fi
-  if [ -z "$mirror" ] && [ -f /etc/apt/sources.list ]; then
-    mirror=$(awk '$1=="deb" && $0 !~ /security/ {for(i=2;i<=NF;i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' /etc/apt/sources.list)
+  if [ -z "$mirror" ]; then
+    mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+      | awk '$1=="deb" && $0 !~ /security/ {for(i=2;i<=NF;i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' || true)
   fi
-  mirror=${mirror:-http://deb.debian.org/debian}
+  # The mirror is this machine's own (its apt sources), never a host named here.
+  [ -n "$mirror" ] || die "no Debian mirror in /etc/apt/sources.list*: set PORTICO_DEBIAN_MIRROR to one"
   security=$(cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
     | grep -o '[a-z]*://[^ ]*debian-security[^ ]*' | head -n 1 || true)
 
