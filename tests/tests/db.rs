@@ -154,7 +154,46 @@ async fn exercise(db: &Db) -> anyhow::Result<()> {
     workspaces(db, now).await?;
     agent_identities(db, now).await?;
     access(db, now).await?;
+    second_factors(db, now).await?;
     db.prune(now + 100_000).await?;
+    Ok(())
+}
+
+/// TOTP state: a time step is used once, a challenge takes five attempts (also when they come at once),
+/// recovery codes work once, a reset clears it all; settings replace their value.
+async fn second_factors(db: &Db, now: i64) -> anyhow::Result<()> {
+    db.insert_user("um", "mia", "hash", "user", now).await?;
+    assert!(db.set_pending_totp("um", "sealed-1").await?);
+    assert!(!db.use_totp_step("ghost", 10).await?);
+    assert!(db.confirm_totp("um", 100, &["rc1".into(), "rc2".into()]).await?);
+    assert!(
+        !db.set_pending_totp("um", "sealed-2").await?,
+        "a confirmed secret stays until a reset"
+    );
+    assert_eq!(db.totp_secret("um").await?.as_deref(), Some("sealed-1"));
+    assert!(db.user("um").await?.is_some_and(|u| u.mfa_enabled));
+    assert!(!db.use_totp_step("um", 100).await?, "the confirming step is used");
+    assert!(db.use_totp_step("um", 101).await?);
+    assert!(!db.use_totp_step("um", 101).await?, "once");
+    assert!(!db.use_totp_step("um", 99).await?, "never an older step");
+    db.insert_mfa_challenge("ch", "um", now + 300).await?;
+    let attempts = futures_util::future::try_join_all((0..20).map(|_| db.mfa_attempt("ch", now))).await?;
+    assert_eq!(attempts.iter().flatten().count(), 5, "{attempts:?}");
+    assert!(attempts.iter().flatten().all(|u| u == "um"));
+    db.insert_mfa_challenge("old", "um", now - 1).await?;
+    assert_eq!(db.mfa_attempt("old", now).await?, None, "expired");
+    assert!(db.use_recovery_code("um", "rc1", now).await?);
+    assert!(!db.use_recovery_code("um", "rc1", now).await?);
+    assert!(db.reset_totp("um").await?);
+    assert!(db.user("um").await?.is_some_and(|u| !u.mfa_enabled));
+    assert!(
+        !db.use_recovery_code("um", "rc2", now).await?,
+        "a reset removes the recovery codes"
+    );
+    assert_eq!(db.setting("mfa_required_roles").await?, None);
+    db.set_setting("mfa_required_roles", "admin").await?;
+    db.set_setting("mfa_required_roles", "admin,user").await?;
+    assert_eq!(db.setting("mfa_required_roles").await?.as_deref(), Some("admin,user"));
     Ok(())
 }
 
