@@ -686,7 +686,18 @@ pub async fn decode_jpeg(data: Vec<u8>, width: u16, height: u16) -> (Vec<u8>, Op
 
 /// The RGBA pixels of a JPEG from the server, if it decodes to exactly `width` x `height` (the decoder
 /// refuses larger images before allocating for them). Blocking: call it on the pool.
+///
+/// zune-jpeg 0.5.15 (the latest) panics on some crafted images in its AVX2 inverse DCT (found by
+/// fuzz/image_decode): a panic in the decoder is an invalid image, the session's own error, and nothing else.
+/// The portable IDCT would avoid it at a cost on every photographic frame, so the SIMD path stays.
 pub fn jpeg_pixels(data: &[u8], width: u16, height: u16) -> Option<Vec<u8>> {
+    std::panic::catch_unwind(|| decode_jpeg_pixels(data, width, height)).unwrap_or_else(|_| {
+        tracing::warn!(bytes = data.len(), "The jpeg decoder failed on a server's image");
+        None
+    })
+}
+
+fn decode_jpeg_pixels(data: &[u8], width: u16, height: u16) -> Option<Vec<u8>> {
     use zune_jpeg::zune_core::{colorspace::ColorSpace, options::DecoderOptions};
     let opts = DecoderOptions::default()
         .jpeg_set_out_colorspace(ColorSpace::RGBA)
@@ -939,5 +950,23 @@ mod tests {
         fb.put(&rect(1, 1, 2, 2), &[1; 16]);
         fb.copy(1, 1, &rect(0, 0, 2, 2));
         assert_eq!(fb.extract(&fb.full()), vec![0; 16]);
+    }
+}
+
+#[cfg(test)]
+mod jpeg_regressions {
+    /// fuzz/image_decode found a JPEG (its input format: width, height, level, then the image) on which
+    /// zune-jpeg 0.5.15's AVX2 inverse DCT unwraps a missing block: a hostile VNC server's Tight JPEG must
+    /// be an invalid image for the bridge, never a panic that leaves the decoder.
+    #[test]
+    fn a_jpeg_that_panics_the_simd_decoder_is_an_invalid_image() {
+        let input = include_bytes!("../testdata/jpeg-avx2-idct-panic.bin");
+        let (head, jpeg) = input.split_at(5);
+        let width = 1 + u16::from_be_bytes([head[0], head[1]]) % 512;
+        let height = 1 + u16::from_be_bytes([head[2], head[3]]) % 512;
+        // With AVX2 (as here) the decoder panics and the image is refused; a portable decoder may read it.
+        if let Some(px) = super::jpeg_pixels(jpeg, width, height) {
+            assert_eq!(px.len(), usize::from(width) * usize::from(height) * 4);
+        }
     }
 }
