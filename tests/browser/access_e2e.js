@@ -2,11 +2,11 @@
 // exactly their grants, grouped by folder, searched on the server; an admin gives access in the UI; removing
 // the user's group membership closes their open terminal tab with the reason.
 'use strict';
-const { launch, newPage, shot, waitState, waitText, main } = require('./lib');
+const { launch, newPage, shot, waitState, waitText, main, goto } = require('./lib');
 const env = process.env;
 
 async function loginAs(page, user, password) {
-  await page.goto(`${env.PORTICO_URL}/`);
+  await goto(page, `${env.PORTICO_URL}/`);
   await page.fill('#login-username', user);
   await page.fill('#login-password', password);
   await page.click('#login-submit');

@@ -1,13 +1,13 @@
 // Open a connect_url in a fresh browser with no cookies: exactly that one session is shown; a DELETE through
 // the API closes the browser's terminal within 2 s.
 'use strict';
-const { launch, newPage, shot, waitState, waitText, main } = require('./lib');
+const { launch, newPage, shot, waitState, waitText, main, goto } = require('./lib');
 const env = process.env;
 
 main(async () => {
   const browser = await launch();
   const page = await newPage(browser);
-  await page.goto(env.CONNECT_URL);
+  await goto(page, env.CONNECT_URL);
   await waitState(page, 'connected');
   if ((await page.evaluate(() => location.hash)) !== '') throw new Error('the secret stayed in the address bar');
   if (await page.isVisible('#conn-new')) throw new Error('the embed page shows the connection list');

@@ -1,13 +1,13 @@
 // A connect URL whose `ws` parameter names an attacker's WebSocket server: the embed page must connect to the
 // bridge the webapp is configured with (never the URL's), and the CSP must refuse WebSockets to any other origin.
 'use strict';
-const { launch, newPage, shot, waitState, main } = require('./lib');
+const { launch, newPage, shot, waitState, main, goto } = require('./lib');
 const env = process.env;
 
 main(async () => {
   const browser = await launch();
   const page = await newPage(browser);
-  await page.goto(env.ATTACK_URL);
+  await goto(page, env.ATTACK_URL);
   try {
     await waitState(page, 'connected');
   } catch (e) {

@@ -26,6 +26,20 @@ async function shot(page, name) {
   }
 }
 
+/** Open a page. Chromium aborts a navigation with ERR_NETWORK_CHANGED when the machine's interfaces change
+ * (the tests' own Docker engines add bridges and veths while other tests run): that navigation, and only
+ * for that error, is tried again (three times at most). */
+async function goto(page, url) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await page.goto(url);
+    } catch (e) {
+      if (attempt >= 3 || !/ERR_NETWORK_CHANGED/.test(String(e && e.message))) throw e;
+      console.log(`navigation to ${url} hit ERR_NETWORK_CHANGED; again (${attempt})`);
+    }
+  }
+}
+
 async function waitState(page, state, timeout = 20000) {
   await page.waitForFunction((s) => document.querySelector('#session-status')?.dataset.state === s, state, { timeout });
 }
@@ -35,7 +49,7 @@ async function waitText(page, needle, timeout = 15000) {
 }
 
 async function login(page, password) {
-  await page.goto(`${process.env.PORTICO_URL}/`);
+  await goto(page, `${process.env.PORTICO_URL}/`);
   await page.fill('#login-username', 'admin');
   await page.fill('#login-password', password);
   await page.click('#login-submit');
@@ -95,4 +109,4 @@ async function createConnection(page, { name, protocol, port, username, password
   await page.locator(`tr.conn-row[data-name="${name}"]`).waitFor({ timeout: 10000 });
 }
 
-module.exports = { launch, newPage, shot, waitState, waitText, waitFile, login, main, pixel, waitPixel, at, createConnection };
+module.exports = { launch, newPage, goto, shot, waitState, waitText, waitFile, login, main, pixel, waitPixel, at, createConnection };

@@ -3,7 +3,7 @@
 // the recovery codes, logs out, and logs in again with the password and then a code.
 'use strict';
 const crypto = require('crypto');
-const { launch, newPage, shot, main } = require('./lib');
+const { launch, newPage, shot, main, goto } = require('./lib');
 const env = process.env;
 
 function base32Decode(s) {
@@ -26,7 +26,7 @@ function totp(secret, step) {
 main(async () => {
   const browser = await launch();
   const page = await newPage(browser);
-  await page.goto(`${env.PORTICO_URL}/`);
+  await goto(page, `${env.PORTICO_URL}/`);
   await page.fill('#login-username', 'admin');
   await page.fill('#login-password', env.ADMIN_PASSWORD);
   await page.click('#login-submit');

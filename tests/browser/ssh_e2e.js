@@ -1,7 +1,7 @@
 // Log in as admin, create an SSH connection in the UI, open it, type a command, see its output;
 // then a connection with a wrong password shows a clear error.
 'use strict';
-const { launch, newPage, shot, waitState, waitText, main, createConnection: create } = require('./lib');
+const { launch, newPage, shot, waitState, waitText, main, createConnection: create, goto } = require('./lib');
 const env = process.env;
 const createConnection = (page, name, password) =>
   create(page, { name, protocol: 'ssh', port: env.SSH_PORT, username: env.SSH_USER, password });
@@ -9,7 +9,7 @@ const createConnection = (page, name, password) =>
 main(async () => {
   const browser = await launch();
   const page = await newPage(browser);
-  await page.goto(`${env.PORTICO_URL}/`);
+  await goto(page, `${env.PORTICO_URL}/`);
   await page.fill('#login-username', 'admin');
   await page.fill('#login-password', 'definitely-wrong');
   await page.click('#login-submit');

@@ -2,7 +2,7 @@
 // it (a fresh container), sees its desktop on the canvas, types into its xterm, and ends it from the live
 // sessions list of another tab.
 'use strict';
-const { launch, newPage, shot, waitState, login, main, waitPixel, at } = require('./lib');
+const { launch, newPage, shot, waitState, login, main, waitPixel, at, goto } = require('./lib');
 const env = process.env;
 
 main(async () => {
@@ -54,7 +54,7 @@ main(async () => {
 
   // The admin ends it from the live sessions list in another tab: the workspace tab says so.
   const admin = await page.context().newPage();
-  await admin.goto(`${env.PORTICO_URL}/`);
+  await goto(admin, `${env.PORTICO_URL}/`);
   const live = admin.locator(`tr.session-row[data-id="${sid}"]`);
   await live.waitFor({ timeout: 10000 });
   const text = await live.textContent();
