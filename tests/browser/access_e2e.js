@@ -1,8 +1,9 @@
 // The help-desk home page on a seeded database (1,000 connections in 20 folders, 200 users): a user sees
-// exactly their grants, grouped by folder, searched on the server; an admin gives access in the UI; removing
-// the user's group membership closes their open terminal tab with the reason.
+// exactly their grants, grouped by folder, searched on the server, with their favourites and recent
+// connections first; an admin gives access in the UI; removing the user's group membership closes their open
+// terminal tab with the reason.
 'use strict';
-const { launch, newPage, shot, waitState, waitText, main, goto } = require('./lib');
+const { launch, newPage, shot, waitState, waitText, main, goto, openTab } = require('./lib');
 const env = process.env;
 
 async function loginAs(page, user, password) {
@@ -27,7 +28,7 @@ const total = (page) => page.$eval('#conn-list', (t) => Number(t.dataset.total))
 
 main(async () => {
   const browser = await launch();
-  const page = await newPage(browser);
+  let page = await newPage(browser);
   await loginAs(page, env.USER_NAME, env.USER_PASSWORD);
   // Exactly the granted folder's 50 connections and the SSH one, 50 per page, under their folder heading.
   if (await total(page) !== 51) throw new Error(`the user's list has ${await total(page)} connections`);
@@ -52,6 +53,42 @@ main(async () => {
   const byFolder = await searchFor(page, 'site 07');
   if (await total(page) !== 51) throw new Error(`search by folder name: ${await total(page)}`);
   console.log(`user search by folder: ${byFolder} ms`);
+
+  // Favourites and Recent come first: the user stars a connection (a toggle button), and it is under
+  // Favourites, also after a reload; a connection they open is under Recent when they come back.
+  await searchFor(page, 'pc-0355');
+  const star = page.locator('tr.conn-row[data-name="pc-0355"] button.conn-star');
+  if (await star.getAttribute('aria-pressed') !== 'false') throw new Error('pc-0355 is starred before the user did');
+  if (!/pc-0355/.test(await star.getAttribute('aria-label'))) throw new Error(`star label: ${await star.getAttribute('aria-label')}`);
+  await star.click();
+  await page.locator('#favourites tr.fav-row[data-name="pc-0355"]').waitFor({ timeout: 10000 });
+  if (await star.getAttribute('aria-pressed') !== 'true') throw new Error('the star is not pressed after a click');
+  await goto(page, `${env.PORTICO_URL}/`);
+  await page.waitForSelector('#conn-list[data-total]', { timeout: 15000 });
+  await page.waitForFunction(() => document.querySelector('#fav-list')?.dataset.total === '1', null, { timeout: 10000 });
+  if (!(await page.isVisible('#favourites tr.fav-row[data-name="pc-0355"]'))) throw new Error('no pc-0355 under Favourites after a reload');
+  const favStar = page.locator('#favourites tr.fav-row[data-name="pc-0355"] button.conn-star');
+  if (await favStar.getAttribute('aria-pressed') !== 'true') throw new Error('the favourite\'s star is not pressed');
+  const sectionsFirst = await page.evaluate(() => {
+    const order = (a, b) => !!(a && b && (a.compareDocumentPosition(b) & Node.DOCUMENT_POSITION_FOLLOWING));
+    return order(document.querySelector('#favourites'), document.querySelector('#recent'))
+      && order(document.querySelector('#recent'), document.querySelector('#conn-list'));
+  });
+  if (!sectionsFirst) throw new Error('Favourites and Recent do not come before the list');
+  if (!(await page.isHidden('#recent'))) throw new Error('Recent shown before the user opened anything');
+  await searchFor(page, 'bob-ssh');
+  page = await openTab(page, page.locator('tr.conn-row[data-name="bob-ssh"] .conn-open'));
+  await waitState(page, 'connected');
+  await page.click('#session-back');
+  await page.locator('#recent tr.recent-row[data-name="bob-ssh"]').waitFor({ timeout: 10000 });
+  await goto(page, `${env.PORTICO_URL}/`);
+  await page.waitForSelector('#conn-list[data-total]', { timeout: 15000 });
+  await page.waitForFunction(() => document.querySelector('#recent-list')?.dataset.total === '1', null, { timeout: 10000 });
+  const recent = await page.$$eval('#recent tr.recent-row', (rows) => rows.map((r) => r.dataset.name));
+  const favs = await page.$$eval('#favourites tr.fav-row', (rows) => rows.map((r) => r.dataset.name));
+  if (recent.join() !== 'bob-ssh' || favs.join() !== 'pc-0355') throw new Error(`after a reload: recent ${recent}, favourites ${favs}`);
+  await shot(page, 'access-favourites');
+  console.log('favourites and recent connections come first');
 
   // The admin: the whole list, searched on the server, and gives access in the UI.
   const adminPage = await newPage(browser);
@@ -91,7 +128,7 @@ main(async () => {
 
   // Revocation: the user's terminal tab closes with the reason when their membership goes.
   await searchFor(page, 'bob-ssh');
-  await page.locator('tr.conn-row[data-name="bob-ssh"] .conn-open').click();
+  page = await openTab(page, page.locator('tr.conn-row[data-name="bob-ssh"] .conn-open'));
   await waitState(page, 'connected');
   await page.click('#terminal');
   await page.keyboard.type('echo still-$((40+2))\n');

@@ -40,6 +40,16 @@ async function goto(page, url) {
   }
 }
 
+/** Click a connection's Open: the session opens in its own tab and the list stays in this one. Returns the
+ * new tab. */
+async function openTab(page, locator) {
+  const [tab] = await Promise.all([page.context().waitForEvent('page', { timeout: 15000 }), locator.click()]);
+  tab.on('console', (m) => console.log(`[console.${m.type()}] ${m.text()}`));
+  tab.on('pageerror', (e) => console.log(`[pageerror] ${e.message}`));
+  await tab.waitForLoadState('domcontentloaded');
+  return tab;
+}
+
 async function waitState(page, state, timeout = 20000) {
   await page.waitForFunction((s) => document.querySelector('#session-status')?.dataset.state === s, state, { timeout });
 }
@@ -109,4 +119,4 @@ async function createConnection(page, { name, protocol, port, username, password
   await page.locator(`tr.conn-row[data-name="${name}"]`).waitFor({ timeout: 10000 });
 }
 
-module.exports = { launch, newPage, goto, shot, waitState, waitText, waitFile, login, main, pixel, waitPixel, at, createConnection };
+module.exports = { launch, newPage, openTab, goto, shot, waitState, waitText, waitFile, login, main, pixel, waitPixel, at, createConnection };

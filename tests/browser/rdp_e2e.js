@@ -3,7 +3,7 @@
 // physical keys (input truth), clipboard both ways, resize with the window, special keys, and a wrong
 // password (xrdp shows its own dialog: checked by pixels).
 'use strict';
-const { launch, newPage, shot, waitState, login, main, pixel, waitPixel, at, createConnection: create } = require('./lib');
+const { launch, newPage, shot, waitState, login, main, pixel, waitPixel, at, createConnection: create, openTab } = require('./lib');
 const env = process.env;
 const GREEN = [0x30, 0x50, 0x30];
 const createConnection = (page, name, password) =>
@@ -38,13 +38,13 @@ async function wrapSize(page) {
 
 main(async () => {
   const browser = await launch();
-  const page = await newPage(browser);
+  let page = await newPage(browser);
   await page.context().grantPermissions(['clipboard-read', 'clipboard-write'], { origin: env.PORTICO_URL });
   await login(page, env.ADMIN_PASSWORD);
   await createConnection(page, 'e2e rdp', env.RDP_PASSWORD);
   await createConnection(page, 'e2e rdp wrong', 'wrong-password-1');
 
-  await page.locator('tr.conn-row[data-name="e2e rdp"] .conn-open').click();
+  page = await openTab(page, page.locator('tr.conn-row[data-name="e2e rdp"] .conn-open'));
   await waitState(page, 'connected', 45000);
   // The desktop takes the browser's size.
   await page.waitForFunction(() => window.porticoDisplay.width > 0, null, { timeout: 30000 });
@@ -92,7 +92,7 @@ main(async () => {
   await page.click('#session-back');
 
   // A wrong password: xrdp 0.9 has no NLA, so the connection stands and xrdp draws its login dialog.
-  await page.locator('tr.conn-row[data-name="e2e rdp wrong"] .conn-open').click();
+  page = await openTab(page, page.locator('tr.conn-row[data-name="e2e rdp wrong"] .conn-open'));
   await waitState(page, 'connected', 45000);
   await page.waitForFunction(() => window.porticoDisplay.frames > 0, null, { timeout: 30000 });
   await page.waitForTimeout(3000);

@@ -1,14 +1,14 @@
 // Log in as admin, create an SSH connection in the UI, open it, type a command, see its output;
 // then a connection with a wrong password shows a clear error.
 'use strict';
-const { launch, newPage, shot, waitState, waitText, main, createConnection: create, goto } = require('./lib');
+const { launch, newPage, shot, waitState, waitText, main, createConnection: create, goto, openTab } = require('./lib');
 const env = process.env;
 const createConnection = (page, name, password) =>
   create(page, { name, protocol: 'ssh', port: env.SSH_PORT, username: env.SSH_USER, password });
 
 main(async () => {
   const browser = await launch();
-  const page = await newPage(browser);
+  let page = await newPage(browser);
   await goto(page, `${env.PORTICO_URL}/`);
   await page.fill('#login-username', 'admin');
   await page.fill('#login-password', 'definitely-wrong');
@@ -23,7 +23,10 @@ main(async () => {
   await createConnection(page, 'e2e wrong password', 'not-the-password');
   await shot(page, 'connections');
 
-  await page.locator('tr.conn-row[data-name="e2e ssh"] .conn-open').click();
+  const list = page;
+  page = await openTab(page, page.locator('tr.conn-row[data-name="e2e ssh"] .conn-open'));
+  // The session has its own tab; the list stays where it was.
+  if (!(await list.locator('tr.conn-row[data-name="e2e ssh"]').isVisible())) throw new Error('the list did not stay in its tab');
   await waitState(page, 'connected');
   await page.click('#terminal');
   await page.keyboard.type(`echo from-browser-$((6*7)) > ${env.MARKER_FILE}; echo typed-$((2+3))-ok\n`);
@@ -51,7 +54,7 @@ main(async () => {
   await waitState(page, 'closed');
   await page.click('#session-back');
 
-  await page.locator('tr.conn-row[data-name="e2e wrong password"] .conn-open').click();
+  page = await openTab(page, page.locator('tr.conn-row[data-name="e2e wrong password"] .conn-open'));
   await waitState(page, 'closed', 30000);
   const status = await page.textContent('#session-status');
   if (!/authentication failed/.test(status)) throw new Error(`expected an authentication error, got: ${status}`);

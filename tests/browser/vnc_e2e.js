@@ -1,21 +1,21 @@
 // VNC in the browser: create the connection in the UI, see the desktop on the canvas (pixel truth, fit to
 // window), click and type into remote xterms (input truth), clipboard both ways, a wrong password.
 'use strict';
-const { launch, newPage, shot, waitState, waitFile, login, main, waitPixel, at, createConnection: create } = require('./lib');
+const { launch, newPage, shot, waitState, waitFile, login, main, waitPixel, at, createConnection: create, openTab } = require('./lib');
 const env = process.env;
 const createConnection = (page, name, password, port = env.VNC_PORT) =>
   create(page, { name, protocol: 'vnc', port, password });
 
 main(async () => {
   const browser = await launch();
-  const page = await newPage(browser);
+  let page = await newPage(browser);
   await page.context().grantPermissions(['clipboard-read', 'clipboard-write'], { origin: env.PORTICO_URL });
   await login(page, env.ADMIN_PASSWORD);
   await createConnection(page, 'e2e vnc', env.VNC_PASSWORD);
   await createConnection(page, 'e2e vnc wrong', 'wrongpw1');
   await createConnection(page, 'e2e vnc unreachable', '', env.UNREACHABLE_PORT);
 
-  await page.locator('tr.conn-row[data-name="e2e vnc"] .conn-open').click();
+  page = await openTab(page, page.locator('tr.conn-row[data-name="e2e vnc"] .conn-open'));
   await waitState(page, 'connected');
   // Pixel truth: the root colour and the two white xterms where the harness put them.
   await waitPixel(page, 1000, 20, [0x20, 0x60, 0xa0]);
@@ -74,14 +74,14 @@ main(async () => {
   await waitState(page, 'closed');
   await page.click('#session-back');
 
-  await page.locator('tr.conn-row[data-name="e2e vnc wrong"] .conn-open').click();
+  page = await openTab(page, page.locator('tr.conn-row[data-name="e2e vnc wrong"] .conn-open'));
   await waitState(page, 'closed', 30000);
   const status = await page.textContent('#session-status');
   if (!/authentication failed/.test(status)) throw new Error(`expected an authentication error, got: ${status}`);
   console.log(`status: ${status}`);
   await page.click('#session-back');
 
-  await page.locator('tr.conn-row[data-name="e2e vnc unreachable"] .conn-open').click();
+  page = await openTab(page, page.locator('tr.conn-row[data-name="e2e vnc unreachable"] .conn-open'));
   await waitState(page, 'closed', 30000);
   const unreachable = await page.textContent('#session-status');
   if (!/cannot reach/.test(unreachable)) throw new Error(`expected an unreachable error, got: ${unreachable}`);

@@ -2,12 +2,12 @@
 // it (a fresh container), sees its desktop on the canvas, types into its xterm, and ends it from the live
 // sessions list of another tab.
 'use strict';
-const { launch, newPage, shot, waitState, login, main, waitPixel, at, goto } = require('./lib');
+const { launch, newPage, shot, waitState, login, main, waitPixel, at, goto, openTab } = require('./lib');
 const env = process.env;
 
 main(async () => {
   const browser = await launch();
-  const page = await newPage(browser);
+  let page = await newPage(browser);
   await login(page, env.ADMIN_PASSWORD);
   await page.locator(`tr.agent-row[data-name="${env.AGENT_NAME}"] .state-healthy`).waitFor({ timeout: 10000 });
 
@@ -27,7 +27,7 @@ main(async () => {
   if (!/0\.5 cores/.test(summary) || !/256 MiB/.test(summary)) throw new Error(`row shows ${summary}`);
 
   const t0 = Date.now();
-  await row.locator('.conn-open').click();
+  page = await openTab(page, row.locator('.conn-open'));
   await waitState(page, 'connected', 60000);
   // The image's root colour at the bottom right, where no window is.
   await waitPixel(page, 1000, 620, [0x2d, 0x5a, 0x7b], 30000);

@@ -110,6 +110,18 @@ impl Api {
         Ok(v)
     }
 
+    /// Create a local user `name` with the password `{name}-password-1`; returns its id.
+    pub async fn create_user(&self, name: &str, role: &str) -> anyhow::Result<String> {
+        let v = self
+            .ok(
+                reqwest::Method::POST,
+                "/api/v1/users",
+                Some(json!({ "username": name, "password": format!("{name}-password-1"), "role": role })),
+            )
+            .await?;
+        Ok(v["id"].as_str().unwrap_or_default().to_owned())
+    }
+
     pub async fn create_connection(&self, body: Value) -> anyhow::Result<String> {
         let v = self
             .ok(reqwest::Method::POST, "/api/v1/connections", Some(body))

@@ -2,8 +2,10 @@
 //! a child process (`portico`), and clients for its API and WebSocket (`client`).
 
 pub mod client;
+pub mod idp;
 pub mod peers;
 pub mod portico;
+pub mod slapd;
 
 /// Root of the workspace.
 pub fn workspace_root() -> std::path::PathBuf {

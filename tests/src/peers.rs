@@ -34,7 +34,7 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> a
     bail!("timed out after {timeout:?} waiting for {what}")
 }
 
-fn scratch(kind: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn scratch(kind: &str) -> anyhow::Result<PathBuf> {
     let dir = workspace_root()
         .join(".test-runs")
         .join(format!("{kind}-{}", uuid::Uuid::new_v4()));
@@ -42,7 +42,7 @@ fn scratch(kind: &str) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-fn run(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
+pub(crate) fn run(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
     let out = cmd
         .output()
         .with_context(|| format!("{what}: could not start (run scripts/install-test-deps.sh)"))?;
@@ -57,7 +57,7 @@ fn run(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn need(path: &str, package: &str) -> anyhow::Result<()> {
+pub(crate) fn need(path: &str, package: &str) -> anyhow::Result<()> {
     if Path::new(path).exists() {
         Ok(())
     } else {
@@ -66,7 +66,7 @@ fn need(path: &str, package: &str) -> anyhow::Result<()> {
 }
 
 /// Stop a child: SIGTERM, then SIGKILL after 2 s.
-fn stop_child(child: &mut Child) {
+pub(crate) fn stop_child(child: &mut Child) {
     let pid = child.id().to_string();
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
     let deadline = Instant::now() + Duration::from_secs(2);

@@ -57,24 +57,13 @@ fn ip(s: &str) -> IpAddr {
     s.parse().expect("ip")
 }
 
-async fn create_user(admin: &Api, name: &str, password: &str) -> anyhow::Result<String> {
-    let v = admin
-        .ok(
-            Method::POST,
-            "/api/v1/users",
-            Some(json!({ "username": name, "password": password })),
-        )
-        .await?;
-    Ok(v["id"].as_str().unwrap_or_default().to_owned())
-}
-
 /// Item 1: the attempt is counted before the password is verified, so parallel guesses cannot all be
 /// verified: from one address at most the per-address-and-user limit, from 40 at most the per-user limit.
 #[tokio::test(flavor = "multi_thread")]
 async fn parallel_guesses_are_verified_only_up_to_the_limit() -> anyhow::Result<()> {
     let p = Portico::start()?;
     let admin = Api::admin(&p).await?;
-    create_user(&admin, "bob", "bob-pass-123").await?;
+    admin.create_user("bob", "user").await?;
     let http = client_from(&p, Some(ip("127.0.0.1")))?;
     let one = join_all((0..40).map(|i| login(&http, &p.url, "admin", format!("guess-{i}"), None))).await;
     let one: Vec<_> = one.into_iter().collect::<anyhow::Result<_>>()?;
@@ -122,7 +111,7 @@ async fn parallel_guesses_are_verified_only_up_to_the_limit() -> anyhow::Result<
 async fn the_owner_is_not_locked_out_by_others() -> anyhow::Result<()> {
     let p = Portico::start()?;
     let admin = Api::admin(&p).await?;
-    create_user(&admin, "alice", "alice-pass-1").await?;
+    admin.create_user("alice", "user").await?;
     let attacker = client_from(&p, Some(ip("127.0.0.3")))?;
     let mut results = Vec::new();
     for batch in 0..5 {
@@ -131,7 +120,7 @@ async fn the_owner_is_not_locked_out_by_others() -> anyhow::Result<()> {
     }
     assert!(count(&results, 429) >= 95, "{} of 100 refused", count(&results, 429));
     let owner = client_from(&p, Some(ip("127.0.0.4")))?;
-    let (s, _, v) = login(&owner, &p.url, "alice", "alice-pass-1", None).await?;
+    let (s, _, v) = login(&owner, &p.url, "alice", "alice-password-1", None).await?;
     assert_eq!(s, 200, "the owner from another address: {v}");
     // Failures from ten more addresses fill the user name's own bucket...
     for i in 1..=12 {
@@ -140,12 +129,12 @@ async fn the_owner_is_not_locked_out_by_others() -> anyhow::Result<()> {
     }
     let fresh = client_from(&p, Some(ip("127.0.0.6")))?;
     assert_eq!(
-        login(&fresh, &p.url, "alice", "alice-pass-1", None).await?.0,
+        login(&fresh, &p.url, "alice", "alice-password-1", None).await?.0,
         429,
         "a browser never seen before waits for the distributed guessing to stop"
     );
     // ...but the browser she logged in with before has a bucket of its own (its device cookie).
-    let (s, _, v) = login(&owner, &p.url, "alice", "alice-pass-1", None).await?;
+    let (s, _, v) = login(&owner, &p.url, "alice", "alice-password-1", None).await?;
     assert_eq!(s, 200, "the owner's known browser: {v}");
     Ok(())
 }
@@ -159,7 +148,7 @@ async fn trusted_proxies_name_the_real_client() -> anyhow::Result<()> {
         ..Options::default()
     })?;
     let admin = Api::admin(&p).await?;
-    create_user(&admin, "alice", "alice-pass-1").await?;
+    admin.create_user("alice", "user").await?;
     let backend: SocketAddr = p.url.trim_start_matches("https://").parse()?;
     let lb = Haproxy::send_proxy_v2(backend)?;
     let via_lb = format!("https://127.0.0.1:{}", lb.port);
@@ -175,7 +164,7 @@ async fn trusted_proxies_name_the_real_client() -> anyhow::Result<()> {
         refused, 15,
         "the attacker behind the load balancer is limited by its own address"
     );
-    let (s, _, v) = login(&owner, &via_lb, "alice", "alice-pass-1", None).await?;
+    let (s, _, v) = login(&owner, &via_lb, "alice", "alice-password-1", None).await?;
     assert_eq!(s, 200, "the owner behind the same load balancer: {v}");
     // X-Forwarded-For from the trusted proxy address names the client.
     let direct = client_from(&p, Some(ip("127.0.0.1")))?;
@@ -184,7 +173,7 @@ async fn trusted_proxies_name_the_real_client() -> anyhow::Result<()> {
         assert_eq!(r.0, 401);
     }
     assert_eq!(login(&direct, &p.url, "alice", "z", Some("198.51.100.1")).await?.0, 429);
-    let r = login(&direct, &p.url, "alice", "alice-pass-1", Some("198.51.100.2")).await?;
+    let r = login(&direct, &p.url, "alice", "alice-password-1", Some("198.51.100.2")).await?;
     assert_eq!(r.0, 200, "{r:?}");
     // An untrusted client cannot pick its address with X-Forwarded-For.
     let spoofer = client_from(&p, Some(ip("127.0.0.2")))?;
@@ -366,7 +355,7 @@ async fn deleting_a_user_or_connection_ends_its_sessions() -> anyhow::Result<()>
     let p = Portico::start()?;
     let admin = Api::admin(&p).await?;
     let conn = crate::ssh_connection(&admin, &sshd, json!({ "password": sshd.user.password })).await?;
-    let uid = create_user(&admin, "carol", "carol-pass-1").await?;
+    let uid = admin.create_user("carol", "user").await?;
     admin
         .ok(
             Method::PUT,
@@ -375,7 +364,7 @@ async fn deleting_a_user_or_connection_ends_its_sessions() -> anyhow::Result<()>
         )
         .await?;
     let mut carol = Api::new(&p)?;
-    carol.login("carol", "carol-pass-1").await?;
+    carol.login("carol", "carol-password-1").await?;
     let (_, ws) = attach(&p, &carol, &conn).await?;
     let mut live = Term::new(ws);
     live.connected().await?;

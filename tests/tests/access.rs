@@ -418,3 +418,175 @@ async fn session_limits_hold_under_parallel_requests() -> anyhow::Result<()> {
     assert_eq!(s, 403, "{v}");
     Ok(())
 }
+
+/// A caller's connection list (with a query string): each row's name, whether it is one of the caller's
+/// favourites and when the caller last used it, in the order listed; and the total that matched.
+async fn listed(api: &Api, query: &str) -> anyhow::Result<(Vec<(String, bool, Option<i64>)>, i64)> {
+    let res = api
+        .http
+        .get(format!("{}/api/v1/connections{query}", api.base))
+        .send()
+        .await?;
+    anyhow::ensure!(res.status() == 200, "{query}: http {}", res.status());
+    let total = res
+        .headers()
+        .get("x-total-count")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(-1);
+    let rows = res.json::<Value>().await?;
+    let mut out = Vec::new();
+    for c in rows.as_array().into_iter().flatten() {
+        let favourite = c["favourite"].as_bool();
+        anyhow::ensure!(favourite.is_some(), "{query}: a row without favourite: {c}");
+        let last = &c["last_used_at"];
+        anyhow::ensure!(last.is_null() || last.is_i64(), "{query}: last_used_at {last}");
+        out.push((
+            c["name"].as_str().unwrap_or_default().to_owned(),
+            favourite == Some(true),
+            last.as_i64(),
+        ));
+    }
+    Ok((out, total))
+}
+
+/// Star (`PUT`) or unstar (`DELETE`) a connection.
+async fn fav(api: &Api, method: Method, id: &str) -> anyhow::Result<(u16, Value)> {
+    api.request(method, &format!("/api/v1/connections/{id}/favourite"), None)
+        .await
+}
+
+fn order(rows: &[(String, bool, Option<i64>)]) -> Vec<&str> {
+    rows.iter().map(|(n, _, _)| n.as_str()).collect()
+}
+
+/// Favourites and recent connections (the home page's first sections): per user, toggled idempotently,
+/// listed first (favourites, then the most recently used, then by folder and name), and only while the
+/// user may use them. Starring a connection the user may not use answers exactly like one that does not
+/// exist; another user's favourites and sessions show nowhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn favourites_and_recent_connections_come_first() -> anyhow::Result<()> {
+    let p = Portico::start()?;
+    let admin = Api::admin(&p).await?;
+    let desk = id_of(&admin, "/api/v1/folders", json!({ "name": "Desk" })).await?;
+    let mut ids = Vec::new();
+    for (i, name) in ["a-alpha", "b-bravo", "c-charlie", "d-delta"].into_iter().enumerate() {
+        ids.push(conn(&admin, name, &format!("10.4.0.{}", i + 1), Some(&desk)).await?);
+    }
+    let [_, b, c, d] = [&ids[0], &ids[1], &ids[2], &ids[3]];
+    let secret = conn(&admin, "e-secret", "10.4.0.9", None).await?;
+    let (bob_id, bob) = user(&admin, &p, "bob", "user").await?;
+    let (dave_id, dave) = user(&admin, &p, "dave", "user").await?;
+    admin
+        .ok(
+            Method::PUT,
+            &format!("/api/v1/folders/{desk}/grants"),
+            Some(json!({ "user_ids": [bob_id, dave_id], "group_ids": [] })),
+        )
+        .await?;
+
+    // Nothing yet: no favourite, nothing used; the recent order is the folder order.
+    let (rows, _) = listed(&bob, "?sort=recent").await?;
+    assert_eq!(order(&rows), ["a-alpha", "b-bravo", "c-charlie", "d-delta"]);
+    assert!(rows.iter().all(|(_, f, l)| !f && l.is_none()), "{rows:?}");
+
+    // Toggling is idempotent both ways.
+    for _ in 0..2 {
+        assert_eq!(fav(&bob, Method::PUT, c).await?.0, 204);
+    }
+    assert_eq!(fav(&bob, Method::PUT, d).await?.0, 204);
+    for _ in 0..2 {
+        assert_eq!(fav(&bob, Method::DELETE, d).await?.0, 204);
+    }
+    // Sessions on b, then (a clock second later, so the order is the time's and not the names') on d.
+    bob.create_session(b).await?;
+    let (rows, _) = listed(&bob, "?used=true").await?;
+    let b_used = rows
+        .iter()
+        .find_map(|(n, _, l)| (n == "b-bravo").then_some(*l).flatten())
+        .ok_or_else(|| anyhow::anyhow!("b-bravo not listed as used: {rows:?}"))?;
+    let t = Instant::now();
+    while portico_webapp::now_unix() <= b_used {
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(3), "the clock did not move");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bob.create_session(d).await?;
+
+    // Favourites first, then the most recently used, then the others by folder and name.
+    let (rows, total) = listed(&bob, "?sort=recent").await?;
+    assert_eq!(total, 4);
+    assert_eq!(order(&rows), ["c-charlie", "d-delta", "b-bravo", "a-alpha"], "{rows:?}");
+    let get = |name: &str| rows.iter().find(|(n, _, _)| n == name).cloned();
+    assert!(get("c-charlie").is_some_and(|(_, f, l)| f && l.is_none()));
+    assert!(get("a-alpha").is_some_and(|(_, f, l)| !f && l.is_none()));
+    let (d_used, b_used) = (get("d-delta").and_then(|r| r.2), get("b-bravo").and_then(|r| r.2));
+    assert!(d_used > b_used && b_used.is_some(), "{rows:?}");
+    // The default order is unchanged (folder, name), with the same marks.
+    let (rows, _) = listed(&bob, "").await?;
+    assert_eq!(order(&rows), ["a-alpha", "b-bravo", "c-charlie", "d-delta"]);
+    assert_eq!(rows.iter().filter(|(_, f, _)| *f).count(), 1);
+    // The home page's sections: favourites, and the recent ones, most recent first, with paging.
+    let (rows, total) = listed(&bob, "?favourite=true").await?;
+    assert_eq!((order(&rows), total), (vec!["c-charlie"], 1));
+    let (rows, total) = listed(&bob, "?used=true&sort=last_used&limit=8").await?;
+    assert_eq!((order(&rows), total), (vec!["d-delta", "b-bravo"], 2));
+    let (rows, total) = listed(&bob, "?used=true&sort=last_used&limit=1").await?;
+    assert_eq!((order(&rows), total), (vec!["d-delta"], 2));
+    let (rows, _) = listed(&bob, "?sort=last_used").await?;
+    assert_eq!(order(&rows), ["d-delta", "b-bravo", "a-alpha", "c-charlie"]);
+    let (s, v) = bob
+        .request(Method::GET, "/api/v1/connections?sort=popular", None)
+        .await?;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (400, Some("sort must be name, recent or last_used"))
+    );
+
+    // Another user sees none of it.
+    let (rows, _) = listed(&dave, "?sort=recent").await?;
+    assert_eq!(order(&rows), ["a-alpha", "b-bravo", "c-charlie", "d-delta"]);
+    assert!(rows.iter().all(|(_, f, l)| !f && l.is_none()), "{rows:?}");
+    assert_eq!(listed(&dave, "?favourite=true").await?.1, 0);
+    assert_eq!(listed(&dave, "?used=true").await?.1, 0);
+
+    // A connection the user may not use: starring it answers exactly like one that does not exist, and
+    // changes nothing. An admin (who sees everything) may star it: their own favourite only.
+    let ghost = uuid::Uuid::new_v4().to_string();
+    for m in [Method::PUT, Method::DELETE] {
+        let absent = fav(&bob, m.clone(), &ghost).await?;
+        assert_eq!(absent.0, 404, "{absent:?}");
+        assert_eq!(
+            fav(&bob, m.clone(), &secret).await?,
+            absent,
+            "{m} on an ungranted connection"
+        );
+    }
+    assert_eq!(fav(&admin, Method::PUT, &secret).await?.0, 204);
+    let (rows, _) = listed(&admin, "?favourite=true").await?;
+    assert_eq!(order(&rows), ["e-secret"]);
+    assert_eq!(listed(&bob, "?favourite=true").await?.1, 1, "bob's own favourite only");
+
+    // Revoking access takes the connections out of the user's favourites and recent ones (d stays: it is
+    // granted to bob on its own); starring a revoked one is "not found".
+    admin
+        .ok(
+            Method::PUT,
+            &format!("/api/v1/connections/{d}/grants"),
+            Some(json!({ "user_ids": [bob_id], "group_ids": [] })),
+        )
+        .await?;
+    admin
+        .ok(
+            Method::PUT,
+            &format!("/api/v1/folders/{desk}/grants"),
+            Some(json!({ "user_ids": [dave_id], "group_ids": [] })),
+        )
+        .await?;
+    assert_eq!(listed(&bob, "?favourite=true").await?.1, 0);
+    let (rows, total) = listed(&bob, "?used=true&sort=last_used&limit=8").await?;
+    assert_eq!((order(&rows), total), (vec!["d-delta"], 1));
+    let (rows, _) = listed(&bob, "?sort=recent").await?;
+    assert_eq!(order(&rows), ["d-delta"]);
+    assert_eq!(fav(&bob, Method::PUT, c).await?.0, 404);
+    assert_eq!(fav(&bob, Method::DELETE, b).await?.0, 404);
+    Ok(())
+}

@@ -341,23 +341,16 @@ async fn help_desk_home_page_on_a_seeded_database() -> anyhow::Result<()> {
         folders.push(f.id);
     }
     for i in 0..1000usize {
-        db.insert_connection(&Connection {
-            id: uuid::Uuid::new_v4().to_string(),
-            name: format!("pc-{i:04}"),
-            protocol: "rdp".into(),
-            host: format!("10.{}.{}.{}", i / 50, i % 50, 10),
-            port: 3389,
-            username: String::new(),
-            password_enc: None,
-            private_key_enc: None,
-            host_key_fingerprint: None,
-            settings: "{}".into(),
-            created_at: now,
-            updated_at: now,
-            folder_id: Some(folders[i / 50].clone()),
-            folder_path: None,
-        })
-        .await?;
+        let mut c = Connection::new(
+            uuid::Uuid::new_v4().to_string(),
+            format!("pc-{i:04}"),
+            "rdp",
+            format!("10.{}.{}.{}", i / 50, i % 50, 10),
+            3389,
+            now,
+        );
+        c.folder_id = Some(folders[i / 50].clone());
+        db.insert_connection(&c).await?;
     }
     let mut users = Vec::new();
     for i in 0..200 {

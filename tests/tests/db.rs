@@ -3,8 +3,9 @@
 use portico_tests::peers::Postgres;
 use portico_tests::workspace_root;
 use portico_webapp::db::{
-    AgentRegisterOutcome, AgentRegistration, Change, Connection, ContainerRow, ContainerUpdate, Db, Folder, Grants,
-    GroupBody, Limits, ListQuery, REVOKED, SessionRow, SessionStart, container_state, state,
+    AgentRegisterOutcome, AgentRegistration, Change, Connection, ContainerRow, ContainerUpdate, Db, ExternalIdentity,
+    Folder, Grants, GroupBody, IdentityProvider, Limits, ListQuery, OidcLogin, REVOKED, SessionRow, SessionStart,
+    container_state, state,
 };
 
 async fn exercise(db: &Db) -> anyhow::Result<()> {
@@ -64,20 +65,10 @@ async fn exercise(db: &Db) -> anyhow::Result<()> {
     db.clear_login_failures("user:alice").await?;
 
     let c = Connection {
-        id: "c1".into(),
-        name: "box".into(),
-        protocol: "ssh".into(),
-        host: "127.0.0.1".into(),
-        port: 22,
         username: "root".into(),
         password_enc: Some("v1:sealed".into()),
-        private_key_enc: None,
-        host_key_fingerprint: None,
         settings: r#"{"domain":"CORP"}"#.into(),
-        created_at: now,
-        updated_at: now,
-        folder_id: None,
-        folder_path: None,
+        ..Connection::new("c1", "box", "ssh", "127.0.0.1", 22, now)
     };
     db.insert_connection(&c).await?;
     assert!(db.pin_host_key_if_unset("c1", "SHA256:first", now).await?);
@@ -92,7 +83,7 @@ async fn exercise(db: &Db) -> anyhow::Result<()> {
             .as_deref(),
         Some("SHA256:first")
     );
-    assert_eq!(db.list_connections(None, &page(None)).await?.1, 1);
+    assert_eq!(db.list_connections("u1", None, &page(None)).await?.1, 1);
 
     db.insert_session(&pending("s1", "jti-1", now)).await?;
     assert!(!db.claim_session("s1", "wrong-jti", "b1", now).await?);
@@ -154,7 +145,9 @@ async fn exercise(db: &Db) -> anyhow::Result<()> {
     workspaces(db, now).await?;
     agent_identities(db, now).await?;
     access(db, now).await?;
+    favourites(db, now).await?;
     second_factors(db, now).await?;
+    identities(db, now).await?;
     db.prune(now + 100_000).await?;
     Ok(())
 }
@@ -197,12 +190,113 @@ async fn second_factors(db: &Db, now: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Single sign-on: providers with unique names, a provider's user created once and found again by their
+/// id there (a name taken elsewhere gets `@provider`), memberships replaced at each login (unknown group
+/// names ignored), OIDC states that work once even when presented at once, and a provider deleted with
+/// its users.
+async fn identities(db: &Db, now: i64) -> anyhow::Result<()> {
+    let provider = |id: &str, name: &str| IdentityProvider {
+        id: id.into(),
+        kind: "oidc".into(),
+        name: name.into(),
+        config: "{}".into(),
+        secret_enc: Some("sealed".into()),
+        enabled: true,
+        created_at: now,
+    };
+    let corp = provider("p1", "corp");
+    assert!(db.save_provider(&corp).await?);
+    assert!(!db.save_provider(&provider("p2", "corp")).await?, "names are unique");
+    let other = provider("p2", "other");
+    assert!(db.save_provider(&other).await?);
+    let mut renamed = corp.clone();
+    renamed.enabled = false;
+    assert!(db.save_provider(&renamed).await?, "saving again updates");
+    assert_eq!(db.provider("p1").await?.map(|p| p.enabled), Some(false));
+    assert!(db.save_provider(&corp).await?);
+    assert_eq!(db.list_providers().await?.len(), 2);
+
+    for (id, name) in [("gi1", "desk"), ("gi2", "ops")] {
+        db.create_group(
+            id,
+            &GroupBody {
+                name: name.into(),
+                max_sessions: None,
+                protocols: None,
+            },
+            now,
+        )
+        .await?;
+    }
+    let who = |sub: &str, name: &str, groups: &[&str]| ExternalIdentity {
+        external_id: sub.into(),
+        username: name.into(),
+        role: "user".into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+    };
+    let first = db
+        .sync_external_user(&corp, &who("sub-1", "ida", &["desk", "nope"]), now)
+        .await?;
+    assert_eq!(
+        (first.username.as_str(), first.provider_id.as_deref()),
+        ("ida", Some("p1"))
+    );
+    assert_eq!(db.members("gi1").await?, std::slice::from_ref(&first.id));
+    let again = db
+        .sync_external_user(&corp, &who("sub-1", "ida", &["ops"]), now)
+        .await?;
+    assert_eq!(again.id, first.id, "found again by sub");
+    assert!(db.members("gi1").await?.is_empty(), "left desk at the provider");
+    assert_eq!(db.members("gi2").await?, std::slice::from_ref(&first.id));
+    let twin = db.sync_external_user(&other, &who("sub-1", "ida", &[]), now).await?;
+    assert_ne!(twin.id, first.id, "the same sub at another provider is another user");
+    assert_eq!(twin.username, "ida@other");
+    assert_eq!(
+        db.external_user("p2", "sub-1").await?.map(|u| u.id),
+        Some(twin.id.clone())
+    );
+    assert_eq!(db.count_provider_users("p1").await?, 1);
+
+    let login = OidcLogin {
+        provider_id: "p1".into(),
+        nonce: "n".into(),
+        verifier: "v".into(),
+        binding_hash: "b".into(),
+        next_path: "/".into(),
+        expires_at: now + 600,
+    };
+    db.insert_oidc_login("state-hash", &login, now).await?;
+    assert_eq!(db.count_oidc_logins(now).await?, 1);
+    let takes = futures_util::future::try_join_all((0..10).map(|_| db.take_oidc_login("state-hash"))).await?;
+    assert_eq!(
+        takes.iter().flatten().count(),
+        1,
+        "a state works once, also when presented at once"
+    );
+    assert_eq!(takes.iter().flatten().next().map(|l| l.nonce.as_str()), Some("n"));
+    db.insert_oidc_login(
+        "stale",
+        &OidcLogin {
+            expires_at: now - 1,
+            ..login.clone()
+        },
+        now,
+    )
+    .await?;
+    db.insert_oidc_login("fresh", &login, now).await?;
+    assert!(db.take_oidc_login("stale").await?.is_none(), "expired states are swept");
+
+    assert!(db.delete_provider("p2", now).await?);
+    assert!(db.user(&twin.id).await?.is_none(), "its users go with it");
+    assert!(db.user(&first.id).await?.is_some());
+    Ok(())
+}
+
 fn page(q: Option<&str>) -> ListQuery {
     ListQuery {
         q: q.map(str::to_owned),
-        folder_id: None,
         limit: 1000,
-        offset: 0,
+        ..ListQuery::default()
     }
 }
 
@@ -233,20 +327,9 @@ async fn access(db: &Db, now: i64) -> anyhow::Result<()> {
         Change::Refused(_)
     ));
     let conn = |id: &str, name: &str, folder: Option<&str>| Connection {
-        id: id.into(),
-        name: name.into(),
-        protocol: "ssh".into(),
-        host: format!("{id}.example.internal"),
-        port: 22,
         username: "root".into(),
-        password_enc: None,
-        private_key_enc: None,
-        host_key_fingerprint: None,
-        settings: "{}".into(),
-        created_at: now,
-        updated_at: now,
         folder_id: folder.map(str::to_owned),
-        folder_path: None,
+        ..Connection::new(id, name, "ssh", format!("{id}.example.internal"), 22, now)
     };
     db.insert_connection(&conn("deep", "Deep 100%", Some("f3"))).await?;
     db.insert_connection(&conn("other", "Other_box", Some("g1"))).await?;
@@ -295,9 +378,9 @@ async fn access(db: &Db, now: i64) -> anyhow::Result<()> {
     );
     assert_eq!(db.grants("folder", "f1").await?, grants(&[], &["grp"]));
     let visible = |viewer: Option<&'static str>, q: Option<&'static str>| async move {
-        let (rows, total) = db.list_connections(viewer, &page(q)).await?;
+        let (rows, total) = db.list_connections("ud", viewer, &page(q)).await?;
         assert_eq!(rows.len() as i64, total);
-        anyhow::Ok(rows.into_iter().map(|c| c.id).collect::<Vec<_>>())
+        anyhow::Ok(rows.into_iter().map(|(c, _, _)| c.id).collect::<Vec<_>>())
     };
     assert_eq!(
         visible(Some("ua"), None).await?,
@@ -373,6 +456,7 @@ async fn access(db: &Db, now: i64) -> anyhow::Result<()> {
     assert_eq!(visible(Some("ua"), None).await?, Vec::<String>::new());
     assert_eq!(
         db.list_connections(
+            "ud",
             None,
             &ListQuery {
                 folder_id: Some("g1".into()),
@@ -397,6 +481,178 @@ async fn access(db: &Db, now: i64) -> anyhow::Result<()> {
         Change::Refused("the folder is not empty: move or delete its subfolders and connections first".into())
     );
     assert_eq!(db.delete_folder("f1").await?, Change::Done);
+    Ok(())
+}
+
+/// Favourites and the last use of each connection, per user: the orders of the home page (favourites, then
+/// the most recently used, then by folder and name), the filters, the access check of a star, and the
+/// favourites that go with their connection or user.
+async fn favourites(db: &Db, now: i64) -> anyhow::Result<()> {
+    for (id, name, role) in [("fa", "fay", "user"), ("fb", "finn", "user"), ("fz", "zoe", "admin")] {
+        db.insert_user(id, name, "hash", role, now).await?;
+    }
+    let f = Folder {
+        id: "ff".into(),
+        name: "favourites folder".into(),
+        parent_id: None,
+        created_at: now,
+    };
+    assert_eq!(db.create_folder(&f).await?, Change::Done);
+    let connection = |id: &str, folder: Option<&str>| Connection {
+        username: "root".into(),
+        folder_id: folder.map(str::to_owned),
+        ..Connection::new(id, id, "ssh", format!("{id}.example.internal"), 22, now)
+    };
+    for (id, folder) in [
+        ("fav-a", Some("ff")),
+        ("fav-b", Some("ff")),
+        ("fav-c", Some("ff")),
+        ("fav-d", Some("ff")),
+        ("fav-x", None),
+    ] {
+        db.insert_connection(&connection(id, folder)).await?;
+    }
+    let to = |users: &[&str]| Grants {
+        user_ids: users.iter().map(|s| (*s).to_owned()).collect(),
+        group_ids: vec![],
+    };
+    assert_eq!(
+        db.set_grants("folder", "ff", &to(&["fa", "fb"]), now).await?,
+        Change::Done
+    );
+
+    // A star: idempotent both ways; on what the user may not use (or what does not exist) it is refused
+    // and changes nothing.
+    assert!(db.set_favourite("fa", Some("fa"), "fav-c", true).await?);
+    assert!(db.set_favourite("fa", Some("fa"), "fav-c", true).await?);
+    assert!(db.set_favourite("fa", Some("fa"), "fav-d", true).await?);
+    assert!(db.set_favourite("fa", Some("fa"), "fav-d", false).await?);
+    assert!(db.set_favourite("fa", Some("fa"), "fav-d", false).await?);
+    for on in [true, false] {
+        assert!(!db.set_favourite("fa", Some("fa"), "fav-x", on).await?);
+        assert!(!db.set_favourite("fa", Some("fa"), "ghost", on).await?);
+    }
+    assert!(
+        db.set_favourite("fz", None, "fav-x", true).await?,
+        "an admin may star anything"
+    );
+    // Sessions: fay's latest on fav-b is at +3 (not its first, at +1), on fav-d at +5; finn's on fav-a.
+    for (i, (user, conn, at)) in [
+        ("fa", "fav-b", 1),
+        ("fa", "fav-d", 5),
+        ("fa", "fav-b", 3),
+        ("fb", "fav-a", 9),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        db.insert_session(&SessionRow {
+            user_id: user.into(),
+            connection_id: conn.into(),
+            created_at: now + at,
+            ..pending(&format!("fav-s{i}"), &format!("fav-jti{i}"), now)
+        })
+        .await?;
+    }
+    let list = |caller: &'static str, viewer: Option<&'static str>, q: ListQuery| async move {
+        let (rows, total) = db.list_connections(caller, viewer, &q).await?;
+        anyhow::Ok((
+            rows.into_iter()
+                .map(|(c, f, l)| (c.id, f, l.map(|t| t - now)))
+                .collect::<Vec<_>>(),
+            total,
+        ))
+    };
+    let all = || ListQuery {
+        limit: 100,
+        ..ListQuery::default()
+    };
+    let recent = || ListQuery {
+        favourites_first: true,
+        recent_first: true,
+        ..all()
+    };
+    let row = |id: &str, f: bool, l: Option<i64>| (id.to_owned(), f, l);
+    assert_eq!(
+        list("fa", Some("fa"), recent()).await?,
+        (
+            vec![
+                row("fav-c", true, None),
+                row("fav-d", false, Some(5)),
+                row("fav-b", false, Some(3)),
+                row("fav-a", false, None),
+            ],
+            4
+        ),
+        "favourites, then the most recently used, then by folder and name"
+    );
+    let ids = |(rows, total): (Vec<(String, bool, Option<i64>)>, i64)| {
+        (rows.into_iter().map(|r| r.0).collect::<Vec<_>>(), total)
+    };
+    let v = |ids: &[&str], total: i64| (ids.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(), total);
+    assert_eq!(
+        ids(list("fa", Some("fa"), all()).await?),
+        v(&["fav-a", "fav-b", "fav-c", "fav-d"], 4)
+    );
+    let last_used = || ListQuery {
+        recent_first: true,
+        ..all()
+    };
+    assert_eq!(
+        ids(list("fa", Some("fa"), last_used()).await?),
+        v(&["fav-d", "fav-b", "fav-a", "fav-c"], 4)
+    );
+    let used = |limit| ListQuery {
+        only_used: true,
+        limit,
+        ..last_used()
+    };
+    assert_eq!(ids(list("fa", Some("fa"), used(8)).await?), v(&["fav-d", "fav-b"], 2));
+    assert_eq!(
+        ids(list("fa", Some("fa"), used(1)).await?),
+        v(&["fav-d"], 2),
+        "paged, with the total"
+    );
+    let stars = || ListQuery {
+        only_favourites: true,
+        ..all()
+    };
+    assert_eq!(ids(list("fa", Some("fa"), stars()).await?), v(&["fav-c"], 1));
+    let searched = ListQuery {
+        q: Some("FAV-C".into()),
+        ..recent()
+    };
+    assert_eq!(ids(list("fa", Some("fa"), searched).await?), v(&["fav-c"], 1));
+    // Per user: finn (the second user of the folder's grant: SQLite 3.51 once let only the first one in) sees
+    // his own use and no star; the admin's star covers what no grant does.
+    assert_eq!(
+        list("fb", Some("fb"), recent()).await?.0,
+        vec![
+            row("fav-a", false, Some(9)),
+            row("fav-b", false, None),
+            row("fav-c", false, None),
+            row("fav-d", false, None),
+        ]
+    );
+    assert_eq!(ids(list("fz", None, stars()).await?), v(&["fav-x"], 1));
+    // Revoked: out of fay's stars and recent ones (the rows stay, and come back with the grant).
+    assert_eq!(db.set_grants("folder", "ff", &to(&["fb"]), now).await?, Change::Done);
+    assert_eq!(list("fa", Some("fa"), stars()).await?.1, 0);
+    assert_eq!(list("fa", Some("fa"), used(8)).await?.1, 0);
+    assert!(!db.set_favourite("fa", Some("fa"), "fav-c", false).await?);
+    // Granted again: the star is back. Deleting a connection or a user removes their favourites (foreign
+    // keys, on both engines): the same ids made again carry none.
+    assert_eq!(
+        db.set_grants("folder", "ff", &to(&["fa", "fb"]), now).await?,
+        Change::Done
+    );
+    assert_eq!(ids(list("fa", Some("fa"), stars()).await?), v(&["fav-c"], 1));
+    assert!(db.delete_connection("fav-c", now).await?);
+    db.insert_connection(&connection("fav-c", Some("ff"))).await?;
+    assert_eq!(list("fa", Some("fa"), stars()).await?.1, 0);
+    assert!(db.delete_user("fz", now).await?);
+    db.insert_user("fz", "zoe", "hash", "admin", now).await?;
+    assert_eq!(list("fz", None, stars()).await?.1, 0);
     Ok(())
 }
 

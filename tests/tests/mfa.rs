@@ -9,17 +9,6 @@ use portico_webapp::mfa;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-async fn user(admin: &Api, name: &str, role: &str) -> anyhow::Result<String> {
-    let v = admin
-        .ok(
-            Method::POST,
-            "/api/v1/users",
-            Some(json!({ "username": name, "password": format!("{name}-password-1"), "role": role })),
-        )
-        .await?;
-    Ok(v["id"].as_str().unwrap_or_default().to_owned())
-}
-
 /// The first step: the password; returns the response body.
 async fn password_step(api: &Api, name: &str) -> anyhow::Result<Value> {
     api.ok(
@@ -51,7 +40,7 @@ async fn second_step(api: &Api, token: &Value, field: &str, value: &str) -> anyh
 async fn totp_enrolment_login_replay_recovery_and_reset() -> anyhow::Result<()> {
     let p = Portico::start()?;
     let admin = Api::admin(&p).await?;
-    let carol_id = user(&admin, "carol", "user").await?;
+    let carol_id = admin.create_user("carol", "user").await?;
     let mut carol = Api::new(&p)?;
     carol.login("carol", "carol-password-1").await?;
     let enrol = carol.ok(Method::POST, "/api/v1/auth/mfa/enrol", None).await?;
@@ -161,7 +150,7 @@ async fn totp_enrolment_login_replay_recovery_and_reset() -> anyhow::Result<()> 
 async fn a_role_that_requires_two_factors_may_only_enrol_until_it_has_them() -> anyhow::Result<()> {
     let p = Portico::start()?;
     let admin = Api::admin(&p).await?;
-    user(&admin, "dave", "user").await?;
+    admin.create_user("dave", "user").await?;
     let (s, _) = admin
         .request(
             Method::PUT,

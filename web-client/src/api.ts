@@ -3,7 +3,7 @@
 export type Role = 'admin' | 'auditor' | 'user';
 export interface User {
   id: string; username: string; role: Role; created_at: number; max_sessions: number | null; protocols: string[] | null;
-  mfa_enabled: boolean;
+  mfa_enabled: boolean; /** The identity provider the user comes from; null: a local account. */ provider_id: string | null;
 }
 /** `mfa_enrolment_required`: the login may only set up two-factor authentication until it has. */
 export interface Me { user: User; csrf_token: string | null; mfa_enrolment_required?: boolean }
@@ -108,13 +108,25 @@ export async function loginSecondStep(token: string, code: { code: string } | { 
 
 export const mfaEnrol = () => call<MfaEnrolment>('POST', '/api/v1/auth/mfa/enrol');
 export const mfaConfirm = (code: string) => call<{ recovery_codes: string[] }>('POST', '/api/v1/auth/mfa/confirm', { code });
-export const settings = () => call<{ mfa_required_roles: Role[] }>('GET', '/api/v1/settings');
-export const setSettings = (s: { mfa_required_roles: Role[] }) => call<unknown>('PUT', '/api/v1/settings', s);
 export const mfaReset = (userId: string) => call<unknown>('DELETE', `/api/v1/users/${encodeURIComponent(userId)}/mfa`);
 
 export const logout = () => call<unknown>('POST', '/api/v1/auth/logout');
-export const connections = (p: { q?: string; folder_id?: string; limit?: number; offset?: number } = {}) =>
-  page<Connection>('/api/v1/connections', p);
+/** A connection in the caller's list, with what it is to them. */
+export interface ListedConnection extends Connection {
+  /** One of the caller's favourites. */ favourite: boolean;
+  /** When the caller last started a session on it (unix seconds). */ last_used_at: number | null;
+}
+/** `sort`: name (by folder, then name; the default), recent (the caller's favourites, then what they used last,
+ * then by folder and name), last_used (what the caller used last first); `favourite`, `used`: only those. */
+export interface ConnectionQuery {
+  q?: string; folder_id?: string; limit?: number; offset?: number;
+  sort?: 'name' | 'recent' | 'last_used'; favourite?: boolean; used?: boolean;
+}
+export const connections = (p: ConnectionQuery = {}) =>
+  page<ListedConnection>('/api/v1/connections', { ...p, favourite: p.favourite ? 'true' : undefined, used: p.used ? 'true' : undefined });
+/** Make a connection one of the caller's favourites, or not. */
+export const setFavourite = (id: string, on: boolean) =>
+  call<unknown>(on ? 'PUT' : 'DELETE', `/api/v1/connections/${encodeURIComponent(id)}/favourite`);
 export const connection = (id: string) => call<Connection>('GET', `/api/v1/connections/${encodeURIComponent(id)}`);
 export const createConnection = (c: ConnectionInput) => call<Connection>('POST', '/api/v1/connections', c);
 export const updateConnection = (id: string, c: ConnectionInput) => call<Connection>('PUT', `/api/v1/connections/${encodeURIComponent(id)}`, c);
@@ -154,3 +166,28 @@ export interface SessionRow {
 }
 export const sessions = (): Promise<SessionRow[]> => call('GET', '/api/v1/sessions');
 
+
+/** Single sign-on (see webapp/src/identity.rs). */
+export interface OidcSettings { issuer: string; client_id: string; scopes?: string[]; groups_claim?: string; username_claim?: string; ca_pem?: string | null }
+export interface LdapSettings {
+  url: string; starttls?: boolean; ca_pem?: string | null; bind_dn: string; user_base: string; user_filter?: string;
+  group_base?: string | null; group_filter?: string;
+}
+export interface Mapping { groups: Record<string, string>; roles: Record<string, Role> }
+export interface IdentityProvider {
+  id: string; kind: 'oidc' | 'ldap'; name: string; enabled: boolean; oidc?: OidcSettings; ldap?: LdapSettings; mapping: Mapping;
+  has_client_secret: boolean; redirect_uri?: string; users: number; created_at: number;
+}
+export interface ProviderInput {
+  kind: 'oidc' | 'ldap'; name: string; enabled?: boolean; oidc?: OidcSettings; client_secret?: string; ldap?: LdapSettings; mapping?: Mapping;
+}
+export interface LoginOptions { oidc: { id: string; name: string; login_url: string }[]; ldap: boolean }
+export const loginOptions = () => call<LoginOptions>('GET', '/api/v1/auth/providers');
+export const identityProviders = () => call<IdentityProvider[]>('GET', '/api/v1/identity-providers');
+export const createIdentityProvider = (p: ProviderInput) => call<IdentityProvider>('POST', '/api/v1/identity-providers', p);
+export const updateIdentityProvider = (id: string, p: ProviderInput) =>
+  call<IdentityProvider>('PUT', `/api/v1/identity-providers/${encodeURIComponent(id)}`, p);
+export const deleteIdentityProvider = (id: string) => call<unknown>('DELETE', `/api/v1/identity-providers/${encodeURIComponent(id)}`);
+export interface SecuritySettings { mfa_required_roles: Role[]; local_login_admins_only: boolean }
+export const securitySettings = () => call<SecuritySettings>('GET', '/api/v1/settings');
+export const setSecuritySettings = (s: Partial<SecuritySettings>) => call<SecuritySettings>('PUT', '/api/v1/settings', s);

@@ -4,6 +4,7 @@ import * as api from './api';
 import { h, mount, errorText } from './dom';
 import { openSession, type SessionTarget } from './session';
 import { foldersCard, grantsEditor, groupsCard } from './access';
+import { identityProvidersCard, loginExtras } from './sso';
 
 const DEFAULT_PORTS: Record<string, number> = { ssh: 22, vnc: 5900, rdp: 3389 };
 
@@ -32,6 +33,7 @@ export function showLogin(onDone: (me: api.Me) => void): void {
     h('h1', {}, 'Portico'), h('p', { class: 'muted' }, 'Browser access to your servers'),
     h('label', { for: 'login-username' }, 'User name'), user,
     h('label', { for: 'login-password' }, 'Password'), pass, submit, err);
+  void loginExtras(err).then((extras) => form.append(extras));
   onSubmit(form, submit, err, async () => {
     const r = await api.login(user.value.trim(), pass.value);
     if ('mfa_required' in r) showSecondStep(r.mfa_token, onDone);
@@ -265,6 +267,17 @@ function fmtTime(t: number | null): string {
 
 /** Rows of the connection list per request: more come with "Show more" (search and paging on the server). */
 const PAGE = 50;
+/** The home page's "Recent": the connections the user started a session on last (still granted). */
+const RECENT = 8;
+/** At most this many favourites at the top of the home page (the others are in the list, starred). */
+const FAVOURITES = 100;
+
+function target(c: api.Connection): string {
+  return c.protocol === 'container' ? workspaceSummary(c.settings?.workspace) : `${c.username ? `${c.username}@` : ''}${c.host}:${c.port}`;
+}
+
+/** The header cell of the favourite toggles' column (named for screen readers). */
+const starHeading = () => h('th', { class: 'star' }, h('span', { class: 'sr-only' }, 'Favourite'));
 
 export async function showMain(me: api.Me, onLogout: () => void): Promise<void> {
   const refresh = () => void showMain(me, onLogout);
@@ -284,10 +297,22 @@ export async function showMain(me: api.Me, onLogout: () => void): Promise<void> 
   const count = h('span', { id: 'conn-count', class: 'muted' });
   const more = h('button', { id: 'conn-more', hidden: true }, 'Show more');
   const tbody = h('tbody', { id: 'conn-list' });
+  // Favourites and recently used connections come first (those the user may still use). An auditor starts
+  // nothing and changes nothing: no stars, nothing recent.
+  const quick = me.user.role !== 'auditor';
+  const favList = h('tbody', { id: 'fav-list' });
+  const recentList = h('tbody', { id: 'recent-list' });
+  const quickSection = (id: string, title: string, list: HTMLElement, last: string) =>
+    h('section', { id, class: 'quick', hidden: true, 'aria-labelledby': `${id}-title` }, h('h3', { id: `${id}-title` }, title),
+      h('table', {}, h('thead', {}, h('tr', {}, starHeading(), h('th', {}, 'Name'), h('th', {}, 'Folder'), h('th', {}, 'Protocol'),
+        h('th', {}, last), h('th', {}))), list));
+  const favSection = quickSection('favourites', 'Favourites', favList, 'Target');
+  const recentSection = quickSection('recent', 'Recent', recentList, 'Last used');
   const connCard = h('section', { class: 'card' },
-    h('h2', {}, 'Connections', h('span', { class: 'spacer' }), newBtn), editorSlot,
+    h('h2', {}, 'Connections', h('span', { class: 'spacer' }), newBtn), editorSlot, favSection, recentSection,
+    h('h3', { id: 'all-title', hidden: !quick }, 'All connections'),
     h('div', { class: 'inline-form' }, search, count),
-    h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Protocol'), h('th', {}, 'Target'), h('th', {}, 'Host key'), h('th', {}))), tbody),
+    h('table', {}, h('thead', {}, h('tr', {}, starHeading(), h('th', {}, 'Name'), h('th', {}, 'Protocol'), h('th', {}, 'Target'), h('th', {}, 'Host key'), h('th', {}))), tbody),
     more, err);
   newBtn?.addEventListener('click', () => editorSlot.replaceChildren(connectionEditor(null, refresh, () => editorSlot.replaceChildren())));
 
@@ -302,18 +327,70 @@ export async function showMain(me: api.Me, onLogout: () => void): Promise<void> 
   const page = h('main', { class: 'page' }, connCard);
   mount(header, page);
 
-  const row = (c: api.Connection): HTMLElement => {
-    const container = c.protocol === 'container';
-    const open = h('button', { class: 'conn-open primary' }, container ? 'Launch' : 'Open');
-    open.addEventListener('click', async () => {
+  // A session opens in its own tab (the list stays here): a link to this page with `#open=<id>`, which
+  // starts the session there (below); middle-click and "open in new window" work as on any link.
+  const openButton = (c: api.Connection): HTMLElement | null => {
+    // An auditor reads the list and starts nothing.
+    if (me.user.role === 'auditor') return null;
+    return h('a', { class: 'conn-open button primary', href: `/#open=${encodeURIComponent(c.id)}`, target: '_blank', rel: 'noopener' },
+      c.protocol === 'container' ? 'Launch' : 'Open');
+  };
+  // The star of a connection, in every row that shows it: a toggle button (aria-pressed) named after it.
+  const markStar = (b: HTMLButtonElement, on: boolean) => {
+    b.setAttribute('aria-pressed', String(on));
+    b.textContent = on ? '★' : '☆';
+    b.title = on ? 'Remove from favourites' : 'Add to favourites';
+  };
+  const star = (c: api.ListedConnection): HTMLElement => {
+    const cell = h('td', { class: 'star' });
+    if (!quick) return cell;
+    const b = h('button', { type: 'button', class: 'conn-star', 'data-id': c.id, 'aria-label': `Favourite: ${c.name}` });
+    markStar(b, c.favourite);
+    b.addEventListener('click', async () => {
+      const on = b.getAttribute('aria-pressed') !== 'true';
+      err.textContent = '';
+      b.disabled = true;
       try {
-        await launch(c, me, refresh);
+        await api.setFavourite(c.id, on);
+        for (const other of page.querySelectorAll<HTMLButtonElement>('button.conn-star')) {
+          if (other.dataset.id === c.id) markStar(other, on);
+        }
+        await loadQuick();
       } catch (e) {
         err.textContent = errorText(e);
+      } finally {
+        b.disabled = false;
       }
     });
-    // An auditor reads the list and starts nothing.
-    const actions = h('td', { class: 'actions' }, me.user.role === 'auditor' ? null : open);
+    cell.append(b);
+    return cell;
+  };
+  /** A row of "Favourites" or "Recent" (`kind`): the main list's rows alone are `conn-row`. */
+  const quickRow = (c: api.ListedConnection, kind: string, last: string): HTMLElement =>
+    h('tr', { class: kind, 'data-id': c.id, 'data-name': c.name },
+      star(c), h('td', {}, c.name), h('td', { class: 'muted' }, c.folder_path ?? 'Top level'),
+      h('td', {}, h('span', { class: 'tag' }, c.protocol)), h('td', {}, last), h('td', { class: 'actions' }, openButton(c)));
+  const loadQuick = async () => {
+    if (!quick) return;
+    const [favs, recent] = await Promise.all([
+      api.connections({ favourite: true, limit: FAVOURITES }),
+      api.connections({ used: true, sort: 'last_used', limit: RECENT }),
+    ]);
+    favList.replaceChildren(...favs.items.map((c) => quickRow(c, 'fav-row', target(c))));
+    if (favs.total > favs.items.length) {
+      favList.append(h('tr', {}, h('td', { colspan: '6', class: 'muted' }, `${favs.total - favs.items.length} more in the list below`)));
+    }
+    recentList.replaceChildren(...recent.items.map((c) => quickRow(c, 'recent-row', fmtTime(c.last_used_at))));
+    favSection.hidden = favs.total === 0;
+    recentSection.hidden = recent.total === 0;
+    // What the sections show now (the browser tests wait for it).
+    favList.dataset.total = String(favs.total);
+    recentList.dataset.total = String(recent.total);
+  };
+
+  const row = (c: api.ListedConnection): HTMLElement => {
+    const container = c.protocol === 'container';
+    const actions = h('td', { class: 'actions' }, openButton(c));
     if (isAdmin) {
       const edit = h('button', { class: 'conn-edit' }, 'Edit');
       edit.addEventListener('click', () => editorSlot.replaceChildren(connectionEditor(c, refresh, () => editorSlot.replaceChildren())));
@@ -334,8 +411,8 @@ export async function showMain(me: api.Me, onLogout: () => void): Promise<void> 
       actions.append(edit, access, del);
     }
     return h('tr', { class: 'conn-row', 'data-id': c.id, 'data-name': c.name },
-      h('td', {}, c.name), h('td', {}, h('span', { class: 'tag' }, c.protocol)),
-      h('td', {}, container ? workspaceSummary(c.settings?.workspace) : `${c.username ? `${c.username}@` : ''}${c.host}:${c.port}`),
+      star(c), h('td', {}, c.name), h('td', {}, h('span', { class: 'tag' }, c.protocol)),
+      h('td', {}, target(c)),
       h('td', { class: 'muted' }, container ? 'one-time password' : c.host_key_fingerprint ?? (c.protocol === 'vnc' ? '—' : c.settings?.danger_accept_any_certificate ? 'any (insecure)' : 'trust on first use')), actions);
   };
 
@@ -357,14 +434,14 @@ export async function showMain(me: api.Me, onLogout: () => void): Promise<void> 
       for (const c of p.items) {
         const folder = c.folder_path ?? '';
         if (folder !== lastFolder && (folder || lastFolder !== null)) {
-          tbody.append(h('tr', { class: 'folder-heading' }, h('th', { colspan: '5' }, folder || 'Top level')));
+          tbody.append(h('tr', { class: 'folder-heading' }, h('th', { colspan: '6' }, folder || 'Top level')));
         }
         lastFolder = folder;
         tbody.append(row(c));
       }
       loaded += p.items.length;
       if (p.total === 0) {
-        tbody.append(h('tr', {}, h('td', { colspan: '5', class: 'muted' },
+        tbody.append(h('tr', {}, h('td', { colspan: '6', class: 'muted' },
           q ? 'Nothing matches.' : isAdmin ? 'No connections yet: create one.' : 'No connection is shared with you yet.')));
       }
       count.textContent = `${p.total} connection${p.total === 1 ? '' : 's'}`;
@@ -382,7 +459,7 @@ export async function showMain(me: api.Me, onLogout: () => void): Promise<void> 
     timer = window.setTimeout(() => void load(false), 150);
   });
   more.addEventListener('click', () => void load(true));
-  await load(false);
+  await Promise.all([load(false), loadQuick().catch((e) => { err.textContent = errorText(e); })]);
 
   page.append(await sessionsCard(me, refresh));
   page.append(await apiKeysCard());
@@ -393,13 +470,18 @@ export async function showMain(me: api.Me, onLogout: () => void): Promise<void> 
     page.append(await agentsCard());
     page.append(await usersCard(me, refresh));
     page.append(await securityCard());
+    page.append(await identityProvidersCard());
   }
 
   const m = /^#open=(.+)$/.exec(location.hash);
   if (m) {
     history.replaceState(null, '', location.pathname);
-    const c = await api.connection(decodeURIComponent(m[1] ?? '')).catch(() => null);
-    if (c) await launch(c, me, refresh);
+    try {
+      const c = await api.connection(decodeURIComponent(m[1] ?? ''));
+      await launch(c, me, refresh);
+    } catch (e) {
+      err.textContent = `Could not open the session: ${errorText(e)}`;
+    }
   }
 }
 
@@ -566,16 +648,19 @@ async function usersCard(me: api.Me, refresh: () => void): Promise<HTMLElement> 
     h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'User'), h('th', {}, 'Role'), h('th', {}, 'Created'), h('th', {}))), list), err);
 }
 
-/** Which roles must log in with a second factor (their accounts without one may only set it up). */
+/** Which roles must log in with a second factor (their accounts without one may only set it up), and
+ * whether local accounts other than admins may log in (single sign-on only). */
 async function securityCard(): Promise<HTMLElement> {
   const err = h('div', { class: 'error', role: 'alert' });
   const roles: api.Role[] = ['admin', 'auditor', 'user'];
   const boxes = roles.map((r) => h('input', { type: 'checkbox', id: `mfa-required-${r}`, value: r }));
+  const adminsOnly = h('input', { type: 'checkbox', id: 'local-login-admins-only' });
   const save = h('button', { id: 'security-save' }, 'Save');
   const saved = h('span', { class: 'muted', id: 'security-saved' });
   try {
-    const cur = await api.settings();
+    const cur = await api.securitySettings();
     for (const b of boxes) b.checked = cur.mfa_required_roles.includes(b.value as api.Role);
+    adminsOnly.checked = cur.local_login_admins_only;
   } catch (e) {
     err.textContent = errorText(e);
   }
@@ -583,7 +668,10 @@ async function securityCard(): Promise<HTMLElement> {
     err.textContent = '';
     saved.textContent = '';
     try {
-      await api.setSettings({ mfa_required_roles: boxes.filter((b) => b.checked).map((b) => b.value as api.Role) });
+      await api.setSecuritySettings({
+        mfa_required_roles: boxes.filter((b) => b.checked).map((b) => b.value as api.Role),
+        local_login_admins_only: adminsOnly.checked,
+      });
       saved.textContent = 'saved';
     } catch (e) {
       err.textContent = errorText(e);
@@ -591,5 +679,8 @@ async function securityCard(): Promise<HTMLElement> {
   });
   return h('section', { class: 'card' }, h('h2', {}, 'Security'),
     h('p', { class: 'muted' }, 'Two-factor authentication is required for these roles:'),
-    h('div', { class: 'inline-form' }, ...boxes.flatMap((b, i) => [h('label', { for: b.id }, b, ` ${roles[i]}`)]), save, saved), err);
+    h('div', { class: 'inline-form' }, ...boxes.flatMap((b, i) => [h('label', { for: b.id }, b, ` ${roles[i]}`)])),
+    h('p', {}, h('label', { for: adminsOnly.id }, adminsOnly,
+      ' Only admins may log in with a local password (everyone else signs in with single sign-on or a directory)')),
+    h('div', { class: 'inline-form' }, save, saved), err);
 }

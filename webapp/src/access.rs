@@ -1,5 +1,6 @@
 //! Who may reach what, over the REST API: users and their roles and limits, groups and their members,
-//! folders of connections, and the grants of a connection or a folder to users and groups.
+//! folders of connections, the grants of a connection or a folder to users and groups, and each user's
+//! favourite connections.
 //!
 //! Roles are enforced by extractors ([`Admin`], [`Overseer`], and the auditor's read-only rule inside
 //! [`CurrentUser`]); grants by the one SQL predicate of `db::access` that listing, reading, starting and
@@ -15,7 +16,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
 use crate::api::{ApiJson, PageQuery, page, validate_password};
-use crate::auth::{Admin, Overseer, ROLE_USER, ROLES};
+use crate::auth::{Admin, CurrentUser, Overseer, ROLE_USER, ROLES};
 use crate::db::{Change, Folder, Grants, GroupBody, User};
 use crate::error::ApiError;
 use crate::{AppState, now_unix};
@@ -36,6 +37,10 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/api/v1/connections/{id}/grants",
             get(connection_grants).put(set_connection_grants),
+        )
+        .route(
+            "/api/v1/connections/{id}/favourite",
+            put(add_favourite).delete(remove_favourite),
         )
 }
 
@@ -141,6 +146,7 @@ async fn create_user(
         max_sessions: None,
         protocols: None,
         mfa_enabled: false,
+        provider_id: None,
     };
     st.db
         .insert_user(
@@ -431,4 +437,31 @@ async fn set_connection_grants(
     ApiJson(g): ApiJson<Grants>,
 ) -> Result<StatusCode, ApiError> {
     set_grants_of(&st, &me, "connection", &id, g).await
+}
+
+// ---- favourites
+
+/// Make a connection one of the caller's favourites or not (both idempotent); one the caller may not use
+/// is "not found", like one that never existed.
+async fn favourite(st: &AppState, me: &CurrentUser, id: &str, on: bool) -> Result<StatusCode, ApiError> {
+    if !st.db.set_favourite(&me.user.id, me.viewer(), id, on).await? {
+        return Err(ApiError::NotFound("connection"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn add_favourite(
+    State(st): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    favourite(&st, &me, &id, true).await
+}
+
+async fn remove_favourite(
+    State(st): State<AppState>,
+    me: CurrentUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    favourite(&st, &me, &id, false).await
 }

@@ -75,6 +75,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/sessions/{id}", get(get_session).delete(end_session))
         .merge(crate::access::routes())
         .merge(crate::mfa::routes())
+        .merge(crate::identity::routes())
 }
 
 async fn healthcheck(State(st): State<AppState>) -> Response {
@@ -121,6 +122,12 @@ async fn login(
 ) -> Result<Response, ApiError> {
     let client = peer.map(|a| a.ip());
     let user = login::check_password(&st, &body.username, body.password, client, &headers).await?;
+    if !crate::identity::local_login_allowed(&st, &user).await? {
+        tracing::info!(user_id = %user.id, client = ?client, "Local login refused: local accounts are for admins only");
+        return Err(ApiError::Forbidden(
+            "local accounts are disabled: sign in with your organisation's account".into(),
+        ));
+    }
     if user.mfa_enabled {
         // No cookie yet: the second step (`/auth/login/mfa`) gives it for a right code.
         tracing::info!(user_id = %user.id, client = ?client, "Password right; second factor asked");
@@ -133,6 +140,26 @@ async fn login(
 /// A login session for `user` (cookie, CSRF token, device cookie); `mfa_pending`: it may only enrol a
 /// second factor (its role requires one and it has none).
 pub async fn start_login(st: &AppState, user: User, mfa_pending: bool) -> Result<Response, ApiError> {
+    let (cookies, csrf) = login_cookies(st, &user, mfa_pending).await?;
+    let mut res = Json(MeResponse {
+        user,
+        csrf_token: Some(csrf),
+        mfa_enrolment_required: mfa_pending,
+    })
+    .into_response();
+    for c in cookies {
+        res.headers_mut().append(header::SET_COOKIE, c);
+    }
+    Ok(res)
+}
+
+/// Record a login session for `user`; returns its `Set-Cookie` headers (the session cookie and the device
+/// cookie) and its CSRF token.
+pub async fn login_cookies(
+    st: &AppState,
+    user: &User,
+    mfa_pending: bool,
+) -> Result<(Vec<HeaderValue>, String), ApiError> {
     let now = now_unix();
     let cookie = crypto::random_token();
     let csrf = crypto::random_token();
@@ -157,19 +184,11 @@ pub async fn start_login(st: &AppState, user: User, mfa_pending: bool) -> Result
         login::DEVICE_COOKIE,
         login::DEVICE_COOKIE_MAX_AGE
     );
-    let mut res = Json(MeResponse {
-        user,
-        csrf_token: Some(csrf),
-        mfa_enrolment_required: mfa_pending,
-    })
-    .into_response();
-    for c in [set_cookie, set_device] {
-        res.headers_mut().append(
-            header::SET_COOKIE,
-            HeaderValue::from_str(&c).map_err(|e| ApiError::Internal(e.into()))?,
-        );
-    }
-    Ok(res)
+    let cookies = [set_cookie, set_device]
+        .into_iter()
+        .map(|c| HeaderValue::from_str(&c).map_err(|e| ApiError::Internal(e.into())))
+        .collect::<Result<_, _>>()?;
+    Ok((cookies, csrf))
 }
 
 async fn logout(State(st): State<AppState>, me: CurrentUser, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -216,6 +235,11 @@ async fn change_password(
     headers: HeaderMap,
     ApiJson(b): ApiJson<PasswordBody>,
 ) -> Result<Json<Value>, ApiError> {
+    if me.user.provider_id.is_some() {
+        return Err(ApiError::Forbidden(
+            "your password is managed by your identity provider".into(),
+        ));
+    }
     validate_password(&b.new_password)?;
     let client = peer.map(|a| a.ip());
     match login::check_password(&st, &me.user.username, b.current_password, client, &headers).await {
@@ -636,8 +660,11 @@ fn apply_workspace_body(c: &mut Connection, b: ConnectionBody) -> Result<(), Api
 }
 
 /// Search and paging of a list: `?q=` (a substring, case-insensitive), `limit` (1 to 1000, default 100),
-/// `offset`; for connections also `folder_id` (that folder and its subfolders). The total that matched is
-/// in the `X-Total-Count` header.
+/// `offset`; for connections also `folder_id` (that folder and its subfolders), `sort` (`name`, the
+/// default: by folder then name; `recent`: the caller's favourites first, then the ones they used most
+/// recently, then by folder and name; `last_used`: the ones the caller used most recently first),
+/// `favourite=true` (only the caller's favourites) and `used=true` (only the ones the caller has started a
+/// session on). The total that matched is in the `X-Total-Count` header.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
@@ -649,6 +676,12 @@ pub struct PageQuery {
     limit: Option<i64>,
     #[serde(default)]
     offset: Option<i64>,
+    #[serde(default)]
+    sort: Option<String>,
+    #[serde(default)]
+    favourite: bool,
+    #[serde(default)]
+    used: bool,
 }
 
 impl PageQuery {
@@ -664,11 +697,21 @@ impl PageQuery {
         if self.q.as_ref().is_some_and(|q| q.len() > 200) {
             return Err(ApiError::bad_request("q is too long"));
         }
+        let (favourites_first, recent_first) = match self.sort.as_deref() {
+            None | Some("name") => (false, false),
+            Some("recent") => (true, true),
+            Some("last_used") => (false, true),
+            Some(_) => return Err(ApiError::bad_request("sort must be name, recent or last_used")),
+        };
         Ok(crate::db::ListQuery {
             q: self.q,
             folder_id: self.folder_id,
             limit,
             offset,
+            favourites_first,
+            recent_first,
+            only_favourites: self.favourite,
+            only_used: self.used,
         })
     }
 }
@@ -682,14 +725,37 @@ pub fn page<T: Serialize>(items: Vec<T>, total: i64) -> Response {
     res
 }
 
-/// The connections the caller may use (admins and auditors: all), one page at a time.
+/// A connection in the caller's list, with what it is to them.
+#[derive(Serialize)]
+struct ListedConnection {
+    #[serde(flatten)]
+    connection: ConnectionView,
+    /// One of the caller's favourites.
+    favourite: bool,
+    /// When the caller last started a session on it (unix seconds; `None`: never).
+    last_used_at: Option<i64>,
+}
+
+/// The connections the caller may use (admins and auditors: all), one page at a time, each with whether
+/// it is one of the caller's favourites and when they last used it.
 async fn list_connections(
     State(st): State<AppState>,
     me: CurrentUser,
     axum::extract::Query(q): axum::extract::Query<PageQuery>,
 ) -> Result<Response, ApiError> {
-    let (rows, total) = st.db.list_connections(me.viewer(), &q.list_query()?).await?;
-    Ok(page(rows.into_iter().map(ConnectionView::from).collect(), total))
+    let (rows, total) = st
+        .db
+        .list_connections(&me.user.id, me.viewer(), &q.list_query()?)
+        .await?;
+    let items = rows
+        .into_iter()
+        .map(|(c, favourite, last_used_at)| ListedConnection {
+            connection: c.into(),
+            favourite,
+            last_used_at,
+        })
+        .collect();
+    Ok(page::<ListedConnection>(items, total))
 }
 
 /// A connection the caller may use; one that is not granted is "not found", like one that never existed.
@@ -713,22 +779,7 @@ async fn create_connection(
     ApiJson(b): ApiJson<ConnectionBody>,
 ) -> Result<(StatusCode, Json<ConnectionView>), ApiError> {
     let now = now_unix();
-    let mut c = Connection {
-        id: uuid::Uuid::new_v4().to_string(),
-        name: String::new(),
-        protocol: String::new(),
-        host: String::new(),
-        port: 0,
-        username: String::new(),
-        password_enc: None,
-        private_key_enc: None,
-        host_key_fingerprint: None,
-        settings: "{}".into(),
-        created_at: now,
-        updated_at: now,
-        folder_id: None,
-        folder_path: None,
-    };
+    let mut c = Connection::new(uuid::Uuid::new_v4().to_string(), "", "", "", 0, now);
     apply_connection_body(&st, &mut c, b)?;
     if let Some(f) = &c.folder_id
         && st.db.folder(f).await?.is_none()

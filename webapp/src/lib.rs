@@ -14,10 +14,14 @@ pub mod crypto;
 pub mod db;
 pub mod error;
 pub mod headers;
+pub mod identity;
 pub mod internal;
+pub mod ldap;
 pub mod login;
 pub mod mfa;
+pub mod oidc;
 pub mod openapi;
+pub mod tls;
 pub mod workspaces;
 
 use std::sync::Arc;
@@ -39,6 +43,8 @@ pub struct AppState {
     pub config: Arc<WebappConfig>,
     /// Password hashing: bounded, on its own threads.
     pub passwords: Arc<login::PasswordPool>,
+    /// OIDC discovery documents and key sets (a cache).
+    pub oidc: Arc<oidc::OidcCache>,
 }
 
 pub fn now_unix() -> i64 {
@@ -78,6 +84,7 @@ impl AppState {
             signer: Arc::new(signer),
             config: Arc::new(config),
             passwords: Arc::new(login::PasswordPool::for_machine()),
+            oidc: Arc::default(),
         })
     }
 

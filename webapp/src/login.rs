@@ -170,24 +170,54 @@ pub async fn check_password(
             retry_after: u64::try_from(retry_after).unwrap_or(1),
         });
     }
-    // Verify against a dummy hash for unknown users so timing does not reveal which names exist.
-    let hash = found
-        .as_ref()
-        .map_or(crypto::dummy_hash(), |(_, h)| h.as_str())
-        .to_owned();
-    let verified = match st.passwords.reserve() {
-        Ok(place) => place.run(move || crypto::verify_password(&password, &hash)).await,
-        Err(e) => Err(e),
+    let verified = match found {
+        // A directory account: its directory checks the password.
+        Some((user, _)) if user.provider_id.is_some() => {
+            let provider = match user.provider_id.as_deref() {
+                Some(id) => st.db.provider(id).await?,
+                None => None,
+            };
+            match provider.filter(|p| p.enabled && p.kind == crate::identity::KIND_LDAP) {
+                Some(p) => crate::identity::directory_login(st, &p, username, &password).await,
+                // An OIDC account has no password here; hash anyway so that timing tells nothing.
+                None => local_verify(st, None, password).await.map(|_| None),
+            }
+        }
+        Some((user, hash)) => local_verify(st, Some(hash), password)
+            .await
+            .map(|ok| ok.then_some(user)),
+        // Unknown here: the directories may know the name (the first that accepts the password wins).
+        None => {
+            let directories: Vec<_> = st
+                .db
+                .list_providers()
+                .await?
+                .into_iter()
+                .filter(|p| p.enabled && p.kind == crate::identity::KIND_LDAP)
+                .collect();
+            if directories.is_empty() {
+                local_verify(st, None, password).await.map(|_| None)
+            } else {
+                let mut found = Ok(None);
+                for p in &directories {
+                    found = crate::identity::directory_login(st, p, username, &password).await;
+                    if !matches!(found, Ok(None)) {
+                        break;
+                    }
+                }
+                found
+            }
+        }
     };
-    let ok = match verified {
-        Ok(ok) => ok,
+    let verified = match verified {
+        Ok(v) => v,
         Err(e) => {
-            // Hashing saturated (or its thread gone): never verified, so no failure; no trace is left.
+            // Hashing saturated or a directory unreachable: never verified, so no failure is counted.
             st.db.end_login_attempt(&attempt).await?;
             return Err(e);
         }
     };
-    let Some((user, _)) = found.filter(|_| ok) else {
+    let Some(user) = verified else {
         tracing::info!(username = ?username, client = ?client, "Login failed");
         return Err(ApiError::Unauthorized("invalid username or password".into()));
     };
@@ -196,6 +226,19 @@ pub async fn check_password(
         st.db.clear_login_failures(subject).await?;
     }
     Ok(user)
+}
+
+/// Verify a local password on the hashing pool; `None` verifies against a dummy hash (an unknown user
+/// takes as long as a known one) and is always wrong.
+async fn local_verify(st: &AppState, hash: Option<String>, password: String) -> Result<bool, ApiError> {
+    let known = hash.is_some();
+    let hash = hash.unwrap_or_else(|| crypto::dummy_hash().to_owned());
+    let ok = st
+        .passwords
+        .reserve()?
+        .run(move || crypto::verify_password(&password, &hash))
+        .await?;
+    Ok(ok && known)
 }
 
 #[cfg(test)]

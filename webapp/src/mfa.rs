@@ -254,30 +254,52 @@ async fn reset(State(st): State<AppState>, Admin(me): Admin, Path(id): Path<Stri
 }
 
 async fn settings(State(st): State<AppState>, _: Overseer) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "mfa_required_roles": required_roles(&st).await? })))
+    Ok(Json(json!({
+        "mfa_required_roles": required_roles(&st).await?,
+        "local_login_admins_only": crate::identity::local_login_admins_only(&st).await?,
+    })))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Settings {
-    mfa_required_roles: Vec<String>,
+    #[serde(default)]
+    mfa_required_roles: Option<Vec<String>>,
+    #[serde(default)]
+    local_login_admins_only: Option<bool>,
 }
 
-/// The roles whose logins must have a second factor: an account of such a role without one may only
-/// enrol after its password (every other request is 403 until it confirms a code).
+/// Security settings shared by every webapp: the roles whose logins must have a second factor (an account
+/// of such a role without one may only enrol after its password; every other request is 403 until it
+/// confirms a code), and whether local (password) accounts other than admins may log in (turning that
+/// off ends their login sessions).
 async fn set_settings(
     State(st): State<AppState>,
     Admin(me): Admin,
     ApiJson(b): ApiJson<Settings>,
 ) -> Result<Json<Value>, ApiError> {
-    if let Some(r) = b.mfa_required_roles.iter().find(|r| !ROLES.contains(&r.as_str())) {
-        return Err(ApiError::bad_request(format!("unknown role {r:?}")));
+    if let Some(roles) = &b.mfa_required_roles {
+        if let Some(r) = roles.iter().find(|r| !ROLES.contains(&r.as_str())) {
+            return Err(ApiError::bad_request(format!("unknown role {r:?}")));
+        }
+        st.db.set_setting(REQUIRED_ROLES, &roles.join(",")).await?;
+        tracing::info!(roles = ?roles, admin = %me.user.id, "Two-factor requirement set");
     }
-    st.db
-        .set_setting(REQUIRED_ROLES, &b.mfa_required_roles.join(","))
-        .await?;
-    tracing::info!(roles = ?b.mfa_required_roles, admin = %me.user.id, "Two-factor requirement set");
-    Ok(Json(json!({ "mfa_required_roles": b.mfa_required_roles })))
+    if let Some(only) = b.local_login_admins_only {
+        st.db
+            .set_setting(
+                crate::identity::LOCAL_LOGIN_ADMINS_ONLY,
+                if only { "true" } else { "false" },
+            )
+            .await?;
+        let ended = if only {
+            st.db.end_local_logins_except_admins().await?
+        } else {
+            0
+        };
+        tracing::warn!(admins_only = only, logins_ended = ended, admin = %me.user.id, "Local login setting changed");
+    }
+    settings(State(st), Overseer(me)).await
 }
 
 #[cfg(test)]

@@ -57,6 +57,33 @@ fn paged(mut o: Value) -> Value {
     o
 }
 
+/// The connection list's own parameters on top of [`paged`]'s, and its items.
+fn connection_list(o: Value) -> Value {
+    let mut o = paged(o);
+    let param = |name: &str, schema: Value, desc: &str| json!({ "name": name, "in": "query", "required": false, "schema": schema, "description": desc });
+    if let Some(params) = o["parameters"].as_array_mut() {
+        params.extend([
+            param(
+                "sort",
+                json!({ "enum": ["name", "recent", "last_used"], "default": "name" }),
+                "name: by folder, then by name; recent: the caller's favourites first, then the connections they used most recently, then by folder and name; last_used: the connections the caller used most recently first, then by folder and name",
+            ),
+            param(
+                "favourite",
+                json!({ "type": "boolean", "default": false }),
+                "only the caller's favourites",
+            ),
+            param(
+                "used",
+                json!({ "type": "boolean", "default": false }),
+                "only the connections the caller has started a session on (with sort=last_used&limit=8: the caller's recent connections that they may still use)",
+            ),
+        ]);
+    }
+    o["responses"]["200"]["content"] = json!({ "application/json": { "schema": { "type": "array", "items": { "$ref": "#/components/schemas/ListedConnection" } } } });
+    o
+}
+
 pub fn document() -> Value {
     let id = json!([{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }]);
     let with_id = |mut v: Value| {
@@ -77,7 +104,8 @@ pub fn document() -> Value {
                 "Login": { "type": "object", "required": ["username", "password"], "properties": { "username": { "type": "string" }, "password": { "type": "string" } } },
                 "User": { "type": "object", "properties": { "id": { "type": "string" }, "username": { "type": "string" }, "role": { "enum": ["admin", "auditor", "user"] }, "created_at": { "type": "integer" },
                     "max_sessions": { "type": ["integer", "null"], "description": "the user's own limit of concurrent sessions" }, "protocols": { "type": ["array", "null"], "items": { "type": "string" } },
-                    "mfa_enabled": { "type": "boolean" } } },
+                    "mfa_enabled": { "type": "boolean" },
+                    "provider_id": { "type": ["string", "null"], "description": "the identity provider the user comes from; null: a local account" } } },
                 "UserUpdate": { "type": "object", "description": "omitted: unchanged; null limits: removed; changing the role ends the sessions it no longer allows", "properties": {
                     "role": { "enum": ["admin", "auditor", "user"] }, "max_sessions": { "type": ["integer", "null"], "minimum": 1, "maximum": 1000 },
                     "protocols": { "type": ["array", "null"], "items": { "enum": ["ssh", "vnc", "rdp", "container"] } } } },
@@ -101,7 +129,33 @@ pub fn document() -> Value {
                 "MfaEnrolment": { "type": "object", "properties": { "secret": { "type": "string", "description": "base32" }, "otpauth_uri": { "type": "string" }, "qr_svg": { "type": "string", "description": "the otpauth URI as a QR code (SVG)" } } },
                 "MfaConfirm": { "type": "object", "required": ["code"], "properties": { "code": { "type": "string" } } },
                 "RecoveryCodes": { "type": "object", "properties": { "recovery_codes": { "type": "array", "items": { "type": "string" }, "description": "shown once" } } },
-                "Settings": { "type": "object", "required": ["mfa_required_roles"], "properties": { "mfa_required_roles": { "type": "array", "items": { "enum": ["admin", "auditor", "user"] } } } },
+                "Settings": { "type": "object", "properties": { "mfa_required_roles": { "type": "array", "items": { "enum": ["admin", "auditor", "user"] } },
+                    "local_login_admins_only": { "type": "boolean", "description": "only admins may log in with a local password; turning it on ends other local accounts' logins" } } },
+                "OidcSettings": { "type": "object", "required": ["issuer", "client_id"], "additionalProperties": false, "properties": {
+                    "issuer": { "type": "string", "description": "https (plain http on loopback only); discovery at {issuer}/.well-known/openid-configuration" },
+                    "client_id": { "type": "string" }, "scopes": { "type": "array", "items": { "type": "string" }, "default": ["profile", "email", "groups"] },
+                    "groups_claim": { "type": "string", "default": "groups" }, "username_claim": { "type": "string", "default": "preferred_username" },
+                    "ca_pem": { "type": ["string", "null"] } } },
+                "LdapSettings": { "type": "object", "required": ["url", "bind_dn", "user_base"], "properties": {
+                    "url": { "type": "string", "description": "ldaps://host[:port], or ldap://host[:port] with starttls" }, "starttls": { "type": "boolean" },
+                    "ca_pem": { "type": ["string", "null"] }, "bind_dn": { "type": "string", "description": "template with {username}" },
+                    "user_base": { "type": "string" }, "user_filter": { "type": "string", "default": "(uid={username})" },
+                    "username_attribute": { "type": "string" }, "display_name_attribute": { "type": "string" },
+                    "group_base": { "type": ["string", "null"] }, "group_filter": { "type": "string", "default": "(member={dn})" },
+                    "group_name_attribute": { "type": "string", "default": "cn" } } },
+                "Mapping": { "type": "object", "properties": {
+                    "groups": { "type": "object", "additionalProperties": { "type": "string" }, "description": "provider group -> Portico group name; empty: same names" },
+                    "roles": { "type": "object", "additionalProperties": { "enum": ["admin", "auditor", "user"] }, "description": "provider group -> role; the strongest wins" } } },
+                "IdentityProviderInput": { "type": "object", "required": ["kind", "name"], "properties": {
+                    "kind": { "enum": ["oidc", "ldap"] }, "name": { "type": "string" }, "enabled": { "type": "boolean", "default": true },
+                    "oidc": { "$ref": "#/components/schemas/OidcSettings" }, "client_secret": { "type": "string", "writeOnly": true, "description": "omitted on update: kept" },
+                    "ldap": { "$ref": "#/components/schemas/LdapSettings" }, "mapping": { "$ref": "#/components/schemas/Mapping" } } },
+                "IdentityProvider": { "type": "object", "properties": {
+                    "id": { "type": "string" }, "kind": { "enum": ["oidc", "ldap"] }, "name": { "type": "string" }, "enabled": { "type": "boolean" },
+                    "oidc": { "$ref": "#/components/schemas/OidcSettings" }, "ldap": { "$ref": "#/components/schemas/LdapSettings" },
+                    "mapping": { "$ref": "#/components/schemas/Mapping" }, "has_client_secret": { "type": "boolean" },
+                    "redirect_uri": { "type": "string", "description": "oidc: the redirect URI to register at the provider" },
+                    "users": { "type": "integer" }, "created_at": { "type": "integer" } } },
                 "NewUser": { "type": "object", "required": ["username", "password"], "properties": { "username": { "type": "string" }, "password": { "type": "string", "minLength": 8 }, "role": { "enum": ["admin", "auditor", "user"] } } },
                 "PasswordChange": { "type": "object", "required": ["current_password", "new_password"], "properties": { "current_password": { "type": "string" }, "new_password": { "type": "string" } } },
                 "NewApiKey": { "type": "object", "required": ["name"], "properties": {
@@ -158,6 +212,9 @@ pub fn document() -> Value {
                     "settings": { "$ref": "#/components/schemas/ConnectionSettings" },
                     "folder_id": { "type": ["string", "null"] }, "folder_path": { "type": ["string", "null"], "description": "the folders above it, top first: \"Site A / Floor 1\"" },
                     "created_at": { "type": "integer" }, "updated_at": { "type": "integer" } } },
+                "ListedConnection": { "description": "a connection in the caller's list", "allOf": [{ "$ref": "#/components/schemas/Connection" }, { "type": "object", "properties": {
+                    "favourite": { "type": "boolean", "description": "one of the caller's favourites" },
+                    "last_used_at": { "type": ["integer", "null"], "description": "when the caller last started a session on it (unix seconds); null: never" } } }] },
                 "NewSession": { "type": "object", "required": ["connection_id"], "properties": { "connection_id": { "type": "string" }, "cols": { "type": "integer" }, "rows": { "type": "integer" } } },
                 "SessionCreated": { "type": "object", "properties": {
                     "session_id": { "type": "string" }, "token": { "type": "string", "description": "one-time, valid 60 s" },
@@ -181,8 +238,20 @@ pub fn document() -> Value {
             "/api/v1/users/{id}/mfa": { "delete": with_id(op("remove a user's second factor and recovery codes (admin)", None, "204", None)) },
             "/api/v1/settings": {
                 "get": op("settings shared by every webapp (admin, auditor)", None, "200", Some("Settings")),
-                "put": op("set them (admin): the roles that must log in with a second factor", Some("Settings"), "200", Some("Settings"))
+                "put": op("set them (admin): the roles that must log in with a second factor, local logins for admins only; omitted fields unchanged", Some("Settings"), "200", Some("Settings"))
             },
+            "/api/v1/identity-providers": {
+                "get": op("identity providers, secrets never shown (admin, auditor)", None, "200", None),
+                "post": op("add an OIDC provider or an LDAP directory (admin); 409 when the name exists", Some("IdentityProviderInput"), "201", Some("IdentityProvider"))
+            },
+            "/api/v1/identity-providers/{id}": {
+                "get": with_id(op("an identity provider (admin, auditor)", None, "200", Some("IdentityProvider"))),
+                "put": with_id(op("change a provider; the client secret is kept when omitted (admin)", Some("IdentityProviderInput"), "200", Some("IdentityProvider"))),
+                "delete": with_id(op("delete a provider and its users, ending their sessions (admin)", None, "204", None))
+            },
+            "/api/v1/auth/providers": { "get": op("login page: enabled OIDC providers (id, name, login_url) and whether a directory takes passwords (public)", None, "200", None) },
+            "/api/v1/auth/oidc/{id}/login": { "get": with_id(op("start an OIDC login: 303 to the provider with state, nonce and PKCE; ?next=/local/path (public)", None, "303", None)) },
+            "/api/v1/auth/oidc/callback": { "get": op("the provider's redirect back: 303 to next with a login session, or to /?sso_error=reason (public)", None, "303", None) },
             "/api/v1/auth/logout": { "post": op("log out", None, "200", None) },
             "/api/v1/auth/me": { "get": op("current user and csrf token", None, "200", Some("Me")) },
             "/api/v1/auth/password": { "post": op("change own password", Some("PasswordChange"), "200", None) },
@@ -217,13 +286,17 @@ pub fn document() -> Value {
             "/api/v1/api-keys": { "get": op("list own api keys", None, "200", None), "post": op("create an api key", Some("NewApiKey"), "201", Some("ApiKeyCreated")) },
             "/api/v1/api-keys/{id}": { "delete": with_id(op("delete an api key", None, "204", None)) },
             "/api/v1/connections": {
-                "get": paged(op("the connections the caller may use (admins and auditors: all), grouped by folder then by name; q searches names, hosts and folder names; folder_id: that folder and everything below it (secrets never returned)", None, "200", None)),
+                "get": connection_list(op("the connections the caller may use (admins and auditors: all), grouped by folder then by name (see sort), each with whether it is one of the caller's favourites and when the caller last used it; q searches names, hosts and folder names; folder_id: that folder and everything below it (secrets never returned)", None, "200", None)),
                 "post": op("create a connection (admin)", Some("ConnectionInput"), "201", Some("Connection"))
             },
             "/api/v1/connections/{id}": {
                 "get": with_id(op("get a connection; one not granted to the caller is 404, like one that does not exist", None, "200", Some("Connection"))),
                 "put": with_id(op("update a connection (admin); empty secrets keep the stored ones", Some("ConnectionInput"), "200", Some("Connection"))),
                 "delete": with_id(op("delete a connection (admin)", None, "204", None))
+            },
+            "/api/v1/connections/{id}/favourite": {
+                "put": with_id(op("make the connection one of the caller's favourites (idempotent); one not granted to the caller is 404, like one that does not exist", None, "204", None)),
+                "delete": with_id(op("remove it from the caller's favourites (idempotent); 404 as for put", None, "204", None))
             },
             "/api/v1/sessions": {
                 "get": op("list live sessions (own; all for admins and auditors)", None, "200", None),

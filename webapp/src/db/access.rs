@@ -1,5 +1,6 @@
 //! Who may reach what: groups, nested folders (with their closure table), grants, per-user and per-group
-//! limits, and the one SQL predicate of access that listing, reading, session start and revocation share.
+//! limits, and the one SQL predicate of access that listing, reading, session start and revocation share;
+//! and each user's favourite connections.
 
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row as _};
@@ -91,7 +92,20 @@ pub struct ListQuery {
     pub folder_id: Option<String>,
     pub limit: i64,
     pub offset: i64,
+    /// Connections: the caller's favourites first.
+    pub favourites_first: bool,
+    /// Connections: the ones the caller started a session on, most recently first (after the favourites
+    /// when they come first); then the others, by folder and name.
+    pub recent_first: bool,
+    /// Connections: only the caller's favourites.
+    pub only_favourites: bool,
+    /// Connections: only the ones the caller has started a session on.
+    pub only_used: bool,
 }
+
+/// A listed connection with what it is to the caller: one of their favourites or not, and when they last
+/// started a session on it (unix seconds; `None`: never).
+pub type Listed = (Connection, bool, Option<i64>);
 
 /// The outcome of a change naming other rows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,13 +140,23 @@ fn like(q: &str) -> String {
 
 /// SQL true when the user `u` (an expression) holds a grant on the connection row aliased `c`: on the
 /// connection, or on its folder or any folder above it; for themselves or through a group.
+///
+/// Four `EXISTS`, one per kind of object and subject, each looking up whole keys of the grants' primary key
+/// (no `OR` inside a subquery): with the `OR`s inside one `EXISTS`, SQLite 3.51 (the bundled one) plans a
+/// multi-index OR that stops at the first grant on the object, so a folder granted to two users let only
+/// one of them in. `tests/tests/db.rs` checks grants to several users and groups on both engines.
 fn access(u: &str, c: &str) -> String {
+    let folders = format!("(SELECT p.ancestor_id FROM folder_paths p WHERE p.folder_id = {c}.folder_id)");
+    let groups = format!("(SELECT m.group_id FROM group_members m WHERE m.user_id = {u})");
     format!(
-        "EXISTS (SELECT 1 FROM grants g WHERE \
-         ((g.subject_kind = 'user' AND g.subject_id = {u}) \
-          OR (g.subject_kind = 'group' AND g.subject_id IN (SELECT m.group_id FROM group_members m WHERE m.user_id = {u}))) \
-         AND ((g.object_kind = 'connection' AND g.object_id = {c}.id) \
-          OR (g.object_kind = 'folder' AND g.object_id IN (SELECT p.ancestor_id FROM folder_paths p WHERE p.folder_id = {c}.folder_id))))"
+        "(EXISTS (SELECT 1 FROM grants g WHERE g.object_kind = 'connection' AND g.object_id = {c}.id \
+           AND g.subject_kind = 'user' AND g.subject_id = {u}) \
+         OR EXISTS (SELECT 1 FROM grants g WHERE g.object_kind = 'connection' AND g.object_id = {c}.id \
+           AND g.subject_kind = 'group' AND g.subject_id IN {groups}) \
+         OR EXISTS (SELECT 1 FROM grants g WHERE g.object_kind = 'folder' AND g.object_id IN {folders} \
+           AND g.subject_kind = 'user' AND g.subject_id = {u}) \
+         OR EXISTS (SELECT 1 FROM grants g WHERE g.object_kind = 'folder' AND g.object_id IN {folders} \
+           AND g.subject_kind = 'group' AND g.subject_id IN {groups}))"
     )
 }
 
@@ -301,10 +325,18 @@ async fn rebuild_folder_paths(conn: &mut AnyConnection) -> sqlx::Result<()> {
 impl Db {
     // ---- connections as a caller sees them
 
-    /// One page of the connections `viewer` may use (`None`: every connection), searched and ordered by
-    /// name, with the total number that match.
-    pub async fn list_connections(&self, viewer: Option<&str>, q: &ListQuery) -> sqlx::Result<(Vec<Connection>, i64)> {
+    /// One page of the connections `viewer` may use (`None`: every connection), searched, with whether each
+    /// is one of `caller`'s favourites and when `caller` last started a session on it, ordered by folder
+    /// and name (or favourites and recent ones first, see [`ListQuery`]), and the total number that
+    /// match. One query for the page (another for the total), whatever the order.
+    pub async fn list_connections(
+        &self,
+        caller: &str,
+        viewer: Option<&str>,
+        q: &ListQuery,
+    ) -> sqlx::Result<(Vec<Listed>, i64)> {
         let mut p = Params::default();
+        let me = p.text(caller);
         let mut filter = vec!["1 = 1".to_owned()];
         if let Some(u) = viewer {
             let u = p.text(u);
@@ -323,24 +355,101 @@ impl Db {
                 "c.folder_id IN (SELECT fp.folder_id FROM folder_paths fp WHERE fp.ancestor_id = {f})"
             ));
         }
-        let filter = filter.join(" AND ");
+        let mut own = vec!["1 = 1"];
+        if q.only_favourites {
+            own.push("fav.user_id IS NOT NULL");
+        }
+        if q.only_used {
+            own.push("u.last_used_at IS NOT NULL");
+        }
+        // The caller's favourites and, per connection, their latest session start (through the
+        // `sessions(user_id, connection_id)` index): joined to the matching connections.
+        let from = format!(
+            "({CONNECTION_SELECT} WHERE {}) l \
+             LEFT JOIN favourites fav ON fav.user_id = {me} AND fav.connection_id = l.id \
+             LEFT JOIN (SELECT s.connection_id, MAX(s.created_at) AS last_used_at FROM sessions s \
+             WHERE s.user_id = {me} GROUP BY s.connection_id) u ON u.connection_id = l.id \
+             WHERE {}",
+            filter.join(" AND "),
+            own.join(" AND ")
+        );
         let total: i64 = {
-            let sql = format!("SELECT COUNT(*) AS n FROM connections c WHERE {filter}");
+            let sql = format!("SELECT COUNT(*) AS n FROM {from}");
             p.bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
                 .fetch_one(&self.pool)
                 .await?
                 .try_get("n")?
         };
-        let (limit, offset) = (p.int(q.limit), p.int(q.offset));
+        let mut order = Vec::new();
+        if q.favourites_first {
+            order.push("CASE WHEN fav.user_id IS NULL THEN 1 ELSE 0 END");
+        }
+        if q.recent_first {
+            // Never used last on both engines (PostgreSQL puts NULL first in a descending order).
+            order.push("CASE WHEN u.last_used_at IS NULL THEN 1 ELSE 0 END, u.last_used_at DESC");
+        }
         // Grouped by folder (top level first), then by name.
+        order.push("COALESCE(l.folder_path, ''), l.name, l.id");
+        let (limit, offset) = (p.int(q.limit), p.int(q.offset));
         let sql = format!(
-            "{CONNECTION_SELECT} WHERE {filter} ORDER BY COALESCE(f.path, ''), c.name, c.id LIMIT {limit} OFFSET {offset}"
+            "SELECT l.*, CAST(CASE WHEN fav.user_id IS NULL THEN 0 ELSE 1 END AS BIGINT) AS favourite, \
+             u.last_used_at FROM {from} ORDER BY {} LIMIT {limit} OFFSET {offset}",
+            order.join(", ")
         );
         let rows = p
             .bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
             .fetch_all(&self.pool)
             .await?;
-        Ok((rows.iter().map(connection).collect::<sqlx::Result<_>>()?, total))
+        let listed = rows
+            .iter()
+            .map(|r| {
+                Ok((
+                    connection(r)?,
+                    r.try_get::<i64, _>("favourite")? != 0,
+                    r.try_get("last_used_at")?,
+                ))
+            })
+            .collect::<sqlx::Result<_>>()?;
+        Ok((listed, total))
+    }
+
+    /// Make a connection one of `caller`'s favourites (`on`) or not; `false`, and nothing changes, when
+    /// `viewer` may not use it (`None`: any connection), exactly as for a connection that does not exist.
+    pub async fn set_favourite(
+        &self,
+        caller: &str,
+        viewer: Option<&str>,
+        connection_id: &str,
+        on: bool,
+    ) -> sqlx::Result<bool> {
+        let mut p = Params::default();
+        let (me, id) = (p.text(caller), p.text(connection_id));
+        let mut visible = format!("c.id = {id}");
+        if let Some(u) = viewer {
+            let u = p.text(u);
+            visible = format!("{visible} AND {}", access(&u, "c"));
+        }
+        // One statement each way: the connection's visibility and the change cannot drift apart.
+        let sql = if on {
+            format!(
+                "INSERT INTO favourites (user_id, connection_id) SELECT {me}, c.id FROM connections c WHERE {visible} \
+                 ON CONFLICT (user_id, connection_id) DO NOTHING"
+            )
+        } else {
+            format!(
+                "DELETE FROM favourites WHERE user_id = {me} AND connection_id IN \
+                 (SELECT c.id FROM connections c WHERE {visible})"
+            )
+        };
+        let r = p
+            .bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() > 0 {
+            return Ok(true);
+        }
+        // Nothing changed: it already was (or was not) a favourite, or the caller may not use it.
+        Ok(self.connection_for(viewer, connection_id).await?.is_some())
     }
 
     /// A connection, if `viewer` may use it (`None`: any).

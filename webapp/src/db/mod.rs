@@ -9,8 +9,10 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor as _, Row as _};
 
 mod access;
+mod identity;
 mod mfa;
 pub use access::{Change, Folder, Grants, Group, GroupBody, Limits, ListQuery, REVOKED, SessionStart, split_list};
+pub use identity::{ExternalIdentity, IdentityProvider, OidcLogin};
 
 static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
@@ -39,6 +41,8 @@ pub struct User {
     pub protocols: Option<Vec<String>>,
     /// Whether a second factor (TOTP) is confirmed for the user.
     pub mfa_enabled: bool,
+    /// The identity provider the user comes from (`None`: a local account with a Portico password).
+    pub provider_id: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +64,36 @@ pub struct Connection {
     pub folder_id: Option<String>,
     /// The names of the folders from the top down to `folder_id` (read only: kept with the folders).
     pub folder_path: Option<String>,
+}
+
+impl Connection {
+    /// A connection `id` named `name` to `host:port` over `protocol`, created at `now`, without user name,
+    /// credentials, pin, settings or folder (set the fields that matter).
+    pub fn new(
+        id: impl Into<String>,
+        name: impl Into<String>,
+        protocol: &str,
+        host: impl Into<String>,
+        port: i64,
+        now: i64,
+    ) -> Self {
+        Connection {
+            id: id.into(),
+            name: name.into(),
+            protocol: protocol.into(),
+            host: host.into(),
+            port,
+            username: String::new(),
+            password_enc: None,
+            private_key_enc: None,
+            host_key_fingerprint: None,
+            settings: "{}".into(),
+            created_at: now,
+            updated_at: now,
+            folder_id: None,
+            folder_path: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -286,6 +320,7 @@ fn user(r: &AnyRow) -> sqlx::Result<User> {
         max_sessions: r.try_get("max_sessions")?,
         protocols: access::split_list(r.try_get("protocols")?),
         mfa_enabled: r.try_get::<i64, _>("totp_enabled")? != 0,
+        provider_id: r.try_get("provider_id")?,
     })
 }
 
@@ -330,7 +365,8 @@ const CONNECTION_SELECT: &str = "SELECT c.id, c.name, c.protocol, c.host, c.port
      c.host_key_fingerprint, c.settings, c.created_at, c.updated_at, c.folder_id, f.path AS folder_path \
      FROM connections c LEFT JOIN folders f ON f.id = c.folder_id";
 /// The columns of [`User`], for tables aliased `u`.
-const USER_COLS: &str = "u.id, u.username, u.role, u.created_at, u.max_sessions, u.protocols, u.totp_enabled";
+const USER_COLS: &str =
+    "u.id, u.username, u.role, u.created_at, u.max_sessions, u.protocols, u.totp_enabled, u.provider_id";
 const SESSION_COLS: &str = "id, user_id, connection_id, state, token_jti, token_expires_at, claimed_at, bridge_id, created_at, ended_at, end_reason";
 
 impl Db {
