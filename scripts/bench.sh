@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Benchmarks against real peers (release build); prints a markdown table. Usage: scripts/bench.sh ssh|vnc|rdp|workspace|upgrades [options]
-# Options: --window 30 --warmup 5 --repeats 3 --sessions 1,5,20 --idle 100,1000 (see portico-bench --help).
+# Benchmarks against real peers (release build); prints a markdown table. Usage: scripts/bench.sh ssh|vnc|rdp|workspace|upgrades|events [options]
+# Options: --window 30 --warmup 5 --repeats 3 --sessions 1,5,20 --idle 100,1000 --rate 200 --minutes 10 (see portico-bench --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-test-deps.sh >&2

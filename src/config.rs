@@ -109,6 +109,17 @@ pub struct Settings {
     /// comma-separated CIDRs (e.g. 10.0.0.0/8,192.0.2.7); default: none, the TCP peer is the client.
     #[arg(long, global = true, env = "PORTICO_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Option<Vec<String>>,
+    /// Webapp: days events (logins, changes, sessions...) stay in the database (default 14); 0 stores none
+    /// there (forward them with --event-forward).
+    #[arg(long, global = true, env = "PORTICO_EVENT_RETENTION_DAYS")]
+    pub event_retention_days: Option<u64>,
+    /// Webapp: where events are forwarded, comma-separated: syslog+tcp://HOST:PORT, syslog+tls://HOST:PORT
+    /// (RFC 5424, octet counting), jsonl:///PATH (JSON lines appended to a file) or jsonl:- (stdout).
+    #[arg(long, global = true, env = "PORTICO_EVENT_FORWARD", value_delimiter = ',')]
+    pub event_forward: Option<Vec<String>>,
+    /// Webapp: CA certificate (PEM) that signed syslog+tls receivers' certificates (besides the system's).
+    #[arg(long, global = true, env = "PORTICO_EVENT_FORWARD_CA")]
+    pub event_forward_ca: Option<PathBuf>,
     /// Open connections in total (WebSockets included); beyond it new ones are closed at once.
     #[arg(long, global = true, env = "PORTICO_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -118,6 +129,15 @@ pub struct Settings {
     /// Seconds a connection may take to send its TLS handshake and each request head (default 10).
     #[arg(long, global = true, env = "PORTICO_HEADER_TIMEOUT_SECS")]
     pub header_timeout_secs: Option<u64>,
+    /// Seconds to keep serving after SIGTERM with the health check answering 503, so that load balancers
+    /// stop sending new requests before this instance stops accepting (default 0; behind a load balancer,
+    /// at least its detection window).
+    #[arg(long, global = true, env = "PORTICO_SHUTDOWN_DELAY_SECS")]
+    pub shutdown_delay_secs: Option<u64>,
+    /// Bridge: seconds live sessions keep streaming without the control plane (every webapp or the
+    /// database unreachable) before they end; 0: never (default 300).
+    #[arg(long, global = true, env = "PORTICO_CONTROL_PLANE_GRACE_SECS")]
+    pub control_plane_grace_secs: Option<u64>,
 }
 
 macro_rules! merge {
@@ -161,9 +181,14 @@ impl Settings {
             max_desktop,
             embed_origins,
             trusted_proxies,
+            event_retention_days,
+            event_forward,
+            event_forward_ca,
             max_connections,
             max_connections_per_client,
-            header_timeout_secs
+            header_timeout_secs,
+            shutdown_delay_secs,
+            control_plane_grace_secs
         );
         Ok(self)
     }
@@ -182,6 +207,9 @@ impl Settings {
         }
         if let Some(s) = self.header_timeout_secs {
             f.header_timeout = Duration::from_secs(s.max(1));
+        }
+        if let Some(s) = self.shutdown_delay_secs {
+            f.shutdown_delay = Duration::from_secs(s.min(300));
         }
         Ok(f)
     }

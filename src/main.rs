@@ -178,6 +178,15 @@ async fn webapp_state(settings: &Settings, public_url: &str) -> anyhow::Result<A
     if let Some(s) = settings.agent_heartbeat_secs {
         cfg.agent_heartbeat = Duration::from_secs(s.max(1));
     }
+    if let Some(d) = settings.event_retention_days {
+        cfg.event_retention_days = d;
+    }
+    if let Some(f) = &settings.event_forward {
+        cfg.event_forward = f.iter().filter(|t| !t.trim().is_empty()).cloned().collect();
+    }
+    if let Some(p) = &settings.event_forward_ca {
+        cfg.event_forward_ca = Some(std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?);
+    }
     cfg.agent_registration_token = Some(Secret::new(settings.agent_registration_token_or_generate()?));
     let state = AppState::new(cfg).await?;
     if let Some(pw) = state.ensure_admin(settings.admin_password.clone()).await? {
@@ -199,6 +208,9 @@ fn bridge_id(settings: &Settings) -> String {
 fn bridge_config(settings: &Settings, zone: String) -> BridgeConfig {
     let mut config = BridgeConfig::new(bridge_id(settings), zone);
     config.max_desktop = settings.max_desktop.unwrap_or_default();
+    if let Some(s) = settings.control_plane_grace_secs {
+        config.control_plane_grace = (s > 0).then(|| Duration::from_secs(s));
+    }
     config
 }
 
@@ -212,6 +224,7 @@ async fn all_in_one(settings: Settings) -> anyhow::Result<()> {
     let tls = serve::tls(&settings)?;
     let (listener, url) = bind(&settings).await?;
     let state = webapp_state(&settings, &url).await?;
+    let draining_flag = state.draining.clone();
     let config = bridge_config(&settings, state.config.zone.clone());
     let control = local::LocalControl::register(
         portico_webapp::Internal::new(state.clone()),
@@ -236,6 +249,10 @@ async fn all_in_one(settings: Settings) -> anyhow::Result<()> {
     // The security headers cover the bridge's answers too (one layer over both).
     let app = portico_webapp::headers::layer(portico_webapp::router(state).merge(bridge.router()));
     announce(&url, &tls);
+    let frontend = serve::Frontend {
+        draining: draining_flag,
+        ..frontend
+    };
     let draining = serve::serve(listener, tls.acceptor, app, frontend).await?;
     bridge.shutdown().await;
     draining.finish().await;
@@ -248,6 +265,10 @@ async fn webapp_only(settings: Settings) -> anyhow::Result<()> {
     let (listener, url) = bind(&settings).await?;
     let state = webapp_state(&settings, &url).await?;
     announce(&url, &tls);
+    let frontend = serve::Frontend {
+        draining: state.draining.clone(),
+        ..frontend
+    };
     serve::serve(listener, tls.acceptor, portico_webapp::router(state), frontend)
         .await?
         .finish()
@@ -286,6 +307,14 @@ async fn bridge_only(settings: Settings) -> anyhow::Result<()> {
     let tls = serve::tls(&settings)?;
     let (listener, url) = bind(&settings).await?;
     announce(&url, &tls);
+    // A draining bridge keeps its live sessions (and their reattaches) until they end or the delay runs
+    // out (--shutdown-delay-secs is its drain deadline), then ends what is left.
+    let registry = bridge.registry.clone();
+    let frontend = serve::Frontend {
+        draining: bridge.draining.clone(),
+        idle: Some(serve::IdleCheck(Arc::new(move || registry.ids().is_empty()))),
+        ..frontend
+    };
     let draining = serve::serve(listener, tls.acceptor, bridge.router(), frontend).await?;
     bridge.shutdown().await;
     draining.finish().await;

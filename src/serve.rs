@@ -89,6 +89,24 @@ pub struct Frontend {
     pub header_timeout: Duration,
     /// In-flight requests may finish within this time after a shutdown signal.
     pub drain_timeout: Duration,
+    /// After a shutdown signal, keep serving this long with `draining` set (the health check answers 503)
+    /// so that load balancers take this instance out before it stops accepting.
+    pub shutdown_delay: Duration,
+    /// Set when a shutdown signal arrives (shared with the webapp's health check).
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// When set, the shutdown delay ends early once this says there is nothing left to wait for (a
+    /// bridge without live sessions).
+    pub idle: Option<IdleCheck>,
+}
+
+/// "Is there nothing left to drain?"
+#[derive(Clone)]
+pub struct IdleCheck(pub Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl std::fmt::Debug for IdleCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdleCheck")
+    }
 }
 
 impl Default for Frontend {
@@ -99,6 +117,9 @@ impl Default for Frontend {
             max_connections_per_client: 256,
             header_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
+            shutdown_delay: Duration::ZERO,
+            draining: Arc::default(),
+            idle: None,
         }
     }
 }
@@ -303,11 +324,32 @@ pub async fn serve(
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let mut term =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("listen for SIGTERM")?;
+    // Set at the signal: from then on the health check fails, and accepting stops at this instant.
+    let mut stop_at: Option<tokio::time::Instant> = None;
     loop {
+        let signalled = async {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = signalled, if stop_at.is_none() => {
+                frontend.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+                tracing::info!(delay = ?frontend.shutdown_delay, "Shutdown signal: draining (health check 503), then no new connections");
+                stop_at = Some(tokio::time::Instant::now() + frontend.shutdown_delay);
+                continue;
+            }
+            _ = tokio::time::sleep_until(stop_at.unwrap_or_else(tokio::time::Instant::now)), if stop_at.is_some() => break,
+            // Draining with nothing left (checked every 200 ms): stop now rather than at the deadline.
+            _ = tokio::time::sleep(Duration::from_millis(200)), if stop_at.is_some() && frontend.idle.is_some() => {
+                if frontend.idle.as_ref().is_some_and(|idle| (idle.0)()) {
+                    tracing::info!("Drained: nothing left, stopping before the deadline");
+                    break;
+                }
+                continue;
+            }
         };
         let (mut tcp, peer) = match accepted {
             Ok(c) => c,

@@ -38,6 +38,9 @@ pub struct BridgeConfig {
     /// The largest desktop a VNC or RDP server may impose (default 4096x2160, either orientation); a server
     /// over it ends its session with `target_error`.
     pub max_desktop: MaxDesktop,
+    /// Live sessions keep streaming while the control plane (every webapp, or its database) is away; after
+    /// this long without a successful sync they end (`None`: never).
+    pub control_plane_grace: Option<Duration>,
 }
 
 impl BridgeConfig {
@@ -47,6 +50,7 @@ impl BridgeConfig {
             zone: zone.into(),
             sync_interval: Duration::from_millis(750),
             max_desktop: MaxDesktop::DEFAULT,
+            control_plane_grace: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -56,6 +60,9 @@ pub struct Bridge {
     pub control: Arc<dyn ControlPlane>,
     pub registry: Arc<Registry>,
     verifier: RwLock<Option<(TokenVerifier, std::time::Instant)>>,
+    /// Set when the bridge is shutting down: its health check answers 503 so the load balancer sends new
+    /// sessions elsewhere.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn now_unix() -> i64 {
@@ -72,6 +79,7 @@ impl Bridge {
             control,
             registry: Arc::new(Registry::default()),
             verifier: RwLock::new(None),
+            draining: Arc::default(),
         })
     }
 
@@ -148,6 +156,7 @@ impl Bridge {
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/bridge/v1/ws", get(ws::handler))
+            .route("/bridge/v1/health", get(health))
             .with_state(self.clone())
     }
 
@@ -157,10 +166,13 @@ impl Bridge {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(bridge.config.sync_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut watch = ControlPlaneWatch::new(bridge.config.control_plane_grace, std::time::Instant::now());
             loop {
                 tick.tick().await;
                 let ids = bridge.registry.ids();
                 if ids.is_empty() {
+                    // Nothing to keep alive: the grace starts with the next session.
+                    watch.reached(std::time::Instant::now());
                     continue;
                 }
                 let req = SyncRequest {
@@ -169,6 +181,7 @@ impl Bridge {
                 };
                 match bridge.control.sync(&req).await {
                     Ok(res) => {
+                        watch.reached(std::time::Instant::now());
                         for id in &res.ended {
                             if let (Some(live), Some((code, reason))) =
                                 (bridge.registry.get(id), session::control_end(&res, id))
@@ -193,10 +206,81 @@ impl Bridge {
                             .await;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "Session sync with the control plane failed")
+                        let now = std::time::Instant::now();
+                        tracing::warn!(error = %e, unreachable_for = ?watch.unreachable_for(now), "Session sync with the control plane failed");
+                        if let Some(grace) = watch.expired(now) {
+                            tracing::error!(
+                                ?grace,
+                                sessions = req.sessions.len(),
+                                "The control plane stayed unreachable: ending live sessions"
+                            );
+                            let reason = format!("the control plane was unreachable for {} s", grace.as_secs());
+                            bridge.end_all("ended", &reason).await;
+                            watch.reached(now);
+                        }
                     }
                 }
             }
         })
+    }
+}
+
+/// The bridge's health for load balancers: 200 with its live session count, 503 once it drains.
+async fn health(axum::extract::State(bridge): axum::extract::State<Arc<Bridge>>) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let sessions = bridge.registry.ids().len();
+    if bridge.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        let body = serde_json::json!({ "ok": false, "error": "shutting down", "sessions": sessions });
+        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    }
+    axum::Json(serde_json::json!({ "ok": true, "sessions": sessions })).into_response()
+}
+
+/// How long live sessions have gone without a successful sync, and whether that is past the grace
+/// (time in, decision out).
+#[derive(Debug)]
+pub struct ControlPlaneWatch {
+    grace: Option<Duration>,
+    last_ok: std::time::Instant,
+}
+
+impl ControlPlaneWatch {
+    pub fn new(grace: Option<Duration>, now: std::time::Instant) -> Self {
+        Self { grace, last_ok: now }
+    }
+
+    /// The control plane answered (or there was nothing to ask about).
+    pub fn reached(&mut self, now: std::time::Instant) {
+        self.last_ok = now;
+    }
+
+    pub fn unreachable_for(&self, now: std::time::Instant) -> Duration {
+        now.saturating_duration_since(self.last_ok)
+    }
+
+    /// After a failed sync: the grace, when it has run out.
+    pub fn expired(&self, now: std::time::Instant) -> Option<Duration> {
+        self.grace.filter(|g| self.unreachable_for(now) >= *g)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_end_only_after_the_grace_without_the_control_plane() {
+        let t0 = std::time::Instant::now();
+        let mut w = ControlPlaneWatch::new(Some(Duration::from_secs(10)), t0);
+        assert_eq!(w.expired(t0 + Duration::from_secs(9)), None);
+        assert_eq!(w.expired(t0 + Duration::from_secs(10)), Some(Duration::from_secs(10)));
+        w.reached(t0 + Duration::from_secs(9));
+        assert_eq!(
+            w.expired(t0 + Duration::from_secs(18)),
+            None,
+            "a sync in between starts it again"
+        );
+        let never = ControlPlaneWatch::new(None, t0);
+        assert_eq!(never.expired(t0 + Duration::from_secs(100_000)), None);
     }
 }

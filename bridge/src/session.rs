@@ -51,6 +51,9 @@ pub struct LiveSession {
     resume_hash: Mutex<[u8; 32]>,
     /// How the session ended (set by [`Lifecycle::finish`]), for a browser that comes back too late.
     end: Mutex<Option<(&'static str, String)>>,
+    /// WebSocket message bytes sent to and received from the browsers of the session (reported at its end).
+    pub bytes_to_browser: std::sync::atomic::AtomicU64,
+    pub bytes_from_browser: std::sync::atomic::AtomicU64,
 }
 
 /// An ended session, remembered for one grace period: a browser that was away when it ended and comes
@@ -172,6 +175,8 @@ pub fn spawn(
         cmd: cmd_tx,
         resume_hash: Mutex::new([0; 32]),
         end: Mutex::new(None),
+        bytes_to_browser: Default::default(),
+        bytes_from_browser: Default::default(),
     });
     registry.insert(live.clone());
     let grace = Duration::from_secs(claims.grace.max(1).into());
@@ -448,7 +453,8 @@ impl Lifecycle {
         }
     }
 
-    /// Tell the browser (if any) and the control plane that the session is over.
+    /// Tell the browser (if any) and the control plane that the session is over. The control plane hears it
+    /// even when it ended the session itself (`from_control`): the report carries the session's traffic.
     pub async fn finish(mut self, code: &'static str, reason: String, from_control: bool) {
         tracing::info!(code, %reason, "Session ended");
         self.live.set_end(code, &reason);
@@ -456,14 +462,18 @@ impl Lifecycle {
             // The close message must get through even when the queue is full.
             let _ = tokio::time::timeout(Duration::from_secs(1), c.send(ServerMsg::closed(code, reason.clone()))).await;
         }
-        if !from_control {
-            let req = EndRequest {
-                reason: format!("{code}: {reason}"),
-            };
-            match self.control.end_session(&self.claims.sid, &req).await {
-                Ok(()) | Err(ControlError::NotFound) => {}
-                Err(e) => tracing::warn!(error = %e, "Could not report the session end"),
-            }
+        use std::sync::atomic::Ordering;
+        let req = EndRequest {
+            reason: format!("{code}: {reason}"),
+            bytes_to_browser: self.live.bytes_to_browser.load(Ordering::Relaxed),
+            bytes_from_browser: self.live.bytes_from_browser.load(Ordering::Relaxed),
+            duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        };
+        match self.control.end_session(&self.claims.sid, &req).await {
+            Ok(()) | Err(ControlError::NotFound) => {}
+            // A session ended by the control plane, whose bridge was revoked meanwhile.
+            Err(ControlError::Unauthorized) if from_control => {}
+            Err(e) => tracing::warn!(error = %e, "Could not report the session end"),
         }
     }
 

@@ -86,6 +86,12 @@ pub async fn handler(
             }
         },
         Some(Credential::Token(token)) => {
+            // A draining bridge keeps its sessions (reattaches above) but starts none: the token is not
+            // claimed, so it still works on another bridge.
+            if bridge.draining.load(std::sync::atomic::Ordering::SeqCst) {
+                tracing::info!(%session_id, "Refused a new session: this bridge is draining");
+                return refuse(StatusCode::SERVICE_UNAVAILABLE, "this bridge is draining");
+            }
             let claims = match bridge.verify(&token, &session_id).await {
                 Ok(c) => c,
                 Err(e) => {
@@ -155,7 +161,9 @@ async fn pump(socket: WebSocket, live: Arc<LiveSession>) {
             out = client_rx.recv() => {
                 let Some(msg) = out else { break };
                 let closing = matches!(msg, ServerMsg::Closed(_));
-                if tx.send(Message::Binary(msg.encode().into())).await.is_err() {
+                let bytes = msg.encode();
+                live.bytes_to_browser.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                if tx.send(Message::Binary(bytes.into())).await.is_err() {
                     break;
                 }
                 if closing {
@@ -164,6 +172,9 @@ async fn pump(socket: WebSocket, live: Arc<LiveSession>) {
                 }
             }
             incoming = rx.next() => {
+                if let Some(Ok(Message::Binary(b))) = &incoming {
+                    live.bytes_from_browser.fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
                 let reply = match incoming {
                     Some(Ok(Message::Binary(b))) => match ClientMsg::decode(&b) {
                         Ok(msg) => {

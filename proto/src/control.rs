@@ -262,9 +262,19 @@ pub struct HostKeyReport {
     pub fingerprint: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The bridge closed a session: why, and what went through it (for the control plane's events).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EndRequest {
     pub reason: String,
+    /// WebSocket message bytes the bridge sent to the browser(s) of the session (every attach together).
+    #[serde(default)]
+    pub bytes_to_browser: u64,
+    /// WebSocket message bytes the bridge received from the browser(s).
+    #[serde(default)]
+    pub bytes_from_browser: u64,
+    /// Milliseconds from the claim to the end, as the bridge measured them.
+    #[serde(default)]
+    pub duration_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

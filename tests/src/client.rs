@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use crate::portico::Portico;
 
 /// A logged-in (or anonymous) API client that trusts only the Portico instance's certificate.
+#[derive(Clone)]
 pub struct Api {
     pub base: String,
     pub http: reqwest::Client,

@@ -3,8 +3,10 @@
 
 pub mod client;
 pub mod idp;
+pub mod lb;
 pub mod peers;
 pub mod portico;
+pub mod rsyslog;
 pub mod slapd;
 
 /// Root of the workspace.

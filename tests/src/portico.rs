@@ -115,7 +115,10 @@ impl Portico {
         if let Some(sc) = opts.subcommand {
             cmd.arg(sc);
         }
-        cmd.arg("--data-dir").arg(&data_dir).args(["--listen", "127.0.0.1:0"]);
+        cmd.arg("--data-dir").arg(&data_dir);
+        if !opts.extra_args.iter().any(|a| a == "--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
         cmd.args(&opts.extra_args);
         // The all-in-one binary embeds an agent when a Docker socket exists: only a test's own engine.
         if opts.subcommand.is_none() && !opts.extra_args.iter().any(|a| a == "--docker-socket") {
@@ -207,10 +210,28 @@ impl Portico {
 
     /// Send SIGTERM (a graceful shutdown) and wait for the process to exit, at most `timeout`.
     pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        self.sigterm()?;
+        self.wait_exit(timeout)
+    }
+
+    /// SIGKILL (a crash, no clean-up) and wait for the process to be gone.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill().context("kill portico")?;
+        self.child.wait().context("wait for portico")?;
+        Ok(())
+    }
+
+    /// Send SIGTERM and return at once.
+    pub fn sigterm(&self) -> anyhow::Result<()> {
         Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .context("send SIGTERM")?;
+        Ok(())
+    }
+
+    /// Wait for the process to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {

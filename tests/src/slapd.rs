@@ -107,7 +107,7 @@ pub struct Slapd {
 }
 
 /// A new self-signed CA in `dir` (`{name}.pem`, `{name}.key`); returns the certificate's PEM.
-fn make_ca(dir: &Path, name: &str, subject: &str) -> anyhow::Result<String> {
+pub(crate) fn make_ca(dir: &Path, name: &str, subject: &str) -> anyhow::Result<String> {
     run(
         Command::new("openssl")
             .args([
@@ -198,7 +198,7 @@ impl Slapd {
     }
 
     /// A server key and certificate signed by the CA in `dir`, for 127.0.0.1 and localhost.
-    fn server_cert(dir: &Path) -> anyhow::Result<(String, String)> {
+    pub(crate) fn server_cert(dir: &Path) -> anyhow::Result<(String, String)> {
         let ext = dir.join("server.ext");
         fs::write(
             &ext,

@@ -81,6 +81,29 @@ async fn an_agent_registers_heartbeats_and_is_marked_down_when_lost() -> anyhow:
     // The agent's last sync may have been held by the webapp up to one interval before it was killed:
     // down comes two to three intervals after the kill, never sooner.
     assert!(lost_at.elapsed() >= Duration::from_secs(1), "marked down too early");
+    // Events: registered, then down (reported once, within a heartbeat interval of the maintenance loop).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let kinds = loop {
+        let evs = api
+            .ok(
+                reqwest::Method::GET,
+                "/api/v1/events?type=agent_registered,agent_down",
+                None,
+            )
+            .await?;
+        let kinds: Vec<String> = evs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["details"]["agent"] == "agent-a")
+            .filter_map(|e| e["type"].as_str().map(str::to_owned))
+            .collect();
+        if kinds.iter().any(|k| k == "agent_down") || tokio::time::Instant::now() > deadline {
+            break kinds;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(kinds, ["agent_down", "agent_registered"], "newest first");
     Ok(())
 }
 

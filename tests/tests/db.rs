@@ -148,7 +148,114 @@ async fn exercise(db: &Db) -> anyhow::Result<()> {
     favourites(db, now).await?;
     second_factors(db, now).await?;
     identities(db, now).await?;
+    events(db, now).await?;
     db.prune(now + 100_000).await?;
+    Ok(())
+}
+
+/// Events: batch inserts, filters (type, user as subject or actor, connection, session, time) with paging
+/// newest first and the total, pruning in bounded batches, and agents reported down once per outage.
+async fn events(db: &Db, now: i64) -> anyhow::Result<()> {
+    use std::sync::Arc;
+
+    use portico_webapp::db::EventQuery;
+    use portico_webapp::events::{Event, EventType};
+
+    let base_ms = now * 1000;
+    let all: Vec<Arc<Event>> = (0..2500_i64)
+        .map(|i| {
+            let mut e = Event::new(if i % 5 == 0 {
+                EventType::LoginFailed
+            } else {
+                EventType::SessionCreated
+            })
+            .detail("i", i)
+            .detail("note", "quote \" and 'apostrophe'");
+            e.at = base_ms + i;
+            e.id = format!("ev-{i:05}");
+            if i % 10 == 0 {
+                e = e.user("ev-user");
+            }
+            if i % 10 == 1 {
+                e = e.actor("ev-user");
+            }
+            if i % 7 == 0 {
+                e = e.connection("ev-conn").session(&format!("ev-sess-{}", i % 3));
+            }
+            Arc::new(e)
+        })
+        .collect();
+    db.insert_events(&all, 100).await?;
+    let q = |f: &dyn Fn(&mut EventQuery)| {
+        let mut q = EventQuery {
+            limit: 100,
+            ..EventQuery::default()
+        };
+        f(&mut q);
+        q
+    };
+    let (page, total) = db.events(&q(&|_| {})).await?;
+    assert_eq!(total, 2500);
+    assert_eq!(page.len(), 100);
+    assert_eq!(page[0].id, "ev-02499", "newest first");
+    assert_eq!(page[0].details["note"], "quote \" and 'apostrophe'");
+    assert_eq!(page[0].event_type, "session_created");
+    let (page2, _) = db.events(&q(&|q| q.offset = 100)).await?;
+    assert_eq!(page2[0].id, "ev-02399", "pages follow each other");
+    let (logins, total) = db.events(&q(&|q| q.types = vec!["login_failed".into()])).await?;
+    assert_eq!(total, 500);
+    assert!(logins.iter().all(|e| e.event_type == "login_failed"));
+    let (_, both) = db
+        .events(&q(&|q| q.types = vec!["login_failed".into(), "session_created".into()]))
+        .await?;
+    assert_eq!(both, 2500);
+    let (mine, total) = db.events(&q(&|q| q.user_id = Some("ev-user".into()))).await?;
+    assert_eq!(total, 500, "about the user or by them");
+    assert!(
+        mine.iter()
+            .all(|e| e.user_id.as_deref() == Some("ev-user") || e.actor_id.as_deref() == Some("ev-user"))
+    );
+    let (_, total) = db.events(&q(&|q| q.connection_id = Some("ev-conn".into()))).await?;
+    assert_eq!(total, 358);
+    let (sess, total) = db
+        .events(&q(&|q| {
+            q.session_id = Some("ev-sess-1".into());
+            q.connection_id = Some("ev-conn".into());
+        }))
+        .await?;
+    assert_eq!(total, 119);
+    assert!(sess.iter().all(|e| e.session_id.as_deref() == Some("ev-sess-1")));
+    let (window, total) = db
+        .events(&q(&|q| {
+            q.since = Some(base_ms + 10);
+            q.until = Some(base_ms + 20);
+        }))
+        .await?;
+    assert_eq!(total, 10, "since inclusive, until exclusive");
+    assert_eq!((window[0].at, window[9].at), (base_ms + 19, base_ms + 10));
+    // Pruning: at most a batch per statement, the oldest first, never newer ones.
+    assert_eq!(db.prune_events(base_ms + 2400, 1000).await?, 1000);
+    assert_eq!(db.prune_events(base_ms + 2400, 1000).await?, 1000);
+    assert_eq!(db.prune_events(base_ms + 2400, 1000).await?, 400);
+    assert_eq!(db.prune_events(base_ms + 2400, 1000).await?, 0);
+    let (left, total) = db.events(&q(&|_| {})).await?;
+    assert_eq!(total, 100);
+    assert_eq!(left.last().map(|e| e.id.as_str()), Some("ev-02400"));
+    assert_eq!(db.prune_events(base_ms + 10_000, 1000).await?, 100);
+
+    // An agent that stops responding is reported once; after a heartbeat, its next outage again.
+    let id = id_of(register(db, "ev-agent", "ev-identity", "ev-cred", (2, 2048), now).await?)?;
+    let down = |v: Vec<(String, String)>| v.into_iter().filter(|(i, _)| *i == id).count();
+    assert_eq!(down(db.agents_newly_down(now, now + 1).await?), 0, "alive");
+    assert_eq!(down(db.agents_newly_down(now + 1, now + 20).await?), 1, "down");
+    assert_eq!(down(db.agents_newly_down(now + 1, now + 21).await?), 0, "reported once");
+    db.agent_heartbeat(&id, 2, 2048, 0, "[]", now + 30).await?;
+    assert_eq!(down(db.agents_newly_down(now + 30, now + 31).await?), 0);
+    assert_eq!(
+        down(db.agents_newly_down(now + 31, now + 50).await?),
+        1,
+        "the next outage"
+    );
     Ok(())
 }
 

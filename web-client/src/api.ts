@@ -191,3 +191,11 @@ export const deleteIdentityProvider = (id: string) => call<unknown>('DELETE', `/
 export interface SecuritySettings { mfa_required_roles: Role[]; local_login_admins_only: boolean }
 export const securitySettings = () => call<SecuritySettings>('GET', '/api/v1/settings');
 export const setSecuritySettings = (s: Partial<SecuritySettings>) => call<SecuritySettings>('PUT', '/api/v1/settings', s);
+
+export interface EventRecord {
+  id: string; at: number; type: string; actor_id: string | null; client_addr: string | null;
+  user_id: string | null; connection_id: string | null; session_id: string | null; details: Record<string, unknown>;
+}
+export type EventQuery = { type?: string; user_id?: string; connection_id?: string; session_id?: string; since?: number; until?: number; limit?: number; offset?: number };
+export const events = (q: EventQuery) => page<EventRecord>('/api/v1/events', q);
+export const eventTypes = () => call<{ types: string[]; retention_days: number }>('GET', '/api/v1/events/types');

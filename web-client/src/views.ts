@@ -5,6 +5,7 @@ import { h, mount, errorText } from './dom';
 import { openSession, type SessionTarget } from './session';
 import { foldersCard, grantsEditor, groupsCard } from './access';
 import { identityProvidersCard, loginExtras } from './sso';
+import { eventsCard } from './events';
 
 const DEFAULT_PORTS: Record<string, number> = { ssh: 22, vnc: 5900, rdp: 3389 };
 
@@ -472,6 +473,7 @@ export async function showMain(me: api.Me, onLogout: () => void): Promise<void> 
     page.append(await securityCard());
     page.append(await identityProvidersCard());
   }
+  if (me.user.role !== 'user') page.append(await eventsCard());
 
   const m = /^#open=(.+)$/.exec(location.hash);
   if (m) {

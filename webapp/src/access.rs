@@ -19,6 +19,7 @@ use crate::api::{ApiJson, PageQuery, page, validate_password};
 use crate::auth::{Admin, CurrentUser, Overseer, ROLE_USER, ROLES};
 use crate::db::{Change, Folder, Grants, GroupBody, User};
 use crate::error::ApiError;
+use crate::events::{Event, EventType};
 use crate::{AppState, now_unix};
 
 pub fn routes() -> Router<AppState> {
@@ -158,6 +159,13 @@ async fn create_user(
         )
         .await?;
     tracing::info!(user_id = %user.id, role, admin = %me.user.id, "User created");
+    st.events.emit(
+        Event::new(EventType::UserCreated)
+            .by(&me)
+            .user(&user.id)
+            .detail("username", &user.username)
+            .detail("role", role),
+    );
     Ok((StatusCode::CREATED, Json(user)))
 }
 
@@ -168,6 +176,7 @@ async fn update_user(
     ApiJson(b): ApiJson<UserUpdate>,
 ) -> Result<Json<User>, ApiError> {
     let mut u = st.db.user(&id).await?.ok_or(ApiError::NotFound("user"))?;
+    let before = serde_json::to_value(&u).unwrap_or(Value::Null);
     if let Some(r) = b.role.as_deref() {
         let r = role(Some(r))?;
         if id == me.user.id && r != u.role {
@@ -186,6 +195,13 @@ async fn update_user(
         return Err(ApiError::NotFound("user"));
     }
     tracing::info!(user_id = %u.id, role = %u.role, admin = %me.user.id, "User updated");
+    st.events.emit(
+        Event::new(EventType::UserUpdated)
+            .by(&me)
+            .user(&u.id)
+            .detail("username", &u.username)
+            .change(&before, &serde_json::to_value(&u).unwrap_or(Value::Null)),
+    );
     Ok(Json(u))
 }
 
@@ -197,8 +213,15 @@ async fn delete_user(
     if id == me.user.id {
         return Err(ApiError::bad_request("you cannot delete yourself"));
     }
+    let before = st.db.user(&id).await?;
     if st.db.delete_user(&id, now_unix()).await? {
         tracing::info!(user_id = %id, admin = %me.user.id, "User deleted");
+        st.events.emit(
+            Event::new(EventType::UserDeleted)
+                .by(&me)
+                .user(&id)
+                .detail("before", before),
+        );
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("user"))
@@ -206,6 +229,11 @@ async fn delete_user(
 }
 
 // ---- groups
+
+/// What events record of a group.
+fn group_value(g: &GroupBody) -> Value {
+    json!({ "name": g.name, "max_sessions": g.max_sessions, "protocols": g.protocols })
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -256,6 +284,12 @@ async fn create_group(
         return Err(ApiError::Conflict("a group with this name exists".into()));
     }
     tracing::info!(group_id = %id, name = ?body.name, admin = %me.user.id, "Group created");
+    st.events.emit(
+        Event::new(EventType::GroupCreated)
+            .by(&me)
+            .detail("group_id", &id)
+            .detail("after", group_value(&body)),
+    );
     Ok((StatusCode::CREATED, Json(json!({ "id": id, "name": body.name }))))
 }
 
@@ -272,8 +306,23 @@ async fn update_group(
     Path(id): Path<String>,
     ApiJson(b): ApiJson<GroupInput>,
 ) -> Result<StatusCode, ApiError> {
-    changed(st.db.update_group(&id, &b.body()?).await?, "group")?;
+    let body = b.body()?;
+    let before = st.db.group(&id).await?;
+    changed(st.db.update_group(&id, &body).await?, "group")?;
     tracing::info!(group_id = %id, admin = %me.user.id, "Group updated");
+    let before = before.map_or(Value::Null, |g| {
+        group_value(&GroupBody {
+            name: g.name,
+            max_sessions: g.max_sessions,
+            protocols: g.protocols,
+        })
+    });
+    st.events.emit(
+        Event::new(EventType::GroupUpdated)
+            .by(&me)
+            .detail("group_id", &id)
+            .change(&before, &group_value(&body)),
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -282,10 +331,17 @@ async fn delete_group(
     Admin(me): Admin,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let before = st.db.group(&id).await?;
     if !st.db.delete_group(&id, now_unix()).await? {
         return Err(ApiError::NotFound("group"));
     }
     tracing::info!(group_id = %id, admin = %me.user.id, "Group deleted");
+    st.events.emit(
+        Event::new(EventType::GroupDeleted)
+            .by(&me)
+            .detail("group_id", &id)
+            .detail("before", before),
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -304,8 +360,23 @@ async fn set_members(
     if b.user_ids.len() > 10_000 {
         return Err(ApiError::bad_request("at most 10000 members"));
     }
+    let before = st.db.members(&id).await?;
     changed(st.db.set_members(&id, &b.user_ids, now_unix()).await?, "group")?;
     tracing::info!(group_id = %id, members = b.user_ids.len(), admin = %me.user.id, "Group members set");
+    let after = st.db.members(&id).await?;
+    st.events.emit(
+        Event::new(EventType::GroupMembersChanged)
+            .by(&me)
+            .detail("group_id", &id)
+            .detail(
+                "added",
+                after.iter().filter(|u| !before.contains(u)).collect::<Vec<_>>(),
+            )
+            .detail(
+                "removed",
+                before.iter().filter(|u| !after.contains(u)).collect::<Vec<_>>(),
+            ),
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -337,6 +408,12 @@ async fn create_folder(
     };
     changed(st.db.create_folder(&f).await?, "folder")?;
     tracing::info!(folder_id = %f.id, admin = %me.user.id, "Folder created");
+    st.events.emit(
+        Event::new(EventType::FolderCreated)
+            .by(&me)
+            .detail("folder_id", &f.id)
+            .detail("after", json!({ "name": f.name, "parent_id": f.parent_id })),
+    );
     Ok((StatusCode::CREATED, Json(f)))
 }
 
@@ -347,6 +424,7 @@ async fn update_folder(
     ApiJson(b): ApiJson<FolderInput>,
 ) -> Result<StatusCode, ApiError> {
     let name = display_name(&b.name, "folder")?;
+    let before = st.db.folder(&id).await?;
     changed(
         st.db
             .update_folder(&id, &name, b.parent_id.as_deref(), now_unix())
@@ -354,6 +432,13 @@ async fn update_folder(
         "folder",
     )?;
     tracing::info!(folder_id = %id, admin = %me.user.id, "Folder updated");
+    let before = before.map_or(Value::Null, |f| json!({ "name": f.name, "parent_id": f.parent_id }));
+    st.events.emit(
+        Event::new(EventType::FolderUpdated)
+            .by(&me)
+            .detail("folder_id", &id)
+            .change(&before, &json!({ "name": name, "parent_id": b.parent_id })),
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -362,11 +447,21 @@ async fn delete_folder(
     Admin(me): Admin,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let before = st.db.folder(&id).await?;
     match st.db.delete_folder(&id).await? {
         Change::Refused(reason) => return Err(ApiError::Conflict(reason)),
         other => changed(other, "folder")?,
     }
     tracing::info!(folder_id = %id, admin = %me.user.id, "Folder deleted");
+    st.events.emit(
+        Event::new(EventType::FolderDeleted)
+            .by(&me)
+            .detail("folder_id", &id)
+            .detail(
+                "before",
+                before.map(|f| json!({ "name": f.name, "parent_id": f.parent_id })),
+            ),
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -398,8 +493,20 @@ async fn set_grants_of(
         return Err(ApiError::bad_request("at most 10000 grants"));
     }
     let what = if kind == "folder" { "folder" } else { "connection" };
+    let before = st.db.grants(kind, id).await?;
     changed(st.db.set_grants(kind, id, &g, now_unix()).await?, what)?;
     tracing::info!(object = kind, object_id = %id, users = g.user_ids.len(), groups = g.group_ids.len(), admin = %me.user.id, "Grants set");
+    let after = st.db.grants(kind, id).await?;
+    let mut ev = Event::new(EventType::GrantsChanged)
+        .by(me)
+        .detail("object", kind)
+        .detail("object_id", id)
+        .detail("before", &before)
+        .detail("after", &after);
+    if kind != "folder" {
+        ev = ev.connection(id);
+    }
+    st.events.emit(ev);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use crate::auth::{API_KEY_PREFIX, Admin, COOKIE_NAME, CurrentUser, KeyScope, cookie_value};
 use crate::db::{Connection, SessionRow, User, state};
 use crate::error::ApiError;
+use crate::events::{Event, EventType};
 use crate::{AppState, crypto, login, now_unix};
 
 /// JSON body extractor whose rejections are `{"error": ...}` like every other API error.
@@ -55,6 +56,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/__healthcheck", get(healthcheck))
+        .route("/api/__livez", get(livez))
         .route("/api/openapi.json", get(|| async { Json(crate::openapi::document()) }))
         .route("/api/v1/auth/login", post(login))
         .route("/api/v1/auth/logout", post(logout))
@@ -76,25 +78,42 @@ pub fn routes() -> Router<AppState> {
         .merge(crate::access::routes())
         .merge(crate::mfa::routes())
         .merge(crate::identity::routes())
+        .merge(crate::events::routes())
 }
 
+/// Readiness for load balancers: 200 after a real database round trip; 503 at once while draining, and
+/// within [`HEALTH_BUDGET`] when the database is unreachable or slow (its own bound, not the pool's
+/// acquire timeout, so a checker with a 1 s timeout always gets an answer).
 async fn healthcheck(State(st): State<AppState>) -> Response {
-    match tokio::time::timeout(std::time::Duration::from_secs(3), st.db.ping()).await {
+    let unavailable = |error: &str| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ok": false, "error": error })),
+        )
+            .into_response()
+    };
+    if st.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        return unavailable("shutting down");
+    }
+    match tokio::time::timeout(HEALTH_BUDGET, st.db.ping()).await {
         Ok(Ok(())) => Json(json!({ "ok": true })).into_response(),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "Healthcheck: database unavailable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "ok": false, "error": "database unavailable" })),
-            )
-                .into_response()
+            unavailable("database unavailable")
         }
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "ok": false, "error": "database timeout" })),
-        )
-            .into_response(),
+        Err(_) => {
+            tracing::warn!(budget = ?HEALTH_BUDGET, "Healthcheck: database did not answer in time");
+            unavailable("database timeout")
+        }
     }
+}
+
+/// The time the health check gives the database.
+const HEALTH_BUDGET: std::time::Duration = std::time::Duration::from_millis(800);
+
+/// Liveness for process supervisors: the process serves requests (no database involved).
+async fn livez() -> Json<Value> {
+    Json(json!({ "ok": true }))
 }
 
 // ---- auth
@@ -122,8 +141,17 @@ async fn login(
 ) -> Result<Response, ApiError> {
     let client = peer.map(|a| a.ip());
     let user = login::check_password(&st, &body.username, body.password, client, &headers).await?;
+    let method = if user.provider_id.is_some() { "ldap" } else { "password" };
     if !crate::identity::local_login_allowed(&st, &user).await? {
         tracing::info!(user_id = %user.id, client = ?client, "Local login refused: local accounts are for admins only");
+        st.events.emit(
+            Event::new(EventType::LoginRefused)
+                .client(client)
+                .user(&user.id)
+                .detail("username", &user.username)
+                .detail("method", method)
+                .detail("reason", "local accounts are for admins only"),
+        );
         return Err(ApiError::Forbidden(
             "local accounts are disabled: sign in with your organisation's account".into(),
         ));
@@ -131,9 +159,25 @@ async fn login(
     if user.mfa_enabled {
         // No cookie yet: the second step (`/auth/login/mfa`) gives it for a right code.
         tracing::info!(user_id = %user.id, client = ?client, "Password right; second factor asked");
+        st.events.emit(
+            Event::new(EventType::MfaRequired)
+                .client(client)
+                .user(&user.id)
+                .detail("username", &user.username)
+                .detail("method", method),
+        );
         return Ok(Json(crate::mfa::challenge(&st, &user.id).await?).into_response());
     }
     let pending = crate::mfa::required_roles(&st).await?.contains(&user.role);
+    st.events.emit(
+        Event::new(EventType::LoginSucceeded)
+            .actor(&user.id)
+            .client(client)
+            .user(&user.id)
+            .detail("username", &user.username)
+            .detail("method", method)
+            .detail("mfa_enrolment_required", pending),
+    );
     start_login(&st, user, pending).await
 }
 
@@ -199,10 +243,19 @@ async fn logout(State(st): State<AppState>, me: CurrentUser, headers: HeaderMap)
     // SSH/VNC/RDP sessions stay until closed, as they may be open elsewhere (embedded, API).
     let now = now_unix();
     for sid in st.db.live_workspace_sessions(&me.user.id).await? {
-        st.db.end_session(&sid, "ended: the user logged out", now).await?;
+        if st.db.end_session(&sid, "ended: the user logged out", now).await? {
+            st.events.emit(
+                Event::new(EventType::SessionEnded)
+                    .by(&me)
+                    .user(&me.user.id)
+                    .session(&sid)
+                    .detail("reason", "ended: the user logged out"),
+            );
+        }
         tracing::info!(session_id = %sid, user_id = %me.user.id, "Workspace ended by logout");
     }
     tracing::info!(user_id = %me.user.id, "Logout");
+    st.events.emit(Event::new(EventType::Logout).by(&me).user(&me.user.id));
     let mut res = Json(json!({ "ok": true })).into_response();
     res.headers_mut().insert(
         header::SET_COOKIE,
@@ -251,6 +304,12 @@ async fn change_password(
     let keep = cookie_value(&headers, COOKIE_NAME).map(crypto::sha256_hex);
     let ended = st.db.delete_other_login_sessions(&me.user.id, keep.as_deref()).await?;
     tracing::info!(user_id = %me.user.id, other_logins_ended = ended, "Password changed");
+    st.events.emit(
+        Event::new(EventType::PasswordChanged)
+            .by(&me)
+            .user(&me.user.id)
+            .detail("other_logins_ended", ended),
+    );
     Ok(Json(json!({ "ok": true, "other_logins_ended": ended })))
 }
 
@@ -309,6 +368,12 @@ async fn delete_agent(
     match st.db.delete_agent(&id, now_unix()).await? {
         Some(name) => {
             tracing::info!(agent = ?name, agent_id = ?id, by = %me.user.id, "Agent removed");
+            st.events.emit(
+                Event::new(EventType::AgentRemoved)
+                    .by(&me)
+                    .detail("agent_id", &id)
+                    .detail("agent", &name),
+            );
             Ok(StatusCode::NO_CONTENT)
         }
         None => Err(ApiError::NotFound("agent")),
@@ -336,6 +401,12 @@ async fn revoke_bridge(
 ) -> Result<StatusCode, ApiError> {
     if st.db.revoke_bridge(&id, q.forget, now_unix()).await? {
         tracing::warn!(bridge_id = %id, forget = q.forget, admin = %me.user.id, "Bridge revoked");
+        st.events.emit(
+            Event::new(EventType::BridgeRevoked)
+                .by(&me)
+                .detail("bridge_id", &id)
+                .detail("forget", q.forget),
+        );
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("bridge"))
@@ -391,6 +462,15 @@ async fn create_api_key(
     };
     let key = format!("{API_KEY_PREFIX}{}", crypto::random_token());
     st.db.insert_api_key(&k, &crypto::sha256_hex(&key)).await?;
+    st.events.emit(
+        Event::new(EventType::ApiKeyCreated)
+            .by(&me)
+            .user(&me.user.id)
+            .detail("api_key_id", &k.id)
+            .detail("name", &k.name)
+            .detail("scope", &k.scope)
+            .detail("expires_at", k.expires_at),
+    );
     Ok((
         StatusCode::CREATED,
         Json(json!({ "id": k.id, "name": k.name, "key": key, "scope": k.scope, "expires_at": k.expires_at })),
@@ -403,6 +483,12 @@ async fn delete_api_key(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     if st.db.delete_api_key(&id, &me.user.id).await? {
+        st.events.emit(
+            Event::new(EventType::ApiKeyDeleted)
+                .by(&me)
+                .user(&me.user.id)
+                .detail("api_key_id", &id),
+        );
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("api key"))
@@ -482,6 +568,18 @@ impl From<Connection> for ConnectionView {
     }
 }
 
+/// What events record of a connection: its view without times (never a credential, only whether it has
+/// one).
+pub fn connection_snapshot(c: &Connection) -> Value {
+    let mut v = serde_json::to_value(ConnectionView::from(c.clone())).unwrap_or(Value::Null);
+    if let Some(m) = v.as_object_mut() {
+        m.remove("created_at");
+        m.remove("updated_at");
+        m.remove("id");
+    }
+    v
+}
+
 /// Normalize an OpenSSH-style `SHA256:<base64>` fingerprint; `None` for empty input (trust on first use).
 fn validate_settings(s: &ConnectionSettings) -> Result<(), ApiError> {
     if s.domain
@@ -537,6 +635,18 @@ pub fn normalize_fingerprint(fp: Option<&str>) -> Result<Option<String>, ApiErro
             "host_key_fingerprint is not a SHA-256 fingerprint",
         )),
     }
+}
+
+/// `host:port` of a target for events (`None` for a workspace, whose container is not known yet).
+pub fn target_of(host: &str, port: i64) -> Option<String> {
+    if host.is_empty() {
+        return None;
+    }
+    Some(if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    })
 }
 
 /// The protocol the bridge speaks for a connection protocol (workspace containers serve VNC).
@@ -789,29 +899,53 @@ async fn create_connection(
     st.db.insert_connection(&c).await?;
     tracing::info!(connection_id = %c.id, protocol = %c.protocol, user_id = %me.user.id, "Connection created");
     let c = st.db.connection(&c.id).await?.ok_or(ApiError::NotFound("connection"))?;
+    st.events.emit(
+        Event::new(EventType::ConnectionCreated)
+            .by(&me)
+            .connection(&c.id)
+            .detail("after", connection_snapshot(&c)),
+    );
     Ok((StatusCode::CREATED, Json(c.into())))
 }
 
 async fn update_connection(
     State(st): State<AppState>,
-    _: Admin,
+    Admin(me): Admin,
     Path(id): Path<String>,
     ApiJson(b): ApiJson<ConnectionBody>,
 ) -> Result<Json<ConnectionView>, ApiError> {
     let mut c = st.db.connection(&id).await?.ok_or(ApiError::NotFound("connection"))?;
+    let before = c.clone();
     apply_connection_body(&st, &mut c, b)?;
     c.updated_at = now_unix();
     crate::access::changed(st.db.update_connection(&c, c.updated_at).await?, "connection")?;
     let c = st.db.connection(&id).await?.ok_or(ApiError::NotFound("connection"))?;
+    // Sealed credentials are compared as sealed text: a new one is sealed with a fresh nonce. Only
+    // whether they changed is recorded.
+    st.events.emit(
+        Event::new(EventType::ConnectionUpdated)
+            .by(&me)
+            .connection(&id)
+            .change(&connection_snapshot(&before), &connection_snapshot(&c))
+            .detail("password_changed", before.password_enc != c.password_enc)
+            .detail("private_key_changed", before.private_key_enc != c.private_key_enc),
+    );
     Ok(Json(c.into()))
 }
 
 async fn delete_connection(
     State(st): State<AppState>,
-    _: Admin,
+    Admin(me): Admin,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let before = st.db.connection(&id).await?;
     if st.db.delete_connection(&id, now_unix()).await? {
+        st.events.emit(
+            Event::new(EventType::ConnectionDeleted)
+                .by(&me)
+                .connection(&id)
+                .detail("before", before.as_ref().map(connection_snapshot)),
+        );
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("connection"))
@@ -852,7 +986,18 @@ async fn create_session(
         .await?
         .ok_or(ApiError::NotFound("connection"))?;
     let limits = st.db.limits(&me.user).await?;
+    let refused = |reason: &str| {
+        st.events.emit(
+            Event::new(EventType::SessionRefused)
+                .by(&me)
+                .user(&me.user.id)
+                .connection(&conn.id)
+                .detail("protocol", &conn.protocol)
+                .detail("reason", reason),
+        );
+    };
     if !limits.allows_protocol(&conn.protocol) {
+        refused("protocol not allowed by a limit");
         return Err(ApiError::Forbidden(format!(
             "you may not start {} sessions (a limit of your account or your groups)",
             conn.protocol
@@ -913,6 +1058,7 @@ async fn create_session(
         )
         .await?;
     if let crate::db::SessionStart::LimitReached(n) = started {
+        refused(&format!("limit of {n} concurrent sessions reached"));
         return Err(ApiError::Forbidden(format!(
             "you have reached your limit of {n} concurrent sessions"
         )));
@@ -923,6 +1069,7 @@ async fn create_session(
         st.db
             .end_session(&session_id, &format!("not scheduled: {e}"), now)
             .await?;
+        refused(&format!("not scheduled: {e}"));
         return Err(e);
     }
     let token = st.signer.sign(&claims);
@@ -933,6 +1080,16 @@ async fn create_session(
         cfg.public_url.trim_end_matches('/')
     );
     tracing::info!(%session_id, connection_id = %conn.id, user_id = %me.user.id, protocol = protocol.as_str(), "Session created");
+    st.events.emit(
+        Event::new(EventType::SessionCreated)
+            .by(&me)
+            .user(&me.user.id)
+            .connection(&conn.id)
+            .session(&session_id)
+            .detail("protocol", &conn.protocol)
+            .detail("connection_name", &conn.name)
+            .detail("target", target_of(&conn.host, conn.port)),
+    );
     Ok((
         StatusCode::CREATED,
         Json(SessionCreated {
@@ -987,7 +1144,16 @@ async fn end_session(
     } else {
         "ended by an administrator"
     };
-    st.db.end_session(&id, reason, now_unix()).await?;
+    if st.db.end_session(&id, reason, now_unix()).await? {
+        st.events.emit(
+            Event::new(EventType::SessionEnded)
+                .by(&me)
+                .user(&s.user_id)
+                .connection(&s.connection_id)
+                .session(&id)
+                .detail("reason", reason),
+        );
+    }
     tracing::info!(session_id = %id, user_id = %me.user.id, "Session end requested");
     Ok(StatusCode::NO_CONTENT)
 }

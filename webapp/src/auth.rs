@@ -67,6 +67,8 @@ pub struct CurrentUser {
     pub key_scope: Option<KeyScope>,
     /// A login that may only enrol a second factor (its role requires one; see [`mfa_pending_allows`]).
     pub mfa_pending: bool,
+    /// The client address of the request (for events).
+    pub client: Option<std::net::IpAddr>,
 }
 
 impl CurrentUser {
@@ -141,6 +143,14 @@ pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// The client's address as the listener recorded it (the real client behind a trusted proxy).
+fn client_ip(parts: &Parts) -> Option<std::net::IpAddr> {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)?
@@ -179,6 +189,7 @@ impl FromRequestParts<AppState> for CurrentUser {
                 csrf_token: None,
                 key_scope: Some(scope),
                 mfa_pending: false,
+                client: client_ip(parts),
             });
         }
         let cookie = cookie_value(&parts.headers, COOKIE_NAME).ok_or(ApiError::Unauthenticated)?;
@@ -211,6 +222,7 @@ impl FromRequestParts<AppState> for CurrentUser {
             csrf_token: Some(csrf),
             key_scope: None,
             mfa_pending,
+            client: client_ip(parts),
         })
     }
 }

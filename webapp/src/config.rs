@@ -30,6 +30,13 @@ pub struct WebappConfig {
     pub agent_heartbeat: Duration,
     /// Origins (`https://app.example`) allowed to frame the embed page `/connect`; empty: nobody may.
     pub embed_origins: Vec<String>,
+    /// Days events stay in the database (default 14); 0 stores none there.
+    pub event_retention_days: u64,
+    /// Where events are forwarded: `syslog+tcp://host:port`, `syslog+tls://host:port`, `jsonl:///path`,
+    /// `jsonl:-` (stdout).
+    pub event_forward: Vec<String>,
+    /// PEM of a CA that signed `syslog+tls` receivers' certificates (besides the machine's roots).
+    pub event_forward_ca: Option<String>,
 }
 
 impl WebappConfig {
@@ -53,7 +60,25 @@ impl WebappConfig {
             agent_registration_token: None,
             agent_heartbeat: Duration::from_secs(5),
             embed_origins: Vec::new(),
+            event_retention_days: 14,
+            event_forward: Vec::new(),
+            event_forward_ca: None,
         }
+    }
+
+    /// The settings of the event pipeline (forward targets parsed).
+    pub fn events(&self) -> anyhow::Result<crate::events::EventsConfig> {
+        let forward = self
+            .event_forward
+            .iter()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| crate::events::ForwardTarget::parse(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(crate::events::EventsConfig {
+            retention_days: self.event_retention_days,
+            forward,
+            forward_ca: self.event_forward_ca.clone(),
+        })
     }
 
     /// Check what browsers will be told: the bridge URL (a WebSocket or HTTP(S) URL without query or
@@ -74,6 +99,7 @@ impl WebappConfig {
         for o in &self.embed_origins {
             parse_origin(o)?;
         }
+        self.events()?;
         Ok(())
     }
 

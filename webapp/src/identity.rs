@@ -17,6 +17,7 @@ use crate::api::ApiJson;
 use crate::auth::{Admin, Overseer, ROLE_ADMIN, ROLE_AUDITOR, ROLE_USER, cookie_value};
 use crate::db::{ExternalIdentity, IdentityProvider, OidcLogin, User};
 use crate::error::ApiError;
+use crate::events::{Event, EventType};
 use crate::oidc::{self, OidcConfig, OidcError};
 use crate::{AppState, crypto, now_unix};
 
@@ -252,6 +253,18 @@ fn provider_from(
     })
 }
 
+/// What events record of a provider: its view without counts and times (it holds no secret, only whether
+/// one is set).
+fn provider_value(v: &ProviderView) -> Value {
+    let mut v = serde_json::to_value(v).unwrap_or(Value::Null);
+    if let Some(m) = v.as_object_mut() {
+        for k in ["users", "created_at", "redirect_uri", "id"] {
+            m.remove(k);
+        }
+    }
+    v
+}
+
 async fn create(
     State(st): State<AppState>,
     Admin(me): Admin,
@@ -262,7 +275,14 @@ async fn create(
         return Err(ApiError::Conflict("provider name already exists".into()));
     }
     tracing::info!(provider_id = %p.id, kind = %p.kind, name = %p.name, admin = %me.user.id, "Identity provider created");
-    Ok((StatusCode::CREATED, Json(view(&st, p).await?)))
+    let v = view(&st, p).await?;
+    st.events.emit(
+        Event::new(EventType::IdentityProviderCreated)
+            .by(&me)
+            .detail("provider_id", &v.id)
+            .detail("after", provider_value(&v)),
+    );
+    Ok((StatusCode::CREATED, Json(v)))
 }
 
 async fn update(
@@ -277,20 +297,40 @@ async fn update(
         .await?
         .ok_or(ApiError::NotFound("identity provider"))?;
     let p = provider_from(&st, id, b, Some(&existing))?;
+    let secret_changed = p.secret_enc != existing.secret_enc;
+    let before = provider_value(&view(&st, existing).await?);
     if !st.db.save_provider(&p).await? {
         return Err(ApiError::Conflict("provider name already exists".into()));
     }
     st.oidc.forget(&p.id);
     tracing::info!(provider_id = %p.id, admin = %me.user.id, enabled = p.enabled, "Identity provider changed");
-    Ok(Json(view(&st, p).await?))
+    let v = view(&st, p).await?;
+    st.events.emit(
+        Event::new(EventType::IdentityProviderUpdated)
+            .by(&me)
+            .detail("provider_id", &v.id)
+            .change(&before, &provider_value(&v))
+            .detail("client_secret_changed", secret_changed),
+    );
+    Ok(Json(v))
 }
 
 async fn remove(State(st): State<AppState>, Admin(me): Admin, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let before = match st.db.provider(&id).await? {
+        Some(p) => Some(provider_value(&view(&st, p).await?)),
+        None => None,
+    };
     if !st.db.delete_provider(&id, now_unix()).await? {
         return Err(ApiError::NotFound("identity provider"));
     }
     st.oidc.forget(&id);
     tracing::warn!(provider_id = %id, admin = %me.user.id, "Identity provider deleted with its users");
+    st.events.emit(
+        Event::new(EventType::IdentityProviderDeleted)
+            .by(&me)
+            .detail("provider_id", &id)
+            .detail("before", before),
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -501,17 +541,34 @@ struct CallbackQuery {
 
 /// Back from the provider: the state must be one this browser started (once, in time), the code is
 /// exchanged with the verifier, the ID token checked; then the user is synced and logged in.
-async fn oidc_callback(State(st): State<AppState>, headers: HeaderMap, Query(q): Query<CallbackQuery>) -> Response {
-    match finish_oidc(&st, &headers, q).await {
+async fn oidc_callback(
+    State(st): State<AppState>,
+    crate::api::ClientAddr(peer): crate::api::ClientAddr,
+    headers: HeaderMap,
+    Query(q): Query<CallbackQuery>,
+) -> Response {
+    let client = peer.map(|a| a.ip());
+    match finish_oidc(&st, &headers, q, client).await {
         Ok(res) => res,
         Err(msg) => {
             tracing::warn!(reason = %msg, "OIDC login refused");
+            st.events.emit(
+                Event::new(EventType::LoginFailed)
+                    .client(client)
+                    .detail("method", "oidc")
+                    .detail("reason", &msg),
+            );
             login_error(&st, &msg)
         }
     }
 }
 
-async fn finish_oidc(st: &AppState, headers: &HeaderMap, q: CallbackQuery) -> Result<Response, String> {
+async fn finish_oidc(
+    st: &AppState,
+    headers: &HeaderMap,
+    q: CallbackQuery,
+    client: Option<std::net::IpAddr>,
+) -> Result<Response, String> {
     let state = q.state.ok_or("the provider sent no state")?;
     let login = st
         .db
@@ -583,6 +640,16 @@ async fn finish_oidc(st: &AppState, headers: &HeaderMap, q: CallbackQuery) -> Re
     let (cookies, _csrf) = crate::api::login_cookies(st, &user, false)
         .await
         .map_err(|e| e.to_string())?;
+    st.events.emit(
+        Event::new(EventType::LoginSucceeded)
+            .actor(&user.id)
+            .client(client)
+            .user(&user.id)
+            .detail("username", &user.username)
+            .detail("method", "oidc")
+            .detail("provider_id", &p.id)
+            .detail("role", &user.role),
+    );
     let mut res = Redirect::to(&login.next_path).into_response();
     for c in cookies {
         res.headers_mut().append(header::SET_COOKIE, c);

@@ -24,6 +24,7 @@ use subtle::ConstantTimeEq as _;
 use crate::api::ApiJson;
 use crate::db::{AgentRegisterOutcome, state};
 use crate::error::ApiError;
+use crate::events::{Event, EventType};
 use crate::{AppState, now_unix};
 
 #[derive(Clone)]
@@ -80,13 +81,23 @@ impl Internal {
                 .map_err(db_err)?
                 .ok_or(ControlError::NotFound)?;
             tracing::warn!(%session_id, bridge_id = %caller.id, bridge = ?req.bridge_id, state = %s.state, "Refused token claim");
-            return Err(match s.state.as_str() {
+            let refusal = match s.state.as_str() {
                 state::ENDED if s.claimed_at.is_none() => ControlError::Ended,
                 state::PENDING if s.token_expires_at < now - portico_proto::token::LEEWAY_SECS => {
                     ControlError::Refused("token expired".into())
                 }
                 _ => ControlError::AlreadyUsed,
-            });
+            };
+            self.st.events.emit(
+                Event::new(EventType::TokenRefused)
+                    .user(&s.user_id)
+                    .connection(&s.connection_id)
+                    .session(session_id)
+                    .detail("reason", refusal.to_string())
+                    .detail("bridge_id", &caller.id)
+                    .detail("bridge", &req.bridge_id),
+            );
+            return Err(refusal);
         }
         let s = db
             .session(session_id)
@@ -94,9 +105,19 @@ impl Internal {
             .map_err(db_err)?
             .ok_or(ControlError::NotFound)?;
         let Some(c) = db.connection(&s.connection_id).await.map_err(db_err)? else {
-            db.end_session(session_id, "connection deleted", now)
+            if db
+                .end_session(session_id, "connection deleted", now)
                 .await
-                .map_err(db_err)?;
+                .map_err(db_err)?
+            {
+                self.st.events.emit(
+                    Event::new(EventType::SessionEnded)
+                        .user(&s.user_id)
+                        .connection(&s.connection_id)
+                        .session(session_id)
+                        .detail("reason", "connection deleted"),
+                );
+            }
             return Err(ControlError::NotFound);
         };
         let keys = &self.st.keys;
@@ -111,6 +132,17 @@ impl Internal {
                 .transpose()
         };
         tracing::info!(%session_id, bridge_id = %caller.id, bridge = ?req.bridge_id, connection_id = %c.id, "Token claimed");
+        self.st.events.emit(
+            Event::new(EventType::SessionClaimed)
+                .user(&s.user_id)
+                .connection(&c.id)
+                .session(session_id)
+                .detail("bridge_id", &caller.id)
+                .detail("bridge", &req.bridge_id)
+                .detail("protocol", &c.protocol)
+                .detail("target", crate::api::target_of(&c.host, c.port))
+                .detail("wait_secs", (now - s.created_at).max(0)),
+        );
         let workspace = c.protocol == crate::workspaces::PROTOCOL;
         Ok(Target {
             protocol: crate::api::bridge_protocol(&c.protocol)
@@ -163,6 +195,14 @@ impl Internal {
             .map_err(db_err)?
         {
             tracing::info!(connection_id = %s.connection_id, fingerprint = %fp, "Host key pinned on first use");
+            self.st.events.emit(
+                Event::new(EventType::HostKeyPinned)
+                    .user(&s.user_id)
+                    .connection(&s.connection_id)
+                    .session(session_id)
+                    .detail("fingerprint", &fp)
+                    .detail("bridge_id", &caller.id),
+            );
         }
         Ok(())
     }
@@ -173,12 +213,28 @@ impl Internal {
         session_id: &str,
         req: &EndRequest,
     ) -> Result<(), ControlError> {
-        self.own_session(caller, session_id).await?;
-        self.st
-            .db
-            .end_session(session_id, &req.reason, now_unix())
-            .await
-            .map_err(db_err)?;
+        let s = self.own_session(caller, session_id).await?;
+        let reason: String = req.reason.chars().take(500).collect();
+        let now = now_unix();
+        let recorded = self.st.db.end_session(session_id, &reason, now).await.map_err(db_err)?;
+        let event = |event_type| {
+            Event::new(event_type)
+                .user(&s.user_id)
+                .connection(&s.connection_id)
+                .session(session_id)
+                .detail("reason", &reason)
+                .detail("bridge_id", &caller.id)
+        };
+        if recorded {
+            self.st.events.emit(event(EventType::SessionEnded));
+        }
+        self.st.events.emit(
+            event(EventType::SessionClosed)
+                .detail("bytes_to_browser", req.bytes_to_browser)
+                .detail("bytes_from_browser", req.bytes_from_browser)
+                .detail("duration_secs", req.duration_ms / 1000)
+                .detail("recorded_reason", if recorded { None } else { s.end_reason.as_deref() }),
+        );
         Ok(())
     }
 
@@ -230,11 +286,23 @@ impl Internal {
             .is_some()
         {
             tracing::warn!(remote_addr = %addr, "Bridge registration throttled");
+            self.st.events.emit(
+                Event::new(EventType::BridgeRegistrationRefused)
+                    .detail("bridge", &req.name)
+                    .detail("remote_addr", addr)
+                    .detail("reason", "too many attempts"),
+            );
             return Err(ControlError::Refused("too many attempts, try again later".into()));
         }
         let expected = self.st.config.node_secret.expose();
         if expected.is_empty() || !bool::from(node_secret.as_bytes().ct_eq(expected.as_bytes())) {
             tracing::warn!(remote_addr = %addr, bridge = ?req.name, "Bridge registration refused: wrong node secret");
+            self.st.events.emit(
+                Event::new(EventType::BridgeRegistrationRefused)
+                    .detail("bridge", &req.name)
+                    .detail("remote_addr", addr)
+                    .detail("reason", "wrong node secret"),
+            );
             return Err(ControlError::Unauthorized);
         }
         self.st.db.end_login_attempt(&attempt).await.map_err(db_err)?;
@@ -262,11 +330,23 @@ impl Internal {
             .map_err(db_err)?
         {
             tracing::warn!(bridge = ?name, remote_addr = %addr, "Bridge registration refused: revoked");
+            self.st.events.emit(
+                Event::new(EventType::BridgeRegistrationRefused)
+                    .detail("bridge", name)
+                    .detail("remote_addr", addr)
+                    .detail("reason", "revoked by an administrator"),
+            );
             return Err(ControlError::Refused(format!(
                 "bridge {name:?} was revoked by an administrator"
             )));
         }
         tracing::info!(bridge = ?name, bridge_id = %row.id, remote_addr = %addr, "Bridge registered");
+        self.st.events.emit(
+            Event::new(EventType::BridgeRegistered)
+                .detail("bridge", name)
+                .detail("bridge_id", &row.id)
+                .detail("remote_addr", addr),
+        );
         Ok(BridgeRegistered {
             bridge_id: row.id,
             credential: Secret::new(credential),
@@ -393,6 +473,15 @@ impl Internal {
             }
         };
         tracing::info!(agent = ?name, agent_id = %id, remote_addr = %addr, "Agent registered");
+        self.st.events.emit(
+            Event::new(EventType::AgentRegistered)
+                .detail("agent", name)
+                .detail("agent_id", &id)
+                .detail("remote_addr", addr)
+                .detail("docker_version", &req.docker_version)
+                .detail("cores", c.cores)
+                .detail("memory_mb", c.memory_mb),
+        );
         Ok(AgentRegistered {
             agent_id: id,
             credential: Secret::new(credential),
@@ -418,6 +507,12 @@ impl Internal {
             Err(e) => return db_err(e),
         }
         tracing::warn!(agent = ?name, remote_addr = %addr, reason, "Agent registration refused");
+        self.st.events.emit(
+            Event::new(EventType::AgentRegistrationRefused)
+                .detail("agent", name)
+                .detail("remote_addr", addr)
+                .detail("reason", reason),
+        );
         match db.record_agent_refusal(name, reason, addr, now).await {
             Ok(true) => {}
             Ok(false) => {

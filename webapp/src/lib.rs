@@ -13,6 +13,7 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod headers;
 pub mod identity;
 pub mod internal;
@@ -45,6 +46,11 @@ pub struct AppState {
     pub passwords: Arc<login::PasswordPool>,
     /// OIDC discovery documents and key sets (a cache).
     pub oidc: Arc<oidc::OidcCache>,
+    /// Structured events: stored with a retention and forwarded ([`events::Events::emit`] never blocks).
+    pub events: events::Events,
+    /// Set when this instance is shutting down: the health check answers 503 so load balancers stop
+    /// sending it requests while it finishes those in flight.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub fn now_unix() -> i64 {
@@ -64,7 +70,39 @@ impl AppState {
     /// End the sessions of agents that stopped responding ([`db::Db::sweep_lost`]); every read that
     /// depends on them calls this first, since the webapp keeps no timers.
     pub async fn sweep_lost(&self, now: i64) -> sqlx::Result<Vec<String>> {
-        self.db.sweep_lost(now, self.agents_alive_since(now)).await
+        let lost = self.db.sweep_lost(now, self.agents_alive_since(now)).await?;
+        for sid in &lost {
+            let reason = "lost: its agent stopped responding";
+            self.events.emit(
+                events::Event::new(events::EventType::WorkspaceLost)
+                    .session(sid)
+                    .detail("reason", reason),
+            );
+            self.events.emit(
+                events::Event::new(events::EventType::SessionEnded)
+                    .session(sid)
+                    .detail("reason", reason),
+            );
+        }
+        Ok(lost)
+    }
+
+    /// Report the agents that stopped responding since the last look (`agent_down`, once per webapp fleet
+    /// and outage).
+    pub async fn report_agents_down(&self, now: i64) -> sqlx::Result<()> {
+        if !self.events.enabled() {
+            return Ok(());
+        }
+        for (id, name) in self.db.agents_newly_down(self.agents_alive_since(now), now).await? {
+            tracing::warn!(agent = ?name, agent_id = %id, "Agent down: three heartbeats missed");
+            self.events.emit(
+                events::Event::new(events::EventType::AgentDown)
+                    .detail("agent", &name)
+                    .detail("agent_id", &id)
+                    .detail("missed_heartbeats", 3),
+            );
+        }
+        Ok(())
     }
 
     /// How often agents are expected to sync (whole seconds, at least 1).
@@ -78,6 +116,7 @@ impl AppState {
         let db = db::Db::connect(config.database_url.expose()).await?;
         let keys = crypto::Keys::derive(config.master_key.expose());
         let signer = TokenSigner::new(keys.token_signing.clone());
+        let events = events::Events::start(&config.events()?, db.clone())?;
         Ok(AppState {
             db,
             keys: Arc::new(keys),
@@ -85,6 +124,8 @@ impl AppState {
             config: Arc::new(config),
             passwords: Arc::new(login::PasswordPool::for_machine()),
             oidc: Arc::default(),
+            events,
+            draining: Arc::default(),
         })
     }
 
@@ -113,12 +154,29 @@ impl AppState {
     /// Periodic clean-up of expired rows; safe to run on every instance at once.
     pub fn spawn_maintenance(&self) -> tokio::task::JoinHandle<()> {
         let db = self.db.clone();
+        let st = self.clone();
+        // Agents that stop responding are reported within a heartbeat interval (its own task: pruning may
+        // take a while, and neither blocks the API).
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(st.config.agent_heartbeat.max(Duration::from_secs(1)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = st.report_agents_down(now_unix()).await {
+                    tracing::warn!(error = %e, "Cannot check for agents that stopped responding");
+                }
+            }
+        });
+        let events = self.events.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tick.tick().await;
                 if let Err(e) = db.prune(now_unix()).await {
                     tracing::warn!(error = %e, "Database maintenance failed");
+                }
+                if let Err(e) = events.prune(&db, events::now_ms()).await {
+                    tracing::warn!(error = %e, "Pruning old events failed");
                 }
             }
         })

@@ -12,6 +12,7 @@ use axum::http::HeaderMap;
 use crate::auth::cookie_value;
 use crate::db::User;
 use crate::error::ApiError;
+use crate::events::{Event, EventType};
 use crate::{AppState, crypto, now_unix};
 
 /// Attempts are counted over this many seconds.
@@ -160,12 +161,30 @@ pub async fn check_password(
         .map(|(device, _)| device);
     let subjects = subjects(username, client, device.as_deref());
     let attempt = uuid::Uuid::new_v4().to_string();
+    let known_user_id = found.as_ref().map(|(u, _)| u.id.clone());
+    // A directory account's password is checked by its directory; an unknown name may be one's too.
+    let method = match &found {
+        Some((u, _)) if u.provider_id.is_some() => "ldap",
+        _ => "password",
+    };
+    let event = |event_type| {
+        let ev = Event::new(event_type)
+            .client(client)
+            .detail("username", username)
+            .detail("method", method);
+        match &known_user_id {
+            Some(id) => ev.user(id),
+            None => ev,
+        }
+    };
     if let Some(retry_after) = st
         .db
         .begin_login_attempt(&attempt, &subjects, now_unix(), WINDOW_SECS)
         .await?
     {
         tracing::info!(username = ?username, client = ?client, retry_after, "Login attempt throttled");
+        st.events
+            .emit(event(EventType::LoginThrottled).detail("retry_after", retry_after));
         return Err(ApiError::RateLimited {
             retry_after: u64::try_from(retry_after).unwrap_or(1),
         });
@@ -219,6 +238,8 @@ pub async fn check_password(
     };
     let Some(user) = verified else {
         tracing::info!(username = ?username, client = ?client, "Login failed");
+        st.events
+            .emit(event(EventType::LoginFailed).detail("reason", "invalid username or password"));
         return Err(ApiError::Unauthorized("invalid username or password".into()));
     };
     st.db.end_login_attempt(&attempt).await?;

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use crate::api::ApiJson;
 use crate::auth::{Admin, CurrentUser, Overseer, ROLES};
 use crate::error::ApiError;
+use crate::events::{Event, EventType};
 use crate::{AppState, crypto, now_unix};
 
 pub const STEP_SECS: i64 = 30;
@@ -148,7 +149,12 @@ struct SecondStep {
     recovery_code: Option<String>,
 }
 
-async fn login_second_step(State(st): State<AppState>, ApiJson(b): ApiJson<SecondStep>) -> Result<Response, ApiError> {
+async fn login_second_step(
+    State(st): State<AppState>,
+    crate::api::ClientAddr(peer): crate::api::ClientAddr,
+    ApiJson(b): ApiJson<SecondStep>,
+) -> Result<Response, ApiError> {
+    let client = peer.map(|a| a.ip());
     let now = now_unix();
     let id_hash = crypto::sha256_hex(&b.mfa_token);
     let Some(user_id) = st.db.mfa_attempt(&id_hash, now).await? else {
@@ -157,6 +163,18 @@ async fn login_second_step(State(st): State<AppState>, ApiJson(b): ApiJson<Secon
         ));
     };
     let user = st.db.user(&user_id).await?.ok_or(ApiError::Unauthenticated)?;
+    let with = if b.recovery_code.is_some() {
+        "recovery_code"
+    } else {
+        "totp"
+    };
+    let event = |event_type| {
+        Event::new(event_type)
+            .client(client)
+            .user(&user.id)
+            .detail("username", &user.username)
+            .detail("with", with)
+    };
     let ok = match (b.code.as_deref(), b.recovery_code.as_deref()) {
         (Some(code), None) => {
             let sealed = st.db.totp_secret(&user.id).await?.ok_or(ApiError::Unauthenticated)?;
@@ -164,6 +182,8 @@ async fn login_second_step(State(st): State<AppState>, ApiJson(b): ApiJson<Secon
             match verify(&secret, code, now) {
                 None => false,
                 Some(s) if !st.db.use_totp_step(&user.id, s).await? => {
+                    st.events
+                        .emit(event(EventType::MfaFailed).detail("reason", "code used already"));
                     return Err(ApiError::Unauthorized(
                         "this code was used already: wait for the next one".into(),
                     ));
@@ -185,9 +205,22 @@ async fn login_second_step(State(st): State<AppState>, ApiJson(b): ApiJson<Secon
     };
     if !ok {
         tracing::info!(user_id = %user.id, "Second factor refused");
+        st.events
+            .emit(event(EventType::MfaFailed).detail("reason", "wrong code"));
         return Err(ApiError::Unauthorized("wrong code".into()));
     }
     st.db.delete_mfa_challenge(&id_hash).await?;
+    st.events.emit(event(EventType::MfaSucceeded));
+    let method = if user.provider_id.is_some() { "ldap" } else { "password" };
+    st.events.emit(
+        Event::new(EventType::LoginSucceeded)
+            .actor(&user.id)
+            .client(client)
+            .user(&user.id)
+            .detail("username", &user.username)
+            .detail("method", method)
+            .detail("second_factor", with),
+    );
     crate::api::start_login(&st, user, false).await
 }
 
@@ -240,6 +273,8 @@ async fn confirm(
         return Err(ApiError::bad_request("wrong code"));
     }
     tracing::info!(user_id = %me.user.id, "Two-factor authentication on");
+    st.events
+        .emit(Event::new(EventType::MfaEnabled).by(&me).user(&me.user.id));
     Ok(Json(json!({ "recovery_codes": codes })))
 }
 
@@ -250,6 +285,7 @@ async fn reset(State(st): State<AppState>, Admin(me): Admin, Path(id): Path<Stri
         return Err(ApiError::NotFound("user"));
     }
     tracing::warn!(user_id = %id, admin = %me.user.id, "Two-factor authentication reset");
+    st.events.emit(Event::new(EventType::MfaReset).by(&me).user(&id));
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -282,10 +318,19 @@ async fn set_settings(
         if let Some(r) = roles.iter().find(|r| !ROLES.contains(&r.as_str())) {
             return Err(ApiError::bad_request(format!("unknown role {r:?}")));
         }
+        let before = required_roles(&st).await?;
         st.db.set_setting(REQUIRED_ROLES, &roles.join(",")).await?;
         tracing::info!(roles = ?roles, admin = %me.user.id, "Two-factor requirement set");
+        st.events.emit(
+            Event::new(EventType::SettingsChanged)
+                .by(&me)
+                .detail("setting", "mfa_required_roles")
+                .detail("before", before)
+                .detail("after", roles),
+        );
     }
     if let Some(only) = b.local_login_admins_only {
+        let before = crate::identity::local_login_admins_only(&st).await?;
         st.db
             .set_setting(
                 crate::identity::LOCAL_LOGIN_ADMINS_ONLY,
@@ -298,6 +343,14 @@ async fn set_settings(
             0
         };
         tracing::warn!(admins_only = only, logins_ended = ended, admin = %me.user.id, "Local login setting changed");
+        st.events.emit(
+            Event::new(EventType::SettingsChanged)
+                .by(&me)
+                .detail("setting", "local_login_admins_only")
+                .detail("before", before)
+                .detail("after", only)
+                .detail("logins_ended", ended),
+        );
     }
     settings(State(st), Overseer(me)).await
 }

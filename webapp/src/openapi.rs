@@ -57,6 +57,45 @@ fn paged(mut o: Value) -> Value {
     o
 }
 
+/// The event list's filters and paging, its total in `X-Total-Count`, and its items.
+fn events_list(mut o: Value) -> Value {
+    let param = |name: &str, schema: Value, desc: &str| json!({ "name": name, "in": "query", "required": false, "schema": schema, "description": desc });
+    o["parameters"] = json!([
+        param(
+            "type",
+            json!({ "type": "string" }),
+            "event types, comma-separated (any of them)"
+        ),
+        param(
+            "user_id",
+            json!({ "type": "string" }),
+            "events about this user or caused by them"
+        ),
+        param(
+            "connection_id",
+            json!({ "type": "string" }),
+            "events about this connection"
+        ),
+        param("session_id", json!({ "type": "string" }), "events about this session"),
+        param("since", json!({ "type": "integer" }), "unix milliseconds, inclusive"),
+        param("until", json!({ "type": "integer" }), "unix milliseconds, exclusive"),
+        param(
+            "limit",
+            json!({ "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 }),
+            "rows per page"
+        ),
+        param(
+            "offset",
+            json!({ "type": "integer", "minimum": 0, "maximum": 1000000, "default": 0 }),
+            "rows to skip"
+        ),
+    ]);
+    o["responses"]["200"]["headers"] =
+        json!({ "X-Total-Count": { "schema": { "type": "integer" }, "description": "how many match in all" } });
+    o["responses"]["200"]["content"] = json!({ "application/json": { "schema": { "type": "array", "items": { "$ref": "#/components/schemas/Event" } } } });
+    o
+}
+
 /// The connection list's own parameters on top of [`paged`]'s, and its items.
 fn connection_list(o: Value) -> Value {
     let mut o = paged(o);
@@ -225,12 +264,24 @@ pub fn document() -> Value {
                     "state": { "enum": ["pending", "active", "ended"] }, "created_at": { "type": "integer" },
                     "ended_at": { "type": ["integer", "null"] }, "end_reason": { "type": ["string", "null"], "description": "a lost workspace's reason starts with \"lost:\"" },
                     "workspace": { "$ref": "#/components/schemas/Workspace" } } },
+                "Event": { "type": "object", "description": "something an operator or auditor asks about; never holds a secret", "properties": {
+                    "id": { "type": "string" }, "at": { "type": "integer", "description": "unix milliseconds" },
+                    "type": { "type": "string", "description": "one of /api/v1/events/types (a newer webapp may add types)" },
+                    "actor_id": { "type": ["string", "null"], "description": "the user who caused it (null: nobody logged in, or the system)" },
+                    "client_addr": { "type": ["string", "null"], "description": "the client address of the request that caused it" },
+                    "user_id": { "type": ["string", "null"], "description": "the user it is about" },
+                    "connection_id": { "type": ["string", "null"] }, "session_id": { "type": ["string", "null"] },
+                    "details": { "type": "object", "description": "depends on the type: e.g. method and username of logins, before and after (changed fields only) of changes, reason, bytes_to_browser, bytes_from_browser and duration_secs of session_closed" } } },
+                "EventTypes": { "type": "object", "properties": {
+                    "types": { "type": "array", "items": { "enum": crate::events::EventType::ALL.iter().map(|t| t.as_str()).collect::<Vec<_>>() } },
+                    "retention_days": { "type": "integer", "description": "how long events stay in the database; 0: none are stored (they are only forwarded)" } } },
                 "Health": { "type": "object", "properties": { "ok": { "type": "boolean" } } }
             }
         },
         "security": [{ "cookie": [] }, { "apiKey": [] }],
         "paths": {
-            "/api/__healthcheck": { "get": op("health including a database round trip (503 when the database is down)", None, "200", Some("Health")) },
+            "/api/__healthcheck": { "get": op("readiness: a database round trip; 503 within 0.8 s when the database is down or slow, 503 at once while shutting down", None, "200", Some("Health")) },
+            "/api/__livez": { "get": op("liveness: the process serves requests (no database)", None, "200", Some("Health")) },
             "/api/v1/auth/login": { "post": op("log in; sets the session cookie (Me), or, for an account with two-factor authentication, answers an MfaChallenge without a cookie", Some("Login"), "200", Some("Me")) },
             "/api/v1/auth/login/mfa": { "post": op("the second step of a login: a TOTP code or a recovery code; sets the session cookie", Some("MfaSecondStep"), "200", Some("Me")) },
             "/api/v1/auth/mfa/enrol": { "post": op("start setting up two-factor authentication: a new secret as a QR code (409 when it is on already)", None, "200", Some("MfaEnrolment")) },
@@ -309,7 +360,9 @@ pub fn document() -> Value {
             "/api/v1/sessions/{id}": {
                 "get": with_id(op("get a session", None, "200", Some("Session"))),
                 "delete": with_id(op("end a session; the bridge closes it within 2 s", None, "204", None))
-            }
+            },
+            "/api/v1/events": { "get": events_list(op("stored events, newest first, filtered and paged (admin, auditor)", None, "200", None)) },
+            "/api/v1/events/types": { "get": op("every event type, and the retention of stored events (admin, auditor)", None, "200", Some("EventTypes")) }
         }
     })
 }

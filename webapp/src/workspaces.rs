@@ -17,6 +17,7 @@ use portico_proto::control::{
 
 use crate::db::{AgentRow, ContainerRow, ContainerUpdate, container_state, state};
 use crate::error::ApiError;
+use crate::events::{Event, EventType};
 use crate::{AppState, now_unix};
 
 /// The connection protocol of workspace containers (the bridge speaks VNC to them).
@@ -141,6 +142,15 @@ pub async fn schedule(st: &AppState, session_id: &str, spec: &WorkspaceSpec) -> 
         return Err(ApiError::NoCapacity(why));
     };
     tracing::info!(%session_id, agent = %agent.name, agent_id = %agent.id, image = %spec.image, "Workspace scheduled");
+    st.events.emit(
+        Event::new(EventType::WorkspaceScheduled)
+            .session(session_id)
+            .detail("agent", &agent.name)
+            .detail("agent_id", &agent.id)
+            .detail("image", &spec.image)
+            .detail("memory_mb", spec.memory_mb)
+            .detail("cpu_millis", spec.cpu_millis),
+    );
     Ok(agent.name.clone())
 }
 
@@ -156,10 +166,19 @@ async fn fail(st: &AppState, session_id: &str, why: &str, now: i64) -> Result<()
         .close_container(session_id, container_state::FAILED, Some(why), now)
         .await
         .map_err(db_err)?;
-    st.db
-        .end_session(session_id, &format!("workspace failed: {why}"), now)
-        .await
-        .map_err(db_err)?;
+    let reason = format!("workspace failed: {why}");
+    st.events.emit(
+        Event::new(EventType::WorkspaceFailed)
+            .session(session_id)
+            .detail("reason", why),
+    );
+    if st.db.end_session(session_id, &reason, now).await.map_err(db_err)? {
+        st.events.emit(
+            Event::new(EventType::SessionEnded)
+                .session(session_id)
+                .detail("reason", &reason),
+        );
+    }
     Ok(())
 }
 
@@ -245,6 +264,12 @@ pub async fn agent_sync(st: &AppState, agent: &AgentRow, req: &AgentSync) -> Res
                 fail(st, &r.session_id, why, now).await?;
             } else if r.state == ContainerState::Ready {
                 tracing::info!(session_id = %r.session_id, agent = %agent.name, container_id = %r.container_id, "Workspace ready");
+                st.events.emit(
+                    Event::new(EventType::WorkspaceReady)
+                        .session(&r.session_id)
+                        .detail("agent", &agent.name)
+                        .detail("container_id", &r.container_id),
+                );
             }
         }
     }
@@ -260,6 +285,12 @@ pub async fn agent_sync(st: &AppState, agent: &AgentRow, req: &AgentSync) -> Res
             db.close_container(&c.session_id, container_state::REMOVED, None, now)
                 .await
                 .map_err(db_err)?;
+            st.events.emit(
+                Event::new(EventType::WorkspaceRemoved)
+                    .session(&c.session_id)
+                    .detail("agent", &agent.name)
+                    .detail("container_id", &c.container_id),
+            );
         } else if c.state == container_state::READY {
             tracing::warn!(session_id = %c.session_id, agent = %agent.name, "Workspace container vanished");
             fail(st, &c.session_id, "the workspace container vanished", now).await?;

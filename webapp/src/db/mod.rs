@@ -9,9 +9,11 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor as _, Row as _};
 
 mod access;
+mod events;
 mod identity;
 mod mfa;
 pub use access::{Change, Folder, Grants, Group, GroupBody, Limits, ListQuery, REVOKED, SessionStart, split_list};
+pub use events::{EventQuery, EventRecord};
 pub use identity::{ExternalIdentity, IdentityProvider, OidcLogin};
 
 static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");

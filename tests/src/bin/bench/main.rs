@@ -3,7 +3,9 @@
 //! `portico-bench vnc` runs the graphical benchmark (see `vnc.rs`) side by side with websockify;
 //! `portico-bench rdp` the RDP workloads on FreeRDP's shadow server (see `rdp.rs`);
 //! `portico-bench workspace` launch-to-first-frame and density of container workspaces (see `workspace.rs`);
-//! `portico-bench upgrades` the time to `101` of many concurrent WebSocket upgrades (see `upgrades.rs`).
+//! `portico-bench upgrades` the time to `101` of many concurrent WebSocket upgrades (see `upgrades.rs`);
+//! `portico-bench events` session starts at a steady rate with the events stored or not and forwarded (see
+//! `events.rs`).
 //!
 //! `cargo run --release -p portico-tests --bin portico-bench -- ssh` runs the SSH benchmark of
 //! `docs/performance.md`: bridge CPU per session on the `ssh-text` workload (N = 1, 5, 20), keystroke-to-echo
@@ -26,6 +28,7 @@ use portico_tests::portico::{Options, Portico};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
+mod events;
 mod rdp;
 mod upgrades;
 mod vnc;
@@ -59,6 +62,12 @@ struct Args {
     idle: Vec<usize>,
     #[arg(long, default_value_t = 300)]
     latency_samples: usize,
+    /// Events benchmark: session starts per minute.
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+    /// Events benchmark: minutes of session starts, per retention setting.
+    #[arg(long, default_value_t = 10)]
+    minutes: u32,
     /// Upgrade benchmark: concurrent WebSocket upgrades per round.
     #[arg(long, value_delimiter = ',', default_value = "500")]
     upgrades: Vec<usize>,
@@ -373,8 +382,8 @@ async fn idle_memory(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(
-        ["ssh", "vnc", "rdp", "workspace", "upgrades"].contains(&args.which.as_str()),
-        "unknown benchmark {:?} (available: ssh, vnc, rdp, workspace, upgrades)",
+        ["ssh", "vnc", "rdp", "workspace", "upgrades", "events"].contains(&args.which.as_str()),
+        "unknown benchmark {:?} (available: ssh, vnc, rdp, workspace, upgrades, events)",
         args.which
     );
     if std::env::var("PORTICO_BENCH_RELEASE").is_err() {
@@ -390,6 +399,7 @@ async fn main() -> anyhow::Result<()> {
             "vnc" => (vnc::HEADER, vnc::run(&args).await?),
             "rdp" => (rdp::HEADER, rdp::run(&args).await?),
             "upgrades" => (upgrades::HEADER, upgrades::run(&args).await?),
+            "events" => (events::HEADER, events::run(&args).await?),
             _ => (workspace::HEADER, workspace::run(&args).await?),
         };
         println!("{header}");
