@@ -141,7 +141,7 @@ async fn login(
 ) -> Result<Response, ApiError> {
     let client = peer.map(|a| a.ip());
     let user = login::check_password(&st, &body.username, body.password, client, &headers).await?;
-    let method = if user.provider_id.is_some() { "ldap" } else { "password" };
+    let method = crate::events::password_method(&user);
     if !crate::identity::local_login_allowed(&st, &user).await? {
         tracing::info!(user_id = %user.id, client = ?client, "Local login refused: local accounts are for admins only");
         st.events.emit(
@@ -169,15 +169,8 @@ async fn login(
         return Ok(Json(crate::mfa::challenge(&st, &user.id).await?).into_response());
     }
     let pending = crate::mfa::required_roles(&st).await?.contains(&user.role);
-    st.events.emit(
-        Event::new(EventType::LoginSucceeded)
-            .actor(&user.id)
-            .client(client)
-            .user(&user.id)
-            .detail("username", &user.username)
-            .detail("method", method)
-            .detail("mfa_enrolment_required", pending),
-    );
+    st.events
+        .emit(Event::login(EventType::LoginSucceeded, &user, client, method).detail("mfa_enrolment_required", pending));
     start_login(&st, user, pending).await
 }
 

@@ -239,6 +239,17 @@ impl Event {
     }
 
     /// Caused by `me`'s request: the actor and the client address.
+    /// A login outcome of `user` from `client` by `method` (`password`, `ldap`, `oidc`): the user acts on
+    /// their own account, named in the details.
+    pub fn login(event_type: EventType, user: &crate::db::User, client: Option<IpAddr>, method: &str) -> Event {
+        Event::new(event_type)
+            .actor(&user.id)
+            .client(client)
+            .user(&user.id)
+            .detail("username", &user.username)
+            .detail("method", method)
+    }
+
     pub fn by(mut self, me: &CurrentUser) -> Event {
         self.actor_id = Some(me.user.id.clone());
         self.client(me.client)
@@ -286,6 +297,11 @@ impl Event {
 }
 
 /// The fields of two JSON objects whose values differ: `(before, after)`.
+/// How a password login of `user` was checked: by their directory, or by Portico (a local account).
+pub fn password_method(user: &crate::db::User) -> &'static str {
+    if user.provider_id.is_some() { "ldap" } else { "password" }
+}
+
 pub fn diff(before: &Value, after: &Value) -> (Value, Value) {
     let empty = Map::new();
     let b = before.as_object().unwrap_or(&empty);

@@ -641,12 +641,7 @@ async fn finish_oidc(
         .await
         .map_err(|e| e.to_string())?;
     st.events.emit(
-        Event::new(EventType::LoginSucceeded)
-            .actor(&user.id)
-            .client(client)
-            .user(&user.id)
-            .detail("username", &user.username)
-            .detail("method", "oidc")
+        Event::login(EventType::LoginSucceeded, &user, client, "oidc")
             .detail("provider_id", &p.id)
             .detail("role", &user.role),
     );

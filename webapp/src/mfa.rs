@@ -211,16 +211,9 @@ async fn login_second_step(
     }
     st.db.delete_mfa_challenge(&id_hash).await?;
     st.events.emit(event(EventType::MfaSucceeded));
-    let method = if user.provider_id.is_some() { "ldap" } else { "password" };
-    st.events.emit(
-        Event::new(EventType::LoginSucceeded)
-            .actor(&user.id)
-            .client(client)
-            .user(&user.id)
-            .detail("username", &user.username)
-            .detail("method", method)
-            .detail("second_factor", with),
-    );
+    let method = crate::events::password_method(&user);
+    st.events
+        .emit(Event::login(EventType::LoginSucceeded, &user, client, method).detail("second_factor", with));
     crate::api::start_login(&st, user, false).await
 }
 
