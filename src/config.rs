@@ -58,6 +58,11 @@ pub struct Settings {
     /// Name of this bridge node (default: bridge-<random>).
     #[arg(long, global = true, env = "PORTICO_BRIDGE_ID")]
     pub bridge_id: Option<String>,
+    /// Bridge: its route at the load balancer (`[a-z0-9-]`, the server name in the shipped HAProxy
+    /// configuration): the webapp then assigns new sessions to it and names the route in their WebSocket
+    /// URL (`/bridge/v1/at/ROUTE/ws`). Without one, the bridge gets only unassigned sessions.
+    #[arg(long, global = true, env = "PORTICO_BRIDGE_ROUTE")]
+    pub bridge_route: Option<String>,
     /// Seconds a dropped browser may take to reattach to its session.
     #[arg(long, global = true, env = "PORTICO_SESSION_GRACE_SECS")]
     pub session_grace_secs: Option<u64>,
@@ -138,6 +143,13 @@ pub struct Settings {
     /// database unreachable) before they end; 0: never (default 300).
     #[arg(long, global = true, env = "PORTICO_CONTROL_PLANE_GRACE_SECS")]
     pub control_plane_grace_secs: Option<u64>,
+    /// Serve Prometheus metrics (`GET /metrics`, plain HTTP) on this address, e.g. 10.0.0.5:9100; keep it
+    /// internal. Default: no metrics listener.
+    #[arg(long, global = true, env = "PORTICO_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Bearer token a scrape of --metrics-listen must send (`Authorization: Bearer TOKEN`); default: none.
+    #[arg(long, global = true, env = "PORTICO_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
 }
 
 macro_rules! merge {
@@ -168,6 +180,7 @@ impl Settings {
             webapp_cert_sha256,
             webapp_ca,
             bridge_id,
+            bridge_route,
             session_grace_secs,
             session_idle_secs,
             session_max_secs,
@@ -188,7 +201,9 @@ impl Settings {
             max_connections_per_client,
             header_timeout_secs,
             shutdown_delay_secs,
-            control_plane_grace_secs
+            control_plane_grace_secs,
+            metrics_listen,
+            metrics_token
         );
         Ok(self)
     }
@@ -349,6 +364,19 @@ mod tests {
         std::fs::write(&file, "surprise = 1\n").unwrap();
         let err = Settings::default().with_file(Some(&file)).unwrap_err();
         assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_metrics_listener_is_off_unless_a_flag_env_or_file_asks() {
+        assert!(Settings::default().metrics_listen.is_none());
+        let dir = std::env::temp_dir().join(format!("portico-metrics-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("portico.toml");
+        std::fs::write(&file, "metrics-listen = \"127.0.0.1:9100\"\nmetrics-token = \"t\"\n").unwrap();
+        let s = Settings::default().with_file(Some(&file)).unwrap();
+        assert_eq!(s.metrics_listen.as_deref(), Some("127.0.0.1:9100"));
+        assert_eq!(s.metrics_token.as_deref(), Some("t"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -15,8 +15,16 @@ pub struct LocalControl(Internal, CallerBridge);
 
 impl LocalControl {
     /// Register the in-process bridge (with the node secret, like any bridge) and act as it.
-    pub async fn register(internal: Internal, node_secret: &str, name: &str) -> anyhow::Result<Self> {
-        let req = portico_proto::control::BridgeRegisterRequest { name: name.to_owned() };
+    pub async fn register(
+        internal: Internal,
+        node_secret: &str,
+        name: &str,
+        route: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let req = portico_proto::control::BridgeRegisterRequest {
+            name: name.to_owned(),
+            route,
+        };
         let registered = internal
             .register_bridge(node_secret, &req, "in-process")
             .await

@@ -3,6 +3,7 @@
 
 mod config;
 mod local;
+mod metrics;
 mod serve;
 
 use std::path::PathBuf;
@@ -79,7 +80,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::AllInOne => all_in_one(settings).await,
         Command::Webapp => webapp_only(settings).await,
         Command::Bridge => bridge_only(settings).await,
-        Command::Agent => portico_agent::run(agent_config(&settings)?).await,
+        Command::Agent => agent_only(settings).await,
         Command::Migrate => {
             portico_webapp::db::Db::connect(&settings.database_url()?).await?;
             println!("migrations applied");
@@ -107,7 +108,19 @@ fn agent_config(s: &Settings) -> anyhow::Result<portico_agent::AgentConfig> {
             .clone()
             .unwrap_or_else(|| portico_agent::DEFAULT_USER.into()),
         memory_mb: s.agent_memory_mb,
+        metrics: Arc::default(),
     })
+}
+
+/// Only the Docker agent (and its metrics listener, when asked).
+async fn agent_only(settings: Settings) -> anyhow::Result<()> {
+    let config = agent_config(&settings)?;
+    let tiers = metrics::Tiers {
+        agent: Some(config.metrics.clone()),
+        ..Default::default()
+    };
+    metrics::start(&settings, tiers).await?;
+    portico_agent::run(config).await
 }
 
 fn host_name() -> String {
@@ -205,13 +218,20 @@ fn bridge_id(settings: &Settings) -> String {
 }
 
 /// The bridge's settings: its name, its pool and the caps on what servers may impose.
-fn bridge_config(settings: &Settings, zone: String) -> BridgeConfig {
+fn bridge_config(settings: &Settings, zone: String) -> anyhow::Result<BridgeConfig> {
     let mut config = BridgeConfig::new(bridge_id(settings), zone);
     config.max_desktop = settings.max_desktop.unwrap_or_default();
+    if let Some(r) = &settings.bridge_route {
+        anyhow::ensure!(
+            portico_proto::control::valid_route(r),
+            "invalid --bridge-route {r:?} (expected 1 to 63 of a-z, 0-9 and '-', not starting with '-')"
+        );
+    }
+    config.route = settings.bridge_route.clone();
     if let Some(s) = settings.control_plane_grace_secs {
         config.control_plane_grace = (s > 0).then(|| Duration::from_secs(s));
     }
-    config
+    Ok(config)
 }
 
 fn announce(url: &str, tls: &serve::Tls) {
@@ -225,17 +245,20 @@ async fn all_in_one(settings: Settings) -> anyhow::Result<()> {
     let (listener, url) = bind(&settings).await?;
     let state = webapp_state(&settings, &url).await?;
     let draining_flag = state.draining.clone();
-    let config = bridge_config(&settings, state.config.zone.clone());
+    let config = bridge_config(&settings, state.config.zone.clone())?;
     let control = local::LocalControl::register(
         portico_webapp::Internal::new(state.clone()),
         state.config.node_secret.expose(),
         &config.bridge_id,
+        config.route.clone(),
     )
     .await?;
     let bridge = Bridge::new(config, Arc::new(control));
     bridge.spawn_sync();
     let mut agent_cfg = agent_config(&settings)?;
+    let mut agent_metrics = None;
     if portico_agent::docker_socket_present(&agent_cfg.docker_socket) {
+        agent_metrics = Some(agent_cfg.metrics.clone());
         // The embedded agent registers with this very process, over its own listener.
         agent_cfg.upstream = Some(url.clone());
         agent_cfg.upstream_cert_sha256 = Some(tls.fingerprint.clone());
@@ -247,6 +270,12 @@ async fn all_in_one(settings: Settings) -> anyhow::Result<()> {
         });
     }
     // The security headers cover the bridge's answers too (one layer over both).
+    let tiers = metrics::Tiers {
+        webapp: Some(&state),
+        bridge: Some(&bridge),
+        agent: agent_metrics,
+    };
+    metrics::start(&settings, tiers).await?;
     let app = portico_webapp::headers::layer(portico_webapp::router(state).merge(bridge.router()));
     announce(&url, &tls);
     let frontend = serve::Frontend {
@@ -264,6 +293,11 @@ async fn webapp_only(settings: Settings) -> anyhow::Result<()> {
     let tls = serve::tls(&settings)?;
     let (listener, url) = bind(&settings).await?;
     let state = webapp_state(&settings, &url).await?;
+    let tiers = metrics::Tiers {
+        webapp: Some(&state),
+        ..Default::default()
+    };
+    metrics::start(&settings, tiers).await?;
     announce(&url, &tls);
     let frontend = serve::Frontend {
         draining: state.draining.clone(),
@@ -294,11 +328,12 @@ async fn bridge_only(settings: Settings) -> anyhow::Result<()> {
         anyhow::bail!("the bridge needs --webapp-cert-sha256 or --webapp-ca to trust the webapp's certificate");
     }
     let zone = settings.zone.clone().unwrap_or_else(|| "default".into());
-    let config = bridge_config(&settings, zone);
+    let config = bridge_config(&settings, zone)?;
     let control = HttpControlPlane::new(
         webapp_url,
         Secret::new(node_secret),
         &config.bridge_id,
+        config.route.clone(),
         settings.webapp_cert_sha256.as_deref(),
         ca.as_deref(),
     )?;
@@ -306,6 +341,11 @@ async fn bridge_only(settings: Settings) -> anyhow::Result<()> {
     bridge.spawn_sync();
     let tls = serve::tls(&settings)?;
     let (listener, url) = bind(&settings).await?;
+    let tiers = metrics::Tiers {
+        bridge: Some(&bridge),
+        ..Default::default()
+    };
+    metrics::start(&settings, tiers).await?;
     announce(&url, &tls);
     // A draining bridge keeps its live sessions (and their reattaches) until they end or the delay runs
     // out (--shutdown-delay-secs is its drain deadline), then ends what is left.
@@ -313,6 +353,7 @@ async fn bridge_only(settings: Settings) -> anyhow::Result<()> {
     let frontend = serve::Frontend {
         draining: bridge.draining.clone(),
         idle: Some(serve::IdleCheck(Arc::new(move || registry.ids().is_empty()))),
+        drain_order: Some(bridge.drain_order.subscribe()),
         ..frontend
     };
     let draining = serve::serve(listener, tls.acceptor, bridge.router(), frontend).await?;

@@ -97,6 +97,9 @@ pub struct Frontend {
     /// When set, the shutdown delay ends early once this says there is nothing left to wait for (a
     /// bridge without live sessions).
     pub idle: Option<IdleCheck>,
+    /// A drain asked from elsewhere (an administrator through the control plane): like a signal, with
+    /// the delay it carries instead of `shutdown_delay`.
+    pub drain_order: Option<tokio::sync::watch::Receiver<Option<Duration>>>,
 }
 
 /// "Is there nothing left to drain?"
@@ -120,6 +123,7 @@ impl Default for Frontend {
             shutdown_delay: Duration::ZERO,
             draining: Arc::default(),
             idle: None,
+            drain_order: None,
         }
     }
 }
@@ -326,7 +330,14 @@ pub async fn serve(
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("listen for SIGTERM")?;
     // Set at the signal: from then on the health check fails, and accepting stops at this instant.
     let mut stop_at: Option<tokio::time::Instant> = None;
+    let mut drain_order = frontend.drain_order.clone();
     loop {
+        let ordered = async {
+            match drain_order.as_mut() {
+                Some(rx) => rx.wait_for(Option::is_some).await.ok().and_then(|d| *d),
+                None => std::future::pending().await,
+            }
+        };
         let signalled = async {
             tokio::select! {
                 _ = term.recv() => {}
@@ -335,6 +346,12 @@ pub async fn serve(
         };
         let accepted = tokio::select! {
             a = listener.accept() => a,
+            Some(delay) = ordered, if stop_at.is_none() => {
+                frontend.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+                tracing::info!(?delay, "Drain ordered: no new sessions, stopping once nothing is left");
+                stop_at = Some(tokio::time::Instant::now() + delay);
+                continue;
+            }
             _ = signalled, if stop_at.is_none() => {
                 frontend.draining.store(true, std::sync::atomic::Ordering::SeqCst);
                 tracing::info!(delay = ?frontend.shutdown_delay, "Shutdown signal: draining (health check 503), then no new connections");

@@ -6,9 +6,13 @@ use std::process::Command;
 
 fn main() {
     // `sqlx::migrate!` embeds the migrations, but on stable Rust it cannot tell cargo to watch them.
-    let migrations = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    // Read at run time, not compiled in: the compiled build script is shared by every checkout that uses
+    // the same target directory (a CI clone with a warm target dir), and must look at its own checkout.
+    let manifest_dir =
+        std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let migrations = manifest_dir.join("../migrations");
     println!("cargo:rerun-if-changed={}", migrations.display());
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../web-client");
+    let root = manifest_dir.join("../web-client");
     println!("cargo:rerun-if-changed={}", root.join("src").display());
     println!("cargo:rerun-if-changed={}", root.join("package.json").display());
     println!("cargo:rerun-if-changed={}", root.join("build.mjs").display());

@@ -15,6 +15,9 @@
 //! reported ready once their VNC server answers; unwanted ones (ended sessions, orphans of a previous run)
 //! are removed.
 
+pub mod metrics;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -45,6 +48,8 @@ pub struct AgentConfig {
     pub user: String,
     /// Memory the agent offers to workspaces, MiB; `None` = all of the host's.
     pub memory_mb: Option<u64>,
+    /// The agent's metrics (served by the binary's `--metrics-listen`).
+    pub metrics: Arc<metrics::AgentMetrics>,
 }
 
 /// What the agent learned about its Docker engine.
@@ -305,6 +310,7 @@ pub struct Workspaces {
     local: Shared,
     /// Woken when a start finished (the webapp hears of it at once instead of at the next poll).
     news: std::sync::Arc<tokio::sync::Notify>,
+    metrics: Arc<metrics::AgentMetrics>,
 }
 
 fn ip_of(
@@ -327,7 +333,14 @@ impl Workspaces {
             user: user.to_owned(),
             local: Shared::default(),
             news: std::sync::Arc::new(tokio::sync::Notify::new()),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Count into `metrics` (container starts).
+    pub fn with_metrics(mut self, metrics: Arc<metrics::AgentMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Every container of this agent (running or not), as reports for the webapp.
@@ -447,6 +460,7 @@ impl Workspaces {
         let sid = d.session_id.clone();
         let started = tokio::time::Instant::now();
         let result = self.create_and_wait(&d).await;
+        self.metrics.started(result.is_ok(), started.elapsed());
         let mut local = lock(&self.local);
         local.starting.remove(&sid);
         match result {
@@ -629,7 +643,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             }
         }
     };
-    let workspaces = std::sync::Arc::new(Workspaces::new(docker.clone(), &config.name, &network, &config.user));
+    let metrics = config.metrics.clone();
+    let workspaces = std::sync::Arc::new(
+        Workspaces::new(docker.clone(), &config.name, &network, &config.user).with_metrics(metrics.clone()),
+    );
     let capacity = |info: &EngineInfo| {
         let mut c = info.capacity.clone();
         if let Some(m) = config.memory_mb {
@@ -660,7 +677,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 capacity,
                 networks: networks.clone(),
             };
-            match upstream.register(&req).await {
+            let registered = upstream.register(&req).await;
+            metrics.registration(registered.is_ok());
+            match registered {
                 Ok(r) => break (r, info),
                 Err(e) => {
                     let retry = backoff.delay();
@@ -695,6 +714,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 Ok(x) => x,
                 Err(e) => {
                     // No heartbeat: the webapp marks this agent down while Docker is gone.
+                    metrics.sync("docker_unreachable");
                     tracing::warn!(error = format!("{e:#}"), "Docker engine unreachable");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
@@ -706,6 +726,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 wait_ms,
                 networks: networks.clone(),
             };
+            metrics.capacity(&req.capacity);
+            metrics.reported(&req.containers);
             let news = workspaces.news.clone();
             let answer = tokio::select! {
                 a = upstream.sync(registered.credential.expose(), &req) => Some(a),
@@ -715,14 +737,17 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             match answer {
                 None => wait_ms = 0,
                 Some(Ok(r)) => {
+                    metrics.sync("ok");
                     workspaces.apply(&req.containers, r.desired).await;
                     wait_ms = r.heartbeat_secs.max(1) * 1000;
                 }
                 Some(Err(UpstreamError::UnknownCredential)) => {
+                    metrics.sync("unknown_credential");
                     tracing::warn!(agent = %config.name, "The webapp no longer knows this agent; registering again");
                     break;
                 }
                 Some(Err(e)) => {
+                    metrics.sync("error");
                     tracing::warn!(error = %e, "Sync with the webapp failed");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     wait_ms = 0;

@@ -46,6 +46,7 @@ pub struct HttpControlPlane {
     /// Used only to register; every other call carries this bridge's own credential.
     node_secret: Secret<String>,
     name: String,
+    route: Option<String>,
     credential: tokio::sync::Mutex<Option<Secret<String>>>,
     http: reqwest::Client,
 }
@@ -105,6 +106,7 @@ impl HttpControlPlane {
         base: String,
         node_secret: Secret<String>,
         name: &str,
+        route: Option<String>,
         cert_sha256: Option<&str>,
         ca_pem: Option<&[u8]>,
     ) -> anyhow::Result<Self> {
@@ -113,6 +115,7 @@ impl HttpControlPlane {
             base: base.trim_end_matches('/').to_owned(),
             node_secret,
             name: name.to_owned(),
+            route,
             credential: tokio::sync::Mutex::new(None),
             http,
         })
@@ -127,6 +130,7 @@ impl HttpControlPlane {
         }
         let req = BridgeRegisterRequest {
             name: self.name.clone(),
+            route: self.route.clone(),
         };
         let registered: BridgeRegistered = required(
             self.send(

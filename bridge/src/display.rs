@@ -10,12 +10,14 @@
 //!   mean 100 encoding threads.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use portico_proto::wire::{ImageFormat, Rect, ServerMsg};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::metrics::DisplayMetrics;
 use crate::session::Lifecycle;
 
 /// More damage rectangles than this in one flush are merged into their bounding box.
@@ -419,7 +421,7 @@ impl Frame {
     pub async fn finish(mut self, fb: &Framebuffer, level: u8) -> Vec<ServerMsg> {
         self.flush(fb);
         let ops = self.ops;
-        let permit = encode_pool().clone().acquire_owned().await;
+        let permit = encoder_permit().await;
         let encoded = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             ops.into_iter()
@@ -443,17 +445,26 @@ pub struct Flow {
     sent_at: VecDeque<(u32, Instant)>,
     quality: QualityControl,
     cursor: Option<ServerMsg>,
+    /// Frames, acknowledgement round trips, quality levels and merges, aggregated per protocol.
+    metrics: DisplayMetrics,
 }
 
 impl Flow {
-    pub fn new(max_quality: u8) -> Self {
+    pub fn new(max_quality: u8, metrics: DisplayMetrics) -> Self {
         Flow {
             frame_id: 0,
             acked: 0,
             sent_at: VecDeque::new(),
             quality: QualityControl::new(max_quality),
             cursor: None,
+            metrics,
         }
+    }
+
+    /// A server update went into a pending frame instead of out, because the browser is behind (RDP), or
+    /// the next update request waits for an acknowledgement (VNC: the server merges meanwhile).
+    pub fn merged(&self) {
+        self.metrics.merged.inc();
     }
 
     /// Whether another frame may be sent now ([`MAX_FRAMES_IN_FLIGHT`]).
@@ -480,6 +491,7 @@ impl Flow {
             }
             self.sent_at.pop_front();
             if id == frame_id {
+                self.metrics.ack_seconds.observe_duration(now - at);
                 changed = self.quality.on_ack(now - at, now);
             }
         }
@@ -507,6 +519,8 @@ impl Flow {
     async fn send_msgs(&mut self, msgs: Vec<ServerMsg>, life: &mut Lifecycle) {
         self.frame_id += 1;
         self.sent_at.push_back((self.frame_id, Instant::now()));
+        self.metrics.frames.inc();
+        self.metrics.quality.observe(f64::from(self.quality.level()));
         for m in msgs {
             life.send_wait(m).await;
         }
@@ -524,7 +538,7 @@ impl Flow {
         let rect = fb.full();
         let pixels = fb.extract(&rect);
         let level = self.quality.level();
-        let permit = encode_pool().clone().acquire_owned().await;
+        let permit = encoder_permit().await;
         let image = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             encode_rect(rect, &pixels, level)
@@ -552,13 +566,42 @@ pub async fn cursor_msg(hot_x: u16, hot_y: u16, width: u16, height: u16, rgba: V
     ServerMsg::Cursor { hot_x, hot_y, png }
 }
 
+/// Jobs waiting for a slot of the encoder pool.
+static ENCODER_WAITING: AtomicUsize = AtomicUsize::new(0);
+
+/// A slot of the encoder pool (counted while waiting for it); `None` only if the pool were closed.
+async fn encoder_permit() -> Option<OwnedSemaphorePermit> {
+    ENCODER_WAITING.fetch_add(1, Ordering::Relaxed);
+    let permit = encode_pool().clone().acquire_owned().await.ok();
+    ENCODER_WAITING.fetch_sub(1, Ordering::Relaxed);
+    permit
+}
+
+/// The encoder pool now (process-wide: every session of every bridge in the process shares it).
+#[derive(Debug, Clone, Copy)]
+pub struct PoolStats {
+    pub waiting: usize,
+    pub busy: usize,
+    pub width: usize,
+}
+
+pub fn encoder_pool_stats() -> PoolStats {
+    let pool = encode_pool();
+    let width = pool_width();
+    PoolStats {
+        waiting: ENCODER_WAITING.load(Ordering::Relaxed),
+        busy: width.saturating_sub(pool.available_permits()),
+        width,
+    }
+}
+
+fn pool_width() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
+}
+
 fn encode_pool() -> &'static Arc<Semaphore> {
     static POOL: OnceLock<Arc<Semaphore>> = OnceLock::new();
-    POOL.get_or_init(|| {
-        Arc::new(Semaphore::new(
-            std::thread::available_parallelism().map_or(2, usize::from),
-        ))
-    })
+    POOL.get_or_init(|| Arc::new(Semaphore::new(pool_width())))
 }
 
 /// Regions smaller than this many pixels are always lossless (text, icons).
@@ -674,7 +717,7 @@ impl QualityControl {
 /// Decode a JPEG of exactly `width` x `height` to RGBA on the shared pool: the bytes back, and the pixels
 /// if it is one.
 pub async fn decode_jpeg(data: Vec<u8>, width: u16, height: u16) -> (Vec<u8>, Option<Vec<u8>>) {
-    let permit = encode_pool().clone().acquire_owned().await;
+    let permit = encoder_permit().await;
     let res = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let rgba = jpeg_pixels(&data, width, height);

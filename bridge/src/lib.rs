@@ -7,6 +7,7 @@
 
 pub mod control;
 pub mod display;
+pub mod metrics;
 pub mod rdp;
 pub mod session;
 pub mod ssh;
@@ -41,6 +42,9 @@ pub struct BridgeConfig {
     /// Live sessions keep streaming while the control plane (every webapp, or its database) is away; after
     /// this long without a successful sync they end (`None`: never).
     pub control_plane_grace: Option<Duration>,
+    /// This bridge's route at the load balancer: the webapp assigns it sessions whose WebSocket URL names
+    /// it (`/bridge/v1/at/{route}/ws`). `None`: it gets only unassigned sessions.
+    pub route: Option<String>,
 }
 
 impl BridgeConfig {
@@ -51,6 +55,7 @@ impl BridgeConfig {
             sync_interval: Duration::from_millis(750),
             max_desktop: MaxDesktop::DEFAULT,
             control_plane_grace: Some(Duration::from_secs(300)),
+            route: None,
         }
     }
 }
@@ -63,6 +68,9 @@ pub struct Bridge {
     /// Set when the bridge is shutting down: its health check answers 503 so the load balancer sends new
     /// sessions elsewhere.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Set when an administrator drains this bridge: how long its live sessions may still run (the
+    /// process's accept loop watches it, like a signal, and stops once nothing is left).
+    pub drain_order: tokio::sync::watch::Sender<Option<Duration>>,
 }
 
 fn now_unix() -> i64 {
@@ -80,6 +88,7 @@ impl Bridge {
             registry: Arc::new(Registry::default()),
             verifier: RwLock::new(None),
             draining: Arc::default(),
+            drain_order: tokio::sync::watch::Sender::new(None),
         })
     }
 
@@ -137,11 +146,49 @@ impl Bridge {
     /// reported to the control plane. Waits until they are gone, at most 5 s.
     pub async fn shutdown(&self) {
         tracing::info!(sessions = self.registry.len(), "Ending live sessions: shutting down");
-        self.end_all("ended", "the bridge is shutting down").await;
+        let reason = if self.drain_order.borrow().is_some() {
+            "the bridge was drained by an administrator"
+        } else {
+            "the bridge is shutting down"
+        };
+        self.end_all("ended", reason).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while !self.registry.is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // The last heartbeat says this bridge stops, so the control plane does not report it down.
+        let last = SyncRequest {
+            bridge_id: self.config.bridge_id.clone(),
+            sessions: self.registry.ids(),
+            draining: true,
+            stopping: true,
+        };
+        match tokio::time::timeout(Duration::from_secs(2), self.control.sync(&last)).await {
+            Ok(Ok(_)) => tracing::info!("Told the control plane that this bridge stops"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "Cannot tell the control plane that this bridge stops"),
+            Err(_) => tracing::warn!("Cannot tell the control plane that this bridge stops: timed out"),
+        }
+    }
+
+    /// An administrator drains this bridge: no new sessions from now on, the live ones run until
+    /// `deadline_unix` (or their own end), and the process stops once it holds none.
+    fn drain(&self, deadline_unix: Option<i64>) {
+        let left = deadline_unix.map_or(DRAIN_FOREVER, |d| {
+            Duration::from_secs(u64::try_from(d.saturating_sub(now_unix())).unwrap_or(0))
+        });
+        self.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.drain_order.send_if_modified(|held| {
+            // The first order starts the drain; a later one changes only a deadline that moved.
+            let changed = match held {
+                None => true,
+                Some(h) => h.as_secs().abs_diff(left.as_secs()) > 1,
+            };
+            if changed {
+                tracing::info!(sessions = self.registry.len(), deadline = ?deadline_unix, "Draining: asked by the control plane");
+                *held = Some(left);
+            }
+            changed
+        });
     }
 
     /// Check a token for `session_id` (signature, type, time, audience, session binding).
@@ -156,11 +203,14 @@ impl Bridge {
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/bridge/v1/ws", get(ws::handler))
+            .route("/bridge/v1/at/{route}/ws", get(ws::routed_handler))
             .route("/bridge/v1/health", get(health))
             .with_state(self.clone())
     }
 
-    /// Close sessions that the control plane has ended (API `DELETE`, admin kill, logout).
+    /// The heartbeat: every sync interval, with or without live sessions, tell the control plane which
+    /// sessions live here and whether this bridge drains; close the sessions it has ended (API `DELETE`,
+    /// admin kill, logout, revocation) and start draining when an administrator asks.
     pub fn spawn_sync(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let bridge = self.clone();
         tokio::spawn(async move {
@@ -173,15 +223,19 @@ impl Bridge {
                 if ids.is_empty() {
                     // Nothing to keep alive: the grace starts with the next session.
                     watch.reached(std::time::Instant::now());
-                    continue;
                 }
                 let req = SyncRequest {
                     bridge_id: bridge.config.bridge_id.clone(),
                     sessions: ids,
+                    draining: bridge.draining.load(std::sync::atomic::Ordering::SeqCst),
+                    stopping: false,
                 };
                 match bridge.control.sync(&req).await {
                     Ok(res) => {
                         watch.reached(std::time::Instant::now());
+                        if let Some(order) = &res.drain {
+                            bridge.drain(order.deadline_unix);
+                        }
                         for id in &res.ended {
                             if let (Some(live), Some((code, reason))) =
                                 (bridge.registry.get(id), session::control_end(&res, id))
@@ -198,12 +252,19 @@ impl Bridge {
                         }
                     }
                     Err(e @ (ControlError::Unauthorized | ControlError::Refused(_))) => {
+                        if req.sessions.is_empty() {
+                            tracing::warn!(error = %e, "The control plane refuses this bridge's heartbeat");
+                            continue;
+                        }
                         // This bridge's identity is gone (revoked by an administrator, or unknown to the
                         // webapp tier): the sessions it claimed are no longer its own.
                         tracing::error!(error = %e, "The control plane no longer accepts this bridge: ending its sessions");
                         bridge
                             .end_all("ended", "this bridge lost its credential (revoked by an administrator)")
                             .await;
+                    }
+                    Err(e) if req.sessions.is_empty() => {
+                        tracing::debug!(error = %e, "Heartbeat to the control plane failed");
                     }
                     Err(e) => {
                         let now = std::time::Instant::now();
@@ -224,6 +285,9 @@ impl Bridge {
         })
     }
 }
+
+/// A drain without a deadline: the live sessions run to their own end.
+const DRAIN_FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// The bridge's health for load balancers: 200 with its live session count, 503 once it drains.
 async fn health(axum::extract::State(bridge): axum::extract::State<Arc<Bridge>>) -> axum::response::Response {

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::control::ControlPlane;
+use crate::metrics::{BridgeMetrics, SessionMetrics};
 
 /// Messages queued towards one browser before the actor switches to repaint mode.
 pub const CLIENT_QUEUE: usize = 64;
@@ -54,6 +55,8 @@ pub struct LiveSession {
     /// WebSocket message bytes sent to and received from the browsers of the session (reported at its end).
     pub bytes_to_browser: std::sync::atomic::AtomicU64,
     pub bytes_from_browser: std::sync::atomic::AtomicU64,
+    /// The bridge's metrics of the session's protocol.
+    pub metrics: SessionMetrics,
 }
 
 /// An ended session, remembered for one grace period: a browser that was away when it ended and comes
@@ -69,6 +72,20 @@ struct Ended {
 const MAX_ENDED: usize = 10_000;
 
 impl LiveSession {
+    /// `n` bytes of WebSocket messages went to the browser.
+    pub fn sent_to_browser(&self, n: usize) {
+        self.bytes_to_browser
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.to_browser.add(n as u64);
+    }
+
+    /// `n` bytes of WebSocket messages came from the browser.
+    pub fn received_from_browser(&self, n: usize) {
+        self.bytes_from_browser
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.from_browser.add(n as u64);
+    }
+
     pub fn resume_matches(&self, token: &str) -> bool {
         let h: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         self.resume_hash.lock().is_ok_and(|cur| bool::from(cur.ct_eq(&h)))
@@ -92,9 +109,19 @@ impl LiveSession {
 pub struct Registry {
     sessions: Mutex<HashMap<String, Arc<LiveSession>>>,
     ended: Mutex<HashMap<String, Ended>>,
+    /// The bridge's metrics (live sessions by protocol and what they send are counted through it).
+    pub metrics: Arc<BridgeMetrics>,
 }
 
 impl Registry {
+    pub fn new(metrics: Arc<BridgeMetrics>) -> Self {
+        Registry {
+            sessions: Mutex::default(),
+            ended: Mutex::default(),
+            metrics,
+        }
+    }
+
     pub fn get(&self, id: &str) -> Option<Arc<LiveSession>> {
         self.sessions.lock().ok()?.get(id).cloned()
     }
@@ -170,6 +197,8 @@ pub fn spawn(
     max_desktop: MaxDesktop,
 ) -> Arc<LiveSession> {
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
+    let metrics = registry.metrics.session(target.protocol);
+    registry.metrics.sessions_started.with(&[metrics.protocol]).inc();
     let live = Arc::new(LiveSession {
         id: claims.sid.clone(),
         cmd: cmd_tx,
@@ -177,6 +206,7 @@ pub fn spawn(
         end: Mutex::new(None),
         bytes_to_browser: Default::default(),
         bytes_from_browser: Default::default(),
+        metrics,
     });
     registry.insert(live.clone());
     let grace = Duration::from_secs(claims.grace.max(1).into());
@@ -190,10 +220,13 @@ pub fn spawn(
         started: Instant::now(),
         last_input: Instant::now(),
         detached_at: Some(Instant::now()),
+        waiting: Waiting::new(live.metrics.detached.clone()),
         max_desktop,
     };
     tokio::spawn(async move {
         let id = life.live.id.clone();
+        // Counted live until the actor is over, whichever way it ends.
+        let _live = LiveGauge::up(life.live.metrics.live.clone());
         match target.protocol {
             Protocol::Ssh => crate::terminal::run(life, target, cmd_rx).await,
             Protocol::Vnc => crate::vnc::run(life, target, cmd_rx).await,
@@ -202,6 +235,49 @@ pub fn spawn(
         registry.remove(&id, grace);
     });
     live
+}
+
+/// One live session in the gauge of its protocol, for as long as this lives.
+struct LiveGauge(portico_proto::metrics::Gauge);
+
+impl LiveGauge {
+    fn up(g: portico_proto::metrics::Gauge) -> Self {
+        g.inc();
+        LiveGauge(g)
+    }
+}
+
+impl Drop for LiveGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A session in its protocol's gauge of sessions without a browser, while it has none.
+struct Waiting {
+    gauge: portico_proto::metrics::Gauge,
+    on: bool,
+}
+
+impl Waiting {
+    /// A new session has no browser yet.
+    fn new(gauge: portico_proto::metrics::Gauge) -> Self {
+        gauge.inc();
+        Waiting { gauge, on: true }
+    }
+
+    fn set(&mut self, on: bool) {
+        if on != self.on {
+            self.gauge.add(if on { 1.0 } else { -1.0 });
+            self.on = on;
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.set(false);
+    }
 }
 
 /// How the control plane's sync answer says session `id` ended, if it did: the close code from the
@@ -240,6 +316,8 @@ pub struct Lifecycle {
     started: Instant,
     pub last_input: Instant,
     detached_at: Option<Instant>,
+    /// Counted among the sessions waiting for a browser while `detached_at` is set.
+    waiting: Waiting,
     /// The largest desktop a graphical session accepts from its server ([`crate::BridgeConfig::max_desktop`]).
     pub max_desktop: MaxDesktop,
 }
@@ -295,6 +373,7 @@ impl Lifecycle {
         }));
         self.client = Some(client);
         self.detached_at = None;
+        self.waiting.set(false);
         self.lagging = false;
         let _ = reply.send(self.generation);
         tracing::info!(generation = self.generation, reattached, "Browser attached");
@@ -304,6 +383,7 @@ impl Lifecycle {
     pub fn detach(&mut self) {
         self.client = None;
         self.detached_at = Some(Instant::now());
+        self.waiting.set(true);
         tracing::info!(grace_s = self.claims.grace, "Browser detached; waiting for a reattach");
     }
 
@@ -437,6 +517,7 @@ impl Lifecycle {
         let req = SyncRequest {
             bridge_id: String::new(),
             sessions: vec![self.claims.sid.clone()],
+            ..Default::default()
         };
         match self
             .control
@@ -457,6 +538,7 @@ impl Lifecycle {
     /// even when it ended the session itself (`from_control`): the report carries the session's traffic.
     pub async fn finish(mut self, code: &'static str, reason: String, from_control: bool) {
         tracing::info!(code, %reason, "Session ended");
+        self.live.metrics.ended(code);
         self.live.set_end(code, &reason);
         if let Some(c) = self.client.take() {
             // The close message must get through even when the queue is full.

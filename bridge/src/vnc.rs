@@ -33,6 +33,8 @@ struct Display {
     fb: Option<Framebuffer>,
     frame: Frame,
     requested: bool,
+    /// The next update request waits for an acknowledgement (counted once per wait).
+    held: bool,
     flow: Flow,
     /// Remote clipboard changes go to the browser.
     clipboard_down: bool,
@@ -51,9 +53,17 @@ impl Display {
     }
 
     fn maybe_request(&mut self, attached: bool) {
-        if attached && !self.requested && self.fb.is_some() && self.flow.can_send() {
+        if !attached || self.requested || self.fb.is_none() {
+            return;
+        }
+        if self.flow.can_send() {
             self.rfb.request_update(true);
             self.requested = true;
+            self.held = false;
+        } else if !self.held {
+            // The browser is behind: the server merges what changes until the request goes out.
+            self.held = true;
+            self.flow.merged();
         }
     }
 
@@ -278,7 +288,8 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
         fb: None,
         frame: Frame::default(),
         requested: false,
-        flow: Flow::new(DEFAULT_JPEG_LEVEL),
+        held: false,
+        flow: Flow::new(DEFAULT_JPEG_LEVEL, life.live.metrics.display.clone()),
         clipboard_down: settings.clipboard_down,
     };
     // INVARIANT: the password is in the RFB client's config now; the target is not needed any more.

@@ -55,22 +55,51 @@ fn refuse(status: StatusCode, msg: &str) -> Response {
     (status, axum::Json(serde_json::json!({ "error": msg }))).into_response()
 }
 
+/// The WebSocket of a session assigned to this bridge: its URL names the bridge's route, so the load
+/// balancer sends it (and every reattach) here. A route that is not this bridge's is refused before
+/// anything else (421): the load balancer sent it to the wrong bridge, and the browser is told so.
+pub async fn routed_handler(
+    State(bridge): State<Arc<Bridge>>,
+    axum::extract::Path(route): axum::extract::Path<String>,
+    q: Query<WsQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if bridge.config.route.as_deref() != Some(route.as_str()) {
+        tracing::warn!(route = ?route, own = ?bridge.config.route, "Refused a WebSocket for another bridge's route: check the load balancer");
+        return refuse(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this session belongs to another bridge (the load balancer sent it to the wrong one)",
+        );
+    }
+    handler(State(bridge), q, headers, ws).await
+}
+
 pub async fn handler(
     State(bridge): State<Arc<Bridge>>,
     Query(q): Query<WsQuery>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let metrics = &bridge.registry.metrics;
     let Some(session_id) = q.session.filter(|s| !s.is_empty() && s.len() <= 64) else {
+        metrics.refused("missing_session");
         return refuse(StatusCode::BAD_REQUEST, "missing session parameter");
     };
     let live = match credential(&headers) {
-        None => return refuse(StatusCode::UNAUTHORIZED, "missing session token"),
+        None => {
+            metrics.refused("missing_token");
+            return refuse(StatusCode::UNAUTHORIZED, "missing session token");
+        }
         Some(Credential::Resume(token)) => match bridge.registry.get(&session_id) {
-            Some(live) if live.resume_matches(&token) => live,
+            Some(live) if live.resume_matches(&token) => {
+                metrics.upgrades.with(&["reattach"]).inc();
+                live
+            }
             None if let Some((code, reason)) = bridge.registry.ended(&session_id, &token) => {
                 // It ended while the browser was away: say why, then close.
                 tracing::info!(%session_id, code, "Reattach to an ended session: telling the browser why");
+                metrics.upgrades.with(&["ended"]).inc();
                 return ws
                     .protocols([wire::SUBPROTOCOL])
                     .on_upgrade(move |mut socket| async move {
@@ -82,6 +111,7 @@ pub async fn handler(
             }
             _ => {
                 tracing::info!(%session_id, "Refused reattach: invalid or expired resume token");
+                metrics.refused("bad_resume_token");
                 return refuse(StatusCode::UNAUTHORIZED, "invalid or expired resume token");
             }
         },
@@ -90,6 +120,7 @@ pub async fn handler(
             // claimed, so it still works on another bridge.
             if bridge.draining.load(std::sync::atomic::Ordering::SeqCst) {
                 tracing::info!(%session_id, "Refused a new session: this bridge is draining");
+                metrics.refused("draining");
                 return refuse(StatusCode::SERVICE_UNAVAILABLE, "this bridge is draining");
             }
             let claims = match bridge.verify(&token, &session_id).await {
@@ -101,6 +132,7 @@ pub async fn handler(
                         StatusCode::UNAUTHORIZED
                     };
                     tracing::info!(%session_id, error = %e, "Refused token");
+                    metrics.refused(crate::metrics::token_reason(&e));
                     return refuse(status, &e.to_string());
                 }
             };
@@ -108,10 +140,30 @@ pub async fn handler(
                 jti: claims.jti.clone(),
                 bridge_id: bridge.config.bridge_id.clone(),
             };
-            let target = match bridge.control.claim(&session_id, &req).await {
+            let claim_started = std::time::Instant::now();
+            let claimed = bridge.control.claim(&session_id, &req).await;
+            let result = match &claimed {
+                Ok(_) => "ok",
+                Err(
+                    ControlError::AlreadyUsed | ControlError::Ended | ControlError::NotFound | ControlError::Refused(_),
+                ) => "refused",
+                Err(_) => "error",
+            };
+            metrics
+                .claim_seconds
+                .with(&[result])
+                .observe_duration(claim_started.elapsed());
+            let target = match claimed {
                 Ok(t) => t,
-                Err(e @ (ControlError::AlreadyUsed | ControlError::Ended | ControlError::NotFound)) => {
+                // Refused: expired, or assigned to another bridge (the load balancer sent it here wrongly).
+                Err(
+                    e @ (ControlError::AlreadyUsed
+                    | ControlError::Ended
+                    | ControlError::NotFound
+                    | ControlError::Refused(_)),
+                ) => {
                     tracing::warn!(%session_id, error = %e, "Refused token claim");
+                    metrics.refused(crate::metrics::claim_reason(&e));
                     return refuse(StatusCode::FORBIDDEN, &e.to_string());
                 }
                 Err(e) => {
@@ -119,6 +171,7 @@ pub async fn handler(
                     return refuse(StatusCode::SERVICE_UNAVAILABLE, "control plane unavailable");
                 }
             };
+            metrics.upgrades.with(&["new"]).inc();
             session::spawn(
                 bridge.registry.clone(),
                 bridge.control.clone(),
@@ -162,7 +215,7 @@ async fn pump(socket: WebSocket, live: Arc<LiveSession>) {
                 let Some(msg) = out else { break };
                 let closing = matches!(msg, ServerMsg::Closed(_));
                 let bytes = msg.encode();
-                live.bytes_to_browser.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                live.sent_to_browser(bytes.len());
                 if tx.send(Message::Binary(bytes.into())).await.is_err() {
                     break;
                 }
@@ -173,7 +226,7 @@ async fn pump(socket: WebSocket, live: Arc<LiveSession>) {
             }
             incoming = rx.next() => {
                 if let Some(Ok(Message::Binary(b))) = &incoming {
-                    live.bytes_from_browser.fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    live.received_from_browser(b.len());
                 }
                 let reply = match incoming {
                     Some(Ok(Message::Binary(b))) => match ClientMsg::decode(&b) {

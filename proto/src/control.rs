@@ -277,11 +277,25 @@ pub struct EndRequest {
     pub duration_ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SyncRequest {
     pub bridge_id: String,
     /// Sessions live on this bridge.
     pub sessions: Vec<String>,
+    /// The bridge is draining (a signal, or the control plane asked): it takes no new sessions.
+    #[serde(default)]
+    pub draining: bool,
+    /// The bridge's last sync before it stops (drained, or shutting down): not to be reported as down.
+    #[serde(default)]
+    pub stopping: bool,
+}
+
+/// The control plane asks a bridge to drain: no new sessions, the live ones run to their end, or until
+/// `deadline_unix` (then they end), and the bridge stops once it holds none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainOrder {
+    #[serde(default)]
+    pub deadline_unix: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -291,6 +305,9 @@ pub struct SyncResponse {
     /// Why, for those that have a recorded reason (shown to the user).
     #[serde(default)]
     pub reasons: std::collections::BTreeMap<String, String>,
+    /// Set while an administrator has this bridge drained.
+    #[serde(default)]
+    pub drain: Option<DrainOrder>,
 }
 
 /// Why a control call failed.
@@ -347,6 +364,20 @@ pub struct AgentRegisterRequest {
 pub struct BridgeRegisterRequest {
     /// The bridge's name (a label for admins; every registration is a new identity).
     pub name: String,
+    /// The bridge's route at the load balancer (`[a-z0-9][a-z0-9-]*`, at most 63 bytes): sessions assigned to
+    /// this bridge get a WebSocket URL naming it (`/bridge/v1/at/{route}/ws`), which the load balancer sends
+    /// to this bridge only. `None`: the bridge is not addressable by name and gets no assigned sessions.
+    #[serde(default)]
+    pub route: Option<String>,
+}
+
+/// Whether `route` is a valid bridge route name: `[a-z0-9][a-z0-9-]*`, at most 63 bytes.
+pub fn valid_route(route: &str) -> bool {
+    (1..=63).contains(&route.len())
+        && route
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !route.starts_with('-')
 }
 
 /// The bridge's own credential, for every internal call after registration.
@@ -363,4 +394,43 @@ pub struct AgentRegistered {
     pub credential: Secret<String>,
     /// How often the webapp expects a heartbeat; three missed ones mark the agent down.
     pub heartbeat_secs: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bridge_routes_are_plain_names() {
+        for ok in ["bridge1", "b", "eu-west-2", &"a".repeat(63)] {
+            assert!(valid_route(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-b",
+            "Bridge1",
+            "b/1",
+            "b.1",
+            "b 1",
+            "b%2f",
+            "../x",
+            &"a".repeat(64),
+            "é",
+        ] {
+            assert!(!valid_route(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn older_bridges_and_webapps_understand_each_other() {
+        // A heartbeat without the drain fields, a response without an order, a registration without a route.
+        let req: SyncRequest = serde_json::from_str(r#"{"bridge_id":"b","sessions":[]}"#).unwrap();
+        assert!(!req.draining && !req.stopping);
+        let res: SyncResponse = serde_json::from_str(r#"{"ended":[]}"#).unwrap();
+        assert_eq!(res.drain, None);
+        let reg: BridgeRegisterRequest = serde_json::from_str(r#"{"name":"b"}"#).unwrap();
+        assert_eq!(reg.route, None);
+        let order: SyncResponse = serde_json::from_str(r#"{"ended":[],"drain":{"deadline_unix":5}}"#).unwrap();
+        assert_eq!(order.drain, Some(DrainOrder { deadline_unix: Some(5) }));
+    }
 }

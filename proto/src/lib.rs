@@ -4,6 +4,7 @@
 
 pub mod control;
 pub mod limits;
+pub mod metrics;
 pub mod proxy;
 pub mod rfb;
 pub mod secret;

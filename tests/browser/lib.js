@@ -119,4 +119,20 @@ async function createConnection(page, { name, protocol, port, username, password
   await page.locator(`tr.conn-row[data-name="${name}"]`).waitFor({ timeout: 10000 });
 }
 
-module.exports = { launch, newPage, openTab, goto, shot, waitState, waitText, waitFile, login, main, pixel, waitPixel, at, createConnection };
+// Characters typed with Shift on a US keyboard, and the key that types them.
+const SHIFTED = { '>': 'Period', '|': 'Backslash', '$': 'Digit4', '(': 'Digit9', ')': 'Digit0', '*': 'Digit8', '_': 'Minus', '&': 'Digit7', '+': 'Equal' };
+
+/** Type as a person on a US keyboard would: Shift is pressed for shifted characters (RDP sends physical keys). */
+async function typeUS(page, text) {
+  for (const ch of text) {
+    if (SHIFTED[ch]) {
+      await page.keyboard.down('Shift');
+      await page.keyboard.press(SHIFTED[ch]);
+      await page.keyboard.up('Shift');
+    } else {
+      await page.keyboard.press(ch === '\n' ? 'Enter' : ch === ' ' ? 'Space' : ch);
+    }
+  }
+}
+
+module.exports = { typeUS, launch, newPage, openTab, goto, shot, waitState, waitText, waitFile, login, main, pixel, waitPixel, at, createConnection };

@@ -3,27 +3,11 @@
 // physical keys (input truth), clipboard both ways, resize with the window, special keys, and a wrong
 // password (xrdp shows its own dialog: checked by pixels).
 'use strict';
-const { launch, newPage, shot, waitState, login, main, pixel, waitPixel, at, createConnection: create, openTab } = require('./lib');
+const { launch, newPage, shot, waitState, login, main, pixel, waitPixel, at, createConnection: create, openTab, typeUS } = require('./lib');
 const env = process.env;
 const GREEN = [0x30, 0x50, 0x30];
 const createConnection = (page, name, password) =>
   create(page, { name, protocol: 'rdp', port: env.RDP_PORT, username: env.RDP_USER, password });
-
-// Characters typed with Shift on a US keyboard, and the key that types them.
-const SHIFTED = { '>': 'Period', '|': 'Backslash', '$': 'Digit4', '(': 'Digit9', ')': 'Digit0', '*': 'Digit8', '_': 'Minus' };
-
-/** Type as a person on a US keyboard would: Shift is pressed for shifted characters (RDP sends physical keys). */
-async function typeUS(page, text) {
-  for (const ch of text) {
-    if (SHIFTED[ch]) {
-      await page.keyboard.down('Shift');
-      await page.keyboard.press(SHIFTED[ch]);
-      await page.keyboard.up('Shift');
-    } else {
-      await page.keyboard.press(ch === '\n' ? 'Enter' : ch === ' ' ? 'Space' : ch);
-    }
-  }
-}
 
 async function remoteSize(page) {
   return page.evaluate(() => [window.porticoDisplay.width, window.porticoDisplay.height]);

@@ -197,6 +197,20 @@ pub async fn ws_with_token(ws_url: &str, cert: &str, token: &str) -> anyhow::Res
     ws_connect(ws_url, cert, &[format!("{}{token}", wire::TOKEN_PREFIX)]).await
 }
 
+/// A new session of `connection_id` opened on `bridge` directly (not through the URL the webapp names),
+/// its terminal connected.
+pub async fn open_via(bridge: &Portico, api: &Api, connection_id: &str) -> anyhow::Result<(Value, Term)> {
+    let s = api.create_session(connection_id).await?;
+    let id = s["session_id"].as_str().unwrap_or_default();
+    let url = format!("{}/bridge/v1/ws?session={id}", bridge.ws_base());
+    let ws = ws_with_token(&url, &bridge.cert_sha256, s["token"].as_str().unwrap_or_default())
+        .await?
+        .map_err(|r| anyhow::anyhow!("refused: {r:?}"))?;
+    let mut t = Term::new(ws);
+    t.connected().await?;
+    Ok((s, t))
+}
+
 /// Whether the bridge refuses the token of a session `created` by `POST /api/v1/sessions` and never used.
 pub async fn unclaimed_token_is_refused(p: &Portico, created: &Value) -> anyhow::Result<bool> {
     let ws_url = created["ws_url"].as_str().unwrap_or_default();
@@ -313,6 +327,16 @@ impl Term {
     }
 
     /// Wait until the remote shell is connected (a STATUS "connected").
+    /// A command typed into the live shell comes back (within 10 s).
+    pub async fn check_echo(&mut self, tag: &str) -> anyhow::Result<()> {
+        self.input(&format!("echo alive-{tag}-$((6*7))\r")).await?;
+        let want = format!("alive-{tag}-42");
+        self.until(&format!("the session ({tag})"), Duration::from_secs(10), |t| {
+            t.text().contains(&want)
+        })
+        .await
+    }
+
     pub async fn connected(&mut self) -> anyhow::Result<()> {
         self.until("connected status", Duration::from_secs(20), |t| {
             t.statuses.iter().any(|s| s.state == "connected")

@@ -4,8 +4,10 @@
 pub mod client;
 pub mod idp;
 pub mod lb;
+pub mod patroni;
 pub mod peers;
 pub mod portico;
+pub mod prometheus;
 pub mod rsyslog;
 pub mod slapd;
 

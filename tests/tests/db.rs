@@ -112,7 +112,8 @@ async fn exercise(db: &Db) -> anyhow::Result<()> {
     assert!(!db.end_session("s1", "test", now + 6).await?, "ending twice is a no-op");
     assert_eq!(ended_ids(db.ended_among(&ids, "b1").await?), ids);
     assert_eq!(db.list_sessions(Some("u1"), false).await?.len(), 0);
-    assert_eq!(db.list_sessions(None, true).await?.len(), 1);
+    // s1, and the session the bridge tier's checks lost with its bridge.
+    assert_eq!(db.list_sessions(None, true).await?.len(), 2);
 
     let key = |id: &str, expires_at: Option<i64>| portico_webapp::db::ApiKey {
         id: id.into(),
@@ -773,6 +774,9 @@ async fn bridges(db: &Db, now: i64) -> anyhow::Result<()> {
         registered_at: now,
         last_seen_at: now,
         revoked_at: None,
+        route: None,
+        draining_at: None,
+        drain_deadline_at: None,
         live_sessions: 0,
     };
     assert!(db.register_bridge(&row("b1", "bridge-a"), "cred-1").await?);
@@ -801,6 +805,75 @@ async fn bridges(db: &Db, now: i64) -> anyhow::Result<()> {
     );
     assert!(db.revoke_bridge("b1x", true, now).await?, "forget");
     assert!(db.register_bridge(&row("b1y", "bridge-a"), "cred-1y").await?);
+
+    // The tier: candidates are alive, not draining, not revoked, with their session counts (assigned
+    // sessions count); a session assigned to one bridge cannot be claimed by another.
+    let routed = |id: &str, route: &str| portico_webapp::db::BridgeRow {
+        route: Some(route.into()),
+        ..row(id, id)
+    };
+    assert!(db.register_bridge(&routed("r1", "route-1"), "cred-r1").await?);
+    assert!(db.register_bridge(&routed("r2", "route-2"), "cred-r2").await?);
+    let mut assigned = pending("sr1", "jti-r1", now);
+    assigned.bridge_id = Some("r1".into());
+    db.insert_session(&assigned).await?;
+    let count = |c: &[portico_webapp::db::BridgeCandidate], id: &str| {
+        c.iter()
+            .find(|b| b.id == id)
+            .map(|b| (b.route.clone(), b.live_sessions))
+    };
+    let live = db.count_live_sessions().await?;
+    assert!(live.iter().any(|(st, _, n)| st == "pending" && *n >= 1), "{live:?}");
+    db.count_live_containers().await?;
+    let c = db.bridge_candidates(now - 5).await?;
+    assert_eq!(count(&c, "r1"), Some((Some("route-1".into()), 1)));
+    assert_eq!(count(&c, "r2"), Some((Some("route-2".into()), 0)));
+    assert!(
+        !db.claim_session("sr1", "jti-r1", "r2", now).await?,
+        "claimed by another bridge"
+    );
+    assert!(db.claim_session("sr1", "jti-r1", "r1", now).await?);
+    // Drained: no candidate; a second order keeps the start and takes the new deadline.
+    assert_eq!(db.drain_bridge("r2", None, now).await?.as_deref(), Some("r2"));
+    assert_eq!(
+        db.drain_bridge("r2", Some(now + 60), now + 5).await?.as_deref(),
+        Some("r2")
+    );
+    assert_eq!(db.bridge_drain("r2").await?, Some(Some(now + 60)));
+    assert_eq!(db.bridge_drain("r1").await?, None);
+    assert!(count(&db.bridge_candidates(now - 5).await?, "r2").is_none());
+    assert_eq!(db.drain_bridge("nope", None, now).await?, None);
+    // Silent for longer than the window: r1's session is lost (once), r1 is reported down (once), and
+    // r2, which said it stopped, is not.
+    db.mark_bridge_stopped("r2", now).await?;
+    let later = now + 100;
+    // b1 (which holds s1) is still alive then.
+    assert_eq!(db.bridge_by_credential("cred-1", later).await?.as_deref(), Some("b1"));
+    let lost = db.sweep_lost_bridges(later, later - 5).await?;
+    assert!(
+        lost.iter()
+            .any(|(sid, reason)| sid == "sr1" && reason.starts_with("lost: bridge r1 ")),
+        "{lost:?}"
+    );
+    assert!(
+        db.sweep_lost_bridges(later, later - 5)
+            .await?
+            .iter()
+            .all(|(sid, _)| sid != "sr1")
+    );
+    let down = db.bridges_newly_down(later - 5, later).await?;
+    assert!(down.iter().any(|(id, _)| id == "r1"), "{down:?}");
+    assert!(
+        !down.iter().any(|(id, _)| id == "r2"),
+        "a stopped bridge reported down: {down:?}"
+    );
+    assert!(
+        db.bridges_newly_down(later - 5, later + 1)
+            .await?
+            .iter()
+            .all(|(id, _)| id != "r1"),
+        "reported twice"
+    );
     Ok(())
 }
 

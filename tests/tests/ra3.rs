@@ -24,14 +24,7 @@ async fn live_sessions_outlive_the_control_plane_until_the_grace() -> anyhow::Re
     let bridge = Portico::start_with(opts)?;
     let api = portico_tests::client::Api::admin(&web).await?;
     let conn = ssh_connection(&api, &sshd, json!({ "password": sshd.user.password })).await?;
-    let s = api.create_session(&conn).await?;
-    let id = s["session_id"].as_str().unwrap_or_default();
-    let url = format!("{}/bridge/v1/ws?session={id}", bridge.ws_base());
-    let ws = ws_with_token(&url, &bridge.cert_sha256, s["token"].as_str().unwrap_or_default())
-        .await?
-        .map_err(|r| anyhow::anyhow!("refused: {r:?}"))?;
-    let mut t = Term::new(ws);
-    t.connected().await?;
+    let (_, mut t) = portico_tests::client::open_via(&bridge, &api, &conn).await?;
 
     web.kill()?;
     let killed = Instant::now();
@@ -66,12 +59,7 @@ async fn live_sessions_outlive_the_control_plane_until_the_grace() -> anyhow::Re
 
 /// A command typed into the live session comes back.
 async fn check_session(term: &mut Term, tag: &str) -> anyhow::Result<()> {
-    term.input(&format!("echo alive-{tag}-$((6*7))\r")).await?;
-    let want = format!("alive-{tag}-42");
-    term.until(&format!("the session after {tag}"), Duration::from_secs(10), |t| {
-        t.text().contains(&want)
-    })
-    .await
+    term.check_echo(tag).await
 }
 
 /// One request of the steady load: when it was sent (since the start) and whether it succeeded.
@@ -374,5 +362,423 @@ async fn a_bridge_drains_on_sigterm() -> anyhow::Result<()> {
         closed.reason,
         signalled.elapsed()
     );
+    Ok(())
+}
+
+/// A webapp (SQLite), two bridges with routes (`bridge1`, `bridge2`: the server names of the shipped
+/// primary load balancer) and that load balancer in front of them all.
+pub(crate) struct BridgeTier {
+    pub dir: std::path::PathBuf,
+    pub webapp: Portico,
+    pub bridges: Vec<Portico>,
+    pub lb: portico_tests::lb::Haproxy,
+    pub public: String,
+    pub api: portico_tests::client::Api,
+}
+
+impl BridgeTier {
+    pub(crate) async fn start() -> anyhow::Result<BridgeTier> {
+        use portico_tests::lb::{Haproxy, shared_certificate};
+        use portico_tests::peers::free_port;
+        let dir = portico_tests::workspace_root()
+            .join(".test-runs")
+            .join(format!("tier-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir)?;
+        let (cert, key, both) = shared_certificate(&dir)?;
+        let (web_port, lb_port) = (free_port(), free_port());
+        let bridge_ports = [free_port(), free_port()];
+        let public = format!("https://127.0.0.1:{lb_port}");
+        let tls = |port: u16| {
+            [
+                "--listen".to_owned(),
+                format!("127.0.0.1:{port}"),
+                "--tls-cert".into(),
+                cert.display().to_string(),
+                "--tls-key".into(),
+                key.display().to_string(),
+                "--trusted-proxies".into(),
+                "127.0.0.1".into(),
+            ]
+        };
+        let mut web_args = tls(web_port).to_vec();
+        web_args.extend(["--public-url".into(), public.clone()]);
+        let webapp = Portico::start_with(Options {
+            subcommand: Some("webapp"),
+            extra_args: web_args,
+            ..Options::default()
+        })?;
+        let mut bridges = Vec::new();
+        for (i, port) in bridge_ports.iter().enumerate() {
+            let mut opts = webapp.bridge_options(&format!("bridge-{}", i + 1));
+            opts.extra_args.extend(tls(*port));
+            opts.extra_args
+                .extend(["--bridge-route".into(), format!("bridge{}", i + 1)]);
+            bridges.push(Portico::start_with(opts)?);
+        }
+        let web = format!("127.0.0.1:{web_port}");
+        let lb = Haproxy::start_on(
+            "primary.cfg",
+            "PORTICO_LB",
+            lb_port,
+            &[
+                ("PORTICO_WEBAPP_1", web.clone()),
+                ("PORTICO_WEBAPP_2", web.clone()),
+                ("PORTICO_WEBAPP_3", web),
+                ("PORTICO_LB_CERT", both.display().to_string()),
+                ("PORTICO_BACKEND_CA", cert.display().to_string()),
+                ("PORTICO_BRIDGE_1", format!("127.0.0.1:{}", bridge_ports[0])),
+                ("PORTICO_BRIDGE_2", format!("127.0.0.1:{}", bridge_ports[1])),
+            ],
+        )?;
+        for b in ["bridge1", "bridge2"] {
+            lb.wait_server("bridges", b, true, Duration::from_secs(20))?;
+        }
+        lb.wait_server("webapps", "webapp1", true, Duration::from_secs(20))?;
+        let mut api = portico_tests::client::Api::admin(&webapp).await?;
+        api.base = public.clone();
+        api.login("admin", &webapp.admin_password).await?;
+        let tier = BridgeTier {
+            dir,
+            webapp,
+            bridges,
+            lb,
+            public,
+            api,
+        };
+        for route in ["bridge1", "bridge2"] {
+            tier.wait_bridge(route, "healthy", Duration::from_secs(20)).await?;
+        }
+        Ok(tier)
+    }
+
+    /// The live identity of the bridge with `route` (the newest registration).
+    pub(crate) async fn bridge(&self, route: &str) -> anyhow::Result<serde_json::Value> {
+        let all = self.api.ok(reqwest::Method::GET, "/api/v1/bridges", None).await?;
+        all.as_array()
+            .and_then(|a| a.iter().rev().find(|b| b["route"] == route).cloned())
+            .ok_or_else(|| anyhow::anyhow!("no bridge with route {route}: {all}"))
+    }
+
+    /// Wait until the bridge with `route` is in `state`; returns how long it took.
+    pub(crate) async fn wait_bridge(&self, route: &str, state: &str, timeout: Duration) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        loop {
+            let b = self.bridge(route).await.ok();
+            if b.as_ref().is_some_and(|b| b["state"] == state) {
+                return Ok(start.elapsed());
+            }
+            anyhow::ensure!(
+                start.elapsed() < timeout,
+                "bridge {route} not {state} within {timeout:?}: {b:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The route a created session's WebSocket URL names.
+    pub(crate) fn route_of(created: &serde_json::Value) -> Option<String> {
+        let url = created["ws_url"].as_str()?;
+        let rest = url.split("/bridge/v1/at/").nth(1)?;
+        Some(rest.split('/').next()?.to_owned())
+    }
+
+    /// A session started through the load balancer, its terminal connected.
+    pub(crate) async fn open(&self, conn: &str) -> anyhow::Result<(serde_json::Value, Term)> {
+        let s = self.api.create_session(conn).await?;
+        let ws = ws_with_token(
+            s["ws_url"].as_str().unwrap_or_default(),
+            &self.webapp.cert_sha256,
+            s["token"].as_str().unwrap_or_default(),
+        )
+        .await?
+        .map_err(|r| anyhow::anyhow!("refused through the load balancer: {r:?}"))?;
+        let mut term = Term::new(ws);
+        term.connected().await?;
+        Ok((s, term))
+    }
+}
+
+impl Drop for BridgeTier {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The bridge tier as a tier: new sessions go to the bridge with the fewest, through the load balancer by
+/// the route their URL names (and nowhere else: another bridge refuses them, and cannot claim them); a
+/// bridge killed takes its sessions with it, ended as lost within 15 s (a `bridge_down` event), while the
+/// other bridge's sessions go on and new ones land there; an administrator's drain stops new sessions on a
+/// bridge, lets the live one run to its end, and the bridge then stops by itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_spread_over_bridges_die_with_theirs_and_a_drain_empties_one() -> anyhow::Result<()> {
+    let sshd = Sshd::start()?;
+    let mut tier = BridgeTier::start().await?;
+    let api = tier.api.clone();
+    let conn = ssh_connection(&api, &sshd, json!({ "password": sshd.user.password })).await?;
+
+    // Four sessions, one after the other: two on each bridge (the fewest first).
+    let mut open = Vec::new();
+    for i in 0..4 {
+        let (s, mut term) = tier.open(&conn).await?;
+        check_session(&mut term, &format!("spread{i}")).await?;
+        open.push((s, term));
+    }
+    let routes: Vec<String> = open
+        .iter()
+        .map(|(s, _)| BridgeTier::route_of(s).unwrap_or_default())
+        .collect();
+    for r in ["bridge1", "bridge2"] {
+        assert_eq!(
+            routes.iter().filter(|x| *x == r).count(),
+            2,
+            "sessions per bridge: {routes:?}"
+        );
+    }
+    let b1 = tier.bridge("bridge1").await?;
+    for (s, _) in &open {
+        let id = s["session_id"].as_str().unwrap_or_default();
+        let row = api
+            .ok(reqwest::Method::GET, &format!("/api/v1/sessions/{id}"), None)
+            .await?;
+        let want = if BridgeTier::route_of(s).as_deref() == Some("bridge1") {
+            b1["id"].clone()
+        } else {
+            tier.bridge("bridge2").await?["id"].clone()
+        };
+        assert_eq!(row["bridge_id"], want, "claimed by the assigned bridge: {row}");
+    }
+
+    // Abuse: a session's token sent to the other bridge. By its route: refused before anything (421);
+    // unrouted: the claim is refused (the session is assigned elsewhere), and the token still works where
+    // it belongs.
+    let s = api.create_session(&conn).await?;
+    let route = BridgeTier::route_of(&s).unwrap_or_default();
+    let (other, other_route) = if route == "bridge1" {
+        (&tier.bridges[1], "bridge2")
+    } else {
+        (&tier.bridges[0], "bridge1")
+    };
+    let id = s["session_id"].as_str().unwrap_or_default();
+    let token = s["token"].as_str().unwrap_or_default();
+    let misrouted = format!("{}/bridge/v1/at/{route}/ws?session={id}", other.ws_base());
+    let r = ws_with_token(&misrouted, &other.cert_sha256, token).await?.err();
+    assert_eq!(r.as_ref().map(|r| r.status), Some(421), "{r:?}");
+    let unrouted = format!("{}/bridge/v1/ws?session={id}", other.ws_base());
+    let r = ws_with_token(&unrouted, &other.cert_sha256, token).await?.err();
+    assert!(
+        r.as_ref()
+            .is_some_and(|r| r.body.contains("assigned to another bridge")),
+        "{r:?}"
+    );
+    let _ = other_route;
+    let ws = ws_with_token(
+        s["ws_url"].as_str().unwrap_or_default(),
+        &tier.webapp.cert_sha256,
+        token,
+    )
+    .await?
+    .map_err(|r| anyhow::anyhow!("the right bridge refused it after the abuse: {r:?}"))?;
+    let mut fifth = Term::new(ws);
+    fifth.connected().await?;
+    api.ok(reqwest::Method::DELETE, &format!("/api/v1/sessions/{id}"), None)
+        .await?;
+    fifth.closed_within(Duration::from_secs(10)).await?;
+
+    // Bridge 1 killed: its two sessions end as lost within 15 s; bridge 2's go on.
+    tier.bridges[0].kill()?;
+    let killed = Instant::now();
+    let lost: Vec<String> = open
+        .iter()
+        .filter(|(s, _)| BridgeTier::route_of(s).as_deref() == Some("bridge1"))
+        .map(|(s, _)| s["session_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    for id in &lost {
+        loop {
+            let row = api
+                .ok(reqwest::Method::GET, &format!("/api/v1/sessions/{id}"), None)
+                .await?;
+            if row["state"] == "ended" {
+                let reason = row["end_reason"].as_str().unwrap_or_default();
+                assert!(reason.starts_with("lost: bridge bridge-1 stopped responding"), "{row}");
+                break;
+            }
+            anyhow::ensure!(
+                killed.elapsed() < Duration::from_secs(15),
+                "not lost within 15 s: {row}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let detected = killed.elapsed();
+    tier.wait_bridge("bridge1", "down", Duration::from_secs(5)).await?;
+    let b1_id = b1["id"].as_str().unwrap_or("?").to_owned();
+    wait_event(&api, "bridge_down", |text| text.contains(&b1_id)).await?;
+    for (s, term) in open.iter_mut() {
+        if BridgeTier::route_of(s).as_deref() == Some("bridge2") {
+            check_session(term, "after-kill").await?;
+        }
+    }
+    let (s, mut term) = tier.open(&conn).await?;
+    assert_eq!(BridgeTier::route_of(&s).as_deref(), Some("bridge2"), "{s}");
+    check_session(&mut term, "new-after-kill").await?;
+    println!("bridge killed: its sessions lost after {detected:?}");
+
+    // Bridge 2 drained by an administrator: no new session there, the live ones go on; once they end it
+    // stops by itself (and is not reported down).
+    let b2 = tier.bridge("bridge2").await?;
+    let b2_id = b2["id"].as_str().unwrap_or_default();
+    api.ok(reqwest::Method::POST, &format!("/api/v1/bridges/{b2_id}/drain"), None)
+        .await?;
+    tier.wait_bridge("bridge2", "draining", Duration::from_secs(5)).await?;
+    let drained_at = Instant::now();
+    // The bridge hears it at its next heartbeat: its health check fails (the load balancer takes it out).
+    tier.lb
+        .wait_server("bridges", "bridge2", false, Duration::from_secs(10))?;
+    check_session(&mut term, "draining").await?;
+    let refused = api.create_session(&conn).await?;
+    assert_eq!(
+        BridgeTier::route_of(&refused),
+        None,
+        "a draining bridge got a session: {refused}"
+    );
+    let r = ws_with_token(
+        refused["ws_url"].as_str().unwrap_or_default(),
+        &tier.webapp.cert_sha256,
+        refused["token"].as_str().unwrap_or_default(),
+    )
+    .await?;
+    assert!(r.is_err(), "a new session started with every bridge down or draining");
+    let mut left = vec![s["session_id"].as_str().unwrap_or_default().to_owned()];
+    left.extend(
+        open.iter()
+            .filter(|(s, _)| BridgeTier::route_of(s).as_deref() == Some("bridge2"))
+            .map(|(s, _)| s["session_id"].as_str().unwrap_or_default().to_owned()),
+    );
+    for id in &left {
+        api.ok(reqwest::Method::DELETE, &format!("/api/v1/sessions/{id}"), None)
+            .await?;
+    }
+    let status = tier.bridges[1].wait_exit(Duration::from_secs(30))?;
+    assert!(status.success(), "{status}");
+    tier.wait_bridge("bridge2", "stopped", Duration::from_secs(10)).await?;
+    wait_event(&api, "bridge_drained", |text| {
+        text.contains("administrator") && text.contains("stopped")
+    })
+    .await?;
+    let down = api
+        .ok(reqwest::Method::GET, "/api/v1/events?type=bridge_down", None)
+        .await?;
+    assert!(
+        !down.to_string().contains(b2_id),
+        "a drained bridge reported down: {down}"
+    );
+    println!("bridge drained: stopped {:?} after the drain", drained_at.elapsed());
+    Ok(())
+}
+
+/// Wait (at most 10 s) until the events of `event_type` satisfy `pred` (events are written in batches).
+async fn wait_event(
+    api: &portico_tests::client::Api,
+    event_type: &str,
+    pred: impl Fn(&str) -> bool,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let events = api
+            .ok(reqwest::Method::GET, &format!("/api/v1/events?type={event_type}"), None)
+            .await?;
+        if pred(&events.to_string()) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(10),
+            "no matching {event_type} event: {events}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A bridge killed under a live RDP session in the browser (xrdp): the web client starts a new session by
+/// itself, on the other bridge, and is back in the same xrdp logon session (a marker window opened before
+/// is still there) within 10 s of the kill.
+#[tokio::test(flavor = "multi_thread")]
+async fn rdp_in_the_browser_survives_its_bridge() -> anyhow::Result<()> {
+    use portico_tests::peers::{RdpServer, run_browser_script};
+    let xrdp = RdpServer::xrdp()?;
+    let tier = BridgeTier::start().await?;
+    let pids = format!("bridge1:{},bridge2:{}", tier.bridges[0].pid(), tier.bridges[1].pid());
+    let port = xrdp.port.to_string();
+    let shots = std::env::var("PORTICO_SCREENSHOTS").unwrap_or_default();
+    let out = run_browser_script(
+        "bridge_loss_e2e.js",
+        &[
+            ("PORTICO_URL", tier.public.as_str()),
+            ("ADMIN_PASSWORD", tier.webapp.admin_password.as_str()),
+            ("RDP_PORT", port.as_str()),
+            ("RDP_USER", xrdp.user.name.as_str()),
+            ("RDP_PASSWORD", xrdp.user.password.as_str()),
+            ("BRIDGE_PIDS", pids.as_str()),
+            ("SCREENSHOT_DIR", shots.as_str()),
+        ],
+        Duration::from_secs(180),
+    )
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{e:#}\nwebapp log:\n{}\nbridge 1 log:\n{}\nbridge 2 log:\n{}\nxrdp log:\n{}",
+            tier.webapp.log(),
+            tier.bridges[0].log(),
+            tier.bridges[1].log(),
+            xrdp.log()
+        )
+    })?;
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("back in the same desktop"))
+        .ok_or_else(|| anyhow::anyhow!("no result line: {out}"))?;
+    for l in out.lines().filter(|l| l.starts_with('+')) {
+        println!("  {l}");
+    }
+    println!("{line}");
+    assert!(out.contains("bridges card: healthy, down, then draining"), "{out}");
+    Ok(())
+}
+
+/// All-in-one: the in-process bridge heartbeats like any other, so its sessions outlive the window after
+/// which a silent bridge is down (a bridge that calls the webapp in process must count as seen too).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_all_in_one_bridge_heartbeats_and_keeps_its_sessions() -> anyhow::Result<()> {
+    let sshd = Sshd::start()?;
+    let p = Portico::start()?;
+    let api = portico_tests::client::Api::admin(&p).await?;
+    let conn = ssh_connection(&api, &sshd, json!({ "password": sshd.user.password })).await?;
+    let (s, ws) = portico_tests::client::attach(&p, &api, &conn).await?;
+    let mut term = Term::new(ws);
+    term.connected().await?;
+    let id = s["session_id"].as_str().unwrap_or_default().to_owned();
+    let started = portico_webapp::now_unix();
+    // Past the window in which the webapp judges heartbeats (the down silence plus its own margin): the
+    // bridge has been seen since, and the session is still live.
+    let past = started + portico_webapp::BRIDGE_DOWN_SECS + 4;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let bridges = api.ok(reqwest::Method::GET, "/api/v1/bridges", None).await?;
+        let seen = bridges
+            .as_array()
+            .and_then(|l| l.iter().find(|b| b["state"] == "healthy"))
+            .and_then(|b| b["last_seen_at"].as_i64());
+        if seen.is_some_and(|t| t >= past) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the in-process bridge was not seen after {past}: {bridges}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    check_session(&mut term, "in-process").await?;
+    let row = api
+        .ok(reqwest::Method::GET, &format!("/api/v1/sessions/{id}"), None)
+        .await?;
+    assert_eq!(row["state"], "active", "{row}");
     Ok(())
 }

@@ -415,6 +415,51 @@ async fn a_lost_agent_s_sessions_are_lost_within_15_s_and_a_relaunch_lands_on_an
     let (sid, mut screen) = launch_via(&bridge, &api, &conn).await?;
     assert_eq!(containers_of(&engine_a, &sid)?.len(), 1, "scheduled on host-a");
 
+    // Drained, host-a takes no new workspace (though it has the most room); taken back, it does again.
+    let agents = api.ok(reqwest::Method::GET, "/api/v1/agents", None).await?;
+    let field = |name: &str, key: &str| {
+        agents
+            .as_array()
+            .and_then(|l| l.iter().find(|x| x["name"] == name))
+            .map(|x| x[key].clone())
+            .unwrap_or(Value::Null)
+    };
+    let (a_id, b_id) = (field("host-a", "id"), field("host-b", "id"));
+    let a_id = a_id.as_str().unwrap_or_default().to_owned();
+    api.ok(reqwest::Method::POST, &format!("/api/v1/agents/{a_id}/drain"), None)
+        .await?;
+    let listed = api.ok(reqwest::Method::GET, "/api/v1/agents", None).await?;
+    assert!(
+        listed
+            .as_array()
+            .is_some_and(|l| l.iter().any(|x| x["name"] == "host-a" && x["state"] == "draining")),
+        "{listed}"
+    );
+    let (status, drained) = start_session(&api, &conn).await?;
+    assert_eq!(status, 201, "{drained}");
+    let d_sid = drained["session_id"].as_str().unwrap_or_default().to_owned();
+    let row = api
+        .ok(reqwest::Method::GET, &format!("/api/v1/sessions/{d_sid}"), None)
+        .await?;
+    assert_eq!(row["workspace"]["agent_id"], b_id, "placed on the drained agent: {row}");
+    api.ok(reqwest::Method::DELETE, &format!("/api/v1/sessions/{d_sid}"), None)
+        .await?;
+    api.ok(reqwest::Method::DELETE, &format!("/api/v1/agents/{a_id}/drain"), None)
+        .await?;
+    let (status, back) = start_session(&api, &conn).await?;
+    assert_eq!(status, 201, "{back}");
+    let b_sid = back["session_id"].as_str().unwrap_or_default().to_owned();
+    let row = api
+        .ok(reqwest::Method::GET, &format!("/api/v1/sessions/{b_sid}"), None)
+        .await?;
+    assert_eq!(
+        row["workspace"]["agent_id"].as_str(),
+        Some(a_id.as_str()),
+        "taken back: {row}"
+    );
+    api.ok(reqwest::Method::DELETE, &format!("/api/v1/sessions/{b_sid}"), None)
+        .await?;
+
     a.kill();
     let killed = tokio::time::Instant::now();
     let s = wait_json(

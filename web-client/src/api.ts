@@ -34,7 +34,7 @@ export interface WorkspaceSpec {
 }
 /** A Docker agent as `GET /api/v1/agents` lists it. */
 export interface Agent {
-  id: string | null; name: string; state: 'healthy' | 'down' | 'failed'; last_error: string | null; remote_addr: string;
+  id: string | null; name: string; state: 'healthy' | 'draining' | 'down' | 'failed'; last_error: string | null; remote_addr: string;
   docker_version: string; cores: number; memory_mb: number; running: number; last_heartbeat_at: number | null;
   networks: { name: string; subnet: string; gateway?: string | null }[];
   /** The latest refused registration under this name (never changes the agent). */
@@ -159,12 +159,26 @@ export const deleteApiKey = (id: string) => call<unknown>('DELETE', `/api/v1/api
 
 export const agents = (): Promise<Agent[]> => call('GET', '/api/v1/agents');
 export const deleteAgent = (id: string) => call<unknown>('DELETE', `/api/v1/agents/${encodeURIComponent(id)}`);
+/** Drain an agent (no new workspaces on it) or take it back. */
+export const drainAgent = (id: string, on: boolean) => call<unknown>(on ? 'POST' : 'DELETE', `/api/v1/agents/${encodeURIComponent(id)}/drain`);
+/** A bridge as `GET /api/v1/bridges` lists it (each registration is an identity). */
+export interface Bridge {
+  id: string; name: string; route: string | null; state: 'healthy' | 'draining' | 'down' | 'stopped' | 'replaced' | 'revoked';
+  remote_addr: string; registered_at: number; last_seen_at: number; live_sessions: number;
+  draining_at: number | null; drain_deadline_at: number | null;
+}
+export const bridges = (): Promise<Bridge[]> => call('GET', '/api/v1/bridges');
+/** Drain a bridge: no new sessions; the live ones run to their end (or `deadline_secs`), then it stops. */
+export const drainBridge = (id: string, deadline_secs: number | null) =>
+  call<unknown>('POST', `/api/v1/bridges/${encodeURIComponent(id)}/drain`, deadline_secs === null ? {} : { deadline_secs });
+export const revokeBridge = (id: string) => call<unknown>('DELETE', `/api/v1/bridges/${encodeURIComponent(id)}`);
 /** A live session as `GET /api/v1/sessions` lists it (own; all for admins). */
 export interface SessionRow {
   id: string; user_id: string; connection_id: string; state: 'pending' | 'active' | 'ended';
-  claimed_at: number | null; bridge_id: string | null; created_at: number;
+  claimed_at: number | null; bridge_id: string | null; created_at: number; ended_at?: number | null; end_reason?: string | null;
 }
 export const sessions = (): Promise<SessionRow[]> => call('GET', '/api/v1/sessions');
+export const session = (id: string): Promise<SessionRow> => call('GET', `/api/v1/sessions/${encodeURIComponent(id)}`);
 
 
 /** Single sign-on (see webapp/src/identity.rs). */

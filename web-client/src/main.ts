@@ -28,7 +28,10 @@ function embed(): void {
     mount(h('p', { class: 'error', style: 'padding: 2rem' }, 'Portico is unavailable: this page does not name its bridge.'));
     return;
   }
-  const wsUrl = `${base}/bridge/v1/ws?session=${encodeURIComponent(sessionId)}`;
+  // A route only picks a bridge behind the configured origin (the load balancer), never another server.
+  const route = params.get('bridge');
+  const path = route && /^[a-z0-9][a-z0-9-]{0,62}$/.test(route) ? `/bridge/v1/at/${route}/ws` : '/bridge/v1/ws';
+  const wsUrl = `${base}${path}?session=${encodeURIComponent(sessionId)}`;
   openSession({ sessionId, token, wsUrl, title: 'Portico' }, { embed: true });
 }
 

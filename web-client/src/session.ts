@@ -21,6 +21,9 @@ export interface SessionOptions {
   newSession?: () => Promise<SessionTarget>;
   /** End the session through the API as well (logged-in users). */
   endSession?: (id: string) => Promise<unknown>;
+  /** The session as the control plane sees it (logged-in users): while reattaching, tells a session that
+   * ended elsewhere (its bridge was lost) from a network that is slow to come back. */
+  sessionState?: (id: string) => Promise<{ state: string; end_reason?: string | null }>;
 }
 
 /** What a protocol's view does with the session. */
@@ -69,6 +72,9 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
   let attempt = 0;
   let finished = false;
   let reconnectTimer: number | undefined;
+  let protocol = '';
+  /** New sessions started by themselves after a lost bridge, in a row (reset once one is attached). */
+  let autoRestarts = 0;
 
   const setState = (state: State, text: string) => {
     status.dataset.state = state;
@@ -118,12 +124,14 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
           resumeToken = msg.hello.resume_token;
           graceMs = msg.hello.grace_seconds * 1000;
           window.porticoSessionId = msg.hello.session_id;
+          protocol = msg.hello.protocol;
           if (!view) view = makeView(msg.hello.protocol);
           if (msg.hello.reattached) setState('connected', 'connected (reattached)');
           view.attached(msg.hello.reattached);
           view.focus();
           break;
         case 'status':
+          if (msg.status.state === 'connected') autoRestarts = 0;
           if (msg.status.state === 'credentials') {
             askCredentials(msg.status.message);
             break;
@@ -156,9 +164,22 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
         finish('closed: connection lost');
         return;
       }
-      const delay = Math.min(5000, 500 * 2 ** attempt++);
+      const delay = Math.min(2000, 500 * 2 ** attempt++);
       setState('reconnecting', `reconnecting in ${(delay / 1000).toFixed(1)} s…`);
       reconnectTimer = window.setTimeout(() => connect([wire.SUBPROTOCOL, wire.RESUME_PREFIX + resumeToken]), delay);
+      void checkEnded();
+      // And every second until attached again: a lost bridge is known to the control plane within
+      // seconds, sooner than the backoff's next attempt.
+      if (!statePoll) {
+        statePoll = window.setInterval(() => {
+          if (finished || ws?.readyState === WebSocket.OPEN) {
+            window.clearInterval(statePoll);
+            statePoll = undefined;
+          } else {
+            void checkEnded();
+          }
+        }, 1000);
+      }
     };
     sock.onopen = () => {
       lostAt = 0;
@@ -209,7 +230,36 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
     view?.dispose();
     opts.onBack?.();
   });
-  reconnectBtn.addEventListener('click', async () => {
+  // While reattaching: has the session ended elsewhere? A bridge that died takes its sessions with it
+  // (the control plane ends them as lost within seconds); reattaching cannot work then. An RDP session
+  // starts anew by itself (the server kept the Windows/xrdp logon session, so the user is back in the same
+  // desktop); the others offer Reconnect.
+  let checking = false;
+  let statePoll: number | undefined;
+  const checkEnded = async () => {
+    if (!opts.sessionState || checking) return;
+    checking = true;
+    const sessionId = target.sessionId;
+    try {
+      const s = await opts.sessionState(sessionId);
+      if (s.state !== 'ended' || finished || sessionId !== target.sessionId || ws?.readyState === WebSocket.OPEN) return;
+      const reason = s.end_reason ?? 'the session ended';
+      window.clearTimeout(reconnectTimer);
+      if (protocol === 'rdp' && reason.startsWith('lost: bridge') && opts.newSession && autoRestarts < 3) {
+        autoRestarts++;
+        setState('reconnecting', `${reason.replace(/; reconnect.*$/, '')}: starting a new session…`);
+        await startNew();
+      } else {
+        finish(`closed: ${reason}`);
+      }
+    } catch {
+      // The control plane is unreachable too: keep reattaching.
+    } finally {
+      checking = false;
+    }
+  };
+
+  const startNew = async () => {
     if (!opts.newSession) return;
     try {
       target = await opts.newSession();
@@ -223,9 +273,10 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
       setState('connecting', 'connecting…');
       connect([wire.SUBPROTOCOL, wire.TOKEN_PREFIX + target.token]);
     } catch (e) {
-      setState('closed', `closed: ${e instanceof Error ? e.message : String(e)}`);
+      finish(`closed: ${e instanceof Error ? e.message : String(e)}`);
     }
-  });
+  };
+  reconnectBtn.addEventListener('click', () => void startNew());
 
   setState('connecting', 'connecting…');
   connect([wire.SUBPROTOCOL, wire.TOKEN_PREFIX + target.token]);

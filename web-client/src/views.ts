@@ -111,7 +111,7 @@ export async function launch(conn: api.Connection, me: api.Me, back: () => void)
     return { sessionId: s.session_id, token: s.token, wsUrl: s.ws_url, title: conn.name };
   };
   const first = await start();
-  openSession(first, { embed: false, onBack: back, newSession: start, endSession: api.endSession });
+  openSession(first, { embed: false, onBack: back, newSession: start, endSession: api.endSession, sessionState: api.session });
   void me;
 }
 
@@ -468,6 +468,7 @@ export async function showMain(me: api.Me, onLogout: () => void): Promise<void> 
   if (isAdmin) {
     page.append(await groupsCard());
     page.append(await foldersCard(() => void load(false)));
+    page.append(await bridgesCard());
     page.append(await agentsCard());
     page.append(await usersCard(me, refresh));
     page.append(await securityCard());
@@ -551,6 +552,16 @@ async function agentsCard(): Promise<HTMLElement> {
         : '';
       const actions = h('td', { class: 'actions' });
       const id = a.id;
+      if (id && a.state !== 'down') {
+        const draining = a.state === 'draining';
+        const drain = h('button', { class: 'agent-drain', title: draining ? 'place new workspaces on it again' : 'no new workspaces on it; the live ones run to their end' },
+          draining ? 'Take back' : 'Drain');
+        drain.addEventListener('click', async () => {
+          await api.drainAgent(id, !draining).catch((e) => { err.textContent = errorText(e); });
+          await load().catch((e) => { err.textContent = errorText(e); });
+        });
+        actions.append(drain);
+      }
       if (id) {
         const del = h('button', { class: 'danger' }, 'Remove');
         del.addEventListener('click', async () => {
@@ -567,6 +578,44 @@ async function agentsCard(): Promise<HTMLElement> {
         h('td', {}, String(a.running)), h('td', {}, fmtTime(a.last_heartbeat_at)), actions));
     }
   };
+  await load().catch((e) => { err.textContent = errorText(e); });
+  return card;
+}
+
+/** Bridges: each registration is an identity (a restarted bridge shows its old identity as stopped or
+ * down). Drain: no new sessions there, the live ones run to their end (or a deadline), then it stops. */
+async function bridgesCard(): Promise<HTMLElement> {
+  const err = h('div', { class: 'error', role: 'alert' });
+  const list = h('tbody', { id: 'bridges' });
+  const showGone = h('input', { type: 'checkbox', id: 'bridges-show-gone' });
+  const card = h('section', { class: 'card' }, h('h2', {}, 'Bridges'),
+    h('label', { class: 'muted' }, showGone, ' show stopped, down and revoked identities'),
+    h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Route'), h('th', {}, 'State'),
+      h('th', {}, 'Sessions'), h('th', {}, 'Address'), h('th', {}, 'Last seen'), h('th', {}))), list), err);
+  const load = async () => {
+    const all = await api.bridges();
+    const shown = showGone.checked ? all : all.filter((b) => b.state === 'healthy' || b.state === 'draining' || b.live_sessions > 0);
+    list.replaceChildren();
+    if (shown.length === 0) list.append(h('tr', {}, h('td', { colspan: '7', class: 'muted' }, 'No live bridge.')));
+    for (const b of shown) {
+      const actions = h('td', { class: 'actions' });
+      if (b.state === 'healthy' || b.state === 'draining') {
+        const deadline = h('input', { type: 'number', min: '0', class: 'bridge-drain-deadline', placeholder: 'deadline (s)', title: 'seconds the live sessions may still run; empty: until they end' });
+        const drain = h('button', { class: 'bridge-drain' }, b.state === 'draining' ? 'Set deadline' : 'Drain');
+        drain.addEventListener('click', async () => {
+          const secs = deadline.value.trim() === '' ? null : Number(deadline.value);
+          await api.drainBridge(b.id, secs).catch((e) => { err.textContent = errorText(e); });
+          await load().catch((e) => { err.textContent = errorText(e); });
+        });
+        actions.append(deadline, drain);
+      }
+      const until = b.state === 'draining' && b.drain_deadline_at ? h('div', { class: 'muted' }, `until ${fmtTime(b.drain_deadline_at)}`) : '';
+      list.append(h('tr', { class: 'bridge-row', 'data-name': b.name, 'data-state': b.state },
+        h('td', {}, b.name), h('td', {}, b.route ?? '—'), h('td', {}, h('span', { class: `tag state-${b.state}` }, b.state), until),
+        h('td', {}, String(b.live_sessions)), h('td', {}, b.remote_addr), h('td', {}, fmtTime(b.last_seen_at)), actions));
+    }
+  };
+  showGone.addEventListener('change', () => void load().catch((e) => { err.textContent = errorText(e); }));
   await load().catch((e) => { err.textContent = errorText(e); });
   return card;
 }

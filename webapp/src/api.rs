@@ -64,8 +64,10 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/auth/password", post(change_password))
         .route("/api/v1/agents", get(list_agents))
         .route("/api/v1/agents/{id}", delete(delete_agent))
+        .route("/api/v1/agents/{id}/drain", post(drain_agent).delete(undrain_agent))
         .route("/api/v1/bridges", get(list_bridges))
         .route("/api/v1/bridges/{id}", delete(revoke_bridge))
+        .route("/api/v1/bridges/{id}/drain", post(drain_bridge))
         .route("/api/v1/api-keys", get(list_api_keys).post(create_api_key))
         .route("/api/v1/api-keys/{id}", delete(delete_api_key))
         .route("/api/v1/connections", get(list_connections).post(create_connection))
@@ -95,7 +97,18 @@ async fn healthcheck(State(st): State<AppState>) -> Response {
     if st.draining.load(std::sync::atomic::Ordering::SeqCst) {
         return unavailable("shutting down");
     }
-    match tokio::time::timeout(HEALTH_BUDGET, st.db.ping()).await {
+    let started = std::time::Instant::now();
+    let pinged = tokio::time::timeout(HEALTH_BUDGET, st.db.ping()).await;
+    let result = match &pinged {
+        Ok(Ok(())) => "ok",
+        Ok(Err(_)) => "error",
+        Err(_) => "timeout",
+    };
+    st.metrics
+        .health_db_seconds
+        .with(&[result])
+        .observe_duration(started.elapsed());
+    match pinged {
         Ok(Ok(())) => Json(json!({ "ok": true })).into_response(),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "Healthcheck: database unavailable");
@@ -328,12 +341,17 @@ async fn list_agents(State(st): State<AppState>, _: Admin) -> Result<Json<Vec<Va
         .into_iter()
         .map(|a| {
             let down = a.last_heartbeat_at.is_none_or(|t| t < alive_since);
+            let state = match (down, a.draining_at.is_some()) {
+                (true, _) => "down",
+                (false, true) => "draining",
+                (false, false) => "healthy",
+            };
             let refused = refusals
                 .iter()
                 .position(|r| r.name == a.name)
                 .map(|i| refusals.swap_remove(i));
             let mut v = serde_json::to_value(&a).unwrap_or(Value::Null);
-            v["state"] = json!(if down { "down" } else { "healthy" });
+            v["state"] = json!(state);
             v["networks"] = serde_json::from_str(&a.networks).unwrap_or_else(|_| json!([]));
             v["refused"] = serde_json::to_value(refused).unwrap_or(Value::Null);
             v
@@ -373,9 +391,102 @@ async fn delete_agent(
     }
 }
 
-/// Registered bridges (each registration is an identity), with their live sessions and whether revoked.
-async fn list_bridges(State(st): State<AppState>, _: Admin) -> Result<Json<Vec<crate::db::BridgeRow>>, ApiError> {
-    Ok(Json(st.db.list_bridges().await?))
+/// Drain an agent: no new workspaces are placed on it; its live ones run to their end.
+async fn drain_agent(
+    State(st): State<AppState>,
+    Admin(me): Admin,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    set_agent_drain(&st, &me, &id, true).await
+}
+
+/// Take a drained agent back: it gets new workspaces again.
+async fn undrain_agent(
+    State(st): State<AppState>,
+    Admin(me): Admin,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    set_agent_drain(&st, &me, &id, false).await
+}
+
+async fn set_agent_drain(st: &AppState, me: &CurrentUser, id: &str, on: bool) -> Result<StatusCode, ApiError> {
+    let name = st
+        .db
+        .drain_agent(id, on, now_unix())
+        .await?
+        .ok_or(ApiError::NotFound("agent"))?;
+    tracing::info!(agent = ?name, agent_id = %id, drained = on, admin = %me.user.id, "Agent drain changed");
+    st.events.emit(
+        Event::new(EventType::AgentDrained)
+            .by(me)
+            .detail("agent_id", id)
+            .detail("agent", &name)
+            .detail("stage", if on { "draining" } else { "taken back" }),
+    );
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A bridge as admins see it: its row and its state ([`crate::bridge_states`]).
+#[derive(Serialize)]
+struct BridgeView {
+    #[serde(flatten)]
+    row: crate::db::BridgeRow,
+    state: &'static str,
+}
+
+/// Registered bridges (each registration is an identity), with their state and live sessions.
+async fn list_bridges(State(st): State<AppState>, _: Admin) -> Result<Json<Vec<BridgeView>>, ApiError> {
+    let alive_since = st.bridges_alive_since(now_unix());
+    let rows = st.db.list_bridges().await?;
+    let states = crate::bridge_states(&rows, alive_since);
+    Ok(Json(
+        rows.into_iter()
+            .zip(states)
+            .map(|(row, state)| BridgeView { row, state })
+            .collect(),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DrainBody {
+    /// Seconds the live sessions may still run (then they end); absent: until their own end.
+    #[serde(default)]
+    deadline_secs: Option<u32>,
+}
+
+/// Drain a bridge: it takes no new sessions (the webapp stops assigning it any, and it refuses new
+/// tokens), its live sessions run to their end or the deadline, then it stops.
+async fn drain_bridge(
+    State(st): State<AppState>,
+    Admin(me): Admin,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    // The body is optional: none drains without a deadline.
+    let body: DrainBody = if body.iter().all(u8::is_ascii_whitespace) {
+        DrainBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid drain body: {e}")))?
+    };
+    let now = now_unix();
+    let deadline = body.deadline_secs.map(|d| now + i64::from(d));
+    let name = st
+        .db
+        .drain_bridge(&id, deadline, now)
+        .await?
+        .ok_or(ApiError::NotFound("bridge"))?;
+    tracing::info!(bridge = ?name, bridge_id = %id, ?deadline, admin = %me.user.id, "Bridge drain ordered");
+    st.events.emit(
+        Event::new(EventType::BridgeDrained)
+            .by(&me)
+            .detail("bridge_id", &id)
+            .detail("bridge", &name)
+            .detail("stage", "draining")
+            .detail("by", "administrator")
+            .detail("deadline_secs", body.deadline_secs),
+    );
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]
@@ -1014,6 +1125,7 @@ async fn create_session(
     let jti = crypto::random_token();
     let exp = now + MAX_LIFETIME_SECS;
     let cfg = &st.config;
+    let assigned = assign_bridge(&st, now).await?;
     let claims = SessionClaims {
         iss: "portico-webapp".into(),
         aud: cfg.zone.clone(),
@@ -1041,7 +1153,7 @@ async fn create_session(
                 token_jti: jti,
                 token_expires_at: exp,
                 claimed_at: None,
-                bridge_id: None,
+                bridge_id: assigned.as_ref().map(|(id, _)| id.clone()),
                 created_at: now,
                 ended_at: None,
                 end_reason: None,
@@ -1066,10 +1178,20 @@ async fn create_session(
         return Err(e);
     }
     let token = st.signer.sign(&claims);
-    let ws_url = format!("{}/bridge/v1/ws?session={session_id}", cfg.bridge_ws_base());
-    // No bridge address in the link: the embed page connects only to the bridge this webapp names.
+    let (ws_url, route_param) = match &assigned {
+        Some((_, route)) => (
+            format!("{}/bridge/v1/at/{route}/ws?session={session_id}", cfg.bridge_ws_base()),
+            format!("&bridge={route}"),
+        ),
+        None => (
+            format!("{}/bridge/v1/ws?session={session_id}", cfg.bridge_ws_base()),
+            String::new(),
+        ),
+    };
+    // No bridge address in the link: the embed page connects only to the bridge origin this webapp names
+    // (a route name only picks a bridge behind it).
     let connect_url = format!(
-        "{}/connect#session={session_id}&token={token}",
+        "{}/connect#session={session_id}&token={token}{route_param}",
         cfg.public_url.trim_end_matches('/')
     );
     tracing::info!(%session_id, connection_id = %conn.id, user_id = %me.user.id, protocol = protocol.as_str(), "Session created");
@@ -1081,7 +1203,8 @@ async fn create_session(
             .session(&session_id)
             .detail("protocol", &conn.protocol)
             .detail("connection_name", &conn.name)
-            .detail("target", target_of(&conn.host, conn.port)),
+            .detail("target", target_of(&conn.host, conn.port))
+            .detail("bridge_id", assigned.as_ref().map(|(id, _)| id.as_str())),
     );
     Ok((
         StatusCode::CREATED,
@@ -1093,6 +1216,23 @@ async fn create_session(
             expires_at: exp,
         }),
     ))
+}
+
+/// The bridge for a new session: of the healthy bridges that have a route (alive, not draining, not
+/// revoked), the one with the fewest sessions (ties at random); `None` when there is none, and the session
+/// goes to whichever bridge the load balancer picks (all-in-one, or bridges without routes).
+async fn assign_bridge(st: &AppState, now: i64) -> Result<Option<(String, String)>, ApiError> {
+    let candidates = st.db.bridge_candidates(st.bridges_alive_since(now)).await?;
+    let routed: Vec<(String, String, i64)> = candidates
+        .into_iter()
+        .filter_map(|b| Some((b.id, b.route?, b.live_sessions)))
+        .collect();
+    let Some(fewest) = routed.iter().map(|(_, _, n)| *n).min() else {
+        return Ok(None);
+    };
+    let least: Vec<&(String, String, i64)> = routed.iter().filter(|(_, _, n)| *n == fewest).collect();
+    let pick = least[(uuid::Uuid::new_v4().as_u128() % least.len() as u128) as usize];
+    Ok(Some((pick.0.clone(), pick.1.clone())))
 }
 
 async fn list_sessions(State(st): State<AppState>, me: CurrentUser) -> Result<Json<Vec<SessionRow>>, ApiError> {

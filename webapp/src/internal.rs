@@ -82,6 +82,10 @@ impl Internal {
                 .ok_or(ControlError::NotFound)?;
             tracing::warn!(%session_id, bridge_id = %caller.id, bridge = ?req.bridge_id, state = %s.state, "Refused token claim");
             let refusal = match s.state.as_str() {
+                state::PENDING if s.bridge_id.as_deref().is_some_and(|b| b != caller.id) => {
+                    // The load balancer sent it to the wrong bridge (or someone replays it elsewhere).
+                    ControlError::Refused("this session is assigned to another bridge".into())
+                }
                 state::ENDED if s.claimed_at.is_none() => ControlError::Ended,
                 state::PENDING if s.token_expires_at < now - portico_proto::token::LEEWAY_SECS => {
                     ControlError::Refused("token expired".into())
@@ -238,8 +242,39 @@ impl Internal {
         Ok(())
     }
 
+    /// A bridge's heartbeat (it syncs several times a second, with or without sessions): which of its
+    /// sessions ended, and whether an administrator drains it. A bridge that drains by itself (a signal)
+    /// or stops says so.
     pub async fn sync(&self, caller: &CallerBridge, req: &SyncRequest) -> Result<SyncResponse, ControlError> {
-        self.st.sweep_lost(now_unix()).await.map_err(db_err)?;
+        let now = now_unix();
+        let db = &self.st.db;
+        // The heartbeat itself (the HTTPS route's extractor marks it too; the all-in-one bridge calls in
+        // process and has only this).
+        db.bridge_seen(&caller.id, now).await.map_err(db_err)?;
+        if req.stopping {
+            db.mark_bridge_stopped(&caller.id, now).await.map_err(db_err)?;
+            tracing::info!(bridge_id = %caller.id, "Bridge stopped");
+            self.st.events.emit(
+                Event::new(EventType::BridgeDrained)
+                    .detail("bridge_id", &caller.id)
+                    .detail("stage", "stopped")
+                    .detail("sessions_left", req.sessions.len()),
+            );
+        } else if req.draining && db.mark_bridge_draining(&caller.id, now).await.map_err(db_err)? {
+            tracing::info!(bridge_id = %caller.id, "Bridge draining (signal)");
+            self.st.events.emit(
+                Event::new(EventType::BridgeDrained)
+                    .detail("bridge_id", &caller.id)
+                    .detail("stage", "draining")
+                    .detail("by", "signal"),
+            );
+        }
+        let drain = db
+            .bridge_drain(&caller.id)
+            .await
+            .map_err(db_err)?
+            .map(|deadline_unix| portico_proto::control::DrainOrder { deadline_unix });
+        self.st.sweep_lost(now).await.map_err(db_err)?;
         let ended = self
             .st
             .db
@@ -253,6 +288,7 @@ impl Internal {
         Ok(SyncResponse {
             ended: ended.into_iter().map(|(id, _)| id).collect(),
             reasons,
+            drain,
         })
     }
 
@@ -312,6 +348,13 @@ impl Internal {
                 "bridge name must be 1..=128 printable characters".into(),
             ));
         }
+        if let Some(route) = &req.route
+            && !portico_proto::control::valid_route(route)
+        {
+            return Err(ControlError::Refused(
+                "bridge route must be 1..=63 of a-z, 0-9 and '-', not starting with '-'".into(),
+            ));
+        }
         let credential = crate::crypto::random_token();
         let row = crate::db::BridgeRow {
             id: uuid::Uuid::new_v4().to_string(),
@@ -320,6 +363,9 @@ impl Internal {
             registered_at: now,
             last_seen_at: now,
             revoked_at: None,
+            route: req.route.clone(),
+            draining_at: None,
+            drain_deadline_at: None,
             live_sessions: 0,
         };
         if !self

@@ -19,6 +19,7 @@ pub mod identity;
 pub mod internal;
 pub mod ldap;
 pub mod login;
+pub mod metrics;
 pub mod mfa;
 pub mod oidc;
 pub mod openapi;
@@ -26,7 +27,7 @@ pub mod tls;
 pub mod workspaces;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use axum::Router;
@@ -51,6 +52,72 @@ pub struct AppState {
     /// Set when this instance is shutting down: the health check answers 503 so load balancers stop
     /// sending it requests while it finishes those in flight.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// This webapp's metrics (`--metrics-listen`): the HTTP layer, the health check and scrape-time reads.
+    pub metrics: Arc<metrics::WebappMetrics>,
+    /// How long this webapp has reached the database without a failure (judging heartbeats needs it).
+    pub vigil: Arc<Vigil>,
+}
+
+/// The state of each bridge identity of `rows` (as [`db::Db::list_bridges`] orders them, oldest first):
+/// `revoked`; `replaced` (a newer identity of the same name registered: the bridge restarted); silent since
+/// before `alive_since`: `stopped` (it said so, or drained) or `down`; else `draining` or `healthy`.
+pub fn bridge_states(rows: &[db::BridgeRow], alive_since: i64) -> Vec<&'static str> {
+    rows.iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let silent = b.last_seen_at < alive_since;
+            if b.revoked_at.is_some() {
+                "revoked"
+            } else if silent && rows[i + 1..].iter().any(|n| n.name == b.name) {
+                "replaced"
+            } else if silent {
+                if b.draining_at.is_some() { "stopped" } else { "down" }
+            } else if b.draining_at.is_some() {
+                "draining"
+            } else {
+                "healthy"
+            }
+        })
+        .collect()
+}
+
+/// Seconds without a heartbeat after which a bridge is down (bridges sync every 750 ms).
+pub const BRIDGE_DOWN_SECS: i64 = 4;
+
+/// How long this webapp must have reached the database before it calls a bridge down: the silence plus
+/// one second of rounding and one sync.
+fn bridge_window() -> Duration {
+    Duration::from_secs(BRIDGE_DOWN_SECS as u64 + 2)
+}
+
+/// Since when this webapp has reached the database without a failure (time in, decision out). A bridge or
+/// agent is judged by its heartbeats only once the database has been reachable for a whole window:
+/// during an outage (or before this webapp started) none of them could report, and calling them down then
+/// would end live sessions that never stopped streaming.
+#[derive(Debug, Default)]
+pub struct Vigil {
+    up_since: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Vigil {
+    /// A successful round trip at `now`.
+    pub fn reached(&self, now: Instant) {
+        let mut up = self.up_since.lock().unwrap_or_else(|e| e.into_inner());
+        up.get_or_insert(now);
+    }
+
+    /// A failed round trip: the window starts again at the next success.
+    pub fn failed(&self) {
+        *self.up_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Whether the database has been reachable for `window` up to `now`.
+    pub fn may_judge(&self, window: Duration, now: Instant) -> bool {
+        self.up_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| now.saturating_duration_since(t) >= window)
+    }
 }
 
 pub fn now_unix() -> i64 {
@@ -67,42 +134,79 @@ impl AppState {
         now - 3 * i64::from(self.agent_heartbeat_secs()) + 1
     }
 
-    /// End the sessions of agents that stopped responding ([`db::Db::sweep_lost`]); every read that
-    /// depends on them calls this first, since the webapp keeps no timers.
+    /// Bridges whose last heartbeat is before this second are down: they sync several times a second,
+    /// so [`BRIDGE_DOWN_SECS`] of silence means they are gone (or cut off from every webapp).
+    pub fn bridges_alive_since(&self, now: i64) -> i64 {
+        now - BRIDGE_DOWN_SECS
+    }
+
+    /// End the sessions of agents and bridges that stopped responding ([`db::Db::sweep_lost`],
+    /// [`db::Db::sweep_lost_bridges`]); every read that depends on them calls this first, and each webapp's
+    /// watch does every second. Nothing is judged until this webapp has reached the database for a whole
+    /// heartbeat window ([`Vigil`]): after an outage no bridge or agent could report, and none is lost.
     pub async fn sweep_lost(&self, now: i64) -> sqlx::Result<Vec<String>> {
-        let lost = self.db.sweep_lost(now, self.agents_alive_since(now)).await?;
-        for sid in &lost {
-            let reason = "lost: its agent stopped responding";
-            self.events.emit(
-                events::Event::new(events::EventType::WorkspaceLost)
-                    .session(sid)
-                    .detail("reason", reason),
-            );
-            self.events.emit(
-                events::Event::new(events::EventType::SessionEnded)
-                    .session(sid)
-                    .detail("reason", reason),
-            );
+        let mut lost = Vec::new();
+        if self.vigil.may_judge(self.agent_window(), Instant::now()) {
+            for sid in self.db.sweep_lost(now, self.agents_alive_since(now)).await? {
+                let reason = "lost: its agent stopped responding";
+                self.events.emit(
+                    events::Event::new(events::EventType::WorkspaceLost)
+                        .session(&sid)
+                        .detail("reason", reason),
+                );
+                self.events.emit(
+                    events::Event::new(events::EventType::SessionEnded)
+                        .session(&sid)
+                        .detail("reason", reason),
+                );
+                lost.push(sid);
+            }
+        }
+        if self.vigil.may_judge(bridge_window(), Instant::now()) {
+            for (sid, reason) in self.db.sweep_lost_bridges(now, self.bridges_alive_since(now)).await? {
+                tracing::warn!(session_id = %sid, %reason, "Session lost with its bridge");
+                self.events.emit(
+                    events::Event::new(events::EventType::SessionEnded)
+                        .session(&sid)
+                        .detail("reason", &reason),
+                );
+                lost.push(sid);
+            }
         }
         Ok(lost)
     }
 
-    /// Report the agents that stopped responding since the last look (`agent_down`, once per webapp fleet
-    /// and outage).
-    pub async fn report_agents_down(&self, now: i64) -> sqlx::Result<()> {
-        if !self.events.enabled() {
-            return Ok(());
+    /// Report the agents and bridges that stopped responding since the last look (`agent_down`,
+    /// `bridge_down`: once per webapp fleet and outage).
+    pub async fn report_down(&self, now: i64) -> sqlx::Result<()> {
+        if self.vigil.may_judge(bridge_window(), Instant::now()) {
+            for (id, name) in self.db.bridges_newly_down(self.bridges_alive_since(now), now).await? {
+                tracing::warn!(bridge = ?name, bridge_id = %id, "Bridge down: no heartbeat for {BRIDGE_DOWN_SECS} s");
+                self.events.emit(
+                    events::Event::new(events::EventType::BridgeDown)
+                        .detail("bridge", &name)
+                        .detail("bridge_id", &id)
+                        .detail("silent_secs", BRIDGE_DOWN_SECS),
+                );
+            }
         }
-        for (id, name) in self.db.agents_newly_down(self.agents_alive_since(now), now).await? {
-            tracing::warn!(agent = ?name, agent_id = %id, "Agent down: three heartbeats missed");
-            self.events.emit(
-                events::Event::new(events::EventType::AgentDown)
-                    .detail("agent", &name)
-                    .detail("agent_id", &id)
-                    .detail("missed_heartbeats", 3),
-            );
+        if self.vigil.may_judge(self.agent_window(), Instant::now()) {
+            for (id, name) in self.db.agents_newly_down(self.agents_alive_since(now), now).await? {
+                tracing::warn!(agent = ?name, agent_id = %id, "Agent down: three heartbeats missed");
+                self.events.emit(
+                    events::Event::new(events::EventType::AgentDown)
+                        .detail("agent", &name)
+                        .detail("agent_id", &id)
+                        .detail("missed_heartbeats", 3),
+                );
+            }
         }
         Ok(())
+    }
+
+    /// How long this webapp must have reached the database before it calls an agent down.
+    fn agent_window(&self) -> Duration {
+        Duration::from_secs(3 * u64::from(self.agent_heartbeat_secs()) + 1)
     }
 
     /// How often agents are expected to sync (whole seconds, at least 1).
@@ -126,6 +230,8 @@ impl AppState {
             oidc: Arc::default(),
             events,
             draining: Arc::default(),
+            vigil: Arc::default(),
+            metrics: Arc::default(),
         })
     }
 
@@ -155,15 +261,26 @@ impl AppState {
     pub fn spawn_maintenance(&self) -> tokio::task::JoinHandle<()> {
         let db = self.db.clone();
         let st = self.clone();
-        // Agents that stop responding are reported within a heartbeat interval (its own task: pruning may
-        // take a while, and neither blocks the API).
+        // The watch: every second, a database round trip (the vigil), then the sessions of bridges and
+        // agents that stopped responding end and their loss is reported (its own task: pruning may take a
+        // while, and neither blocks the API).
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(st.config.agent_heartbeat.max(Duration::from_secs(1)));
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if let Err(e) = st.report_agents_down(now_unix()).await {
-                    tracing::warn!(error = %e, "Cannot check for agents that stopped responding");
+                if let Err(e) = st.db.ping().await {
+                    st.vigil.failed();
+                    tracing::debug!(error = %e, "Watch: database unreachable");
+                    continue;
+                }
+                st.vigil.reached(Instant::now());
+                let now = now_unix();
+                if let Err(e) = st.sweep_lost(now).await {
+                    tracing::warn!(error = %e, "Cannot end the sessions of bridges and agents that stopped responding");
+                }
+                if let Err(e) = st.report_down(now).await {
+                    tracing::warn!(error = %e, "Cannot check for bridges and agents that stopped responding");
                 }
             }
         });
@@ -185,11 +302,73 @@ impl AppState {
 
 /// The webapp's HTTP routes: public API, internal API, health, OpenAPI and the web client.
 pub fn router(state: AppState) -> Router {
-    headers::layer(
-        Router::new()
-            .merge(api::routes())
-            .merge(internal::routes())
-            .merge(assets::routes()),
-    )
-    .with_state(state)
+    let routes = Router::new()
+        .merge(api::routes())
+        .merge(internal::routes())
+        .merge(assets::routes());
+    headers::layer(metrics::layer(routes, state.metrics.clone())).with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vigil_judges_only_after_a_whole_window_of_reachable_database() {
+        let v = Vigil::default();
+        let t0 = Instant::now();
+        let w = Duration::from_secs(7);
+        assert!(!v.may_judge(w, t0), "never reached: no judgement");
+        v.reached(t0);
+        assert!(!v.may_judge(w, t0 + Duration::from_secs(6)));
+        v.reached(t0 + Duration::from_secs(6));
+        assert!(v.may_judge(w, t0 + w), "the window counts from the first success");
+        v.failed();
+        assert!(
+            !v.may_judge(w, t0 + Duration::from_secs(30)),
+            "an outage starts the window again"
+        );
+        v.reached(t0 + Duration::from_secs(30));
+        assert!(!v.may_judge(w, t0 + Duration::from_secs(36)));
+        assert!(v.may_judge(w, t0 + Duration::from_secs(37)));
+    }
+}
+
+#[cfg(test)]
+mod bridge_state_tests {
+    use super::*;
+
+    fn row(id: &str, name: &str, seen: i64) -> db::BridgeRow {
+        db::BridgeRow {
+            id: id.into(),
+            name: name.into(),
+            remote_addr: String::new(),
+            registered_at: seen,
+            last_seen_at: seen,
+            revoked_at: None,
+            route: None,
+            draining_at: None,
+            drain_deadline_at: None,
+            live_sessions: 0,
+        }
+    }
+
+    #[test]
+    fn a_bridge_s_state_comes_from_its_heartbeat_its_drain_and_its_successors() {
+        let mut rows = vec![
+            row("a1", "a", 10), // restarted since: replaced, not down
+            row("b1", "b", 10), // silent: down
+            row("c1", "c", 10), // drained and gone: stopped
+            row("a2", "a", 100),
+            row("d1", "d", 100), // draining
+            row("e1", "e", 100), // revoked
+        ];
+        rows[2].draining_at = Some(5);
+        rows[4].draining_at = Some(99);
+        rows[5].revoked_at = Some(99);
+        assert_eq!(
+            bridge_states(&rows, 96),
+            ["replaced", "down", "stopped", "healthy", "draining", "revoked"]
+        );
+    }
 }

@@ -257,7 +257,7 @@ pub fn document() -> Value {
                 "NewSession": { "type": "object", "required": ["connection_id"], "properties": { "connection_id": { "type": "string" }, "cols": { "type": "integer" }, "rows": { "type": "integer" } } },
                 "SessionCreated": { "type": "object", "properties": {
                     "session_id": { "type": "string" }, "token": { "type": "string", "description": "one-time, valid 60 s" },
-                    "ws_url": { "type": "string" }, "connect_url": { "type": "string", "description": "embed page with the session id and token in the fragment; the page connects to the configured bridge only (a ws parameter is ignored)" },
+                    "ws_url": { "type": "string", "description": "the bridge's websocket; a session assigned to a bridge names its route (/bridge/v1/at/{route}/ws), which the load balancer sends to that bridge only" }, "connect_url": { "type": "string", "description": "embed page with the session id, the token and the bridge route in the fragment; the page connects to the configured bridge origin only (a ws parameter is ignored)" },
                     "expires_at": { "type": "integer" } } },
                 "Session": { "type": "object", "properties": {
                     "id": { "type": "string" }, "user_id": { "type": "string" }, "connection_id": { "type": "string" },
@@ -353,9 +353,14 @@ pub fn document() -> Value {
                 "get": op("list live sessions (own; all for admins and auditors)", None, "200", None),
                 "post": op("start a session: one-time token, websocket url and embeddable connect url; for a workspace also schedules its container (503 when no healthy agent has room)", Some("NewSession"), "201", Some("SessionCreated"))
             },
-            "/api/v1/agents": { "get": op("docker agents with their state, capacity, networks and refused registrations (admin)", None, "200", None) },
+            "/api/v1/agents": { "get": op("docker agents with their state (healthy, draining, down, failed), capacity, networks and refused registrations (admin)", None, "200", None) },
+            "/api/v1/agents/{id}/drain": {
+                "post": with_id(op("drain an agent: no new workspaces are placed on it; its live ones run to their end (admin)", None, "204", None)),
+                "delete": with_id(op("take a drained agent back: it gets new workspaces again (admin)", None, "204", None))
+            },
             "/api/v1/agents/{id}": { "delete": with_id(op("remove an agent: its live workspaces fail and their sessions end, and its name is free for the next agent identity that registers it (admin)", None, "204", None)) },
-            "/api/v1/bridges": { "get": op("registered bridges: each registration is an identity with its own credential (admin)", None, "200", None) },
+            "/api/v1/bridges": { "get": op("registered bridges with their state (healthy, draining, down, stopped, revoked), route and sessions: each registration is an identity with its own credential (admin)", None, "200", None) },
+            "/api/v1/bridges/{id}/drain": { "post": with_id(op("drain a bridge: no new sessions are assigned to it and it refuses new tokens; its live sessions run to their end, or until deadline_secs (optional body {\"deadline_secs\": N}), then it stops; a second call changes the deadline (admin)", None, "204", None)) },
             "/api/v1/bridges/{id}": { "delete": with_id(op("revoke a bridge: its credential stops working and its sessions end; ?forget=true removes a revoked bridge so its name may register again (admin)", None, "204", None)) },
             "/api/v1/sessions/{id}": {
                 "get": with_id(op("get a session", None, "200", Some("Session"))),

@@ -131,7 +131,7 @@ pub async fn schedule(st: &AppState, session_id: &str, spec: &WorkspaceSpec) -> 
     }
     let Some(agent) = placed else {
         let why = if loads.is_empty() {
-            "no healthy docker agent is registered".to_owned()
+            "no healthy docker agent is registered (or every one is drained)".to_owned()
         } else {
             format!(
                 "no healthy docker agent has room for this workspace ({} MiB, {:.1} cores) right now",

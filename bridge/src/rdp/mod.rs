@@ -658,7 +658,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
         input: ironrdp_input::Database::new(),
         fb: Framebuffer::new(w, h),
         frame: Frame::default(),
-        flow: Flow::new(DEFAULT_JPEG_LEVEL),
+        flow: Flow::new(DEFAULT_JPEG_LEVEL, life.live.metrics.display.clone()),
         buttons: 0,
         refresh_rect: result.refresh_rect_support,
         suppress_output: result.suppress_output_support,
@@ -706,6 +706,10 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                         break 'session end;
                     }
                     pdu = rdp.framed.read_pdu().now_or_never();
+                }
+                if !rdp.flow.can_send() && !rdp.frame.is_empty() {
+                    // The browser is behind: this update merges into the pending frame.
+                    rdp.flow.merged();
                 }
                 rdp.flush(&mut life).await;
             }

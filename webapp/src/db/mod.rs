@@ -136,7 +136,21 @@ pub struct BridgeRow {
     pub registered_at: i64,
     pub last_seen_at: i64,
     pub revoked_at: Option<i64>,
-    /// Sessions it holds that have not ended (listing only).
+    /// Its route at the load balancer (sessions are assigned only to bridges with one).
+    pub route: Option<String>,
+    /// Since when it drains (no new sessions), by an administrator or a signal.
+    pub draining_at: Option<i64>,
+    /// When a drained bridge ends what is left.
+    pub drain_deadline_at: Option<i64>,
+    /// Sessions it holds or was assigned that have not ended (listing only).
+    pub live_sessions: i64,
+}
+
+/// A bridge that may take new sessions: alive, not draining, not revoked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeCandidate {
+    pub id: String,
+    pub route: Option<String>,
     pub live_sessions: i64,
 }
 
@@ -164,9 +178,11 @@ pub struct AgentRow {
     /// JSON list of the subnets its containers are on (`portico_proto::control::AgentNetwork`).
     #[serde(skip)]
     pub networks: String,
+    /// Since when an administrator has it drained: no new workspaces are placed on it.
+    pub draining_at: Option<i64>,
 }
 
-const AGENT_COLS: &str = "id, name, credential_hash, identity_hash, state, last_error, remote_addr, docker_version, cores, memory_mb, running, created_at, registered_at, last_heartbeat_at, networks";
+const AGENT_COLS: &str = "id, name, credential_hash, identity_hash, state, last_error, remote_addr, docker_version, cores, memory_mb, running, created_at, registered_at, last_heartbeat_at, networks, draining_at";
 
 /// Most names kept in `agent_refusals` (refused registrations are unauthenticated: their rows are bounded).
 pub const MAX_AGENT_REFUSALS: i64 = 1000;
@@ -226,6 +242,7 @@ fn agent(r: &AnyRow) -> sqlx::Result<AgentRow> {
         registered_at: r.try_get("registered_at")?,
         last_heartbeat_at: r.try_get("last_heartbeat_at")?,
         networks: r.try_get("networks")?,
+        draining_at: r.try_get("draining_at")?,
     })
 }
 
@@ -918,6 +935,20 @@ impl Db {
         })
     }
 
+    /// Drain an agent (`on`: no new workspaces on it; its live ones run to their end) or take it back:
+    /// its name, or `None` when there is no such agent.
+    pub async fn drain_agent(&self, id: &str, on: bool, now: i64) -> sqlx::Result<Option<String>> {
+        sqlx::query_scalar(
+            "UPDATE agents SET draining_at = CASE WHEN $1 = 1 THEN COALESCE(draining_at, $2) ELSE NULL END \
+             WHERE id = $3 RETURNING name",
+        )
+        .bind(i64::from(on))
+        .bind(now)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
     /// Remove an agent (an admin's decision: frees its name for the next identity that registers it). Its
     /// live workspaces fail and their sessions end; its refusals go with it. Returns its name.
     pub async fn delete_agent(&self, id: &str, now: i64) -> sqlx::Result<Option<String>> {
@@ -1046,7 +1077,8 @@ impl Db {
     pub async fn claim_session(&self, id: &str, jti: &str, bridge_id: &str, now: i64) -> sqlx::Result<bool> {
         let r = sqlx::query(
             "UPDATE sessions SET state = $1, claimed_at = $2, bridge_id = $3 \
-             WHERE id = $4 AND token_jti = $5 AND state = $6 AND claimed_at IS NULL AND token_expires_at >= $7",
+             WHERE id = $4 AND token_jti = $5 AND state = $6 AND claimed_at IS NULL AND token_expires_at >= $7 \
+             AND (bridge_id IS NULL OR bridge_id = $3)",
         )
         .bind(state::ACTIVE)
         .bind(now)
@@ -1111,8 +1143,8 @@ impl Db {
             return Ok(false);
         }
         sqlx::query(
-            "INSERT INTO bridges (id, name, credential_hash, remote_addr, registered_at, last_seen_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO bridges (id, name, credential_hash, remote_addr, registered_at, last_seen_at, route) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&b.id)
         .bind(&b.name)
@@ -1120,12 +1152,14 @@ impl Db {
         .bind(&b.remote_addr)
         .bind(b.registered_at)
         .bind(b.last_seen_at)
+        .bind(&b.route)
         .execute(&self.pool)
         .await?;
         Ok(true)
     }
 
-    /// The identity of a bridge credential that is not revoked; marks the bridge seen (at most every 30 s).
+    /// The identity of a bridge credential that is not revoked; marks the bridge seen (at most once a
+    /// second: bridges sync several times a second, and their heartbeat decides when they are down).
     pub async fn bridge_by_credential(&self, credential_hash: &str, now: i64) -> sqlx::Result<Option<String>> {
         let id: Option<String> =
             sqlx::query_scalar("SELECT id FROM bridges WHERE credential_hash = $1 AND revoked_at IS NULL")
@@ -1133,19 +1167,26 @@ impl Db {
                 .fetch_optional(&self.pool)
                 .await?;
         if let Some(id) = &id {
-            sqlx::query("UPDATE bridges SET last_seen_at = $1 WHERE id = $2 AND last_seen_at < $3")
-                .bind(now)
-                .bind(id)
-                .bind(now - 30)
-                .execute(&self.pool)
-                .await?;
+            self.bridge_seen(id, now).await?;
         }
         Ok(id)
     }
 
+    /// A bridge's heartbeat: marks it seen at `now` (one write a second at most).
+    pub async fn bridge_seen(&self, id: &str, now: i64) -> sqlx::Result<()> {
+        sqlx::query("UPDATE bridges SET last_seen_at = $1 WHERE id = $2 AND last_seen_at < $3")
+            .bind(now)
+            .bind(id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn list_bridges(&self) -> sqlx::Result<Vec<BridgeRow>> {
         let rows = sqlx::query(
-            "SELECT b.id, b.name, b.remote_addr, b.registered_at, b.last_seen_at, b.revoked_at, \
+            "SELECT b.id, b.name, b.remote_addr, b.registered_at, b.last_seen_at, b.revoked_at, b.route, \
+             b.draining_at, b.drain_deadline_at, \
              (SELECT COUNT(*) FROM sessions s WHERE s.bridge_id = b.id AND s.state <> $1) AS live_sessions \
              FROM bridges b ORDER BY b.registered_at, b.id",
         )
@@ -1161,10 +1202,141 @@ impl Db {
                     registered_at: r.try_get("registered_at")?,
                     last_seen_at: r.try_get("last_seen_at")?,
                     revoked_at: r.try_get("revoked_at")?,
+                    route: r.try_get("route")?,
+                    draining_at: r.try_get("draining_at")?,
+                    drain_deadline_at: r.try_get("drain_deadline_at")?,
                     live_sessions: r.try_get("live_sessions")?,
                 })
             })
             .collect()
+    }
+
+    /// Bridges that may take new sessions (seen at or after `alive_since`, not draining, not revoked), with
+    /// the sessions each holds or was assigned.
+    pub async fn bridge_candidates(&self, alive_since: i64) -> sqlx::Result<Vec<BridgeCandidate>> {
+        let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(
+            "SELECT b.id, b.route, \
+             (SELECT COUNT(*) FROM sessions s WHERE s.bridge_id = b.id AND s.state <> $1) AS live_sessions \
+             FROM bridges b WHERE b.revoked_at IS NULL AND b.draining_at IS NULL AND b.last_seen_at >= $2 \
+             ORDER BY b.id",
+        )
+        .bind(state::ENDED)
+        .bind(alive_since)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, route, live_sessions)| BridgeCandidate {
+                id,
+                route,
+                live_sessions,
+            })
+            .collect())
+    }
+
+    /// Sessions that have not ended, counted by state and protocol (metrics).
+    pub async fn count_live_sessions(&self) -> sqlx::Result<Vec<(String, String, i64)>> {
+        sqlx::query_as(
+            "SELECT s.state, COALESCE(c.protocol, 'unknown'), CAST(COUNT(*) AS BIGINT) \
+             FROM sessions s LEFT JOIN connections c ON c.id = s.connection_id \
+             WHERE s.state IN ($1, $2) GROUP BY s.state, c.protocol",
+        )
+        .bind(state::PENDING)
+        .bind(state::ACTIVE)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Containers that are wanted (starting or ready), counted by state (metrics).
+    pub async fn count_live_containers(&self) -> sqlx::Result<Vec<(String, i64)>> {
+        sqlx::query_as(
+            "SELECT state, CAST(COUNT(*) AS BIGINT) FROM containers \
+             WHERE state IN ('starting', 'ready') GROUP BY state",
+        )
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Drain a bridge (no new sessions; the live ones end at `deadline_at`, or their own end): its name,
+    /// or `None` when there is no such live bridge. A bridge already draining keeps its start and takes the
+    /// new deadline.
+    pub async fn drain_bridge(&self, id: &str, deadline_at: Option<i64>, now: i64) -> sqlx::Result<Option<String>> {
+        sqlx::query_scalar(
+            "UPDATE bridges SET draining_at = COALESCE(draining_at, $1), drain_deadline_at = $2 \
+             WHERE id = $3 AND revoked_at IS NULL RETURNING name",
+        )
+        .bind(now)
+        .bind(deadline_at)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// A bridge reports that it drains (a signal): `true` when this is news.
+    pub async fn mark_bridge_draining(&self, id: &str, now: i64) -> sqlx::Result<bool> {
+        let r = sqlx::query("UPDATE bridges SET draining_at = $1 WHERE id = $2 AND draining_at IS NULL")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// A bridge stops (drained, or shut down): it is not to be reported down.
+    pub async fn mark_bridge_stopped(&self, id: &str, now: i64) -> sqlx::Result<()> {
+        sqlx::query("UPDATE bridges SET draining_at = COALESCE(draining_at, $1), down_reported_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The drain an administrator asked of a bridge, if any: `Some(deadline)`.
+    pub async fn bridge_drain(&self, id: &str) -> sqlx::Result<Option<Option<i64>>> {
+        let row: Option<(Option<i64>, Option<i64>)> =
+            sqlx::query_as("SELECT draining_at, drain_deadline_at FROM bridges WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.and_then(|(at, deadline)| at.map(|_| deadline)))
+    }
+
+    /// Sessions held by (or assigned to) a bridge without a heartbeat since `alive_since` end as lost
+    /// (a revoked bridge's sessions ended with the revocation); returns (session, bridge name) of those it
+    /// ended.
+    pub async fn sweep_lost_bridges(&self, now: i64, alive_since: i64) -> sqlx::Result<Vec<(String, String)>> {
+        let lost: Vec<(String, String)> = sqlx::query_as(
+            "SELECT s.id, b.name FROM sessions s JOIN bridges b ON b.id = s.bridge_id \
+             WHERE s.state <> $1 AND b.revoked_at IS NULL AND b.last_seen_at < $2",
+        )
+        .bind(state::ENDED)
+        .bind(alive_since)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut ended = Vec::new();
+        for (sid, bridge) in lost {
+            let reason = format!("lost: bridge {bridge} stopped responding; reconnect to start a new session");
+            if self.end_session(&sid, &reason, now).await? {
+                ended.push((sid, reason));
+            }
+        }
+        Ok(ended)
+    }
+
+    /// Bridges without a heartbeat since `alive_since` that were not reported down (or stopped) since:
+    /// marked reported at `now` and returned (id, name); one conditional `UPDATE`, like agents.
+    pub async fn bridges_newly_down(&self, alive_since: i64, now: i64) -> sqlx::Result<Vec<(String, String)>> {
+        sqlx::query_as(
+            "UPDATE bridges SET down_reported_at = $1 \
+             WHERE revoked_at IS NULL AND last_seen_at < $2 \
+             AND (down_reported_at IS NULL OR down_reported_at < last_seen_at) \
+             RETURNING id, name",
+        )
+        .bind(now)
+        .bind(alive_since)
+        .fetch_all(&self.pool)
+        .await
     }
 
     /// Revoke a bridge: its credential stops working and its live sessions end, in one transaction.
@@ -1203,7 +1375,8 @@ impl Db {
     /// is locked (PostgreSQL row lock, SQLite write lock) for the check and the insert.
     pub async fn place_container(&self, c: &ContainerRow) -> sqlx::Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let locked = sqlx::query("UPDATE agents SET running = running WHERE id = $1")
+        // Locks the agent's row; a drained agent takes nothing (checked under the lock).
+        let locked = sqlx::query("UPDATE agents SET running = running WHERE id = $1 AND draining_at IS NULL")
             .bind(&c.agent_id)
             .execute(&mut *tx)
             .await?;
@@ -1262,7 +1435,7 @@ impl Db {
              CAST(COALESCE(SUM(c.memory_mb), 0) AS BIGINT) AS used_memory_mb, \
              CAST(COALESCE(SUM(c.cpu_millis), 0) AS BIGINT) AS used_cpu_millis \
              FROM agents a LEFT JOIN containers c ON c.agent_id = a.id AND c.state IN ('starting', 'ready') \
-             WHERE a.state = 'healthy' AND a.last_heartbeat_at >= $1 \
+             WHERE a.state = 'healthy' AND a.last_heartbeat_at >= $1 AND a.draining_at IS NULL \
              GROUP BY a.id, a.name, a.cores, a.memory_mb ORDER BY a.name",
         )
         .bind(alive_since)
