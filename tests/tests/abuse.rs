@@ -239,7 +239,7 @@ async fn a_burst_of_logins_is_bounded() -> anyhow::Result<()> {
             (Some(1), Some("server busy, try again later"))
         );
     }
-    assert!(!p.log().contains("database unavailable"));
+    assert!(!p.log().contains(portico_webapp::error::DATABASE_UNAVAILABLE));
     // POST /api/v1/auth/password checks the current password under the same throttle.
     let mut statuses = Vec::new();
     for _ in 0..6 {

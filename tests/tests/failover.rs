@@ -485,7 +485,7 @@ async fn database_down_for_a_minute() -> anyhow::Result<()> {
             .await?;
         refusals.push((s, v.clone(), t.elapsed()));
         assert_eq!(s, 503, "{v}");
-        assert_eq!(v["error"], "database unavailable", "{v}");
+        assert_eq!(v["error"], portico_webapp::error::DATABASE_UNAVAILABLE, "{v}");
         assert!(t.elapsed() < WINDOW, "the refusal took {:?}", t.elapsed());
     }
     // A new login too.
@@ -497,7 +497,10 @@ async fn database_down_for_a_minute() -> anyhow::Result<()> {
             .err()
             .ok_or_else(|| anyhow::anyhow!("logged in without a database"))?
     );
-    assert!(msg.contains("503") && msg.contains("database unavailable"), "{msg}");
+    assert!(
+        msg.contains("503") && msg.contains(portico_webapp::error::DATABASE_UNAVAILABLE),
+        "{msg}"
+    );
 
     // The live session streams through the whole minute (checked every 5 s).
     let outage = Duration::from_secs(60);

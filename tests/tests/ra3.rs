@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use portico_tests::client::{Term, ws_with_token};
-use portico_tests::peers::Sshd;
+use portico_tests::peers::{RdpServer, ShadowAuth, Sshd, VncServer, XDisplay};
 use portico_tests::portico::{Options, Portico};
 use serde_json::json;
 
@@ -54,6 +54,24 @@ async fn live_sessions_outlive_the_control_plane_until_the_grace() -> anyhow::Re
         after >= Duration::from_secs(5),
         "ended after {after:?}, well before the grace"
     );
+    Ok(())
+}
+
+/// Each desktop's root takes `colour` and the change reaches its screen (the sessions still stream).
+async fn check_desktops(
+    desktops: &mut [(portico_tests::client::Screen, &dyn XDisplay)],
+    colour: &str,
+) -> anyhow::Result<()> {
+    let hex = u32::from_str_radix(colour.trim_start_matches('#'), 16)?;
+    let want = [(hex >> 16) as u8, (hex >> 8) as u8, hex as u8];
+    for (screen, x) in desktops.iter_mut() {
+        x.x("xsetroot", &["-solid", colour])?;
+        screen
+            .until(&format!("the desktop in {colour}"), Duration::from_secs(20), |c| {
+                c.pixel(20, 20) == want
+            })
+            .await?;
+    }
     Ok(())
 }
 
@@ -189,6 +207,22 @@ async fn webapps_killed_and_restarted_behind_haproxy() -> anyhow::Result<()> {
     .map_err(|r| anyhow::anyhow!("refused through the load balancer: {r:?}"))?;
     let mut term = Term::new(ws);
     term.connected().await?;
+    // A VNC desktop (TigerVNC) and an RDP desktop (FreeRDP's shadow server) through the load balancer too.
+    let xvnc = VncServer::xvnc(None, 640, 400)?;
+    let shadow = RdpServer::shadow(ShadowAuth::None, 640, 480)?;
+    let vnc_conn = crate::vnc::vnc_connection(&api, xvnc.port, None).await?;
+    let rdp_conn = crate::rdp::rdp_connection(&api, &shadow, "any", json!({"width": 640, "height": 480})).await?;
+    let mut desktops = vec![
+        (
+            crate::vnc::open_screen(&webapps[0], &api, &vnc_conn).await?.1,
+            &xvnc as &dyn XDisplay,
+        ),
+        (
+            crate::vnc::open_screen(&webapps[0], &api, &rdp_conn).await?.1,
+            &shadow as &dyn XDisplay,
+        ),
+    ];
+    check_desktops(&mut desktops, "#2060a0").await?;
 
     // Steady load: 25 requests/s through the load balancer until told to stop (bounded: 60 s).
     let started = Instant::now();
@@ -240,6 +274,7 @@ async fn webapps_killed_and_restarted_behind_haproxy() -> anyhow::Result<()> {
     lb.wait_server("webapps", "webapp1", false, Duration::from_secs(10))?;
     let detected = started.elapsed() - killed;
     check_session(&mut term, "kill").await?;
+    check_desktops(&mut desktops, "#a02060").await?;
 
     // 2. Rolling restart of the two others.
     let mut restarts = Vec::new();
@@ -252,6 +287,7 @@ async fn webapps_killed_and_restarted_behind_haproxy() -> anyhow::Result<()> {
         lb.wait_server("webapps", name, true, Duration::from_secs(20))?;
         restarts.push((from, started.elapsed()));
         check_session(&mut term, name).await?;
+        check_desktops(&mut desktops, if i == 1 { "#20a060" } else { "#6020a0" }).await?;
     }
     let _ = stop_tx.send(true);
     let samples = load.await?;

@@ -20,7 +20,12 @@ const WAIT: Duration = Duration::from_secs(30);
 /// xrdp starts an Xorg session for the user on the first login: give it time.
 const SESSION_WAIT: Duration = Duration::from_secs(45);
 
-async fn rdp_connection(api: &Api, server: &RdpServer, password: &str, settings: Value) -> anyhow::Result<String> {
+pub(crate) async fn rdp_connection(
+    api: &Api,
+    server: &RdpServer,
+    password: &str,
+    settings: Value,
+) -> anyhow::Result<String> {
     api.create_connection(json!({
         "name": format!("rdp {} {}", server.port, uuid::Uuid::new_v4()),
         "protocol": "rdp",

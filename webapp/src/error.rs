@@ -25,7 +25,8 @@ pub enum ApiError {
     /// A bounded resource (password hashing) is saturated; try again in a second.
     #[error("server busy, try again later")]
     Busy,
-    #[error("database unavailable")]
+    /// The database does not answer: what the user sees while it is away.
+    #[error("{}", DATABASE_UNAVAILABLE)]
     Unavailable(#[source] anyhow::Error),
     /// A dependency other than the database cannot serve the request now (e.g. no agent has room).
     #[error("{0}")]
@@ -33,6 +34,10 @@ pub enum ApiError {
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
+
+/// The message of [`ApiError::Unavailable`] (the web client shows it as it is).
+pub const DATABASE_UNAVAILABLE: &str =
+    "portico's database is unavailable right now: sessions already open go on, try again in a moment";
 
 impl ApiError {
     pub fn bad_request(msg: impl Into<String>) -> Self {
