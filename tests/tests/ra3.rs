@@ -570,6 +570,31 @@ async fn sessions_spread_over_bridges_die_with_theirs_and_a_drain_empties_one() 
             "sessions per bridge: {routes:?}"
         );
     }
+    // The browser drops and reattaches through the load balancer: each session is found on its bridge.
+    let mut reopened = Vec::new();
+    for (i, (s, term)) in open.into_iter().enumerate() {
+        let resume = term.hello.as_ref().map(|h| h.resume_token.clone()).unwrap_or_default();
+        drop(term);
+        let url = s["ws_url"].as_str().unwrap_or_default().to_owned();
+        let resumed = [format!("{}{resume}", portico_proto::wire::RESUME_PREFIX)];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let ws = loop {
+            match portico_tests::client::ws_connect(&url, &tier.webapp.cert_sha256, &resumed).await? {
+                Ok(ws) => break ws,
+                Err(r) => anyhow::ensure!(Instant::now() < deadline, "reattach refused: {r:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let mut term = Term::new(ws);
+        check_session(&mut term, &format!("reattached{i}")).await?;
+        assert!(
+            term.hello.as_ref().is_some_and(|h| h.reattached),
+            "not a reattach: {:?}",
+            term.hello
+        );
+        reopened.push((s, term));
+    }
+    let mut open = reopened;
     let b1 = tier.bridge("bridge1").await?;
     for (s, _) in &open {
         let id = s["session_id"].as_str().unwrap_or_default();
