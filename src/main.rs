@@ -1,6 +1,11 @@
 //! `portico`: one binary for every tier. Without a subcommand it runs all-in-one (webapp + bridge, and the
 //! agent when a Docker socket is present) on one HTTPS listener with an embedded SQLite database.
 
+/// The allocator: jemalloc, whose background threads return pages unused for 10 s to the system (glibc's
+/// malloc kept the peak of a series of VNC/RDP sessions for good: docs/performance.md, "Memory over time").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod config;
 mod local;
 mod metrics;

@@ -10,15 +10,12 @@
 //!   mean 100 encoding threads.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use portico_proto::wire::{ImageFormat, Rect, ServerMsg};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::DisplayMetrics;
-use crate::session::Lifecycle;
+use crate::pool::encoder_permit;
 
 /// More damage rectangles than this in one flush are merged into their bounding box.
 const MAX_RECTS_PER_FLUSH: usize = 48;
@@ -437,7 +434,8 @@ impl Frame {
 }
 
 /// The browser side of a graphical session: frame numbering, acknowledgements (flow control), the last
-/// pointer image (for a reattached browser) and the quality of lossy regions.
+/// pointer image (for a reattached browser) and the quality of lossy regions. Sans-IO: encoded messages,
+/// acknowledgements and time in, numbered frames out; `crate::screen` sends them through a session.
 pub struct Flow {
     frame_id: u32,
     acked: u32,
@@ -476,14 +474,13 @@ impl Flow {
         self.quality.level()
     }
 
-    /// A frame acknowledgement; returns the new quality level when its round trip changed it. Ids the bridge
+    /// A frame acknowledgement received at `now`; returns the new quality level when its round trip changed it. Ids the bridge
     /// never sent are ignored.
-    pub fn on_ack(&mut self, frame_id: u32) -> Option<u8> {
+    pub fn on_ack(&mut self, frame_id: u32, now: Instant) -> Option<u8> {
         if frame_id > self.frame_id {
             return None;
         }
         self.acked = self.acked.max(frame_id);
-        let now = Instant::now();
         let mut changed = None;
         while let Some(&(id, at)) = self.sent_at.front() {
             if id > frame_id {
@@ -504,54 +501,46 @@ impl Flow {
         frame.message(msg);
     }
 
-    /// Encode and send a frame (nothing when no browser is attached: a reattach gets the full screen).
-    pub async fn send(&mut self, frame: Frame, fb: &Framebuffer, life: &mut Lifecycle) {
-        if frame.is_empty() {
-            return;
-        }
-        let msgs = frame.finish(fb, self.quality.level()).await;
-        if life.client().is_none() {
-            return;
-        }
-        self.send_msgs(msgs, life).await;
-    }
-
-    async fn send_msgs(&mut self, msgs: Vec<ServerMsg>, life: &mut Lifecycle) {
+    /// Number a frame of encoded messages `msgs`, sent at `now`: the messages to send, ending with the
+    /// frame's `FRAME_END`.
+    pub fn seal(&mut self, mut msgs: Vec<ServerMsg>, now: Instant) -> Vec<ServerMsg> {
         self.frame_id += 1;
-        self.sent_at.push_back((self.frame_id, Instant::now()));
+        self.sent_at.push_back((self.frame_id, now));
         self.metrics.frames.inc();
         self.metrics.quality.observe(f64::from(self.quality.level()));
-        for m in msgs {
-            life.send_wait(m).await;
-        }
-        life.send_wait(ServerMsg::FrameEnd {
+        msgs.push(ServerMsg::FrameEnd {
             frame_id: self.frame_id,
-        })
-        .await;
+        });
+        msgs
     }
 
-    /// Everything a freshly attached browser needs: the size, the whole screen, the pointer. Frames sent to
-    /// an earlier browser no longer count.
-    pub async fn full_frame(&mut self, fb: &Framebuffer, life: &mut Lifecycle) {
+    /// A browser attached: frames sent to an earlier one no longer count. Returns the frame of the full
+    /// picture it needs, from `image` (the whole screen of `size`, see [`encode_full`]), sent at `now`: the
+    /// size first, then the screen, then the last pointer image.
+    pub fn full_picture(&mut self, size: Rect, image: Option<ServerMsg>, now: Instant) -> Vec<ServerMsg> {
         self.acked = self.frame_id;
         self.sent_at.clear();
-        let rect = fb.full();
-        let pixels = fb.extract(&rect);
-        let level = self.quality.level();
-        let permit = encoder_permit().await;
-        let image = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            encode_rect(rect, &pixels, level)
-        })
-        .await;
         let mut msgs = vec![ServerMsg::DisplaySize {
-            width: rect.width,
-            height: rect.height,
+            width: size.width,
+            height: size.height,
         }];
-        msgs.extend(image.ok());
+        msgs.extend(image);
         msgs.extend(self.cursor.clone());
-        self.send_msgs(msgs, life).await;
+        self.seal(msgs, now)
     }
+}
+
+/// The whole screen of `fb` as one image at quality `level` (encoded on the shared pool).
+pub async fn encode_full(fb: &Framebuffer, level: u8) -> Option<ServerMsg> {
+    let rect = fb.full();
+    let pixels = fb.extract(&rect);
+    let permit = encoder_permit().await;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        encode_rect(rect, &pixels, level)
+    })
+    .await
+    .ok()
 }
 
 /// The pointer image as a browser cursor message (PNG with alpha; an empty image hides the pointer).
@@ -564,44 +553,6 @@ pub async fn cursor_msg(hot_x: u16, hot_y: u16, width: u16, height: u16, rgba: V
             .unwrap_or_default()
     };
     ServerMsg::Cursor { hot_x, hot_y, png }
-}
-
-/// Jobs waiting for a slot of the encoder pool.
-static ENCODER_WAITING: AtomicUsize = AtomicUsize::new(0);
-
-/// A slot of the encoder pool (counted while waiting for it); `None` only if the pool were closed.
-async fn encoder_permit() -> Option<OwnedSemaphorePermit> {
-    ENCODER_WAITING.fetch_add(1, Ordering::Relaxed);
-    let permit = encode_pool().clone().acquire_owned().await.ok();
-    ENCODER_WAITING.fetch_sub(1, Ordering::Relaxed);
-    permit
-}
-
-/// The encoder pool now (process-wide: every session of every bridge in the process shares it).
-#[derive(Debug, Clone, Copy)]
-pub struct PoolStats {
-    pub waiting: usize,
-    pub busy: usize,
-    pub width: usize,
-}
-
-pub fn encoder_pool_stats() -> PoolStats {
-    let pool = encode_pool();
-    let width = pool_width();
-    PoolStats {
-        waiting: ENCODER_WAITING.load(Ordering::Relaxed),
-        busy: width.saturating_sub(pool.available_permits()),
-        width,
-    }
-}
-
-fn pool_width() -> usize {
-    std::thread::available_parallelism().map_or(2, usize::from)
-}
-
-fn encode_pool() -> &'static Arc<Semaphore> {
-    static POOL: OnceLock<Arc<Semaphore>> = OnceLock::new();
-    POOL.get_or_init(|| Arc::new(Semaphore::new(pool_width())))
 }
 
 /// Regions smaller than this many pixels are always lossless (text, icons).
@@ -826,6 +777,123 @@ mod tests {
             }
         );
         assert_eq!(fb.extract(&rect(2, 1, 2, 1)), [9, 9, 9, 255, 8, 8, 8, 255]);
+    }
+
+    fn frame_ids(msgs: &[ServerMsg]) -> Vec<u32> {
+        msgs.iter()
+            .filter_map(|m| match m {
+                ServerMsg::FrameEnd { frame_id } => Some(*frame_id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn frames_in_flight_are_bounded_until_acknowledged() {
+        let t0 = Instant::now();
+        let mut flow = Flow::new(6, DisplayMetrics::default());
+        let mut ids = Vec::new();
+        while flow.can_send() {
+            ids.extend(frame_ids(&flow.seal(Vec::new(), t0)));
+            assert!(ids.len() <= MAX_FRAMES_IN_FLIGHT as usize, "sent past the limit");
+        }
+        assert_eq!(ids, (1..=MAX_FRAMES_IN_FLIGHT).collect::<Vec<_>>());
+        // Acknowledging the first frame makes room for one more; the last, for all.
+        flow.on_ack(1, t0);
+        assert!(flow.can_send());
+        ids.extend(frame_ids(&flow.seal(Vec::new(), t0)));
+        assert!(!flow.can_send());
+        flow.on_ack(*ids.last().unwrap(), t0);
+        assert!(flow.can_send());
+    }
+
+    #[test]
+    fn acknowledgements_of_frames_never_sent_or_older_ones_change_nothing() {
+        let t0 = Instant::now();
+        let mut flow = Flow::new(6, DisplayMetrics::default());
+        for _ in 0..MAX_FRAMES_IN_FLIGHT {
+            flow.seal(Vec::new(), t0);
+        }
+        // A browser that claims frames ahead of what it got cannot open the window.
+        assert_eq!(flow.on_ack(99, t0), None);
+        assert!(!flow.can_send());
+        flow.on_ack(2, t0);
+        assert!(flow.can_send());
+        // An old acknowledgement arriving late does not close it again.
+        flow.on_ack(1, t0);
+        assert!(flow.can_send());
+    }
+
+    #[test]
+    fn a_reattached_browser_gets_size_screen_and_pointer_and_old_frames_stop_counting() {
+        let t0 = Instant::now();
+        let mut flow = Flow::new(6, DisplayMetrics::default());
+        let mut frame = Frame::default();
+        let pointer = ServerMsg::Cursor {
+            hot_x: 1,
+            hot_y: 2,
+            png: Vec::new(),
+        };
+        flow.cursor(&mut frame, pointer.clone());
+        for _ in 0..MAX_FRAMES_IN_FLIGHT {
+            flow.seal(Vec::new(), t0);
+        }
+        assert!(!flow.can_send(), "the old browser never acknowledged");
+        let screen = ServerMsg::Fill {
+            rect: rect(0, 0, 4, 2),
+            rgb: [1, 2, 3],
+        };
+        let msgs = flow.full_picture(rect(0, 0, 4, 2), Some(screen.clone()), t0);
+        assert_eq!(
+            msgs,
+            [
+                ServerMsg::DisplaySize { width: 4, height: 2 },
+                screen,
+                pointer,
+                ServerMsg::FrameEnd {
+                    frame_id: MAX_FRAMES_IN_FLIGHT + 1
+                },
+            ]
+        );
+        // Only the full picture is in flight now.
+        assert!(flow.can_send());
+        flow.seal(Vec::new(), t0);
+        assert_eq!(flow.can_send(), MAX_FRAMES_IN_FLIGHT > 2);
+    }
+
+    #[tokio::test]
+    async fn updates_while_the_browser_is_behind_merge_into_one_frame_of_final_pixels() {
+        let t0 = Instant::now();
+        let mut flow = Flow::new(6, DisplayMetrics::default());
+        let mut fb = Framebuffer::new(8, 8);
+        let mut pending = Frame::default();
+        let mut sent = Vec::new();
+        // The protocols' rule: a server update goes into the pending frame; the frame goes out only when
+        // the browser has room.
+        for round in 0..10u8 {
+            let r = rect(u16::from(round % 4), 0, 2, 2);
+            fb.put(&r, &[round; 16]);
+            pending.damage(r);
+            if flow.can_send() {
+                let msgs = std::mem::take(&mut pending).finish(&fb, flow.quality()).await;
+                sent.push(flow.seal(msgs, t0));
+            } else {
+                flow.merged();
+            }
+        }
+        assert_eq!(
+            sent.len(),
+            MAX_FRAMES_IN_FLIGHT as usize,
+            "a frame went out past the window"
+        );
+        assert!(!pending.is_empty(), "updates while behind were lost");
+        flow.on_ack(MAX_FRAMES_IN_FLIGHT, t0);
+        let msgs = std::mem::take(&mut pending).finish(&fb, flow.quality()).await;
+        // One frame carries the merged updates, from the framebuffer's final content.
+        let images = msgs.iter().filter(|m| matches!(m, ServerMsg::Image { .. })).count();
+        assert!((1..=8).contains(&images), "{images} images for 8 merged updates");
+        let merged = flow.seal(msgs, t0);
+        assert_eq!(frame_ids(&merged), [MAX_FRAMES_IN_FLIGHT + 1]);
     }
 
     #[test]

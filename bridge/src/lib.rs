@@ -7,8 +7,11 @@
 
 pub mod control;
 pub mod display;
+pub mod lifecycle;
 pub mod metrics;
+pub mod pool;
 pub mod rdp;
+pub mod screen;
 pub mod session;
 pub mod ssh;
 pub mod terminal;
@@ -127,17 +130,10 @@ impl Bridge {
     }
 
     /// Tell every live session to end with `code` and `reason`.
-    async fn end_all(&self, code: &'static str, reason: &str) {
+    fn end_all(&self, code: &'static str, reason: &str) {
         for id in self.registry.ids() {
             if let Some(live) = self.registry.get(&id) {
-                let _ = live
-                    .cmd
-                    .send(session::Cmd::End {
-                        code,
-                        reason: reason.to_owned(),
-                        from_control: false,
-                    })
-                    .await;
+                live.order_end(code, reason.to_owned(), false);
             }
         }
     }
@@ -151,7 +147,7 @@ impl Bridge {
         } else {
             "the bridge is shutting down"
         };
-        self.end_all("ended", reason).await;
+        self.end_all("ended", reason);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while !self.registry.is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -238,16 +234,9 @@ impl Bridge {
                         }
                         for id in &res.ended {
                             if let (Some(live), Some((code, reason))) =
-                                (bridge.registry.get(id), session::control_end(&res, id))
+                                (bridge.registry.get(id), lifecycle::control_end(&res, id))
                             {
-                                let _ = live
-                                    .cmd
-                                    .send(session::Cmd::End {
-                                        code,
-                                        reason,
-                                        from_control: true,
-                                    })
-                                    .await;
+                                live.order_end(code, reason, true);
                             }
                         }
                     }
@@ -259,9 +248,7 @@ impl Bridge {
                         // This bridge's identity is gone (revoked by an administrator, or unknown to the
                         // webapp tier): the sessions it claimed are no longer its own.
                         tracing::error!(error = %e, "The control plane no longer accepts this bridge: ending its sessions");
-                        bridge
-                            .end_all("ended", "this bridge lost its credential (revoked by an administrator)")
-                            .await;
+                        bridge.end_all("ended", "this bridge lost its credential (revoked by an administrator)");
                     }
                     Err(e) if req.sessions.is_empty() => {
                         tracing::debug!(error = %e, "Heartbeat to the control plane failed");
@@ -276,7 +263,7 @@ impl Bridge {
                                 "The control plane stayed unreachable: ending live sessions"
                             );
                             let reason = format!("the control plane was unreachable for {} s", grace.as_secs());
-                            bridge.end_all("ended", &reason).await;
+                            bridge.end_all("ended", &reason);
                             watch.reached(now);
                         }
                     }
@@ -346,5 +333,63 @@ mod tests {
         );
         let never = ControlPlaneWatch::new(None, t0);
         assert_eq!(never.expired(t0 + Duration::from_secs(100_000)), None);
+    }
+
+    /// The bridge's modules in layers, bottom first. A module may use only modules of lower layers, so the
+    /// module graph has no cycles: dispatch (`session`) above the protocols, the protocols above the shared
+    /// lifecycle and the display core, which use neither each other nor anything above them.
+    const LAYERS: &[&[&str]] = &[
+        &["pool", "control", "ssh"],
+        &["metrics"],
+        &["display", "lifecycle"],
+        &["screen", "terminal"],
+        &["vnc", "rdp"],
+        &["session"],
+        &["ws"],
+    ];
+
+    fn layer(module: &str) -> usize {
+        LAYERS
+            .iter()
+            .position(|l| l.contains(&module))
+            .unwrap_or_else(|| panic!("module {module} is in no layer: add it to LAYERS"))
+    }
+
+    #[test]
+    fn modules_use_only_the_layers_below_them() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                for sub in std::fs::read_dir(&path).unwrap() {
+                    files.push(sub.unwrap().path());
+                }
+            } else {
+                files.push(path);
+            }
+        }
+        let mut wrong = Vec::new();
+        for path in files {
+            let rel = path.strip_prefix(&dir).unwrap();
+            let module = rel.iter().next().unwrap().to_str().unwrap().trim_end_matches(".rs");
+            if module == "lib" {
+                continue;
+            }
+            let own = layer(module);
+            let text = std::fs::read_to_string(&path).unwrap();
+            for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+                for (i, _) in line.match_indices("crate::") {
+                    let used: String = line[i + 7..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    if used != module && LAYERS.iter().any(|l| l.contains(&used.as_str())) && layer(&used) >= own {
+                        wrong.push(format!("{} uses crate::{used}", rel.display()));
+                    }
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "imports against the layering: {wrong:#?}");
     }
 }

@@ -136,7 +136,7 @@ impl BridgeMetrics {
 
     /// Read what lives outside the registry (the process-wide encoder pool); called before each scrape.
     pub fn refresh(&self) {
-        let pool = crate::display::encoder_pool_stats();
+        let pool = crate::pool::encoder_pool_stats();
         self.encoder_waiting.set(pool.waiting as f64);
         self.encoder_busy.set(pool.busy as f64);
         self.encoder_width.set(pool.width as f64);

@@ -11,7 +11,7 @@ use portico_proto::control::{HostKeyReport, Target};
 use portico_proto::wire::{ClientMsg, ServerMsg};
 use tokio::sync::mpsc;
 
-use crate::session::{CLIENT_QUEUE, Cmd, Common, End, Lifecycle, sleep_until};
+use crate::lifecycle::{CLIENT_QUEUE, Cmd, Common, End, Lifecycle, sleep_until};
 use crate::ssh::{self, Output};
 
 /// Initial terminal size until the browser sends its own.

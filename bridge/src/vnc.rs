@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::display::{Flow, Frame, Framebuffer, cursor_msg, decode_jpeg};
-use crate::session::{Cmd, Common, End, Lifecycle, sleep_until};
+use crate::lifecycle::{Cmd, Common, End, Lifecycle, sleep_until};
 
 pub use crate::display::MAX_FRAMES_IN_FLIGHT;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,7 +46,7 @@ use portico_proto::rfb::DEFAULT_JPEG_LEVEL;
 impl Display {
     /// A frame acknowledgement: its round trip may change the JPEG quality the server is asked for.
     fn on_ack(&mut self, frame_id: u32) {
-        if let Some(level) = self.flow.on_ack(frame_id) {
+        if let Some(level) = self.flow.on_ack(frame_id, std::time::Instant::now()) {
             tracing::debug!(level, "JPEG quality level changed");
             self.rfb.set_jpeg_quality(level);
         }
@@ -70,7 +70,7 @@ impl Display {
     /// Everything a freshly attached browser needs: the size, the whole screen, the pointer.
     async fn full_frame(&mut self, life: &mut Lifecycle) {
         if let Some(fb) = &self.fb {
-            self.flow.full_frame(fb, life).await;
+            crate::screen::send_full_picture(&mut self.flow, fb, life).await;
         }
     }
 
@@ -158,7 +158,7 @@ impl Display {
                 RfbEvent::UpdateEnd => {
                     self.requested = false;
                     if let Some(fb) = &self.fb {
-                        self.flow.send(std::mem::take(&mut self.frame), fb, life).await;
+                        crate::screen::send_frame(&mut self.flow, std::mem::take(&mut self.frame), fb, life).await;
                     }
                 }
                 RfbEvent::CutText(text) if self.clipboard_down => {

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Bridge;
-use crate::session::{self, CLIENT_QUEUE, Cmd, LiveSession};
+use crate::lifecycle::{CLIENT_QUEUE, Cmd, LiveSession};
 
 /// Initial WebSocket read/write buffer per connection.
 const WS_BUFFER: usize = 8 * 1024;
@@ -172,7 +172,7 @@ pub async fn handler(
                 }
             };
             metrics.upgrades.with(&["new"]).inc();
-            session::spawn(
+            crate::session::spawn(
                 bridge.registry.clone(),
                 bridge.control.clone(),
                 claims,

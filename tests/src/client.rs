@@ -45,6 +45,25 @@ impl Api {
         Ok(api)
     }
 
+    /// Wait (at most 30 s) until an agent reports healthy (the embedded agent registered).
+    pub async fn wait_healthy_agent(&self) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let agents = self.ok(reqwest::Method::GET, "/api/v1/agents", None).await?;
+            if agents
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x["state"] == "healthy"))
+            {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "the embedded agent did not register: {agents}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub async fn login(&mut self, user: &str, password: &str) -> anyhow::Result<()> {
         let (status, body) = self
             .request(

@@ -38,10 +38,12 @@ use portico_proto::wire::{ClientMsg, Rect, ServerMsg};
 use tokio::sync::mpsc;
 
 use crate::display::{Flow, Frame, Framebuffer, bounding, cursor_msg, detect_vertical_scroll};
-use crate::session::{Cmd, Common, End, Lifecycle, sleep_until};
+use crate::lifecycle::{Cmd, Common, End, Lifecycle, sleep_until};
 use clipboard::{ClipEvent, MAX_CLIPBOARD_TEXT, TextClipboard, text_formats};
 pub use connect::{RdpConnectError, fingerprint};
 
+/// Most PDUs read in one go before the session looks at its commands again.
+const DRAIN_BUDGET: u32 = 64;
 /// How long the whole connection sequence (TCP, TLS, NLA, licensing, capabilities) may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the bridge waits for the browser to report its size before connecting at a default size.
@@ -538,7 +540,7 @@ impl Rdp {
     async fn flush(&mut self, life: &mut Lifecycle) {
         if self.flow.can_send() && !self.frame.is_empty() {
             let frame = std::mem::take(&mut self.frame);
-            self.flow.send(frame, &self.fb, life).await;
+            crate::screen::send_frame(&mut self.flow, frame, &self.fb, life).await;
         }
     }
 }
@@ -674,8 +676,12 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
         tokio::select! {
             pdu = rdp.framed.read_pdu() => {
                 let mut pdu = Some(pdu);
-                // Drain what the socket already holds; the frame ends when the server pauses.
+                // Drain what the socket already holds; the frame ends when the server pauses, or after a
+                // budget of PDUs, so that a server that never pauses does not starve the session's commands
+                // (input, acknowledgements, the order to end).
+                let mut budget = DRAIN_BUDGET;
                 while let Some(read) = pdu.take() {
+                    budget -= 1;
                     let (action, payload) = match read {
                         Ok(p) => p,
                         Err(e) => {
@@ -705,7 +711,9 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                     if let Err(end) = rdp.deliver(&mut life, outputs).await {
                         break 'session end;
                     }
-                    pdu = rdp.framed.read_pdu().now_or_never();
+                    if budget > 0 {
+                        pdu = rdp.framed.read_pdu().now_or_never();
+                    }
                 }
                 if !rdp.flow.can_send() && !rdp.frame.is_empty() {
                     // The browser is behind: this update merges into the pending frame.
@@ -733,7 +741,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                     Some(Common::End(end)) => break end,
                     Some(Common::Handled) => Vec::new(),
                     Some(Common::Attached(_)) => {
-                        rdp.flow.full_frame(&rdp.fb, &mut life).await;
+                        crate::screen::send_full_picture(&mut rdp.flow, &rdp.fb, &mut life).await;
                         rdp.frame = Frame::default();
                         Vec::new()
                     }
@@ -753,7 +761,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                             rdp.clipboard(ClipboardMessage::SendInitiateCopy(text_formats()))
                         }
                         ClientMsg::FrameAck { frame_id } => {
-                            rdp.flow.on_ack(frame_id);
+                            rdp.flow.on_ack(frame_id, std::time::Instant::now());
                             rdp.flush(&mut life).await;
                             Vec::new()
                         }

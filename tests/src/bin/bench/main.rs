@@ -5,7 +5,10 @@
 //! `portico-bench workspace` launch-to-first-frame and density of container workspaces (see `workspace.rs`);
 //! `portico-bench upgrades` the time to `101` of many concurrent WebSocket upgrades (see `upgrades.rs`);
 //! `portico-bench events` session starts at a steady rate with the events stored or not and forwarded (see
-//! `events.rs`).
+//! `events.rs`);
+//! `portico-bench soak --minutes N` SSH, VNC, RDP sessions and workspaces opening and closing at a steady rate
+//! with API traffic, the process's memory, threads, fds, database and event queues sampled, plotted and
+//! checked (see `soak.rs`; exits non-zero when a check fails).
 //!
 //! `cargo run --release -p portico-tests --bin portico-bench -- ssh` runs the SSH benchmark of
 //! `docs/performance.md`: bridge CPU per session on the `ssh-text` workload (N = 1, 5, 20), keystroke-to-echo
@@ -30,13 +33,14 @@ use tokio_tungstenite::tungstenite::Message;
 
 mod events;
 mod rdp;
+mod soak;
 mod upgrades;
 mod vnc;
 mod workspace;
 
 #[derive(Parser)]
 struct Args {
-    /// Which benchmark: `ssh`, `vnc`, `rdp`, `workspace` or `upgrades`.
+    /// Which benchmark: `ssh`, `vnc`, `rdp`, `workspace`, `upgrades`, `events` or `soak`.
     which: String,
     /// Workspace benchmark: launches to time.
     #[arg(long, default_value_t = 20)]
@@ -65,9 +69,30 @@ struct Args {
     /// Events benchmark: session starts per minute.
     #[arg(long, default_value_t = 200)]
     rate: u32,
-    /// Events benchmark: minutes of session starts, per retention setting.
+    /// Events benchmark: minutes of session starts, per retention setting; soak: minutes of load.
     #[arg(long, default_value_t = 10)]
     minutes: u32,
+    /// Soak: the session kinds to run (default all): ssh, vnc, rdp, workspace.
+    #[arg(long, value_delimiter = ',')]
+    kinds: Vec<String>,
+    /// Soak: seconds between samples.
+    #[arg(long, default_value_t = 2)]
+    sample_secs: u64,
+    /// Soak: least seconds of quiet before the idle and after readings (then until RSS is stable).
+    #[arg(long, default_value_t = 30)]
+    settle_secs: u64,
+    /// Soak: the run's name (target/soak/LABEL.csv and .png).
+    #[arg(long, default_value = "soak")]
+    label: String,
+    /// Soak: also copy the plot here (e.g. docs/img/soak-60min.png).
+    #[arg(long)]
+    plot: Option<String>,
+    /// Soak: extra environment of the portico process, KEY=VALUE (e.g. MALLOC_ARENA_MAX=2).
+    #[arg(long)]
+    portico_env: Vec<String>,
+    /// Soak: after the settle, call glibc's malloc_trim(0) in the process through gdb and report its RSS.
+    #[arg(long)]
+    trim_probe: bool,
     /// Upgrade benchmark: concurrent WebSocket upgrades per round.
     #[arg(long, value_delimiter = ',', default_value = "500")]
     upgrades: Vec<usize>,
@@ -382,8 +407,8 @@ async fn idle_memory(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(
-        ["ssh", "vnc", "rdp", "workspace", "upgrades", "events"].contains(&args.which.as_str()),
-        "unknown benchmark {:?} (available: ssh, vnc, rdp, workspace, upgrades, events)",
+        ["ssh", "vnc", "rdp", "workspace", "upgrades", "events", "soak"].contains(&args.which.as_str()),
+        "unknown benchmark {:?} (available: ssh, vnc, rdp, workspace, upgrades, events, soak)",
         args.which
     );
     if std::env::var("PORTICO_BENCH_RELEASE").is_err() {
@@ -394,6 +419,9 @@ async fn main() -> anyhow::Result<()> {
     let script = script_dir.join("scroller.py");
     std::fs::copy(portico_tests::workspace_root().join("tests/bench/scroller.py"), &script)?;
     let script = script.display().to_string();
+    if args.which == "soak" {
+        return soak::run(&args).await;
+    }
     if args.which != "ssh" {
         let (header, rows) = match args.which.as_str() {
             "vnc" => (vnc::HEADER, vnc::run(&args).await?),

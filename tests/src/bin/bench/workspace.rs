@@ -86,21 +86,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<String>> {
         ..Options::default()
     })?;
     let api = Api::admin(&p).await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let agents = api.ok(reqwest::Method::GET, "/api/v1/agents", None).await?;
-        if agents
-            .as_array()
-            .is_some_and(|a| a.iter().any(|x| x["state"] == "healthy"))
-        {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the embedded agent did not register: {agents}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    api.wait_healthy_agent().await?;
     let conn = api
         .create_connection(json!({
             "name": "bench workspace", "protocol": "container",

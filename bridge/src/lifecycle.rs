@@ -1,0 +1,519 @@
+//! What every protocol's session actor shares, below the protocols: the commands an actor receives, the
+//! registry's entry of a live session, and [`Lifecycle`]: attach and reattach (rotating resume token), the
+//! grace period of a dropped browser, idle and maximum durations, and the end of a session. It depends on
+//! the control plane and metrics only, never on a protocol or on the dispatch above it (`session.rs`).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use portico_proto::control::{ControlError, EndRequest, SyncRequest, SyncResponse};
+use portico_proto::limits::MaxDesktop;
+use portico_proto::token::SessionClaims;
+use portico_proto::wire::{ClientMsg, Credentials, Hello, ServerMsg};
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::control::ControlPlane;
+use crate::metrics::SessionMetrics;
+
+/// Messages queued towards one browser before the actor switches to repaint mode.
+pub const CLIENT_QUEUE: usize = 64;
+/// How long a session waits for the user to type credentials.
+pub const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(180);
+
+pub type ClientTx = mpsc::Sender<ServerMsg>;
+
+pub enum Cmd {
+    Attach {
+        client: ClientTx,
+        reply: oneshot::Sender<u64>,
+    },
+    Client {
+        generation: u64,
+        msg: ClientMsg,
+    },
+    Detach {
+        generation: u64,
+    },
+    End {
+        code: &'static str,
+        reason: String,
+        from_control: bool,
+    },
+}
+
+/// What the registry knows of a live session.
+pub struct LiveSession {
+    pub id: String,
+    pub cmd: mpsc::Sender<Cmd>,
+    resume_hash: Mutex<[u8; 32]>,
+    /// How the session ended (set by [`Lifecycle::finish`]), for a browser that comes back too late.
+    end: Mutex<Option<(&'static str, String)>>,
+    /// WebSocket message bytes sent to and received from the browsers of the session (reported at its end).
+    pub bytes_to_browser: std::sync::atomic::AtomicU64,
+    pub bytes_from_browser: std::sync::atomic::AtomicU64,
+    /// The bridge's metrics of the session's protocol.
+    pub metrics: SessionMetrics,
+}
+
+impl LiveSession {
+    pub fn new(id: String, cmd: mpsc::Sender<Cmd>, metrics: SessionMetrics) -> Self {
+        LiveSession {
+            id,
+            cmd,
+            resume_hash: Mutex::new([0; 32]),
+            end: Mutex::new(None),
+            bytes_to_browser: Default::default(),
+            bytes_from_browser: Default::default(),
+            metrics,
+        }
+    }
+
+    /// How the session ended (if it did) and the hash of its last resume token.
+    pub fn ended_state(&self) -> (Option<(&'static str, String)>, [u8; 32]) {
+        let end = self.end.lock().ok().and_then(|e| e.clone());
+        let resume_hash = self.resume_hash.lock().map(|h| *h).unwrap_or([0; 32]);
+        (end, resume_hash)
+    }
+
+    /// Order the session to end without waiting on it: the order is queued at once when the session's
+    /// command queue has room, and by a task of its own otherwise, so that one busy session never holds up
+    /// the caller (the heartbeat, which ends every session the control plane ended).
+    pub fn order_end(&self, code: &'static str, reason: String, from_control: bool) {
+        let cmd = Cmd::End {
+            code,
+            reason,
+            from_control,
+        };
+        match self.cmd.try_send(cmd) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(cmd)) => {
+                let tx = self.cmd.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(cmd).await;
+                });
+            }
+        }
+    }
+
+    /// `n` bytes of WebSocket messages went to the browser.
+    pub fn sent_to_browser(&self, n: usize) {
+        self.bytes_to_browser
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.to_browser.add(n as u64);
+    }
+
+    /// `n` bytes of WebSocket messages came from the browser.
+    pub fn received_from_browser(&self, n: usize) {
+        self.bytes_from_browser
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.from_browser.add(n as u64);
+    }
+
+    pub fn resume_matches(&self, token: &str) -> bool {
+        let h: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.resume_hash.lock().is_ok_and(|cur| bool::from(cur.ct_eq(&h)))
+    }
+
+    fn set_end(&self, code: &'static str, reason: &str) {
+        if let Ok(mut e) = self.end.lock() {
+            *e = Some((code, reason.to_owned()));
+        }
+    }
+
+    fn set_resume(&self, token: &str) {
+        if let Ok(mut cur) = self.resume_hash.lock() {
+            *cur = Sha256::digest(token.as_bytes()).into();
+        }
+    }
+}
+
+fn random_token() -> String {
+    use base64::Engine as _;
+    let mut b = [0u8; 32];
+    // INVARIANT: the OS RNG is available; without it no token can be issued safely.
+    getrandom::fill(&mut b).expect("os random number generator");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// A session in its protocol's gauge of sessions without a browser, while it has none.
+struct Waiting {
+    gauge: portico_proto::metrics::Gauge,
+    on: bool,
+}
+
+impl Waiting {
+    /// A new session has no browser yet.
+    fn new(gauge: portico_proto::metrics::Gauge) -> Self {
+        gauge.inc();
+        Waiting { gauge, on: true }
+    }
+
+    fn set(&mut self, on: bool) {
+        if on != self.on {
+            self.gauge.add(if on { 1.0 } else { -1.0 });
+            self.on = on;
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.set(false);
+    }
+}
+
+/// How the control plane's sync answer says session `id` ended, if it did: the close code from the
+/// recorded reason (a lost workspace says so, a failed one is a target error, everything else ended on
+/// purpose) and the reason itself.
+pub fn control_end(res: &SyncResponse, id: &str) -> Option<(&'static str, String)> {
+    if !res.ended.iter().any(|e| e == id) {
+        return None;
+    }
+    let reason = res.reasons.get(id);
+    let code = match reason.map(String::as_str) {
+        Some(r) if r.starts_with("lost:") => "lost",
+        Some(r) if r.starts_with("workspace failed") => "target_error",
+        _ => "ended",
+    };
+    Some((code, reason.cloned().unwrap_or_else(|| "the session was ended".into())))
+}
+
+/// How a session ends.
+pub struct End {
+    pub code: &'static str,
+    pub reason: String,
+    /// Already ended in the control plane (do not report it back).
+    pub from_control: bool,
+}
+
+/// The protocol-independent state of a live session.
+pub struct Lifecycle {
+    pub live: Arc<LiveSession>,
+    pub control: Arc<dyn ControlPlane>,
+    pub claims: SessionClaims,
+    client: Option<ClientTx>,
+    pub generation: u64,
+    /// A message to the browser was dropped (queue full): the protocol must resynchronise the display.
+    pub lagging: bool,
+    started: Instant,
+    pub last_input: Instant,
+    detached_at: Option<Instant>,
+    /// Counted among the sessions waiting for a browser while `detached_at` is set.
+    waiting: Waiting,
+    /// The largest desktop a graphical session accepts from its server ([`crate::BridgeConfig::max_desktop`]).
+    pub max_desktop: MaxDesktop,
+}
+
+impl Lifecycle {
+    pub fn new(
+        live: Arc<LiveSession>,
+        control: Arc<dyn ControlPlane>,
+        claims: SessionClaims,
+        max_desktop: MaxDesktop,
+    ) -> Self {
+        let waiting = Waiting::new(live.metrics.detached.clone());
+        Lifecycle {
+            live,
+            control,
+            claims,
+            client: None,
+            generation: 0,
+            lagging: false,
+            started: Instant::now(),
+            last_input: Instant::now(),
+            detached_at: Some(Instant::now()),
+            waiting,
+            max_desktop,
+        }
+    }
+
+    /// Wait for the first browser (normally immediate); `Some` if the session ended instead.
+    pub async fn wait_first_attach(&mut self, cmd_rx: &mut mpsc::Receiver<Cmd>) -> Option<End> {
+        let grace = Duration::from_secs(self.claims.grace.max(1).into());
+        match tokio::time::timeout(grace, cmd_rx.recv()).await {
+            Ok(Some(Cmd::Attach { client, reply })) => {
+                self.attach(client, reply);
+                None
+            }
+            Ok(Some(Cmd::End {
+                code,
+                reason,
+                from_control,
+            })) => Some(End {
+                code,
+                reason,
+                from_control,
+            }),
+            _ => Some(End {
+                code: "grace_expired",
+                reason: "no browser attached".into(),
+                from_control: false,
+            }),
+        }
+    }
+
+    pub fn client(&self) -> Option<&ClientTx> {
+        self.client.as_ref()
+    }
+
+    /// Attach a browser (replacing any other); returns true when this is a reattach.
+    pub fn attach(&mut self, client: ClientTx, reply: oneshot::Sender<u64>) -> bool {
+        let reattached = self.generation > 0;
+        if let Some(old) = self.client.take() {
+            let _ = old.try_send(ServerMsg::closed(
+                "replaced",
+                "the session was opened in another window",
+            ));
+        }
+        self.generation += 1;
+        let resume = random_token();
+        self.live.set_resume(&resume);
+        let _ = client.try_send(ServerMsg::Hello(Hello {
+            session_id: self.claims.sid.clone(),
+            protocol: self.claims.proto.as_str().into(),
+            resume_token: resume,
+            grace_seconds: self.claims.grace,
+            reattached,
+        }));
+        self.client = Some(client);
+        self.detached_at = None;
+        self.waiting.set(false);
+        self.lagging = false;
+        let _ = reply.send(self.generation);
+        tracing::info!(generation = self.generation, reattached, "Browser attached");
+        reattached
+    }
+
+    pub fn detach(&mut self) {
+        self.client = None;
+        self.detached_at = Some(Instant::now());
+        self.waiting.set(true);
+        tracing::info!(grace_s = self.claims.grace, "Browser detached; waiting for a reattach");
+    }
+
+    /// Queue a message for the browser without waiting; a full queue marks the session as lagging.
+    pub fn send(&mut self, msg: ServerMsg) -> bool {
+        let Some(c) = &self.client else { return false };
+        match c.try_send(msg) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.lagging = true;
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.detach();
+                false
+            }
+        }
+    }
+
+    /// Send and wait for room (bounded by the protocol's own flow control); a browser that takes longer
+    /// than 5 s is treated as gone.
+    pub async fn send_wait(&mut self, msg: ServerMsg) -> bool {
+        let Some(c) = &self.client else { return false };
+        match tokio::time::timeout(Duration::from_secs(5), c.send(msg)).await {
+            Ok(Ok(())) => true,
+            _ => {
+                self.detach();
+                false
+            }
+        }
+    }
+
+    /// Ask the browser for credentials (connections set to ask at every connection) and wait for them, at
+    /// most [`CREDENTIALS_TIMEOUT`]; what the user types is used for this attempt only.
+    pub async fn ask_credentials(
+        &mut self,
+        cmd_rx: &mut mpsc::Receiver<Cmd>,
+        prompt: &str,
+    ) -> Result<Credentials, End> {
+        self.send(ServerMsg::status("credentials", prompt));
+        let deadline = Instant::now() + CREDENTIALS_TIMEOUT;
+        loop {
+            let cmd = tokio::select! {
+                cmd = cmd_rx.recv() => cmd,
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(End { code: "auth_failed", reason: "no credentials entered in time".into(), from_control: false });
+                }
+            };
+            match cmd.map(|c| self.common(c)) {
+                None => {
+                    return Err(End {
+                        code: "ended",
+                        reason: "bridge shutting down".into(),
+                        from_control: false,
+                    });
+                }
+                Some(Common::End(end)) => return Err(end),
+                // A reattached browser has not seen the prompt.
+                Some(Common::Attached(_)) => {
+                    self.send(ServerMsg::status("credentials", prompt));
+                }
+                Some(Common::Input(ClientMsg::Credentials(c))) => {
+                    self.last_input = Instant::now();
+                    return Ok(c);
+                }
+                Some(Common::Input(_) | Common::Handled) => {}
+            }
+        }
+    }
+
+    /// The next time limit (idle, maximum, grace of a detached browser).
+    pub fn deadline(&self) -> Option<Instant> {
+        let c = &self.claims;
+        let mut d: Option<Instant> = None;
+        let mut consider = |t: Instant| d = Some(d.map_or(t, |d| d.min(t)));
+        if c.idle_timeout > 0 {
+            consider(self.last_input + Duration::from_secs(c.idle_timeout.into()));
+        }
+        if c.max_duration > 0 {
+            consider(self.started + Duration::from_secs(c.max_duration.into()));
+        }
+        if let Some(at) = self.detached_at {
+            consider(at + Duration::from_secs(c.grace.into()));
+        }
+        d
+    }
+
+    /// Which limit, if any, has been reached.
+    pub fn expired(&self) -> Option<End> {
+        let now = Instant::now();
+        let c = &self.claims;
+        let end = |code, reason: String| {
+            Some(End {
+                code,
+                reason,
+                from_control: false,
+            })
+        };
+        if c.max_duration > 0 && now >= self.started + Duration::from_secs(c.max_duration.into()) {
+            return end(
+                "max_duration",
+                format!("maximum session duration of {} s reached", c.max_duration),
+            );
+        }
+        if c.idle_timeout > 0 && now >= self.last_input + Duration::from_secs(c.idle_timeout.into()) {
+            return end("idle_timeout", format!("no input for {} s", c.idle_timeout));
+        }
+        if let Some(at) = self.detached_at
+            && now >= at + Duration::from_secs(c.grace.into())
+        {
+            return end("grace_expired", "no browser reattached within the grace period".into());
+        }
+        None
+    }
+
+    /// The connection to the target failed: tell the browser why (fatal) and end the session.
+    pub async fn fail(mut self, code: &'static str, why: String) {
+        tracing::warn!(code, error = %why, "Upstream connection failed");
+        self.send(ServerMsg::error(code, why.clone(), true));
+        self.finish(code, why, false).await;
+    }
+
+    pub async fn end(self, end: End) {
+        self.finish(end.code, end.reason, end.from_control).await
+    }
+
+    /// A workspace's VNC server went away: usually because the session was ended (the agent removes the
+    /// container at once, before the bridge's next sync). Ask the control plane, so the browser hears the
+    /// real reason rather than "the vnc server closed the connection".
+    pub async fn explain_workspace_end(&self, end: End) -> End {
+        let req = SyncRequest {
+            bridge_id: String::new(),
+            sessions: vec![self.claims.sid.clone()],
+            ..Default::default()
+        };
+        match self
+            .control
+            .sync(&req)
+            .await
+            .map(|res| control_end(&res, &self.claims.sid))
+        {
+            Ok(Some((code, reason))) => End {
+                code,
+                reason,
+                from_control: true,
+            },
+            _ => end,
+        }
+    }
+
+    /// Tell the browser (if any) and the control plane that the session is over. The control plane hears it
+    /// even when it ended the session itself (`from_control`): the report carries the session's traffic.
+    pub async fn finish(mut self, code: &'static str, reason: String, from_control: bool) {
+        tracing::info!(code, %reason, "Session ended");
+        self.live.metrics.ended(code);
+        self.live.set_end(code, &reason);
+        if let Some(c) = self.client.take() {
+            // The close message must get through even when the queue is full.
+            let _ = tokio::time::timeout(Duration::from_secs(1), c.send(ServerMsg::closed(code, reason.clone()))).await;
+        }
+        use std::sync::atomic::Ordering;
+        let req = EndRequest {
+            reason: format!("{code}: {reason}"),
+            bytes_to_browser: self.live.bytes_to_browser.load(Ordering::Relaxed),
+            bytes_from_browser: self.live.bytes_from_browser.load(Ordering::Relaxed),
+            duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        };
+        match self.control.end_session(&self.claims.sid, &req).await {
+            Ok(()) | Err(ControlError::NotFound) => {}
+            // A session ended by the control plane, whose bridge was revoked meanwhile.
+            Err(ControlError::Unauthorized) if from_control => {}
+            Err(e) => tracing::warn!(error = %e, "Could not report the session end"),
+        }
+    }
+
+    /// Handle the commands every protocol treats alike; returns the protocol-specific ones.
+    pub fn common(&mut self, cmd: Cmd) -> Common {
+        match cmd {
+            Cmd::Attach { client, reply } => Common::Attached(self.attach(client, reply)),
+            Cmd::Detach { generation } if generation == self.generation => {
+                self.detach();
+                Common::Handled
+            }
+            Cmd::Client { generation, msg } if generation == self.generation => match msg {
+                ClientMsg::Ping(p) => {
+                    self.send(ServerMsg::Pong(p));
+                    Common::Handled
+                }
+                ClientMsg::Disconnect => Common::End(End {
+                    code: "ended",
+                    reason: "closed by the user".into(),
+                    from_control: false,
+                }),
+                msg => Common::Input(msg),
+            },
+            Cmd::End {
+                code,
+                reason,
+                from_control,
+            } => Common::End(End {
+                code,
+                reason,
+                from_control,
+            }),
+            // From a replaced browser.
+            Cmd::Client { .. } | Cmd::Detach { .. } => Common::Handled,
+        }
+    }
+}
+
+/// The result of [`Lifecycle::common`].
+pub enum Common {
+    Handled,
+    /// A browser attached; `true` when it is a reattach (the protocol sends the current screen).
+    Attached(bool),
+    /// Input for the protocol.
+    Input(ClientMsg),
+    End(End),
+}
+
+pub async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

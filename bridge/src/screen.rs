@@ -1,0 +1,29 @@
+//! The thin glue between the display core ([`crate::display`], sans-IO) and a session's browser
+//! ([`crate::lifecycle`]): encode a frame, number it, send it. Used by the graphical protocols (VNC, RDP).
+
+use std::time::Instant;
+
+use crate::display::{Flow, Frame, Framebuffer, encode_full};
+use crate::lifecycle::Lifecycle;
+
+/// Encode and send `frame` (nothing when no browser is attached: a reattach gets the full picture).
+pub async fn send_frame(flow: &mut Flow, frame: Frame, fb: &Framebuffer, life: &mut Lifecycle) {
+    if frame.is_empty() {
+        return;
+    }
+    let msgs = frame.finish(fb, flow.quality()).await;
+    if life.client().is_none() {
+        return;
+    }
+    for m in flow.seal(msgs, Instant::now()) {
+        life.send_wait(m).await;
+    }
+}
+
+/// Everything a freshly attached browser needs: the size, the whole screen, the pointer.
+pub async fn send_full_picture(flow: &mut Flow, fb: &Framebuffer, life: &mut Lifecycle) {
+    let image = encode_full(fb, flow.quality()).await;
+    for m in flow.full_picture(fb.full(), image, Instant::now()) {
+        life.send_wait(m).await;
+    }
+}
