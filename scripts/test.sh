@@ -14,8 +14,8 @@ if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
 echo "== workspace image rootfs (built once per machine, cached; the tests import it into their engines)"
 ./scripts/build-workspace-image.sh --rootfs-only
 
-echo "== web client: typecheck and build"
-(cd web-client && npm run --silent typecheck && npm run --silent build)
+echo "== web client: typecheck, build, and its codec against the shared wire-protocol vectors"
+(cd web-client && npm run --silent typecheck && npm run --silent build && npm test --silent)
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::routing::get;
+use portico_proto::codes::CloseCode;
 use portico_proto::control::{ControlError, SyncRequest};
 use portico_proto::limits::MaxDesktop;
 use portico_proto::token::{SessionClaims, TokenError, TokenVerifier};
@@ -130,7 +131,7 @@ impl Bridge {
     }
 
     /// Tell every live session to end with `code` and `reason`.
-    fn end_all(&self, code: &'static str, reason: &str) {
+    fn end_all(&self, code: CloseCode, reason: &str) {
         for id in self.registry.ids() {
             if let Some(live) = self.registry.get(&id) {
                 live.order_end(code, reason.to_owned(), false);
@@ -147,7 +148,7 @@ impl Bridge {
         } else {
             "the bridge is shutting down"
         };
-        self.end_all("ended", reason);
+        self.end_all(CloseCode::Ended, reason);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while !self.registry.is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -233,9 +234,7 @@ impl Bridge {
                             bridge.drain(order.deadline_unix);
                         }
                         for id in &res.ended {
-                            if let (Some(live), Some((code, reason))) =
-                                (bridge.registry.get(id), lifecycle::control_end(&res, id))
-                            {
+                            if let (Some(live), Some((code, reason))) = (bridge.registry.get(id), res.end_of(id)) {
                                 live.order_end(code, reason, true);
                             }
                         }
@@ -248,7 +247,10 @@ impl Bridge {
                         // This bridge's identity is gone (revoked by an administrator, or unknown to the
                         // webapp tier): the sessions it claimed are no longer its own.
                         tracing::error!(error = %e, "The control plane no longer accepts this bridge: ending its sessions");
-                        bridge.end_all("ended", "this bridge lost its credential (revoked by an administrator)");
+                        bridge.end_all(
+                            CloseCode::Ended,
+                            "this bridge lost its credential (revoked by an administrator)",
+                        );
                     }
                     Err(e) if req.sessions.is_empty() => {
                         tracing::debug!(error = %e, "Heartbeat to the control plane failed");
@@ -263,7 +265,7 @@ impl Bridge {
                                 "The control plane stayed unreachable: ending live sessions"
                             );
                             let reason = format!("the control plane was unreachable for {} s", grace.as_secs());
-                            bridge.end_all("ended", &reason);
+                            bridge.end_all(CloseCode::Ended, &reason);
                             watch.reached(now);
                         }
                     }

@@ -6,7 +6,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use portico_proto::control::{ControlError, EndRequest, SyncRequest, SyncResponse};
+use portico_proto::codes::CloseCode;
+use portico_proto::control::{ControlError, EndRequest, SyncRequest};
 use portico_proto::limits::MaxDesktop;
 use portico_proto::token::SessionClaims;
 use portico_proto::wire::{ClientMsg, Credentials, Hello, ServerMsg};
@@ -38,7 +39,7 @@ pub enum Cmd {
         generation: u64,
     },
     End {
-        code: &'static str,
+        code: CloseCode,
         reason: String,
         from_control: bool,
     },
@@ -50,7 +51,7 @@ pub struct LiveSession {
     pub cmd: mpsc::Sender<Cmd>,
     resume_hash: Mutex<[u8; 32]>,
     /// How the session ended (set by [`Lifecycle::finish`]), for a browser that comes back too late.
-    end: Mutex<Option<(&'static str, String)>>,
+    end: Mutex<Option<(CloseCode, String)>>,
     /// WebSocket message bytes sent to and received from the browsers of the session (reported at its end).
     pub bytes_to_browser: std::sync::atomic::AtomicU64,
     pub bytes_from_browser: std::sync::atomic::AtomicU64,
@@ -72,7 +73,7 @@ impl LiveSession {
     }
 
     /// How the session ended (if it did) and the hash of its last resume token.
-    pub fn ended_state(&self) -> (Option<(&'static str, String)>, [u8; 32]) {
+    pub fn ended_state(&self) -> (Option<(CloseCode, String)>, [u8; 32]) {
         let end = self.end.lock().ok().and_then(|e| e.clone());
         let resume_hash = self.resume_hash.lock().map(|h| *h).unwrap_or([0; 32]);
         (end, resume_hash)
@@ -81,7 +82,7 @@ impl LiveSession {
     /// Order the session to end without waiting on it: the order is queued at once when the session's
     /// command queue has room, and by a task of its own otherwise, so that one busy session never holds up
     /// the caller (the heartbeat, which ends every session the control plane ended).
-    pub fn order_end(&self, code: &'static str, reason: String, from_control: bool) {
+    pub fn order_end(&self, code: CloseCode, reason: String, from_control: bool) {
         let cmd = Cmd::End {
             code,
             reason,
@@ -117,7 +118,7 @@ impl LiveSession {
         self.resume_hash.lock().is_ok_and(|cur| bool::from(cur.ct_eq(&h)))
     }
 
-    fn set_end(&self, code: &'static str, reason: &str) {
+    fn set_end(&self, code: CloseCode, reason: &str) {
         if let Ok(mut e) = self.end.lock() {
             *e = Some((code, reason.to_owned()));
         }
@@ -165,25 +166,9 @@ impl Drop for Waiting {
     }
 }
 
-/// How the control plane's sync answer says session `id` ended, if it did: the close code from the
-/// recorded reason (a lost workspace says so, a failed one is a target error, everything else ended on
-/// purpose) and the reason itself.
-pub fn control_end(res: &SyncResponse, id: &str) -> Option<(&'static str, String)> {
-    if !res.ended.iter().any(|e| e == id) {
-        return None;
-    }
-    let reason = res.reasons.get(id);
-    let code = match reason.map(String::as_str) {
-        Some(r) if r.starts_with("lost:") => "lost",
-        Some(r) if r.starts_with("workspace failed") => "target_error",
-        _ => "ended",
-    };
-    Some((code, reason.cloned().unwrap_or_else(|| "the session was ended".into())))
-}
-
 /// How a session ends.
 pub struct End {
-    pub code: &'static str,
+    pub code: CloseCode,
     pub reason: String,
     /// Already ended in the control plane (do not report it back).
     pub from_control: bool,
@@ -248,7 +233,7 @@ impl Lifecycle {
                 from_control,
             }),
             _ => Some(End {
-                code: "grace_expired",
+                code: CloseCode::GraceExpired,
                 reason: "no browser attached".into(),
                 from_control: false,
             }),
@@ -264,7 +249,7 @@ impl Lifecycle {
         let reattached = self.generation > 0;
         if let Some(old) = self.client.take() {
             let _ = old.try_send(ServerMsg::closed(
-                "replaced",
+                CloseCode::Replaced,
                 "the session was opened in another window",
             ));
         }
@@ -336,13 +321,13 @@ impl Lifecycle {
             let cmd = tokio::select! {
                 cmd = cmd_rx.recv() => cmd,
                 () = tokio::time::sleep_until(deadline) => {
-                    return Err(End { code: "auth_failed", reason: "no credentials entered in time".into(), from_control: false });
+                    return Err(End { code: CloseCode::AuthFailed, reason: "no credentials entered in time".into(), from_control: false });
                 }
             };
             match cmd.map(|c| self.common(c)) {
                 None => {
                     return Err(End {
-                        code: "ended",
+                        code: CloseCode::Ended,
                         reason: "bridge shutting down".into(),
                         from_control: false,
                     });
@@ -391,25 +376,28 @@ impl Lifecycle {
         };
         if c.max_duration > 0 && now >= self.started + Duration::from_secs(c.max_duration.into()) {
             return end(
-                "max_duration",
+                CloseCode::MaxDuration,
                 format!("maximum session duration of {} s reached", c.max_duration),
             );
         }
         if c.idle_timeout > 0 && now >= self.last_input + Duration::from_secs(c.idle_timeout.into()) {
-            return end("idle_timeout", format!("no input for {} s", c.idle_timeout));
+            return end(CloseCode::IdleTimeout, format!("no input for {} s", c.idle_timeout));
         }
         if let Some(at) = self.detached_at
             && now >= at + Duration::from_secs(c.grace.into())
         {
-            return end("grace_expired", "no browser reattached within the grace period".into());
+            return end(
+                CloseCode::GraceExpired,
+                "no browser reattached within the grace period".into(),
+            );
         }
         None
     }
 
     /// The connection to the target failed: tell the browser why (fatal) and end the session.
-    pub async fn fail(mut self, code: &'static str, why: String) {
-        tracing::warn!(code, error = %why, "Upstream connection failed");
-        self.send(ServerMsg::error(code, why.clone(), true));
+    pub async fn fail(mut self, code: CloseCode, why: String) {
+        tracing::warn!(code = code.as_str(), error = %why, "Upstream connection failed");
+        self.send(ServerMsg::error(code, why.clone()));
         self.finish(code, why, false).await;
     }
 
@@ -426,12 +414,7 @@ impl Lifecycle {
             sessions: vec![self.claims.sid.clone()],
             ..Default::default()
         };
-        match self
-            .control
-            .sync(&req)
-            .await
-            .map(|res| control_end(&res, &self.claims.sid))
-        {
+        match self.control.sync(&req).await.map(|res| res.end_of(&self.claims.sid)) {
             Ok(Some((code, reason))) => End {
                 code,
                 reason,
@@ -443,8 +426,8 @@ impl Lifecycle {
 
     /// Tell the browser (if any) and the control plane that the session is over. The control plane hears it
     /// even when it ended the session itself (`from_control`): the report carries the session's traffic.
-    pub async fn finish(mut self, code: &'static str, reason: String, from_control: bool) {
-        tracing::info!(code, %reason, "Session ended");
+    pub async fn finish(mut self, code: CloseCode, reason: String, from_control: bool) {
+        tracing::info!(code = code.as_str(), %reason, "Session ended");
         self.live.metrics.ended(code);
         self.live.set_end(code, &reason);
         if let Some(c) = self.client.take() {
@@ -454,6 +437,7 @@ impl Lifecycle {
         use std::sync::atomic::Ordering;
         let req = EndRequest {
             reason: format!("{code}: {reason}"),
+            code: Some(code),
             bytes_to_browser: self.live.bytes_to_browser.load(Ordering::Relaxed),
             bytes_from_browser: self.live.bytes_from_browser.load(Ordering::Relaxed),
             duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -480,7 +464,7 @@ impl Lifecycle {
                     Common::Handled
                 }
                 ClientMsg::Disconnect => Common::End(End {
-                    code: "ended",
+                    code: CloseCode::Ended,
                     reason: "closed by the user".into(),
                     from_control: false,
                 }),

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use portico_proto::codes::CloseCode;
 use portico_proto::metrics::{
     Counter, CounterVec, Gauge, GaugeVec, Histogram, HistogramVec, LATENCY_BUCKETS, Registry,
 };
@@ -180,9 +181,9 @@ pub struct SessionMetrics {
 }
 
 impl SessionMetrics {
-    pub fn ended(&self, code: &str) {
+    pub fn ended(&self, code: CloseCode) {
         if let Some(e) = &self.ended {
-            e.with(&[self.protocol, code]).inc();
+            e.with(&[self.protocol, code.as_str()]).inc();
         }
     }
 }

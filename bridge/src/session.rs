@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use portico_proto::codes::CloseCode;
 use portico_proto::control::Target;
 use portico_proto::limits::MaxDesktop;
 use portico_proto::token::{Protocol, SessionClaims};
@@ -22,7 +23,7 @@ use crate::metrics::BridgeMetrics;
 /// back with its resume token hears why instead of being refused without a reason.
 struct Ended {
     resume_hash: [u8; 32],
-    code: &'static str,
+    code: CloseCode,
     reason: String,
     until: Instant,
 }
@@ -97,7 +98,7 @@ impl Registry {
     }
 
     /// How session `id` ended, if it ended within its grace period and `resume_token` was its last one.
-    pub fn ended(&self, id: &str, resume_token: &str) -> Option<(&'static str, String)> {
+    pub fn ended(&self, id: &str, resume_token: &str) -> Option<(CloseCode, String)> {
         let h: [u8; 32] = Sha256::digest(resume_token.as_bytes()).into();
         let ended = self.ended.lock().ok()?;
         let e = ended.get(id)?;

@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use portico_proto::codes::CloseCode;
 use portico_proto::control::Target;
 use russh::client::{self, Handle};
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
@@ -29,12 +30,12 @@ pub enum SshError {
 
 impl SshError {
     /// The wire error code (docs/protocol.md).
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> CloseCode {
         match self {
-            SshError::Unreachable { .. } => "unreachable",
-            SshError::HostKeyMismatch { .. } => "host_key_mismatch",
-            SshError::AuthFailed { .. } | SshError::BadKey(_) => "auth_failed",
-            SshError::Protocol(_) => "target_error",
+            SshError::Unreachable { .. } => CloseCode::Unreachable,
+            SshError::HostKeyMismatch { .. } => CloseCode::HostKeyMismatch,
+            SshError::AuthFailed { .. } | SshError::BadKey(_) => CloseCode::AuthFailed,
+            SshError::Protocol(_) => CloseCode::TargetError,
         }
     }
 }

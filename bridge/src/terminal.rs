@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use portico_proto::codes::CloseCode;
 use portico_proto::control::{HostKeyReport, Target};
 use portico_proto::wire::{ClientMsg, ServerMsg};
 use tokio::sync::mpsc;
@@ -86,8 +87,8 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
     let shell = match shell {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(error = %e, code = e.code(), "Upstream connection failed");
-            life.send(ServerMsg::error(e.code(), e.to_string(), true));
+            tracing::warn!(error = %e, code = e.code().as_str(), "Upstream connection failed");
+            life.send(ServerMsg::error(e.code(), e.to_string()));
             return life.finish(e.code(), e.to_string(), false).await;
         }
     };
@@ -129,12 +130,12 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                         Some(s) => format!("the remote shell exited with status {s}"),
                         None => "the remote side closed the session".into(),
                     };
-                    break End { code: "remote_closed", reason, from_control: false };
+                    break End { code: CloseCode::RemoteClosed, reason, from_control: false };
                 }
                 Output::Other => {}
             },
             cmd = cmd_rx.recv() => match cmd.map(|c| life.common(c)) {
-                None => break End { code: "ended", reason: "bridge shutting down".into(), from_control: false },
+                None => break End { code: CloseCode::Ended, reason: "bridge shutting down".into(), from_control: false },
                 Some(Common::End(end)) => break end,
                 Some(Common::Handled) => {}
                 Some(Common::Attached(_)) => {

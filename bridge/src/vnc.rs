@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use portico_proto::codes::CloseCode;
 use portico_proto::control::{ControlError, Target, WorkspaceEndpoint};
 use portico_proto::rfb::{RfbClient, RfbConfig, RfbError, RfbEvent};
 use portico_proto::wire::{ClientMsg, ImageFormat, Rect, ServerMsg};
@@ -21,10 +22,10 @@ pub use crate::display::MAX_FRAMES_IN_FLIGHT;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
-fn rfb_code(e: &RfbError) -> &'static str {
+fn rfb_code(e: &RfbError) -> CloseCode {
     match e {
-        RfbError::AuthFailed(_) | RfbError::PasswordRequired => "auth_failed",
-        _ => "target_error",
+        RfbError::AuthFailed(_) | RfbError::PasswordRequired => CloseCode::AuthFailed,
+        _ => CloseCode::TargetError,
     }
 }
 
@@ -167,7 +168,7 @@ impl Display {
                 RfbEvent::CutText(_) => tracing::debug!("Remote clipboard not forwarded (clipboard_down is off)"),
                 RfbEvent::ResizeRefused(why) => {
                     let why = format!("the vnc server refused to resize: {why}; the view is scaled instead");
-                    life.send(ServerMsg::error("resize_unsupported", why, false));
+                    life.send(ServerMsg::error(CloseCode::ResizeUnsupported, why));
                 }
                 RfbEvent::Bell => {}
             }
@@ -202,7 +203,7 @@ async fn wait_workspace(life: &mut Lifecycle, cmd_rx: &mut mpsc::Receiver<Cmd>) 
             tokio::select! {
                 a = &mut ask => break a,
                 cmd = cmd_rx.recv() => match cmd.map(|c| life.common(c)) {
-                    None => return Err(WaitEnd::Ended(End { code: "ended", reason: "bridge shutting down".into(), from_control: false })),
+                    None => return Err(WaitEnd::Ended(End { code: CloseCode::Ended, reason: "bridge shutting down".into(), from_control: false })),
                     Some(Common::End(end)) => return Err(WaitEnd::Ended(end)),
                     Some(Common::Attached(_)) => { life.send(ServerMsg::status("connecting", status)); }
                     Some(Common::Input(_) | Common::Handled) => {}
@@ -248,7 +249,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                 target.password = Some(e.password);
             }
             Err(WaitEnd::Ended(end)) => return life.end(end).await,
-            Err(WaitEnd::Failed(why)) => return life.fail("target_error", why).await,
+            Err(WaitEnd::Failed(why)) => return life.fail(CloseCode::TargetError, why).await,
         }
     }
     let settings = target.settings.clone();
@@ -267,14 +268,17 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
             Ok(Err(e)) => {
                 return life
                     .fail(
-                        "unreachable",
+                        CloseCode::Unreachable,
                         format!("cannot reach {addr}: {}", e.to_string().to_lowercase()),
                     )
                     .await;
             }
             Err(_) => {
                 return life
-                    .fail("unreachable", format!("cannot reach {addr}: connection timed out"))
+                    .fail(
+                        CloseCode::Unreachable,
+                        format!("cannot reach {addr}: connection timed out"),
+                    )
                     .await;
             }
         };
@@ -301,7 +305,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
             if let Err(e) = tcp.write_all(&out).await {
                 let reason = format!("write to the vnc server failed: {}", e.to_string().to_lowercase());
                 break 'session End {
-                    code: "remote_closed",
+                    code: CloseCode::RemoteClosed,
                     reason,
                     from_control: false,
                 };
@@ -316,20 +320,20 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
             read = tcp.read(&mut buf) => match read {
                 Ok(0) | Err(_) => {
                     let why = if d.rfb.is_connected() { "the vnc server closed the connection" } else { "the vnc server closed the connection during the handshake" };
-                    break End { code: "remote_closed", reason: why.into(), from_control: false };
+                    break End { code: CloseCode::RemoteClosed, reason: why.into(), from_control: false };
                 }
                 Ok(n) => {
                     let res = d.rfb.handle_input(&buf[..n]);
                     if let Err(e) = match res { Ok(()) => d.events(&mut life).await, Err(e) => Err(e) } {
                         tracing::warn!(error = %e, "VNC protocol error");
-                        life.send(ServerMsg::error(rfb_code(&e), e.to_string(), true));
+                        life.send(ServerMsg::error(rfb_code(&e), e.to_string()));
                         break End { code: rfb_code(&e), reason: e.to_string(), from_control: false };
                     }
                     d.maybe_request(life.client().is_some());
                 }
             },
             cmd = cmd_rx.recv() => match cmd.map(|c| life.common(c)) {
-                None => break End { code: "ended", reason: "bridge shutting down".into(), from_control: false },
+                None => break End { code: CloseCode::Ended, reason: "bridge shutting down".into(), from_control: false },
                 Some(Common::End(end)) => break end,
                 Some(Common::Handled) => {}
                 Some(Common::Attached(_)) => {
@@ -354,7 +358,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                         }
                         ClientMsg::Resize { width_px, height_px, .. } if !d.rfb.set_desktop_size(width_px, height_px) => {
                             let why = "this vnc server cannot be resized remotely; the view is scaled instead";
-                            life.send(ServerMsg::error("resize_unsupported", why, false));
+                            life.send(ServerMsg::error(CloseCode::ResizeUnsupported, why));
                         }
                         _ => {}
                     }
@@ -363,8 +367,8 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
             () = sleep_until(deadline) => {
                 if !d.rfb.is_connected() {
                     let why = format!("no rfb handshake with {addr} within {} s", HANDSHAKE_TIMEOUT.as_secs());
-                    life.send(ServerMsg::error("target_error", why.clone(), true));
-                    break End { code: "target_error", reason: why, from_control: false };
+                    life.send(ServerMsg::error(CloseCode::TargetError, why.clone()));
+                    break End { code: CloseCode::TargetError, reason: why, from_control: false };
                 }
                 if let Some(end) = life.expired() {
                     break end;
@@ -372,7 +376,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
             }
         }
     };
-    let end = if workspace && end.code == "remote_closed" {
+    let end = if workspace && end.code == CloseCode::RemoteClosed {
         life.explain_workspace_end(end).await
     } else {
         end

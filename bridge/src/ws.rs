@@ -8,6 +8,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt as _, StreamExt as _};
+use portico_proto::codes::CloseCode;
 use portico_proto::control::{ClaimRequest, ControlError};
 use portico_proto::wire::{self, ClientMsg, ServerMsg};
 use serde::Deserialize;
@@ -98,7 +99,7 @@ pub async fn handler(
             }
             None if let Some((code, reason)) = bridge.registry.ended(&session_id, &token) => {
                 // It ended while the browser was away: say why, then close.
-                tracing::info!(%session_id, code, "Reattach to an ended session: telling the browser why");
+                tracing::info!(%session_id, code = code.as_str(), "Reattach to an ended session: telling the browser why");
                 metrics.upgrades.with(&["ended"]).inc();
                 return ws
                     .protocols([wire::SUBPROTOCOL])
@@ -248,7 +249,7 @@ async fn pump(socket: WebSocket, live: Arc<LiveSession>) {
                 };
                 if let Some(text) = reply {
                     tracing::debug!(session_id = %live.id, error = %text, "Malformed client message");
-                    if tx.send(Message::Binary(ServerMsg::error("malformed_message", text, false).encode().into())).await.is_err() {
+                    if tx.send(Message::Binary(ServerMsg::error(CloseCode::MalformedMessage, text).encode().into())).await.is_err() {
                         break;
                     }
                 }

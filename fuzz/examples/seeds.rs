@@ -12,6 +12,7 @@ use ironrdp_cliprdr::pdu::{
     ClipboardProtocolVersion, FileContentsFlags, FileContentsRequest, FormatDataRequest, FormatDataResponse,
     FormatList, FormatListResponse, LockDataId,
 };
+use portico_proto::codes::CloseCode;
 use portico_proto::token::{Protocol, SessionClaims, TokenSigner};
 use portico_proto::wire::{ClientMsg, Closed, Credentials, ErrorInfo, Hello, ImageFormat, Rect, ServerMsg, Status};
 
@@ -433,12 +434,12 @@ fn server_msgs() -> Vec<ServerMsg> {
             message: "ok".into(),
         }),
         ServerMsg::Error(ErrorInfo {
-            code: "auth_failed".into(),
+            code: CloseCode::AuthFailed,
             message: "no".into(),
             fatal: true,
         }),
         ServerMsg::Closed(Closed {
-            code: "ended".into(),
+            code: CloseCode::Ended,
             reason: "bye".into(),
         }),
         ServerMsg::Pong(*b"pongpong"),

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::Secret;
+use crate::codes::CloseCode;
 use crate::token::Protocol;
 
 /// A public key that signs session tokens.
@@ -266,6 +267,10 @@ pub struct HostKeyReport {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EndRequest {
     pub reason: String,
+    /// The close code the session ended with (older bridges send none: the reason starts with it; a code
+    /// this version does not know counts as none).
+    #[serde(default, deserialize_with = "known_code")]
+    pub code: Option<CloseCode>,
     /// WebSocket message bytes the bridge sent to the browser(s) of the session (every attach together).
     #[serde(default)]
     pub bytes_to_browser: u64,
@@ -305,9 +310,50 @@ pub struct SyncResponse {
     /// Why, for those that have a recorded reason (shown to the user).
     #[serde(default)]
     pub reasons: std::collections::BTreeMap<String, String>,
+    /// The close code of each ended session whose end recorded one. Absent from older webapps' answers,
+    /// and a code this bridge does not know is dropped (not an error): the bridge then derives the code
+    /// from the reason ([`SyncResponse::end_of`]).
+    #[serde(
+        default,
+        deserialize_with = "known_codes",
+        skip_serializing_if = "std::collections::BTreeMap::is_empty"
+    )]
+    pub codes: std::collections::BTreeMap<String, CloseCode>,
     /// Set while an administrator has this bridge drained.
     #[serde(default)]
     pub drain: Option<DrainOrder>,
+}
+
+impl SyncResponse {
+    /// How the answer says session `id` ended, if it did: its close code (the one the control plane recorded,
+    /// else the one its reason implies, as older webapps' answers carry no codes) and its reason.
+    pub fn end_of(&self, id: &str) -> Option<(CloseCode, String)> {
+        if !self.ended.iter().any(|e| e == id) {
+            return None;
+        }
+        let reason = self.reasons.get(id);
+        let code = match self.codes.get(id) {
+            Some(&code) => code,
+            None => CloseCode::from_recorded_reason(reason.map(String::as_str)),
+        };
+        Some((code, reason.cloned().unwrap_or_else(|| "the session was ended".into())))
+    }
+}
+
+/// The codes of [`SyncResponse::codes`], without those this version does not know (a newer webapp's): they
+/// fall back to the reason, rather than failing the whole heartbeat.
+fn known_codes<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, CloseCode>, D::Error> {
+    let raw = std::collections::BTreeMap::<String, String>::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .filter_map(|(id, code)| Some((id, code.parse().ok()?)))
+        .collect())
+}
+
+fn known_code<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<CloseCode>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.and_then(|code| code.parse().ok()))
 }
 
 /// Why a control call failed.
@@ -432,5 +478,42 @@ mod tests {
         assert_eq!(reg.route, None);
         let order: SyncResponse = serde_json::from_str(r#"{"ended":[],"drain":{"deadline_unix":5}}"#).unwrap();
         assert_eq!(order.drain, Some(DrainOrder { deadline_unix: Some(5) }));
+        let end: EndRequest = serde_json::from_str(r#"{"reason":"ended: bye"}"#).unwrap();
+        assert_eq!(end.code, None);
+        let end: EndRequest = serde_json::from_str(r#"{"reason":"x","code":"a_later_code"}"#).unwrap();
+        assert_eq!(end.code, None);
+        let end: EndRequest = serde_json::from_str(r#"{"reason":"x","code":"remote_closed"}"#).unwrap();
+        assert_eq!(end.code, Some(CloseCode::RemoteClosed));
+    }
+
+    #[test]
+    fn sync_answers_carry_end_codes_and_older_ones_fall_back_to_the_reason() {
+        // An older webapp: no codes, the reason tells.
+        let old: SyncResponse = serde_json::from_str(
+            r#"{"ended":["a","b","c","d"],"reasons":{"a":"lost: bridge b1 stopped responding","b":"workspace failed: no image","c":"connection deleted"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            old.end_of("a"),
+            Some((CloseCode::Lost, "lost: bridge b1 stopped responding".into()))
+        );
+        assert_eq!(old.end_of("b").map(|e| e.0), Some(CloseCode::TargetError));
+        assert_eq!(old.end_of("c").map(|e| e.0), Some(CloseCode::Ended));
+        assert_eq!(
+            old.end_of("d"),
+            Some((CloseCode::Ended, "the session was ended".into()))
+        );
+        assert_eq!(old.end_of("e"), None);
+        // A code wins over the reason; a code this version does not know falls back to it.
+        let new: SyncResponse = serde_json::from_str(
+            r#"{"ended":["a","b"],"reasons":{"a":"lost: anything","b":"lost: x"},"codes":{"a":"idle_timeout","b":"a_later_code"}}"#,
+        )
+        .unwrap();
+        assert_eq!(new.end_of("a").map(|e| e.0), Some(CloseCode::IdleTimeout));
+        assert_eq!(new.end_of("b").map(|e| e.0), Some(CloseCode::Lost));
+        // What a webapp sends is what a bridge reads.
+        let back: SyncResponse = serde_json::from_str(&serde_json::to_string(&new).unwrap()).unwrap();
+        assert_eq!(back.codes.get("a"), Some(&CloseCode::IdleTimeout));
+        assert!(!serde_json::to_string(&old).unwrap().contains("codes"));
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! Nothing here performs I/O, reads the clock or draws randomness: time and keys are passed in by the caller.
 
+pub mod codes;
 pub mod control;
 pub mod limits;
 pub mod metrics;
@@ -10,5 +11,10 @@ pub mod rfb;
 pub mod secret;
 pub mod token;
 pub mod wire;
+
+#[cfg(test)]
+mod generated;
+#[cfg(test)]
+mod wire_vectors;
 
 pub use secret::Secret;

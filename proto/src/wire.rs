@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::codes::CloseCode;
+
 pub const VERSION: u8 = 1;
 /// WebSocket sub-protocol the bridge selects.
 pub const SUBPROTOCOL: &str = "portico.v1";
@@ -59,14 +61,14 @@ pub struct Status {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorInfo {
-    pub code: String,
+    pub code: CloseCode,
     pub message: String,
     pub fatal: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Closed {
-    pub code: String,
+    pub code: CloseCode,
     pub reason: String,
 }
 
@@ -382,17 +384,19 @@ impl ServerMsg {
         })
     }
 
-    pub fn error(code: &str, message: impl Into<String>, fatal: bool) -> ServerMsg {
+    /// An `ERROR`: fatal when the code ends the session ([`CloseCode::ends_session`]), then a `CLOSED`
+    /// follows.
+    pub fn error(code: CloseCode, message: impl Into<String>) -> ServerMsg {
         ServerMsg::Error(ErrorInfo {
-            code: code.into(),
+            code,
             message: message.into(),
-            fatal,
+            fatal: code.ends_session(),
         })
     }
 
-    pub fn closed(code: &str, reason: impl Into<String>) -> ServerMsg {
+    pub fn closed(code: CloseCode, reason: impl Into<String>) -> ServerMsg {
         ServerMsg::Closed(Closed {
-            code: code.into(),
+            code,
             reason: reason.into(),
         })
     }
@@ -598,8 +602,8 @@ mod tests {
             }),
             ServerMsg::TermOutput(vec![0xe2, 0x82]),
             ServerMsg::status("connected", "ok"),
-            ServerMsg::error("auth_failed", "nope", true),
-            ServerMsg::closed("ended", "bye"),
+            ServerMsg::error(CloseCode::AuthFailed, "nope"),
+            ServerMsg::closed(CloseCode::Ended, "bye"),
             ServerMsg::Pong(*b"abcdefgh"),
             ServerMsg::DisplaySize {
                 width: 1280,

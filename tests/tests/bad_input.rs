@@ -1,6 +1,7 @@
 //! Bad input gets a clear error and loses nothing: malformed API bodies, malformed WebSocket frames,
 //! junk on the TLS port; the process keeps serving everyone else.
 
+use portico_proto::codes::CloseCode;
 use std::io::Write as _;
 use std::time::Duration;
 
@@ -99,7 +100,7 @@ async fn malformed_frames_are_reported_and_the_session_survives() -> anyhow::Res
         victim
             .errors
             .iter()
-            .all(|e| e.code == "malformed_message" && !e.fatal && e.message.starts_with("malformed message"))
+            .all(|e| e.code == CloseCode::MalformedMessage && !e.fatal && e.message.starts_with("malformed message"))
     );
     // An oversized frame is refused by the WebSocket layer: that socket closes, the session waits for a reattach.
     victim.input("echo still-alive-$((5*5))\r").await?;

@@ -1,5 +1,6 @@
 //! The database layer against both engines: SQLite (file) and PostgreSQL 15 (real server).
 
+use portico_proto::codes::CloseCode;
 use portico_tests::peers::Postgres;
 use portico_tests::workspace_root;
 use portico_webapp::db::{
@@ -100,7 +101,8 @@ async fn exercise(db: &Db) -> anyhow::Result<()> {
     );
 
     let ids = vec!["s1".to_owned(), "ghost".to_owned()];
-    let ended_ids = |v: Vec<(String, Option<String>)>| v.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+    let ended_ids =
+        |v: Vec<(String, Option<String>, Option<CloseCode>)>| v.into_iter().map(|(id, ..)| id).collect::<Vec<_>>();
     assert_eq!(ended_ids(db.ended_among(&ids, "b1").await?), vec!["ghost".to_owned()]);
     assert_eq!(
         ended_ids(db.ended_among(&ids, "b2").await?),
@@ -108,9 +110,20 @@ async fn exercise(db: &Db) -> anyhow::Result<()> {
         "another bridge's session is over for b2"
     );
     bridges(db, now).await?;
-    assert!(db.end_session("s1", "test", now + 5).await?);
-    assert!(!db.end_session("s1", "test", now + 6).await?, "ending twice is a no-op");
+    assert!(db.end_session("s1", CloseCode::IdleTimeout, "test", now + 5).await?);
+    assert!(
+        !db.end_session("s1", CloseCode::Ended, "test", now + 6).await?,
+        "ending twice is a no-op"
+    );
     assert_eq!(ended_ids(db.ended_among(&ids, "b1").await?), ids);
+    // The code the session ended with is what its bridge hears; an unknown session has none.
+    assert_eq!(
+        db.ended_among(&ids, "b1").await?,
+        vec![
+            ("s1".to_owned(), Some("test".to_owned()), Some(CloseCode::IdleTimeout)),
+            ("ghost".to_owned(), None, None)
+        ]
+    );
     assert_eq!(db.list_sessions(Some("u1"), false).await?.len(), 0);
     // s1, and the session the bridge tier's checks lost with its bridge.
     assert_eq!(db.list_sessions(None, true).await?.len(), 2);
@@ -1092,7 +1105,8 @@ async fn workspaces(db: &Db, now: i64) -> anyhow::Result<()> {
         .collect();
     assert_eq!(unreported, ["w2"]);
     // An ended session's container is no longer wanted, and its reports change nothing.
-    db.end_session("w2", "ended by the user", now + 2).await?;
+    db.end_session("w2", CloseCode::Ended, "ended by the user", now + 2)
+        .await?;
     assert_eq!(db.desired_containers(&a).await?.len(), 1);
     let late = ContainerUpdate {
         session_id: "w2",

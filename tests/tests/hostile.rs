@@ -3,6 +3,7 @@
 //! the caps ends with `target_error`; the bridge's memory grows by less than 100 MiB whatever the server
 //! does; a server within the limits still works.
 
+use portico_proto::codes::CloseCode;
 use std::time::Duration;
 
 use portico_proto::rfb::encoding;
@@ -182,10 +183,10 @@ fn assert_target_error(t: &Term, what: &str, expect: &str) {
         .closed
         .as_ref()
         .unwrap_or_else(|| panic!("{what}: no CLOSED; errors {:?}", t.errors));
-    assert_eq!(closed.code, "target_error", "{what}: {closed:?}");
+    assert_eq!(closed.code, CloseCode::TargetError, "{what}: {closed:?}");
     assert!(closed.reason.contains(expect), "{what}: {closed:?}");
     assert!(
-        t.errors.iter().any(|e| e.code == "target_error" && e.fatal),
+        t.errors.iter().any(|e| e.code == CloseCode::TargetError && e.fatal),
         "{what}: {:?}",
         t.errors
     );
@@ -355,13 +356,13 @@ async fn an_rdp_server_imposing_a_desktop_over_the_limit_is_refused() -> anyhow:
     let mut t = Term::new(ws);
     let closed = t.closed_within(WAIT).await?;
     let closed = closed.unwrap_or_else(|| panic!("no CLOSED; errors {:?}", t.errors));
-    assert_eq!(closed.code, "target_error", "{closed:?}");
+    assert_eq!(closed.code, CloseCode::TargetError, "{closed:?}");
     assert!(
         closed.reason.contains("800x600 exceeds the limit of 640x480"),
         "{closed:?}"
     );
     assert!(
-        t.errors.iter().any(|e| e.code == "target_error" && e.fatal),
+        t.errors.iter().any(|e| e.code == CloseCode::TargetError && e.fatal),
         "{:?}",
         t.errors
     );

@@ -1,5 +1,6 @@
 //! The reference deployment (RA3) under faults: the tiers apart (webapp, bridges), broken on purpose.
 
+use portico_proto::codes::CloseCode;
 use std::time::{Duration, Instant};
 
 use portico_tests::client::{Term, ws_with_token};
@@ -43,7 +44,7 @@ async fn live_sessions_outlive_the_control_plane_until_the_grace() -> anyhow::Re
     let after = killed.elapsed();
     let closed =
         closed.ok_or_else(|| anyhow::anyhow!("still open {after:?} after the webapp died\n{}", bridge.log()))?;
-    assert_eq!(closed.code, "ended");
+    assert_eq!(closed.code, CloseCode::Ended);
     assert!(
         closed.reason.contains("control plane was unreachable"),
         "{}",
@@ -384,7 +385,7 @@ async fn a_bridge_drains_on_sigterm() -> anyhow::Result<()> {
         .closed_within(Duration::from_secs(10))
         .await?
         .ok_or_else(|| anyhow::anyhow!("the session did not close"))?;
-    assert_eq!(closed.code, "ended");
+    assert_eq!(closed.code, CloseCode::Ended);
     assert!(
         !closed.reason.contains("shutting down"),
         "closed by the shutdown, not the delete: {}",

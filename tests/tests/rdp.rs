@@ -3,6 +3,7 @@
 //! clipboard both ways, resize, certificate pinning and trust on first use, credentials asked at connect
 //! time, and the errors (wrong password, unreachable host, a server that lies).
 
+use portico_proto::codes::CloseCode;
 use std::time::Duration;
 
 use portico_proto::wire::{ClientMsg, Credentials};
@@ -205,10 +206,10 @@ async fn nla_refuses_a_wrong_password_and_accepts_the_right_one() -> anyhow::Res
     let wrong = rdp_connection(&api, &shadow, "not-the-password", nla.clone()).await?;
     let (_, mut s) = open_screen(&p, &api, &wrong).await?;
     let closed = s.term.closed_within(WAIT).await?.expect("closed message");
-    assert_eq!(closed.code, "auth_failed", "{closed:?}");
+    assert_eq!(closed.code, CloseCode::AuthFailed, "{closed:?}");
     assert!(closed.reason.contains("refused the credentials"), "{closed:?}");
     assert!(
-        s.term.errors.iter().any(|e| e.code == "auth_failed"),
+        s.term.errors.iter().any(|e| e.code == CloseCode::AuthFailed),
         "{:?}",
         s.term.errors
     );
@@ -223,7 +224,7 @@ async fn nla_refuses_a_wrong_password_and_accepts_the_right_one() -> anyhow::Res
     let tls = rdp_connection(&api, &shadow, &shadow.user.password, json!({"security": "tls"})).await?;
     let (_, mut s) = open_screen(&p, &api, &tls).await?;
     let closed = s.term.closed_within(WAIT).await?.expect("closed message");
-    assert_eq!(closed.code, "target_error", "{closed:?}");
+    assert_eq!(closed.code, CloseCode::TargetError, "{closed:?}");
     assert!(closed.reason.contains("negotiation"), "{closed:?}");
     Ok(())
 }
@@ -279,7 +280,7 @@ async fn a_pinned_certificate_is_enforced() -> anyhow::Result<()> {
         .await?;
     let (_, mut s) = open_screen(&p, &api, &conn).await?;
     let closed = s.term.closed_within(WAIT).await?.expect("closed message");
-    assert_eq!(closed.code, "host_key_mismatch", "{closed:?}");
+    assert_eq!(closed.code, CloseCode::HostKeyMismatch, "{closed:?}");
     assert!(closed.reason.contains("does not match the pinned"), "{closed:?}");
     // The pin is not replaced by what the server showed.
     let c = api
@@ -339,7 +340,7 @@ async fn unreachable_and_lying_servers_are_clear_errors() -> anyhow::Result<()> 
         .await?;
     let (_, mut s) = open_screen(&p, &api, &unreachable).await?;
     let closed = s.term.closed_within(WAIT).await?.expect("closed message");
-    assert_eq!(closed.code, "unreachable", "{closed:?}");
+    assert_eq!(closed.code, CloseCode::Unreachable, "{closed:?}");
     assert!(closed.reason.contains("cannot reach"), "{closed:?}");
 
     let liar = api
@@ -350,7 +351,7 @@ async fn unreachable_and_lying_servers_are_clear_errors() -> anyhow::Result<()> 
         .await?;
     let (_, mut s) = open_screen(&p, &api, &liar).await?;
     let closed = s.term.closed_within(WAIT).await?.expect("closed message");
-    assert_eq!(closed.code, "target_error", "{closed:?}");
+    assert_eq!(closed.code, CloseCode::TargetError, "{closed:?}");
     assert!(!closed.reason.is_empty(), "{closed:?}");
     // The bystander still gets updates.
     shadow.x("xsetroot", &["-solid", "#ff00ff"])?;

@@ -1,6 +1,7 @@
 //! SSH through the bridge against a real OpenSSH sshd: auth modes, host-key policy, errors, session end,
 //! reattach, limits.
 
+use portico_proto::codes::CloseCode;
 use std::time::{Duration, Instant};
 
 use portico_proto::wire::{self, ClientMsg};
@@ -86,7 +87,7 @@ async fn wrong_password_is_a_clear_error() -> anyhow::Result<()> {
         .closed_within(Duration::from_secs(30))
         .await?
         .expect("a CLOSED message");
-    assert_eq!(closed.code, "auth_failed");
+    assert_eq!(closed.code, CloseCode::AuthFailed);
     let err = t.errors.first().expect("an ERROR message");
     assert!(err.fatal && err.message.contains("authentication failed"), "{err:?}");
     Ok(())
@@ -111,7 +112,7 @@ async fn changed_host_key_is_refused() -> anyhow::Result<()> {
         .closed_within(Duration::from_secs(20))
         .await?
         .expect("a CLOSED message");
-    assert_eq!(closed.code, "host_key_mismatch");
+    assert_eq!(closed.code, CloseCode::HostKeyMismatch);
     let err = &t.errors[0];
     assert!(
         err.message.contains("host key changed") && err.message.contains(&sshd.host_key_fingerprint),
@@ -137,7 +138,7 @@ async fn unreachable_target_is_a_clear_error() -> anyhow::Result<()> {
         .closed_within(Duration::from_secs(20))
         .await?
         .expect("a CLOSED message");
-    assert_eq!(closed.code, "unreachable");
+    assert_eq!(closed.code, CloseCode::Unreachable);
     assert!(
         t.errors[0].message.contains(&format!("cannot reach 127.0.0.1:{port}")),
         "{:?}",
@@ -158,7 +159,7 @@ async fn delete_closes_the_terminal_within_two_seconds() -> anyhow::Result<()> {
     let closed = t.closed_within(Duration::from_secs(5)).await?;
     let took = started.elapsed();
     assert!(took <= Duration::from_secs(2), "closed after {took:?}");
-    assert_eq!(closed.map(|c| c.code).as_deref(), Some("ended"));
+    assert_eq!(closed.map(|c| c.code), Some(CloseCode::Ended));
     let row = api
         .ok(reqwest::Method::GET, &format!("/api/v1/sessions/{id}"), None)
         .await?;
@@ -221,7 +222,7 @@ async fn reattach_within_grace_gets_the_screen_and_the_same_shell() -> anyhow::R
         .map_err(|r| anyhow::anyhow!("{r:?}"))?;
     let mut t = Term::new(ws);
     let closed = t.closed_within(Duration::from_secs(5)).await?.expect("a close message");
-    assert_eq!(closed.code, "ended", "{closed:?}");
+    assert_eq!(closed.code, CloseCode::Ended, "{closed:?}");
     assert!(closed.reason.contains("ended by the user"), "{closed:?}");
     assert!(t.hello.is_none(), "no session to attach to");
     Ok(())
@@ -239,13 +240,13 @@ async fn idle_limit_and_remote_exit_end_the_session() -> anyhow::Result<()> {
     let (_, mut idle) = open_term(&p, &api, &conn).await?;
     idle.connected().await?;
     let closed = idle.closed_within(Duration::from_secs(10)).await?;
-    assert_eq!(closed.map(|c| c.code).as_deref(), Some("idle_timeout"));
+    assert_eq!(closed.map(|c| c.code), Some(CloseCode::IdleTimeout));
 
     let (_, mut t) = open_term(&p, &api, &conn).await?;
     t.connected().await?;
     t.input("exit 3\r").await?;
     let closed = t.closed_within(Duration::from_secs(10)).await?.expect("closed");
-    assert_eq!(closed.code, "remote_closed");
+    assert_eq!(closed.code, CloseCode::RemoteClosed);
     assert!(closed.reason.contains("status 3"), "{closed:?}");
     Ok(())
 }
@@ -274,7 +275,7 @@ async fn maximum_duration_ends_even_a_busy_session() -> anyhow::Result<()> {
         }
     }
     let closed = t.closed.clone().expect("the session was closed");
-    assert_eq!(closed.code, "max_duration", "{closed:?}");
+    assert_eq!(closed.code, CloseCode::MaxDuration, "{closed:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! audience, wrong session, replayed (also on a second bridge process of the same fleet). None of them may
 //! reach the target.
 
+use portico_proto::codes::CloseCode;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -166,7 +167,7 @@ async fn a_used_token_is_refused_by_every_bridge_of_the_fleet() -> anyhow::Resul
     api.ok(reqwest::Method::DELETE, &format!("/api/v1/sessions/{id}"), None)
         .await?;
     let closed = t.closed_within(Duration::from_secs(3)).await?;
-    assert_eq!(closed.map(|c| c.code).as_deref(), Some("ended"));
+    assert_eq!(closed.map(|c| c.code), Some(CloseCode::Ended));
     Ok(())
 }
 

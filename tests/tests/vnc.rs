@@ -1,6 +1,7 @@
 //! VNC through the bridge against real TigerVNC Xvnc and x11vnc: pixel truth, input truth, clipboard,
 //! errors (wrong password, unreachable host, a server that lies), flow control and reattach.
 
+use portico_proto::codes::CloseCode;
 use std::time::Duration;
 
 use portico_proto::wire::{self, ClientMsg};
@@ -202,24 +203,24 @@ async fn wrong_password_and_unreachable_host_are_clear_errors() -> anyhow::Resul
     let wrong = vnc_connection(&api, xvnc.port, Some("wrong-pw")).await?;
     let (_, mut s) = open_screen(&p, &api, &wrong).await?;
     let closed = s.term.closed_within(WAIT).await?.expect("closed message");
-    assert_eq!(closed.code, "auth_failed", "{closed:?}");
+    assert_eq!(closed.code, CloseCode::AuthFailed, "{closed:?}");
     assert!(
         s.term
             .errors
             .iter()
-            .any(|e| e.code == "auth_failed" && e.message.contains("authentication")),
+            .any(|e| e.code == CloseCode::AuthFailed && e.message.contains("authentication")),
         "{:?}",
         s.term.errors
     );
     let missing = vnc_connection(&api, xvnc.port, None).await?;
     let (_, mut s) = open_screen(&p, &api, &missing).await?;
     let closed = s.term.closed_within(WAIT).await?.expect("closed message");
-    assert_eq!(closed.code, "auth_failed");
+    assert_eq!(closed.code, CloseCode::AuthFailed);
     assert!(closed.reason.contains("password"), "{closed:?}");
     let unreachable = vnc_connection(&api, free_port(), None).await?;
     let (_, mut s) = open_screen(&p, &api, &unreachable).await?;
     let closed = s.term.closed_within(WAIT).await?.expect("closed message");
-    assert_eq!(closed.code, "unreachable", "{closed:?}");
+    assert_eq!(closed.code, CloseCode::Unreachable, "{closed:?}");
     Ok(())
 }
 
@@ -240,7 +241,7 @@ async fn a_failing_session_says_why_even_to_a_chatty_browser() -> anyhow::Result
         }
         let closed = s.term.closed_within(WAIT).await?;
         let closed = closed.unwrap_or_else(|| panic!("round {round}: the socket closed without saying why"));
-        assert_eq!(closed.code, "unreachable", "round {round}: {closed:?}");
+        assert_eq!(closed.code, CloseCode::Unreachable, "round {round}: {closed:?}");
         assert!(
             s.term
                 .errors
@@ -320,7 +321,7 @@ async fn a_lying_server_ends_its_session_only() -> anyhow::Result<()> {
         let conn = vnc_connection(&api, port, None).await?;
         let (_, mut s) = open_screen(&p, &api, &conn).await?;
         let closed = s.term.closed_within(WAIT).await?.expect("closed message");
-        assert_eq!(closed.code, "target_error", "{closed:?}");
+        assert_eq!(closed.code, CloseCode::TargetError, "{closed:?}");
         assert!(closed.reason.contains(expect), "{expect}: {closed:?}");
     }
     // The bystander still gets updates.
@@ -476,7 +477,12 @@ async fn a_server_that_refuses_resizing_says_so_and_keeps_going() -> anyhow::Res
         })
         .await?;
     let deadline = tokio::time::Instant::now() + WAIT;
-    while !s.term.errors.iter().any(|e| e.code == "resize_unsupported" && !e.fatal) {
+    while !s
+        .term
+        .errors
+        .iter()
+        .any(|e| e.code == CloseCode::ResizeUnsupported && !e.fatal)
+    {
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
             "no resize_unsupported error: {:?}",

@@ -5,6 +5,7 @@
 //! agent, and clear errors (no agent, no such image, bad specs). The last two run split (webapp and bridge
 //! processes), so the bridge reaches workspaces over the internal HTTPS API.
 
+use portico_proto::codes::CloseCode;
 use std::time::Duration;
 
 use portico_tests::client::{Api, Screen, ws_with_token};
@@ -230,7 +231,7 @@ async fn a_workspace_launches_with_its_limits_and_is_destroyed_when_the_session_
     assert!(
         closed
             .as_ref()
-            .is_some_and(|c| c.code == "ended" && c.reason.contains("ended by the user")),
+            .is_some_and(|c| c.code == CloseCode::Ended && c.reason.contains("ended by the user")),
         "{closed:?}"
     );
     wait_containers(&engine, &sid, 0, Duration::from_secs(10)).await?;

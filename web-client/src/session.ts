@@ -2,6 +2,7 @@
 // view chosen by the session's protocol (terminal for SSH, canvas display for VNC and RDP).
 
 import { h, mount } from './dom';
+import { CLOSE_CODES, type CloseCode } from './codes';
 import * as wire from './wire';
 import { TerminalView } from './terminal';
 import { DisplayView } from './display';
@@ -90,10 +91,16 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
     if (ws && ws.readyState === WebSocket.OPEN) ws.send(bytes);
   };
 
-  const finish = (text: string) => {
+  // `code`: how the bridge said the session ended; the stage carries it (data-close-code) and the status
+  // line's tooltip explains it.
+  const finish = (text: string, code?: CloseCode) => {
     finished = true;
     window.clearTimeout(reconnectTimer);
     setState('closed', text);
+    if (code) {
+      stage.dataset.closeCode = code;
+      status.title = `${text}\n${code}: ${CLOSE_CODES[code].meaning}`;
+    }
   };
 
   const makeView = (protocol: string): View => {
@@ -140,11 +147,11 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
           setState(msg.status.state === 'connected' ? 'connected' : 'connecting', msg.status.message);
           break;
         case 'error':
-          if (msg.error.fatal) finish(`closed: ${msg.error.message}`);
-          else console.warn(`portico: ${msg.error.message}`);
+          if (msg.error.fatal) finish(`closed: ${msg.error.message}`, msg.error.code);
+          else console.warn(`portico: ${msg.error.code}: ${msg.error.message}`);
           break;
         case 'closed':
-          if (!finished) finish(`closed: ${msg.closed.reason}`);
+          if (!finished) finish(`closed: ${msg.closed.reason}`, msg.closed.code);
           break;
         case 'pong':
           break;
@@ -264,6 +271,7 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
     try {
       target = await opts.newSession();
       finished = false;
+      delete stage.dataset.closeCode;
       resumeToken = null;
       lostAt = 0;
       attempt = 0;

@@ -1,4 +1,10 @@
 // The Portico browser wire protocol v1 (docs/protocol.md): [version, type, payload...] in binary messages.
+// Checked against the shared test vectors of proto/vectors/wire.json (test/wire.test.ts): a message the
+// Rust codec refuses is refused here too.
+
+import { type CloseCode, isCloseCode } from './codes';
+
+export type { CloseCode } from './codes';
 
 export const VERSION = 1;
 export const SUBPROTOCOL = 'portico.v1';
@@ -31,8 +37,8 @@ export const C_POINTER = 0x88;
 
 export interface Hello { session_id: string; protocol: string; resume_token: string; grace_seconds: number; reattached: boolean }
 export interface Status { state: string; message: string }
-export interface ErrorInfo { code: string; message: string; fatal: boolean }
-export interface Closed { code: string; reason: string }
+export interface ErrorInfo { code: CloseCode; message: string; fatal: boolean }
+export interface Closed { code: CloseCode; reason: string }
 
 export interface Rect { x: number; y: number; w: number; h: number }
 
@@ -42,7 +48,7 @@ export type ServerMsg =
   | { type: 'status'; status: Status }
   | { type: 'error'; error: ErrorInfo }
   | { type: 'closed'; closed: Closed }
-  | { type: 'pong' }
+  | { type: 'pong'; data: Uint8Array }
   | { type: 'size'; width: number; height: number }
   | { type: 'image'; rect: Rect; mime: string; data: Uint8Array<ArrayBuffer> }
   | { type: 'copy'; sx: number; sy: number; rect: Rect }
@@ -51,20 +57,51 @@ export type ServerMsg =
   | { type: 'frame'; id: number }
   | { type: 'clipboard'; text: string };
 
-const utf8 = new TextDecoder();
+// Invalid UTF-8 makes a message malformed (as in the bridge's codec), it is not replaced.
+const utf8 = new TextDecoder('utf-8', { fatal: true });
 
-function json<T>(payload: Uint8Array): T {
-  return JSON.parse(utf8.decode(payload)) as T;
+type Field = 'string' | 'boolean' | 'u32' | 'code';
+
+function fieldOk(v: unknown, kind: Field): boolean {
+  switch (kind) {
+    case 'string': return typeof v === 'string';
+    case 'boolean': return typeof v === 'boolean';
+    case 'u32': return typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= 0xffffffff;
+    case 'code': return isCloseCode(v);
+  }
 }
 
-function need(payload: Uint8Array, n: number, what: string): DataView {
-  if (payload.length < n) throw new Error(`short ${what} message`);
+/** A JSON payload that must be an object with these fields of these types (others, from a later version,
+ * are left out). */
+function json<T>(payload: Uint8Array, what: string, fields: Record<keyof T, Field>): T {
+  const v: unknown = JSON.parse(utf8.decode(payload));
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error(`${what} is not an object`);
+  const o = v as Record<string, unknown>;
+  const out: Record<string, unknown> = {};
+  for (const [k, kind] of Object.entries(fields) as [string, Field][]) {
+    if (!fieldOk(o[k], kind)) throw new Error(`${what}: bad or missing ${k}`);
+    out[k] = o[k];
+  }
+  return out as T;
+}
+
+const HELLO: Record<keyof Hello, Field> = { session_id: 'string', protocol: 'string', resume_token: 'string', grace_seconds: 'u32', reattached: 'boolean' };
+const STATUS: Record<keyof Status, Field> = { state: 'string', message: 'string' };
+const ERROR: Record<keyof ErrorInfo, Field> = { code: 'code', message: 'string', fatal: 'boolean' };
+const CLOSED: Record<keyof Closed, Field> = { code: 'code', reason: 'string' };
+
+/** At least `n` payload bytes (exactly `n` unless `more`). */
+function need(payload: Uint8Array, n: number, what: string, more = false): DataView {
+  if (payload.length < n || (!more && payload.length > n)) throw new Error(`${what} message of ${payload.length} bytes`);
   return new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
 }
 
 function rect(v: DataView, at: number): Rect {
   return { x: v.getUint16(at), y: v.getUint16(at + 2), w: v.getUint16(at + 4), h: v.getUint16(at + 6) };
 }
+
+/** Image formats of IMAGE messages. */
+export const IMAGE_MIME: Readonly<Record<number, string>> = { 1: 'image/png', 2: 'image/jpeg' };
 
 export function decode(buf: ArrayBuffer): ServerMsg {
   const bytes = new Uint8Array(buf);
@@ -75,21 +112,22 @@ export function decode(buf: ArrayBuffer): ServerMsg {
   switch (bytes[1]) {
     case S_DISPLAY_SIZE: v = need(payload, 4, 'size'); return { type: 'size', width: v.getUint16(0), height: v.getUint16(2) };
     case S_IMAGE: {
-      v = need(payload, 9, 'image');
-      const mime = payload[8] === 2 ? 'image/jpeg' : 'image/png';
+      v = need(payload, 9, 'image', true);
+      const mime = IMAGE_MIME[payload[8]];
+      if (!mime) throw new Error(`unknown image format ${payload[8]}`);
       return { type: 'image', rect: rect(v, 0), mime, data: payload.slice(9) };
     }
     case S_COPY: v = need(payload, 12, 'copy'); return { type: 'copy', sx: v.getUint16(0), sy: v.getUint16(2), rect: rect(v, 4) };
     case S_FILL: v = need(payload, 11, 'fill'); return { type: 'fill', rect: rect(v, 0), rgb: [payload[8], payload[9], payload[10]] };
-    case S_CURSOR: v = need(payload, 4, 'cursor'); return { type: 'cursor', hotX: v.getUint16(0), hotY: v.getUint16(2), png: payload.slice(4) };
+    case S_CURSOR: v = need(payload, 4, 'cursor', true); return { type: 'cursor', hotX: v.getUint16(0), hotY: v.getUint16(2), png: payload.slice(4) };
     case S_FRAME_END: v = need(payload, 4, 'frame end'); return { type: 'frame', id: v.getUint32(0) };
     case S_REMOTE_CLIPBOARD: return { type: 'clipboard', text: utf8.decode(payload) };
-    case S_HELLO: return { type: 'hello', hello: json<Hello>(payload) };
+    case S_HELLO: return { type: 'hello', hello: json<Hello>(payload, 'hello', HELLO) };
     case S_TERM_OUTPUT: return { type: 'output', data: payload };
-    case S_STATUS: return { type: 'status', status: json<Status>(payload) };
-    case S_ERROR: return { type: 'error', error: json<ErrorInfo>(payload) };
-    case S_CLOSED: return { type: 'closed', closed: json<Closed>(payload) };
-    case S_PONG: return { type: 'pong' };
+    case S_STATUS: return { type: 'status', status: json<Status>(payload, 'status', STATUS) };
+    case S_ERROR: return { type: 'error', error: json<ErrorInfo>(payload, 'error', ERROR) };
+    case S_CLOSED: return { type: 'closed', closed: json<Closed>(payload, 'closed', CLOSED) };
+    case S_PONG: need(payload, 8, 'pong'); return { type: 'pong', data: payload };
     default: throw new Error(`unknown message type ${bytes[1]}`);
   }
 }
@@ -119,9 +157,15 @@ export function resize(cols: number, rows: number, widthPx: number, heightPx: nu
   return frame(C_RESIZE, p);
 }
 
-export function ping(): Uint8Array<ArrayBuffer> {
+/** A PING with 8 opaque bytes (by default the time, echoed in the PONG). */
+export function ping(data?: Uint8Array): Uint8Array<ArrayBuffer> {
   const p = new Uint8Array(8);
-  new DataView(p.buffer).setFloat64(0, performance.now());
+  if (data) {
+    if (data.length !== 8) throw new Error('a ping carries 8 bytes');
+    p.set(data);
+  } else {
+    new DataView(p.buffer).setFloat64(0, performance.now());
+  }
   return frame(C_PING, p);
 }
 

@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use portico_proto::codes::CloseCode;
 use portico_proto::control::ConnectionSettings;
 use portico_proto::token::{MAX_LIFETIME_SECS, Protocol, SessionClaims};
 use serde::{Deserialize, Serialize};
@@ -249,7 +250,11 @@ async fn logout(State(st): State<AppState>, me: CurrentUser, headers: HeaderMap)
     // SSH/VNC/RDP sessions stay until closed, as they may be open elsewhere (embedded, API).
     let now = now_unix();
     for sid in st.db.live_workspace_sessions(&me.user.id).await? {
-        if st.db.end_session(&sid, "ended: the user logged out", now).await? {
+        if st
+            .db
+            .end_session(&sid, CloseCode::Ended, "ended: the user logged out", now)
+            .await?
+        {
             st.events.emit(
                 Event::new(EventType::SessionEnded)
                     .by(&me)
@@ -1172,7 +1177,7 @@ async fn create_session(
         && let Err(e) = crate::workspaces::schedule(&st, &session_id, spec).await
     {
         st.db
-            .end_session(&session_id, &format!("not scheduled: {e}"), now)
+            .end_session(&session_id, CloseCode::Ended, &format!("not scheduled: {e}"), now)
             .await?;
         refused(&format!("not scheduled: {e}"));
         return Err(e);
@@ -1277,7 +1282,7 @@ async fn end_session(
     } else {
         "ended by an administrator"
     };
-    if st.db.end_session(&id, reason, now_unix()).await? {
+    if st.db.end_session(&id, CloseCode::Ended, reason, now_unix()).await? {
         st.events.emit(
             Event::new(EventType::SessionEnded)
                 .by(&me)

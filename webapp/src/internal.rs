@@ -13,6 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use portico_proto::Secret;
+use portico_proto::codes::CloseCode;
 use portico_proto::control::{
     AgentRegisterRequest, AgentRegistered, AgentSync, AgentSyncResponse, BridgeRegisterRequest, BridgeRegistered,
     ClaimRequest, ControlError, EndRequest, HostKeyReport, SyncRequest, SyncResponse, Target, TokenKey, TokenKeys,
@@ -110,7 +111,7 @@ impl Internal {
             .ok_or(ControlError::NotFound)?;
         let Some(c) = db.connection(&s.connection_id).await.map_err(db_err)? else {
             if db
-                .end_session(session_id, "connection deleted", now)
+                .end_session(session_id, CloseCode::Ended, "connection deleted", now)
                 .await
                 .map_err(db_err)?
             {
@@ -220,7 +221,12 @@ impl Internal {
         let s = self.own_session(caller, session_id).await?;
         let reason: String = req.reason.chars().take(500).collect();
         let now = now_unix();
-        let recorded = self.st.db.end_session(session_id, &reason, now).await.map_err(db_err)?;
+        let recorded = self
+            .st
+            .db
+            .end_session(session_id, req.code, &reason, now)
+            .await
+            .map_err(db_err)?;
         let event = |event_type| {
             Event::new(event_type)
                 .user(&s.user_id)
@@ -283,11 +289,16 @@ impl Internal {
             .map_err(db_err)?;
         let reasons = ended
             .iter()
-            .filter_map(|(id, reason)| Some((id.clone(), reason.clone()?)))
+            .filter_map(|(id, reason, _)| Some((id.clone(), reason.clone()?)))
+            .collect();
+        let codes = ended
+            .iter()
+            .filter_map(|(id, _, code)| Some((id.clone(), (*code)?)))
             .collect();
         Ok(SyncResponse {
-            ended: ended.into_iter().map(|(id, _)| id).collect(),
+            ended: ended.into_iter().map(|(id, ..)| id).collect(),
             reasons,
+            codes,
             drain,
         })
     }

@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use portico_proto::Secret;
+use portico_proto::codes::CloseCode;
 use portico_proto::control::{
     AgentNetwork, AgentSync, AgentSyncResponse, ContainerState, ControlError, DesiredContainer, WorkspaceEndpoint,
     WorkspaceSpec,
@@ -172,7 +173,12 @@ async fn fail(st: &AppState, session_id: &str, why: &str, now: i64) -> Result<()
             .session(session_id)
             .detail("reason", why),
     );
-    if st.db.end_session(session_id, &reason, now).await.map_err(db_err)? {
+    if st
+        .db
+        .end_session(session_id, CloseCode::TargetError, &reason, now)
+        .await
+        .map_err(db_err)?
+    {
         st.events.emit(
             Event::new(EventType::SessionEnded)
                 .session(session_id)

@@ -19,6 +19,7 @@ use ironrdp_pdu::gcc;
 use ironrdp_pdu::rdp::capability_sets::{BitmapCodecs, MajorPlatformType, RailSupportLevel};
 use ironrdp_pdu::rdp::client_info::{PerformanceFlags, TimezoneInfo};
 use ironrdp_tokio::TokioFramed;
+use portico_proto::codes::CloseCode;
 use portico_proto::control::{ConnectionSettings, RdpSecurity};
 use sha2::Digest as _;
 use tokio::net::TcpStream;
@@ -51,12 +52,12 @@ fn detail(s: &str) -> String {
 }
 
 impl RdpConnectError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> CloseCode {
         match self {
-            RdpConnectError::Unreachable { .. } => "unreachable",
-            RdpConnectError::CertificateMismatch { .. } => "host_key_mismatch",
-            RdpConnectError::AuthFailed(_) => "auth_failed",
-            _ => "target_error",
+            RdpConnectError::Unreachable { .. } => CloseCode::Unreachable,
+            RdpConnectError::CertificateMismatch { .. } => CloseCode::HostKeyMismatch,
+            RdpConnectError::AuthFailed(_) => CloseCode::AuthFailed,
+            _ => CloseCode::TargetError,
         }
     }
 }

@@ -32,6 +32,7 @@ use ironrdp_pdu::geometry::InclusiveRectangle;
 use ironrdp_session::image::DecodedImage;
 use ironrdp_session::{ActiveStage, ActiveStageBuilder, ActiveStageOutput};
 use ironrdp_tokio::FramedWrite as _;
+use portico_proto::codes::CloseCode;
 use portico_proto::control::{HostKeyReport, Target};
 use portico_proto::limits::MaxDesktop;
 use portico_proto::wire::{ClientMsg, Rect, ServerMsg};
@@ -70,7 +71,7 @@ fn check_desktop(width: u16, height: u16, max: MaxDesktop) -> Result<(), End> {
         return Ok(());
     }
     Err(End {
-        code: "target_error",
+        code: CloseCode::TargetError,
         reason: format!("the rdp server's desktop of {width}x{height} exceeds the limit of {max}"),
         from_control: false,
     })
@@ -97,7 +98,7 @@ async fn browser_size(life: &mut Lifecycle, cmd_rx: &mut mpsc::Receiver<Cmd>) ->
 
 fn shutting_down() -> End {
     End {
-        code: "ended",
+        code: CloseCode::Ended,
         reason: "bridge shutting down".into(),
         from_control: false,
     }
@@ -222,7 +223,7 @@ impl Rdp {
             return Ok(());
         }
         self.framed.write_all(frame).await.map_err(|e| End {
-            code: "remote_closed",
+            code: CloseCode::RemoteClosed,
             reason: format!("write to the rdp server failed: {}", e.to_string().to_lowercase()),
             from_control: false,
         })
@@ -280,7 +281,7 @@ impl Rdp {
     /// over at the new size.
     async fn reactivate(&mut self) -> Result<(), End> {
         let fail = |why: String| End {
-            code: "target_error",
+            code: CloseCode::TargetError,
             reason: format!("rdp reactivation failed: {why}"),
             from_control: false,
         };
@@ -418,8 +419,8 @@ impl Rdp {
                 Ok(())
             }
             Err(end) => {
-                if end.code == "target_error" {
-                    life.send(ServerMsg::error(end.code, end.reason.clone(), true));
+                if end.code == CloseCode::TargetError {
+                    life.send(ServerMsg::error(end.code, end.reason.clone()));
                 }
                 Err(end)
             }
@@ -439,7 +440,7 @@ impl Rdp {
                 ActiveStageOutput::PointerBitmap(p) => {
                     if p.width > MAX_POINTER_SIDE || p.height > MAX_POINTER_SIDE {
                         return Err(End {
-                            code: "target_error",
+                            code: CloseCode::TargetError,
                             reason: format!(
                                 "the rdp server sent a pointer of {}x{}, over the limit of \
                                  {MAX_POINTER_SIDE}x{MAX_POINTER_SIDE}",
@@ -462,7 +463,7 @@ impl Rdp {
                 }
                 ActiveStageOutput::Terminate(reason) => {
                     return Err(End {
-                        code: "remote_closed",
+                        code: CloseCode::RemoteClosed,
                         reason: format!("the rdp server ended the session: {}", reason.description()),
                         from_control: false,
                     });
@@ -480,11 +481,11 @@ impl Rdp {
                     )
                     .to_lowercase();
                     tracing::info!(error = %why, "Logon error notification");
-                    notices.push(ServerMsg::error("logon_error", why, false));
+                    notices.push(ServerMsg::error(CloseCode::LogonError, why));
                 }
                 ActiveStageOutput::ServerRedirection(_) => {
                     return Err(End {
-                        code: "target_error",
+                        code: CloseCode::TargetError,
                         reason: "the rdp server redirected the session to another host (session broker \
                                  redirection is not supported)"
                             .into(),
@@ -622,7 +623,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
         Ok(Err(e)) => return life.fail(e.code(), e.to_string()).await,
         Err(_) => {
             let why = format!("no rdp connection to {addr} within {} s", HANDSHAKE_TIMEOUT.as_secs());
-            return life.fail("target_error", why).await;
+            return life.fail(CloseCode::TargetError, why).await;
         }
     };
     let tofu = target.host_key_fingerprint.is_none() && !settings.danger_accept_any_certificate;
@@ -686,7 +687,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                         Ok(p) => p,
                         Err(e) => {
                             break 'session End {
-                                code: "remote_closed",
+                                code: CloseCode::RemoteClosed,
                                 reason: format!("the rdp server closed the connection: {}", e.to_string().to_lowercase()),
                                 from_control: false,
                             };
@@ -697,8 +698,8 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                         Err(e) => {
                             let why = format!("the rdp server sent something undecodable: {}", e.report().to_string().to_lowercase());
                             tracing::warn!(error = %why, "RDP protocol error");
-                            life.send(ServerMsg::error("target_error", why.clone(), true));
-                            break 'session End { code: "target_error", reason: why, from_control: false };
+                            life.send(ServerMsg::error(CloseCode::TargetError, why.clone()));
+                            break 'session End { code: CloseCode::TargetError, reason: why, from_control: false };
                         }
                     };
                     let mut outputs = outputs;
@@ -807,7 +808,7 @@ fn resize(
     height: u16,
 ) -> Vec<ActiveStageOutput> {
     let unsupported = |life: &mut Lifecycle, why: &str| {
-        life.send(ServerMsg::error("resize_unsupported", why, false));
+        life.send(ServerMsg::error(CloseCode::ResizeUnsupported, why));
         Vec::new()
     };
     if settings.width.is_some() {
@@ -977,7 +978,7 @@ mod tests {
         assert!(check_desktop(3840, 2160, max).is_ok());
         assert!(check_desktop(2160, 4096, max).is_ok());
         let end = check_desktop(8192, 8192, max).unwrap_err();
-        assert_eq!(end.code, "target_error");
+        assert_eq!(end.code, CloseCode::TargetError);
         assert_eq!(
             end.reason,
             "the rdp server's desktop of 8192x8192 exceeds the limit of 4096x2160"

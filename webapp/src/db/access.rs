@@ -2,6 +2,7 @@
 //! limits, and the one SQL predicate of access that listing, reading, session start and revocation share;
 //! and each user's favourite connections.
 
+use portico_proto::codes::CloseCode;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row as _};
 
@@ -198,7 +199,7 @@ impl Params {
 /// (not an admin, and no grant left; an auditor never may). The bridges close them at their next sync.
 pub(super) async fn end_revoked(conn: &mut AnyConnection, now: i64) -> sqlx::Result<u64> {
     let sql = format!(
-        "UPDATE sessions SET state = $1, ended_at = $2, end_reason = $3 WHERE state <> $1 AND NOT EXISTS (\
+        "UPDATE sessions SET state = $1, ended_at = $2, end_reason = $3, end_code = $4 WHERE state <> $1 AND NOT EXISTS (\
          SELECT 1 FROM users u JOIN connections c ON c.id = sessions.connection_id \
          WHERE u.id = sessions.user_id AND (u.role = 'admin' OR (u.role = 'user' AND {})))",
         access("u.id", "c")
@@ -207,6 +208,7 @@ pub(super) async fn end_revoked(conn: &mut AnyConnection, now: i64) -> sqlx::Res
         .bind(state::ENDED)
         .bind(now)
         .bind(REVOKED)
+        .bind(CloseCode::Ended.as_str())
         .execute(&mut *conn)
         .await?;
     if r.rows_affected() > 0 {

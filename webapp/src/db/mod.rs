@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use portico_proto::codes::CloseCode;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor as _, Row as _};
@@ -522,12 +523,14 @@ impl Db {
             .execute(&mut *tx)
             .await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE sessions SET state = $1, ended_at = $2, end_reason = $3 WHERE {session_column} = $4 AND state <> $1"
+            "UPDATE sessions SET state = $1, ended_at = $2, end_reason = $3, end_code = $5 \
+             WHERE {session_column} = $4 AND state <> $1"
         )))
         .bind(state::ENDED)
         .bind(now)
         .bind(reason)
         .bind(id)
+        .bind(CloseCode::Ended.as_str())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -670,13 +673,15 @@ impl Db {
             .execute(&self.pool)
             .await?;
         sqlx::query(
-            "UPDATE sessions SET state = $1, ended_at = $2, end_reason = $3 WHERE state = $4 AND token_expires_at < $5",
+            "UPDATE sessions SET state = $1, ended_at = $2, end_reason = $3, end_code = $6 \
+             WHERE state = $4 AND token_expires_at < $5",
         )
         .bind(state::ENDED)
         .bind(now)
         .bind("token expired unused")
         .bind(state::PENDING)
         .bind(now - 60)
+        .bind(CloseCode::Ended.as_str())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -970,8 +975,13 @@ impl Db {
         for c in self.live_containers(id).await? {
             self.close_container(&c.session_id, container_state::FAILED, Some(&reason), now)
                 .await?;
-            self.end_session(&c.session_id, &format!("workspace failed: {reason}"), now)
-                .await?;
+            self.end_session(
+                &c.session_id,
+                CloseCode::TargetError,
+                &format!("workspace failed: {reason}"),
+                now,
+            )
+            .await?;
         }
         Ok(Some(name))
     }
@@ -1092,38 +1102,58 @@ impl Db {
         Ok(r.rows_affected() == 1)
     }
 
-    pub async fn end_session(&self, id: &str, reason: &str, now: i64) -> sqlx::Result<bool> {
-        let r =
-            sqlx::query("UPDATE sessions SET state = $1, ended_at = $2, end_reason = $3 WHERE id = $4 AND state <> $1")
-                .bind(state::ENDED)
-                .bind(now)
-                .bind(reason)
-                .bind(id)
-                .execute(&self.pool)
-                .await?;
+    /// End session `id` (unless it already ended) with the close code bridges will hear and the reason
+    /// users will read; `code` is `None` only for an end a bridge reported without one (an older bridge).
+    pub async fn end_session(
+        &self,
+        id: &str,
+        code: impl Into<Option<CloseCode>>,
+        reason: &str,
+        now: i64,
+    ) -> sqlx::Result<bool> {
+        let r = sqlx::query(
+            "UPDATE sessions SET state = $1, ended_at = $2, end_reason = $3, end_code = $5 WHERE id = $4 AND state <> $1",
+        )
+        .bind(state::ENDED)
+        .bind(now)
+        .bind(reason)
+        .bind(id)
+        .bind(code.into().map(CloseCode::as_str))
+        .execute(&self.pool)
+        .await?;
         Ok(r.rows_affected() == 1)
     }
 
     /// Of `ids`, the sessions that are over for `bridge_id`: ended, unknown, or claimed by another bridge
-    /// (a bridge acts only on its own sessions), each with its recorded end reason.
-    pub async fn ended_among(&self, ids: &[String], bridge_id: &str) -> sqlx::Result<Vec<(String, Option<String>)>> {
+    /// (a bridge acts only on its own sessions), each with its recorded end reason and close code (none for
+    /// a session that is not ended here, or ended by an older webapp that recorded no code).
+    pub async fn ended_among(
+        &self,
+        ids: &[String],
+        bridge_id: &str,
+    ) -> sqlx::Result<Vec<(String, Option<String>, Option<CloseCode>)>> {
         let mut ended = Vec::new();
         for chunk in ids.chunks(200) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
-                "SELECT id, state, end_reason, bridge_id FROM sessions WHERE id IN ({})",
+                "SELECT id, state, end_reason, bridge_id, end_code FROM sessions WHERE id IN ({})",
                 placeholders.join(", ")
             );
-            let mut q = sqlx::query_as::<_, (String, String, Option<String>, Option<String>)>(sqlx::AssertSqlSafe(sql));
+            type Row = (String, String, Option<String>, Option<String>, Option<String>);
+            let mut q = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(sql));
             for id in chunk {
                 q = q.bind(id);
             }
             let known = q.fetch_all(&self.pool).await?;
             for id in chunk {
-                match known.iter().find(|(k, _, _, _)| k == id) {
-                    Some((_, st, _, owner)) if st != state::ENDED && owner.as_deref() == Some(bridge_id) => {}
-                    Some((_, st, reason, _)) if st == state::ENDED => ended.push((id.clone(), reason.clone())),
-                    _ => ended.push((id.clone(), None)),
+                match known.iter().find(|(k, ..)| k == id) {
+                    Some((_, st, _, owner, _)) if st != state::ENDED && owner.as_deref() == Some(bridge_id) => {}
+                    Some((_, st, reason, _, code)) if st == state::ENDED => {
+                        // A code this version does not know (a newer webapp's) is left to the reason.
+                        let code = code.as_deref().and_then(|c| c.parse().ok());
+                        ended.push((id.clone(), reason.clone(), code));
+                    }
+                    _ => ended.push((id.clone(), None, None)),
                 }
             }
         }
@@ -1317,7 +1347,7 @@ impl Db {
         let mut ended = Vec::new();
         for (sid, bridge) in lost {
             let reason = format!("lost: bridge {bridge} stopped responding; reconnect to start a new session");
-            if self.end_session(&sid, &reason, now).await? {
+            if self.end_session(&sid, CloseCode::Lost, &reason, now).await? {
                 ended.push((sid, reason));
             }
         }
@@ -1356,12 +1386,14 @@ impl Db {
                 .await?
         };
         sqlx::query(
-            "UPDATE sessions SET state = $1, ended_at = $2, end_reason = $3 WHERE bridge_id = $4 AND state <> $1",
+            "UPDATE sessions SET state = $1, ended_at = $2, end_reason = $3, end_code = $5 \
+             WHERE bridge_id = $4 AND state <> $1",
         )
         .bind(state::ENDED)
         .bind(now)
         .bind("ended: the bridge was revoked by an administrator")
         .bind(id)
+        .bind(CloseCode::Ended.as_str())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -1550,7 +1582,7 @@ impl Db {
             let reason = format!("lost: agent {agent} stopped responding; relaunch for a fresh workspace");
             self.close_container(&sid, container_state::LOST, Some(&reason), now)
                 .await?;
-            if self.end_session(&sid, &reason, now).await? {
+            if self.end_session(&sid, CloseCode::Lost, &reason, now).await? {
                 ended.push(sid);
             }
         }
