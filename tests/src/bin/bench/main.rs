@@ -51,7 +51,7 @@ struct Args {
     /// Workspace benchmark: memory limit of each workspace, MiB.
     #[arg(long, default_value_t = 256)]
     workspace_memory: u64,
-    /// VNC workloads to run (default all): text-heavy, text-light, video, idle.
+    /// Workloads to run (default: all of the benchmark): text-heavy, text-light, video, video-full, idle.
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
     #[arg(long, default_value_t = 5)]

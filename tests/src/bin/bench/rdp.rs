@@ -19,9 +19,17 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<String>> {
     let mut rows = Vec::new();
     let p = Portico::start()?;
     let api = Api::admin(&p).await?;
-    for w in [Workload::TextHeavy, Workload::Video]
+    // The workloads by default (text-heavy, full-screen video); the 640x360 video on request.
+    let default = [Workload::TextHeavy, Workload::VideoFull];
+    for w in [Workload::TextHeavy, Workload::Video, Workload::VideoFull]
         .into_iter()
-        .filter(|w| args.workloads.is_empty() || args.workloads.iter().any(|n| n == w.name()))
+        .filter(|w| {
+            if args.workloads.is_empty() {
+                default.contains(w)
+            } else {
+                args.workloads.iter().any(|n| n == w.name())
+            }
+        })
     {
         eprintln!("== rdp {}", w.name());
         let scene = scene(RdpServer::shadow(ShadowAuth::None, WIDTH, HEIGHT)?, w)?;
