@@ -518,13 +518,19 @@ impl Flow {
     /// picture it needs, from `image` (the whole screen of `size`, see [`encode_full`]), sent at `now`: the
     /// size first, then the screen, then the last pointer image.
     pub fn full_picture(&mut self, size: Rect, image: Option<ServerMsg>, now: Instant) -> Vec<ServerMsg> {
-        self.acked = self.frame_id;
-        self.sent_at.clear();
         let mut msgs = vec![ServerMsg::DisplaySize {
             width: size.width,
             height: size.height,
         }];
         msgs.extend(image);
+        self.picture_frame(msgs, now)
+    }
+
+    /// A browser attached: frames sent to an earlier one no longer count. Returns the frame of the full
+    /// picture `msgs` (starting with the size), the last pointer image after it.
+    pub fn picture_frame(&mut self, mut msgs: Vec<ServerMsg>, now: Instant) -> Vec<ServerMsg> {
+        self.acked = self.frame_id;
+        self.sent_at.clear();
         msgs.extend(self.cursor.clone());
         self.seal(msgs, now)
     }

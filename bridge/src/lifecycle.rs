@@ -190,6 +190,9 @@ pub struct Lifecycle {
     waiting: Waiting,
     /// The largest desktop a graphical session accepts from its server ([`crate::BridgeConfig::max_desktop`]).
     pub max_desktop: MaxDesktop,
+    /// What the attached browser said it can do (`CAPS`, e.g. [`portico_proto::wire::CAPS_H264`]); `None`
+    /// until it says (older clients never do).
+    pub caps: Option<u32>,
 }
 
 impl Lifecycle {
@@ -212,6 +215,7 @@ impl Lifecycle {
             detached_at: Some(Instant::now()),
             waiting,
             max_desktop,
+            caps: None,
         }
     }
 
@@ -264,6 +268,7 @@ impl Lifecycle {
             reattached,
         }));
         self.client = Some(client);
+        self.caps = None;
         self.detached_at = None;
         self.waiting.set(false);
         self.lagging = false;
@@ -461,6 +466,10 @@ impl Lifecycle {
             Cmd::Client { generation, msg } if generation == self.generation => match msg {
                 ClientMsg::Ping(p) => {
                     self.send(ServerMsg::Pong(p));
+                    Common::Handled
+                }
+                ClientMsg::Caps { flags } => {
+                    self.caps = Some(flags);
                     Common::Handled
                 }
                 ClientMsg::Disconnect => Common::End(End {

@@ -400,6 +400,7 @@ fn client_msgs() -> Vec<ClientMsg> {
             y: 20,
             buttons: 1,
         },
+        ClientMsg::Caps { flags: 1 },
         ClientMsg::Pointer {
             x: 10,
             y: 20,
@@ -432,6 +433,7 @@ fn server_msgs() -> Vec<ServerMsg> {
         ServerMsg::Status(Status {
             state: "connected".into(),
             message: "ok".into(),
+            graphics: Some("h264".into()),
         }),
         ServerMsg::Error(ErrorInfo {
             code: CloseCode::AuthFailed,
@@ -464,6 +466,29 @@ fn server_msgs() -> Vec<ServerMsg> {
             png: vec![0x89, b'P'],
         },
         ServerMsg::FrameEnd { frame_id: 9 },
+        ServerMsg::Video {
+            stream: 0,
+            x: 0,
+            y: 0,
+            key: true,
+            rects: vec![Rect {
+                x: 0,
+                y: 0,
+                width: 64,
+                height: 64,
+            }],
+            data: vec![0, 0, 0, 1, 0x67, 0x64, 0, 0x20, 0, 0, 1, 0x65],
+        },
+        ServerMsg::CacheStore {
+            slot: 1,
+            rect: Rect {
+                x: 0,
+                y: 0,
+                width: 8,
+                height: 8,
+            },
+        },
+        ServerMsg::CacheDraw { slot: 1, x: 4, y: 4 },
         ServerMsg::RemoteClipboard("ré".into()),
     ]
 }

@@ -237,6 +237,9 @@ pub struct ConnectionSettings {
     pub ask_credentials: bool,
     /// RDP: accept any server certificate. Named as a danger: it allows a man in the middle.
     pub danger_accept_any_certificate: bool,
+    /// RDP: use the graphics pipeline with the server's H.264 passed through when the browser decodes it
+    /// (false: bitmap updates only, which the bridge encodes as images).
+    pub h264: bool,
     /// Protocol `container`: the workspace image and its limits.
     pub workspace: Option<WorkspaceSpec>,
 }
@@ -253,6 +256,7 @@ impl Default for ConnectionSettings {
             clipboard_down: true,
             ask_credentials: false,
             danger_accept_any_certificate: false,
+            h264: true,
             workspace: None,
         }
     }

@@ -31,6 +31,9 @@ mod ty {
     pub const FILL: u8 = 0x23;
     pub const CURSOR: u8 = 0x24;
     pub const FRAME_END: u8 = 0x25;
+    pub const VIDEO: u8 = 0x26;
+    pub const CACHE_STORE: u8 = 0x27;
+    pub const CACHE_DRAW: u8 = 0x28;
     pub const REMOTE_CLIPBOARD: u8 = 0x40;
 
     pub const TERM_INPUT: u8 = 0x81;
@@ -42,7 +45,11 @@ mod ty {
     pub const KEY: u8 = 0x87;
     pub const POINTER: u8 = 0x88;
     pub const CREDENTIALS: u8 = 0x89;
+    pub const CAPS: u8 = 0x8a;
 }
+
+/// [`ClientMsg::Caps`] flag: the client decodes H.264 (AVC420, Annex B) in [`ServerMsg::Video`].
+pub const CAPS_H264: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
@@ -57,6 +64,10 @@ pub struct Hello {
 pub struct Status {
     pub state: String,
     pub message: String,
+    /// Graphical sessions: how the screen reaches the client (`"h264"`: the server's H.264 passed through;
+    /// `"bitmap"`: images the bridge encodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graphics: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +142,28 @@ pub enum ServerMsg {
     },
     /// Text copied on the remote side.
     RemoteClipboard(String),
+    /// One H.264 access unit (Annex B) of video stream `stream`, whose picture sits at `(x, y)` of the
+    /// display: once decoded, only `rects` (in the picture's coordinates) are drawn. `key`: an IDR frame (a
+    /// decoder may start here).
+    Video {
+        stream: u16,
+        x: u16,
+        y: u16,
+        key: bool,
+        rects: Vec<Rect>,
+        data: Vec<u8>,
+    },
+    /// Keep the pixels of `rect` of the display in cache slot `slot` (an empty `rect` frees the slot).
+    CacheStore {
+        slot: u16,
+        rect: Rect,
+    },
+    /// Draw the pixels of cache slot `slot` at `(x, y)`.
+    CacheDraw {
+        slot: u16,
+        x: u16,
+        y: u16,
+    },
 }
 
 /// Client → bridge.
@@ -166,6 +199,11 @@ pub enum ClientMsg {
     },
     /// The answer to a `credentials` status: used for this connection attempt only, never stored.
     Credentials(Credentials),
+    /// What the client can do beyond the base protocol ([`CAPS_H264`]); sent after every `HELLO`, before
+    /// `RESIZE`.
+    Caps {
+        flags: u32,
+    },
 }
 
 /// Credentials the user typed for one connection attempt.
@@ -303,6 +341,31 @@ impl ServerMsg {
             }
             ServerMsg::FrameEnd { frame_id } => frame(ty::FRAME_END, &frame_id.to_be_bytes()),
             ServerMsg::RemoteClipboard(text) => frame(ty::REMOTE_CLIPBOARD, text.as_bytes()),
+            ServerMsg::Video {
+                stream,
+                x,
+                y,
+                key,
+                rects,
+                data,
+            } => {
+                let mut p = u16s(&[*stream, *x, *y]);
+                p.push(u8::from(*key));
+                // INVARIANT: the bridge sends at most u16::MAX rectangles (the RDP field is 32-bit but a
+                // region of more would exceed any message limit).
+                p.extend_from_slice(&(rects.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
+                for r in rects.iter().take(usize::from(u16::MAX)) {
+                    p.extend_from_slice(&rect_bytes(r));
+                }
+                p.extend_from_slice(data);
+                frame(ty::VIDEO, &p)
+            }
+            ServerMsg::CacheStore { slot, rect } => {
+                let mut p = slot.to_be_bytes().to_vec();
+                p.extend_from_slice(&rect_bytes(rect));
+                frame(ty::CACHE_STORE, &p)
+            }
+            ServerMsg::CacheDraw { slot, x, y } => frame(ty::CACHE_DRAW, &u16s(&[*slot, *x, *y])),
         }
     }
 
@@ -380,6 +443,48 @@ impl ServerMsg {
             ty::REMOTE_CLIPBOARD => {
                 ServerMsg::RemoteClipboard(String::from_utf8(payload.to_vec()).map_err(|_| WireError::Utf8)?)
             }
+            ty::VIDEO => {
+                let short = |expected: usize| WireError::Length {
+                    ty: t,
+                    expected,
+                    got: payload.len(),
+                };
+                if payload.len() < 9 {
+                    return Err(short(9));
+                }
+                let n = usize::from(be16(payload, 7));
+                let head = 9 + n * 8;
+                if payload.len() < head {
+                    return Err(short(head));
+                }
+                let rects = (0..n)
+                    .map(|i| split_rect(t, &payload[9 + i * 8..]).map(|(r, _)| r))
+                    .collect::<Result<Vec<_>, _>>()?;
+                ServerMsg::Video {
+                    stream: be16(payload, 0),
+                    x: be16(payload, 2),
+                    y: be16(payload, 4),
+                    key: payload[6] & 1 != 0,
+                    rects,
+                    data: payload[head..].to_vec(),
+                }
+            }
+            ty::CACHE_STORE => {
+                let p: [u8; 10] = fixed(t, payload)?;
+                let (rect, _) = split_rect(t, &p[2..])?;
+                ServerMsg::CacheStore {
+                    slot: be16(&p, 0),
+                    rect,
+                }
+            }
+            ty::CACHE_DRAW => {
+                let p: [u8; 6] = fixed(t, payload)?;
+                ServerMsg::CacheDraw {
+                    slot: be16(&p, 0),
+                    x: be16(&p, 2),
+                    y: be16(&p, 4),
+                }
+            }
             other => return Err(WireError::UnknownType(other)),
         })
     }
@@ -405,6 +510,7 @@ impl ServerMsg {
         ServerMsg::Status(Status {
             state: state.into(),
             message: message.into(),
+            graphics: None,
         })
     }
 }
@@ -442,6 +548,7 @@ impl ClientMsg {
                 p.push(*buttons);
                 frame(ty::POINTER, &p)
             }
+            ClientMsg::Caps { flags } => frame(ty::CAPS, &flags.to_be_bytes()),
         }
     }
 
@@ -516,6 +623,9 @@ impl ClientMsg {
                     buttons: p[4],
                 }
             }
+            ty::CAPS => ClientMsg::Caps {
+                flags: u32::from_be_bytes(fixed(t, payload)?),
+            },
             other => return Err(WireError::UnknownType(other)),
         })
     }

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::codes::CloseCode;
 use crate::generated;
-use crate::wire::{ClientMsg, Closed, Credentials, ErrorInfo, Hello, ImageFormat, Rect, ServerMsg, Status, VERSION};
+use crate::wire::{
+    CAPS_H264, ClientMsg, Closed, Credentials, ErrorInfo, Hello, ImageFormat, Rect, ServerMsg, Status, VERSION,
+};
 
 const FILE: &str = "proto/vectors/wire.json";
 
@@ -32,6 +34,8 @@ enum ServerValue {
     Status {
         state: String,
         message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        graphics: Option<String>,
     },
     Error {
         code: CloseCode,
@@ -84,6 +88,27 @@ enum ServerValue {
     RemoteClipboard {
         text: String,
     },
+    Video {
+        stream: u16,
+        x: u16,
+        y: u16,
+        key: bool,
+        /// Each `[x, y, width, height]`.
+        rects: Vec<[u16; 4]>,
+        data: String,
+    },
+    CacheStore {
+        slot: u16,
+        x: u16,
+        y: u16,
+        width: u16,
+        height: u16,
+    },
+    CacheDraw {
+        slot: u16,
+        x: u16,
+        y: u16,
+    },
 }
 
 /// A [`ClientMsg`] as a vector's value.
@@ -123,6 +148,9 @@ enum ClientValue {
         username: String,
         password: String,
         domain: Option<String>,
+    },
+    Caps {
+        flags: u32,
     },
 }
 
@@ -180,6 +208,7 @@ fn server_value(m: &ServerMsg) -> ServerValue {
         ServerMsg::Status(s) => ServerValue::Status {
             state: s.state,
             message: s.message,
+            graphics: s.graphics,
         },
         ServerMsg::Error(e) => ServerValue::Error {
             code: e.code,
@@ -222,6 +251,29 @@ fn server_value(m: &ServerMsg) -> ServerValue {
         },
         ServerMsg::FrameEnd { frame_id } => ServerValue::FrameEnd { frame_id },
         ServerMsg::RemoteClipboard(text) => ServerValue::RemoteClipboard { text },
+        ServerMsg::Video {
+            stream,
+            x,
+            y,
+            key,
+            rects,
+            data,
+        } => ServerValue::Video {
+            stream,
+            x,
+            y,
+            key,
+            rects: rects.iter().map(|r| [r.x, r.y, r.width, r.height]).collect(),
+            data: hex::encode(data),
+        },
+        ServerMsg::CacheStore { slot, rect } => ServerValue::CacheStore {
+            slot,
+            x: rect.x,
+            y: rect.y,
+            width: rect.width,
+            height: rect.height,
+        },
+        ServerMsg::CacheDraw { slot, x, y } => ServerValue::CacheDraw { slot, x, y },
     }
 }
 
@@ -242,7 +294,15 @@ fn server_msg(v: &ServerValue) -> ServerMsg {
             reattached,
         }),
         ServerValue::TermOutput { data } => ServerMsg::TermOutput(bytes(&data)),
-        ServerValue::Status { state, message } => ServerMsg::Status(Status { state, message }),
+        ServerValue::Status {
+            state,
+            message,
+            graphics,
+        } => ServerMsg::Status(Status {
+            state,
+            message,
+            graphics,
+        }),
         ServerValue::Error { code, message, fatal } => ServerMsg::Error(ErrorInfo { code, message, fatal }),
         ServerValue::Closed { code, reason } => ServerMsg::Closed(Closed { code, reason }),
         ServerValue::Pong { data } => ServerMsg::Pong(fixed(&data)),
@@ -292,6 +352,32 @@ fn server_msg(v: &ServerValue) -> ServerMsg {
         },
         ServerValue::FrameEnd { frame_id } => ServerMsg::FrameEnd { frame_id },
         ServerValue::RemoteClipboard { text } => ServerMsg::RemoteClipboard(text),
+        ServerValue::Video {
+            stream,
+            x,
+            y,
+            key,
+            rects,
+            data,
+        } => ServerMsg::Video {
+            stream,
+            x,
+            y,
+            key,
+            rects: rects.iter().map(|r| rect(r[0], r[1], r[2], r[3])).collect(),
+            data: bytes(&data),
+        },
+        ServerValue::CacheStore {
+            slot,
+            x,
+            y,
+            width,
+            height,
+        } => ServerMsg::CacheStore {
+            slot,
+            rect: rect(x, y, width, height),
+        },
+        ServerValue::CacheDraw { slot, x, y } => ServerMsg::CacheDraw { slot, x, y },
     }
 }
 
@@ -320,6 +406,7 @@ fn client_value(m: &ClientMsg) -> ClientValue {
             password: c.password,
             domain: c.domain,
         },
+        ClientMsg::Caps { flags } => ClientValue::Caps { flags },
     }
 }
 
@@ -352,6 +439,7 @@ fn client_msg(v: &ClientValue) -> ClientMsg {
             password,
             domain,
         }),
+        ClientValue::Caps { flags } => ClientMsg::Caps { flags },
     }
 }
 
@@ -530,6 +618,97 @@ fn server_cases() -> Vec<(&'static str, ServerMsg)> {
         ("remote clipboard", ServerMsg::RemoteClipboard("copied text".into())),
         ("remote clipboard empty", ServerMsg::RemoteClipboard(String::new())),
         ("remote clipboard unicode", ServerMsg::RemoteClipboard(UNICODE.into())),
+        (
+            "status of a graphical session with its graphics path",
+            ServerMsg::Status(Status {
+                state: "connected".into(),
+                message: "connected to 127.0.0.1:3389".into(),
+                graphics: Some("h264".into()),
+            }),
+        ),
+        (
+            "video key frame with one region",
+            ServerMsg::Video {
+                stream: 0,
+                x: 0,
+                y: 0,
+                key: true,
+                rects: vec![Rect {
+                    x: 0,
+                    y: 0,
+                    width: 1280,
+                    height: 720,
+                }],
+                data: vec![0, 0, 0, 1, 0x67, 0x64, 0x00, 0x20],
+            },
+        ),
+        (
+            "video delta frame, two regions, offset picture",
+            ServerMsg::Video {
+                stream: 3,
+                x: 1920,
+                y: 16,
+                key: false,
+                rects: vec![
+                    Rect {
+                        x: 1,
+                        y: 2,
+                        width: 3,
+                        height: 4,
+                    },
+                    Rect {
+                        x: 65535,
+                        y: 65535,
+                        width: 1,
+                        height: 1,
+                    },
+                ],
+                data: vec![0, 0, 1, 0x41],
+            },
+        ),
+        (
+            "video without regions or data",
+            ServerMsg::Video {
+                stream: u16::MAX,
+                x: 0,
+                y: 0,
+                key: false,
+                rects: Vec::new(),
+                data: Vec::new(),
+            },
+        ),
+        (
+            "cache store",
+            ServerMsg::CacheStore {
+                slot: 7,
+                rect: Rect {
+                    x: 10,
+                    y: 20,
+                    width: 64,
+                    height: 32,
+                },
+            },
+        ),
+        (
+            "cache store, empty: frees the slot",
+            ServerMsg::CacheStore {
+                slot: u16::MAX,
+                rect: Rect {
+                    x: 0,
+                    y: 0,
+                    width: 0,
+                    height: 0,
+                },
+            },
+        ),
+        (
+            "cache draw",
+            ServerMsg::CacheDraw {
+                slot: 7,
+                x: 100,
+                y: 200,
+            },
+        ),
     ]);
     cases
 }
@@ -683,6 +862,9 @@ fn client_cases() -> Vec<(&'static str, ClientMsg)> {
                 domain: Some("d".repeat(256)),
             }),
         ),
+        ("caps: h264", ClientMsg::Caps { flags: CAPS_H264 }),
+        ("caps: none", ClientMsg::Caps { flags: 0 }),
+        ("caps: flags of later versions", ClientMsg::Caps { flags: u32::MAX }),
     ]
 }
 
@@ -727,7 +909,20 @@ fn malformed_server() -> Vec<(&'static str, Vec<u8>)> {
         ("version 0", vec![0, 0x25, 0, 0, 0, 1]),
         ("version 2", vec![2, 0x25, 0, 0, 0, 1]),
         ("unknown type 0x07", msg(0x07, &[])),
-        ("reserved display type 0x26", msg(0x26, &[0; 8])),
+        ("reserved display type 0x29", msg(0x29, &[0; 8])),
+        ("video of 8 bytes", msg(0x26, &[0; 8])),
+        (
+            "video with a region cut short",
+            msg(0x26, &[0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 1, 0]),
+        ),
+        (
+            "video claiming more regions than it holds",
+            msg(0x26, &[0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0]),
+        ),
+        ("cache store of 9 bytes", msg(0x27, &[0; 9])),
+        ("cache store of 11 bytes", msg(0x27, &[0; 11])),
+        ("cache draw of 5 bytes", msg(0x28, &[0; 5])),
+        ("cache draw of 7 bytes", msg(0x28, &[0; 7])),
         ("a client type", msg(0x81, b"ls")),
         ("pong of 7 bytes", msg(0x06, &[0; 7])),
         ("pong of 9 bytes", msg(0x06, &[0; 9])),
@@ -812,7 +1007,9 @@ fn malformed_client() -> Vec<(&'static str, Vec<u8>)> {
         ("version 0", vec![0, 0x86]),
         ("version 2", vec![2, 0x86]),
         ("a server type", msg(0x01, b"{}")),
-        ("unknown type 0x8a", msg(0x8a, &[])),
+        ("unknown type 0x8b", msg(0x8b, &[])),
+        ("caps of 3 bytes", msg(0x8a, &[0, 0, 1])),
+        ("caps of 5 bytes", msg(0x8a, &[0, 0, 0, 1, 0])),
         ("unknown type 0xff", msg(0xff, &[])),
         ("resize of 7 bytes", msg(0x82, &[0, 80, 0, 24, 0, 0, 0])),
         ("resize of 9 bytes", msg(0x82, &[0, 80, 0, 24, 0, 0, 0, 0, 0])),
@@ -982,13 +1179,13 @@ fn every_message_type_has_a_vector() {
     assert_eq!(
         server.into_iter().collect::<Vec<_>>(),
         [
-            0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x40
+            0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28, 0x40
         ]
     );
     let client: std::collections::BTreeSet<u8> = file.client.iter().map(|v| bytes(&v.hex)[1]).collect();
     assert_eq!(
         client.into_iter().collect::<Vec<_>>(),
-        [0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89]
+        [0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8a]
     );
     // Every close code appears in an ERROR.
     for &code in CloseCode::ALL {

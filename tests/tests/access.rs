@@ -59,7 +59,12 @@ fn set(names: &[&str]) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_user_sees_and_opens_exactly_what_is_granted() -> anyhow::Result<()> {
     let p = Portico::start()?;
-    let admin = Api::admin(&p).await?;
+    let r = granted(&p).await;
+    r.map_err(|e| anyhow::anyhow!("{e:#}\nportico log:\n{}", p.log()))
+}
+
+async fn granted(p: &Portico) -> anyhow::Result<()> {
+    let admin = Api::admin(p).await?;
     let site_a = id_of(&admin, "/api/v1/folders", json!({ "name": "Site A" })).await?;
     let floor = id_of(
         &admin,
@@ -71,9 +76,9 @@ async fn a_user_sees_and_opens_exactly_what_is_granted() -> anyhow::Result<()> {
     let c_floor = conn(&admin, "a-floor-pc", "10.1.1.1", Some(&floor)).await?;
     let c_top = conn(&admin, "top-server", "10.9.9.9", None).await?;
     let c_b = conn(&admin, "b-secret-host", "10.2.2.2", Some(&site_b)).await?;
-    let (bob_id, bob) = user(&admin, &p, "bob", "user").await?;
-    let (_, dave) = user(&admin, &p, "dave", "user").await?;
-    let (_, audrey) = user(&admin, &p, "audrey", "auditor").await?;
+    let (bob_id, bob) = user(&admin, p, "bob", "user").await?;
+    let (_, dave) = user(&admin, p, "dave", "user").await?;
+    let (_, audrey) = user(&admin, p, "audrey", "auditor").await?;
     let helpdesk = id_of(&admin, "/api/v1/groups", json!({ "name": "helpdesk" })).await?;
     admin
         .ok(

@@ -165,6 +165,51 @@ async fn rdp_desktop_in_the_browser_pixels_input_clipboard_resize() -> anyhow::R
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn rdp_h264_through_the_graphics_pipeline_in_the_browser() -> anyhow::Result<()> {
+    use portico_tests::peers::ShadowAuth;
+    let shadow = RdpServer::shadow(ShadowAuth::None, 1024, 640)?;
+    shadow.x("xsetroot", &["-solid", "#2050c0"])?;
+    let _xterm = shadow.spawn(
+        "xterm",
+        &[
+            "-title",
+            "h264marker",
+            "-bg",
+            "#c03020",
+            "-fg",
+            "white",
+            "-geometry",
+            "30x8+40+40",
+        ],
+    )?;
+    wait_for("the marker xterm", Duration::from_secs(30), || {
+        shadow
+            .x("xdotool", &["search", "--onlyvisible", "--name", "h264marker"])
+            .is_ok()
+    })?;
+    let p = Portico::start()?;
+    let port = shadow.port.to_string();
+    let shots = std::env::var("PORTICO_SCREENSHOTS").unwrap_or_default();
+    let out = run_browser_script(
+        "rdp_h264_e2e.js",
+        &[
+            ("PORTICO_URL", p.url.as_str()),
+            ("ADMIN_PASSWORD", p.admin_password.as_str()),
+            ("RDP_PORT", port.as_str()),
+            ("SCREENSHOT_DIR", shots.as_str()),
+        ],
+        Duration::from_secs(180),
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}\nportico log:\n{}\nshadow log:\n{}", p.log(), shadow.log()))?;
+    eprintln!("{out}");
+    assert!(out.contains("graphics path: h264"), "{out}");
+    assert!(out.contains("moved the window, and the move arrived"), "{out}");
+    assert!(out.contains("reattached: the full picture"), "{out}");
+    assert!(out.contains("without WebCodecs: the bitmap path"), "{out}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_container_workspace_in_the_browser() -> anyhow::Result<()> {
     let engine = portico_tests::peers::Dockerd::start()?;
     let image = engine.with_workspace_image()?;

@@ -5,6 +5,11 @@
 // thread), and a frame is drawn in one go when its FRAME_END arrives and all its images are decoded, in
 // order; then it is acknowledged. The bridge sends at most two unacknowledged frames, so a slow browser
 // makes the bridge merge damage instead of queueing it.
+//
+// Video (an RDP server's H.264 through the graphics pipeline): each VIDEO message is decoded with WebCodecs
+// (one VideoDecoder per stream, configured from the SPS of the key frame, Annex B) as it arrives; at the
+// frame's end only its region rectangles are drawn from the decoded picture. The acknowledgement of the
+// frame reaches the RDP server, which paces itself to this browser.
 
 import { h } from './dom';
 import * as wire from './wire';
@@ -15,8 +20,8 @@ declare global {
   interface Window {
     /** Diagnostics for tests: one pixel of the canvas as [r, g, b]. */
     porticoCanvasPixel?: (x: number, y: number) => number[];
-    /** Diagnostics for tests: frames drawn and the remote size. */
-    porticoDisplay?: { frames: number; width: number; height: number; clipboard: string };
+    /** Diagnostics for tests: frames drawn, the remote size, video frames decoded and dropped. */
+    porticoDisplay?: { frames: number; width: number; height: number; clipboard: string; videoFrames?: number; videoDropped?: number };
   }
 }
 
@@ -25,7 +30,109 @@ type Op =
   | { kind: 'image'; rect: wire.Rect; bitmap: Promise<ImageBitmap | null> }
   | { kind: 'copy'; sx: number; sy: number; rect: wire.Rect }
   | { kind: 'fill'; rect: wire.Rect; color: string }
-  | { kind: 'cursor'; css: string };
+  | { kind: 'cursor'; css: string }
+  | { kind: 'video'; x: number; y: number; rects: wire.Rect[]; frame: Promise<VideoFrame | null> }
+  | { kind: 'cache_store'; slot: number; rect: wire.Rect }
+  | { kind: 'cache_draw'; slot: number; x: number; y: number };
+
+/** The codec string of an H.264 stream from the SPS in an Annex B key frame (`avc1.PPCCLL`). */
+export function h264Codec(data: Uint8Array): string | null {
+  for (let i = 0; i + 7 < data.length; i++) {
+    if (data[i] === 0 && data[i + 1] === 0 && data[i + 2] === 1 && (data[i + 3] & 0x1f) === 7) {
+      const hex = (b: number): string => b.toString(16).padStart(2, '0');
+      return `avc1.${hex(data[i + 4])}${hex(data[i + 5])}${hex(data[i + 6])}`;
+    }
+  }
+  return null;
+}
+
+/** A codec string Chromium's H.264 decoders take (High profile, level 4.0), for the capability check. */
+const H264_PROBE = 'avc1.640028';
+let h264Support: Promise<boolean> | null = null;
+
+/** Whether this browser decodes H.264 with WebCodecs (`?h264=0` in the page's URL says no). */
+export function decodesH264(): Promise<boolean> {
+  h264Support ??= (() => {
+    if (new URLSearchParams(location.search).get('h264') === '0') return Promise.resolve(false);
+    if (typeof VideoDecoder === 'undefined') return Promise.resolve(false);
+    return VideoDecoder.isConfigSupported({ codec: H264_PROBE, optimizeForLatency: true })
+      .then((r) => r.supported === true, () => false);
+  })();
+  return h264Support;
+}
+
+/** How long a frame waits for a picture from its decoder before it is drawn without it. */
+const DECODE_TIMEOUT_MS = 3000;
+
+/** One video stream's decoder; decoded pictures come out in order, one per chunk. */
+class VideoStream {
+  private decoder: VideoDecoder | null = null;
+  private codec = '';
+  private waiting: ((f: VideoFrame | null) => void)[] = [];
+  private seq = 0;
+  dropped = 0;
+
+  decode(key: boolean, data: Uint8Array<ArrayBuffer>): Promise<VideoFrame | null> {
+    if (key) {
+      const codec = h264Codec(data);
+      if (codec && (codec !== this.codec || !this.decoder || this.decoder.state === 'closed')) this.configure(codec);
+    }
+    const dec = this.decoder;
+    if (!dec || dec.state !== 'configured') {
+      // A delta frame without the key frame before it: nothing to draw until the next key frame.
+      this.dropped++;
+      return Promise.resolve(null);
+    }
+    const picture = new Promise<VideoFrame | null>((resolve) => {
+      this.waiting.push(resolve);
+      window.setTimeout(() => {
+        const i = this.waiting.indexOf(resolve);
+        if (i >= 0) {
+          this.waiting.splice(i, 1);
+          this.dropped++;
+          resolve(null);
+        }
+      }, DECODE_TIMEOUT_MS);
+    });
+    try {
+      dec.decode(new EncodedVideoChunk({ type: key ? 'key' : 'delta', timestamp: this.seq++, data }));
+    } catch (e) {
+      console.warn('portico: video chunk refused', e);
+      this.fail();
+    }
+    return picture;
+  }
+
+  private configure(codec: string): void {
+    this.close();
+    this.codec = codec;
+    const dec = new VideoDecoder({
+      output: (frame) => {
+        const resolve = this.waiting.shift();
+        if (resolve) resolve(frame);
+        else frame.close();
+      },
+      error: (e) => {
+        console.warn('portico: video decoder error', e);
+        this.fail();
+      },
+    });
+    dec.configure({ codec, optimizeForLatency: true });
+    this.decoder = dec;
+  }
+
+  /** The decoder broke: what waits gets nothing, and decoding starts again at the next key frame. */
+  private fail(): void {
+    for (const w of this.waiting.splice(0)) w(null);
+    if (this.decoder && this.decoder.state !== 'closed') this.decoder.close();
+    this.decoder = null;
+  }
+
+  close(): void {
+    this.fail();
+    this.codec = '';
+  }
+}
 
 type Scale = 'fit' | 'actual' | 'remote';
 
@@ -67,6 +174,11 @@ export class DisplayView implements View {
   private pendingPasteKey: { code: string; key: KeyCode; timer: number } | null = null;
   private resizeTimer: number | undefined;
   private disposed = false;
+  private readonly streams = new Map<number, VideoStream>();
+  private readonly cache = new Map<number, OffscreenCanvas>();
+  private videoFrames = 0;
+  /** Sent once the capabilities went out (the size must not overtake them). */
+  private capsSent: Promise<void> = Promise.resolve();
 
   constructor(stage: HTMLElement, private readonly send: Send, protocol = 'vnc') {
     // RDP desktops take the browser's size (the bridge waits for it before connecting).
@@ -138,8 +250,14 @@ export class DisplayView implements View {
   }
 
   attached(reattached: boolean): void {
-    // The bridge sends the whole screen after every attach; frames of the old connection are void.
-    if (reattached) this.pending = [];
+    // What this browser can decode goes first: an RDP bridge chooses the graphics path from it.
+    this.capsSent = decodesH264().then((ok) => this.send(wire.caps(ok ? wire.CAPS_H264 : 0)));
+    // The bridge sends the whole screen after every attach; frames of the old connection are void, and a
+    // video stream restarts from the key frame the bridge sends first.
+    if (reattached) {
+      this.pending = [];
+      for (const s of this.streams.values()) s.close();
+    }
     if (this.scale === 'remote') this.requestRemoteSize();
   }
 
@@ -172,9 +290,12 @@ export class DisplayView implements View {
         this.pending = [];
         const id = msg.id;
         this.chain = this.chain.then(async () => {
-          const bitmaps = await Promise.all(ops.map((op) => (op.kind === 'image' ? op.bitmap : null)));
-          if (this.disposed) return;
-          ops.forEach((op, i) => this.apply(op, bitmaps[i]));
+          const decoded = await Promise.all(ops.map((op) => (op.kind === 'image' ? op.bitmap : op.kind === 'video' ? op.frame : null)));
+          if (this.disposed) {
+            for (const d of decoded) d?.close();
+            return;
+          }
+          ops.forEach((op, i) => this.apply(op, decoded[i]));
           this.frames++;
           if (window.porticoDisplay) window.porticoDisplay.frames = this.frames;
           this.send(wire.frameAck(id));
@@ -184,12 +305,27 @@ export class DisplayView implements View {
       case 'clipboard':
         this.remoteClipboard(msg.text);
         break;
+      case 'video': {
+        let stream = this.streams.get(msg.stream);
+        if (!stream) {
+          stream = new VideoStream();
+          this.streams.set(msg.stream, stream);
+        }
+        this.pending.push({ kind: 'video', x: msg.x, y: msg.y, rects: msg.rects, frame: stream.decode(msg.key, msg.data) });
+        break;
+      }
+      case 'cache_store':
+        this.pending.push({ kind: 'cache_store', slot: msg.slot, rect: msg.rect });
+        break;
+      case 'cache_draw':
+        this.pending.push({ kind: 'cache_draw', slot: msg.slot, x: msg.x, y: msg.y });
+        break;
       default:
         break;
     }
   }
 
-  private apply(op: Op, bitmap: ImageBitmap | null): void {
+  private apply(op: Op, bitmap: ImageBitmap | VideoFrame | null): void {
     const ctx = this.ctx;
     switch (op.kind) {
       case 'size':
@@ -206,6 +342,32 @@ export class DisplayView implements View {
           bitmap.close();
         }
         break;
+      case 'video':
+        if (bitmap) {
+          for (const r of op.rects) ctx.drawImage(bitmap, r.x, r.y, r.w, r.h, op.x + r.x, op.y + r.y, r.w, r.h);
+          bitmap.close();
+          this.videoFrames++;
+        }
+        if (window.porticoDisplay) {
+          window.porticoDisplay.videoFrames = this.videoFrames;
+          window.porticoDisplay.videoDropped = [...this.streams.values()].reduce((n, s) => n + s.dropped, 0);
+        }
+        break;
+      case 'cache_store': {
+        if (op.rect.w === 0 || op.rect.h === 0) {
+          this.cache.delete(op.slot);
+          break;
+        }
+        const c = new OffscreenCanvas(op.rect.w, op.rect.h);
+        c.getContext('2d')?.drawImage(this.canvas, op.rect.x, op.rect.y, op.rect.w, op.rect.h, 0, 0, op.rect.w, op.rect.h);
+        this.cache.set(op.slot, c);
+        break;
+      }
+      case 'cache_draw': {
+        const c = this.cache.get(op.slot);
+        if (c) ctx.drawImage(c, op.x, op.y);
+        break;
+      }
       case 'copy':
         ctx.drawImage(this.canvas, op.sx, op.sy, op.rect.w, op.rect.h, op.rect.x, op.rect.y, op.rect.w, op.rect.h);
         break;
@@ -233,12 +395,12 @@ export class DisplayView implements View {
   /** Ask the remote side to take the size of the window (servers with ExtendedDesktopSize or RDP). */
   private requestRemoteSize(): void {
     window.clearTimeout(this.resizeTimer);
-    this.resizeTimer = window.setTimeout(() => {
+    this.resizeTimer = window.setTimeout(() => void this.capsSent.then(() => {
       const box = this.wrap.getBoundingClientRect();
       const w = Math.floor(box.width) & ~1;
       const hgt = Math.floor(box.height) & ~1;
       if (w >= 200 && hgt >= 200 && (w !== this.width || hgt !== this.height)) this.send(wire.resize(0, 0, w, hgt));
-    }, 250);
+    }), 250);
   }
 
   private toRemote(e: MouseEvent): { x: number; y: number } {
@@ -397,5 +559,8 @@ export class DisplayView implements View {
     this.disposed = true;
     this.observer.disconnect();
     window.clearTimeout(this.resizeTimer);
+    for (const s of this.streams.values()) s.close();
+    this.streams.clear();
+    this.cache.clear();
   }
 }

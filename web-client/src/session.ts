@@ -144,6 +144,10 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
             break;
           }
           credForm?.remove();
+          if (msg.status.graphics) {
+            // Which graphics path the session uses (connection info in the toolbar).
+            status.dataset.graphics = msg.status.graphics;
+          }
           setState(msg.status.state === 'connected' ? 'connected' : 'connecting', msg.status.message);
           break;
         case 'error':

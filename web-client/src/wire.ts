@@ -23,6 +23,9 @@ export const S_COPY = 0x22;
 export const S_FILL = 0x23;
 export const S_CURSOR = 0x24;
 export const S_FRAME_END = 0x25;
+export const S_VIDEO = 0x26;
+export const S_CACHE_STORE = 0x27;
+export const S_CACHE_DRAW = 0x28;
 export const S_REMOTE_CLIPBOARD = 0x40;
 
 export const C_TERM_INPUT = 0x81;
@@ -34,9 +37,13 @@ export const C_DISCONNECT = 0x86;
 export const C_KEY = 0x87;
 export const C_CREDENTIALS = 0x89;
 export const C_POINTER = 0x88;
+export const C_CAPS = 0x8a;
+
+/** CAPS flag: this client decodes H.264 (AVC420, Annex B) in VIDEO messages. */
+export const CAPS_H264 = 1;
 
 export interface Hello { session_id: string; protocol: string; resume_token: string; grace_seconds: number; reattached: boolean }
-export interface Status { state: string; message: string }
+export interface Status { state: string; message: string; graphics?: string }
 export interface ErrorInfo { code: CloseCode; message: string; fatal: boolean }
 export interface Closed { code: CloseCode; reason: string }
 
@@ -55,16 +62,20 @@ export type ServerMsg =
   | { type: 'fill'; rect: Rect; rgb: [number, number, number] }
   | { type: 'cursor'; hotX: number; hotY: number; png: Uint8Array<ArrayBuffer> }
   | { type: 'frame'; id: number }
-  | { type: 'clipboard'; text: string };
+  | { type: 'clipboard'; text: string }
+  | { type: 'video'; stream: number; x: number; y: number; key: boolean; rects: Rect[]; data: Uint8Array<ArrayBuffer> }
+  | { type: 'cache_store'; slot: number; rect: Rect }
+  | { type: 'cache_draw'; slot: number; x: number; y: number };
 
 // Invalid UTF-8 makes a message malformed (as in the bridge's codec), it is not replaced.
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
-type Field = 'string' | 'boolean' | 'u32' | 'code';
+type Field = 'string' | 'string?' | 'boolean' | 'u32' | 'code';
 
 function fieldOk(v: unknown, kind: Field): boolean {
   switch (kind) {
     case 'string': return typeof v === 'string';
+    case 'string?': return v === undefined || v === null || typeof v === 'string';
     case 'boolean': return typeof v === 'boolean';
     case 'u32': return typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= 0xffffffff;
     case 'code': return isCloseCode(v);
@@ -80,13 +91,13 @@ function json<T>(payload: Uint8Array, what: string, fields: Record<keyof T, Fiel
   const out: Record<string, unknown> = {};
   for (const [k, kind] of Object.entries(fields) as [string, Field][]) {
     if (!fieldOk(o[k], kind)) throw new Error(`${what}: bad or missing ${k}`);
-    out[k] = o[k];
+    if (o[k] !== undefined && o[k] !== null) out[k] = o[k];
   }
   return out as T;
 }
 
 const HELLO: Record<keyof Hello, Field> = { session_id: 'string', protocol: 'string', resume_token: 'string', grace_seconds: 'u32', reattached: 'boolean' };
-const STATUS: Record<keyof Status, Field> = { state: 'string', message: 'string' };
+const STATUS: Record<keyof Status, Field> = { state: 'string', message: 'string', graphics: 'string?' };
 const ERROR: Record<keyof ErrorInfo, Field> = { code: 'code', message: 'string', fatal: 'boolean' };
 const CLOSED: Record<keyof Closed, Field> = { code: 'code', reason: 'string' };
 
@@ -122,6 +133,17 @@ export function decode(buf: ArrayBuffer): ServerMsg {
     case S_CURSOR: v = need(payload, 4, 'cursor', true); return { type: 'cursor', hotX: v.getUint16(0), hotY: v.getUint16(2), png: payload.slice(4) };
     case S_FRAME_END: v = need(payload, 4, 'frame end'); return { type: 'frame', id: v.getUint32(0) };
     case S_REMOTE_CLIPBOARD: return { type: 'clipboard', text: utf8.decode(payload) };
+    case S_VIDEO: {
+      v = need(payload, 9, 'video', true);
+      const n = v.getUint16(7);
+      const head = 9 + n * 8;
+      need(payload, head, 'video', true);
+      const rects: Rect[] = [];
+      for (let i = 0; i < n; i++) rects.push(rect(v, 9 + i * 8));
+      return { type: 'video', stream: v.getUint16(0), x: v.getUint16(2), y: v.getUint16(4), key: (payload[6] & 1) !== 0, rects, data: payload.slice(head) };
+    }
+    case S_CACHE_STORE: v = need(payload, 10, 'cache store'); return { type: 'cache_store', slot: v.getUint16(0), rect: rect(v, 2) };
+    case S_CACHE_DRAW: v = need(payload, 6, 'cache draw'); return { type: 'cache_draw', slot: v.getUint16(0), x: v.getUint16(2), y: v.getUint16(4) };
     case S_HELLO: return { type: 'hello', hello: json<Hello>(payload, 'hello', HELLO) };
     case S_TERM_OUTPUT: return { type: 'output', data: payload };
     case S_STATUS: return { type: 'status', status: json<Status>(payload, 'status', STATUS) };
@@ -204,4 +226,11 @@ export function pointer(x: number, y: number, buttons: number): Uint8Array<Array
 
 export function clipboard(text: string): Uint8Array<ArrayBuffer> {
   return frame(C_CLIPBOARD, utf8enc.encode(text));
+}
+
+/** What this client can do beyond the base protocol (CAPS_H264); sent after every HELLO, before RESIZE. */
+export function caps(flags: number): Uint8Array<ArrayBuffer> {
+  const p = new Uint8Array(4);
+  new DataView(p.buffer).setUint32(0, flags >>> 0);
+  return frame(C_CAPS, p);
 }

@@ -65,6 +65,9 @@ export function serverValue(m: wire.ServerMsg): Value {
     case 'cursor': return { type: 'cursor', hot_x: m.hotX, hot_y: m.hotY, png: hex(m.png) };
     case 'frame': return { type: 'frame_end', frame_id: m.id };
     case 'clipboard': return { type: 'remote_clipboard', text: m.text };
+    case 'video': return { type: 'video', stream: m.stream, x: m.x, y: m.y, key: m.key, rects: m.rects.map((r) => [r.x, r.y, r.w, r.h]), data: hex(m.data) };
+    case 'cache_store': return { type: 'cache_store', slot: m.slot, x: m.rect.x, y: m.rect.y, width: m.rect.w, height: m.rect.h };
+    case 'cache_draw': return { type: 'cache_draw', slot: m.slot, x: m.x, y: m.y };
   }
 }
 
@@ -91,6 +94,7 @@ export function encodeClient(v: Value): Uint8Array {
     case 'key': return wire.key(num(v, 'keysym'), v.down === true, num(v, 'scancode'));
     case 'pointer': return wire.pointer(num(v, 'x'), num(v, 'y'), num(v, 'buttons'));
     case 'credentials': return wire.credentials(str(v, 'username'), str(v, 'password'), v.domain === null ? null : str(v, 'domain'));
+    case 'caps': return wire.caps(num(v, 'flags'));
     default: throw new Error(`no encoder for client message ${v.type}`);
   }
 }

@@ -74,6 +74,8 @@ pub struct ConnectParams<'a> {
     pub settings: &'a ConnectionSettings,
     /// `SHA256:<base64>` of the pinned certificate; `None` = trust on first use.
     pub pinned: Option<&'a str>,
+    /// Ask for the graphics pipeline (its channel is registered by the caller).
+    pub gfx: bool,
 }
 
 pub struct Connected {
@@ -154,7 +156,7 @@ fn config(p: &ConnectParams<'_>) -> ironrdp_connector::Config {
         enable_server_pointer: true,
         pointer_software_rendering: false,
         multitransport_flags: None,
-        support_dyn_vc_gfx_protocol: false,
+        support_dyn_vc_gfx_protocol: p.gfx,
     }
 }
 

@@ -13,7 +13,9 @@
 
 mod clipboard;
 mod connect;
+pub mod gfx;
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,7 +37,7 @@ use ironrdp_tokio::FramedWrite as _;
 use portico_proto::codes::CloseCode;
 use portico_proto::control::{HostKeyReport, Target};
 use portico_proto::limits::MaxDesktop;
-use portico_proto::wire::{ClientMsg, Rect, ServerMsg};
+use portico_proto::wire::{CAPS_H264, ClientMsg, Rect, ServerMsg, Status};
 use tokio::sync::mpsc;
 
 use crate::display::{Flow, Frame, Framebuffer, bounding, cursor_msg, detect_vertical_scroll};
@@ -49,6 +51,8 @@ const DRAIN_BUDGET: u32 = 64;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the bridge waits for the browser to report its size before connecting at a default size.
 const SIZE_WAIT: Duration = Duration::from_secs(2);
+/// How long the bridge waits for the browser's capabilities when it need not wait for its size.
+const CAPS_WAIT: Duration = Duration::from_millis(500);
 const DEFAULT_SIZE: (u16, u16) = (1024, 768);
 /// The quality ceiling of lossy (photographic) regions the bridge encodes.
 const DEFAULT_JPEG_LEVEL: u8 = 6;
@@ -78,22 +82,45 @@ fn check_desktop(width: u16, height: u16, max: MaxDesktop) -> Result<(), End> {
 }
 
 /// The browser's size, reported by its first `RESIZE` (the view asks for the remote size at once).
-async fn browser_size(life: &mut Lifecycle, cmd_rx: &mut mpsc::Receiver<Cmd>) -> Result<(u16, u16), End> {
-    let deadline = tokio::time::Instant::now() + SIZE_WAIT;
+/// Wait for what the browser says before the bridge connects: its size when `need_size` (at most
+/// [`SIZE_WAIT`]; else `None`), and its capabilities (`CAPS`, which a browser sends right after `HELLO`,
+/// before its size; a `RESIZE` or other input without them is an older client; without a size to wait
+/// for, at most [`CAPS_WAIT`]).
+async fn browser_hints(
+    life: &mut Lifecycle,
+    cmd_rx: &mut mpsc::Receiver<Cmd>,
+    need_size: bool,
+) -> Result<Option<(u16, u16)>, End> {
+    let deadline = tokio::time::Instant::now() + if need_size { SIZE_WAIT } else { CAPS_WAIT };
     loop {
+        if !need_size && life.caps.is_some() {
+            return Ok(None);
+        }
         let cmd = tokio::select! {
             cmd = cmd_rx.recv() => cmd,
-            () = tokio::time::sleep_until(deadline) => return Ok(DEFAULT_SIZE),
+            () = tokio::time::sleep_until(deadline) => return Ok(need_size.then_some(DEFAULT_SIZE)),
         };
         match cmd.map(|c| life.common(c)) {
             None => return Err(shutting_down()),
             Some(Common::End(end)) => return Err(end),
             Some(Common::Input(ClientMsg::Resize {
                 width_px, height_px, ..
-            })) if width_px > 0 && height_px > 0 => return Ok(clamp_size(width_px, height_px, life.max_desktop)),
+            })) if width_px > 0 && height_px > 0 => {
+                return Ok(need_size.then(|| clamp_size(width_px, height_px, life.max_desktop)));
+            }
+            Some(Common::Input(_)) if !need_size => return Ok(None),
             Some(_) => {}
         }
     }
+}
+
+/// The `connected` status naming the graphics path (`h264` once the server's H.264 flows).
+fn graphics_status(path: &str) -> ServerMsg {
+    ServerMsg::Status(Status {
+        state: "connected".into(),
+        message: format!("connected; graphics: {path}"),
+        graphics: Some(path.into()),
+    })
 }
 
 fn shutting_down() -> End {
@@ -215,9 +242,126 @@ struct Rdp {
     local_clip: Arc<Mutex<Option<String>>>,
     /// The largest desktop the server may impose (reactivations included).
     max_desktop: MaxDesktop,
+    /// The graphics pipeline, when the bridge asked for it.
+    gfx: Option<GfxPath>,
+}
+
+/// The graphics pipeline of a session: the channel's queue, the sans-IO translator, and the server frames
+/// the browser has yet to draw (acknowledged to the server once it did: the server paces itself to the
+/// browser).
+struct GfxPath {
+    queue: gfx::GfxQueue,
+    core: gfx::Gfx,
+    /// (wire frame id, server frame id), oldest first.
+    unacked: VecDeque<(u32, u32)>,
+    /// Server frames acknowledged so far.
+    decoded: u32,
+    /// The H.264 path was reported to the browser.
+    reported: bool,
 }
 
 impl Rdp {
+    /// Translate the graphics PDUs the channel queued, send their frames, and acknowledge at once the server
+    /// frames no browser will draw.
+    async fn pump_gfx(&mut self, life: &mut Lifecycle) -> Result<(), End> {
+        let Some(g) = self.gfx.as_mut() else {
+            return Ok(());
+        };
+        let pdus: Vec<_> = g.queue.lock().map(|mut q| q.drain(..).collect()).unwrap_or_default();
+        let mut acks = Vec::new();
+        for pdu in pdus {
+            for out in g.core.handle(pdu) {
+                let gfx::GfxOut::Frame { msgs, server_frame } = out;
+                if life.client().is_none() {
+                    g.decoded = g.decoded.wrapping_add(1);
+                    acks.push(gfx::frame_ack(server_frame, 0, g.decoded));
+                    continue;
+                }
+                let sealed = self.flow.seal(msgs, std::time::Instant::now());
+                if let Some(ServerMsg::FrameEnd { frame_id }) = sealed.last() {
+                    g.unacked.push_back((*frame_id, server_frame));
+                }
+                for m in sealed {
+                    life.send_wait(m).await;
+                }
+            }
+        }
+        if g.core.h264 && !g.reported {
+            g.reported = true;
+            life.send(graphics_status("h264"));
+        }
+        self.send_gfx(acks).await
+    }
+
+    /// The browser drew wire frame `frame_id`: acknowledge the server frames it held.
+    async fn gfx_acked(&mut self, frame_id: u32) -> Result<(), End> {
+        let Some(g) = self.gfx.as_mut() else {
+            return Ok(());
+        };
+        let mut acks = Vec::new();
+        while let Some(&(wire, server)) = g.unacked.front() {
+            if wire > frame_id {
+                break;
+            }
+            g.unacked.pop_front();
+            g.decoded = g.decoded.wrapping_add(1);
+            acks.push(gfx::frame_ack(server, g.unacked.len(), g.decoded));
+        }
+        self.send_gfx(acks).await
+    }
+
+    /// A browser attached: the frames the earlier one did not draw are acknowledged, and the new one gets
+    /// the pipeline's full picture. `false` when the session is not on the graphics pipeline.
+    async fn gfx_attached(&mut self, life: &mut Lifecycle) -> Result<bool, End> {
+        let Some(g) = self.gfx.as_mut() else {
+            return Ok(false);
+        };
+        if !g.core.h264 {
+            return Ok(false);
+        }
+        let mut acks = Vec::new();
+        while let Some((_, server)) = g.unacked.pop_front() {
+            g.decoded = g.decoded.wrapping_add(1);
+            acks.push(gfx::frame_ack(server, g.unacked.len(), g.decoded));
+        }
+        let picture = g.core.full_picture().unwrap_or_else(|| {
+            let (width, height) = g.core.desktop();
+            vec![ServerMsg::DisplaySize { width, height }]
+        });
+        life.send(graphics_status("h264"));
+        for m in self.flow.picture_frame(picture, std::time::Instant::now()) {
+            life.send_wait(m).await;
+        }
+        self.send_gfx(acks).await?;
+        Ok(true)
+    }
+
+    async fn send_gfx(&mut self, pdus: Vec<ironrdp_egfx::pdu::GfxPdu>) -> Result<(), End> {
+        if pdus.is_empty() {
+            return Ok(());
+        }
+        let failed = |e: String| End {
+            code: CloseCode::TargetError,
+            reason: format!("could not answer the rdp graphics channel: {}", e.to_lowercase()),
+            from_control: false,
+        };
+        let Some(channel) = self.stage.get_dvc_mut::<gfx::GfxChannel>() else {
+            return Ok(());
+        };
+        let id = channel.channel_id();
+        let msgs: Vec<ironrdp_dvc::DvcMessage> = pdus
+            .into_iter()
+            .map(|p| Box::new(p) as ironrdp_dvc::DvcMessage)
+            .collect();
+        let svc = ironrdp_dvc::encode_dvc_messages(id, msgs, ironrdp_svc::ChannelFlags::empty())
+            .map_err(|e| failed(e.to_string()))?;
+        let bytes = self
+            .stage
+            .encode_dvc_messages(svc)
+            .map_err(|e| failed(e.report().to_string()))?;
+        self.write(&bytes).await
+    }
+
     async fn write(&mut self, frame: &[u8]) -> Result<(), End> {
         if frame.is_empty() {
             return Ok(());
@@ -588,13 +732,16 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
             settings.domain.clone(),
         )
     };
-    let (width, height) = match (settings.width, settings.height) {
-        (Some(w), Some(h)) => clamp_size(w, h, life.max_desktop),
-        _ => match browser_size(&mut life, &mut cmd_rx).await {
-            Ok(size) => size,
-            Err(end) => return life.end(end).await,
-        },
+    let fixed = match (settings.width, settings.height) {
+        (Some(w), Some(h)) => Some(clamp_size(w, h, life.max_desktop)),
+        _ => None,
     };
+    let (width, height) = match browser_hints(&mut life, &mut cmd_rx, fixed.is_none()).await {
+        Ok(size) => fixed.or(size).unwrap_or(DEFAULT_SIZE),
+        Err(end) => return life.end(end).await,
+    };
+    // The graphics pipeline with H.264 passthrough when the connection allows it and the browser decodes it.
+    let h264 = settings.h264 && life.caps.is_some_and(|c| c & CAPS_H264 != 0);
     let addr = format!("{}:{}", target.host, target.port);
     life.send(ServerMsg::status("connecting", format!("connecting to {addr}")));
 
@@ -605,7 +752,11 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
         local_clip.clone(),
         settings.clipboard_down,
     )));
-    let drdynvc = DrdynvcClient::new().with_dynamic_channel(DisplayControlClient::new(|_caps| Ok(Vec::new())));
+    let mut drdynvc = DrdynvcClient::new().with_dynamic_channel(DisplayControlClient::new(|_caps| Ok(Vec::new())));
+    let gfx_queue: gfx::GfxQueue = Arc::default();
+    if h264 {
+        drdynvc = drdynvc.with_dynamic_channel(gfx::GfxChannel::new(gfx_queue.clone()));
+    }
     let params = connect::ConnectParams {
         host: &target.host,
         port: target.port,
@@ -616,6 +767,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
         height,
         settings: &settings,
         pinned: target.host_key_fingerprint.as_deref(),
+        gfx: h264,
     };
     let connecting = connect::connect(params, |c| c.with_static_channel(drdynvc).with_static_channel(cliprdr));
     let connected = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
@@ -667,10 +819,21 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
         suppress_output: result.suppress_output_support,
         local_clip,
         max_desktop: life.max_desktop,
+        gfx: h264.then(|| GfxPath {
+            queue: gfx_queue,
+            core: gfx::Gfx::new(w, h),
+            unacked: VecDeque::new(),
+            decoded: 0,
+            reported: false,
+        }),
     };
     tracing::info!(width = w, height = h, cert = %connected.cert_fingerprint, "Upstream connected");
     life.send(ServerMsg::DisplaySize { width: w, height: h });
-    life.send(ServerMsg::status("connected", format!("connected to {addr}")));
+    life.send(ServerMsg::Status(Status {
+        state: "connected".into(),
+        message: format!("connected to {addr}"),
+        graphics: Some("bitmap".into()),
+    }));
 
     let end = 'session: loop {
         let deadline = life.deadline();
@@ -712,6 +875,9 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                     if let Err(end) = rdp.deliver(&mut life, outputs).await {
                         break 'session end;
                     }
+                    if let Err(end) = rdp.pump_gfx(&mut life).await {
+                        break 'session end;
+                    }
                     if budget > 0 {
                         pdu = rdp.framed.read_pdu().now_or_never();
                     }
@@ -742,7 +908,11 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                     Some(Common::End(end)) => break end,
                     Some(Common::Handled) => Vec::new(),
                     Some(Common::Attached(_)) => {
-                        crate::screen::send_full_picture(&mut rdp.flow, &rdp.fb, &mut life).await;
+                        match rdp.gfx_attached(&mut life).await {
+                            Ok(true) => {}
+                            Ok(false) => crate::screen::send_full_picture(&mut rdp.flow, &rdp.fb, &mut life).await,
+                            Err(end) => break end,
+                        }
                         rdp.frame = Frame::default();
                         Vec::new()
                     }
@@ -763,6 +933,9 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                         }
                         ClientMsg::FrameAck { frame_id } => {
                             rdp.flow.on_ack(frame_id, std::time::Instant::now());
+                            if let Err(end) = rdp.gfx_acked(frame_id).await {
+                                break end;
+                            }
                             rdp.flush(&mut life).await;
                             Vec::new()
                         }

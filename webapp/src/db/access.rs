@@ -470,7 +470,7 @@ impl Db {
 
     /// Update a connection; a move out of a granted folder ends the sessions it revokes, atomically.
     pub async fn update_connection(&self, c: &Connection, now: i64) -> sqlx::Result<Change> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if let Some(f) = &c.folder_id
             && existing(&mut tx, "folders", std::slice::from_ref(f)).await?.is_empty()
         {
@@ -526,7 +526,7 @@ impl Db {
 
     /// Set a user's role and limits; a role that loses access ends the sessions it revokes, atomically.
     pub async fn update_user(&self, u: &User, now: i64) -> sqlx::Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let r = sqlx::query("UPDATE users SET role = $1, max_sessions = $2, protocols = $3 WHERE id = $4")
             .bind(&u.role)
             .bind(u.max_sessions)
@@ -572,7 +572,7 @@ impl Db {
             self.insert_session(s).await?;
             return Ok(SessionStart::Started);
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if self.dialect == Dialect::Postgres {
             sqlx::query("SELECT id FROM users WHERE id = $1 FOR UPDATE")
                 .bind(&s.user_id)
@@ -672,7 +672,7 @@ impl Db {
 
     /// Delete a group with its grants; its members' sessions that it alone allowed end, atomically.
     pub async fn delete_group(&self, id: &str, now: i64) -> sqlx::Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM grants WHERE subject_kind = 'group' AND subject_id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -699,7 +699,7 @@ impl Db {
 
     /// Replace a group's members; the sessions the removed members no longer may hold end, atomically.
     pub async fn set_members(&self, group_id: &str, user_ids: &[String], now: i64) -> sqlx::Result<Change> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if existing(&mut tx, "user_groups", &[group_id.to_owned()])
             .await?
             .is_empty()
@@ -749,7 +749,7 @@ impl Db {
     }
 
     pub async fn create_folder(&self, f: &Folder) -> sqlx::Result<Change> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if let Some(p) = &f.parent_id
             && existing(&mut tx, "folders", std::slice::from_ref(p)).await?.is_empty()
         {
@@ -770,7 +770,7 @@ impl Db {
     /// Rename or move a folder (never into itself or below itself); a move that revokes access ends the
     /// sessions concerned, atomically.
     pub async fn update_folder(&self, id: &str, name: &str, parent_id: Option<&str>, now: i64) -> sqlx::Result<Change> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if existing(&mut tx, "folders", &[id.to_owned()]).await?.is_empty() {
             return Ok(Change::NotFound);
         }
@@ -804,7 +804,7 @@ impl Db {
 
     /// Delete an empty folder (no subfolder, no connection) with its grants.
     pub async fn delete_folder(&self, id: &str) -> sqlx::Result<Change> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if existing(&mut tx, "folders", &[id.to_owned()]).await?.is_empty() {
             return Ok(Change::NotFound);
         }
@@ -868,7 +868,7 @@ impl Db {
             "connection" => "connections",
             _ => "folders",
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if existing(&mut tx, table, &[object_id.to_owned()]).await?.is_empty() {
             return Ok(Change::NotFound);
         }

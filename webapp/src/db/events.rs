@@ -69,7 +69,7 @@ enum Param {
 impl Db {
     /// Insert `events` in one transaction, `rows_per_statement` rows per `INSERT`.
     pub async fn insert_events(&self, events: &[Arc<Event>], rows_per_statement: usize) -> sqlx::Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for chunk in events.chunks(rows_per_statement.max(1)) {
             let rows: Vec<String> = (0..chunk.len())
                 .map(|i| {

@@ -167,7 +167,7 @@ impl Db {
         who: &ExternalIdentity,
         now: i64,
     ) -> sqlx::Result<User> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let found: Option<String> =
             sqlx::query_scalar("SELECT id FROM users WHERE provider_id = $1 AND external_id = $2")
                 .bind(&provider.id)

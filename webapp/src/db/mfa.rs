@@ -44,7 +44,7 @@ impl Db {
     /// Confirm the pending secret (its first code was used at `step`), replace the recovery codes, and let
     /// the user's login sessions that could only enrol do everything again; all at once.
     pub async fn confirm_totp(&self, user_id: &str, step: i64, recovery_hashes: &[String]) -> sqlx::Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let r = sqlx::query(
             "UPDATE users SET totp_enabled = 1, totp_last_step = $1 WHERE id = $2 AND totp_enabled = 0 \
              AND totp_secret_enc IS NOT NULL AND (totp_last_step IS NULL OR totp_last_step < $1)",
@@ -90,7 +90,7 @@ impl Db {
 
     /// Remove a user's second factor and recovery codes (an admin's reset); `false` for an unknown user.
     pub async fn reset_totp(&self, user_id: &str) -> sqlx::Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let r = sqlx::query(
             "UPDATE users SET totp_secret_enc = NULL, totp_enabled = 0, totp_last_step = NULL WHERE id = $1",
         )
@@ -149,7 +149,7 @@ impl Db {
     }
 
     pub async fn set_setting(&self, name: &str, value: &str) -> sqlx::Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM settings WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)

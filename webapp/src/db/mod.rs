@@ -390,6 +390,16 @@ const USER_COLS: &str =
 const SESSION_COLS: &str = "id, user_id, connection_id, state, token_jti, token_expires_at, claimed_at, bridge_id, created_at, ended_at, end_reason";
 
 impl Db {
+    /// Begin a transaction that writes. SQLite: `BEGIN IMMEDIATE`, so the write lock is taken (waiting up to
+    /// the busy timeout) before the first read; a deferred transaction that reads and then writes while
+    /// another connection writes fails at once with "database is locked" instead of waiting.
+    pub async fn begin_write(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Any>> {
+        match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::Postgres => self.pool.begin().await,
+        }
+    }
+
     /// Connect (creating a SQLite file if needed) and run the migrations of the dialect.
     pub async fn connect(url: &str) -> anyhow::Result<Db> {
         sqlx::any::install_default_drivers();
@@ -510,7 +520,7 @@ impl Db {
         reason: &str,
         now: i64,
     ) -> sqlx::Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM grants WHERE {grant_side}_kind = $1 AND {grant_side}_id = $2"
         )))
@@ -1372,7 +1382,7 @@ impl Db {
     /// Revoke a bridge: its credential stops working and its live sessions end, in one transaction.
     /// `forget` removes an already revoked bridge's row, so its name may register again.
     pub async fn revoke_bridge(&self, id: &str, forget: bool, now: i64) -> sqlx::Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let r = if forget {
             sqlx::query("DELETE FROM bridges WHERE id = $1 AND revoked_at IS NOT NULL")
                 .bind(id)
@@ -1406,7 +1416,7 @@ impl Db {
     /// plus this one within the agent's capacity); `false` if not. Atomic across webapps: the agent's row
     /// is locked (PostgreSQL row lock, SQLite write lock) for the check and the insert.
     pub async fn place_container(&self, c: &ContainerRow) -> sqlx::Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // Locks the agent's row; a drained agent takes nothing (checked under the lock).
         let locked = sqlx::query("UPDATE agents SET running = running WHERE id = $1 AND draining_at IS NULL")
             .bind(&c.agent_id)
