@@ -4,6 +4,7 @@
 //!
 //! The shadow server encodes once per client; its CPU is reported beside the bridge's.
 
+use portico_proto::wire::CAPS_H264;
 use portico_tests::client::Api;
 use portico_tests::peers::{RdpServer, ShadowAuth};
 use portico_tests::portico::Portico;
@@ -13,7 +14,7 @@ use crate::Args;
 use crate::median_range;
 use crate::vnc::{HEIGHT, Sample, WIDTH, Workload, end_all, portico_run, scene};
 
-pub const HEADER: &str = "| workload | N | Portico bridge cores/session (range) | shadow server cores/session | fps | KiB/s | RSS KiB/session |\n|---|---|---|---|---|---|---|";
+pub const HEADER: &str = "| workload | path | N | Portico bridge cores/session (range) | shadow server cores/session | fps | KiB/s | RSS KiB/session |\n|---|---|---|---|---|---|---|---|";
 
 pub async fn run(args: &Args) -> anyhow::Result<Vec<String>> {
     let mut rows = Vec::new();
@@ -42,25 +43,39 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<String>> {
             }))
             .await?;
         for &n in &args.sessions {
-            let mut ours: Vec<Sample> = Vec::new();
-            for r in 0..args.repeats {
-                let a = portico_run(&p, &api, &conn, server_pid, n, args).await?;
-                eprintln!(
-                    "  N={n} run {r} portico: {:.4} cores, shadow {:.4}, {:.0} KiB/s, {:.1} fps, +{:.0} KiB RSS per session",
-                    a.proxy_cores, a.server_cores, a.kib_s, a.fps, a.rss_kib
-                );
-                ours.push(a);
+            // Side by side in one run: today's bitmap path (no CAPS: the bridge encodes images) and the
+            // graphics pipeline with the server's H.264 passed through.
+            for (path, caps) in [("bitmap", None), ("h264", Some(CAPS_H264))] {
+                let mut ours: Vec<Sample> = Vec::new();
+                for r in 0..args.repeats {
+                    let a = portico_run(&p, &api, &conn, server_pid, n, args, caps).await?;
+                    eprintln!(
+                        "  {path} N={n} run {r} portico: {:.4} cores, shadow {:.4}, {:.0} KiB/s, {:.1} fps, +{:.0} KiB RSS per session, {:.0} % of frames with video",
+                        a.proxy_cores,
+                        a.server_cores,
+                        a.kib_s,
+                        a.fps,
+                        a.rss_kib,
+                        a.video_share * 100.0
+                    );
+                    anyhow::ensure!(
+                        caps.is_none() || a.video_share > 0.5 || a.fps < 0.5,
+                        "the h264 run got no H.264 (bridge log:\n{})",
+                        p.log()
+                    );
+                    ours.push(a);
+                }
+                let med = |f: fn(&Sample) -> f64| median_range(ours.iter().map(f).collect());
+                let (pc, lo, hi) = med(|s| s.proxy_cores);
+                let (sc, _, _) = med(|s| s.server_cores);
+                let (fps, _, _) = med(|s| s.fps);
+                let (kib, _, _) = med(|s| s.kib_s);
+                let (rss, _, _) = med(|s| s.rss_kib);
+                rows.push(format!(
+                    "| {} | {path} | {n} | {pc:.4} ({lo:.4}–{hi:.4}) | {sc:.4} | {fps:.1} | {kib:.0} | {rss:.0} |",
+                    w.name()
+                ));
             }
-            let med = |f: fn(&Sample) -> f64| median_range(ours.iter().map(f).collect());
-            let (pc, lo, hi) = med(|s| s.proxy_cores);
-            let (sc, _, _) = med(|s| s.server_cores);
-            let (fps, _, _) = med(|s| s.fps);
-            let (kib, _, _) = med(|s| s.kib_s);
-            let (rss, _, _) = med(|s| s.rss_kib);
-            rows.push(format!(
-                "| {} | {n} | {pc:.4} ({lo:.4}–{hi:.4}) | {sc:.4} | {fps:.1} | {kib:.0} | {rss:.0} |",
-                w.name()
-            ));
         }
         end_all(&api).await?;
     }

@@ -57,6 +57,8 @@ impl Workload {
 struct Counters {
     bytes: AtomicU64,
     frames: AtomicU64,
+    /// `VIDEO` messages (the RDP graphics pipeline's H.264).
+    video: AtomicU64,
 }
 
 /// What runs on the display of a server (`S`: the VNC or RDP server) for one workload.
@@ -128,14 +130,21 @@ pub fn scene<S: XDisplay>(server: S, w: Workload) -> anyhow::Result<Scene<S>> {
                 (1280, 720, "+0+0")
             };
             let dir = frames(width, height)?;
-            let mut files: Vec<String> = std::fs::read_dir(&dir)?
-                .filter_map(|e| e.ok().map(|e| e.path().display().to_string()))
-                .filter(|p| p.ends_with(".png"))
-                .collect();
-            files.sort();
-            let mut args = vec!["-delay", "4", "-loop", "0", "-geometry", at];
-            args.extend(files.iter().map(String::as_str));
-            vec![server.spawn("animate", &args)?]
+            if w == Workload::VideoFull {
+                let player = portico_tests::workspace_root().join("tests/bench/play_frames.py");
+                let (player, dir) = (player.display().to_string(), dir.display().to_string());
+                let (ws, hs) = (width.to_string(), height.to_string());
+                vec![server.spawn("python3", &[&player, &dir, &ws, &hs])?]
+            } else {
+                let mut files: Vec<String> = std::fs::read_dir(&dir)?
+                    .filter_map(|e| e.ok().map(|e| e.path().display().to_string()))
+                    .filter(|p| p.ends_with(".png"))
+                    .collect();
+                files.sort();
+                let mut args = vec!["-delay", "4", "-loop", "0", "-geometry", at];
+                args.extend(files.iter().map(String::as_str));
+                vec![server.spawn("animate", &args)?]
+            }
         }
     };
     wait_for("the workload window", Duration::from_secs(30), || {
@@ -154,6 +163,8 @@ pub struct Sample {
     pub kib_s: f64,
     pub fps: f64,
     pub rss_kib: f64,
+    /// Share of frames that carried H.264 (`VIDEO` messages per frame).
+    pub video_share: f64,
 }
 
 /// Measure over the window: proxy and Xvnc CPU, bytes and frames per session.
@@ -163,20 +174,23 @@ async fn window(proxy_pid: u32, server_pid: u32, counters: &[Arc<Counters>], arg
     let total = |f: fn(&Counters) -> u64| counters.iter().map(|c| f(c)).sum::<u64>();
     let bytes = |c: &Counters| c.bytes.load(Ordering::Relaxed);
     let frames = |c: &Counters| c.frames.load(Ordering::Relaxed);
-    let (p0, s0, b0, f0, t0) = (
+    let video = |c: &Counters| c.video.load(Ordering::Relaxed);
+    let (p0, s0, b0, f0, v0, t0) = (
         tree_ticks(proxy_pid),
         tree_ticks(server_pid),
         total(bytes),
         total(frames),
+        total(video),
         Instant::now(),
     );
     tokio::time::sleep(Duration::from_secs(args.window)).await;
     let secs = t0.elapsed().as_secs_f64();
-    let (p1, s1, b1, f1) = (
+    let (p1, s1, b1, f1, v1) = (
         tree_ticks(proxy_pid),
         tree_ticks(server_pid),
         total(bytes),
         total(frames),
+        total(video),
     );
     let n = counters.len() as f64;
     Sample {
@@ -185,10 +199,13 @@ async fn window(proxy_pid: u32, server_pid: u32, counters: &[Arc<Counters>], arg
         kib_s: (b1 - b0) as f64 / 1024.0 / secs / n,
         fps: (f1 - f0) as f64 / secs / n,
         rss_kib: 0.0,
+        video_share: (v1 - v0) as f64 / (f1 - f0).max(1) as f64,
     }
 }
 
 /// N Portico sessions, each an instant-ack client.
+/// N instant-ack sessions of `conn`; `caps`: the `CAPS` the client sends first (RDP: `CAPS_H264` for the
+/// graphics pipeline; `None`: none, as an older client).
 pub async fn portico_run(
     p: &Portico,
     api: &Api,
@@ -196,18 +213,26 @@ pub async fn portico_run(
     server_pid: u32,
     n: usize,
     args: &Args,
+    caps: Option<u32>,
 ) -> anyhow::Result<Sample> {
     let base = mem_kib(p.pid()).0;
     let mut tasks = Vec::new();
     let mut counters = Vec::new();
     for _ in 0..n {
         let (_, mut ws) = portico_tests::client::attach(p, api, conn).await?;
+        if let Some(flags) = caps {
+            ws.send(Message::Binary(ClientMsg::Caps { flags }.encode().into()))
+                .await?;
+        }
         let c = Arc::new(Counters::default());
         counters.push(c.clone());
         tasks.push(tokio::spawn(async move {
             while let Some(Ok(m)) = ws.next().await {
                 let Message::Binary(b) = m else { continue };
                 c.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                if b.len() > 2 && b[1] == 0x26 {
+                    c.video.fetch_add(1, Ordering::Relaxed);
+                }
                 // FRAME_END is type 0x25 with a 4-byte id: decode only that.
                 if b.len() == 6
                     && b[1] == 0x25
@@ -482,7 +507,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<String>> {
             let (mut ours, mut theirs) = (Vec::new(), Vec::new());
             for r in 0..args.repeats {
                 // Interleaved: Portico, then websockify, in each repeat.
-                let a = portico_run(&p, &api, &conn, server_pid, n, args).await?;
+                let a = portico_run(&p, &api, &conn, server_pid, n, args, None).await?;
                 eprintln!(
                     "  N={n} run {r} portico:    {:.4} cores, Xvnc {:.4}, {:.0} KiB/s, {:.1} fps, +{:.0} KiB RSS per session",
                     a.proxy_cores, a.server_cores, a.kib_s, a.fps, a.rss_kib
