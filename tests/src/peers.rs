@@ -1160,6 +1160,17 @@ impl Dockerd {
     }
 
     fn stop(&mut self) {
+        // The Linux bridges of the engine's user-defined networks outlive it: without removing them, a
+        // machine that runs the suite again and again runs out of the engine's default address pools.
+        let networks: Vec<String> = if self.child.is_some() {
+            self.docker(&["network", "ls", "-q", "--no-trunc", "--filter", "driver=bridge"])
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|id| id.get(..12).map(|short| format!("br-{short}")))
+                .collect()
+        } else {
+            Vec::new()
+        };
         if let Some(mut c) = self.child.take() {
             // Running containers' shims live below dockerd/containerd.
             let below = descendants(c.id());
@@ -1167,6 +1178,9 @@ impl Dockerd {
             kill_pids(&below);
         }
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
+        for br in networks {
+            let _ = Command::new("ip").args(["link", "del", &br]).output();
+        }
         if let Ok(root) = fs::read_to_string(self.dir.join("data-root")) {
             let root = root.trim();
             // overlay2 leaves mounts behind when killed: unmount before removing.

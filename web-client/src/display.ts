@@ -46,8 +46,8 @@ export function h264Codec(data: Uint8Array): string | null {
   return null;
 }
 
-/** A codec string Chromium's H.264 decoders take (High profile, level 4.0), for the capability check. */
-const H264_PROBE = 'avc1.640028';
+/** The capability check: High profile at level 5.1 (desktops up to 4096x2160). */
+const H264_PROBE = 'avc1.640033';
 let h264Support: Promise<boolean> | null = null;
 
 /** Whether this browser decodes H.264 with WebCodecs (`?h264=0` in the page's URL says no). */
@@ -62,40 +62,41 @@ export function decodesH264(): Promise<boolean> {
 }
 
 /** How long a frame waits for a picture from its decoder before it is drawn without it. */
-const DECODE_TIMEOUT_MS = 3000;
+const DECODE_TIMEOUT_MS = 10000;
 
-/** One video stream's decoder; decoded pictures come out in order, one per chunk. */
+/** One video stream's decoder: each chunk's picture goes to the frame that sent it (by the chunk's
+ * timestamp, so a picture that comes after its frame gave up on it is closed, not given to the next). */
 class VideoStream {
   private decoder: VideoDecoder | null = null;
   private codec = '';
-  private waiting: ((f: VideoFrame | null) => void)[] = [];
+  private readonly waiting = new Map<number, (f: VideoFrame | null) => void>();
   private seq = 0;
   dropped = 0;
 
   decode(key: boolean, data: Uint8Array<ArrayBuffer>): Promise<VideoFrame | null> {
-    if (key) {
+    if (key && typeof VideoDecoder !== 'undefined') {
       const codec = h264Codec(data);
       if (codec && (codec !== this.codec || !this.decoder || this.decoder.state === 'closed')) this.configure(codec);
     }
     const dec = this.decoder;
     if (!dec || dec.state !== 'configured') {
-      // A delta frame without the key frame before it: nothing to draw until the next key frame.
+      // A delta frame without the key frame before it (or no decoder here): nothing to draw until the
+      // next key frame.
       this.dropped++;
       return Promise.resolve(null);
     }
+    const ts = this.seq++;
     const picture = new Promise<VideoFrame | null>((resolve) => {
-      this.waiting.push(resolve);
+      this.waiting.set(ts, resolve);
       window.setTimeout(() => {
-        const i = this.waiting.indexOf(resolve);
-        if (i >= 0) {
-          this.waiting.splice(i, 1);
+        if (this.waiting.delete(ts)) {
           this.dropped++;
           resolve(null);
         }
       }, DECODE_TIMEOUT_MS);
     });
     try {
-      dec.decode(new EncodedVideoChunk({ type: key ? 'key' : 'delta', timestamp: this.seq++, data }));
+      dec.decode(new EncodedVideoChunk({ type: key ? 'key' : 'delta', timestamp: ts, data }));
     } catch (e) {
       console.warn('portico: video chunk refused', e);
       this.fail();
@@ -106,24 +107,31 @@ class VideoStream {
   private configure(codec: string): void {
     this.close();
     this.codec = codec;
-    const dec = new VideoDecoder({
-      output: (frame) => {
-        const resolve = this.waiting.shift();
-        if (resolve) resolve(frame);
-        else frame.close();
-      },
-      error: (e) => {
-        console.warn('portico: video decoder error', e);
-        this.fail();
-      },
-    });
-    dec.configure({ codec, optimizeForLatency: true });
-    this.decoder = dec;
+    try {
+      const dec = new VideoDecoder({
+        output: (frame) => {
+          const resolve = this.waiting.get(frame.timestamp);
+          this.waiting.delete(frame.timestamp);
+          if (resolve) resolve(frame);
+          else frame.close();
+        },
+        error: (e) => {
+          console.warn('portico: video decoder error', e);
+          this.fail();
+        },
+      });
+      dec.configure({ codec, optimizeForLatency: true });
+      this.decoder = dec;
+    } catch (e) {
+      console.warn('portico: no video decoder for', codec, e);
+      this.decoder = null;
+    }
   }
 
   /** The decoder broke: what waits gets nothing, and decoding starts again at the next key frame. */
   private fail(): void {
-    for (const w of this.waiting.splice(0)) w(null);
+    for (const w of this.waiting.values()) w(null);
+    this.waiting.clear();
     if (this.decoder && this.decoder.state !== 'closed') this.decoder.close();
     this.decoder = null;
   }
@@ -255,8 +263,8 @@ export class DisplayView implements View {
     // The bridge sends the whole screen after every attach; frames of the old connection are void, and a
     // video stream restarts from the key frame the bridge sends first.
     if (reattached) {
-      this.pending = [];
-      for (const s of this.streams.values()) s.close();
+      this.dropPending();
+      this.closeStreams();
     }
     if (this.scale === 'remote') this.requestRemoteSize();
   }
@@ -264,6 +272,8 @@ export class DisplayView implements View {
   handle(msg: wire.ServerMsg): void {
     switch (msg.type) {
       case 'size':
+        // A new desktop (or the full picture of a reattach): video streams restart at their next key frame.
+        this.closeStreams();
         this.pending.push({ kind: 'size', width: msg.width, height: msg.height });
         break;
       case 'image': {
@@ -290,15 +300,25 @@ export class DisplayView implements View {
         this.pending = [];
         const id = msg.id;
         this.chain = this.chain.then(async () => {
-          const decoded = await Promise.all(ops.map((op) => (op.kind === 'image' ? op.bitmap : op.kind === 'video' ? op.frame : null)));
-          if (this.disposed) {
-            for (const d of decoded) d?.close();
-            return;
+          try {
+            // In order, each op once its picture is decoded (already decoded ones do not yield, so the frame
+            // is drawn in one go; a frame of many video pictures, a reattach's history, holds one at a time).
+            for (const op of ops) {
+              const decoded = op.kind === 'image' ? await op.bitmap : op.kind === 'video' ? await op.frame : null;
+              if (this.disposed) {
+                decoded?.close();
+                continue;
+              }
+              this.apply(op, decoded);
+            }
+          } catch (e) {
+            console.warn('portico: frame not fully drawn', e);
+          } finally {
+            // The acknowledgement always goes: a frame that failed to draw must not stall the session.
+            this.frames++;
+            if (window.porticoDisplay) window.porticoDisplay.frames = this.frames;
+            if (!this.disposed) this.send(wire.frameAck(id));
           }
-          ops.forEach((op, i) => this.apply(op, decoded[i]));
-          this.frames++;
-          if (window.porticoDisplay) window.porticoDisplay.frames = this.frames;
-          this.send(wire.frameAck(id));
         });
         break;
       }
@@ -325,6 +345,20 @@ export class DisplayView implements View {
     }
   }
 
+  /** Drop the ops of an unfinished frame, closing what they decoded. */
+  private dropPending(): void {
+    for (const op of this.pending) {
+      if (op.kind === 'image') void op.bitmap.then((b) => b?.close());
+      if (op.kind === 'video') void op.frame.then((f) => f?.close());
+    }
+    this.pending = [];
+  }
+
+  private closeStreams(): void {
+    for (const s of this.streams.values()) s.close();
+    this.streams.clear();
+  }
+
   private apply(op: Op, bitmap: ImageBitmap | VideoFrame | null): void {
     const ctx = this.ctx;
     switch (op.kind) {
@@ -344,9 +378,12 @@ export class DisplayView implements View {
         break;
       case 'video':
         if (bitmap) {
-          for (const r of op.rects) ctx.drawImage(bitmap, r.x, r.y, r.w, r.h, op.x + r.x, op.y + r.y, r.w, r.h);
-          bitmap.close();
-          this.videoFrames++;
+          try {
+            for (const r of op.rects) ctx.drawImage(bitmap, r.x, r.y, r.w, r.h, op.x + r.x, op.y + r.y, r.w, r.h);
+            this.videoFrames++;
+          } finally {
+            bitmap.close();
+          }
         }
         if (window.porticoDisplay) {
           window.porticoDisplay.videoFrames = this.videoFrames;
@@ -559,8 +596,8 @@ export class DisplayView implements View {
     this.disposed = true;
     this.observer.disconnect();
     window.clearTimeout(this.resizeTimer);
-    for (const s of this.streams.values()) s.close();
-    this.streams.clear();
+    this.closeStreams();
+    this.dropPending();
     this.cache.clear();
   }
 }

@@ -35,6 +35,9 @@ use crate::display::encode_rect;
 /// Most bytes kept for a browser that attaches later (the messages since the last key frame); past it the
 /// history is dropped, and such a browser sees the picture from the next key frame on.
 const MAX_REPLAY_BYTES: usize = 32 * 1024 * 1024;
+/// Most bytes of messages one server frame may collect (a server that never ends its frame, or floods
+/// it): past it the frame collapses to its latest key frame or is dropped with a skip.
+const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 /// Most graphics PDUs queued between two looks of the session (a server that floods one PDU with
 /// thousands of commands): past it the channel fails, which ends the session with a clear reason.
 const MAX_QUEUED_PDUS: usize = 65_536;
@@ -101,11 +104,11 @@ impl DvcProcessor for GfxChannel {
 
 impl DvcClientProcessor for GfxChannel {}
 
-/// The acknowledgement of server frame `frame_id` (the browser drew it), with the frames still queued
-/// behind it and the frames decoded so far.
-pub fn frame_ack(frame_id: u32, queued: usize, decoded: u32) -> GfxPdu {
+/// The acknowledgement of server frame `frame_id` (the browser drew it) with the frames decoded so far.
+/// The queue depth (bytes the client holds undecoded) is not known at the bridge: `Unavailable`.
+pub fn frame_ack(frame_id: u32, decoded: u32) -> GfxPdu {
     GfxPdu::FrameAcknowledge(FrameAcknowledgePdu {
-        queue_depth: QueueDepth::AvailableBytes(u32::try_from(queued).unwrap_or(u32::MAX)),
+        queue_depth: QueueDepth::Unavailable,
         frame_id,
         total_frames_decoded: decoded,
     })
@@ -124,6 +127,10 @@ pub enum GfxOut {
 pub enum Skipped {
     OffscreenSurface,
     UnknownSurface,
+    /// A surface larger than the bridge's desktop limit, or a tile outside its surface.
+    OutOfBounds,
+    /// A frame that grew past its byte budget.
+    FrameTooLarge,
     Codec(u16),
     Progressive,
     Undecodable,
@@ -139,6 +146,11 @@ struct Surface {
 /// The graphics pipeline's state for one session (sans-IO).
 pub struct Gfx {
     desktop: (u16, u16),
+    /// The largest surface accepted (the bridge's desktop limit).
+    max: portico_proto::limits::MaxDesktop,
+    /// The server drives the display through the pipeline (it reset the graphics or created a surface).
+    pub active: bool,
+    frame_bytes: usize,
     surfaces: HashMap<u16, Surface>,
     /// Messages of the frame in progress (and of commands outside frames, sent with the next one).
     frame: Vec<ServerMsg>,
@@ -193,9 +205,12 @@ pub fn has_idr(data: &[u8]) -> bool {
 }
 
 impl Gfx {
-    pub fn new(width: u16, height: u16) -> Self {
+    pub fn new(width: u16, height: u16, max: portico_proto::limits::MaxDesktop) -> Self {
         Gfx {
             desktop: (width, height),
+            max,
+            active: false,
+            frame_bytes: 0,
             surfaces: HashMap::new(),
             frame: Vec::new(),
             key_at: None,
@@ -254,8 +269,12 @@ impl Gfx {
             GfxPdu::ResetGraphics(r) => {
                 let w = u16::try_from(r.width).unwrap_or(u16::MAX);
                 let h = u16::try_from(r.height).unwrap_or(u16::MAX);
+                self.active = true;
                 self.desktop = (w, h);
                 self.surfaces.clear();
+                // What the frame held was drawn for the old desktop.
+                self.frame.clear();
+                self.frame_bytes = 0;
                 self.frame.push(ServerMsg::DisplaySize { width: w, height: h });
                 // A new desktop: nothing before it is part of the picture.
                 self.replay = Some(Vec::new());
@@ -263,6 +282,11 @@ impl Gfx {
                 self.key_at = Some(self.frame.len() - 1);
             }
             GfxPdu::CreateSurface(c) => {
+                self.active = true;
+                if !self.max.allows(c.width, c.height) {
+                    self.skip(Skipped::OutOfBounds);
+                    return Vec::new();
+                }
                 self.surfaces.insert(
                     c.surface_id,
                     Surface {
@@ -343,7 +367,12 @@ impl Gfx {
                     height: 0,
                 },
             }),
-            GfxPdu::WireToSurface1(w) => self.wire_to_surface(w),
+            GfxPdu::WireToSurface1(w) => {
+                let n = self.frame.len();
+                self.wire_to_surface(w);
+                self.frame_bytes += self.frame[n..].iter().map(msg_bytes).sum::<usize>();
+                self.bound_frame();
+            }
             GfxPdu::WireToSurface2(_) => self.skip(Skipped::Progressive),
             GfxPdu::CapabilitiesConfirm(c) => {
                 tracing::debug!(caps = ?c.0.parsed(), "Graphics pipeline capabilities confirmed");
@@ -353,7 +382,30 @@ impl Gfx {
         Vec::new()
     }
 
+    /// Keep the frame in progress within its byte budget: past it, the frame keeps only what follows its
+    /// last key frame, or nothing (and the history, which would miss it, is dropped).
+    fn bound_frame(&mut self) {
+        if self.frame_bytes <= MAX_FRAME_BYTES {
+            return;
+        }
+        self.skip(Skipped::FrameTooLarge);
+        let from = self.key_at.unwrap_or(self.frame.len());
+        self.frame.drain(..from);
+        self.key_at = self.key_at.map(|_| 0);
+        if self.key_at.is_none() {
+            self.replay = None;
+        }
+        self.frame_bytes = self.frame.iter().map(msg_bytes).sum();
+        if self.frame_bytes > MAX_FRAME_BYTES {
+            self.frame.clear();
+            self.key_at = None;
+            self.replay = None;
+            self.frame_bytes = 0;
+        }
+    }
+
     fn end_frame(&mut self, server_frame: u32) -> GfxOut {
+        self.frame_bytes = 0;
         let msgs = std::mem::take(&mut self.frame);
         let from = self.key_at.take();
         if let Some(at) = from {
@@ -417,6 +469,14 @@ impl Gfx {
                 });
             }
             Codec1Type::Uncompressed | Codec1Type::Planar | Codec1Type::ClearCodec => {
+                let inside = self
+                    .surfaces
+                    .get(&w.surface_id)
+                    .is_some_and(|s| dest.right <= s.width && dest.bottom <= s.height);
+                if !inside {
+                    self.skip(Skipped::OutOfBounds);
+                    return;
+                }
                 let Some(rect) = rect_at(dest, ox, oy) else {
                     return;
                 };
@@ -532,7 +592,7 @@ mod tests {
     }
 
     fn setup(origin: (u32, u32)) -> Gfx {
-        let mut g = Gfx::new(1024, 768);
+        let mut g = Gfx::new(1024, 768, portico_proto::limits::MaxDesktop::default());
         g.handle(GfxPdu::CreateSurface(CreateSurfacePdu {
             surface_id: 0,
             width: 640,
@@ -632,7 +692,7 @@ mod tests {
 
     #[test]
     fn commands_for_unknown_or_offscreen_surfaces_are_skipped_and_counted() {
-        let mut g = Gfx::new(800, 600);
+        let mut g = Gfx::new(800, 600, portico_proto::limits::MaxDesktop::default());
         g.handle(GfxPdu::CreateSurface(CreateSurfacePdu {
             surface_id: 4,
             width: 10,
@@ -697,6 +757,50 @@ mod tests {
         assert!(g.full_picture().is_none(), "over the budget");
         frame(&mut g, 50, vec![avc(er(0, 0, 640, 480), IDR)]);
         assert!(g.full_picture().is_some(), "a key frame starts it again");
+    }
+
+    #[test]
+    fn surfaces_over_the_limit_and_tiles_outside_their_surface_are_refused() {
+        let mut g = Gfx::new(800, 600, portico_proto::limits::MaxDesktop::default());
+        g.handle(GfxPdu::CreateSurface(CreateSurfacePdu {
+            surface_id: 1,
+            width: 65535,
+            height: 65535,
+            pixel_format: PixelFormat::XRgb,
+        }));
+        assert_eq!(g.skipped[&Skipped::OutOfBounds], 1);
+        let mut g = setup((0, 0));
+        let tile = |right, bottom| {
+            GfxPdu::WireToSurface1(WireToSurface1Pdu {
+                surface_id: 0,
+                codec_id: Codec1Type::ClearCodec,
+                pixel_format: PixelFormat::XRgb,
+                destination_rectangle: er(0, 0, right, bottom),
+                bitmap_data: vec![0; 16],
+            })
+        };
+        // A few bytes claiming a tile far larger than the 640x480 surface: no decoder runs.
+        assert!(frame(&mut g, 1, vec![tile(8192, 8192)]).is_empty());
+        assert_eq!(g.skipped[&Skipped::OutOfBounds], 1);
+    }
+
+    #[test]
+    fn a_frame_past_its_byte_budget_keeps_what_follows_its_last_key_frame() {
+        let mut g = setup((0, 0));
+        let big = vec![0x41; 9 * 1024 * 1024];
+        let mut pdus: Vec<GfxPdu> = (0..6).map(|_| avc(er(0, 0, 64, 64), &big)).collect();
+        pdus.push(avc(er(0, 0, 640, 480), IDR));
+        pdus.extend((0..2).map(|_| avc(er(0, 0, 64, 64), &big)));
+        let msgs = frame(&mut g, 1, pdus);
+        // 6 x 9 MiB + the key frame + 2 x 9 MiB is over 64 MiB: the frame restarts at its key frame.
+        assert_eq!(g.skipped[&Skipped::FrameTooLarge], 1);
+        assert!(
+            matches!(msgs.first(), Some(ServerMsg::Video { key: true, .. })),
+            "{}",
+            msgs.len()
+        );
+        assert_eq!(msgs.len(), 3);
+        assert_eq!(g.full_picture().map(|p| p.len()), Some(4));
     }
 
     #[test]

@@ -268,13 +268,14 @@ impl Rdp {
             return Ok(());
         };
         let pdus: Vec<_> = g.queue.lock().map(|mut q| q.drain(..).collect()).unwrap_or_default();
-        let mut acks = Vec::new();
+        let before = g.core.desktop();
         for pdu in pdus {
             for out in g.core.handle(pdu) {
                 let gfx::GfxOut::Frame { msgs, server_frame } = out;
                 if life.client().is_none() {
-                    g.decoded = g.decoded.wrapping_add(1);
-                    acks.push(gfx::frame_ack(server_frame, 0, g.decoded));
+                    // No browser draws it: not acknowledged until one attaches, so the server pauses and the
+                    // history a reattach replays stays short.
+                    g.unacked.push_back((0, server_frame));
                     continue;
                 }
                 let sealed = self.flow.seal(msgs, std::time::Instant::now());
@@ -286,11 +287,27 @@ impl Rdp {
                 }
             }
         }
+        let (w, h) = g.core.desktop();
+        if (w, h) != before {
+            // A new desktop through the pipeline (ResetGraphics): the same limit as at connect.
+            if let Err(end) = check_desktop(w, h, self.max_desktop) {
+                tracing::warn!(width = w, height = h, limit = %self.max_desktop, "RDP desktop over the limit");
+                return Err(end);
+            }
+        }
         if g.core.h264 && !g.reported {
             g.reported = true;
             life.send(graphics_status("h264"));
         }
-        self.send_gfx(acks).await
+        Ok(())
+    }
+
+    /// The size of the desktop the browser shows: the pipeline's when it drives the display.
+    fn desktop(&self) -> (u16, u16) {
+        match &self.gfx {
+            Some(g) if g.core.active => g.core.desktop(),
+            _ => (self.fb.width, self.fb.height),
+        }
     }
 
     /// The browser drew wire frame `frame_id`: acknowledge the server frames it held.
@@ -305,7 +322,7 @@ impl Rdp {
             }
             g.unacked.pop_front();
             g.decoded = g.decoded.wrapping_add(1);
-            acks.push(gfx::frame_ack(server, g.unacked.len(), g.decoded));
+            acks.push(gfx::frame_ack(server, g.decoded));
         }
         self.send_gfx(acks).await
     }
@@ -316,19 +333,21 @@ impl Rdp {
         let Some(g) = self.gfx.as_mut() else {
             return Ok(false);
         };
-        if !g.core.h264 {
+        if !g.core.active {
             return Ok(false);
         }
         let mut acks = Vec::new();
         while let Some((_, server)) = g.unacked.pop_front() {
             g.decoded = g.decoded.wrapping_add(1);
-            acks.push(gfx::frame_ack(server, g.unacked.len(), g.decoded));
+            acks.push(gfx::frame_ack(server, g.decoded));
         }
         let picture = g.core.full_picture().unwrap_or_else(|| {
             let (width, height) = g.core.desktop();
             vec![ServerMsg::DisplaySize { width, height }]
         });
-        life.send(graphics_status("h264"));
+        if g.core.h264 {
+            life.send(graphics_status("h264"));
+        }
         for m in self.flow.picture_frame(picture, std::time::Instant::now()) {
             life.send_wait(m).await;
         }
@@ -395,7 +414,7 @@ impl Rdp {
     }
 
     fn pointer(&mut self, x: u16, y: u16, buttons: u8) -> Vec<ActiveStageOutput> {
-        let ops = pointer_operations(self.buttons, x, y, buttons, (self.fb.width, self.fb.height));
+        let ops = pointer_operations(self.buttons, x, y, buttons, self.desktop());
         self.buttons = buttons;
         self.input(ops)
     }
@@ -821,7 +840,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
         max_desktop: life.max_desktop,
         gfx: h264.then(|| GfxPath {
             queue: gfx_queue,
-            core: gfx::Gfx::new(w, h),
+            core: gfx::Gfx::new(w, h, life.max_desktop),
             unacked: VecDeque::new(),
             decoded: 0,
             reported: false,
@@ -991,7 +1010,7 @@ fn resize(
         );
     }
     let (w, h) = clamp_size(width, height, rdp.max_desktop);
-    if (w, h) == (rdp.fb.width, rdp.fb.height) {
+    if (w, h) == rdp.desktop() {
         return Vec::new();
     }
     let (w, h) = MonitorLayoutEntry::adjust_display_size(u32::from(w), u32::from(h));
