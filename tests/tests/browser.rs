@@ -187,6 +187,15 @@ async fn rdp_h264_through_the_graphics_pipeline_in_the_browser() -> anyhow::Resu
             .x("xdotool", &["search", "--onlyvisible", "--name", "h264marker"])
             .is_ok()
     })?;
+    // The browser script creates the trigger file once it saw the first picture; then the window moves
+    // (waiting at most 120 s for the trigger).
+    let trigger = marker_path("h264-move");
+    let _ = std::fs::remove_file(&trigger);
+    let script = format!(
+        "i=0; while [ ! -e {trigger} ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; \
+         xdotool search --name h264marker windowmove 600 300"
+    );
+    let _mover = shadow.spawn("sh", &["-c", &script])?;
     let p = Portico::start()?;
     let port = shadow.port.to_string();
     let shots = std::env::var("PORTICO_SCREENSHOTS").unwrap_or_default();
@@ -196,6 +205,7 @@ async fn rdp_h264_through_the_graphics_pipeline_in_the_browser() -> anyhow::Resu
             ("PORTICO_URL", p.url.as_str()),
             ("ADMIN_PASSWORD", p.admin_password.as_str()),
             ("RDP_PORT", port.as_str()),
+            ("TRIGGER_FILE", trigger.as_str()),
             ("SCREENSHOT_DIR", shots.as_str()),
         ],
         Duration::from_secs(180),
@@ -203,7 +213,11 @@ async fn rdp_h264_through_the_graphics_pipeline_in_the_browser() -> anyhow::Resu
     .map_err(|e| anyhow::anyhow!("{e:#}\nportico log:\n{}\nshadow log:\n{}", p.log(), shadow.log()))?;
     eprintln!("{out}");
     assert!(out.contains("graphics path: h264"), "{out}");
-    assert!(out.contains("moved the window, and the move arrived"), "{out}");
+    let _ = std::fs::remove_file(&trigger);
+    assert!(
+        out.contains("the window moved on the server, and the move arrived"),
+        "{out}"
+    );
     assert!(out.contains("reattached: the full picture"), "{out}");
     assert!(out.contains("without WebCodecs: the bitmap path"), "{out}");
     Ok(())

@@ -280,6 +280,7 @@ impl Rdp {
                 }
                 let sealed = self.flow.seal(msgs, std::time::Instant::now());
                 if let Some(ServerMsg::FrameEnd { frame_id }) = sealed.last() {
+                    tracing::trace!(server_frame, wire_frame = frame_id, "Graphics frame sent");
                     g.unacked.push_back((*frame_id, server_frame));
                 }
                 for m in sealed {
@@ -322,6 +323,7 @@ impl Rdp {
             }
             g.unacked.pop_front();
             g.decoded = g.decoded.wrapping_add(1);
+            tracing::trace!(server_frame = server, wire_frame = wire, "Graphics frame acknowledged");
             acks.push(gfx::frame_ack(server, g.decoded));
         }
         self.send_gfx(acks).await
