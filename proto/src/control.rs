@@ -238,7 +238,8 @@ pub struct ConnectionSettings {
     /// RDP: accept any server certificate. Named as a danger: it allows a man in the middle.
     pub danger_accept_any_certificate: bool,
     /// RDP: use the graphics pipeline with the server's H.264 passed through when the browser decodes it
-    /// (false: bitmap updates only, which the bridge encodes as images).
+    /// (false: bitmap updates only, which the bridge encodes as images). Off by default: announcing the
+    /// graphics pipeline made xrdp 0.9 fail the session start in some runs.
     pub h264: bool,
     /// Protocol `container`: the workspace image and its limits.
     pub workspace: Option<WorkspaceSpec>,
@@ -256,7 +257,7 @@ impl Default for ConnectionSettings {
             clipboard_down: true,
             ask_credentials: false,
             danger_accept_any_certificate: false,
-            h264: true,
+            h264: false,
             workspace: None,
         }
     }

@@ -197,6 +197,12 @@ async fn rdp_h264_through_the_graphics_pipeline_in_the_browser() -> anyhow::Resu
     );
     let _mover = shadow.spawn("sh", &["-c", &script])?;
     let p = Portico::start()?;
+    let api = Api::admin(&p).await?;
+    api.create_connection(json!({
+        "name": "e2e h264", "protocol": "rdp", "host": "127.0.0.1", "port": shadow.port,
+        "username": "portico", "password": "unused-1", "settings": { "h264": true },
+    }))
+    .await?;
     let port = shadow.port.to_string();
     let shots = std::env::var("PORTICO_SCREENSHOTS").unwrap_or_default();
     let out = run_browser_script(

@@ -220,7 +220,7 @@ pub fn document() -> Value {
                     "clipboard_down": { "type": "boolean", "default": true, "description": "remote to browser" },
                     "ask_credentials": { "type": "boolean", "default": false, "description": "ask the user at every connection; never stored" },
                     "danger_accept_any_certificate": { "type": "boolean", "default": false, "description": "RDP: accept any server certificate (allows a man in the middle)" },
-                    "h264": { "type": "boolean", "default": true, "description": "RDP: the graphics pipeline with the server's H.264 passed through when the browser decodes it; false: bitmap updates only" },
+                    "h264": { "type": "boolean", "default": false, "description": "RDP: the graphics pipeline with the server's H.264 passed through when the browser decodes it (off by default: xrdp 0.9 failed some session starts when it was announced); false: bitmap updates only" },
                     "workspace": { "oneOf": [{ "type": "null" }, { "$ref": "#/components/schemas/WorkspaceSpec" }], "description": "protocol container" } } },
                 "WorkspaceSpec": { "type": "object", "required": ["image"], "additionalProperties": false, "description": "an image serving a VNC desktop on vnc_port with the password in VNC_PASSWORD; a fresh container per session", "properties": {
                     "image": { "type": "string", "example": "portico/workspace:latest" },

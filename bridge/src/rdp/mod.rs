@@ -50,7 +50,7 @@ const DRAIN_BUDGET: u32 = 64;
 /// How long the whole connection sequence (TCP, TLS, NLA, licensing, capabilities) may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the bridge waits for the browser to report its size before connecting at a default size.
-const SIZE_WAIT: Duration = Duration::from_secs(2);
+const SIZE_WAIT: Duration = Duration::from_secs(5);
 /// How long the bridge waits for the browser's capabilities when it need not wait for its size.
 const CAPS_WAIT: Duration = Duration::from_millis(500);
 const DEFAULT_SIZE: (u16, u16) = (1024, 768);

@@ -39,7 +39,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<String>> {
             .create_connection(json!({
                 "name": format!("bench rdp {}", w.name()), "protocol": "rdp", "host": "127.0.0.1",
                 "port": scene.server.port, "username": "bench", "password": "bench",
-                "settings": {"width": WIDTH, "height": HEIGHT, "danger_accept_any_certificate": true},
+                "settings": {"width": WIDTH, "height": HEIGHT, "danger_accept_any_certificate": true, "h264": true},
             }))
             .await?;
         for &n in &args.sessions {
