@@ -34,7 +34,9 @@ async function goto(page, url) {
     try {
       return await page.goto(url);
     } catch (e) {
-      if (attempt >= 3 || !/ERR_NETWORK_CHANGED/.test(String(e && e.message))) throw e;
+      // The error page of such an abort can also interrupt the next try ("interrupted by another
+      // navigation to chrome-error://"): the same cause, tried again too.
+      if (attempt >= 3 || !/ERR_NETWORK_CHANGED|navigation to "chrome-error:/.test(String(e && e.message))) throw e;
       console.log(`navigation to ${url} hit ERR_NETWORK_CHANGED; again (${attempt})`);
     }
   }
