@@ -9,6 +9,10 @@ cd "$(dirname "$0")/.."
 if [ "${1:-}" = vnc ] && ! command -v websockify >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get -y -qq -o DPkg::Lock::Timeout=900 --no-install-recommends install websockify >&2
 fi
+# Emulated links (--links): tc (iproute2), iptables, python3 for the delay line.
+if [[ " $* " == *" --links"* ]] && ! command -v iptables >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get -y -qq -o DPkg::Lock::Timeout=900 --no-install-recommends install iptables iproute2 python3 >&2
+fi
 if [ "${1:-}" = workspace ] || [ "${1:-}" = soak ]; then
   ./scripts/build-workspace-image.sh --rootfs-only >&2
 fi

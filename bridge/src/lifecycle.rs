@@ -52,6 +52,10 @@ pub struct LiveSession {
     resume_hash: Mutex<[u8; 32]>,
     /// How the session ended (set by [`Lifecycle::finish`]), for a browser that comes back too late.
     end: Mutex<Option<(CloseCode, String)>>,
+    /// The first order to end ([`LiveSession::order_end`]), and its signal to the watchdog that cancels an
+    /// actor that does not obey in time ([`LiveSession::overdue`]).
+    ordered: Mutex<Option<(CloseCode, String)>>,
+    order: tokio::sync::Notify,
     /// WebSocket message bytes sent to and received from the browsers of the session (reported at its end).
     pub bytes_to_browser: std::sync::atomic::AtomicU64,
     pub bytes_from_browser: std::sync::atomic::AtomicU64,
@@ -66,6 +70,8 @@ impl LiveSession {
             cmd,
             resume_hash: Mutex::new([0; 32]),
             end: Mutex::new(None),
+            ordered: Mutex::new(None),
+            order: tokio::sync::Notify::new(),
             bytes_to_browser: Default::default(),
             bytes_from_browser: Default::default(),
             metrics,
@@ -83,6 +89,12 @@ impl LiveSession {
     /// command queue has room, and by a task of its own otherwise, so that one busy session never holds up
     /// the caller (the heartbeat, which ends every session the control plane ended).
     pub fn order_end(&self, code: CloseCode, reason: String, from_control: bool) {
+        if let Ok(mut o) = self.ordered.lock()
+            && o.is_none()
+        {
+            *o = Some((code, reason.clone()));
+            self.order.notify_one();
+        }
         let cmd = Cmd::End {
             code,
             reason,
@@ -116,6 +128,35 @@ impl LiveSession {
     pub fn resume_matches(&self, token: &str) -> bool {
         let h: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         self.resume_hash.lock().is_ok_and(|cur| bool::from(cur.ct_eq(&h)))
+    }
+
+    /// Returns `limit` after the first order to end, with that order, if the session has not begun to
+    /// end by then (its actor is stuck, or busy elsewhere); never returns otherwise. The end is recorded
+    /// as the actor would have recorded it before this returns, so that the WebSocket task, which sees the
+    /// actor go when the caller drops it, tells the browser why.
+    pub async fn overdue(&self, limit: Duration) -> (CloseCode, String) {
+        self.order.notified().await;
+        tokio::time::sleep(limit).await;
+        if self.end.lock().is_ok_and(|e| e.is_none())
+            && let Some((code, reason)) = self.ordered.lock().ok().and_then(|o| o.clone())
+        {
+            self.metrics.ended(code);
+            self.set_end(code, &reason);
+            return (code, reason);
+        }
+        std::future::pending().await
+    }
+
+    /// The report of the session's end to the control plane, with its traffic and `duration`.
+    pub fn end_request(&self, code: CloseCode, reason: &str, duration: Duration) -> EndRequest {
+        use std::sync::atomic::Ordering;
+        EndRequest {
+            reason: format!("{code}: {reason}"),
+            code: Some(code),
+            bytes_to_browser: self.bytes_to_browser.load(Ordering::Relaxed),
+            bytes_from_browser: self.bytes_from_browser.load(Ordering::Relaxed),
+            duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+        }
     }
 
     fn set_end(&self, code: CloseCode, reason: &str) {
@@ -439,14 +480,7 @@ impl Lifecycle {
             // The close message must get through even when the queue is full.
             let _ = tokio::time::timeout(Duration::from_secs(1), c.send(ServerMsg::closed(code, reason.clone()))).await;
         }
-        use std::sync::atomic::Ordering;
-        let req = EndRequest {
-            reason: format!("{code}: {reason}"),
-            code: Some(code),
-            bytes_to_browser: self.live.bytes_to_browser.load(Ordering::Relaxed),
-            bytes_from_browser: self.live.bytes_from_browser.load(Ordering::Relaxed),
-            duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        };
+        let req = self.live.end_request(code, &reason, self.started.elapsed());
         match self.control.end_session(&self.claims.sid, &req).await {
             Ok(()) | Err(ControlError::NotFound) => {}
             // A session ended by the control plane, whose bridge was revoked meanwhile.

@@ -11,6 +11,10 @@ use portico_proto::token::Protocol;
 
 /// Frame acknowledgement round trips, seconds: from a frame's end leaving the bridge to its ack.
 const ACK_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0];
+/// Delivery rates of the browser's link, bytes per second (64 kbit/s .. 1 Gbit/s).
+const RATE_BUCKETS: &[f64] = &[
+    8e3, 32e3, 64e3, 128e3, 256e3, 512e3, 1e6, 2e6, 4e6, 8e6, 16e6, 32e6, 64e6, 128e6,
+];
 /// JPEG quality levels (0..=9).
 const LEVEL_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0];
 
@@ -34,7 +38,11 @@ pub struct BridgeMetrics {
     frames: CounterVec,
     frame_ack_seconds: HistogramVec,
     quality_level: HistogramVec,
+    link_rate: HistogramVec,
+    link_rtt: HistogramVec,
     frames_merged: CounterVec,
+    passthrough_images: CounterVec,
+    passthrough_decoded: CounterVec,
     encoder_waiting: Gauge,
     encoder_busy: Gauge,
     encoder_width: Gauge,
@@ -115,9 +123,31 @@ impl BridgeMetrics {
                 &["protocol"],
                 LEVEL_BUCKETS,
             ),
+            link_rate: r.histogram_vec(
+                "portico_bridge_link_rate_bytes",
+                "The browser link's delivery rate as the flow control estimates it (bytes/s, the largest recent sample of bytes acknowledged per interval), at each acknowledgement.",
+                &["protocol"],
+                RATE_BUCKETS,
+            ),
+            link_rtt: r.histogram_vec(
+                "portico_bridge_link_rtt_seconds",
+                "The browser link's round trip as the flow control estimates it (the smallest recent acknowledgement round trip), at each acknowledgement.",
+                &["protocol"],
+                ACK_BUCKETS,
+            ),
             frames_merged: r.counter_vec(
                 "portico_bridge_frames_merged_total",
-                "Server updates merged into a pending frame because the browser had not acknowledged enough frames (RDP: merged in the bridge; VNC: the update request waited and the server merged).",
+                "Server updates merged into a pending frame because the frames in flight filled the link's budget (the delivery rate times the latency target).",
+                &["protocol"],
+            ),
+            passthrough_images: r.counter_vec(
+                "portico_bridge_passthrough_images_total",
+                "Server images passed through to the browser as they came (VNC Tight JPEG), kept undecoded in the framebuffer.",
+                &["protocol"],
+            ),
+            passthrough_decoded: r.counter_vec(
+                "portico_bridge_passthrough_decoded_total",
+                "Passed-through images the bridge had to decode after all (their pixels were read: a copy, a region re-encoded over them, a full picture for a reattach).",
                 &["protocol"],
             ),
             encoder_waiting: r.gauge(
@@ -160,7 +190,11 @@ impl BridgeMetrics {
                     frames: self.frames.with(&p),
                     ack_seconds: self.frame_ack_seconds.with(&p),
                     quality: self.quality_level.with(&p),
+                    link_rate: self.link_rate.with(&p),
+                    link_rtt: self.link_rtt.with(&p),
                     merged: self.frames_merged.with(&p),
+                    passthrough_images: self.passthrough_images.with(&p),
+                    passthrough_decoded: self.passthrough_decoded.with(&p),
                 },
             },
         }
@@ -194,7 +228,13 @@ pub struct DisplayMetrics {
     pub frames: Counter,
     pub ack_seconds: Histogram,
     pub quality: Histogram,
+    /// The link estimates of [`crate::display::LinkEstimate`] at each acknowledgement.
+    pub link_rate: Histogram,
+    pub link_rtt: Histogram,
     pub merged: Counter,
+    /// Images passed through undecoded, and those decoded after all (see [`crate::display::LazyCounts`]).
+    pub passthrough_images: Counter,
+    pub passthrough_decoded: Counter,
 }
 
 impl BridgeMetrics {

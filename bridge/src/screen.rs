@@ -7,11 +7,12 @@ use crate::display::{Flow, Frame, Framebuffer, encode_full};
 use crate::lifecycle::Lifecycle;
 
 /// Encode and send `frame` (nothing when no browser is attached: a reattach gets the full picture).
-pub async fn send_frame(flow: &mut Flow, frame: Frame, fb: &Framebuffer, life: &mut Lifecycle) {
+pub async fn send_frame(flow: &mut Flow, frame: Frame, fb: &mut Framebuffer, life: &mut Lifecycle) {
     if frame.is_empty() {
         return;
     }
-    let msgs = frame.finish(fb, flow.quality()).await;
+    let (msgs, stats) = frame.finish_with(fb, flow.quality(), flow.effort()).await;
+    flow.encoded(stats);
     if life.client().is_none() {
         return;
     }
@@ -21,7 +22,7 @@ pub async fn send_frame(flow: &mut Flow, frame: Frame, fb: &Framebuffer, life: &
 }
 
 /// Everything a freshly attached browser needs: the size, the whole screen, the pointer.
-pub async fn send_full_picture(flow: &mut Flow, fb: &Framebuffer, life: &mut Lifecycle) {
+pub async fn send_full_picture(flow: &mut Flow, fb: &mut Framebuffer, life: &mut Lifecycle) {
     let image = encode_full(fb, flow.quality()).await;
     for m in flow.full_picture(fb.full(), image, Instant::now()) {
         life.send_wait(m).await;

@@ -120,20 +120,46 @@ pub fn spawn(
     let live = Arc::new(LiveSession::new(claims.sid.clone(), cmd_tx, metrics));
     registry.insert(live.clone());
     let grace = Duration::from_secs(claims.grace.max(1).into());
-    let life = Lifecycle::new(live.clone(), control, claims, max_desktop);
+    let life = Lifecycle::new(live.clone(), control.clone(), claims, max_desktop);
+    let session = live.clone();
+    let started = std::time::Instant::now();
     tokio::spawn(async move {
         let id = life.live.id.clone();
         // Counted live until the actor is over, whichever way it ends.
         let _live = LiveGauge::up(life.live.metrics.live.clone());
-        match target.protocol {
-            Protocol::Ssh => crate::terminal::run(life, target, cmd_rx).await,
-            Protocol::Vnc => crate::vnc::run(life, target, cmd_rx).await,
-            Protocol::Rdp => crate::rdp::run(life, target, cmd_rx).await,
+        let actor = async move {
+            match target.protocol {
+                Protocol::Ssh => crate::terminal::run(life, target, cmd_rx).await,
+                Protocol::Vnc => crate::vnc::run(life, target, cmd_rx).await,
+                Protocol::Rdp => crate::rdp::run(life, target, cmd_rx).await,
+            }
+        };
+        tokio::select! {
+            () = actor => {}
+            (code, reason) = session.overdue(END_LIMIT) => {
+                // The actor is dropped here: its browser channel closes (the browser hears this end from
+                // the WebSocket task), and so does its connection to the target.
+                tracing::warn!(
+                    session_id = %id,
+                    code = code.as_str(),
+                    limit_secs = END_LIMIT.as_secs(),
+                    "Session did not end in time after the order to end; cancelled"
+                );
+                let req = session.end_request(code, &reason, started.elapsed());
+                if let Err(e) = control.end_session(&id, &req).await {
+                    tracing::debug!(session_id = %id, error = %e, "Could not report the cancelled session");
+                }
+            }
         }
         registry.remove(&id, grace);
     });
     live
 }
+
+/// How long an actor may take to begin ending after the order to end (a DELETE, a drain's deadline, the
+/// bridge's shutdown) before it is cancelled: an actor stuck on a target or on an encoder must not keep a
+/// browser connected to a session the user ended.
+const END_LIMIT: Duration = Duration::from_secs(5);
 
 /// One live session in the gauge of its protocol, for as long as this lives.
 struct LiveGauge(portico_proto::metrics::Gauge);

@@ -1,26 +1,36 @@
 //! The VNC session actor: owns the TCP connection to the VNC server, the sans-IO RFB client
 //! (`portico_proto::rfb`) and the framebuffer, and turns each FramebufferUpdate into one frame for the browser.
 //!
-//! Flow control: the bridge asks the server for the next (incremental) update only when the browser has
-//! acknowledged all but [`MAX_FRAMES_IN_FLIGHT`]` - 1` frames. While the browser is behind, the server keeps
-//! merging damage on its side, so nothing queues up in the bridge and latency stays low on slow links.
+//! Flow control: the bridge asks the server for the next (incremental) update only when the link has room
+//! ([`Flow::can_send_at`]: bytes in flight under the link's delivery rate times the latency target, bounded
+//! in time, not in frames; or, when one frame larger than that is in flight, once the link has drained it
+//! under the budget: a timer wakes the actor at [`Flow::room_at`]). While the browser is behind, the
+//! server merges what changes on its side.
+//!
+//! Encodings follow the content and the link: lossless while the content is quiet (typing, an idle
+//! desktop: [`ContentRate`]) or the link is the bottleneck, the server's JPEG passed through while a large
+//! share of the screen keeps changing (video). Turning lossless asks for the whole screen once.
+//! Measured on emulated links (docs/performance.md), this beat keeping a request out and merging in the
+//! bridge: TigerVNC's own merging sent a third of the bytes on scrolling text, and the latency stayed
+//! within 300 ms at 1 Mbit/s where the bridge's merging reached seconds.
 
 use std::time::Duration;
 
 use portico_proto::codes::CloseCode;
 use portico_proto::control::{ControlError, Target, WorkspaceEndpoint};
 use portico_proto::rfb::{RfbClient, RfbConfig, RfbError, RfbEvent};
-use portico_proto::wire::{ClientMsg, ImageFormat, Rect, ServerMsg};
+use portico_proto::wire::{ClientMsg, Rect, ServerMsg};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::display::{Flow, Frame, Framebuffer, cursor_msg, decode_jpeg};
+use crate::display::{ContentRate, Flow, Frame, Framebuffer, cursor_msg, jpeg_fits};
 use crate::lifecycle::{Cmd, Common, End, Lifecycle, sleep_until};
 
-pub use crate::display::MAX_FRAMES_IN_FLIGHT;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a write to the VNC server may wait for the server to read.
+const WRITE_LIMIT: Duration = Duration::from_secs(10);
 
 fn rfb_code(e: &RfbError) -> CloseCode {
     match e {
@@ -34,9 +44,19 @@ struct Display {
     fb: Option<Framebuffer>,
     frame: Frame,
     requested: bool,
-    /// The next update request waits for an acknowledgement (counted once per wait).
+    /// The next update request waits for room on the link (counted once per wait).
     held: bool,
     flow: Flow,
+    /// How much of the screen the content changes: quiet content is asked for lossless.
+    content: ContentRate,
+    /// Pixels of the update being read that need an image.
+    update_pixels: u64,
+    /// The update being read answers a non-incremental request (the whole screen): it says nothing about
+    /// the content.
+    full_update: bool,
+    /// Ask for the whole screen next (non-incremental): the server holds lossy regions that lossless
+    /// encodings would otherwise refine bit by bit.
+    refresh: bool,
     /// Remote clipboard changes go to the browser.
     clipboard_down: bool,
 }
@@ -45,32 +65,85 @@ struct Display {
 use portico_proto::rfb::DEFAULT_JPEG_LEVEL;
 
 impl Display {
-    /// A frame acknowledgement: its round trip may change the JPEG quality the server is asked for.
+    /// A frame acknowledgement: its round trip may change the JPEG quality the server is asked for, and
+    /// whether it is asked for JPEG at all: on a link that is the bottleneck ([`Flow::link_bound`]) the
+    /// server sends lossless encodings only and the bridge encodes for the link (text as indexed PNG, a
+    /// quarter of the bytes of the server's JPEG of it, and lossless; photographic regions as JPEG).
     fn on_ack(&mut self, frame_id: u32) {
         if let Some(level) = self.flow.on_ack(frame_id, std::time::Instant::now()) {
             tracing::debug!(level, "JPEG quality level changed");
             self.rfb.set_jpeg_quality(level);
         }
+        self.follow_encodings();
     }
 
+    /// Lossless encodings while the content is quiet ([`ContentRate`]) or the link is the bottleneck,
+    /// else the server's JPEG too. Turning lossless asks for the whole screen once: TigerVNC refines the
+    /// regions it sent as JPEG in small pieces, one per request, for many seconds otherwise.
+    fn follow_encodings(&mut self) {
+        let quiet = self.content.quiet();
+        self.flow.set_quiet_content(quiet);
+        let bound = self.flow.link_bound();
+        let lossless = bound || quiet;
+        if lossless != self.rfb.is_lossless() {
+            let rate = self.flow.link().rate().unwrap_or_default() as u64;
+            tracing::info!(
+                lossless,
+                quiet,
+                link_bound = bound,
+                link_rate = rate,
+                "VNC encodings follow the content and the link"
+            );
+            self.rfb.set_lossless(lossless);
+            self.refresh |= lossless;
+        }
+    }
+
+    /// Ask for the next update while a browser is attached and the link has room; otherwise the server
+    /// merges what changes until the request goes out.
     fn maybe_request(&mut self, attached: bool) {
-        if !attached || self.requested || self.fb.is_none() {
+        if !attached {
+            self.held = false;
             return;
         }
-        if self.flow.can_send() {
-            self.rfb.request_update(true);
+        if self.requested || self.fb.is_none() {
+            return;
+        }
+        if self.flow.can_send_at(std::time::Instant::now()) {
+            self.rfb.request_update(!self.refresh);
+            self.full_update = std::mem::take(&mut self.refresh);
             self.requested = true;
             self.held = false;
         } else if !self.held {
-            // The browser is behind: the server merges what changes until the request goes out.
             self.held = true;
             self.flow.merged();
         }
     }
 
+    /// Send the pending frame if the link has room (a frame held back by a full link goes out with the
+    /// acknowledgement, or the drained room, that makes room); never in the middle of an update.
+    async fn flush(&mut self, life: &mut Lifecycle) {
+        if self.requested || self.frame.is_empty() || !self.flow.can_send_at(std::time::Instant::now()) {
+            return;
+        }
+        if let Some(fb) = &mut self.fb {
+            crate::screen::send_frame(&mut self.flow, std::mem::take(&mut self.frame), fb, life).await;
+        }
+    }
+
+    /// When the link will have drained room ([`Flow::room_at`]) for what waits for it: a held request or
+    /// a pending frame, while a browser is attached.
+    fn room_at(&self, attached: bool) -> Option<tokio::time::Instant> {
+        let waiting = self.held || (!self.frame.is_empty() && !self.requested);
+        if !attached || !waiting {
+            return None;
+        }
+        self.flow.room_at().map(tokio::time::Instant::from_std)
+    }
+
     /// Everything a freshly attached browser needs: the size, the whole screen, the pointer.
     async fn full_frame(&mut self, life: &mut Lifecycle) {
-        if let Some(fb) = &self.fb {
+        if let Some(fb) = &mut self.fb {
             crate::screen::send_full_picture(&mut self.flow, fb, life).await;
         }
     }
@@ -81,13 +154,19 @@ impl Display {
             match ev {
                 RfbEvent::Connected { width, height, name } => {
                     self.fb = Some(Framebuffer::new(width, height));
+                    self.content.resize(width, height);
                     life.send(ServerMsg::DisplaySize { width, height });
                     life.send(ServerMsg::status("connected", format!("connected to {name}")));
                     tracing::info!(width, height, "Upstream connected");
                     self.requested = true; // The RFB client asked for the first full update.
+                    self.full_update = true;
+                    self.follow_encodings();
                 }
                 RfbEvent::Resize { width, height } => {
-                    self.fb = Some(Framebuffer::new(width, height));
+                    if let Some(mut old) = self.fb.replace(Framebuffer::new(width, height)) {
+                        self.flow.count_lazy(old.take_lazy_counts());
+                    }
+                    self.content.resize(width, height);
                     self.frame = Frame::default();
                     self.frame.message(ServerMsg::DisplaySize { width, height });
                 }
@@ -102,6 +181,7 @@ impl Display {
                         let r = Rect { x, y, width, height };
                         fb.put(&r, &rgba);
                         self.frame.damage(r);
+                        self.update_pixels += u64::from(width) * u64::from(height);
                     }
                 }
                 RfbEvent::Fill {
@@ -122,16 +202,13 @@ impl Display {
                     height,
                     data,
                 } => {
-                    // Passed through as it is (no re-encoding); decoded only to keep the framebuffer true.
-                    let r = Rect { x, y, width, height };
-                    let (data, rgba) = decode_jpeg(data, width, height).await;
-                    let Some(rgba) = rgba else {
-                        return Err(RfbError::Protocol(format!(
-                            "undecodable tight jpeg for {width}x{height}+{x}+{y}"
-                        )));
-                    };
+                    // Passed through as it is (no re-encoding), and decoded only if its pixels are needed.
+                    if !jpeg_fits(&data, width, height) {
+                        return Err(undecodable(&Rect { x, y, width, height }));
+                    }
                     if let Some(fb) = &mut self.fb {
-                        self.frame.image(fb, r, &rgba, ImageFormat::Jpeg, data);
+                        self.frame.jpeg(fb, Rect { x, y, width, height }, data);
+                        self.update_pixels += u64::from(width) * u64::from(height);
                     }
                 }
                 RfbEvent::Copy {
@@ -158,9 +235,15 @@ impl Display {
                 }
                 RfbEvent::UpdateEnd => {
                     self.requested = false;
-                    if let Some(fb) = &self.fb {
-                        crate::screen::send_frame(&mut self.flow, std::mem::take(&mut self.frame), fb, life).await;
+                    let pixels = std::mem::take(&mut self.update_pixels);
+                    if self.full_update {
+                        // The whole screen says nothing about the content; an update of pseudo-encodings
+                        // only (the pointer, the size) may come before it.
+                        self.full_update = pixels == 0;
+                    } else if self.content.update(pixels, std::time::Instant::now()).is_some() {
+                        self.follow_encodings();
                     }
+                    self.flush(life).await;
                 }
                 RfbEvent::CutText(text) if self.clipboard_down => {
                     life.send(ServerMsg::RemoteClipboard(text));
@@ -173,8 +256,23 @@ impl Display {
                 RfbEvent::Bell => {}
             }
         }
-        Ok(())
+        let Some(fb) = &mut self.fb else {
+            return Ok(());
+        };
+        self.flow.count_lazy(fb.take_lazy_counts());
+        match fb.take_invalid() {
+            Some(r) => Err(undecodable(&r)),
+            None => Ok(()),
+        }
     }
+}
+
+/// A server's JPEG that does not decode to its rectangle: the server is broken or lying.
+fn undecodable(r: &Rect) -> RfbError {
+    RfbError::Protocol(format!(
+        "undecodable tight jpeg for {}x{}+{}+{}",
+        r.width, r.height, r.x, r.y
+    ))
 }
 
 /// Longest the bridge waits for a workspace container to be ready.
@@ -284,9 +382,11 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
         };
     let _ = tcp.set_nodelay(true);
     let mut d = Display {
+        // Quiet content at first ([`ContentRate`]): lossless until the content is busy.
         rfb: RfbClient::new(RfbConfig {
             password,
             max_desktop: life.max_desktop,
+            lossless: true,
             ..RfbConfig::default()
         }),
         fb: None,
@@ -294,6 +394,10 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
         requested: false,
         held: false,
         flow: Flow::new(DEFAULT_JPEG_LEVEL, life.live.metrics.display.clone()),
+        content: ContentRate::new(1, 1),
+        update_pixels: 0,
+        full_update: false,
+        refresh: false,
         clipboard_down: settings.clipboard_down,
     };
     // INVARIANT: the password is in the RFB client's config now; the target is not needed any more.
@@ -302,13 +406,23 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
     let mut buf = vec![0u8; 64 * 1024];
     let end = 'session: loop {
         while let Some(out) = d.rfb.poll_transmit() {
-            if let Err(e) = tcp.write_all(&out).await {
-                let reason = format!("write to the vnc server failed: {}", e.to_string().to_lowercase());
-                break 'session End {
-                    code: CloseCode::RemoteClosed,
-                    reason,
-                    from_control: false,
-                };
+            match tokio::time::timeout(WRITE_LIMIT, tcp.write_all(&out)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    let reason = format!("write to the vnc server failed: {}", e.to_string().to_lowercase());
+                    break 'session End {
+                        code: CloseCode::RemoteClosed,
+                        reason,
+                        from_control: false,
+                    };
+                }
+                Err(_) => {
+                    break 'session End {
+                        code: CloseCode::TargetError,
+                        reason: format!("the vnc server stopped reading for {} s", WRITE_LIMIT.as_secs()),
+                        from_control: false,
+                    };
+                }
             }
         }
         let deadline = if d.rfb.is_connected() {
@@ -354,6 +468,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                         ClientMsg::Clipboard(text) if settings.clipboard_up => d.rfb.cut_text(&text),
                         ClientMsg::FrameAck { frame_id } => {
                             d.on_ack(frame_id);
+                            d.flush(&mut life).await;
                             d.maybe_request(life.client().is_some());
                         }
                         ClientMsg::Resize { width_px, height_px, .. } if !d.rfb.set_desktop_size(width_px, height_px) => {
@@ -364,6 +479,17 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                     }
                 }
             },
+            // A busy screen's window ended: has it become quiet?
+            () = sleep_until(d.content.check_at().map(tokio::time::Instant::from_std)) => {
+                if d.content.check(std::time::Instant::now()).is_some() {
+                    d.follow_encodings();
+                }
+                d.maybe_request(life.client().is_some());
+            }
+            () = sleep_until(d.room_at(life.client().is_some())) => {
+                d.flush(&mut life).await;
+                d.maybe_request(life.client().is_some());
+            }
             () = sleep_until(deadline) => {
                 if !d.rfb.is_connected() {
                     let why = format!("no rfb handshake with {addr} within {} s", HANDSHAKE_TIMEOUT.as_secs());

@@ -213,7 +213,15 @@ async fn pump(socket: WebSocket, live: Arc<LiveSession>) {
     loop {
         tokio::select! {
             out = client_rx.recv() => {
-                let Some(msg) = out else { break };
+                let Some(msg) = out else {
+                    // The actor let go of this browser: detached it, or was cancelled after an order to
+                    // end that it did not obey (then the browser hears why, as it would have from the actor).
+                    if live.ended_state().0.is_some() {
+                        drain(&mut tx, &mut client_rx, &live).await;
+                        return;
+                    }
+                    break;
+                };
                 let closing = matches!(msg, ServerMsg::Closed(_));
                 let bytes = msg.encode();
                 live.sent_to_browser(bytes.len());
@@ -236,7 +244,7 @@ async fn pump(socket: WebSocket, live: Arc<LiveSession>) {
                                 // The session ended: what it queued for us (its final error and the
                                 // close) must still reach the browser, or the browser would keep
                                 // trying to reattach to a session that no longer exists.
-                                drain(&mut tx, &mut client_rx).await;
+                                drain(&mut tx, &mut client_rx, &live).await;
                                 return;
                             }
                             None
@@ -259,20 +267,32 @@ async fn pump(socket: WebSocket, live: Arc<LiveSession>) {
     let _ = live.cmd.send(Cmd::Detach { generation }).await;
 }
 
-/// Forward what the ended session left in the queue, then close the WebSocket.
-async fn drain<S>(tx: &mut S, client_rx: &mut mpsc::Receiver<ServerMsg>)
+/// Forward what the ended session left in the queue, then close the WebSocket. A session whose actor
+/// was cancelled ([`crate::session`]'s watchdog) queued no `CLOSED`: the browser gets the recorded end.
+async fn drain<S>(tx: &mut S, client_rx: &mut mpsc::Receiver<ServerMsg>, live: &LiveSession)
 where
     S: futures_util::Sink<Message> + Unpin,
 {
     let forward = async {
         while let Some(msg) = client_rx.recv().await {
             let closing = matches!(msg, ServerMsg::Closed(_));
-            if tx.send(Message::Binary(msg.encode().into())).await.is_err() || closing {
-                break;
+            if tx.send(Message::Binary(msg.encode().into())).await.is_err() {
+                return true;
+            }
+            if closing {
+                return true;
             }
         }
+        false
     };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), forward).await;
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(2), forward)
+        .await
+        .unwrap_or(false);
+    if !closed && let (Some((code, reason)), _) = live.ended_state() {
+        let _ = tx
+            .send(Message::Binary(ServerMsg::closed(code, reason).encode().into()))
+            .await;
+    }
     goodbye(tx).await;
 }
 

@@ -31,6 +31,8 @@ pub mod encoding {
     pub const ZRLE: i32 = 16;
     /// Tight JPEG quality level 0..=9 is `JPEG_QUALITY_0 + level`.
     pub const JPEG_QUALITY_0: i32 = -32;
+    /// The ten JPEG quality pseudo-encodings.
+    pub const JPEG_QUALITY: std::ops::RangeInclusive<i32> = JPEG_QUALITY_0..=JPEG_QUALITY_0 + 9;
     /// Tight/ZRLE compression level 0..=9 is `COMPRESS_LEVEL_0 + level`.
     pub const COMPRESS_LEVEL_0: i32 = -256;
     pub const CURSOR: i32 = -239;
@@ -150,6 +152,8 @@ pub struct RfbConfig {
     /// The largest framebuffer accepted (ServerInit, DesktopSize, ExtendedDesktopSize); a larger one is
     /// [`RfbError::DesktopTooLarge`], and resize requests are clamped to it.
     pub max_desktop: MaxDesktop,
+    /// Ask for lossless encodings only from the start (see [`RfbClient::set_lossless`]).
+    pub lossless: bool,
 }
 
 /// The Tight JPEG quality level asked for at first (TigerVNC: JPEG quality 62, 4:2:2 subsampling): full-motion
@@ -176,6 +180,7 @@ impl Default for RfbConfig {
                 EXTENDED_CLIPBOARD,
             ],
             max_desktop: MaxDesktop::DEFAULT,
+            lossless: false,
         }
     }
 }
@@ -184,6 +189,8 @@ impl Default for RfbConfig {
 enum State {
     Version,
     SecurityTypes,
+    /// RFB 3.3: the server chose the security type (a u32).
+    SecurityType33,
     VncAuthChallenge,
     SecurityResult,
     ServerInit,
@@ -213,6 +220,11 @@ pub struct RfbClient {
     height: u16,
     /// Rectangles received per encoding (diagnostics and tests).
     rect_counts: Vec<(i32, u64)>,
+    /// Lossless encodings only: the JPEG quality pseudo-encoding is left out of SetEncodings (Tight then
+    /// never sends JPEG), see [`RfbClient::set_lossless`].
+    lossless: bool,
+    /// The protocol minor version spoken: 3, 7 or 8 (RFB 3.3 and 3.7 differ in the security handshake).
+    minor: u8,
 }
 
 /// A reader over the input buffer that reports "need more" as `None` instead of failing.
@@ -264,6 +276,7 @@ fn vnc_auth_response(password: &str, challenge: &[u8; 16]) -> [u8; 16] {
 impl RfbClient {
     pub fn new(config: RfbConfig) -> Self {
         RfbClient {
+            lossless: config.lossless,
             config,
             state: State::Version,
             inbuf: Vec::new(),
@@ -277,6 +290,7 @@ impl RfbClient {
             width: 0,
             height: 0,
             rect_counts: Vec::new(),
+            minor: 8,
         }
     }
 
@@ -385,15 +399,46 @@ impl RfbClient {
         true
     }
 
-    /// Change the Tight JPEG quality level (0..=9) the server uses from now on (SetEncodings again).
+    /// Change the Tight JPEG quality level (0..=9) the server uses from now on (SetEncodings again; kept for
+    /// later while [lossless](RfbClient::set_lossless)).
     pub fn set_jpeg_quality(&mut self, level: u8) {
         let q = encoding::JPEG_QUALITY_0 + i32::from(level.min(9));
-        let range = encoding::JPEG_QUALITY_0..=encoding::JPEG_QUALITY_0 + 9;
-        match self.config.encodings.iter_mut().find(|e| range.contains(e)) {
+        match self
+            .config
+            .encodings
+            .iter_mut()
+            .find(|e| encoding::JPEG_QUALITY.contains(e))
+        {
             Some(e) => *e = q,
             None => self.config.encodings.push(q),
         }
-        let encs = &self.config.encodings;
+        if !self.lossless {
+            self.send_encodings();
+        }
+    }
+
+    /// Ask for lossless encodings only (`true`: SetEncodings without the JPEG quality level, so Tight sends
+    /// no JPEG and the bridge chooses how to encode each region), or for the configured ones again.
+    /// TigerVNC sends antialiased text as JPEG when a quality level is set (more than 24 or 96 colours in
+    /// a rectangle), about four times the bytes of a lossless indexed PNG of the same text.
+    pub fn set_lossless(&mut self, lossless: bool) {
+        if self.lossless != lossless {
+            self.lossless = lossless;
+            self.send_encodings();
+        }
+    }
+
+    /// Whether only lossless encodings are asked for (see [`RfbClient::set_lossless`]).
+    pub fn is_lossless(&self) -> bool {
+        self.lossless
+    }
+
+    fn send_encodings(&mut self) {
+        let lossless = self.lossless;
+        let encs: Vec<i32> = (self.config.encodings.iter())
+            .copied()
+            .filter(|e| !(lossless && encoding::JPEG_QUALITY.contains(e)))
+            .collect();
         self.outbuf.extend_from_slice(&[2, 0]);
         self.outbuf.extend_from_slice(&(encs.len() as u16).to_be_bytes());
         for e in encs {
@@ -492,11 +537,37 @@ impl RfbClient {
                     return Err(RfbError::NotRfb(v.trim_end().to_owned()));
                 }
                 let (major, minor) = (v.get(4..7).unwrap_or(""), v.get(8..11).unwrap_or(""));
-                if major != "003" || minor.parse::<u32>().map_or(true, |m| m < 8) {
-                    return Err(RfbError::Version(v.trim_end().to_owned()));
+                // RFC 6143 §7.1.1: 3.3, 3.7 and 3.8; other 3.x below 3.7 are 3.3, above 3.8 are 3.8.
+                self.minor = match minor.parse::<u32>() {
+                    Ok(m) if major == "003" && m >= 8 => 8,
+                    Ok(7) if major == "003" => 7,
+                    Ok(_) if major == "003" => 3,
+                    _ => return Err(RfbError::Version(v.trim_end().to_owned())),
+                };
+                self.outbuf
+                    .extend_from_slice(format!("RFB 003.00{}\n", self.minor).as_bytes());
+                self.state = match self.minor {
+                    3 => State::SecurityType33,
+                    _ => State::SecurityTypes,
+                };
+            }
+            State::SecurityType33 => {
+                let Some(ty) = c.u32() else { return Ok(false) };
+                match ty {
+                    0 => {
+                        let Some(reason) = self.reason(c)? else {
+                            return Ok(false);
+                        };
+                        return Err(RfbError::Refused(reason));
+                    }
+                    1 => {
+                        self.config.password = None;
+                        self.client_init();
+                    }
+                    2 if self.config.password.is_some() => self.state = State::VncAuthChallenge,
+                    2 => return Err(RfbError::PasswordRequired),
+                    other => return Err(RfbError::Security(vec![other.min(255) as u8])),
                 }
-                self.outbuf.extend_from_slice(b"RFB 003.008\n");
-                self.state = State::SecurityTypes;
             }
             State::SecurityTypes => {
                 let Some(n) = c.u8() else { return Ok(false) };
@@ -515,7 +586,11 @@ impl RfbClient {
                 } else if types.contains(&1) {
                     self.outbuf.push(1);
                     self.config.password = None;
-                    self.state = State::SecurityResult;
+                    // RFB 3.7 sends no SecurityResult for None.
+                    match self.minor {
+                        8 => self.state = State::SecurityResult,
+                        _ => self.client_init(),
+                    }
                 } else if types.contains(&2) {
                     return Err(RfbError::PasswordRequired);
                 } else {
@@ -534,6 +609,10 @@ impl RfbClient {
             }
             State::SecurityResult => {
                 let Some(result) = c.u32() else { return Ok(false) };
+                if result != 0 && self.minor < 8 {
+                    // No reason before RFB 3.8.
+                    return Err(RfbError::AuthFailed("wrong password".into()));
+                }
                 if result != 0 {
                     let reason = self.reason(c)?;
                     let Some(reason) = reason else { return Ok(false) };
@@ -543,8 +622,7 @@ impl RfbClient {
                         reason
                     }));
                 }
-                self.outbuf.push(u8::from(self.config.shared));
-                self.state = State::ServerInit;
+                self.client_init();
             }
             State::ServerInit => {
                 let (Some(w), Some(h), Some(_pf), Some(len)) = (c.u16(), c.u16(), c.take(16), c.u32()) else {
@@ -608,16 +686,16 @@ impl RfbClient {
         Ok(())
     }
 
+    fn client_init(&mut self) {
+        self.outbuf.push(u8::from(self.config.shared));
+        self.state = State::ServerInit;
+    }
+
     fn send_setup(&mut self) {
         // SetPixelFormat: 32 bpp, depth 24, little-endian, true colour, 255 max, shifts R0 G8 B16.
         self.outbuf
             .extend_from_slice(&[0, 0, 0, 0, 32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 0, 8, 16, 0, 0, 0]);
-        let encs = &self.config.encodings;
-        self.outbuf.extend_from_slice(&[2, 0]);
-        self.outbuf.extend_from_slice(&(encs.len() as u16).to_be_bytes());
-        for e in encs {
-            self.outbuf.extend_from_slice(&e.to_be_bytes());
-        }
+        self.send_encodings();
         self.request_update(false);
     }
 
@@ -1241,6 +1319,41 @@ mod tests {
         assert_eq!(vnc_auth_response("password-and-more", &[0; 16]), r);
     }
 
+    /// The encodings of a SetEncodings message.
+    fn set_encodings(msg: &[u8]) -> Vec<i32> {
+        assert_eq!(msg[..2], [2, 0], "SetEncodings");
+        let n = usize::from(u16::from_be_bytes([msg[2], msg[3]]));
+        assert_eq!(msg.len(), 4 + 4 * n);
+        msg[4..]
+            .chunks_exact(4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    }
+
+    #[test]
+    fn lossless_leaves_the_jpeg_quality_out_and_keeps_the_level_for_later() {
+        let mut c = RfbClient::new(RfbConfig::default());
+        handshake(&mut c, &[1], 64, 48);
+        let jpeg = |encs: &[i32]| encs.iter().copied().find(|e| encoding::JPEG_QUALITY.contains(e));
+        c.set_lossless(true);
+        let encs = set_encodings(&c.poll_transmit().unwrap());
+        assert_eq!(jpeg(&encs), None, "{encs:?}");
+        assert!(encs.contains(&encoding::TIGHT) && encs.contains(&encoding::COPY_RECT));
+        // The same state again sends nothing; a quality change while lossless is kept, not sent.
+        c.set_lossless(true);
+        c.set_jpeg_quality(2);
+        assert!(c.poll_transmit().is_none());
+        assert!(c.is_lossless());
+        c.set_lossless(false);
+        let encs = set_encodings(&c.poll_transmit().unwrap());
+        assert_eq!(jpeg(&encs), Some(encoding::JPEG_QUALITY_0 + 2), "{encs:?}");
+        c.set_jpeg_quality(5);
+        assert_eq!(
+            jpeg(&set_encodings(&c.poll_transmit().unwrap())),
+            Some(encoding::JPEG_QUALITY_0 + 5)
+        );
+    }
+
     #[test]
     fn input_before_the_handshake_is_over_is_dropped() {
         // A browser that types, moves or pastes while the server still checks the password must not put
@@ -1501,11 +1614,88 @@ mod tests {
     }
 
     #[test]
+    fn rfb_3_3_and_3_7_handshakes_and_a_refusal_with_its_reason() {
+        let server_init = |c: &mut RfbClient| {
+            let mut init = vec![0, 64, 0, 48];
+            init.extend_from_slice(&[32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0]);
+            init.extend_from_slice(&0u32.to_be_bytes());
+            c.handle_input(&init).unwrap();
+            assert!(c.is_connected());
+        };
+        let sent = |c: &mut RfbClient| -> Vec<u8> { std::iter::from_fn(|| c.poll_transmit()).flatten().collect() };
+        // 3.3, no authentication: the server picks the type; no security result follows.
+        let mut c = RfbClient::new(RfbConfig::default());
+        c.handle_input(b"RFB 003.003\n").unwrap();
+        c.handle_input(&1u32.to_be_bytes()).unwrap();
+        assert_eq!(sent(&mut c), b"RFB 003.003\n\x01", "version, then the shared flag");
+        server_init(&mut c);
+        // 3.3, VNC authentication and a failure without a reason.
+        let mut c = RfbClient::new(RfbConfig {
+            password: Some(Secret::new("pw".into())),
+            ..RfbConfig::default()
+        });
+        c.handle_input(b"RFB 003.003\n").unwrap();
+        c.handle_input(&2u32.to_be_bytes()).unwrap();
+        c.handle_input(&[5; 16]).unwrap();
+        assert_eq!(sent(&mut c).len(), 12 + 16);
+        assert_eq!(
+            c.handle_input(&1u32.to_be_bytes()),
+            Err(RfbError::AuthFailed("wrong password".into()))
+        );
+        // 3.3 refusal (TigerVNC answers so when it has blacklisted the address): the reason is kept.
+        let mut c = RfbClient::new(RfbConfig::default());
+        c.handle_input(b"RFB 003.003\n").unwrap();
+        let mut refusal = 0u32.to_be_bytes().to_vec();
+        refusal.extend_from_slice(&27u32.to_be_bytes());
+        refusal.extend_from_slice(b"Too many security failures");
+        refusal.push(b'!');
+        assert_eq!(
+            c.handle_input(&refusal),
+            Err(RfbError::Refused("Too many security failures!".into()))
+        );
+        // The same refusal one byte at a time (a server that writes in pieces): the same error, at the
+        // last byte only.
+        let mut c = RfbClient::new(RfbConfig::default());
+        c.handle_input(b"RFB 003.003\n").unwrap();
+        let (last, head) = refusal.split_last().unwrap();
+        for b in head {
+            c.handle_input(std::slice::from_ref(b)).unwrap();
+        }
+        assert_eq!(
+            c.handle_input(std::slice::from_ref(last)),
+            Err(RfbError::Refused("Too many security failures!".into()))
+        );
+        // A 3.3 handshake to the end, one byte at a time.
+        let mut c = RfbClient::new(RfbConfig::default());
+        let mut all = b"RFB 003.003\n".to_vec();
+        all.extend_from_slice(&1u32.to_be_bytes());
+        all.extend_from_slice(&[0, 64, 0, 48, 32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0]);
+        all.extend_from_slice(&0u32.to_be_bytes());
+        for b in &all {
+            c.handle_input(std::slice::from_ref(b)).unwrap();
+        }
+        assert!(c.is_connected());
+        // 3.7, None: no security result either.
+        let mut c = RfbClient::new(RfbConfig::default());
+        c.handle_input(b"RFB 003.007\n").unwrap();
+        c.handle_input(&[1, 1]).unwrap();
+        assert_eq!(sent(&mut c), b"RFB 003.007\n\x01\x01", "version, type, shared flag");
+        server_init(&mut c);
+        // Versions between are 3.3; above 3.8 are 3.8.
+        let mut c = RfbClient::new(RfbConfig::default());
+        c.handle_input(b"RFB 003.005\n").unwrap();
+        assert_eq!(sent(&mut c), b"RFB 003.003\n");
+        let mut c = RfbClient::new(RfbConfig::default());
+        c.handle_input(b"RFB 003.889\n").unwrap();
+        assert_eq!(sent(&mut c), b"RFB 003.008\n");
+    }
+
+    #[test]
     fn a_lying_server_gets_a_clear_error() {
         let mut c = RfbClient::new(RfbConfig::default());
         assert!(matches!(c.handle_input(b"HTTP/1.1 200"), Err(RfbError::NotRfb(_))));
         let mut c = RfbClient::new(RfbConfig::default());
-        assert!(matches!(c.handle_input(b"RFB 003.003\n"), Err(RfbError::Version(_))));
+        assert!(matches!(c.handle_input(b"RFB 004.001\n"), Err(RfbError::Version(_))));
         let mut c = RfbClient::new(RfbConfig::default());
         c.handle_input(b"RFB 003.008\n").unwrap();
         assert_eq!(c.handle_input(&[1, 2]), Err(RfbError::PasswordRequired));

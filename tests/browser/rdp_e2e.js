@@ -3,7 +3,7 @@
 // physical keys (input truth), clipboard both ways, resize with the window, special keys, and a wrong
 // password (xrdp shows its own dialog: checked by pixels).
 'use strict';
-const { launch, newPage, shot, waitState, login, main, pixel, waitPixel, at, createConnection: create, openTab, typeUS } = require('./lib');
+const { launch, newPage, shot, waitState, waitFile, login, main, pixel, waitPixel, at, createConnection: create, openTab, typeUS } = require('./lib');
 const env = process.env;
 const GREEN = [0x30, 0x50, 0x30];
 const createConnection = (page, name, password) =>
@@ -40,10 +40,19 @@ main(async () => {
   await waitPixel(page, w - 20, h - 20, GREEN, 45000);
   await shot(page, 'rdp-desktop');
 
-  // Input truth: click into the xterm, type a command as physical keys.
+  // Input truth: click into the xterm, type a command as physical keys. The session's xterm starts after
+  // the root is painted (and slowly on a busy machine): keys typed before it is mapped go to the root window,
+  // so wait until it covers the point clicked.
+  await page.waitForFunction(([x, y, g]) => {
+    const got = window.porticoCanvasPixel?.(x, y);
+    return !!got && got.some((v, i) => Math.abs(v - g[i]) > 2);
+  }, [200, 100, GREEN], { timeout: 45000 }).catch(async (e) => {
+    throw new Error(`the session's xterm never covered 200,100 (have ${await pixel(page, 200, 100)}): ${e.message}`);
+  });
   let p = await at(page, 200, 100);
   await page.mouse.click(p.x, p.y);
   await typeUS(page, `echo typed-in-browser-$((6*7)) > ${env.MARKER_FILE}\n`);
+  await waitFile(env.MARKER_FILE, 'the command typed into the remote xterm never ran');
   // Remote → browser clipboard.
   await typeUS(page, `echo -n remote-clip-rdp | xclip -i -selection clipboard\n`);
   await page.waitForFunction(() => window.porticoDisplay.clipboard === 'remote-clip-rdp', null, { timeout: 20000 });

@@ -38,7 +38,7 @@ main(async () => {
   console.log('graphics path: h264');
   // The picture: the blue root and the red xterm at (40, 40), decoded from the server's H.264.
   await waitNear(page, 900, 560, BLUE);
-  await waitNear(page, 60, 60, RED);
+  await waitNear(page, 180, 120, RED);
   const decoded = await page.evaluate(() => window.porticoDisplay.videoFrames);
   if (!(decoded > 0)) throw new Error(`no video frame drawn: ${JSON.stringify(await page.evaluate(() => window.porticoDisplay))}`);
   console.log(`video frames drawn: ${decoded}`);
@@ -46,7 +46,7 @@ main(async () => {
 
   // A moving window arrives: the test moves the xterm on the X display (the trigger file tells it when).
   require('fs').writeFileSync(env.TRIGGER_FILE, 'move');
-  await waitNear(page, 640, 330, RED, 30000);
+  await waitNear(page, 740, 380, RED, 30000);
   await waitNear(page, 60, 60, BLUE, 30000);
   console.log('the window moved on the server, and the move arrived');
   await shot(page, 'h264-moved');
@@ -60,7 +60,7 @@ main(async () => {
   await waitState(page, 'connected', 15000);
   const back = Date.now();
   await page.waitForFunction((n) => window.porticoDisplay.frames > n, framesBefore, { timeout: 15000 });
-  await waitNear(page, 640, 330, RED, 15000);
+  await waitNear(page, 740, 380, RED, 15000);
   await waitNear(page, 60, 60, BLUE, 15000);
   await waitNear(page, 900, 560, BLUE, 15000);
   console.log(`reattached: the full picture in ${Date.now() - back} ms`);
@@ -73,7 +73,7 @@ main(async () => {
   await ctx.addInitScript(() => { delete window.VideoDecoder; });
   page = await openTab(list, list.locator('tr.conn-row[data-name="e2e h264"] .conn-open'));
   await waitState(page, 'connected', 45000);
-  await waitNear(page, 640, 330, RED, 30000);
+  await waitNear(page, 740, 380, RED, 30000);
   await waitNear(page, 60, 60, BLUE, 30000);
   const path = await graphics(page);
   if (path !== 'bitmap') throw new Error(`graphics path without WebCodecs: ${path}`);

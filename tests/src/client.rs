@@ -29,6 +29,10 @@ impl Api {
             .use_preconfigured_tls(tls)
             .cookie_store(true)
             .timeout(Duration::from_secs(30))
+            // The server closes a keep-alive connection that stays idle for its header timeout (10 s); a
+            // request sent on it at that instant meets a reset, and a POST is not retried. Pooled
+            // connections are forgotten well before (browsers retry such a request instead).
+            .pool_idle_timeout(Duration::from_secs(4))
             .build()?;
         Ok(Api {
             base: p.url.clone(),

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod idp;
 pub mod lb;
+pub mod link;
 pub mod patroni;
 pub mod peers;
 pub mod portico;

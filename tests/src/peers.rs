@@ -590,6 +590,11 @@ impl VncServer {
                     "-nolisten",
                     "tcp",
                     "-AlwaysShared",
+                    // Every connection comes from 127.0.0.1: after 5 that end before authenticating (the
+                    // banner probe, wrong passwords, a benchmark's peers) TigerVNC refuses the address for
+                    // 10 s ("Too many security failures"), which would fail whatever connects next.
+                    "-UseBlacklist",
+                    "0",
                 ])
                 .args(&security)
                 .stdin(Stdio::null())
@@ -1237,6 +1242,28 @@ pub trait XDisplay {
             .spawn()
             .with_context(|| format!("start {program} (run scripts/install-test-deps.sh)"))?;
         Ok(Background(Some(child)))
+    }
+
+    /// A maximized xterm (black on white, DejaVu Sans Mono 10, no scroll bar) running `command` (a shell
+    /// command line): the benchmarks' text workloads.
+    fn text_xterm(&self, command: &str) -> anyhow::Result<Background> {
+        self.spawn(
+            "xterm",
+            &[
+                "-maximized",
+                "-fa",
+                "DejaVu Sans Mono",
+                "-fs",
+                "10",
+                "-bg",
+                "white",
+                "-fg",
+                "black",
+                "+sb",
+                "-e",
+                command,
+            ],
+        )
     }
 }
 

@@ -1,7 +1,9 @@
 //! Resource exhaustion from servers: a fake VNC server that announces a huge desktop, a huge cursor, or
 //! floods one update with tiny rectangles, against the real `portico` binary. The session of a server over
 //! the caps ends with `target_error`; the bridge's memory grows by less than 100 MiB whatever the server
-//! does; a server within the limits still works.
+//! does; a server within the limits still works; a server that stops reading cannot keep a session (or
+//! the browser's socket) open against an order to end; RFB 3.3 servers that refuse, lie or work, eight
+//! sessions at once. And from the browser's side: forged frame acknowledgements from six browsers at once.
 
 use portico_proto::codes::CloseCode;
 use std::time::Duration;
@@ -9,13 +11,14 @@ use std::time::Duration;
 use portico_proto::rfb::encoding;
 use portico_proto::wire::{ClientMsg, ServerMsg};
 use portico_tests::client::{Api, Screen, Term, attach};
-use portico_tests::peers::{RdpServer, ShadowAuth};
+use portico_tests::peers::XDisplay as _;
+use portico_tests::peers::{RdpServer, ShadowAuth, VncServer};
 use portico_tests::portico::{Options, Portico};
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::vnc::vnc_connection;
+use crate::vnc::{open_screen, vnc_connection};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// What one session may cost the bridge, whatever its server sends.
@@ -32,25 +35,46 @@ struct Update {
 /// A fake VNC server (RFB 3.8, security None) with a `width` x `height` desktop, answering the client's
 /// update requests with `updates` in turn (then nothing). Returns its port.
 async fn fake_server(width: u16, height: u16, updates: Vec<Update>) -> anyhow::Result<u16> {
+    listen(width, height, updates, false).await
+}
+
+/// A fake VNC server that answers the first update request with a small fill, then never reads again
+/// and never closes (its sockets live as long as the test's runtime). Returns its port.
+async fn deaf_server(width: u16, height: u16) -> anyhow::Result<u16> {
+    let fill = Update {
+        head: update_of(1, tight_fill(0, 0, width, height, [30, 60, 90])),
+        zeros: 0,
+    };
+    listen(width, height, vec![fill], true).await
+}
+
+async fn listen(width: u16, height: u16, updates: Vec<Update>, deaf: bool) -> anyhow::Result<u16> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let updates = updates.clone();
-            tokio::spawn(serve(tcp, width, height, updates));
+            tokio::spawn(serve(tcp, width, height, updates, deaf));
         }
     });
     Ok(port)
 }
 
-async fn serve(mut tcp: TcpStream, width: u16, height: u16, updates: Vec<Update>) -> anyhow::Result<()> {
+/// RFB 3.8 with security None up to the ServerInit of a `width` x `height` desktop named "fake".
+async fn handshake(tcp: &mut TcpStream, width: u16, height: u16) -> anyhow::Result<()> {
     let mut buf = [0u8; 12];
     tcp.write_all(b"RFB 003.008\n").await?;
     tcp.read_exact(&mut buf).await?;
     tcp.write_all(&[1, 1]).await?; // One security type: None.
     tcp.read_exact(&mut buf[..1]).await?;
     tcp.write_all(&[0, 0, 0, 0]).await?; // SecurityResult OK.
-    tcp.read_exact(&mut buf[..1]).await?; // ClientInit.
+    server_init(tcp, width, height).await
+}
+
+/// ClientInit in, ServerInit out.
+async fn server_init(tcp: &mut TcpStream, width: u16, height: u16) -> anyhow::Result<()> {
+    let mut buf = [0u8; 1];
+    tcp.read_exact(&mut buf).await?; // ClientInit.
     let mut init = Vec::new();
     init.extend_from_slice(&width.to_be_bytes());
     init.extend_from_slice(&height.to_be_bytes());
@@ -58,6 +82,17 @@ async fn serve(mut tcp: TcpStream, width: u16, height: u16, updates: Vec<Update>
     init.extend_from_slice(&4u32.to_be_bytes());
     init.extend_from_slice(b"fake");
     tcp.write_all(&init).await?;
+    Ok(())
+}
+
+/// Serve one client; `deaf`: after the first update, hold the socket without reading it again.
+async fn serve(mut tcp: TcpStream, width: u16, height: u16, updates: Vec<Update>, deaf: bool) -> anyhow::Result<()> {
+    handshake(&mut tcp, width, height).await?;
+    answer(tcp, updates, deaf).await
+}
+
+/// Read client messages; each update request gets the next of `updates`.
+async fn answer(mut tcp: TcpStream, updates: Vec<Update>, deaf: bool) -> anyhow::Result<()> {
     let mut updates = updates.into_iter();
     let zeros = vec![0u8; 1024 * 1024];
     loop {
@@ -80,6 +115,9 @@ async fn serve(mut tcp: TcpStream, width: u16, height: u16, updates: Vec<Update>
                         let n = left.min(zeros.len());
                         tcp.write_all(&zeros[..n]).await?;
                         left -= n;
+                    }
+                    if deaf {
+                        std::future::pending::<()>().await;
                     }
                 }
             }
@@ -158,7 +196,14 @@ fn rss_growth(pid: u32, base: u64) -> anyhow::Result<u64> {
 async fn attack(p: &Portico, api: &Api, port: u16) -> anyhow::Result<(Term, u64)> {
     let conn = vnc_connection(api, port, None).await?;
     let base = rss_baseline(p.pid())?;
-    let (_, ws) = attach(p, api, &conn).await?;
+    let t = until_closed(p, api, &conn).await?;
+    let growth = rss_growth(p.pid(), base)?;
+    Ok((t, growth))
+}
+
+/// Open a session on `conn` and acknowledge frames like a browser until it closes (or `WAIT`).
+async fn until_closed(p: &Portico, api: &Api, conn: &str) -> anyhow::Result<Term> {
+    let (_, ws) = attach(p, api, conn).await?;
     let mut t = Term::new(ws);
     let deadline = tokio::time::Instant::now() + WAIT;
     // Acknowledge frames like a browser, until the session closes.
@@ -174,8 +219,7 @@ async fn attack(p: &Portico, api: &Api, port: u16) -> anyhow::Result<(Term, u64)
             break;
         }
     }
-    let growth = rss_growth(p.pid(), base)?;
-    Ok((t, growth))
+    Ok(t)
 }
 
 fn assert_target_error(t: &Term, what: &str, expect: &str) {
@@ -253,7 +297,12 @@ async fn a_vnc_server_flooding_an_update_with_rectangles_costs_one_repaint() -> 
     let mut per_frame = Vec::new();
     let mut in_frame = 0usize;
     let deadline = tokio::time::Instant::now() + WAIT;
-    while per_frame.len() < usize::from(rounds) {
+    // Until the last round's pixels arrived (rounds that came while the browser was behind merge into
+    // one frame).
+    let i = 65534u32;
+    let (x, y) = ((i * 7 % u32::from(w)) as usize, (i * 13 % u32::from(h)) as usize);
+    let last = [i as u8, rounds - 1, (i >> 8) as u8];
+    while per_frame.is_empty() || s.canvas.pixel(x, y) != last {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         anyhow::ensure!(
             !left.is_zero(),
@@ -291,10 +340,11 @@ async fn a_vnc_server_flooding_an_update_with_rectangles_costs_one_repaint() -> 
     );
     // Each frame collapsed into a repaint: a handful of messages, not 65535 fills.
     assert!(per_frame.iter().all(|&n| n <= 8), "messages per frame: {per_frame:?}");
-    // The last round's pixels arrived.
-    let i = 65534u32;
-    let (x, y) = ((i * 7 % u32::from(w)) as usize, (i * 13 % u32::from(h)) as usize);
-    assert_eq!(s.canvas.pixel(x, y), [i as u8, rounds - 1, (i >> 8) as u8]);
+    assert!(
+        per_frame.len() <= usize::from(rounds),
+        "{} frames for {rounds} updates",
+        per_frame.len()
+    );
     assert!(growth < MAX_GROWTH_KIB, "the bridge grew by {} MiB", growth / 1024);
     Ok(())
 }
@@ -366,5 +416,241 @@ async fn an_rdp_server_imposing_a_desktop_over_the_limit_is_refused() -> anyhow:
         "{:?}",
         t.errors
     );
+    Ok(())
+}
+
+/// A VNC server that stops reading while the browser keeps sending (clipboard texts): the bridge's
+/// writes to it block. The user's DELETE still closes the browser's socket within seconds, with the
+/// reason (the actor stuck on the server is cancelled); left alone, the session ends by itself with a
+/// clear error once the server has not read for the write limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vnc_server_that_stops_reading_cannot_hold_a_session_open() -> anyhow::Result<()> {
+    let p = Portico::start()?;
+    let api = Api::admin(&p).await?;
+    let port = deaf_server(640, 480).await?;
+    let conn = vnc_connection(&api, port, None).await?;
+    for delete in [true, false] {
+        let (s, ws) = attach(&p, &api, &conn).await?;
+        let sid = s["session_id"].as_str().unwrap_or_default().to_owned();
+        let mut t = Term::new(ws);
+        t.until("the first frame", WAIT, |t| {
+            t.display.iter().any(|m| matches!(m, ServerMsg::FrameEnd { .. }))
+        })
+        .await?;
+        // 60 KiB texts until the bridge stops taking them (bounded: at most 2000, about 120 MiB).
+        let text = "x".repeat(60 * 1024);
+        let mut sent = 0u32;
+        let mut backed_up = false;
+        while sent < 2000 {
+            match tokio::time::timeout(Duration::from_secs(2), t.send(ClientMsg::Clipboard(text.clone()))).await {
+                Ok(r) => {
+                    r?;
+                    sent += 1;
+                }
+                Err(_) => {
+                    backed_up = true;
+                    break;
+                }
+            }
+        }
+        anyhow::ensure!(backed_up, "the bridge took {sent} texts of 60 KiB without pushing back");
+        let since = tokio::time::Instant::now();
+        if delete {
+            let (status, body) = api
+                .request(reqwest::Method::DELETE, &format!("/api/v1/sessions/{sid}"), None)
+                .await?;
+            anyhow::ensure!((200..300).contains(&status), "DELETE: {status} {body}");
+        }
+        let closed = t.closed_within(Duration::from_secs(40)).await?;
+        let took = since.elapsed();
+        println!(
+            "deaf server, {}: {sent} texts sent before the bridge pushed back; closed after {took:?}: {closed:?}",
+            if delete { "DELETE" } else { "left alone" }
+        );
+        let closed = closed.ok_or_else(|| anyhow::anyhow!("socket closed without CLOSED; errors {:?}", t.errors))?;
+        if delete {
+            assert_eq!(closed.code, CloseCode::Ended, "{closed:?}");
+            // The heartbeat that carries the order (under a second when the machine is not busy), then
+            // the 5 s the actor is given; without the watchdog the write limit would end it as
+            // `target_error` instead.
+            assert!(took < Duration::from_secs(12), "closed {took:?} after the DELETE");
+        } else {
+            assert_eq!(closed.code, CloseCode::TargetError, "{closed:?}");
+            assert!(closed.reason.contains("stopped reading"), "{closed:?}");
+        }
+    }
+    Ok(())
+}
+
+/// How an RFB 3.3 fake server answers (in 3.3 the server picks the security type).
+#[derive(Clone, Copy)]
+enum Rfb33 {
+    /// Type 0 with a reason.
+    Refuse,
+    /// Type 0 with a reason "of 4 GiB", then nothing.
+    Lie,
+    /// Type 1 (None), then a 640x480 desktop and one fill.
+    NoAuth,
+}
+
+const REFUSAL: &str = "Too many security failures";
+
+async fn rfb33_server(how: Rfb33) -> anyhow::Result<u16> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(serve33(tcp, how));
+        }
+    });
+    Ok(port)
+}
+
+async fn serve33(mut tcp: TcpStream, how: Rfb33) -> anyhow::Result<()> {
+    let mut buf = [0u8; 12];
+    tcp.write_all(b"RFB 003.003\n").await?;
+    tcp.read_exact(&mut buf).await?;
+    anyhow::ensure!(&buf == b"RFB 003.003\n", "the client answered {buf:?}");
+    match how {
+        Rfb33::Refuse => {
+            // (Arrival in pieces is the sans-IO client's unit test: it is fed one byte at a time.)
+            let mut refusal = 0u32.to_be_bytes().to_vec();
+            refusal.extend_from_slice(&(REFUSAL.len() as u32).to_be_bytes());
+            refusal.extend_from_slice(REFUSAL.as_bytes());
+            tcp.write_all(&refusal).await?;
+            // Held open: the client must end it.
+            let _ = tcp.read(&mut buf).await;
+        }
+        Rfb33::Lie => {
+            tcp.write_all(&0u32.to_be_bytes()).await?;
+            tcp.write_all(&u32::MAX.to_be_bytes()).await?;
+            let _ = tcp.read(&mut buf).await;
+        }
+        Rfb33::NoAuth => {
+            tcp.write_all(&1u32.to_be_bytes()).await?;
+            server_init(&mut tcp, 640, 480).await?;
+            let fill = Update {
+                head: update_of(1, tight_fill(0, 0, 640, 480, [40, 120, 200])),
+                zeros: 0,
+            };
+            answer(tcp, vec![fill], false).await?;
+        }
+    }
+    Ok(())
+}
+
+/// RFB 3.3, where the server picks the security type, from eight sessions at once against each server:
+/// a refusal reaches the browser with the server's reason; a reason "of 4 GiB" is
+/// refused at the cap; no authentication works (the fill arrives). The bridge's memory stays bounded.
+#[tokio::test(flavor = "multi_thread")]
+async fn rfb_3_3_servers_that_refuse_lie_or_work_in_parallel() -> anyhow::Result<()> {
+    let p = Portico::start()?;
+    let api = Api::admin(&p).await?;
+    let refuse = vnc_connection(&api, rfb33_server(Rfb33::Refuse).await?, None).await?;
+    let lie = vnc_connection(&api, rfb33_server(Rfb33::Lie).await?, None).await?;
+    let works = vnc_connection(&api, rfb33_server(Rfb33::NoAuth).await?, None).await?;
+    let base = rss_baseline(p.pid())?;
+    const AT_ONCE: usize = 8;
+    let (refused, lied) = tokio::join!(
+        futures_util::future::join_all((0..AT_ONCE).map(|_| until_closed(&p, &api, &refuse))),
+        futures_util::future::join_all((0..AT_ONCE).map(|_| until_closed(&p, &api, &lie))),
+    );
+    for t in refused {
+        let t = t?;
+        assert_target_error(&t, "rfb 3.3 refusal", REFUSAL);
+    }
+    for t in lied {
+        let t = t?;
+        assert_target_error(&t, "rfb 3.3 reason of 4 GiB", "reason of 4294967295 exceeds the limit");
+    }
+    let screens = futures_util::future::join_all((0..AT_ONCE).map(|_| async {
+        let (_, ws) = attach(&p, &api, &works).await?;
+        let mut s = Screen::new(ws);
+        s.until("the rfb 3.3 desktop", WAIT, |c| {
+            c.pixel(0, 0) == [40, 120, 200] && c.pixel(639, 479) == [40, 120, 200]
+        })
+        .await?;
+        anyhow::Ok(s)
+    }))
+    .await;
+    for s in screens {
+        let s = s?;
+        assert!(
+            s.term.closed.is_none() && s.term.errors.is_empty(),
+            "{:?}",
+            s.term.errors
+        );
+    }
+    let growth = rss_growth(p.pid(), base)?;
+    println!(
+        "rfb 3.3: {AT_ONCE} sessions of each at once, bridge peak rss grew by {} MiB",
+        growth / 1024
+    );
+    assert!(growth < MAX_GROWTH_KIB, "the bridge grew by {} MiB", growth / 1024);
+    Ok(())
+}
+
+/// Forged acknowledgements, from six browsers at once on a screen that changes continuously, each
+/// reading nothing for 3 s: acks of frames not sent yet (the next thousand ids: the bridge cannot tell
+/// them from a fast browser's once it has sent those frames, so they let frames out to the browser that
+/// forged them), of the largest id, of frame 0, repeated. They cost the bridge bounded memory, end no
+/// session, and each session goes on once its browser acknowledges what it received.
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_frame_acks_from_browsers_at_once_open_no_window() -> anyhow::Result<()> {
+    let xvnc = VncServer::xvnc(None, 320, 200)?;
+    let p = Portico::start()?;
+    let api = Api::admin(&p).await?;
+    let conn = vnc_connection(&api, xvnc.port, None).await?;
+    let base = rss_baseline(p.pid())?;
+    let _painter = xvnc.spawn(
+        "sh",
+        &[
+            "-c",
+            "for i in $(seq 1 3000); do xsetroot -solid '#ff0000'; xsetroot -solid '#0000ff'; done",
+        ],
+    )?;
+    let one = || async {
+        let (_, mut s) = open_screen(&p, &api, &conn).await?;
+        s.ack = false;
+        s.until("the first frame", WAIT, |c| c.frames >= 1).await?;
+        // Acks of what was not sent (ids ahead, the largest), of nothing (0), and the same again.
+        let forged = (s.canvas.last_frame + 1..s.canvas.last_frame + 1000)
+            .chain([u32::MAX, 0, u32::MAX])
+            .chain(std::iter::repeat_n(s.canvas.last_frame + 1, 100));
+        for frame_id in forged {
+            s.term.send(ClientMsg::FrameAck { frame_id }).await?;
+        }
+        // Nothing read for 3 s, then what came.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let until = tokio::time::Instant::now() + Duration::from_secs(1);
+        while tokio::time::Instant::now() < until {
+            s.pump(Duration::from_millis(100)).await?;
+        }
+        let unacked = s.canvas.frames;
+        anyhow::ensure!(
+            s.term.closed.is_none() && s.term.errors.is_empty(),
+            "forged acknowledgements ended the session: {:?} {:?}",
+            s.term.errors,
+            s.term.closed
+        );
+        // A true acknowledgement: frames flow again.
+        s.ack = true;
+        s.term
+            .send(ClientMsg::FrameAck {
+                frame_id: s.canvas.last_frame,
+            })
+            .await?;
+        s.until("frames after a true acknowledgement", WAIT, |c| c.frames >= unacked + 5)
+            .await?;
+        anyhow::Ok(unacked)
+    };
+    let results = futures_util::future::join_all((0..6).map(|_| one())).await;
+    let unacked: Vec<u32> = results.into_iter().collect::<anyhow::Result<_>>()?;
+    let growth = rss_growth(p.pid(), base)?;
+    println!(
+        "forged acknowledgements: frames out before a true one, per browser: {unacked:?}; bridge peak rss grew by {} MiB",
+        growth / 1024
+    );
+    assert!(growth < MAX_GROWTH_KIB, "the bridge grew by {} MiB", growth / 1024);
     Ok(())
 }

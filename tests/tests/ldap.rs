@@ -385,11 +385,19 @@ fn extended_response(code: u8) -> Vec<u8> {
     ]
 }
 
+/// A login against a lying or silent server; `what` is the error expected. A server that never answers is
+/// given [`SHORT`]; the others are given [`TIMEOUT`], so a busy machine (a panic's backtrace being
+/// printed, a slow TLS handshake) cannot turn their lie into a deadline.
 async fn against(cfg: &LdapConfig, what: &str) -> LdapError {
+    let timeout = if what.starts_with("did not answer within") {
+        SHORT
+    } else {
+        TIMEOUT
+    };
     let started = Instant::now();
-    let got = authenticate(cfg, "alice", "alice-password", SHORT).await;
+    let got = authenticate(cfg, "alice", "alice-password", timeout).await;
     let took = started.elapsed();
-    assert!(took < SHORT + SLACK, "{what}: took {took:?}");
+    assert!(took < timeout + SLACK, "{what}: took {took:?}");
     match got {
         Err(e) => e,
         Ok(v) => panic!("{what}: {v:?}"),
@@ -438,8 +446,26 @@ async fn servers_that_lie_or_stay_silent_in_clear() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// ldap3's expected panic (see below) printed as one line instead of a backtrace: the backtrace cost a
+/// busy machine CPU time inside the deadline, and filled the failure report that CI keeps, hiding other
+/// tests' messages. Every other panic goes to the hook that was there.
+fn quiet_ldap3_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.location().is_some_and(|l| l.file().contains("/ldap3-")) {
+                eprintln!("ldap3 panicked (expected on a malformed message): {info}");
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn servers_that_lie_inside_tls() -> anyhow::Result<()> {
+    quiet_ldap3_panics();
     // Only slapd's certificate and CA are used; the directory itself is not contacted.
     let slapd = Slapd::start()?;
     let cases: Vec<(Lie, &str)> = vec![

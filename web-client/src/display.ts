@@ -48,6 +48,8 @@ export function h264Codec(data: Uint8Array): string | null {
 
 /** The capability check: High profile at level 5.1 (desktops up to 4096x2160). */
 const H264_PROBE = 'avc1.640033';
+/** How long the H.264 probe may take before the browser is taken not to decode it. */
+const H264_PROBE_LIMIT_MS = 10000;
 let h264Support: Promise<boolean> | null = null;
 
 /** Whether this browser decodes H.264 with WebCodecs (`?h264=0` in the page's URL says no). */
@@ -55,8 +57,11 @@ export function decodesH264(): Promise<boolean> {
   h264Support ??= (() => {
     if (new URLSearchParams(location.search).get('h264') === '0') return Promise.resolve(false);
     if (typeof VideoDecoder === 'undefined') return Promise.resolve(false);
-    return VideoDecoder.isConfigSupported({ codec: H264_PROBE, optimizeForLatency: true })
+    const probe = VideoDecoder.isConfigSupported({ codec: H264_PROBE, optimizeForLatency: true })
       .then((r) => r.supported === true, () => false);
+    // A probe that does not answer in time counts as no: the bitmap path works everywhere.
+    const late = new Promise<boolean>((resolve) => window.setTimeout(() => resolve(false), H264_PROBE_LIMIT_MS));
+    return Promise.race([probe, late]);
   })();
   return h264Support;
 }

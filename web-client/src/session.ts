@@ -5,7 +5,7 @@ import { h, mount } from './dom';
 import { CLOSE_CODES, type CloseCode } from './codes';
 import * as wire from './wire';
 import { TerminalView } from './terminal';
-import { DisplayView } from './display';
+import { DisplayView, decodesH264 } from './display';
 
 export interface SessionTarget {
   sessionId: string;
@@ -48,6 +48,8 @@ declare global {
     porticoSessionId?: string;
     /** Diagnostics: drop the WebSocket as a network failure would (the client then reattaches). */
     porticoDropConnection?: () => void;
+    /** Diagnostics: the round trip of one PING to the bridge and back, in ms, queued behind the display. */
+    porticoPing?: () => Promise<number>;
   }
 }
 
@@ -157,8 +159,16 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
         case 'closed':
           if (!finished) finish(`closed: ${msg.closed.reason}`, msg.closed.code);
           break;
-        case 'pong':
+        case 'pong': {
+          // The payload is the send time this page put in (`wire.ping`).
+          const sent = new DataView(msg.data.buffer, msg.data.byteOffset, 8).getFloat64(0);
+          const waiting = pings.get(sent);
+          if (waiting) {
+            pings.delete(sent);
+            waiting(performance.now() - sent);
+          }
           break;
+        }
         default:
           view?.handle(msg);
       }
@@ -226,6 +236,14 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
   };
 
   window.porticoDropConnection = () => ws?.close(4000, 'simulated network drop');
+  const pings = new Map<number, (ms: number) => void>();
+  window.porticoPing = () => new Promise<number>((resolve) => {
+    const stamp = new Uint8Array(8);
+    const now = performance.now();
+    new DataView(stamp.buffer).setFloat64(0, now);
+    pings.set(now, resolve);
+    send(wire.ping(stamp));
+  });
   const pinger = window.setInterval(() => send(wire.ping()), 20_000);
 
   endBtn.addEventListener('click', () => {
@@ -291,5 +309,8 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
   reconnectBtn.addEventListener('click', () => void startNew());
 
   setState('connecting', 'connecting…');
-  connect([wire.SUBPROTOCOL, wire.TOKEN_PREFIX + target.token]);
+  // What this browser decodes is known before the socket opens: an RDP bridge chooses the graphics path
+  // from the capabilities sent right after attaching, and a probe that is slow on a busy machine must not
+  // make it wait (the probe is bounded and cached).
+  void decodesH264().then(() => connect([wire.SUBPROTOCOL, wire.TOKEN_PREFIX + target.token]));
 }

@@ -3,8 +3,9 @@
 //!
 //! - Frames: the server pushes updates without being asked. Every PDU's damage goes into the current frame;
 //!   the frame ends when the server pauses (no complete PDU waiting in the socket buffer) and the browser has
-//!   room ([`crate::display::MAX_FRAMES_IN_FLIGHT`]). While the browser is behind, damage merges into the pending frame
-//!   instead of queueing, so latency stays bounded and memory with it.
+//!   room ([`crate::display::Flow::can_send_at`]: the link's budget, or room drained behind one larger
+//!   frame). While the browser is behind, damage merges into the pending frame instead of queueing, so
+//!   latency stays bounded and memory with it.
 //! - Input: scancodes (from `KeyboardEvent.code`) as fast-path keyboard events, Unicode events for
 //!   characters without a key, mouse and wheel.
 //! - Clipboard: text both ways over CLIPRDR (`clipboard.rs`), each direction allowed by the connection.
@@ -49,6 +50,10 @@ pub use connect::{RdpConnectError, fingerprint};
 const DRAIN_BUDGET: u32 = 64;
 /// How long the whole connection sequence (TCP, TLS, NLA, licensing, capabilities) may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a write to the RDP server may wait for the server to read.
+const WRITE_LIMIT: Duration = Duration::from_secs(10);
+/// How long the goodbye (keys released, shutdown request) may wait for the server to read.
+const GOODBYE_LIMIT: Duration = Duration::from_secs(1);
 /// How long the bridge waits for the browser to report its size before connecting at a default size.
 const SIZE_WAIT: Duration = Duration::from_secs(5);
 /// How long the bridge waits for the browser's capabilities when it need not wait for its size.
@@ -258,7 +263,18 @@ struct GfxPath {
     decoded: u32,
     /// The H.264 path was reported to the browser.
     reported: bool,
+    /// Armed by the pipeline's first frame, pushed back by every later one: when the server has been quiet
+    /// for [`SETTLE`], the bridge asks once for a refresh of the whole desktop (see [`SETTLE`]).
+    settle: Option<tokio::time::Instant>,
+    settled: bool,
 }
+
+/// How long the graphics pipeline stays quiet after its first frames before the bridge asks the server for
+/// one refresh. FreeRDP 2's shadow server can lose the screen's first changes when its client thread is
+/// slow (its capture clears damage that was not yet consumed) and then sends nothing while the screen
+/// stays still: the browser would keep a stale first picture. One refresh at the start costs one frame
+/// (the server's encoder skips what did not change) and makes the first picture right.
+const SETTLE: Duration = Duration::from_secs(1);
 
 impl Rdp {
     /// Translate the graphics PDUs the channel queued, send their frames, and acknowledge at once the server
@@ -277,6 +293,9 @@ impl Rdp {
                     // history a reattach replays stays short.
                     g.unacked.push_back((0, server_frame));
                     continue;
+                }
+                if !g.settled {
+                    g.settle = Some(tokio::time::Instant::now() + SETTLE);
                 }
                 let sealed = self.flow.seal(msgs, std::time::Instant::now());
                 if let Some(ServerMsg::FrameEnd { frame_id }) = sealed.last() {
@@ -387,11 +406,18 @@ impl Rdp {
         if frame.is_empty() {
             return Ok(());
         }
-        self.framed.write_all(frame).await.map_err(|e| End {
-            code: CloseCode::RemoteClosed,
-            reason: format!("write to the rdp server failed: {}", e.to_string().to_lowercase()),
-            from_control: false,
-        })
+        match tokio::time::timeout(WRITE_LIMIT, self.framed.write_all(frame)).await {
+            Ok(r) => r.map_err(|e| End {
+                code: CloseCode::RemoteClosed,
+                reason: format!("write to the rdp server failed: {}", e.to_string().to_lowercase()),
+                from_control: false,
+            }),
+            Err(_) => Err(End {
+                code: CloseCode::TargetError,
+                reason: format!("the rdp server stopped reading for {} s", WRITE_LIMIT.as_secs()),
+                from_control: false,
+            }),
+        }
     }
 
     fn input(&mut self, ops: impl IntoIterator<Item = Operation>) -> Vec<ActiveStageOutput> {
@@ -672,7 +698,7 @@ impl Rdp {
             return;
         }
         let area = bounding(rects);
-        let scroll = detect_vertical_scroll(&self.fb, &area, self.image.data(), self.image.stride());
+        let scroll = detect_vertical_scroll(&mut self.fb, &area, self.image.data(), self.image.stride());
         if let Some(s) = scroll {
             self.frame.copy(&mut self.fb, s.dst.x, s.src_y, s.dst);
         }
@@ -702,11 +728,19 @@ impl Rdp {
         }
     }
 
+    /// When the link will have drained room for the pending frame ([`crate::display::Flow::room_at`]).
+    fn room_at(&self) -> Option<tokio::time::Instant> {
+        if self.frame.is_empty() {
+            return None;
+        }
+        self.flow.room_at().map(tokio::time::Instant::from_std)
+    }
+
     /// Send the pending frame if there is one and the browser has room.
     async fn flush(&mut self, life: &mut Lifecycle) {
-        if self.flow.can_send() && !self.frame.is_empty() {
+        if !self.frame.is_empty() && self.flow.can_send_at(std::time::Instant::now()) {
             let frame = std::mem::take(&mut self.frame);
-            crate::screen::send_frame(&mut self.flow, frame, &self.fb, life).await;
+            crate::screen::send_frame(&mut self.flow, frame, &mut self.fb, life).await;
         }
     }
 }
@@ -763,6 +797,10 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
     };
     // The graphics pipeline with H.264 passthrough when the connection allows it and the browser decodes it.
     let h264 = settings.h264 && life.caps.is_some_and(|c| c & CAPS_H264 != 0);
+    if settings.h264 {
+        // Why a session that may use H.264 does not: the browser's capabilities decide.
+        tracing::info!(offered = h264, browser_caps = ?life.caps, "RDP graphics pipeline with H.264");
+    }
     let addr = format!("{}:{}", target.host, target.port);
     life.send(ServerMsg::status("connecting", format!("connecting to {addr}")));
 
@@ -846,6 +884,8 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
             unacked: VecDeque::new(),
             decoded: 0,
             reported: false,
+            settle: None,
+            settled: false,
         }),
     };
     tracing::info!(width = w, height = h, cert = %connected.cert_fingerprint, "Upstream connected");
@@ -858,6 +898,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
 
     let end = 'session: loop {
         let deadline = life.deadline();
+        let room = rdp.room_at();
         tokio::select! {
             pdu = rdp.framed.read_pdu() => {
                 let mut pdu = Some(pdu);
@@ -903,7 +944,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                         pdu = rdp.framed.read_pdu().now_or_never();
                     }
                 }
-                if !rdp.flow.can_send() && !rdp.frame.is_empty() {
+                if !rdp.frame.is_empty() && !rdp.flow.can_send_at(std::time::Instant::now()) {
                     // The browser is behind: this update merges into the pending frame.
                     rdp.flow.merged();
                 }
@@ -931,7 +972,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                     Some(Common::Attached(_)) => {
                         match rdp.gfx_attached(&mut life).await {
                             Ok(true) => {}
-                            Ok(false) => crate::screen::send_full_picture(&mut rdp.flow, &rdp.fb, &mut life).await,
+                            Ok(false) => crate::screen::send_full_picture(&mut rdp.flow, &mut rdp.fb, &mut life).await,
                             Err(end) => break end,
                         }
                         rdp.frame = Frame::default();
@@ -970,6 +1011,23 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                     break end;
                 }
             }
+            () = sleep_until(rdp.gfx.as_ref().and_then(|g| g.settle)) => {
+                let Some(g) = rdp.gfx.as_mut() else { continue };
+                g.settle = None;
+                g.settled = true;
+                let (w, h) = g.core.desktop();
+                tracing::debug!(width = w, height = h, "Graphics pipeline settled: one refresh of the desktop");
+                let outputs = rdp
+                    .stage
+                    .request_full_redraw(w, h, rdp.refresh_rect, rdp.suppress_output)
+                    .map(|frames| frames.into_iter().map(ActiveStageOutput::ResponseFrame).collect())
+                    .unwrap_or_default();
+                if let Err(end) = rdp.deliver(&mut life, outputs).await {
+                    break end;
+                }
+            }
+            // A pending frame behind one larger than the budget: the link has drained room for it.
+            () = sleep_until(room) => rdp.flush(&mut life).await,
             () = sleep_until(deadline) => {
                 if let Some(end) = life.expired() {
                     break end;
@@ -984,11 +1042,15 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
         .process_fastpath_input(&mut rdp.image, &events)
         .unwrap_or_default();
     goodbye.extend(rdp.stage.graceful_shutdown().unwrap_or_default());
-    for out in goodbye {
-        if let ActiveStageOutput::ResponseFrame(f) = out {
-            let _ = rdp.write(&f).await;
+    let farewell = async {
+        for out in goodbye {
+            if let ActiveStageOutput::ResponseFrame(f) = out {
+                let _ = rdp.write(&f).await;
+            }
         }
-    }
+    };
+    // A server that does not read is not waited for: the session is over either way.
+    let _ = tokio::time::timeout(GOODBYE_LIMIT, farewell).await;
     life.end(end).await;
 }
 

@@ -90,6 +90,10 @@ struct Args {
     /// Soak: extra environment of the portico process, KEY=VALUE (e.g. MALLOC_ARENA_MAX=2).
     #[arg(long)]
     portico_env: Vec<String>,
+    /// VNC, RDP: run on emulated links instead (tc rates, 80 ms round trip, e.g. `4mbit,1mbit`): the
+    /// client-facing leg shaped in a network namespace the bench creates (root).
+    #[arg(long, value_delimiter = ',')]
+    links: Vec<String>,
     /// Soak: after the settle, call glibc's malloc_trim(0) in the process through gdb and report its RSS.
     #[arg(long)]
     trim_probe: bool,
@@ -411,6 +415,10 @@ async fn main() -> anyhow::Result<()> {
         "unknown benchmark {:?} (available: ssh, vnc, rdp, workspace, upgrades, events, soak)",
         args.which
     );
+    if !args.links.is_empty() && !portico_tests::link::inside() {
+        let status = portico_tests::link::run_in_namespace(std::env::args_os().skip(1))?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
     if std::env::var("PORTICO_BENCH_RELEASE").is_err() {
         eprintln!("note: set PORTICO_BENCH_RELEASE=1 (the bench script does) to measure a release build");
     }
@@ -424,7 +432,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.which != "ssh" {
         let (header, rows) = match args.which.as_str() {
+            "vnc" if !args.links.is_empty() => (vnc::LINK_HEADER, vnc::run_links(&args).await?),
             "vnc" => (vnc::HEADER, vnc::run(&args).await?),
+            "rdp" if !args.links.is_empty() => (rdp::LINK_HEADER, rdp::run_links(&args).await?),
             "rdp" => (rdp::HEADER, rdp::run(&args).await?),
             "upgrades" => (upgrades::HEADER, upgrades::run(&args).await?),
             "events" => (events::HEADER, events::run(&args).await?),

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::Args;
 use crate::median_range;
-use crate::vnc::{HEIGHT, Sample, WIDTH, Workload, end_all, portico_run, scene};
+use crate::vnc::{HEIGHT, Sample, WIDTH, Workload, end_all, lat, on_link, portico_run, scene};
 
 pub const HEADER: &str = "| workload | path | N | Portico bridge cores/session (range) | shadow server cores/session | fps | KiB/s | RSS KiB/session |\n|---|---|---|---|---|---|---|---|";
 
@@ -74,6 +74,66 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<String>> {
                 rows.push(format!(
                     "| {} | {path} | {n} | {pc:.4} ({lo:.4}–{hi:.4}) | {sc:.4} | {fps:.1} | {kib:.0} | {rss:.0} |",
                     w.name()
+                ));
+            }
+        }
+        end_all(&api).await?;
+    }
+    Ok(rows)
+}
+
+pub const LINK_HEADER: &str = "| link (80 ms RTT) | workload | path | Portico fps (worst second) | KiB/s | latency p50 / p95 / max, ms | bridge cores | shadow server cores |\n|---|---|---|---|---|---|---|---|";
+
+/// The RDP display on emulated links (`--links 4mbit,1mbit`, run inside the bench's namespace, see
+/// `portico_tests::link`): per workload and link, one session on the bitmap path and one on the graphics
+/// pipeline with H.264, side by side; latency is a ping's round trip behind the frames (one at a time,
+/// every 250 ms over the window). No other gateway passes RDP to a browser here to compare with.
+pub async fn run_links(args: &Args) -> anyhow::Result<Vec<String>> {
+    let (link, p, api) = on_link(args).await?;
+    let mut rows = Vec::new();
+    let workloads = [Workload::TextHeavy, Workload::VideoFull];
+    for w in workloads
+        .into_iter()
+        .filter(|w| args.workloads.is_empty() || args.workloads.iter().any(|n| n == w.name()))
+    {
+        let scene = scene(RdpServer::shadow(ShadowAuth::None, WIDTH, HEIGHT)?, w)?;
+        let server_pid = scene.server.pids().first().copied().unwrap_or(0);
+        let conn = api
+            .create_connection(json!({
+                "name": format!("link rdp {}", w.name()), "protocol": "rdp", "host": "127.0.0.1",
+                "port": scene.server.port, "username": "bench", "password": "bench",
+                "settings": {"width": WIDTH, "height": HEIGHT, "danger_accept_any_certificate": true, "h264": true},
+            }))
+            .await?;
+        for rate in &args.links {
+            link.rate(rate)?;
+            for (path, caps) in [("bitmap", None), ("h264", Some(CAPS_H264))] {
+                eprintln!("== rdp {} on {rate}, 80 ms, {path}", w.name());
+                let mut ours: Vec<Sample> = Vec::new();
+                for r in 0..args.repeats {
+                    let a = portico_run(&p, &api, &conn, server_pid, 1, args, caps).await?;
+                    eprintln!(
+                        "  run {r}: {:.1} fps (worst second {:.0}) {:.0} KiB/s latency {} ms, bridge {:.4} cores, shadow {:.4}",
+                        a.fps,
+                        a.worst_second_fps,
+                        a.kib_s,
+                        lat(&mut a.latency_ms.clone()),
+                        a.proxy_cores,
+                        a.server_cores
+                    );
+                    ours.push(a);
+                }
+                let med = |f: fn(&Sample) -> f64| median_range(ours.iter().map(f).collect()).0;
+                let mut la: Vec<f64> = ours.iter().flat_map(|s| s.latency_ms.clone()).collect();
+                let worst = ours.iter().map(|s| s.worst_second_fps).fold(f64::MAX, f64::min);
+                rows.push(format!(
+                    "| {rate} | {} | {path} | {:.1} ({worst:.0}) | {:.0} | {} | {:.4} | {:.4} |",
+                    w.name(),
+                    med(|s| s.fps),
+                    med(|s| s.kib_s),
+                    lat(&mut la),
+                    med(|s| s.proxy_cores),
+                    med(|s| s.server_cores),
                 ));
             }
         }
