@@ -1172,6 +1172,19 @@ pub struct Flow {
     bound_at: Option<f64>,
     /// The content is quiet ([`ContentRate`]): its lossless regions stay lossless ([`Flow::effort`]).
     quiet_content: bool,
+    /// A source that pushes was told to pause ([`Flow::pace`]).
+    source_paused: bool,
+}
+
+/// What a source that pushes frames the bridge can neither merge nor drop (RDP's graphics pipeline: H.264
+/// passes through, each frame refers to the last) must do ([`Flow::pace`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// The frames in flight fill the link's budget: stop sending (RDP: Suppress Output).
+    Pause,
+    /// The link has room again: send what changed meanwhile (RDP: Suppress Output lifted for the whole
+    /// desktop, which the server repaints from its own, current picture).
+    Resume,
 }
 
 /// The link counts as the bottleneck once this share of recent frames waited for room ([`Flow::link_bound`])
@@ -1196,7 +1209,36 @@ impl Flow {
             sealed: 0,
             bound_at: None,
             quiet_content: false,
+            source_paused: false,
         }
+    }
+
+    /// For a source that pushes its frames (they cannot be merged or dropped here), whether it must pause or
+    /// may resume at `now`: paused while the frames in flight fill the link's budget
+    /// ([`Flow::can_send_at`]), resumed once they no longer do. Such a source would otherwise build a queue
+    /// of its own frames on a slow link (FreeRDP's shadow server slows to one frame a second with many in
+    /// flight, but never stops), and the latency would grow with it; paused, it merges the changes itself,
+    /// as a VNC server does between update requests.
+    pub fn pace(&mut self, now: Instant) -> Option<Pace> {
+        let room = self.can_send_at(now);
+        match (self.source_paused, room) {
+            (false, false) => {
+                self.source_paused = true;
+                self.waited = true;
+                self.metrics.merged.inc();
+                Some(Pace::Pause)
+            }
+            (true, true) => {
+                self.source_paused = false;
+                Some(Pace::Resume)
+            }
+            _ => None,
+        }
+    }
+
+    /// The source was told to pause ([`Flow::pace`]) and not yet to resume.
+    pub fn source_paused(&self) -> bool {
+        self.source_paused
     }
 
     /// The content is quiet ([`ContentRate`]): the server sends it lossless, and the bridge keeps it so
@@ -1283,14 +1325,17 @@ impl Flow {
     /// How much CPU the next frame's images may cost, from the estimates: [`Effort::Compact`] when the link
     /// time it saves (the bytes it saves per pixel byte, at the link's delivery rate) exceeds the CPU time
     /// it adds (per pixel byte): below a delivery rate of `saved / added` bytes per second the link is the
-    /// bottleneck. [`Effort::Fast`] otherwise, and on a link not measured yet.
+    /// bottleneck. [`Effort::Fast`] otherwise. On a link not measured yet (before the first acknowledgement)
+    /// `Compact`: the first frames hold the whole first picture, the largest of a session (a desktop of text
+    /// was 430 KB as an RGB PNG, seconds on a 1 Mbit/s link); on a fast link the first acknowledgement
+    /// comes back after a frame or two, so that CPU is spent once.
     /// A [link-bound](Flow::link_bound) session, and one whose content is quiet
     /// ([`Flow::set_quiet_content`]), is always `Compact`.
     pub fn effort(&self) -> Effort {
         match self.link.rate() {
             _ if self.link_bound() || self.quiet_content => Effort::Compact,
             Some(rate) => self.cost_effort(rate),
-            None => Effort::Fast,
+            None => Effort::Compact,
         }
     }
 
@@ -2139,6 +2184,101 @@ mod tests {
         }
     }
 
+    /// A source that pushes a frame every 50 ms while it is not paused (RDP's graphics pipeline), on a link
+    /// of `rate` bytes/s and an 80 ms round trip, for `secs` of virtual time; with `paced`, it follows
+    /// [`Flow::pace`] (the first frame after a pause carries what changed meanwhile: `resumed` bytes).
+    /// Returns each frame's latency (sent to acknowledged) and when it was acknowledged.
+    fn push_source(rate: f64, frame: usize, resumed: usize, secs: u64, paced: bool) -> Vec<(Duration, Duration)> {
+        let rtt = Duration::from_millis(80);
+        let t0 = Instant::now();
+        let end = t0 + Duration::from_secs(secs);
+        let mut flow = Flow::new(6, DisplayMetrics::default());
+        let mut link_free = t0;
+        let mut acks: VecDeque<(Instant, u32, Instant)> = VecDeque::new();
+        let mut next_frame = Some(t0);
+        let mut after_pause = false;
+        let mut out = Vec::new();
+        loop {
+            let ack = acks.front().map(|a| a.0);
+            let room = if flow.source_paused() { flow.room_at() } else { None };
+            let Some(now) = [ack, next_frame, room].into_iter().flatten().min() else {
+                break;
+            };
+            if now >= end {
+                break;
+            }
+            if ack == Some(now) {
+                let (_, id, sent) = acks.pop_front().expect("an ack");
+                flow.on_ack(id, now);
+                out.push((now - sent, now - t0));
+            } else if next_frame == Some(now) {
+                let bytes = if std::mem::take(&mut after_pause) {
+                    resumed
+                } else {
+                    frame
+                };
+                let msgs = flow.seal(vec![sized_image(bytes)], now);
+                let ServerMsg::FrameEnd { frame_id } = msgs[msgs.len() - 1] else {
+                    unreachable!()
+                };
+                let wire: u64 = msgs.iter().map(wire_bytes).sum();
+                link_free = link_free.max(now) + Duration::from_secs_f64(wire as f64 / rate);
+                acks.push_back((link_free + rtt, frame_id, now));
+                next_frame = Some(now + Duration::from_millis(50));
+            }
+            if paced {
+                match flow.pace(now) {
+                    Some(Pace::Pause) => next_frame = None,
+                    Some(Pace::Resume) => {
+                        // The server answers at once with what changed while it was paused.
+                        next_frame = Some(now);
+                        after_pause = true;
+                    }
+                    None => {}
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_source_that_pushes_is_paused_so_the_latency_stays_bounded_in_time() {
+        // 1 Mbit/s and 4 Mbit/s, fed more than they carry (H.264 frames of 25 and 40 KB), the first one after a
+        // pause larger (what changed meanwhile).
+        for (rate, frame, resumed) in [(125_000.0, 25_000, 60_000), (500_000.0, 40_000, 100_000)] {
+            let unpaced = push_source(rate, frame, resumed, 20, false);
+            let last = unpaced.last().expect("frames").0;
+            assert!(
+                last > Duration::from_secs(3),
+                "without pausing, the queue grows on a {rate} B/s link: last latency {last:?}"
+            );
+            let paced = push_source(rate, frame, resumed, 20, true);
+            let settled: Vec<Duration> = paced
+                .iter()
+                .filter(|(_, at)| *at > Duration::from_secs(2))
+                .map(|(l, _)| *l)
+                .collect();
+            let worst = settled.iter().max().copied().expect("frames after 2 s");
+            // The budget's queue, the round trip, and the transfer of the frame in flight and of the
+            // resumed one.
+            let bound = LATENCY_TARGET
+                + Duration::from_millis(80)
+                + Duration::from_secs_f64(2.0 * resumed as f64 / rate)
+                + Duration::from_millis(100);
+            assert!(
+                worst <= bound,
+                "paced on {rate} B/s: worst latency {worst:?} over {bound:?}"
+            );
+            let fps = settled.len() as f64 / 18.0;
+            // The link does not idle while paused: at least 90 % of what it carries in resumed frames.
+            let can = rate / resumed as f64;
+            assert!(
+                fps >= 0.9 * can,
+                "paced on {rate} B/s: {fps:.2} frames/s, the link idles (it carries {can:.2} resumed frames/s)"
+            );
+        }
+    }
+
     #[test]
     fn a_frame_larger_than_the_budget_does_not_leave_the_link_idle_for_its_acknowledgement() {
         // A screen of new text at 1 Mbit/s (57 KB, twice the budget) and a repaint at 4 Mbit/s, 80 ms.
@@ -2541,9 +2681,9 @@ mod tests {
 
     #[test]
     fn the_effort_follows_the_link_not_a_fixed_threshold() {
-        // Not measured yet: fast. A 4 Mbit/s link: compact. A LAN: fast.
+        // Not measured yet: compact (the first picture). A 4 Mbit/s link: compact. A LAN: fast.
         let flow = Flow::new(6, DisplayMetrics::default());
-        assert_eq!(flow.effort(), Effort::Fast);
+        assert_eq!(flow.effort(), Effort::Compact);
         let (slow, _) = simulate(500_000.0, Duration::from_millis(80), 20_000, 5);
         assert_eq!(slow.effort(), Effort::Compact);
         let (fast, _) = simulate(50_000_000.0, Duration::from_millis(1), 20_000, 2);

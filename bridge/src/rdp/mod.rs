@@ -41,7 +41,7 @@ use portico_proto::limits::MaxDesktop;
 use portico_proto::wire::{CAPS_H264, ClientMsg, Rect, ServerMsg, Status};
 use tokio::sync::mpsc;
 
-use crate::display::{Flow, Frame, Framebuffer, bounding, cursor_msg, detect_vertical_scroll};
+use crate::display::{Flow, Frame, Framebuffer, Pace, bounding, cursor_msg, detect_vertical_scroll};
 use crate::lifecycle::{Cmd, Common, End, Lifecycle, sleep_until};
 use clipboard::{ClipEvent, MAX_CLIPBOARD_TEXT, TextClipboard, text_formats};
 pub use connect::{RdpConnectError, fingerprint};
@@ -374,6 +374,49 @@ impl Rdp {
         }
         self.send_gfx(acks).await?;
         Ok(true)
+    }
+
+    /// The graphics pipeline's frames pass through as they come (H.264 refers to the frame before it: none
+    /// can be merged or dropped), so the server itself is paced: told to suppress its output while the
+    /// frames in flight fill the link's budget, and to send the whole desktop again (only what changed,
+    /// for its encoder) once they no longer do ([`Flow::pace`]). A server without Suppress Output is paced
+    /// by the frame acknowledgements alone.
+    async fn pace_gfx(&mut self) -> Result<(), End> {
+        let Some(g) = self.gfx.as_ref() else {
+            return Ok(());
+        };
+        if !g.core.active || !self.suppress_output {
+            return Ok(());
+        }
+        let (w, h) = g.core.desktop();
+        let Some(pace) = self.flow.pace(std::time::Instant::now()) else {
+            return Ok(());
+        };
+        let desktop_rect = match pace {
+            Pace::Pause => None,
+            Pace::Resume => Some(InclusiveRectangle {
+                left: 0,
+                top: 0,
+                right: w.saturating_sub(1),
+                bottom: h.saturating_sub(1),
+            }),
+        };
+        tracing::trace!(
+            ?pace,
+            in_flight = self.flow.in_flight_bytes(),
+            "Graphics pipeline paced"
+        );
+        let mut buf = WriteBuf::new();
+        if let Err(e) = self.stage.encode_static(
+            &mut buf,
+            ironrdp_pdu::rdp::headers::ShareDataPdu::SuppressOutput(
+                ironrdp_pdu::rdp::suppress_output::SuppressOutputPdu { desktop_rect },
+            ),
+        ) {
+            tracing::debug!(error = %e.report(), "Suppress Output not encodable");
+            return Ok(());
+        }
+        self.write(buf.filled()).await
     }
 
     async fn send_gfx(&mut self, pdus: Vec<ironrdp_egfx::pdu::GfxPdu>) -> Result<(), End> {
@@ -730,7 +773,7 @@ impl Rdp {
 
     /// When the link will have drained room for the pending frame ([`crate::display::Flow::room_at`]).
     fn room_at(&self) -> Option<tokio::time::Instant> {
-        if self.frame.is_empty() {
+        if self.frame.is_empty() && !self.flow.source_paused() {
             return None;
         }
         self.flow.room_at().map(tokio::time::Instant::from_std)
@@ -940,6 +983,9 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                     if let Err(end) = rdp.pump_gfx(&mut life).await {
                         break 'session end;
                     }
+                    if let Err(end) = rdp.pace_gfx().await {
+                        break 'session end;
+                    }
                     if budget > 0 {
                         pdu = rdp.framed.read_pdu().now_or_never();
                     }
@@ -971,7 +1017,11 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                     Some(Common::Handled) => Vec::new(),
                     Some(Common::Attached(_)) => {
                         match rdp.gfx_attached(&mut life).await {
-                            Ok(true) => {}
+                            Ok(true) => {
+                                if let Err(end) = rdp.pace_gfx().await {
+                                    break end;
+                                }
+                            }
                             Ok(false) => crate::screen::send_full_picture(&mut rdp.flow, &mut rdp.fb, &mut life).await,
                             Err(end) => break end,
                         }
@@ -998,6 +1048,9 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                             if let Err(end) = rdp.gfx_acked(frame_id).await {
                                 break end;
                             }
+                            if let Err(end) = rdp.pace_gfx().await {
+                                break end;
+                            }
                             rdp.flush(&mut life).await;
                             Vec::new()
                         }
@@ -1015,6 +1068,10 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                 let Some(g) = rdp.gfx.as_mut() else { continue };
                 g.settle = None;
                 g.settled = true;
+                if rdp.flow.source_paused() {
+                    // The server is paused; lifting it asks for the whole desktop anyway.
+                    continue;
+                }
                 let (w, h) = g.core.desktop();
                 tracing::debug!(width = w, height = h, "Graphics pipeline settled: one refresh of the desktop");
                 let outputs = rdp
@@ -1027,7 +1084,12 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                 }
             }
             // A pending frame behind one larger than the budget: the link has drained room for it.
-            () = sleep_until(room) => rdp.flush(&mut life).await,
+            () = sleep_until(room) => {
+                rdp.flush(&mut life).await;
+                if let Err(end) = rdp.pace_gfx().await {
+                    break end;
+                }
+            }
             () = sleep_until(deadline) => {
                 if let Some(end) = life.expired() {
                     break end;
