@@ -63,8 +63,12 @@ const SMALL_FRAME_BYTES: u64 = 2048;
 const MIN_BUDGET_BYTES: u64 = 16 * 1024;
 /// Delivery rate samples count for this long (the largest of them is the estimate).
 const RATE_WINDOW: Duration = Duration::from_secs(5);
-/// Round trip samples count for this long (the smallest of them is the estimate).
+/// Round trip samples count for this long (the smallest of them is the estimate); then the next one with no
+/// queue of ours in it replaces it ([`LinkEstimate::on_ack`]).
 const RTT_WINDOW: Duration = Duration::from_secs(10);
+/// A round trip estimate this old (no sample without a queue of ours since) is measured again by draining
+/// the queue ([`LinkEstimate::probing`]).
+const RTT_PROBE_AFTER: Duration = Duration::from_secs(30);
 
 /// An image from the server kept as it came (a VNC server's Tight JPEG, passed through to the browser):
 /// decoded into the framebuffer only when something needs its pixels.
@@ -1009,6 +1013,8 @@ struct Sent {
     app_limited: bool,
     /// Nothing else was in flight: its round trip has no queue of ours in it.
     alone: bool,
+    /// It measures the round trip again ([`LinkEstimate::probing`]).
+    probe: bool,
 }
 
 /// The browser's link as frame acknowledgements reveal it, after BBR: the delivery rate (bytes acknowledged
@@ -1025,12 +1031,14 @@ pub struct LinkEstimate {
     rates: VecDeque<(Instant, f64)>,
     /// The smallest acknowledgement round trip of a small frame (at most [`SMALL_FRAME_BYTES`]: a typed
     /// character, the pointer), and when; for want of one, of any frame with its own transfer at the
-    /// estimated rate taken out (`sized`). Older than [`RTT_WINDOW`], it is measured again (`probing`: one
-    /// frame alone in the pipe), as BBR's ProbeRTT does: round trips measured under a standing queue would
-    /// otherwise grow the budget that makes the queue.
+    /// estimated rate taken out (`sized`). Older than [`RTT_WINDOW`], the next round trip with no queue of
+    /// ours in it replaces it even when longer (the path may have changed; see [`LinkEstimate::on_ack`]).
     small_rtt: Option<(Duration, Instant)>,
     sized_rtt: Option<(Duration, Instant)>,
+    /// The estimate is older than [`RTT_PROBE_AFTER`]: [`LinkEstimate::probing`].
     probing: bool,
+    /// The frame that measures it, once it left.
+    probe: Option<u32>,
 }
 
 impl LinkEstimate {
@@ -1041,12 +1049,39 @@ impl LinkEstimate {
 
     /// The estimated round trip without queueing (`None` before the first acknowledgement).
     pub fn min_rtt(&self) -> Option<Duration> {
-        self.small_rtt.or(self.sized_rtt).map(|(d, _)| d)
+        self.rtt_sample().map(|(d, _)| d)
     }
 
-    /// The round trip is being measured again: one frame at a time until its acknowledgement.
+    /// The round trip estimate and when it was measured: a small frame's, unless a larger frame's was
+    /// measured more than [`RTT_WINDOW`] after it (a re-measure by a larger frame).
+    fn rtt_sample(&self) -> Option<(Duration, Instant)> {
+        match (self.small_rtt, self.sized_rtt) {
+            (Some(small), Some(sized)) if sized.1.saturating_duration_since(small.1) > RTT_WINDOW => Some(sized),
+            (small, sized) => small.or(sized),
+        }
+    }
+
+    /// The round trip is measured again: no sample without a queue of ours in it came for
+    /// [`RTT_PROBE_AFTER`] (the pipe never idled), and the path may have got shorter, which the smallest
+    /// sample cannot show under the queue the old estimate allows. The next frame leaves alone into an
+    /// empty pipe ([`LinkEstimate::limit`]) and its round trip replaces the estimate; frames after it
+    /// leave as usual (they queue behind it, not ahead). The link idles for one round trip every
+    /// [`RTT_PROBE_AFTER`] (BBR's ProbeRTT drains every 10 s; the first version of this waited for the
+    /// probe's acknowledgement too: two round trips every 10 s, a dip in full-screen video).
     pub fn probing(&self) -> bool {
         self.probing
+    }
+
+    /// The round trip is measured again and its probe has not left yet.
+    fn awaits_probe(&self) -> bool {
+        self.probing && self.probe.is_none()
+    }
+
+    /// The bytes in flight under which the next frame may leave: the [budget](LinkEstimate::budget), or
+    /// none while a [probe](LinkEstimate::probing) waits to leave (it leaves into an empty pipe).
+    fn limit(&self) -> Option<u64> {
+        let budget = self.budget()?;
+        Some(if self.awaits_probe() { 0 } else { budget })
     }
 
     /// The bytes that may be in flight: what the link delivers in [`LATENCY_TARGET`] (at least two round
@@ -1065,6 +1100,10 @@ impl LinkEstimate {
             self.delivered_at = Some(now);
         }
         let app_limited = self.budget().is_some_and(|b| in_flight_bytes + bytes < b);
+        let probe = self.awaits_probe() && in_flight == 0;
+        if probe {
+            self.probe = Some(id);
+        }
         Sent {
             id,
             at: now,
@@ -1073,12 +1112,24 @@ impl LinkEstimate {
             delivered_at: self.delivered_at.unwrap_or(now),
             app_limited,
             alone: in_flight == 0,
+            probe,
         }
     }
 
     /// `acked` bytes were acknowledged at `now`, the newest of them in `last`: a rate and a round trip
     /// sample.
+    ///
+    /// A round trip estimate older than [`RTT_WINDOW`] is replaced by the next sample with no queue of ours
+    /// in it, even a longer one: a frame that went into an empty pipe, or one acknowledged later after the
+    /// previous acknowledgement than its own transfer takes (the link idled before it: a frame queued
+    /// behind another is acknowledged one transfer after it). Such samples come for free wherever the
+    /// session pauses, and wherever a path got so much longer that the budget no longer fills it (the link
+    /// idles between frames). Samples under a standing queue never replace the estimate, so the budget
+    /// cannot grow the queue that grows it. A pipe that never idles (full-screen video on a slow link) is
+    /// drained once the estimate is [`RTT_PROBE_AFTER`] old ([`LinkEstimate::probing`]).
     fn on_ack(&mut self, last: &Sent, acked: u64, now: Instant) {
+        // The previous acknowledgement (or this frame's sending into an empty pipe).
+        let previous = self.delivered_at;
         self.delivered += acked;
         self.delivered_at = Some(now);
         let mut interval = now.saturating_duration_since(last.delivered_at);
@@ -1104,6 +1155,16 @@ impl LinkEstimate {
         while self.rates.len() > 1 && self.rates.front().is_some_and(|&(t, _)| now - t > RATE_WINDOW) {
             self.rates.pop_front();
         }
+        let expired = self
+            .rtt_sample()
+            .is_some_and(|(_, at)| now.saturating_duration_since(at) > RTT_WINDOW);
+        // Queued behind the previous frame, this one would have been acknowledged one transfer after it (at
+        // the link's rate, which the estimate may exceed by a quarter: half as long again, and 5 ms of
+        // jitter).
+        let clean = last.alone
+            || previous
+                .zip(self.rate())
+                .is_some_and(|(p, r)| now.saturating_duration_since(p).as_secs_f64() > 1.5 * acked as f64 / r + 0.005);
         let raw = now.saturating_duration_since(last.at);
         let (slot, rtt) = if last.bytes <= SMALL_FRAME_BYTES {
             (&mut self.small_rtt, raw)
@@ -1115,18 +1176,24 @@ impl LinkEstimate {
                 .map_or(Duration::ZERO, |&(_, r)| Duration::from_secs_f64(last.bytes as f64 / r));
             (&mut self.sized_rtt, raw.saturating_sub(transfer))
         };
-        match *slot {
-            Some((min, at)) if rtt >= min && !(self.probing && last.alone) => {
-                if now.saturating_duration_since(at) > RTT_WINDOW {
-                    self.probing = true;
-                }
-            }
-            _ => {
-                *slot = Some((rtt, now));
-                if last.alone {
-                    self.probing = false;
-                }
-            }
+        let probe = self.probing && last.probe;
+        if slot.is_none_or(|(min, _)| rtt < min) || (expired && clean) || probe {
+            *slot = Some((rtt, now));
+        }
+        if probe {
+            self.probing = false;
+            self.probe = None;
+        } else if self.probe.is_some_and(|id| last.id > id) {
+            // The probe was acknowledged together with later frames: its round trip is lost; another one.
+            self.probe = None;
+        }
+        if self
+            .rtt_sample()
+            .is_some_and(|(_, at)| now.saturating_duration_since(at) > RTT_PROBE_AFTER)
+            && !self.probing
+        {
+            tracing::debug!(min_rtt = ?self.min_rtt(), "The round trip is measured again: the pipe drains");
+            self.probing = true;
         }
     }
 }
@@ -1290,11 +1357,11 @@ impl Flow {
         if frames == 0 {
             return true;
         }
-        if frames >= MAX_FRAMES_IN_FLIGHT || self.link.probing() {
+        if frames >= MAX_FRAMES_IN_FLIGHT {
             return false;
         }
-        match self.link.budget() {
-            Some(budget) => self.in_flight_bytes < budget,
+        match self.link.limit() {
+            Some(limit) => self.in_flight_bytes < limit,
             None => frames < INITIAL_FRAMES_IN_FLIGHT,
         }
     }
@@ -1313,7 +1380,8 @@ impl Flow {
     /// one to be asked for and encoded. One frame at most leaves early: the acknowledgements still clock
     /// the rest, so a rate estimated too high cannot build a queue.
     pub fn room_at(&self) -> Option<Instant> {
-        if self.frame_id - self.acked != 1 || self.link.probing() {
+        // A probe waits for acknowledgements: they show the queue gone.
+        if self.frame_id - self.acked != 1 || self.link.awaits_probe() {
             return None;
         }
         let excess = self.in_flight_bytes.checked_sub(self.link.budget()?)?;
@@ -2077,9 +2145,9 @@ mod tests {
     /// A link of `rate` bytes/s and round trip `rtt` (serialised at the rate, then half the round trip each
     /// way), fed frames of `frame_bytes` (every fourth one small) whenever the flow control lets one go, for
     /// `secs` of virtual time.
-    /// Returns the flow and, per frame, its latency (send to acknowledgement) and the bytes in flight
-    /// before it left.
-    fn simulate(rate: f64, rtt: Duration, frame_bytes: usize, secs: u64) -> (Flow, Vec<(Duration, u64)>) {
+    /// Returns the flow and, per frame, its latency (send to acknowledgement), the bytes in flight before it
+    /// left, and when it was acknowledged (since the start).
+    fn simulate(rate: f64, rtt: Duration, frame_bytes: usize, secs: u64) -> (Flow, Vec<(Duration, u64, Duration)>) {
         simulate_with(rate, rtt, frame_bytes, secs, false)
     }
 
@@ -2091,7 +2159,18 @@ mod tests {
         frame_bytes: usize,
         secs: u64,
         drain: bool,
-    ) -> (Flow, Vec<(Duration, u64)>) {
+    ) -> (Flow, Vec<(Duration, u64, Duration)>) {
+        simulate_path(rate, &|_| rtt, frame_bytes, secs, drain)
+    }
+
+    /// [`simulate_with`] on a path whose round trip is `rtt(t)` for a frame sent at `t` since the start.
+    fn simulate_path(
+        rate: f64,
+        rtt: &dyn Fn(Duration) -> Duration,
+        frame_bytes: usize,
+        secs: u64,
+        drain: bool,
+    ) -> (Flow, Vec<(Duration, u64, Duration)>) {
         let t0 = Instant::now();
         let mut flow = Flow::new(6, DisplayMetrics::default());
         let mut now = t0;
@@ -2111,7 +2190,9 @@ mod tests {
                 };
                 let bytes: u64 = msgs.iter().map(wire_bytes).sum();
                 link_free = link_free.max(now) + Duration::from_secs_f64(bytes as f64 / rate);
-                acks.push_back((link_free + rtt, frame_id, now, before));
+                // In order, however the path changes.
+                let at = (link_free + rtt(now - t0)).max(acks.back().map_or(now, |a| a.0));
+                acks.push_back((at, frame_id, now, before));
             }
             let next_ack = acks.front().expect("a frame in flight").0;
             if let Some(room) = flow.room_at().filter(|&r| drain && r < next_ack) {
@@ -2122,7 +2203,7 @@ mod tests {
             let (at, id, sent, before) = acks.pop_front().expect("a frame in flight");
             now = at;
             flow.on_ack(id, now);
-            out.push((now - sent, before));
+            out.push((now - sent, before, now - t0));
         }
         (flow, out)
     }
@@ -2152,6 +2233,60 @@ mod tests {
     }
 
     #[test]
+    fn the_round_trip_is_measured_again_without_periodic_gaps_in_the_frames() {
+        // Full-screen video at 4 Mbit/s and 1 Mbit/s, 80 ms, for 65 s: the pipe never idles by itself, so the
+        // round trip estimate is re-measured by draining it once it is [`RTT_PROBE_AFTER`] old; otherwise the
+        // acknowledgements come as often as the frames' transfer allows (BBR drains every 10 s, for two round
+        // trips here: a dip in the frames every 10 s).
+        for (rate, frame) in [(500_000.0, 40_000), (125_000.0, 12_000)] {
+            let rtt = Duration::from_millis(80);
+            let secs = 65;
+            let (flow, frames) = simulate_with(rate, rtt, frame, secs, true);
+            let transfer = Duration::from_secs_f64(frame as f64 / rate);
+            let gaps: Vec<Duration> = frames.windows(2).skip(20).map(|w| w[1].2 - w[0].2).collect();
+            // One frame's transfer (a small frame may precede it).
+            let wide: Vec<&Duration> = gaps
+                .iter()
+                .filter(|&&g| g > transfer + Duration::from_millis(5))
+                .collect();
+            assert!(
+                wide.len() as u64 <= secs / RTT_PROBE_AFTER.as_secs(),
+                "gaps between acknowledgements {wide:?} on a {rate} B/s link, over {transfer:?}"
+            );
+            // A probe: the pipe drains (one round trip), then the probe's transfer.
+            for &&g in &wide {
+                assert!(
+                    g <= transfer + rtt + Duration::from_millis(5),
+                    "a gap of {g:?} at a probe"
+                );
+            }
+            let min_rtt = flow.link().min_rtt().unwrap();
+            assert!(
+                min_rtt >= rtt * 3 / 4 && min_rtt <= rtt + Duration::from_millis(20),
+                "round trip {min_rtt:?} on a {rtt:?} link after {secs} s"
+            );
+        }
+    }
+
+    #[test]
+    fn a_path_whose_round_trip_changes_is_measured_again() {
+        let rate = 500_000.0;
+        // Full-screen video (the pipe never idles by itself) on a path that gets longer (measured once the
+        // estimate is older than the window: the link idles between frames), and on one that gets shorter
+        // (measured by the probe).
+        for (before, after) in [(80, 250), (250, 80)] {
+            let path = |t: Duration| Duration::from_millis(if t < Duration::from_secs(5) { before } else { after });
+            let (flow, _) = simulate_path(rate, &path, 40_000, RTT_PROBE_AFTER.as_secs() + 15, true);
+            let min_rtt = flow.link().min_rtt().unwrap().as_secs_f64() * 1000.0;
+            let after = after as f64;
+            assert!(
+                (0.75 * after..=after + 20.0).contains(&min_rtt),
+                "round trip {min_rtt:.0} ms, the path's {before} ms then {after} ms"
+            );
+        }
+    }
+
+    #[test]
     fn bytes_in_flight_stay_under_the_links_budget_so_latency_is_bounded_in_time() {
         // 4 Mbit/s and 1 Mbit/s, 80 ms: small frames (text) and large ones (a repaint).
         for (rate, frame) in [
@@ -2164,7 +2299,7 @@ mod tests {
             let (flow, frames) = simulate(rate, rtt, frame, 30);
             let budget = flow.link().budget().unwrap();
             let steady = &frames[frames.len() / 2..];
-            for &(latency, before) in steady {
+            for &(latency, before, _) in steady {
                 assert!(
                     before < budget,
                     "a frame left with {before} bytes in flight, budget {budget}"
@@ -2308,7 +2443,7 @@ mod tests {
             // rate (which the max filter may put up to a quarter above the link's).
             let queue = Duration::from_secs_f64(budget as f64 * 1.25 / rate);
             let bound = queue + rtt + Duration::from_secs_f64(frame as f64 / rate) + Duration::from_millis(10);
-            for &(latency, before) in &frames[frames.len() / 2..] {
+            for &(latency, before, _) in &frames[frames.len() / 2..] {
                 assert!(
                     latency <= bound,
                     "latency {latency:?} over {bound:?} ({frame}-byte frames at {rate} B/s)"
@@ -2998,18 +3133,24 @@ mod tests {
         rgb_jpeg(&px, width, height, 90)
     }
 
+    /// A deterministic generator for the randomized tests (xorshift64 from `seed`): a number below `n`.
+    fn xorshift(seed: u64) -> impl FnMut(u64) -> u16 {
+        let mut s = seed;
+        move |n| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % n) as u16
+        }
+    }
+
     #[test]
     fn lazy_decoding_gives_the_pixels_of_eager_decoding_whatever_the_operations() {
         // Random writes, images, fills, copies and reads on a lazy framebuffer and on one that decodes every
         // image at once: every read must be byte for byte the same.
         let (w, h) = (96u16, 64u16);
-        let mut rng = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |n: u32| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng % u64::from(n)) as u16
-        };
+        let mut rng = xorshift(0x2545_f491_4f6c_dd1d);
+        let mut next = |n: u32| rng(u64::from(n));
         for round in 0..6 {
             let (mut lazy, mut eager) = (Framebuffer::new(w, h), Framebuffer::new(w, h));
             for step in 0..300 {
@@ -3060,13 +3201,8 @@ mod tests {
         let (w, h) = (40u16, 30u16);
         let mut model = vec![0u8; usize::from(w) * usize::from(h) * 4];
         let mut fb = Framebuffer::new(w, h);
-        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |n: u16| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng % u64::from(n)) as u16
-        };
+        let mut rng = xorshift(0x9e37_79b9_7f4a_7c15);
+        let mut next = |n: u16| rng(u64::from(n));
         let at = |x: u16, y: u16| (usize::from(y) * usize::from(w) + usize::from(x)) * 4;
         for step in 0..3000u32 {
             let wide = next(2) == 0;

@@ -395,6 +395,9 @@ pub struct Canvas {
     pub fills: u64,
     pub copies: u64,
     pub jpegs: u64,
+    /// H.264 access units received (not decoded here), and their bytes.
+    pub videos: u64,
+    pub video_bytes: u64,
     pub cursor: Option<(u16, u16, usize)>,
 }
 
@@ -472,6 +475,10 @@ impl Canvas {
                 self.blit(rect, &rgba)?;
             }
             ServerMsg::Cursor { hot_x, hot_y, png } => self.cursor = Some((*hot_x, *hot_y, png.len())),
+            ServerMsg::Video { data, .. } => {
+                self.videos += 1;
+                self.video_bytes += data.len() as u64;
+            }
             ServerMsg::FrameEnd { frame_id } => {
                 self.frames += 1;
                 self.last_frame = *frame_id;
@@ -532,6 +539,28 @@ impl Screen {
             }
         }
         Ok(open)
+    }
+
+    /// Read and apply whatever comes for `span` (a window of observation, not a wait for an event).
+    pub async fn pump_for(&mut self, span: Duration) -> anyhow::Result<()> {
+        let until = tokio::time::Instant::now() + span;
+        while tokio::time::Instant::now() < until {
+            self.pump(Duration::from_millis(100)).await?;
+        }
+        Ok(())
+    }
+
+    /// A browser that stopped acknowledging acknowledges what it got: frames must flow again (five more).
+    pub async fn acknowledge_and_flow(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        self.ack = true;
+        self.term
+            .send(ClientMsg::FrameAck {
+                frame_id: self.canvas.last_frame,
+            })
+            .await?;
+        let resumed = self.canvas.frames;
+        self.until("frames after a true acknowledgement", timeout, |c| c.frames >= resumed + 5)
+            .await
     }
 
     /// Pump until `pred` holds on the canvas (error with the session's errors after `timeout`).

@@ -622,10 +622,7 @@ async fn forged_frame_acks_from_browsers_at_once_open_no_window() -> anyhow::Res
         }
         // Nothing read for 3 s, then what came.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let until = tokio::time::Instant::now() + Duration::from_secs(1);
-        while tokio::time::Instant::now() < until {
-            s.pump(Duration::from_millis(100)).await?;
-        }
+        s.pump_for(Duration::from_secs(1)).await?;
         let unacked = s.canvas.frames;
         anyhow::ensure!(
             s.term.closed.is_none() && s.term.errors.is_empty(),
@@ -633,15 +630,7 @@ async fn forged_frame_acks_from_browsers_at_once_open_no_window() -> anyhow::Res
             s.term.errors,
             s.term.closed
         );
-        // A true acknowledgement: frames flow again.
-        s.ack = true;
-        s.term
-            .send(ClientMsg::FrameAck {
-                frame_id: s.canvas.last_frame,
-            })
-            .await?;
-        s.until("frames after a true acknowledgement", WAIT, |c| c.frames >= unacked + 5)
-            .await?;
+        s.acknowledge_and_flow(WAIT).await?;
         anyhow::Ok(unacked)
     };
     let results = futures_util::future::join_all((0..6).map(|_| one())).await;

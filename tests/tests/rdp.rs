@@ -6,8 +6,8 @@
 use portico_proto::codes::CloseCode;
 use std::time::Duration;
 
-use portico_proto::wire::{ClientMsg, Credentials};
-use portico_tests::client::{Api, Screen};
+use portico_proto::wire::{CAPS_H264, ClientMsg, Credentials};
+use portico_tests::client::{Api, Screen, attach};
 use portico_tests::peers::XDisplay as _;
 use portico_tests::peers::{RdpServer, ShadowAuth, free_port, wait_for};
 use portico_tests::portico::Portico;
@@ -194,6 +194,82 @@ async fn shadow_desktop_pixels_arrive_and_follow_changes() -> anyhow::Result<()>
     let fp = c["host_key_fingerprint"].as_str().unwrap_or_default();
     assert!(fp.starts_with("SHA256:"), "no fingerprint recorded: {c}");
     Ok(())
+}
+
+/// A browser on the graphics pipeline that stops acknowledging (a frozen tab, a link gone without a close):
+/// the bridge can neither merge nor drop H.264 frames (each refers to the last), so once the frames in
+/// flight reach the flow control's cap it tells the server to pause (Suppress Output). Frames stop while the
+/// screen keeps changing (FreeRDP's shadow server, unacknowledged, only slows down), the session stays up,
+/// and an acknowledgement resumes them.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_h264_browser_that_stops_acknowledging_pauses_the_server() -> anyhow::Result<()> {
+    use portico_bridge::display::MAX_FRAMES_IN_FLIGHT;
+    let shadow = RdpServer::shadow(ShadowAuth::None, 800, 600)?;
+    shadow.x("xsetroot", &["-solid", "#203040"])?;
+    let p = Portico::start()?;
+    let api = Api::admin(&p).await?;
+    let conn = rdp_connection(&api, &shadow, "any", json!({"width": 800, "height": 600, "h264": true})).await?;
+    let (_, ws) = attach(&p, &api, &conn).await?;
+    let mut s = Screen::new(ws);
+    s.term.send(ClientMsg::Caps { flags: CAPS_H264 }).await?;
+    s.until("the first H.264 frame", WAIT, |c| c.videos >= 1).await?;
+    // The status naming the path follows the first frame.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !s.term.statuses.iter().any(|st| st.graphics.as_deref() == Some("h264")) {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "not on the graphics pipeline: {:?}",
+            s.term.statuses
+        );
+        s.pump(Duration::from_millis(100)).await?;
+    }
+    // The screen changes continuously (bounded: 8000 colour changes).
+    let _painter = shadow.spawn(
+        "sh",
+        &[
+            "-c",
+            "for i in $(seq 1 4000); do xsetroot -solid '#ff0000'; xsetroot -solid '#0000ff'; done",
+        ],
+    )?;
+    let flowing = s.canvas.frames;
+    s.until("frames of the changing screen", WAIT, |c| c.frames >= flowing + 5)
+        .await?;
+    // The browser stops acknowledging: the frames in flight grow to the cap (the loopback link's byte
+    // budget is far larger), and the bridge pauses the server there.
+    s.ack = false;
+    let stopped = s.canvas.frames;
+    let cap = MAX_FRAMES_IN_FLIGHT;
+    s.until(
+        "the flow control's cap of frames in flight",
+        Duration::from_secs(60),
+        |c| c.frames >= stopped + cap,
+    )
+    .await?;
+    // What the server had on its way when it was told still arrives; then nothing for 3 s.
+    s.pump_for(Duration::from_secs(1)).await?;
+    let (paused, paused_bytes) = (s.canvas.frames, s.canvas.video_bytes);
+    s.pump_for(Duration::from_secs(3)).await?;
+    let (more, more_bytes) = (s.canvas.frames - paused, s.canvas.video_bytes - paused_bytes);
+    println!(
+        "unacknowledged: {} frames before the pause settled, then {more} ({more_bytes} bytes of H.264) in 3 s",
+        paused - stopped
+    );
+    assert!(
+        more == 0,
+        "{more} frames ({more_bytes} bytes) kept coming to a browser that acknowledges nothing"
+    );
+    assert!(
+        paused - stopped <= cap + 2,
+        "{} frames went to a browser that acknowledges nothing (cap {cap})",
+        paused - stopped
+    );
+    anyhow::ensure!(
+        s.term.closed.is_none() && s.term.errors.is_empty(),
+        "the session ended: {:?} {:?}",
+        s.term.errors,
+        s.term.closed
+    );
+    s.acknowledge_and_flow(WAIT).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -348,23 +348,11 @@ async fn a_browser_that_does_not_acknowledge_gets_no_more_frames() -> anyhow::Re
             "for i in $(seq 1 1500); do xsetroot -solid '#ff0000'; xsetroot -solid '#0000ff'; done",
         ],
     )?;
-    let until = tokio::time::Instant::now() + Duration::from_secs(3);
-    while tokio::time::Instant::now() < until {
-        s.pump(Duration::from_millis(100)).await?;
-    }
+    s.pump_for(Duration::from_secs(3)).await?;
     let unacked = s.canvas.frames;
     assert!(unacked >= 1, "no frame at all");
     assert!(unacked <= 2, "{unacked} frames sent without acknowledgement");
-    // Acknowledge: frames flow again.
-    s.ack = true;
-    s.term
-        .send(ClientMsg::FrameAck {
-            frame_id: s.canvas.last_frame,
-        })
-        .await?;
-    s.until("frames after the acknowledgement", WAIT, |c| c.frames >= unacked + 5)
-        .await?;
-    Ok(())
+    s.acknowledge_and_flow(WAIT).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

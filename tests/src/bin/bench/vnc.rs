@@ -182,6 +182,8 @@ pub struct Sample {
     pub latency_ms: Vec<f64>,
     /// The fewest frames in one second of the window (per session).
     pub worst_second_fps: f64,
+    /// Frames in each second of the window (per session).
+    pub per_second: Vec<f64>,
 }
 
 /// Measure over the window: proxy and Xvnc CPU, bytes and frames per session.
@@ -201,14 +203,15 @@ async fn window(proxy_pid: u32, server_pid: u32, counters: &[Arc<Counters>], arg
         Instant::now(),
     );
     // Frames per second, second by second: a periodic dip shows in the worst one.
-    let mut worst_second_fps = f64::MAX;
+    let mut per_second = Vec::new();
     let mut last = f0;
     for s in 1..=args.window {
         tokio::time::sleep_until((t0 + Duration::from_secs(s)).into()).await;
         let now = total(frames);
-        worst_second_fps = worst_second_fps.min((now - last) as f64 / counters.len() as f64);
+        per_second.push((now - last) as f64 / counters.len() as f64);
         last = now;
     }
+    let worst_second_fps = per_second.iter().copied().fold(f64::MAX, f64::min);
     let secs = t0.elapsed().as_secs_f64();
     let (p1, s1, b1, f1, v1) = (
         tree_ticks(proxy_pid),
@@ -245,6 +248,7 @@ async fn window(proxy_pid: u32, server_pid: u32, counters: &[Arc<Counters>], arg
         } else {
             worst_second_fps
         },
+        per_second,
     }
 }
 
@@ -843,6 +847,18 @@ pub async fn run_links(args: &Args) -> anyhow::Result<Vec<String>> {
                     b.fps,
                     b.kib_s,
                     lat(&mut b.latency_ms.clone())
+                );
+                let series = |s: &Sample| {
+                    s.per_second
+                        .iter()
+                        .map(|f| format!("{f:.0}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                eprintln!(
+                    "    frames per second: portico {}; websockify {}",
+                    series(&a),
+                    series(&b)
                 );
                 ours.push(a);
                 theirs.push(b);
