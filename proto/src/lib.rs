@@ -7,6 +7,7 @@ pub mod control;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;
+pub mod recording;
 pub mod rfb;
 pub mod secret;
 pub mod token;

@@ -559,8 +559,10 @@ impl Screen {
             })
             .await?;
         let resumed = self.canvas.frames;
-        self.until("frames after a true acknowledgement", timeout, |c| c.frames >= resumed + 5)
-            .await
+        self.until("frames after a true acknowledgement", timeout, |c| {
+            c.frames >= resumed + 5
+        })
+        .await
     }
 
     /// Pump until `pred` holds on the canvas (error with the session's errors after `timeout`).
