@@ -223,12 +223,17 @@ async fn an_h264_browser_that_stops_acknowledging_pauses_the_server() -> anyhow:
         );
         s.pump(Duration::from_millis(100)).await?;
     }
-    // The screen changes continuously (bounded: 8000 colour changes).
+    // The screen changes continuously: an xterm printing a line 20 times a second (bounded: 3000 lines,
+    // 150 s; one small process per line, so the painter loads the machine little).
     let _painter = shadow.spawn(
-        "sh",
+        "xterm",
         &[
+            "-geometry",
+            "80x24+0+0",
+            "-e",
+            "sh",
             "-c",
-            "for i in $(seq 1 4000); do xsetroot -solid '#ff0000'; xsetroot -solid '#0000ff'; done",
+            "i=0; while [ $i -lt 3000 ]; do echo line $i; i=$((i+1)); sleep 0.05; done",
         ],
     )?;
     let flowing = s.canvas.frames;

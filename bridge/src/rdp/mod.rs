@@ -263,14 +263,15 @@ struct GfxPath {
     decoded: u32,
     /// The H.264 path was reported to the browser.
     reported: bool,
-    /// Armed by the pipeline's first frame, pushed back by every later one: when the server has been quiet
-    /// for [`SETTLE`], the bridge asks once for a refresh of the whole desktop (see [`SETTLE`]).
+    /// Armed by the pipeline's first PDU (its capabilities confirmed), pushed back by every frame: when the
+    /// server has been quiet for [`SETTLE`], the bridge asks once for a refresh of the whole desktop (see
+    /// [`SETTLE`]).
     settle: Option<tokio::time::Instant>,
     settled: bool,
 }
 
-/// How long the graphics pipeline stays quiet after its first frames before the bridge asks the server for
-/// one refresh. FreeRDP 2's shadow server can lose the screen's first changes when its client thread is
+/// How long the graphics pipeline stays quiet after it started or after its first frames before the bridge
+/// asks the server for one refresh. FreeRDP 2's shadow server can lose the screen's first changes when its client thread is
 /// slow (its capture clears damage that was not yet consumed) and then sends nothing while the screen
 /// stays still: the browser would keep a stale first picture. One refresh at the start costs one frame
 /// (the server's encoder skips what did not change) and makes the first picture right.
@@ -284,6 +285,12 @@ impl Rdp {
             return Ok(());
         };
         let pdus: Vec<_> = g.queue.lock().map(|mut q| q.drain(..).collect()).unwrap_or_default();
+        if !pdus.is_empty() && !g.settled && g.settle.is_none() {
+            // The pipeline started (its capabilities confirmed): a server that then sends no frame at all is
+            // asked for the desktop once too (the shadow server under load lost its whole first picture, and
+            // a still screen never sent another).
+            g.settle = Some(tokio::time::Instant::now() + SETTLE);
+        }
         let before = g.core.desktop();
         for pdu in pdus {
             for out in g.core.handle(pdu) {
