@@ -63,11 +63,11 @@ const SMALL_FRAME_BYTES: u64 = 2048;
 const MIN_BUDGET_BYTES: u64 = 16 * 1024;
 /// Delivery rate samples count for this long (the largest of them is the estimate).
 const RATE_WINDOW: Duration = Duration::from_secs(5);
-/// Round trip samples count for this long (the smallest of them is the estimate); then the next one with no
-/// queue of ours in it replaces it ([`LinkEstimate::on_ack`]).
+/// A small frame's round trip is preferred to a larger frame's unless the larger one's was measured this
+/// much later ([`LinkEstimate::min_rtt`]).
 const RTT_WINDOW: Duration = Duration::from_secs(10);
-/// A round trip estimate this old (no sample without a queue of ours since) is measured again by draining
-/// the queue ([`LinkEstimate::probing`]).
+/// A round trip estimate this old (no smaller sample since) is measured again by draining the queue
+/// ([`LinkEstimate::probing`]).
 const RTT_PROBE_AFTER: Duration = Duration::from_secs(30);
 
 /// An image from the server kept as it came (a VNC server's Tight JPEG, passed through to the browser):
@@ -1031,8 +1031,8 @@ pub struct LinkEstimate {
     rates: VecDeque<(Instant, f64)>,
     /// The smallest acknowledgement round trip of a small frame (at most [`SMALL_FRAME_BYTES`]: a typed
     /// character, the pointer), and when; for want of one, of any frame with its own transfer at the
-    /// estimated rate taken out (`sized`). Older than [`RTT_WINDOW`], the next round trip with no queue of
-    /// ours in it replaces it even when longer (the path may have changed; see [`LinkEstimate::on_ack`]).
+    /// estimated rate taken out (`sized`). Older than [`RTT_PROBE_AFTER`], it is measured again
+    /// ([`LinkEstimate::probing`]).
     small_rtt: Option<(Duration, Instant)>,
     sized_rtt: Option<(Duration, Instant)>,
     /// The estimate is older than [`RTT_PROBE_AFTER`]: [`LinkEstimate::probing`].
@@ -1061,9 +1061,9 @@ impl LinkEstimate {
         }
     }
 
-    /// The round trip is measured again: no sample without a queue of ours in it came for
-    /// [`RTT_PROBE_AFTER`] (the pipe never idled), and the path may have got shorter, which the smallest
-    /// sample cannot show under the queue the old estimate allows. The next frame leaves alone into an
+    /// The round trip is measured again: the estimate is [`RTT_PROBE_AFTER`] old, and the path may have
+    /// changed (a shorter one cannot show under the queue the old estimate allows; a longer one never gives
+    /// a smaller sample). The next frame leaves alone into an
     /// empty pipe ([`LinkEstimate::limit`]) and its round trip replaces the estimate; frames after it
     /// leave as usual (they queue behind it, not ahead). The link idles for one round trip every
     /// [`RTT_PROBE_AFTER`] (BBR's ProbeRTT drains every 10 s; the first version of this waited for the
@@ -1117,19 +1117,11 @@ impl LinkEstimate {
     }
 
     /// `acked` bytes were acknowledged at `now`, the newest of them in `last`: a rate and a round trip
-    /// sample.
-    ///
-    /// A round trip estimate older than [`RTT_WINDOW`] is replaced by the next sample with no queue of ours
-    /// in it, even a longer one: a frame that went into an empty pipe, or one acknowledged later after the
-    /// previous acknowledgement than its own transfer takes (the link idled before it: a frame queued
-    /// behind another is acknowledged one transfer after it). Such samples come for free wherever the
-    /// session pauses, and wherever a path got so much longer that the budget no longer fills it (the link
-    /// idles between frames). Samples under a standing queue never replace the estimate, so the budget
-    /// cannot grow the queue that grows it. A pipe that never idles (full-screen video on a slow link) is
-    /// drained once the estimate is [`RTT_PROBE_AFTER`] old ([`LinkEstimate::probing`]).
+    /// sample. Only a smaller round trip or a probe's ([`LinkEstimate::probing`]) replaces the estimate:
+    /// samples under a standing queue never do, so the budget cannot grow the queue that grows it. (A
+    /// longer sample taken as clean because the acknowledgements paused before it let a browser's stall
+    /// in: the page's decoding delays its acknowledgements.)
     fn on_ack(&mut self, last: &Sent, acked: u64, now: Instant) {
-        // The previous acknowledgement (or this frame's sending into an empty pipe).
-        let previous = self.delivered_at;
         self.delivered += acked;
         self.delivered_at = Some(now);
         let mut interval = now.saturating_duration_since(last.delivered_at);
@@ -1155,16 +1147,6 @@ impl LinkEstimate {
         while self.rates.len() > 1 && self.rates.front().is_some_and(|&(t, _)| now - t > RATE_WINDOW) {
             self.rates.pop_front();
         }
-        let expired = self
-            .rtt_sample()
-            .is_some_and(|(_, at)| now.saturating_duration_since(at) > RTT_WINDOW);
-        // Queued behind the previous frame, this one would have been acknowledged one transfer after it (at
-        // the link's rate, which the estimate may exceed by a quarter: half as long again, and 5 ms of
-        // jitter).
-        let clean = last.alone
-            || previous
-                .zip(self.rate())
-                .is_some_and(|(p, r)| now.saturating_duration_since(p).as_secs_f64() > 1.5 * acked as f64 / r + 0.005);
         let raw = now.saturating_duration_since(last.at);
         let (slot, rtt) = if last.bytes <= SMALL_FRAME_BYTES {
             (&mut self.small_rtt, raw)
@@ -1177,7 +1159,7 @@ impl LinkEstimate {
             (&mut self.sized_rtt, raw.saturating_sub(transfer))
         };
         let probe = self.probing && last.probe;
-        if slot.is_none_or(|(min, _)| rtt < min) || (expired && clean) || probe {
+        if slot.is_none_or(|(min, _)| rtt < min) || probe {
             *slot = Some((rtt, now));
         }
         if probe {
