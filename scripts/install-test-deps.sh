@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEB_PACKAGES="haproxy patroni etcd-server docker.io debootstrap iproute2 xrdp xorgxrdp freerdp2-x11 freerdp2-shadow-x11 winpr-utils openssl openssh-server openssh-client sshpass postgresql-15 postgresql-client-15 chromium fonts-dejavu-core curl procps ca-certificates nodejs npm tigervnc-standalone-server tigervnc-tools x11-xserver-utils x11vnc xvfb xterm xfonts-base xdotool xclip imagemagick python3-tk x11-utils slapd ldap-utils rsyslog rsyslog-openssl prometheus gnuplot-nox"
+DEB_PACKAGES="haproxy patroni etcd-server docker.io debootstrap iproute2 xrdp xorgxrdp freerdp2-x11 freerdp2-shadow-x11 winpr-utils openssl openssh-server openssh-client sshpass postgresql-15 postgresql-client-15 chromium fonts-dejavu-core curl procps ca-certificates nodejs npm tigervnc-standalone-server tigervnc-tools x11-xserver-utils x11vnc xvfb xterm xfonts-base xdotool xclip imagemagick python3-tk x11-utils slapd ldap-utils rsyslog rsyslog-openssl prometheus gnuplot-nox asciinema"
 
 missing=()
 for p in $DEB_PACKAGES; do

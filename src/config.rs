@@ -150,6 +150,15 @@ pub struct Settings {
     /// Bearer token a scrape of --metrics-listen must send (`Authorization: Bearer TOKEN`); default: none.
     #[arg(long, global = true, env = "PORTICO_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// Recording storage: bridges write the recordings of connections whose policy records them here
+    /// (`<session id>.portrec`), webapps serve them from here; shared storage (NFS, a volume) when they run
+    /// on different machines. Default: `<data-dir>/recordings` for the all-in-one and the webapp, none for
+    /// a bridge on its own (it then refuses sessions that must be recorded).
+    #[arg(long, global = true, env = "PORTICO_RECORDING_DIR")]
+    pub recording_dir: Option<PathBuf>,
+    /// Days recordings are kept before the webapps remove them (default 90; 0: forever).
+    #[arg(long, global = true, env = "PORTICO_RECORDING_RETENTION_DAYS")]
+    pub recording_retention_days: Option<u64>,
 }
 
 macro_rules! merge {
@@ -203,7 +212,9 @@ impl Settings {
             shutdown_delay_secs,
             control_plane_grace_secs,
             metrics_listen,
-            metrics_token
+            metrics_token,
+            recording_dir,
+            recording_retention_days
         );
         Ok(self)
     }
@@ -227,6 +238,13 @@ impl Settings {
             f.shutdown_delay = Duration::from_secs(s.min(300));
         }
         Ok(f)
+    }
+
+    /// The recording storage of a webapp (and the all-in-one's bridge).
+    pub fn recording_dir(&self) -> PathBuf {
+        self.recording_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("recordings"))
     }
 
     pub fn data_dir(&self) -> PathBuf {

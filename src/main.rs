@@ -196,6 +196,10 @@ async fn webapp_state(settings: &Settings, public_url: &str) -> anyhow::Result<A
     if let Some(s) = settings.agent_heartbeat_secs {
         cfg.agent_heartbeat = Duration::from_secs(s.max(1));
     }
+    cfg.recording_dir = Some(settings.recording_dir());
+    if let Some(d) = settings.recording_retention_days {
+        cfg.recording_retention_days = d;
+    }
     if let Some(d) = settings.event_retention_days {
         cfg.event_retention_days = d;
     }
@@ -233,6 +237,7 @@ fn bridge_config(settings: &Settings, zone: String) -> anyhow::Result<BridgeConf
         );
     }
     config.route = settings.bridge_route.clone();
+    config.recording_dir = settings.recording_dir.clone();
     if let Some(s) = settings.control_plane_grace_secs {
         config.control_plane_grace = (s > 0).then(|| Duration::from_secs(s));
     }
@@ -250,7 +255,9 @@ async fn all_in_one(settings: Settings) -> anyhow::Result<()> {
     let (listener, url) = bind(&settings).await?;
     let state = webapp_state(&settings, &url).await?;
     let draining_flag = state.draining.clone();
-    let config = bridge_config(&settings, state.config.zone.clone())?;
+    let mut config = bridge_config(&settings, state.config.zone.clone())?;
+    // The embedded bridge records where the webapp reads.
+    config.recording_dir = state.config.recording_dir.clone();
     let control = local::LocalControl::register(
         portico_webapp::Internal::new(state.clone()),
         state.config.node_secret.expose(),

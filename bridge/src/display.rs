@@ -37,6 +37,20 @@ const MIN_REPAINT_BYTES: usize = 256 * 1024;
 /// A frame with at most this many bytes of pixels to encode (a typed character, a blinking cursor) is encoded
 /// where it is built: handing it to the encoder pool costs more (thread wake-ups) than encoding it.
 const INLINE_ENCODE_BYTES: usize = 64 * 1024;
+/// A server update with at most this many bytes (a few tiles) is decoded where it arrives; a larger one is
+/// decoded after the worker has handed its other tasks to another thread ([`off_worker`]).
+pub const INLINE_DECODE_BYTES: usize = 16 * 1024;
+
+/// Run CPU-bound work of a session task (decoding a large server update) without holding up the worker's
+/// other tasks: on the multi-thread runtime the worker first hands them (heartbeats, other sessions) to
+/// another thread. Elsewhere (a current-thread runtime, no runtime) it just runs.
+pub fn off_worker<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Frames in flight while the link is not yet measured (no acknowledgement so far).
 pub const INITIAL_FRAMES_IN_FLIGHT: u32 = 2;
 /// Never more frames in flight than this, however fast the link (each holds the bridge's bookkeeping).

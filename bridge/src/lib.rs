@@ -11,6 +11,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod pool;
 pub mod rdp;
+pub mod recorder;
 pub mod screen;
 pub mod session;
 pub mod ssh;
@@ -49,6 +50,9 @@ pub struct BridgeConfig {
     /// This bridge's route at the load balancer: the webapp assigns it sessions whose WebSocket URL names
     /// it (`/bridge/v1/at/{route}/ws`). `None`: it gets only unassigned sessions.
     pub route: Option<String>,
+    /// Where the sessions whose connection's policy records them are recorded (`<id>.portrec`): storage
+    /// the webapps read too. `None`: such sessions are refused (`recording_unavailable`).
+    pub recording_dir: Option<std::path::PathBuf>,
 }
 
 impl BridgeConfig {
@@ -60,6 +64,7 @@ impl BridgeConfig {
             max_desktop: MaxDesktop::DEFAULT,
             control_plane_grace: Some(Duration::from_secs(300)),
             route: None,
+            recording_dir: None,
         }
     }
 }
@@ -227,9 +232,22 @@ impl Bridge {
                     draining: bridge.draining.load(std::sync::atomic::Ordering::SeqCst),
                     stopping: false,
                 };
+                let asked = std::time::Instant::now();
                 match bridge.control.sync(&req).await {
                     Ok(res) => {
-                        watch.reached(std::time::Instant::now());
+                        let now = std::time::Instant::now();
+                        let silent = watch.unreachable_for(now);
+                        if !req.sessions.is_empty() && silent > HEARTBEAT_LATE {
+                            // The control plane judges this bridge down after a few seconds of silence:
+                            // say where the time went (the round trip, or this runtime before it).
+                            tracing::warn!(
+                                silent_ms = silent.as_millis() as u64,
+                                round_trip_ms = now.saturating_duration_since(asked).as_millis() as u64,
+                                sessions = req.sessions.len(),
+                                "Heartbeat late"
+                            );
+                        }
+                        watch.reached(now);
                         if let Some(order) = &res.drain {
                             bridge.drain(order.deadline_unix);
                         }
@@ -274,6 +292,9 @@ impl Bridge {
         })
     }
 }
+
+/// A heartbeat this long after the last one is logged (the control plane calls a bridge down after 4 s).
+const HEARTBEAT_LATE: Duration = Duration::from_secs(2);
 
 /// A drain without a deadline: the live sessions run to their own end.
 const DRAIN_FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -341,7 +362,7 @@ mod tests {
     /// module graph has no cycles: dispatch (`session`) above the protocols, the protocols above the shared
     /// lifecycle and the display core, which use neither each other nor anything above them.
     const LAYERS: &[&[&str]] = &[
-        &["pool", "control", "ssh"],
+        &["pool", "control", "ssh", "recorder"],
         &["metrics"],
         &["display", "lifecycle"],
         &["screen", "terminal"],

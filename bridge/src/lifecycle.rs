@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::control::ControlPlane;
 use crate::metrics::SessionMetrics;
+use crate::recorder::Recorder;
 
 /// Messages queued towards one browser before the actor switches to repaint mode.
 pub const CLIENT_QUEUE: usize = 64;
@@ -234,6 +235,10 @@ pub struct Lifecycle {
     /// What the attached browser said it can do (`CAPS`, e.g. [`portico_proto::wire::CAPS_H264`]); `None`
     /// until it says (older clients never do).
     pub caps: Option<u32>,
+    /// The session's recording, when its connection's policy records it: every message sent to the
+    /// browser goes in (terminal output as the server produced it: [`Lifecycle::record_output`]), and the
+    /// browser's messages that the policy keeps.
+    pub recorder: Option<Recorder>,
 }
 
 impl Lifecycle {
@@ -257,6 +262,7 @@ impl Lifecycle {
             waiting,
             max_desktop,
             caps: None,
+            recorder: None,
         }
     }
 
@@ -307,6 +313,7 @@ impl Lifecycle {
             resume_token: resume,
             grace_seconds: self.claims.grace,
             reattached,
+            recording: self.recorder.is_some(),
         }));
         self.client = Some(client);
         self.caps = None;
@@ -328,6 +335,11 @@ impl Lifecycle {
     /// Queue a message for the browser without waiting; a full queue marks the session as lagging.
     pub fn send(&mut self, msg: ServerMsg) -> bool {
         let Some(c) = &self.client else { return false };
+        if let Some(r) = self.recorder.as_mut()
+            && records_as_sent(&msg)
+        {
+            r.output(&msg);
+        }
         match c.try_send(msg) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -345,6 +357,11 @@ impl Lifecycle {
     /// than 5 s is treated as gone.
     pub async fn send_wait(&mut self, msg: ServerMsg) -> bool {
         let Some(c) = &self.client else { return false };
+        if let Some(r) = self.recorder.as_mut()
+            && records_as_sent(&msg)
+        {
+            r.output(&msg);
+        }
         match tokio::time::timeout(Duration::from_secs(5), c.send(msg)).await {
             Ok(Ok(())) => true,
             _ => {
@@ -474,6 +491,9 @@ impl Lifecycle {
     /// even when it ended the session itself (`from_control`): the report carries the session's traffic.
     pub async fn finish(mut self, code: CloseCode, reason: String, from_control: bool) {
         tracing::info!(code = code.as_str(), %reason, "Session ended");
+        if let Some(r) = self.recorder.take() {
+            r.finish().await;
+        }
         self.live.metrics.ended(code);
         self.live.set_end(code, &reason);
         if let Some(c) = self.client.take() {
@@ -497,22 +517,12 @@ impl Lifecycle {
                 self.detach();
                 Common::Handled
             }
-            Cmd::Client { generation, msg } if generation == self.generation => match msg {
-                ClientMsg::Ping(p) => {
-                    self.send(ServerMsg::Pong(p));
-                    Common::Handled
+            Cmd::Client { generation, msg } if generation == self.generation => {
+                if let Some(r) = self.recorder.as_mut() {
+                    r.input(&msg);
                 }
-                ClientMsg::Caps { flags } => {
-                    self.caps = Some(flags);
-                    Common::Handled
-                }
-                ClientMsg::Disconnect => Common::End(End {
-                    code: CloseCode::Ended,
-                    reason: "closed by the user".into(),
-                    from_control: false,
-                }),
-                msg => Common::Input(msg),
-            },
+                self.client_msg(msg)
+            }
             Cmd::End {
                 code,
                 reason,
@@ -526,6 +536,39 @@ impl Lifecycle {
             Cmd::Client { .. } | Cmd::Detach { .. } => Common::Handled,
         }
     }
+
+    /// Terminal output as the server produced it, for the recording (the browser may get it later as a
+    /// repaint, or not at all while detached).
+    pub fn record_output(&mut self, msg: &ServerMsg) {
+        if let Some(r) = self.recorder.as_mut() {
+            r.output(msg);
+        }
+    }
+
+    fn client_msg(&mut self, msg: ClientMsg) -> Common {
+        match msg {
+            ClientMsg::Ping(p) => {
+                self.send(ServerMsg::Pong(p));
+                Common::Handled
+            }
+            ClientMsg::Caps { flags } => {
+                self.caps = Some(flags);
+                Common::Handled
+            }
+            ClientMsg::Disconnect => Common::End(End {
+                code: CloseCode::Ended,
+                reason: "closed by the user".into(),
+                from_control: false,
+            }),
+            msg => Common::Input(msg),
+        }
+    }
+}
+
+/// Messages recorded as they are sent: all but terminal output (recorded as the server produced it, so a
+/// repaint for a browser that was behind is not recorded twice) and pongs.
+fn records_as_sent(msg: &ServerMsg) -> bool {
+    !matches!(msg, ServerMsg::TermOutput(_) | ServerMsg::Pong(_))
 }
 
 /// The result of [`Lifecycle::common`].

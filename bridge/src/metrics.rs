@@ -43,6 +43,8 @@ pub struct BridgeMetrics {
     frames_merged: CounterVec,
     passthrough_images: CounterVec,
     passthrough_decoded: CounterVec,
+    recorded_bytes: CounterVec,
+    recording_dropped: CounterVec,
     encoder_waiting: Gauge,
     encoder_busy: Gauge,
     encoder_width: Gauge,
@@ -150,6 +152,16 @@ impl BridgeMetrics {
                 "Passed-through images the bridge had to decode after all (their pixels were read: a copy, a region re-encoded over them, a full picture for a reattach).",
                 &["protocol"],
             ),
+            recorded_bytes: r.counter_vec(
+                "portico_bridge_recorded_bytes_total",
+                "Bytes appended to session recordings (chunks written to the recording storage).",
+                &["protocol"],
+            ),
+            recording_dropped: r.counter_vec(
+                "portico_bridge_recording_dropped_total",
+                "Messages left out of a recording because its queue to the storage was full (the recording has a gap until its next keyframe).",
+                &["protocol"],
+            ),
             encoder_waiting: r.gauge(
                 "portico_bridge_encoder_queue_depth",
                 "Image encode/decode jobs waiting for the encoder pool.",
@@ -183,6 +195,8 @@ impl BridgeMetrics {
             ended: Some(self.sessions_ended.clone()),
             to_browser: self.bytes_to_browser.with(&p),
             from_browser: self.bytes_from_browser.with(&p),
+            recorded: self.recorded_bytes.with(&p),
+            recording_dropped: self.recording_dropped.with(&p),
             // Terminals have no frames.
             display: match protocol {
                 Protocol::Ssh => DisplayMetrics::default(),
@@ -211,6 +225,8 @@ pub struct SessionMetrics {
     ended: Option<CounterVec>,
     pub to_browser: Counter,
     pub from_browser: Counter,
+    pub recorded: Counter,
+    pub recording_dropped: Counter,
     pub display: DisplayMetrics,
 }
 

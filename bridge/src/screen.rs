@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use crate::display::{Flow, Frame, Framebuffer, encode_full};
 use crate::lifecycle::Lifecycle;
+use portico_proto::wire::ServerMsg;
 
 /// Encode and send `frame` (nothing when no browser is attached: a reattach gets the full picture).
 pub async fn send_frame(flow: &mut Flow, frame: Frame, fb: &mut Framebuffer, life: &mut Lifecycle) {
@@ -18,6 +19,29 @@ pub async fn send_frame(flow: &mut Flow, frame: Frame, fb: &mut Framebuffer, lif
     }
     for m in flow.seal(msgs, Instant::now()) {
         life.send_wait(m).await;
+    }
+    record_keyframe(flow, fb, life).await;
+}
+
+/// A keyframe for the session's recording when it wants one: the size and the whole screen, encoded as a
+/// reattach gets it (on the shared encoder pool, off the session's task).
+pub async fn record_keyframe(flow: &Flow, fb: &mut Framebuffer, life: &mut Lifecycle) {
+    if !life.recorder.as_ref().is_some_and(|r| r.wants_keyframe()) {
+        return;
+    }
+    let Some(image) = encode_full(fb, flow.quality()).await else {
+        return;
+    };
+    let full = fb.full();
+    let state = [
+        ServerMsg::DisplaySize {
+            width: full.width,
+            height: full.height,
+        },
+        image,
+    ];
+    if let Some(r) = life.recorder.as_mut() {
+        r.keyframe(None, &state);
     }
 }
 

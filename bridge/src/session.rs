@@ -3,12 +3,14 @@
 //! most one attached browser. The protocols build on [`crate::lifecycle`]; nothing below imports this module.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use portico_proto::codes::CloseCode;
 use portico_proto::control::Target;
 use portico_proto::limits::MaxDesktop;
+use portico_proto::recording::Meta;
 use portico_proto::token::{Protocol, SessionClaims};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
@@ -18,6 +20,7 @@ use tokio::time::Instant;
 use crate::control::ControlPlane;
 use crate::lifecycle::{Lifecycle, LiveSession};
 use crate::metrics::BridgeMetrics;
+use crate::recorder::{Recorder, RecorderError};
 
 /// An ended session, remembered for one grace period: a browser that was away when it ended and comes
 /// back with its resume token hears why instead of being refused without a reason.
@@ -113,6 +116,7 @@ pub fn spawn(
     claims: SessionClaims,
     target: Target,
     max_desktop: MaxDesktop,
+    recording_dir: Option<PathBuf>,
 ) -> Arc<LiveSession> {
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let metrics = registry.metrics.session(target.protocol);
@@ -128,6 +132,20 @@ pub fn spawn(
         // Counted live until the actor is over, whichever way it ends.
         let _live = LiveGauge::up(life.live.metrics.live.clone());
         let actor = async move {
+            let (mut life, mut cmd_rx) = (life, cmd_rx);
+            if target.settings.recording.records() {
+                match start_recording(&life, &target, recording_dir.as_deref()).await {
+                    Ok(r) => life.recorder = Some(r),
+                    Err(e) => {
+                        // Fail closed: a session the policy records is not connected unrecorded.
+                        tracing::error!(error = %e, "Cannot record the session: not connecting it");
+                        if let Some(end) = life.wait_first_attach(&mut cmd_rx).await {
+                            return life.end(end).await;
+                        }
+                        return life.fail(CloseCode::RecordingUnavailable, e.to_string()).await;
+                    }
+                }
+            }
             match target.protocol {
                 Protocol::Ssh => crate::terminal::run(life, target, cmd_rx).await,
                 Protocol::Vnc => crate::vnc::run(life, target, cmd_rx).await,
@@ -154,6 +172,34 @@ pub fn spawn(
         registry.remove(&id, grace);
     });
     live
+}
+
+/// Open the recording of a session whose connection's policy records it.
+async fn start_recording(
+    life: &Lifecycle,
+    target: &Target,
+    dir: Option<&std::path::Path>,
+) -> Result<Recorder, RecorderError> {
+    let dir = dir.ok_or(RecorderError::NoStorage)?;
+    let meta = Meta {
+        session_id: life.claims.sid.clone(),
+        connection_id: target.connection_id.clone(),
+        protocol: if target.workspace_pending {
+            "workspace".into()
+        } else {
+            life.claims.proto.as_str().into()
+        },
+        user: life.claims.sub.clone(),
+        started_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        input: target.settings.recording.input(),
+    };
+    let m = &life.live.metrics;
+    let r = Recorder::start(dir, &meta, m.recorded.clone(), m.recording_dropped.clone()).await?;
+    tracing::info!(input = meta.input, "Recording the session");
+    Ok(r)
 }
 
 /// How long an actor may take to begin ending after the order to end (a DELETE, a drain's deadline, the

@@ -36,6 +36,24 @@ impl Terminal {
         out
     }
 
+    /// A keyframe for the recording when it wants one: the size, and the screen drawn on a reset terminal.
+    fn record_keyframe(&self, life: &mut Lifecycle) {
+        let Some(r) = life.recorder.as_mut() else { return };
+        if !r.wants_keyframe() {
+            return;
+        }
+        let (rows, cols) = self.parser.screen().size();
+        let size = ClientMsg::Resize {
+            cols,
+            rows,
+            width_px: 0,
+            height_px: 0,
+        };
+        let mut repaint = b"\x1bc".to_vec();
+        repaint.extend_from_slice(&self.repaint_bytes());
+        r.keyframe(Some(&size), &[ServerMsg::TermOutput(repaint)]);
+    }
+
     fn forward(&self, life: &mut Lifecycle, data: Vec<u8>) {
         if !life.lagging {
             life.send(ServerMsg::TermOutput(data));
@@ -112,6 +130,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
         format!("connected to {}@{}", target.username, target.host),
     ));
     tracing::info!("Upstream connected");
+    term.record_keyframe(&mut life);
     // INVARIANT: the credentials are not needed any more; do not keep them for the session's lifetime.
     drop(target);
     let mut exit_status = None;
@@ -122,7 +141,11 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
             msg = channel.wait() => match ssh::classify(msg) {
                 Output::Data(d) => {
                     term.parser.process(&d);
+                    if life.recorder.is_some() {
+                        life.record_output(&ServerMsg::TermOutput(d.clone()));
+                    }
                     term.forward(&mut life, d);
+                    term.record_keyframe(&mut life);
                 }
                 Output::Exited(s) => exit_status = s,
                 Output::Closed => {

@@ -179,6 +179,7 @@ pub async fn handler(
                 claims,
                 target,
                 bridge.config.max_desktop,
+                bridge.config.recording_dir.clone(),
             )
         }
     };

@@ -428,6 +428,7 @@ fn server_msgs() -> Vec<ServerMsg> {
             resume_token: "r".into(),
             grace_seconds: 60,
             reattached: false,
+            recording: true,
         }),
         ServerMsg::TermOutput(b"$ ".to_vec()),
         ServerMsg::Status(Status {

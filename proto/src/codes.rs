@@ -110,6 +110,9 @@ close_codes! {
     /// No browser came back within the grace period.
     GraceExpired = "grace_expired", ends_session: true, retryable: Some(true),
         meaning: "(log only: no browser is there to hear it) no client reattached within the grace period";
+    /// The session must be recorded and the recording could not start.
+    RecordingUnavailable = "recording_unavailable", ends_session: true, retryable: Some(true),
+        meaning: "the connection's policy records its sessions and the bridge could not start the recording (no recording storage, or it cannot be written); nothing was connected";
     /// Another browser attached to the session.
     Replaced = "replaced", ends_session: true, retryable: Some(false),
         meaning: "(to the replaced socket only) the session was opened in another window, which now has it";
@@ -202,6 +205,7 @@ mod tests {
                 "resize_unsupported",
                 "logon_error",
                 "grace_expired",
+                "recording_unavailable",
                 "replaced",
             ]
         );

@@ -214,6 +214,28 @@ pub enum RdpSecurity {
     Nla,
 }
 
+/// Whether a connection's sessions are recorded (docs/protocol.md "Recording format").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordingPolicy {
+    #[default]
+    Off,
+    /// What the bridge sends the browser (screen and terminal output), with terminal resizes.
+    On,
+    /// Also the user's input: keystrokes (SSH and graphical), pointer and typed text.
+    Keystrokes,
+}
+
+impl RecordingPolicy {
+    pub fn records(self) -> bool {
+        self != RecordingPolicy::Off
+    }
+
+    pub fn input(self) -> bool {
+        self == RecordingPolicy::Keystrokes
+    }
+}
+
 /// Per-connection settings beyond host, port and credentials. Unknown keys are refused by the API;
 /// every field has a safe default, so older rows (`{}`) stay valid.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,6 +265,8 @@ pub struct ConnectionSettings {
     pub h264: bool,
     /// Protocol `container`: the workspace image and its limits.
     pub workspace: Option<WorkspaceSpec>,
+    /// Record the sessions (the user is told): off, on, or with keystrokes.
+    pub recording: RecordingPolicy,
 }
 
 impl Default for ConnectionSettings {
@@ -259,6 +283,7 @@ impl Default for ConnectionSettings {
             danger_accept_any_certificate: false,
             h264: false,
             workspace: None,
+            recording: RecordingPolicy::Off,
         }
     }
 }

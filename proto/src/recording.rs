@@ -16,13 +16,16 @@
 //!              the first chunk
 //!
 //! record: u64 ms since the session began       never decreasing
-//!         u8  kind                             0 output (a `ServerMsg` as sent), 1 input (a `ClientMsg`)
+//!         u8  kind                             0 output (a `ServerMsg` as sent), 1 input (a `ClientMsg`),
+//!                                              2 state (a `ServerMsg` of a keyframe, see below)
 //!         u32 length
 //!         bytes                                the encoded wire message
 //! ```
 //!
-//! A chunk flagged `FLAG_KEYFRAME` starts with a full picture (graphical sessions) or a terminal repaint,
-//! so a player may start there: with the hash stored before it ([`Index`]) the chain is checked from that
+//! A chunk flagged `FLAG_KEYFRAME` starts with the state at that moment as `state` records: a full picture
+//! (graphical sessions) or a terminal repaint, after the terminal's size as an input `RESIZE`. A player that
+//! starts at the keyframe draws them; one that played up to it skips them (they repeat what it drew). So a
+//! player may start there: with the hash stored before it ([`Index`]) the chain is checked from that
 //! point on. [`Writer`] produces the bytes, [`Reader`] checks and parses them as they arrive, [`index`]
 //! lists the keyframes for seeking, and [`asciicast`] exports a terminal session as asciicast v2.
 
@@ -54,6 +57,8 @@ pub enum Kind {
     Output,
     /// A message the browser sent (`ClientMsg`, encoded): input, when the policy records it.
     Input,
+    /// Part of a keyframe's state (`ServerMsg`, encoded): drawn only by a player that starts at it.
+    State,
 }
 
 /// One timestamped wire message.
@@ -183,6 +188,7 @@ impl Writer {
         self.payload.push(match kind {
             Kind::Output => 0,
             Kind::Input => 1,
+            Kind::State => 2,
         });
         self.payload.extend_from_slice(&(data.len() as u32).to_be_bytes());
         self.payload.extend_from_slice(data);
@@ -361,6 +367,7 @@ fn parse_records(mut p: &[u8]) -> Option<Vec<Record>> {
         let kind = match p[8] {
             0 => Kind::Output,
             1 => Kind::Input,
+            2 => Kind::State,
             _ => return None,
         };
         let len = u32::from_be_bytes(p[9..13].try_into().ok()?) as usize;
@@ -474,13 +481,15 @@ impl Utf8Stream {
 }
 
 /// A terminal recording as asciicast v2 (`asciinema play` plays it): the header, then one event per line:
-/// output (`"o"`), input when it was recorded (`"i"`), and terminal resizes (`"r"`, `COLSxROWS`). The size
-/// in the header is the first resize before any output (80x24 without one).
+/// output (`"o"`), input when it was recorded (`"i"`), and terminal resizes (`"r"`, `COLSxROWS`, only when
+/// the size changes). The size in the header is the first resize before any output (80x24 without one).
+/// Keyframe state is left out: it repeats what the output drew.
 pub fn asciicast(bytes: &[u8]) -> Result<String, RecordingError> {
     let mut r = Reader::new();
     r.push(bytes);
     let mut events = Vec::new();
     let mut size: Option<(u16, u16)> = None;
+    let mut first_size: Option<(u16, u16)> = None;
     let mut output_seen = false;
     let (mut out, mut input) = (Utf8Stream::default(), Utf8Stream::default());
     while let Some(chunk) = r.next_chunk()? {
@@ -506,18 +515,21 @@ pub fn asciicast(bytes: &[u8]) -> Result<String, RecordingError> {
                     Ok(ClientMsg::Resize { cols, rows, .. }) => {
                         if !output_seen && size.is_none() {
                             size = Some((cols, rows));
-                        } else {
+                            first_size = size;
+                        } else if size != Some((cols, rows)) {
+                            size = Some((cols, rows));
                             events.push(serde_json::json!([t, "r", format!("{cols}x{rows}")]));
                         }
                     }
                     _ => {}
                 },
+                Kind::State => {}
             }
         }
     }
     r.finish()?;
     let meta = r.meta.ok_or(RecordingError::NoMeta)?;
-    let (width, height) = size.unwrap_or((80, 24));
+    let (width, height) = first_size.unwrap_or((80, 24));
     let header = serde_json::json!({
         "version": 2,
         "width": width,
@@ -708,6 +720,10 @@ mod tests {
         // A euro sign cut between two messages, and a byte that is not UTF-8.
         w.record(520, Kind::Output, &out(b"echo \xe2\x82"));
         w.record(530, Kind::Output, &out(b"\xac\r\n\xff\r\n"));
+        // A keyframe: the size again (no event) and the repaint (left out).
+        w.keyframe();
+        w.record(1000, Kind::Input, &resize(120, 40));
+        w.record(1000, Kind::State, &out(b"\x1bc$ echo \xe2\x82\xac"));
         w.record(1500, Kind::Input, &resize(100, 30));
         w.flush();
         let cast = asciicast(&w.take()).unwrap();

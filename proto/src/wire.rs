@@ -58,6 +58,9 @@ pub struct Hello {
     pub resume_token: String,
     pub grace_seconds: u32,
     pub reattached: bool,
+    /// The session is recorded (the client shows it); omitted when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recording: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -709,6 +712,7 @@ mod tests {
                 resume_token: "r".into(),
                 grace_seconds: 60,
                 reattached: true,
+                recording: true,
             }),
             ServerMsg::TermOutput(vec![0xe2, 0x82]),
             ServerMsg::status("connected", "ok"),

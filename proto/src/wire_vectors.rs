@@ -27,6 +27,8 @@ enum ServerValue {
         resume_token: String,
         grace_seconds: u32,
         reattached: bool,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        recording: bool,
     },
     TermOutput {
         data: String,
@@ -203,6 +205,7 @@ fn server_value(m: &ServerMsg) -> ServerValue {
             resume_token: h.resume_token,
             grace_seconds: h.grace_seconds,
             reattached: h.reattached,
+            recording: h.recording,
         },
         ServerMsg::TermOutput(b) => ServerValue::TermOutput { data: hex::encode(b) },
         ServerMsg::Status(s) => ServerValue::Status {
@@ -286,12 +289,14 @@ fn server_msg(v: &ServerValue) -> ServerMsg {
             resume_token,
             grace_seconds,
             reattached,
+            recording,
         } => ServerMsg::Hello(Hello {
             session_id,
             protocol,
             resume_token,
             grace_seconds,
             reattached,
+            recording,
         }),
         ServerValue::TermOutput { data } => ServerMsg::TermOutput(bytes(&data)),
         ServerValue::Status {
@@ -467,6 +472,18 @@ fn server_cases() -> Vec<(&'static str, ServerMsg)> {
                 resume_token: "c29tZS1yZXN1bWUtdG9rZW4".into(),
                 grace_seconds: 60,
                 reattached: false,
+                recording: false,
+            }),
+        ),
+        (
+            "hello of a recorded session",
+            ServerMsg::Hello(Hello {
+                session_id: "0b6f4c2e-5a4d-4c9e-9d55-0f3c1f2b7a10".into(),
+                protocol: "vnc".into(),
+                resume_token: "c29tZS1yZXN1bWUtdG9rZW4".into(),
+                grace_seconds: 60,
+                reattached: false,
+                recording: true,
             }),
         ),
         (
@@ -477,6 +494,7 @@ fn server_cases() -> Vec<(&'static str, ServerMsg)> {
                 resume_token: String::new(),
                 grace_seconds: u32::MAX,
                 reattached: true,
+                recording: false,
             }),
         ),
         (

@@ -108,7 +108,7 @@ function main(fn) {
 }
 
 /** Create a connection in the editor (`username` only for protocols that have one) and wait for its row. */
-async function createConnection(page, { name, protocol, port, username, password }) {
+async function createConnection(page, { name, protocol, port, username, password, recording }) {
   await page.click('#conn-new');
   await page.waitForSelector('#conn-form');
   await page.fill('#conn-name', name);
@@ -117,6 +117,7 @@ async function createConnection(page, { name, protocol, port, username, password
   await page.fill('#conn-port', port);
   if (username !== undefined) await page.fill('#conn-username', username);
   await page.fill('#conn-password', password);
+  if (recording !== undefined) await page.selectOption('#conn-recording', recording);
   await page.click('#conn-save');
   await page.locator(`tr.conn-row[data-name="${name}"]`).waitFor({ timeout: 10000 });
 }

@@ -3,8 +3,8 @@
 'use strict';
 const { launch, newPage, shot, waitState, waitText, main, createConnection: create, goto, openTab } = require('./lib');
 const env = process.env;
-const createConnection = (page, name, password) =>
-  create(page, { name, protocol: 'ssh', port: env.SSH_PORT, username: env.SSH_USER, password });
+const createConnection = (page, name, password, recording) =>
+  create(page, { name, protocol: 'ssh', port: env.SSH_PORT, username: env.SSH_USER, password, recording });
 
 main(async () => {
   const browser = await launch();
@@ -19,7 +19,8 @@ main(async () => {
   await page.click('#login-submit');
   await page.waitForSelector('#conn-new', { timeout: 10000 });
 
-  await createConnection(page, 'e2e ssh', env.SSH_PASSWORD);
+  // Recorded with keystrokes (the test reads the recording back through the API).
+  await createConnection(page, 'e2e ssh', env.SSH_PASSWORD, 'keystrokes');
   await createConnection(page, 'e2e wrong password', 'not-the-password');
   await shot(page, 'connections');
 
@@ -28,6 +29,7 @@ main(async () => {
   // The session has its own tab; the list stays where it was.
   if (!(await list.locator('tr.conn-row[data-name="e2e ssh"]').isVisible())) throw new Error('the list did not stay in its tab');
   await waitState(page, 'connected');
+  if (!(await page.locator('#session-recording').isVisible())) throw new Error('a recorded session shows no REC mark');
   await page.click('#terminal');
   await page.keyboard.type(`echo from-browser-$((6*7)) > ${env.MARKER_FILE}; echo typed-$((2+3))-ok\n`);
   await waitText(page, 'typed-5-ok');

@@ -126,6 +126,25 @@ impl Api {
         Ok((status, serde_json::from_str(&res.text().await?).unwrap_or(Value::Null)))
     }
 
+    /// `GET path` (with a `Range` header when given): the status, the response headers and the body's bytes.
+    pub async fn get_bytes(
+        &self,
+        path: &str,
+        range: Option<&str>,
+    ) -> anyhow::Result<(u16, reqwest::header::HeaderMap, Vec<u8>)> {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(r) = range {
+            req = req.header("range", r);
+        }
+        if let Some(b) = &self.bearer {
+            req = req.bearer_auth(b);
+        }
+        let res = req.send().await.with_context(|| format!("request {path}"))?;
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        Ok((status, headers, res.bytes().await?.to_vec()))
+    }
+
     pub async fn ok(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let (status, v) = self.request(method, path, body).await?;
         if !(200..300).contains(&status) {

@@ -38,6 +38,19 @@ async fn admin_creates_and_uses_an_ssh_connection_in_the_browser() -> anyhow::Re
     assert_eq!(written.trim(), "from-browser-42");
     assert!(out.contains("authentication failed"), "{out}");
     assert!(out.contains("reattached to shell"), "{out}");
+    // The policy chosen in the editor recorded the session, keystrokes included.
+    let api = Api::admin(&p).await?;
+    let recs = api
+        .ok(reqwest::Method::GET, "/api/v1/recordings?q=e2e%20ssh", None)
+        .await?;
+    let id = recs[0]["id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(recs[0]["input"], true, "{recs}");
+    let (status, _, cast) = api
+        .get_bytes(&format!("/api/v1/recordings/{id}/asciicast"), None)
+        .await?;
+    let cast = String::from_utf8_lossy(&cast);
+    assert_eq!(status, 200, "{cast}");
+    assert!(cast.contains("typed-5-ok") && cast.contains("\"i\""), "{cast}");
     Ok(())
 }
 

@@ -27,7 +27,11 @@ export interface ConnectionSettings {
   color_depth: number; clipboard_up: boolean; clipboard_down: boolean; ask_credentials: boolean;
   danger_accept_any_certificate: boolean;
   workspace?: WorkspaceSpec | null;
+  h264?: boolean;
+  recording?: Recording;
 }
+/** Whether a connection's sessions are recorded (proto/src/control.rs `RecordingPolicy`). */
+export type Recording = 'off' | 'on' | 'keystrokes';
 /** A container workspace's image and limits (proto/src/control.rs `WorkspaceSpec`). */
 export interface WorkspaceSpec {
   image: string; cpu_millis: number; memory_mb: number; pids_limit: number; vnc_port?: number; geometry?: string | null;

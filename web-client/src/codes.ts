@@ -15,6 +15,7 @@ export type CloseCode =
   | 'resize_unsupported'
   | 'logon_error'
   | 'grace_expired'
+  | 'recording_unavailable'
   | 'replaced';
 
 export interface CloseCodeInfo {
@@ -39,6 +40,7 @@ export const CLOSE_CODES: { readonly [C in CloseCode]: CloseCodeInfo } = {
   resize_unsupported: { endsSession: false, retryable: null, meaning: "(not fatal) the remote display cannot be resized; the client scales instead" },
   logon_error: { endsSession: false, retryable: null, meaning: "(not fatal) the RDP server reported a logon problem (Windows' logon error notification); the session shows what the server shows" },
   grace_expired: { endsSession: true, retryable: true, meaning: "(log only: no browser is there to hear it) no client reattached within the grace period" },
+  recording_unavailable: { endsSession: true, retryable: true, meaning: "the connection's policy records its sessions and the bridge could not start the recording (no recording storage, or it cannot be written); nothing was connected" },
   replaced: { endsSession: true, retryable: false, meaning: "(to the replaced socket only) the session was opened in another window, which now has it" },
 };
 

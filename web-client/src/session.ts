@@ -61,9 +61,11 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
   const endBtn = h('button', { id: 'session-end', class: 'danger' }, 'End session');
   const backBtn = h('button', { id: 'session-back', hidden: opts.embed }, '← Connections');
   const title = h('span', { class: 'title' }, first.title);
+  // Shown while the bridge says the session is recorded (its policy is the connection's).
+  const recording = h('span', { id: 'session-recording', class: 'recording', hidden: true, title: 'this session is recorded' }, '● REC');
   const viewControls = h('span', { class: 'view-controls' });
   const stage = h('div', { id: 'stage' });
-  const toolbar = h('div', { class: 'toolbar' }, backBtn, title, status, viewControls, reconnectBtn, endBtn);
+  const toolbar = h('div', { class: 'toolbar' }, backBtn, title, recording, status, viewControls, reconnectBtn, endBtn);
   mount(h('div', { class: 'session' }, toolbar, stage));
 
   let target = first;
@@ -134,6 +136,7 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
           graceMs = msg.hello.grace_seconds * 1000;
           window.porticoSessionId = msg.hello.session_id;
           protocol = msg.hello.protocol;
+          recording.hidden = !msg.hello.recording;
           if (!view) view = makeView(msg.hello.protocol);
           if (msg.hello.reattached) setState('connected', 'connected (reattached)');
           view.attached(msg.hello.reattached);

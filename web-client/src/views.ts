@@ -141,6 +141,9 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
   const clipDown = check('conn-clip-down', st?.clipboard_down ?? true);
   const ask = check('conn-ask-credentials', st?.ask_credentials ?? false);
   const anyCert = check('conn-any-cert', st?.danger_accept_any_certificate ?? false);
+  const recording = h('select', { id: 'conn-recording' },
+    ...[['off', 'Off'], ['on', 'On: what the user sees'], ['keystrokes', 'On, with keystrokes']].map(([v, t]) =>
+      h('option', { value: v, selected: (st?.recording ?? 'off') === v }, t)));
   const ws = st?.workspace;
   const image = h('input', { id: 'conn-image', value: ws?.image ?? 'portico/workspace:latest', placeholder: 'docker image' });
   const cpus = h('input', { id: 'conn-cpus', type: 'number', min: '0.1', max: '64', step: '0.1', value: String((ws?.cpu_millis ?? 1000) / 1000) });
@@ -179,6 +182,7 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
     h('div', { class: 'wide' }, h('label', {}, clipUp, ' Clipboard browser → remote'), ' ',
       h('label', {}, clipDown, ' Clipboard remote → browser')),
     h('div', { class: 'wide' }, h('label', {}, ask, ' Ask for the user name and password at every connection (never stored)')),
+    h('div', {}, h('label', { for: 'conn-recording' }, 'Recording (the user sees REC)'), recording),
   ];
   const containerFields = [
     h('div', { class: 'wide' }, h('label', { for: 'conn-image' }, 'Image (a VNC desktop; a fresh container per session)'), image),
@@ -236,7 +240,8 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
         image: image.value.trim(), cpu_millis: Math.round(Number(cpus.value) * 1000), memory_mb: Number(memory.value),
         pids_limit: Number(pids.value), geometry: geometry.value.trim() || null,
       };
-      const settings = { ...(st ?? {}), workspace, clipboard_up: clipUp.checked, clipboard_down: clipDown.checked } as api.ConnectionSettings;
+      const settings = { ...(st ?? {}), workspace, clipboard_up: clipUp.checked, clipboard_down: clipDown.checked,
+        recording: recording.value as api.Recording } as api.ConnectionSettings;
       await submit({ name: name.value.trim(), protocol: 'container', settings, folder_id: folder.value || null });
       return;
     }
@@ -250,6 +255,9 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
       return;
     }
     body.settings = {
+      // Settings the editor does not show (e.g. h264) are kept.
+      ...(st ?? {}),
+      recording: recording.value as api.Recording,
       domain: domain.value.trim() || null, security: security.value as api.ConnectionSettings['security'],
       width: wh ? Number(wh[1]) : null, height: wh ? Number(wh[2]) : null, color_depth: Number(depth.value),
       clipboard_up: clipUp.checked, clipboard_down: clipDown.checked, ask_credentials: ask.checked,

@@ -42,7 +42,7 @@ export const C_CAPS = 0x8a;
 /** CAPS flag: this client decodes H.264 (AVC420, Annex B) in VIDEO messages. */
 export const CAPS_H264 = 1;
 
-export interface Hello { session_id: string; protocol: string; resume_token: string; grace_seconds: number; reattached: boolean }
+export interface Hello { session_id: string; protocol: string; resume_token: string; grace_seconds: number; reattached: boolean; recording?: boolean }
 export interface Status { state: string; message: string; graphics?: string }
 export interface ErrorInfo { code: CloseCode; message: string; fatal: boolean }
 export interface Closed { code: CloseCode; reason: string }
@@ -70,13 +70,14 @@ export type ServerMsg =
 // Invalid UTF-8 makes a message malformed (as in the bridge's codec), it is not replaced.
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
-type Field = 'string' | 'string?' | 'boolean' | 'u32' | 'code';
+type Field = 'string' | 'string?' | 'boolean' | 'boolean?' | 'u32' | 'code';
 
 function fieldOk(v: unknown, kind: Field): boolean {
   switch (kind) {
     case 'string': return typeof v === 'string';
     case 'string?': return v === undefined || v === null || typeof v === 'string';
     case 'boolean': return typeof v === 'boolean';
+    case 'boolean?': return v === undefined || v === null || typeof v === 'boolean';
     case 'u32': return typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= 0xffffffff;
     case 'code': return isCloseCode(v);
   }
@@ -96,7 +97,7 @@ function json<T>(payload: Uint8Array, what: string, fields: Record<keyof T, Fiel
   return out as T;
 }
 
-const HELLO: Record<keyof Hello, Field> = { session_id: 'string', protocol: 'string', resume_token: 'string', grace_seconds: 'u32', reattached: 'boolean' };
+const HELLO: Record<keyof Hello, Field> = { session_id: 'string', protocol: 'string', resume_token: 'string', grace_seconds: 'u32', reattached: 'boolean', recording: 'boolean?' };
 const STATUS: Record<keyof Status, Field> = { state: 'string', message: 'string', graphics: 'string?' };
 const ERROR: Record<keyof ErrorInfo, Field> = { code: 'code', message: 'string', fatal: 'boolean' };
 const CLOSED: Record<keyof Closed, Field> = { code: 'code', reason: 'string' };

@@ -37,6 +37,11 @@ pub struct WebappConfig {
     pub event_forward: Vec<String>,
     /// PEM of a CA that signed `syslog+tls` receivers' certificates (besides the machine's roots).
     pub event_forward_ca: Option<String>,
+    /// The recording storage the bridges write (`<session id>.portrec`), read here to serve recordings;
+    /// `None`: recordings are listed but cannot be read from this webapp.
+    pub recording_dir: Option<std::path::PathBuf>,
+    /// Days recordings are kept (default 90); older ones are removed, row and file.
+    pub recording_retention_days: u64,
 }
 
 impl WebappConfig {
@@ -63,6 +68,8 @@ impl WebappConfig {
             event_retention_days: 14,
             event_forward: Vec::new(),
             event_forward_ca: None,
+            recording_dir: None,
+            recording_retention_days: 90,
         }
     }
 

@@ -148,6 +148,15 @@ event_types! {
     WorkspaceLost = "workspace_lost" / Warning,
     /// A workspace container was removed after its session ended.
     WorkspaceRemoved = "workspace_removed" / Info,
+    /// A session's recording began (`input`: keystrokes recorded too).
+    RecordingStarted = "recording_started" / Info,
+    /// Someone searched the recordings (`filters`, `results`).
+    RecordingsListed = "recordings_listed" / Notice,
+    /// Someone read a recording (`format`: `portrec` or `asciicast`).
+    RecordingViewed = "recording_viewed" / Notice,
+    RecordingDeleted = "recording_deleted" / Warning,
+    /// Recordings older than the retention were removed (`count`).
+    RecordingsExpired = "recordings_expired" / Info,
 }
 
 impl EventType {

@@ -148,6 +148,39 @@ impl Internal {
                 .detail("target", crate::api::target_of(&c.host, c.port))
                 .detail("wait_secs", (now - s.created_at).max(0)),
         );
+        let settings: portico_proto::control::ConnectionSettings = serde_json::from_str(&c.settings)
+            .map_err(|e| ControlError::Unavailable(format!("bad connection settings: {e}")))?;
+        if settings.recording.records() {
+            // Listed before the first byte is written: a recording cut short by a bridge's death is found.
+            let username = db
+                .user(&s.user_id)
+                .await
+                .map_err(db_err)?
+                .map(|u| u.username)
+                .unwrap_or_default();
+            let row = crate::db::RecordingRow {
+                id: session_id.to_owned(),
+                user_id: s.user_id.clone(),
+                username,
+                connection_id: c.id.clone(),
+                connection_name: c.name.clone(),
+                protocol: c.protocol.clone(),
+                input: settings.recording.input(),
+                bridge_id: caller.id.clone(),
+                created_at: now,
+                ended_at: None,
+                completed_at: None,
+            };
+            db.insert_recording(&row).await.map_err(db_err)?;
+            self.st.events.emit(
+                Event::new(EventType::RecordingStarted)
+                    .user(&s.user_id)
+                    .connection(&c.id)
+                    .session(session_id)
+                    .detail("input", row.input)
+                    .detail("bridge_id", &caller.id),
+            );
+        }
         let workspace = c.protocol == crate::workspaces::PROTOCOL;
         Ok(Target {
             protocol: crate::api::bridge_protocol(&c.protocol)
@@ -159,8 +192,7 @@ impl Internal {
             password: open("password", &c.password_enc)?,
             private_key: open("private_key", &c.private_key_enc)?,
             host_key_fingerprint: c.host_key_fingerprint.clone(),
-            settings: serde_json::from_str(&c.settings)
-                .map_err(|e| ControlError::Unavailable(format!("bad connection settings: {e}")))?,
+            settings,
             connection_id: c.id.clone(),
         })
     }
@@ -227,6 +259,8 @@ impl Internal {
             .end_session(session_id, req.code, &reason, now)
             .await
             .map_err(db_err)?;
+        // The bridge finished the recording before it reported the end.
+        self.st.db.complete_recording(session_id, now).await.map_err(db_err)?;
         let event = |event_type| {
             Event::new(event_type)
                 .user(&s.user_id)

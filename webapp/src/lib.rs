@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod mfa;
 pub mod oidc;
 pub mod openapi;
+pub mod recordings;
 pub mod tls;
 pub mod workspaces;
 
@@ -90,33 +91,54 @@ fn bridge_window() -> Duration {
     Duration::from_secs(BRIDGE_DOWN_SECS as u64 + 2)
 }
 
-/// Since when this webapp has reached the database without a failure (time in, decision out). A bridge or
-/// agent is judged by its heartbeats only once the database has been reachable for a whole window:
-/// during an outage (or before this webapp started) none of them could report, and calling them down then
-/// would end live sessions that never stopped streaming.
+/// Since when this webapp has reached the database without a failure or a pause (time in, decision out).
+/// A bridge or agent is judged by its heartbeats only once the database has been reachable for a whole
+/// window: during an outage (or before this webapp started) none of them could report, and calling them
+/// down then would end live sessions that never stopped streaming. The watch looks every second; a gap of
+/// more than [`VIGIL_PAUSE`] between its looks means this webapp itself was not running (a starved
+/// runtime, a paused VM, a clock jump): the heartbeats it did not see may be waiting in its own queues, so
+/// nothing is judged until the last look is recent, and the window starts again from the look after it.
 #[derive(Debug, Default)]
 pub struct Vigil {
-    up_since: std::sync::Mutex<Option<Instant>>,
+    state: std::sync::Mutex<VigilState>,
 }
 
+#[derive(Debug, Default)]
+struct VigilState {
+    up_since: Option<Instant>,
+    last: Option<Instant>,
+}
+
+/// The longest gap between the watch's looks (one a second) that is not a pause of this webapp.
+pub const VIGIL_PAUSE: Duration = Duration::from_millis(2500);
+
 impl Vigil {
+    fn state(&self) -> std::sync::MutexGuard<'_, VigilState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// A successful round trip at `now`.
     pub fn reached(&self, now: Instant) {
-        let mut up = self.up_since.lock().unwrap_or_else(|e| e.into_inner());
-        up.get_or_insert(now);
+        let mut s = self.state();
+        if s.last.is_some_and(|l| now.saturating_duration_since(l) > VIGIL_PAUSE) {
+            s.up_since = Some(now);
+        }
+        s.up_since.get_or_insert(now);
+        s.last = Some(now);
     }
 
     /// A failed round trip: the window starts again at the next success.
     pub fn failed(&self) {
-        *self.up_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let mut s = self.state();
+        s.up_since = None;
+        s.last = None;
     }
 
-    /// Whether the database has been reachable for `window` up to `now`.
+    /// Whether the database has been reachable for `window` up to `now`, and seen recently.
     pub fn may_judge(&self, window: Duration, now: Instant) -> bool {
-        self.up_since
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|t| now.saturating_duration_since(t) >= window)
+        let s = self.state();
+        s.last.is_some_and(|l| now.saturating_duration_since(l) <= VIGIL_PAUSE)
+            && s.up_since.is_some_and(|t| now.saturating_duration_since(t) >= window)
     }
 }
 
@@ -285,6 +307,7 @@ impl AppState {
             }
         });
         let events = self.events.clone();
+        let st2 = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
@@ -294,6 +317,9 @@ impl AppState {
                 }
                 if let Err(e) = events.prune(&db, events::now_ms()).await {
                     tracing::warn!(error = %e, "Pruning old events failed");
+                }
+                if let Err(e) = recordings::expire(&st2, now_unix()).await {
+                    tracing::warn!(error = format!("{e:#}"), "Removing expired recordings failed");
                 }
             }
         })
@@ -305,6 +331,7 @@ pub fn router(state: AppState) -> Router {
     let routes = Router::new()
         .merge(api::routes())
         .merge(internal::routes())
+        .merge(recordings::routes())
         .merge(assets::routes());
     headers::layer(metrics::layer(routes, state.metrics.clone())).with_state(state)
 }
@@ -317,20 +344,50 @@ mod tests {
     fn the_vigil_judges_only_after_a_whole_window_of_reachable_database() {
         let v = Vigil::default();
         let t0 = Instant::now();
+        let s = |n: u64| t0 + Duration::from_secs(n);
         let w = Duration::from_secs(7);
         assert!(!v.may_judge(w, t0), "never reached: no judgement");
-        v.reached(t0);
-        assert!(!v.may_judge(w, t0 + Duration::from_secs(6)));
-        v.reached(t0 + Duration::from_secs(6));
-        assert!(v.may_judge(w, t0 + w), "the window counts from the first success");
+        for n in 0..=6 {
+            v.reached(s(n));
+        }
+        assert!(!v.may_judge(w, s(6)));
+        v.reached(s(7));
+        assert!(v.may_judge(w, s(7)), "the window counts from the first success");
         v.failed();
-        assert!(
-            !v.may_judge(w, t0 + Duration::from_secs(30)),
-            "an outage starts the window again"
-        );
-        v.reached(t0 + Duration::from_secs(30));
-        assert!(!v.may_judge(w, t0 + Duration::from_secs(36)));
-        assert!(v.may_judge(w, t0 + Duration::from_secs(37)));
+        assert!(!v.may_judge(w, s(30)), "an outage starts the window again");
+        for n in 30..=36 {
+            v.reached(s(n));
+        }
+        assert!(!v.may_judge(w, s(36)));
+        v.reached(s(37));
+        assert!(v.may_judge(w, s(37)));
+    }
+
+    #[test]
+    fn a_pause_of_the_webapp_itself_is_not_silence_of_the_bridges() {
+        let v = Vigil::default();
+        let t0 = Instant::now();
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let w = Duration::from_secs(6);
+        for n in 0..=10 {
+            v.reached(s(n));
+        }
+        assert!(v.may_judge(w, s(10)));
+        // The runtime stalls for 5 s: a request handled right after it (before the watch looks) judges
+        // nothing, since the watch has not looked for longer than a pause.
+        assert!(!v.may_judge(w, s(15)), "a stale look: no judgement");
+        // The watch's first look after the stall starts the window again.
+        v.reached(s(15));
+        assert!(!v.may_judge(w, s(15)));
+        for n in 16..=20 {
+            v.reached(s(n));
+        }
+        assert!(!v.may_judge(w, s(20)));
+        v.reached(s(21));
+        assert!(v.may_judge(w, s(21)), "a whole window of looks after the pause");
+        // Looks that come a little late (a busy machine) are not a pause.
+        v.reached(s(21) + Duration::from_millis(2400));
+        assert!(v.may_judge(w, s(21) + Duration::from_millis(2400)));
     }
 }
 

@@ -27,33 +27,69 @@ fn op(summary: &str, req: Option<&str>, code: &str, resp: Option<&str>) -> Value
     o
 }
 
-/// A list endpoint's search and paging parameters, and its total in `X-Total-Count`.
-fn paged(mut o: Value) -> Value {
-    let param = |name: &str, schema: Value, desc: &str| json!({ "name": name, "in": "query", "required": false, "schema": schema, "description": desc });
-    o["parameters"] = json!([
-        param(
-            "q",
-            json!({ "type": "string", "maxLength": 200 }),
-            "a substring, case-insensitive"
-        ),
-        param(
-            "folder_id",
-            json!({ "type": "string" }),
-            "connections: that folder and everything below it"
-        ),
-        param(
-            "limit",
-            json!({ "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 }),
-            "rows per page"
-        ),
-        param(
-            "offset",
-            json!({ "type": "integer", "minimum": 0, "default": 0 }),
-            "rows to skip"
-        ),
-    ]);
+fn query_param(name: &str, schema: Value, desc: &str) -> Value {
+    json!({ "name": name, "in": "query", "required": false, "schema": schema, "description": desc })
+}
+
+/// A list endpoint's `filters`, then `limit` and `offset`, and its total in `X-Total-Count`.
+fn with_paging(mut o: Value, filters: Vec<Value>) -> Value {
+    let mut params = filters;
+    params.push(query_param(
+        "limit",
+        json!({ "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 }),
+        "rows per page",
+    ));
+    params.push(query_param(
+        "offset",
+        json!({ "type": "integer", "minimum": 0, "default": 0 }),
+        "rows to skip",
+    ));
+    o["parameters"] = Value::Array(params);
     o["responses"]["200"]["headers"] =
         json!({ "X-Total-Count": { "schema": { "type": "integer" }, "description": "how many match in all" } });
+    o
+}
+
+/// A list endpoint's search and paging parameters, and its total in `X-Total-Count`.
+fn paged(o: Value) -> Value {
+    with_paging(
+        o,
+        vec![
+            query_param(
+                "q",
+                json!({ "type": "string", "maxLength": 200 }),
+                "a substring, case-insensitive",
+            ),
+            query_param(
+                "folder_id",
+                json!({ "type": "string" }),
+                "connections: that folder and everything below it",
+            ),
+        ],
+    )
+}
+
+/// The recording list's filters and paging, and its total in `X-Total-Count`.
+fn recordings_list(o: Value) -> Value {
+    let mut o = with_paging(
+        o,
+        vec![
+            query_param("user_id", json!({ "type": "string" }), "the session's user"),
+            query_param("connection_id", json!({ "type": "string" }), "the session's connection"),
+            query_param(
+                "q",
+                json!({ "type": "string", "maxLength": 200 }),
+                "a substring of the user's or the connection's name, case-insensitive",
+            ),
+            query_param(
+                "since",
+                json!({ "type": "integer" }),
+                "began at or after (unix seconds)",
+            ),
+            query_param("until", json!({ "type": "integer" }), "began before (unix seconds)"),
+        ],
+    );
+    o["responses"]["200"]["content"] = json!({ "application/json": { "schema": { "type": "array", "items": { "$ref": "#/components/schemas/Recording" } } } });
     o
 }
 
@@ -221,7 +257,19 @@ pub fn document() -> Value {
                     "ask_credentials": { "type": "boolean", "default": false, "description": "ask the user at every connection; never stored" },
                     "danger_accept_any_certificate": { "type": "boolean", "default": false, "description": "RDP: accept any server certificate (allows a man in the middle)" },
                     "h264": { "type": "boolean", "default": false, "description": "RDP: the graphics pipeline with the server's H.264 passed through when the browser decodes it (off by default: xrdp 0.9 failed some session starts when it was announced); false: bitmap updates only" },
-                    "workspace": { "oneOf": [{ "type": "null" }, { "$ref": "#/components/schemas/WorkspaceSpec" }], "description": "protocol container" } } },
+                    "workspace": { "oneOf": [{ "type": "null" }, { "$ref": "#/components/schemas/WorkspaceSpec" }], "description": "protocol container" },
+                    "recording": { "enum": ["off", "on", "keystrokes"], "default": "off", "description": "record the sessions (the user sees a REC mark): on records what the bridge sends the browser; keystrokes adds the user's keystrokes, pointer and typed text (never credentials or the clipboard). A bridge without recording storage refuses such sessions (recording_unavailable)" } } },
+                "Recording": { "type": "object", "properties": {
+                    "id": { "type": "string", "description": "the session's id" }, "user_id": { "type": "string" }, "username": { "type": "string", "description": "at the time of the session" },
+                    "connection_id": { "type": "string" }, "connection_name": { "type": "string", "description": "at the time of the session" },
+                    "protocol": { "enum": ["ssh", "vnc", "rdp", "container"] }, "input": { "type": "boolean", "description": "keystrokes recorded" },
+                    "bridge_id": { "type": "string" }, "created_at": { "type": "integer" }, "ended_at": { "type": ["integer", "null"] },
+                    "completed_at": { "type": ["integer", "null"], "description": "when the bridge reported the end, the recording written and synced; null while live, or when its bridge died (cut short)" },
+                    "stored": { "type": ["object", "null"], "description": "(single recording only) the file, checked chunk by chunk; null when this webapp has no recording storage or the file is gone", "properties": {
+                        "bytes": { "type": "integer" }, "intact": { "type": "boolean", "description": "every chunk's hash checks and it ends with a whole chunk" },
+                        "playable_bytes": { "type": "integer", "description": "bytes of whole checked chunks (less than bytes when cut short, e.g. its bridge died)" },
+                        "duration_ms": { "type": "integer" }, "records": { "type": "integer" }, "problem": { "type": ["string", "null"] },
+                        "keyframes": { "type": "array", "items": { "type": "object", "properties": { "at_ms": { "type": "integer" }, "offset": { "type": "integer" }, "prev": { "type": "string", "description": "hex SHA-256 of the chain before this chunk" } } } } } } } },
                 "WorkspaceSpec": { "type": "object", "required": ["image"], "additionalProperties": false, "description": "an image serving a VNC desktop on vnc_port with the password in VNC_PASSWORD; a fresh container per session", "properties": {
                     "image": { "type": "string", "example": "portico/workspace:latest" },
                     "cpu_millis": { "type": "integer", "minimum": 100, "maximum": 64000, "default": 1000, "description": "thousandths of a core" },
@@ -367,6 +415,13 @@ pub fn document() -> Value {
                 "get": with_id(op("get a session", None, "200", Some("Session"))),
                 "delete": with_id(op("end a session; the bridge closes it within 2 s", None, "204", None))
             },
+            "/api/v1/recordings": { "get": recordings_list(op("session recordings, newest first: search by user, connection, name and time (admin, auditor; an audited event)", None, "200", None)) },
+            "/api/v1/recordings/{id}": {
+                "get": with_id(op("a recording with its stored file checked: size, duration, keyframes, intact (admin, auditor); 409 when it fails its integrity check", None, "200", Some("Recording"))),
+                "delete": with_id(op("delete a recording, row and file (admin; an audited event)", None, "204", None))
+            },
+            "/api/v1/recordings/{id}/file": { "get": with_id(op("the recording as stored (docs/protocol.md \"Recording format\"), with byte ranges (admin, auditor; reading it is an audited event)", None, "200", None)) },
+            "/api/v1/recordings/{id}/asciicast": { "get": with_id(op("an SSH recording as asciicast v2, checked; one cut short is exported up to its last whole chunk (X-Portico-Recording-Intact: false); 409 when it fails its integrity check (admin, auditor)", None, "200", None)) },
             "/api/v1/events": { "get": events_list(op("stored events, newest first, filtered and paged (admin, auditor)", None, "200", None)) },
             "/api/v1/events/types": { "get": op("every event type, and the retention of stored events (admin, auditor)", None, "200", Some("EventTypes")) }
         }

@@ -41,7 +41,9 @@ use portico_proto::limits::MaxDesktop;
 use portico_proto::wire::{CAPS_H264, ClientMsg, Rect, ServerMsg, Status};
 use tokio::sync::mpsc;
 
-use crate::display::{Flow, Frame, Framebuffer, Pace, bounding, cursor_msg, detect_vertical_scroll};
+use crate::display::{
+    Flow, Frame, Framebuffer, INLINE_DECODE_BYTES, Pace, bounding, cursor_msg, detect_vertical_scroll, off_worker,
+};
 use crate::lifecycle::{Cmd, Common, End, Lifecycle, sleep_until};
 use clipboard::{ClipEvent, MAX_CLIPBOARD_TEXT, TextClipboard, text_formats};
 pub use connect::{RdpConnectError, fingerprint};
@@ -748,6 +750,14 @@ impl Rdp {
             return;
         }
         let area = bounding(rects);
+        if usize::from(area.width) * usize::from(area.height) * 4 > INLINE_DECODE_BYTES * 16 {
+            off_worker(|| self.apply_area(area, rects));
+        } else {
+            self.apply_area(area, rects);
+        }
+    }
+
+    fn apply_area(&mut self, area: Rect, rects: &mut Vec<Rect>) {
         let scroll = detect_vertical_scroll(&mut self.fb, &area, self.image.data(), self.image.stride());
         if let Some(s) = scroll {
             self.frame.copy(&mut self.fb, s.dst.x, s.src_y, s.dst);
@@ -968,7 +978,13 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                             };
                         }
                     };
-                    let outputs = match rdp.stage.process(&mut rdp.image, action, &payload, rdp.framed.last_read_at()) {
+                    let read_at = rdp.framed.last_read_at();
+                    let processed = if payload.len() > INLINE_DECODE_BYTES {
+                        off_worker(|| rdp.stage.process(&mut rdp.image, action, &payload, read_at))
+                    } else {
+                        rdp.stage.process(&mut rdp.image, action, &payload, read_at)
+                    };
+                    let outputs = match processed {
                         Ok(o) => o,
                         Err(e) => {
                             let why = format!("the rdp server sent something undecodable: {}", e.report().to_string().to_lowercase());

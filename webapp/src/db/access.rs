@@ -127,7 +127,7 @@ pub enum SessionStart {
 }
 
 /// `LIKE` pattern for a substring, with the pattern characters of `q` escaped (`ESCAPE '\'`).
-fn like(q: &str) -> String {
+pub(super) fn like(q: &str) -> String {
     let mut p = String::from("%");
     for ch in q.to_lowercase().chars() {
         if matches!(ch, '%' | '_' | '\\') {

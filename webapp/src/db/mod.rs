@@ -13,9 +13,11 @@ mod access;
 mod events;
 mod identity;
 mod mfa;
+mod recordings;
 pub use access::{Change, Folder, Grants, Group, GroupBody, Limits, ListQuery, REVOKED, SessionStart, split_list};
 pub use events::{EventQuery, EventRecord};
 pub use identity::{ExternalIdentity, IdentityProvider, OidcLogin};
+pub use recordings::{RecordingFilter, RecordingRow};
 
 static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");

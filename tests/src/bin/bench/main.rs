@@ -94,6 +94,9 @@ struct Args {
     /// client-facing leg shaped in a network namespace the bench creates (root).
     #[arg(long, value_delimiter = ',')]
     links: Vec<String>,
+    /// VNC: recording off and on side by side (bridge cores, fps, bytes written per minute per session).
+    #[arg(long)]
+    recording: bool,
     /// Soak: after the settle, call glibc's malloc_trim(0) in the process through gdb and report its RSS.
     #[arg(long)]
     trim_probe: bool,
@@ -433,6 +436,7 @@ async fn main() -> anyhow::Result<()> {
     if args.which != "ssh" {
         let (header, rows) = match args.which.as_str() {
             "vnc" if !args.links.is_empty() => (vnc::LINK_HEADER, vnc::run_links(&args).await?),
+            "vnc" if args.recording => (vnc::RECORDING_HEADER, vnc::run_recording(&args).await?),
             "vnc" => (vnc::HEADER, vnc::run(&args).await?),
             "rdp" if !args.links.is_empty() => (rdp::LINK_HEADER, rdp::run_links(&args).await?),
             "rdp" => (rdp::HEADER, rdp::run(&args).await?),

@@ -755,6 +755,73 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<String>> {
     Ok(rows)
 }
 
+/// Bytes of the recordings in `dir`.
+fn recorded_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .unwrap_or(0)
+}
+
+/// Recording off and on, interleaved in each repeat on one Portico: the bridge's cores and the fps per
+/// session, and what the recordings grow by per minute per session.
+pub async fn run_recording(args: &Args) -> anyhow::Result<Vec<String>> {
+    let mut rows = Vec::new();
+    let p = Portico::start()?;
+    let api = Api::admin(&p).await?;
+    let dir = p.data_dir.join("recordings");
+    for w in selected(args, &[Workload::TextHeavy, Workload::TextLight, Workload::VideoFull]) {
+        eprintln!("== vnc {} recording off / on", w.name());
+        let scene = scene(VncServer::xvnc(None, WIDTH, HEIGHT)?, w)?;
+        let server_pid = scene.server.pid();
+        let mut conns = Vec::new();
+        for policy in ["off", "on"] {
+            conns.push(
+                api.create_connection(
+                    json!({ "name": format!("bench {} recording {policy}", w.name()), "protocol": "vnc",
+                    "host": "127.0.0.1", "port": scene.server.port, "settings": { "recording": policy } }),
+                )
+                .await?,
+            );
+        }
+        for &n in &args.sessions {
+            let mut runs: [Vec<(Sample, f64)>; 2] = [Vec::new(), Vec::new()];
+            for r in 0..args.repeats {
+                for (i, conn) in conns.iter().enumerate() {
+                    let before = recorded_bytes(&dir);
+                    let started = Instant::now();
+                    let s = portico_run(&p, &api, conn, server_pid, n, args, None).await?;
+                    end_all(&api).await?;
+                    let minutes = started.elapsed().as_secs_f64() / 60.0;
+                    let written = (recorded_bytes(&dir) - before) as f64 / 1024.0 / minutes / n as f64;
+                    eprintln!(
+                        "  N={n} run {r} recording {}: {:.4} cores, {:.1} fps, {:.0} KiB/s, {written:.0} KiB written/min per session",
+                        ["off", "on"][i],
+                        s.proxy_cores,
+                        s.fps,
+                        s.kib_s
+                    );
+                    runs[i].push((s, written));
+                }
+            }
+            let med = |v: &[(Sample, f64)], f: fn(&(Sample, f64)) -> f64| median_range(v.iter().map(f).collect()).0;
+            let [off, on] = &runs;
+            let (c0, c1) = (med(off, |s| s.0.proxy_cores), med(on, |s| s.0.proxy_cores));
+            rows.push(format!(
+                "| {} | {n} | {c0:.4} | {c1:.4} | {:+.4} | {:.1} | {:.1} | {:.0} | {:.0} |",
+                w.name(),
+                c1 - c0,
+                med(off, |s| s.0.fps),
+                med(on, |s| s.0.fps),
+                med(on, |s| s.0.kib_s),
+                med(on, |s| s.1),
+            ));
+        }
+    }
+    Ok(rows)
+}
+
+pub const RECORDING_HEADER: &str = "| workload | N | bridge cores/session, off | on | difference | fps off | fps on | KiB/s to the browser (on) | KiB written/min per session (on) |\n|---|---|---|---|---|---|---|---|---|";
+
 pub const HEADER: &str = "| workload | N | Portico bridge cores/session (range) | Xvnc cores/session | fps | KiB/s | RSS KiB/session | websockify cores/session (range) | Xvnc cores/session | fps | KiB/s | Portico ÷ websockify (cores) | goal (Portico) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 /// The workloads of `all` that `--workloads` names (all when it names none).

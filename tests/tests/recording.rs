@@ -1,0 +1,494 @@
+//! Session recording against real peers: an SSH session recorded with keystrokes (searched, read, checked,
+//! seeked from a keyframe, exported as asciicast v2 that `asciinema` plays, tampered with, deleted), a VNC
+//! session replayed to the pixels that were live, who may read recordings, a bridge without recording
+//! storage refusing a recorded session, and a recording that outlives the bridge that made it.
+
+use std::time::Duration;
+
+use portico_proto::codes::CloseCode;
+use portico_proto::recording::{Kind, Reader, index};
+use portico_proto::wire::{ClientMsg, ServerMsg};
+use portico_tests::client::{Api, Canvas, Term, open_via};
+use portico_tests::peers::{Sshd, VncServer, XDisplay as _};
+use portico_tests::portico::{Options, Portico};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::{open_term, ssh_connection};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Poll `GET /api/v1/recordings/{id}` until `pred` holds (bounded by [`WAIT`]).
+async fn recording_until(api: &Api, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, v) = api
+            .request(Method::GET, &format!("/api/v1/recordings/{id}"), None)
+            .await?;
+        if status == 200 && pred(&v) {
+            return Ok(v);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "recording {id}: not {what} within {WAIT:?}: http {status}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The records of a recording from `offset` (a keyframe's, with the chain's hash before it), checked.
+fn records_from(
+    bytes: &[u8],
+    offset: u64,
+    prev: &str,
+    meta: &portico_proto::recording::Meta,
+) -> anyhow::Result<Vec<portico_proto::recording::Record>> {
+    let mut prev_hash = [0u8; 32];
+    hex::decode_to_slice(prev, &mut prev_hash)?;
+    let mut r = Reader::resume(offset, prev_hash, meta.clone());
+    r.push(&bytes[usize::try_from(offset)?..]);
+    let mut out = Vec::new();
+    while let Some(c) = r.next_chunk()? {
+        out.extend(c.records);
+    }
+    r.finish()?;
+    Ok(out)
+}
+
+fn session_id(s: &Value) -> String {
+    s["session_id"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ssh_session_recorded_with_keystrokes_is_searched_checked_seeked_and_exported() -> anyhow::Result<()> {
+    let sshd = Sshd::start()?;
+    let p = Portico::start()?;
+    let admin = Api::admin(&p).await?;
+    let conn = ssh_connection(
+        &admin,
+        &sshd,
+        json!({ "password": sshd.user.password, "settings": { "recording": "keystrokes" } }),
+    )
+    .await?;
+    let plain = crate::ssh_connection(&admin, &sshd, json!({ "password": sshd.user.password })).await?;
+    let (s, mut t) = open_term(&p, &admin, &conn).await?;
+    let sid = session_id(&s);
+    t.connected().await?;
+    assert_eq!(t.hello.as_ref().map(|h| h.recording), Some(true), "the user is told");
+    t.send(ClientMsg::Resize {
+        cols: 100,
+        rows: 30,
+        width_px: 0,
+        height_px: 0,
+    })
+    .await?;
+    t.input("echo rec-$((6*7))\r").await?;
+    t.until("the command's output", WAIT, |t| t.text().contains("rec-42"))
+        .await?;
+    // More output until a second keyframe is written (one every 10 s while the screen changes).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut n = 0;
+    loop {
+        n += 1;
+        t.input(&format!("echo tick-{n}\r")).await?;
+        t.until("the tick", WAIT, |t| t.text().contains(&format!("tick-{n}\r\n")))
+            .await?;
+        let (_, v) = admin
+            .request(Method::GET, &format!("/api/v1/recordings/{sid}"), None)
+            .await?;
+        if v["stored"]["keyframes"].as_array().is_some_and(|k| k.len() >= 2) {
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no second keyframe: {v}");
+        t.pump(Duration::from_millis(500)).await?;
+    }
+    // The marker typed after the keyframe is not in its picture.
+    t.input("echo after-$((50+5))\r").await?;
+    t.until("the last output", WAIT, |t| t.text().contains("after-55"))
+        .await?;
+    admin
+        .ok(Method::DELETE, &format!("/api/v1/sessions/{sid}"), None)
+        .await?;
+    t.closed_within(Duration::from_secs(5)).await?;
+    let rec = recording_until(&admin, &sid, "closed and intact", |v| {
+        v["stored"]["intact"] == true && !v["completed_at"].is_null()
+    })
+    .await?;
+    assert_eq!(rec["username"], "admin");
+    assert_eq!(rec["protocol"], "ssh");
+    assert_eq!(rec["input"], true);
+
+    // Only admins and auditors read recordings; a user, even the session's owner, does not.
+    let auditor_id = admin.create_user("rec-auditor", "auditor").await?;
+    admin.create_user("rec-user", "user").await?;
+    let mut auditor = Api::new(&p)?;
+    auditor.login("rec-auditor", "rec-auditor-password-1").await?;
+    let mut user = Api::new(&p)?;
+    user.login("rec-user", "rec-user-password-1").await?;
+    for path in [
+        "/api/v1/recordings".to_owned(),
+        format!("/api/v1/recordings/{sid}"),
+        format!("/api/v1/recordings/{sid}/asciicast"),
+        format!("/api/v1/recordings/{sid}/file"),
+    ] {
+        let (status, _, _) = user.get_bytes(&path, None).await?;
+        assert_eq!(status, 403, "{path}");
+    }
+    // Search by user, connection, name and time.
+    let found = auditor
+        .ok(Method::GET, &format!("/api/v1/recordings?connection_id={conn}"), None)
+        .await?;
+    assert_eq!(found.as_array().map(Vec::len), Some(1), "{found}");
+    let by_name = auditor.ok(Method::GET, "/api/v1/recordings?q=ADM", None).await?;
+    assert_eq!(by_name[0]["id"], sid.as_str());
+    let other = auditor
+        .ok(Method::GET, &format!("/api/v1/recordings?connection_id={plain}"), None)
+        .await?;
+    assert_eq!(
+        other.as_array().map(Vec::len),
+        Some(0),
+        "a connection without the policy records nothing"
+    );
+    let later = auditor
+        .ok(
+            Method::GET,
+            &format!(
+                "/api/v1/recordings?since={}",
+                rec["created_at"].as_i64().unwrap_or(0) + 3600
+            ),
+            None,
+        )
+        .await?;
+    assert_eq!(later.as_array().map(Vec::len), Some(0));
+    let (status, v) = auditor.request(Method::GET, "/api/v1/recordings?limit=0", None).await?;
+    assert_eq!(status, 400, "{v}");
+
+    // The file, checked from the start and from the last keyframe (a seek): the picture there shows what
+    // the terminal showed then.
+    let (status, headers, bytes) = auditor
+        .get_bytes(&format!("/api/v1/recordings/{sid}/file"), None)
+        .await?;
+    assert_eq!(status, 200);
+    assert_eq!(headers["accept-ranges"], "bytes");
+    let idx = index(&bytes)?;
+    assert_eq!(idx.meta.session_id, sid);
+    assert!(idx.meta.input);
+    let keyframes = rec["stored"]["keyframes"].as_array().cloned().unwrap_or_default();
+    assert_eq!(keyframes.len(), idx.keyframes.len());
+    let last = keyframes.last().cloned().unwrap_or_default();
+    let offset = last["offset"].as_u64().unwrap_or_default();
+    let (status, headers, tail) = auditor
+        .get_bytes(
+            &format!("/api/v1/recordings/{sid}/file"),
+            Some(&format!("bytes={offset}-")),
+        )
+        .await?;
+    assert_eq!(status, 206);
+    assert_eq!(
+        headers["content-range"].to_str()?,
+        format!("bytes {offset}-{}/{}", bytes.len() - 1, bytes.len())
+    );
+    let mut whole = vec![0u8; usize::try_from(offset)?];
+    whole.extend_from_slice(&tail);
+    let from_key = records_from(&whole, offset, last["prev"].as_str().unwrap_or_default(), &idx.meta)?;
+    let state: String = from_key
+        .iter()
+        .take_while(|r| r.kind != Kind::Output)
+        .filter(|r| r.kind == Kind::State)
+        .filter_map(|r| match ServerMsg::decode(&r.data) {
+            Ok(ServerMsg::TermOutput(b)) => Some(String::from_utf8_lossy(&b).into_owned()),
+            _ => None,
+        })
+        .collect();
+    let shown = t.text();
+    let last_tick = (1..=n).rev().find(|k| state.contains(&format!("tick-{k}\r\n")));
+    assert!(
+        last_tick.is_some(),
+        "the keyframe's picture shows the earlier output: {state:?}"
+    );
+    assert!(shown.contains(&format!("tick-{}", last_tick.unwrap_or(0))));
+    assert!(!state.contains("after-55"), "and not what came after it");
+    assert!(
+        from_key.iter().any(|r| matches!(ServerMsg::decode(&r.data), Ok(ServerMsg::TermOutput(b)) if String::from_utf8_lossy(&b).contains("after-55"))),
+        "what came after is played from there"
+    );
+    let (status, _, _) = auditor
+        .get_bytes(
+            &format!("/api/v1/recordings/{sid}/file"),
+            Some(&format!("bytes={}-", bytes.len())),
+        )
+        .await?;
+    assert_eq!(status, 416);
+
+    // asciicast v2, with the keystrokes; asciinema itself reads it.
+    let (status, headers, cast) = auditor
+        .get_bytes(&format!("/api/v1/recordings/{sid}/asciicast"), None)
+        .await?;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&cast));
+    assert_eq!(headers["x-portico-recording-intact"], "true");
+    let cast = String::from_utf8(cast)?;
+    let mut lines = cast.lines();
+    let header: Value = serde_json::from_str(lines.next().unwrap_or_default())?;
+    assert_eq!(header["version"], 2);
+    let events: Vec<Value> = lines.map(serde_json::from_str).collect::<Result<_, _>>()?;
+    assert!(
+        events
+            .iter()
+            .all(|e| e[0].is_number() && ["o", "i", "r"].contains(&e[1].as_str().unwrap_or("")))
+    );
+    let typed: String = events
+        .iter()
+        .filter(|e| e[1] == "i")
+        .filter_map(|e| e[2].as_str())
+        .collect();
+    assert!(typed.contains("echo rec-$((6*7))"), "{typed:?}");
+    assert!(
+        events.iter().any(|e| e[1] == "r" && e[2] == "100x30") || header["width"] == 100,
+        "{header} {events:?}"
+    );
+    let file = std::env::temp_dir().join(format!("portico-{sid}.cast"));
+    std::fs::write(&file, &cast)?;
+    // asciinema reads its controlling terminal: run it on a pseudo-terminal of its own (util-linux script).
+    let out = std::process::Command::new("script")
+        .args(["-qec", &format!("asciinema cat {}", file.display()), "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "asciinema (Debian package asciinema, installed by scripts/install-test-deps.sh) cannot run: {e}"
+            )
+        })?;
+    let _ = std::fs::remove_file(&file);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let played = String::from_utf8_lossy(&out.stdout);
+    assert!(played.contains("rec-42") && played.contains("after-55"), "{played}");
+
+    // Every search and reading is in the audit trail.
+    let events = admin
+        .ok(
+            Method::GET,
+            "/api/v1/events?type=recording_started,recordings_listed,recording_viewed&limit=100",
+            None,
+        )
+        .await?;
+    let types: Vec<&str> = events
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    for want in ["recording_started", "recordings_listed", "recording_viewed"] {
+        assert!(types.contains(&want), "{want} in {types:?}");
+    }
+    assert!(
+        events
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["type"] == "recording_viewed" && e["actor_id"] == auditor_id.as_str()),
+        "{events}"
+    );
+
+    // One altered byte: refused, from the start and from before the altered chunk.
+    let path = p.data_dir.join("recordings").join(format!("{sid}.portrec"));
+    let mut stored = std::fs::read(&path)?;
+    let at = stored.len() / 2;
+    stored[at] ^= 0x40;
+    std::fs::write(&path, &stored)?;
+    for what in ["", "/asciicast"] {
+        let (status, _, body) = auditor
+            .get_bytes(&format!("/api/v1/recordings/{sid}{what}"), None)
+            .await?;
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 409, "{what}: {body}");
+        assert!(body.contains("integrity"), "{body}");
+    }
+
+    // Auditors change nothing; an admin deletes, row and file, and that is an event too.
+    let (status, _) = auditor
+        .request(Method::DELETE, &format!("/api/v1/recordings/{sid}"), None)
+        .await?;
+    assert_eq!(status, 403);
+    let (status, v) = admin
+        .request(Method::DELETE, &format!("/api/v1/recordings/{sid}"), None)
+        .await?;
+    assert_eq!(status, 204, "{v}");
+    assert!(!path.exists());
+    let (status, _) = admin
+        .request(Method::GET, &format!("/api/v1/recordings/{sid}"), None)
+        .await?;
+    assert_eq!(status, 404);
+    let deleted = admin
+        .ok(Method::GET, "/api/v1/events?type=recording_deleted", None)
+        .await?;
+    assert_eq!(deleted[0]["session_id"], sid.as_str(), "{deleted}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vnc_recording_replays_to_the_pixels_that_were_live() -> anyhow::Result<()> {
+    let xvnc = VncServer::xvnc(Some("pw-rec"), 320, 200)?;
+    xvnc.x("xsetroot", &["-solid", "#204060"])?;
+    let p = Portico::start()?;
+    let api = Api::admin(&p).await?;
+    let conn = api
+        .create_connection(
+            json!({ "name": "vnc rec", "protocol": "vnc", "host": "127.0.0.1", "port": xvnc.port,
+            "password": "pw-rec", "settings": { "recording": "on" } }),
+        )
+        .await?;
+    let (s, mut screen) = crate::vnc::open_screen(&p, &api, &conn).await?;
+    let sid = session_id(&s);
+    screen
+        .until("the first colour", WAIT, |c| c.pixel(5, 5) == [0x20, 0x40, 0x60])
+        .await?;
+    assert_eq!(screen.term.hello.as_ref().map(|h| h.recording), Some(true));
+    xvnc.x("xsetroot", &["-solid", "#a05010"])?;
+    screen
+        .until("the second colour", WAIT, |c| c.pixel(300, 190) == [0xa0, 0x50, 0x10])
+        .await?;
+    api.ok(Method::DELETE, &format!("/api/v1/sessions/{sid}"), None).await?;
+    let rec = recording_until(&api, &sid, "closed and intact", |v| {
+        v["stored"]["intact"] == true && !v["completed_at"].is_null()
+    })
+    .await?;
+    assert_eq!(rec["input"], false);
+    let (status, _, bytes) = api.get_bytes(&format!("/api/v1/recordings/{sid}/file"), None).await?;
+    assert_eq!(status, 200);
+    let idx = index(&bytes)?;
+    let mut r = Reader::new();
+    r.push(&bytes);
+    let mut chunks = Vec::new();
+    while let Some(c) = r.next_chunk()? {
+        chunks.push((
+            c.keyframe,
+            c.records
+                .iter()
+                .map(|r| (r.kind, r.data.get(1).copied()))
+                .collect::<Vec<_>>(),
+        ));
+    }
+    assert!(
+        !idx.keyframes.is_empty(),
+        "a keyframe after the first frame: {chunks:?}\n{}",
+        p.log()
+            .lines()
+            .filter(|l| l.contains(&sid) || l.contains("ecord"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // Played from the start: the end shows the second colour.
+    let mut r = Reader::new();
+    r.push(&bytes);
+    let mut all = Vec::new();
+    while let Some(c) = r.next_chunk()? {
+        all.extend(c.records);
+    }
+    assert!(all.iter().all(|r| r.kind != Kind::Input), "no input without the policy");
+    let mut canvas = Canvas::default();
+    for rec in all.iter().filter(|r| r.kind == Kind::Output) {
+        canvas.apply(&ServerMsg::decode(&rec.data)?)?;
+    }
+    assert_eq!((canvas.width, canvas.height), (320, 200));
+    assert_eq!(canvas.pixel(300, 190), [0xa0, 0x50, 0x10]);
+    // Started at the first keyframe (its picture, then what followed): the same end.
+    let k = &idx.keyframes[0];
+    let from_key = records_from(&bytes, k.offset, &hex::encode(k.prev), &idx.meta)?;
+    let mut seeked = Canvas::default();
+    let state: Vec<_> = from_key.iter().take_while(|r| r.kind == Kind::State).collect();
+    assert!(!state.is_empty(), "the keyframe starts with its picture");
+    for rec in from_key.iter().filter(|r| r.kind != Kind::Input) {
+        seeked.apply(&ServerMsg::decode(&rec.data)?)?;
+        if rec.kind == Kind::State {
+            assert_eq!((seeked.width, seeked.height), (320, 200), "the size comes first");
+        }
+    }
+    assert_eq!(seeked.pixel(5, 5), canvas.pixel(5, 5));
+    assert_eq!(seeked.pixel(300, 190), [0xa0, 0x50, 0x10]);
+    let (status, v) = api
+        .request(Method::GET, &format!("/api/v1/recordings/{sid}/asciicast"), None)
+        .await?;
+    assert_eq!(status, 400, "only terminals export as asciicast: {v}");
+    Ok(())
+}
+
+/// A split deployment: the webapp and a bridge share the recording storage; a bridge without any refuses a
+/// session whose connection must be recorded, and a recording survives the bridge that wrote it.
+#[tokio::test(flavor = "multi_thread")]
+async fn recordings_outlive_their_bridge_and_no_storage_means_no_session() -> anyhow::Result<()> {
+    let sshd = Sshd::start()?;
+    let web = Portico::start_with(Options {
+        subcommand: Some("webapp"),
+        ..Options::default()
+    })?;
+    let admin = Api::admin(&web).await?;
+    let conn = ssh_connection(
+        &admin,
+        &sshd,
+        json!({ "password": sshd.user.password, "settings": { "recording": "on" } }),
+    )
+    .await?;
+
+    // Fail closed: no storage, no session (and nothing connected).
+    let mut bare = Portico::start_with(web.bridge_options("bridge-bare"))?;
+    let s = admin.create_session(&conn).await?;
+    let url = format!("{}/bridge/v1/ws?session={}", bare.ws_base(), session_id(&s));
+    let ws = portico_tests::client::ws_with_token(&url, &bare.cert_sha256, s["token"].as_str().unwrap_or_default())
+        .await?
+        .map_err(|r| anyhow::anyhow!("refused: {r:?}"))?;
+    let mut t = Term::new(ws);
+    let closed = t.closed_within(WAIT).await?.expect("a CLOSED message");
+    assert_eq!(closed.code, CloseCode::RecordingUnavailable);
+    assert!(
+        t.errors
+            .iter()
+            .any(|e| e.fatal && e.message.contains("--recording-dir")),
+        "{:?}",
+        t.errors
+    );
+    assert!(!t.statuses.iter().any(|s| s.state == "connected"), "{:?}", t.statuses);
+    bare.terminate(Duration::from_secs(10))?;
+
+    let mut opts = web.bridge_options("bridge-rec");
+    opts.extra_args.push("--recording-dir".into());
+    opts.extra_args
+        .push(web.data_dir.join("recordings").display().to_string());
+    let mut bridge = Portico::start_with(opts)?;
+    let (s, mut t) = open_via(&bridge, &admin, &conn).await?;
+    let sid = session_id(&s);
+    t.input("echo survives-$((20+3))\r").await?;
+    t.until("the output", WAIT, |t| t.text().contains("survives-23"))
+        .await?;
+    // Written within a second (a chunk closes at least every second).
+    recording_until(&admin, &sid, "holding the output", |v| {
+        v["stored"]["records"].as_u64().unwrap_or(0) >= 3
+    })
+    .await?;
+    bridge.kill()?;
+    // Served by the webapp, the bridge gone: whole chunks up to its death.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let cast = loop {
+        let (status, _, cast) = admin
+            .get_bytes(&format!("/api/v1/recordings/{sid}/asciicast"), None)
+            .await?;
+        let cast = String::from_utf8_lossy(&cast).into_owned();
+        if status == 200 && cast.contains("survives-23") {
+            break cast;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "http {status}: {cast}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        cast.starts_with("{\"version\":2") || cast.contains("\"version\":2"),
+        "{cast}"
+    );
+    let rec = admin
+        .ok(Method::GET, &format!("/api/v1/recordings/{sid}"), None)
+        .await?;
+    assert_eq!(rec["bridge_id"].as_str().map(|b| !b.is_empty()), Some(true), "{rec}");
+    assert!(
+        rec["completed_at"].is_null(),
+        "never completed: cut short by its bridge's death: {rec}"
+    );
+    Ok(())
+}
