@@ -39,6 +39,8 @@ pub async fn record_keyframe(flow: &Flow, fb: &mut Framebuffer, life: &mut Lifec
             height: full.height,
         },
         image,
+        // A player draws a frame at its end (frame 0: never acknowledged, nothing waits for it).
+        ServerMsg::FrameEnd { frame_id: 0 },
     ];
     if let Some(r) = life.recorder.as_mut() {
         r.keyframe(None, &state);

@@ -742,3 +742,98 @@ mod tests {
         assert_eq!(lines.len(), 6);
     }
 }
+
+/// The recording shared with the web client's reader (`proto/vectors/recording.json`): a small terminal
+/// recording with a keyframe, its records, and where it breaks when a byte is altered.
+#[cfg(test)]
+mod vector {
+    use super::*;
+    use crate::generated;
+
+    const FILE: &str = "proto/vectors/recording.json";
+
+    fn sample() -> (Vec<u8>, Vec<(bool, Record)>) {
+        let meta = Meta {
+            session_id: "0b6f4c2e-5a4d-4c9e-9d55-0f3c1f2b7a10".into(),
+            connection_id: "c-1".into(),
+            protocol: "ssh".into(),
+            user: "u-1".into(),
+            started_unix_ms: 1_796_000_000_000,
+            input: true,
+        };
+        let mut w = Writer::new(&meta);
+        let resize = ClientMsg::Resize {
+            cols: 100,
+            rows: 30,
+            width_px: 0,
+            height_px: 0,
+        }
+        .encode();
+        let out = |t: &[u8]| ServerMsg::TermOutput(t.to_vec()).encode();
+        let mut records = Vec::new();
+        let mut rec = |w: &mut Writer, key: bool, at_ms, kind, data: Vec<u8>| {
+            w.record(at_ms, kind, &data);
+            records.push((key, Record { at_ms, kind, data }));
+        };
+        w.keyframe();
+        rec(&mut w, true, 0, Kind::Input, resize.clone());
+        rec(&mut w, true, 0, Kind::State, out(b"\x1bc"));
+        rec(&mut w, false, 5, Kind::Output, out(b"$ "));
+        rec(
+            &mut w,
+            false,
+            700,
+            Kind::Input,
+            ClientMsg::TermInput(b"ls\r".to_vec()).encode(),
+        );
+        rec(&mut w, false, 720, Kind::Output, out("ls\r\nfile-é\r\n$ ".as_bytes()));
+        w.keyframe();
+        rec(&mut w, true, 10_000, Kind::Input, resize);
+        rec(
+            &mut w,
+            true,
+            10_000,
+            Kind::State,
+            out("\x1bc$ ls\r\nfile-é\r\n$ ".as_bytes()),
+        );
+        rec(&mut w, false, 10_250, Kind::Output, out(b"exit\r\n"));
+        w.flush();
+        (w.take(), records)
+    }
+
+    #[test]
+    fn the_shared_recording_vector_is_what_the_writer_writes() {
+        let (bytes, records) = sample();
+        let idx = index(&bytes).unwrap();
+        // Each record with whether its chunk is a keyframe (a keyframe chunk goes on after its state).
+        let mut r = Reader::new();
+        r.push(&bytes);
+        let mut read = Vec::new();
+        while let Some(c) = r.next_chunk().unwrap() {
+            read.extend(c.records.into_iter().map(|rec| (c.keyframe, rec)));
+        }
+        assert_eq!(
+            read.iter().map(|(_, r)| r).collect::<Vec<_>>(),
+            records.iter().map(|(_, r)| r).collect::<Vec<_>>()
+        );
+        assert!(
+            records.iter().zip(&read).all(|((state, _), (key, _))| !state || *key),
+            "state starts keyframes"
+        );
+        let kind = |k: Kind| match k {
+            Kind::Output => 0,
+            Kind::Input => 1,
+            Kind::State => 2,
+        };
+        let v = serde_json::json!({
+            "about": format!("A session recording (docs/protocol.md \"Recording format\") written by proto/src/recording.rs for the web client's reader: do not edit by hand ({FILE} is rewritten by PORTICO_BLESS=1 cargo test -p portico-proto --lib). A reader must give the records in order, each with whether its chunk is a keyframe; any altered byte must fail the check."),
+            "hex": hex::encode(&bytes),
+            "meta": idx.meta,
+            "duration_ms": idx.duration_ms,
+            "keyframes": idx.keyframes.iter().map(|k| serde_json::json!({ "at_ms": k.at_ms, "offset": k.offset, "prev": hex::encode(k.prev) })).collect::<Vec<_>>(),
+            "records": read.iter().map(|(key, r)| serde_json::json!({ "at_ms": r.at_ms, "kind": kind(r.kind), "keyframe": key, "hex": hex::encode(&r.data) })).collect::<Vec<_>>(),
+        });
+        let text = serde_json::to_string_pretty(&v).unwrap() + "\n";
+        generated::check(FILE, &text);
+    }
+}

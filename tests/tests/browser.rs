@@ -613,3 +613,83 @@ async fn vnc_text_scrolling_on_a_4_mbit_link_stays_within_the_latency_target() -
     assert!(!line.is_empty(), "{out}");
     Ok(())
 }
+
+/// Recordings played back in Chromium: an SSH recording seeked to its second keyframe shows the terminal
+/// as it was then, searched and played at 8× to its end; a VNC recording played to the pixels that were
+/// live.
+#[tokio::test(flavor = "multi_thread")]
+async fn recordings_play_back_in_the_browser() -> anyhow::Result<()> {
+    use crate::recording::{last_tick_before, record_until_second_keyframe, recording_until, session_id};
+    let sshd = Sshd::start()?;
+    let xvnc = VncServer::xvnc(None, 320, 200)?;
+    xvnc.x("xsetroot", &["-solid", "#204060"])?;
+    let p = Portico::start()?;
+    let api = Api::admin(&p).await?;
+    let conn = ssh_connection(
+        &api,
+        &sshd,
+        json!({ "password": sshd.user.password, "settings": { "recording": "on" } }),
+    )
+    .await?;
+    let (s, ws) = portico_tests::client::attach(&p, &api, &conn).await?;
+    let sid = session_id(&s);
+    let mut t = portico_tests::client::Term::new(ws);
+    t.connected().await?;
+    let n = record_until_second_keyframe(
+        &api,
+        &sid,
+        &mut t,
+        "echo first-$((1+1))\r",
+        "first-2",
+        "echo second-$((2+2))\r",
+        "second-4",
+    )
+    .await?;
+    api.ok(Method::DELETE, &format!("/api/v1/sessions/{sid}"), None).await?;
+    let rec = recording_until(&api, &sid, "complete", |v| !v["completed_at"].is_null()).await?;
+    let keyframe = rec["stored"]["keyframes"][1]["at_ms"].as_u64().unwrap_or_default();
+    let (_, _, bytes) = api.get_bytes(&format!("/api/v1/recordings/{sid}/file"), None).await?;
+    let tick = last_tick_before(&bytes, keyframe, n)?;
+
+    let vconn = api
+        .create_connection(
+            json!({ "name": "vnc playback", "protocol": "vnc", "host": "127.0.0.1", "port": xvnc.port,
+            "settings": { "recording": "on" } }),
+        )
+        .await?;
+    let (vs, mut screen) = crate::vnc::open_screen(&p, &api, &vconn).await?;
+    let vid = session_id(&vs);
+    screen
+        .until("the first colour", Duration::from_secs(20), |c| {
+            c.pixel(5, 5) == [0x20, 0x40, 0x60]
+        })
+        .await?;
+    xvnc.x("xsetroot", &["-solid", "#a05010"])?;
+    screen
+        .until("the second colour", Duration::from_secs(20), |c| {
+            c.pixel(300, 190) == [0xa0, 0x50, 0x10]
+        })
+        .await?;
+    api.ok(Method::DELETE, &format!("/api/v1/sessions/{vid}"), None).await?;
+    recording_until(&api, &vid, "complete", |v| !v["completed_at"].is_null()).await?;
+
+    let seek = (keyframe + 1).to_string();
+    let before = format!("tick-{tick}");
+    let out = run_browser_script(
+        "player_e2e.js",
+        &[
+            ("PORTICO_URL", p.url.as_str()),
+            ("ADMIN_PASSWORD", p.admin_password.as_str()),
+            ("SSH_REC", sid.as_str()),
+            ("VNC_REC", vid.as_str()),
+            ("SEEK_MS", seek.as_str()),
+            ("BEFORE_TEXT", before.as_str()),
+            ("AFTER_TEXT", "second-4"),
+            ("EARLY_TEXT", "first-2"),
+        ],
+        Duration::from_secs(120),
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}\nportico log:\n{}", p.log()))?;
+    assert!(out.contains("player ok"), "{out}");
+    Ok(())
+}

@@ -18,7 +18,7 @@ mod metrics;
 mod mfa;
 mod ra3;
 mod rdp;
-mod recording;
+pub mod recording;
 pub mod rfb;
 mod ssh;
 mod sso;

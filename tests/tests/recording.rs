@@ -19,7 +19,7 @@ use crate::{open_term, ssh_connection};
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Poll `GET /api/v1/recordings/{id}` until `pred` holds (bounded by [`WAIT`]).
-async fn recording_until(api: &Api, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+pub async fn recording_until(api: &Api, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let (status, v) = api
@@ -55,7 +55,62 @@ fn records_from(
     Ok(out)
 }
 
-fn session_id(s: &Value) -> String {
+/// Type `first` (until `first_out` shows), then output lines (`tick-N`) until the recording of session `sid`
+/// has a second keyframe (one every 10 s while the screen changes), then type `last` (until `last_out`
+/// shows): what was on screen at that keyframe is known. Returns the number of ticks.
+pub async fn record_until_second_keyframe(
+    api: &Api,
+    sid: &str,
+    t: &mut Term,
+    first: &str,
+    first_out: &str,
+    last: &str,
+    last_out: &str,
+) -> anyhow::Result<usize> {
+    t.input(first).await?;
+    t.until("the first output", WAIT, |t| t.text().contains(first_out))
+        .await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut n = 0;
+    loop {
+        n += 1;
+        t.input(&format!("echo tick-{n}\r")).await?;
+        t.until("the tick", WAIT, |t| t.text().contains(&format!("tick-{n}\r\n")))
+            .await?;
+        let (_, v) = api
+            .request(Method::GET, &format!("/api/v1/recordings/{sid}"), None)
+            .await?;
+        if v["stored"]["keyframes"].as_array().is_some_and(|k| k.len() >= 2) {
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no second keyframe: {v}");
+        t.pump(Duration::from_millis(500)).await?;
+    }
+    t.input(last).await?;
+    t.until("the last output", WAIT, |t| t.text().contains(last_out))
+        .await?;
+    Ok(n)
+}
+
+/// The last `tick-N` the recording's output holds at or before `at_ms`.
+pub fn last_tick_before(bytes: &[u8], at_ms: u64, n: usize) -> anyhow::Result<usize> {
+    let mut r = Reader::new();
+    r.push(bytes);
+    let mut text = String::new();
+    while let Some(c) = r.next_chunk()? {
+        for rec in c.records.iter().filter(|r| r.kind == Kind::Output && r.at_ms <= at_ms) {
+            if let Ok(ServerMsg::TermOutput(b)) = ServerMsg::decode(&rec.data) {
+                text.push_str(&String::from_utf8_lossy(&b));
+            }
+        }
+    }
+    (1..=n)
+        .rev()
+        .find(|k| text.contains(&format!("tick-{k}\r\n")))
+        .ok_or_else(|| anyhow::anyhow!("no tick before {at_ms} ms"))
+}
+
+pub fn session_id(s: &Value) -> String {
     s["session_id"].as_str().unwrap_or_default().to_owned()
 }
 
@@ -82,30 +137,16 @@ async fn an_ssh_session_recorded_with_keystrokes_is_searched_checked_seeked_and_
         height_px: 0,
     })
     .await?;
-    t.input("echo rec-$((6*7))\r").await?;
-    t.until("the command's output", WAIT, |t| t.text().contains("rec-42"))
-        .await?;
-    // More output until a second keyframe is written (one every 10 s while the screen changes).
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut n = 0;
-    loop {
-        n += 1;
-        t.input(&format!("echo tick-{n}\r")).await?;
-        t.until("the tick", WAIT, |t| t.text().contains(&format!("tick-{n}\r\n")))
-            .await?;
-        let (_, v) = admin
-            .request(Method::GET, &format!("/api/v1/recordings/{sid}"), None)
-            .await?;
-        if v["stored"]["keyframes"].as_array().is_some_and(|k| k.len() >= 2) {
-            break;
-        }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no second keyframe: {v}");
-        t.pump(Duration::from_millis(500)).await?;
-    }
-    // The marker typed after the keyframe is not in its picture.
-    t.input("echo after-$((50+5))\r").await?;
-    t.until("the last output", WAIT, |t| t.text().contains("after-55"))
-        .await?;
+    let n = record_until_second_keyframe(
+        &admin,
+        &sid,
+        &mut t,
+        "echo rec-$((6*7))\r",
+        "rec-42",
+        "echo after-$((50+5))\r",
+        "after-55",
+    )
+    .await?;
     admin
         .ok(Method::DELETE, &format!("/api/v1/sessions/{sid}"), None)
         .await?;
@@ -200,13 +241,13 @@ async fn an_ssh_session_recorded_with_keystrokes_is_searched_checked_seeked_and_
             _ => None,
         })
         .collect();
-    let shown = t.text();
-    let last_tick = (1..=n).rev().find(|k| state.contains(&format!("tick-{k}\r\n")));
+    // The picture shows the last line output before the keyframe, as the live terminal did.
+    let want = last_tick_before(&bytes, last["at_ms"].as_u64().unwrap_or_default(), n)?;
     assert!(
-        last_tick.is_some(),
-        "the keyframe's picture shows the earlier output: {state:?}"
+        state.contains(&format!("tick-{want}\r\n")),
+        "the keyframe's picture shows the earlier output (tick-{want}): {state:?}"
     );
-    assert!(shown.contains(&format!("tick-{}", last_tick.unwrap_or(0))));
+    assert!(t.text().contains(&format!("tick-{want}\r\n")));
     assert!(!state.contains("after-55"), "and not what came after it");
     assert!(
         from_key.iter().any(|r| matches!(ServerMsg::decode(&r.data), Ok(ServerMsg::TermOutput(b)) if String::from_utf8_lossy(&b).contains("after-55"))),

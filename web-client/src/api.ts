@@ -217,3 +217,22 @@ export interface EventRecord {
 export type EventQuery = { type?: string; user_id?: string; connection_id?: string; session_id?: string; since?: number; until?: number; limit?: number; offset?: number };
 export const events = (q: EventQuery) => page<EventRecord>('/api/v1/events', q);
 export const eventTypes = () => call<{ types: string[]; retention_days: number }>('GET', '/api/v1/events/types');
+
+/** A session recording as `GET /api/v1/recordings` lists it (`stored` only for one recording). */
+export interface RecordingInfo {
+  id: string; user_id: string; username: string; connection_id: string; connection_name: string; protocol: string;
+  input: boolean; bridge_id: string; created_at: number; ended_at: number | null; completed_at: number | null;
+  stored?: { bytes: number; intact: boolean; duration_ms: number; records: number; problem: string | null } | null;
+}
+
+export async function recordings(params: { q?: string; limit?: number; offset?: number }): Promise<Page<RecordingInfo>> {
+  return page<RecordingInfo>('/api/v1/recordings', params);
+}
+
+export async function recording(id: string): Promise<RecordingInfo> {
+  return call<RecordingInfo>('GET', `/api/v1/recordings/${encodeURIComponent(id)}`);
+}
+
+export async function deleteRecording(id: string): Promise<void> {
+  await call<null>('DELETE', `/api/v1/recordings/${encodeURIComponent(id)}`);
+}

@@ -17,6 +17,8 @@ export class TerminalView implements View {
   private readonly term: Terminal;
   private readonly el: HTMLElement;
   private readonly observer: ResizeObserver;
+  /** A recording's size: the terminal keeps it instead of fitting its element. */
+  private fixed = false;
 
   constructor(stage: HTMLElement, private readonly send: Send) {
     this.controls = [h('span', { class: 'muted' }, 'Ctrl+Shift+C / Ctrl+Shift+V')];
@@ -56,7 +58,9 @@ export class TerminalView implements View {
       }
       return true;
     });
-    this.observer = new ResizeObserver(() => fit.fit());
+    this.observer = new ResizeObserver(() => {
+      if (!this.fixed) fit.fit();
+    });
     this.observer.observe(this.el);
     this.el.addEventListener('click', () => term.focus());
   }
@@ -64,6 +68,12 @@ export class TerminalView implements View {
   private sendSize(): void {
     const r = this.el.getBoundingClientRect();
     this.send(wire.resize(this.term.cols, this.term.rows, r.width, r.height));
+  }
+
+  /** Keep `cols` × `rows` (playback: the size the recorded terminal had). */
+  resizeTo(cols: number, rows: number): void {
+    this.fixed = true;
+    if (cols > 0 && rows > 0 && (cols !== this.term.cols || rows !== this.term.rows)) this.term.resize(cols, rows);
   }
 
   attached(reattached: boolean): void {

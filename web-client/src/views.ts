@@ -6,6 +6,7 @@ import { openSession, type SessionTarget } from './session';
 import { foldersCard, grantsEditor, groupsCard } from './access';
 import { identityProvidersCard, loginExtras } from './sso';
 import { eventsCard } from './events';
+import { openPlayer } from './player';
 
 const DEFAULT_PORTS: Record<string, number> = { ssh: 22, vnc: 5900, rdp: 3389 };
 
@@ -482,8 +483,17 @@ export async function showMain(me: api.Me, onLogout: () => void): Promise<void> 
     page.append(await securityCard());
     page.append(await identityProvidersCard());
   }
-  if (me.user.role !== 'user') page.append(await eventsCard());
+  if (me.user.role !== 'user') {
+    page.append(await recordingsCard(me, refresh));
+    page.append(await eventsCard());
+  }
 
+  const played = /^#recording=(.+)$/.exec(location.hash);
+  if (played && me.user.role !== 'user') {
+    history.replaceState(null, '', location.pathname);
+    await openPlayer(decodeURIComponent(played[1] ?? ''), refresh);
+    return;
+  }
   const m = /^#open=(.+)$/.exec(location.hash);
   if (m) {
     history.replaceState(null, '', location.pathname);
@@ -494,6 +504,54 @@ export async function showMain(me: api.Me, onLogout: () => void): Promise<void> 
       err.textContent = `Could not open the session: ${errorText(e)}`;
     }
   }
+}
+
+/** Session recordings (admins and auditors): search by user or connection name, play, delete (admins). */
+async function recordingsCard(me: api.Me, refresh: () => void): Promise<HTMLElement> {
+  const err = h('div', { class: 'error', role: 'alert' });
+  const q = h('input', { id: 'recordings-q', placeholder: 'user or connection', autocomplete: 'off' });
+  const list = h('tbody', { id: 'recordings-list' });
+  const info = h('span', { id: 'recordings-info', class: 'muted' });
+  const load = async (): Promise<void> => {
+    err.textContent = '';
+    try {
+      const page = await api.recordings({ q: q.value.trim() || undefined, limit: 20 });
+      list.replaceChildren(...page.items.map((r) => {
+        const play = h('button', { class: 'recording-play' }, 'Play');
+        play.addEventListener('click', () => void openPlayer(r.id, refresh));
+        const del = h('button', { class: 'danger recording-delete', hidden: me.user.role !== 'admin' }, 'Delete');
+        del.addEventListener('click', async () => {
+          if (!confirm(`Delete the recording of ${r.username} on ${r.connection_name}?`)) return;
+          try {
+            await api.deleteRecording(r.id);
+            await load();
+          } catch (e) {
+            err.textContent = errorText(e);
+          }
+        });
+        return h('tr', { class: 'recording-row', 'data-id': r.id, 'data-connection': r.connection_name },
+          h('td', {}, fmtTime(r.created_at)), h('td', {}, r.username), h('td', {}, r.connection_name),
+          h('td', {}, h('span', { class: 'tag' }, r.protocol)), h('td', {}, r.input ? 'with keystrokes' : ''),
+          h('td', {}, r.completed_at ? fmtTime(r.ended_at ?? r.completed_at) : (r.ended_at ? 'cut short' : 'live')),
+          h('td', {}, play, ' ', del));
+      }));
+      info.textContent = page.total === 0 ? 'No recordings.' : `${page.items.length} of ${page.total}`;
+    } catch (e) {
+      err.textContent = errorText(e);
+    }
+  };
+  let timer = 0;
+  q.addEventListener('input', () => {
+    window.clearTimeout(timer);
+    timer = window.setTimeout(() => void load(), 300);
+  });
+  await load();
+  return h('section', { class: 'card', id: 'recordings-card' },
+    h('h2', {}, 'Recordings'),
+    h('p', { class: 'muted' }, 'Every search and playback is recorded as an event.'),
+    h('div', { class: 'inline-form' }, q, info),
+    h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Started'), h('th', {}, 'User'), h('th', {}, 'Connection'),
+      h('th', {}, 'Protocol'), h('th', {}, 'Input'), h('th', {}, 'Ended'), h('th', {}, ''))), list), err);
 }
 
 /** Live sessions (own; all for admins), each with an End button: an admin's End is the kill switch. */

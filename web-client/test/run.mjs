@@ -11,7 +11,11 @@ const root = dirname(dirname(fileURLToPath(import.meta.url)));
 const out = mkdtempSync(join(tmpdir(), 'portico-web-client-test-'));
 after(() => rmSync(out, { recursive: true, force: true }));
 
-for (const name of ['wire.test']) {
+// Every file bundled and imported before the first test is registered: the runner may end (and clean up)
+// once the tests it knows of are done.
+const names = ['wire.test', 'recording.test'];
+const mods = [];
+for (const name of names) {
   const outfile = join(out, `${name}.mjs`);
   await build({
     entryPoints: [join(root, 'test', `${name}.ts`)],
@@ -22,6 +26,8 @@ for (const name of ['wire.test']) {
     outfile,
     logLevel: 'warning',
   });
-  const mod = await import(pathToFileURL(outfile).href);
+  mods.push([name, await import(pathToFileURL(outfile).href)]);
+}
+for (const [name, mod] of mods) {
   for (const c of mod.cases()) test(`${name}: ${c.name}`, () => c.run());
 }
