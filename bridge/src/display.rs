@@ -41,12 +41,14 @@ const INLINE_ENCODE_BYTES: usize = 64 * 1024;
 /// decoded after the worker has handed its other tasks to another thread ([`off_worker`]).
 pub const INLINE_DECODE_BYTES: usize = 16 * 1024;
 
-/// Run CPU-bound work of a session task (decoding a large server update) without holding up the worker's
-/// other tasks: on the multi-thread runtime the worker first hands them (heartbeats, other sessions) to
-/// another thread. Elsewhere (a current-thread runtime, no runtime) it just runs.
-pub fn off_worker<R>(f: impl FnOnce() -> R) -> R {
+/// Run CPU-bound work of a session task (decoding a server update) without holding up the worker's other
+/// tasks when it is `heavy`: on the multi-thread runtime the worker first hands them (heartbeats, other
+/// sessions) to another thread. Light work, or no multi-thread runtime: it just runs.
+pub fn off_worker<R>(heavy: bool, f: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        Ok(h) if heavy && h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
         _ => f(),
     }
 }

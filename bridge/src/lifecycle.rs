@@ -335,11 +335,7 @@ impl Lifecycle {
     /// Queue a message for the browser without waiting; a full queue marks the session as lagging.
     pub fn send(&mut self, msg: ServerMsg) -> bool {
         let Some(c) = &self.client else { return false };
-        if let Some(r) = self.recorder.as_mut()
-            && records_as_sent(&msg)
-        {
-            r.output(&msg);
-        }
+        record_sent(&mut self.recorder, &msg);
         match c.try_send(msg) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -357,11 +353,7 @@ impl Lifecycle {
     /// than 5 s is treated as gone.
     pub async fn send_wait(&mut self, msg: ServerMsg) -> bool {
         let Some(c) = &self.client else { return false };
-        if let Some(r) = self.recorder.as_mut()
-            && records_as_sent(&msg)
-        {
-            r.output(&msg);
-        }
+        record_sent(&mut self.recorder, &msg);
         match tokio::time::timeout(Duration::from_secs(5), c.send(msg)).await {
             Ok(Ok(())) => true,
             _ => {
@@ -565,10 +557,14 @@ impl Lifecycle {
     }
 }
 
-/// Messages recorded as they are sent: all but terminal output (recorded as the server produced it, so a
-/// repaint for a browser that was behind is not recorded twice) and pongs.
-fn records_as_sent(msg: &ServerMsg) -> bool {
-    !matches!(msg, ServerMsg::TermOutput(_) | ServerMsg::Pong(_))
+/// A message on its way to the browser, for the recording: all but terminal output (recorded as the server
+/// produced it, so a repaint for a browser that was behind is not recorded twice) and pongs.
+fn record_sent(recorder: &mut Option<Recorder>, msg: &ServerMsg) {
+    if let Some(r) = recorder
+        && !matches!(msg, ServerMsg::TermOutput(_) | ServerMsg::Pong(_))
+    {
+        r.output(msg);
+    }
 }
 
 /// The result of [`Lifecycle::common`].

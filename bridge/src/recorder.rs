@@ -62,7 +62,7 @@ pub struct Recorder {
 
 /// Where the recording of session `id` is stored in `dir`.
 pub fn path_of(dir: &Path, id: &str) -> PathBuf {
-    dir.join(format!("{id}.portrec"))
+    dir.join(portico_proto::recording::file_name(id))
 }
 
 impl Recorder {
@@ -162,14 +162,6 @@ impl Recorder {
         match self.last_keyframe {
             None => true,
             Some(at) => self.gap || (self.changed && at.elapsed() >= KEYFRAME_EVERY),
-        }
-    }
-
-    /// When the next periodic keyframe is due (for the session's timer).
-    pub fn keyframe_at(&self) -> Instant {
-        match self.last_keyframe {
-            None => Instant::now(),
-            Some(at) => at + KEYFRAME_EVERY,
         }
     }
 

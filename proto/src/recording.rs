@@ -34,6 +34,11 @@ use sha2::{Digest, Sha256};
 
 use crate::wire::{ClientMsg, ServerMsg};
 
+/// The name of session `session_id`'s recording in the recording storage (bridges write it, webapps read it).
+pub fn file_name(session_id: &str) -> String {
+    format!("{session_id}.portrec")
+}
+
 /// The first bytes of every recording.
 pub const MAGIC: &[u8; 8] = b"PORTREC1";
 /// A chunk's payload never exceeds this (a reader refuses a larger length before allocating): the largest

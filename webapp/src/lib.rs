@@ -281,7 +281,6 @@ impl AppState {
 
     /// Periodic clean-up of expired rows; safe to run on every instance at once.
     pub fn spawn_maintenance(&self) -> tokio::task::JoinHandle<()> {
-        let db = self.db.clone();
         let st = self.clone();
         // The watch: every second, a database round trip (the vigil), then the sessions of bridges and
         // agents that stopped responding end and their loss is reported (its own task: pruning may take a
@@ -306,19 +305,18 @@ impl AppState {
                 }
             }
         });
-        let events = self.events.clone();
-        let st2 = self.clone();
+        let st = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tick.tick().await;
-                if let Err(e) = db.prune(now_unix()).await {
+                if let Err(e) = st.db.prune(now_unix()).await {
                     tracing::warn!(error = %e, "Database maintenance failed");
                 }
-                if let Err(e) = events.prune(&db, events::now_ms()).await {
+                if let Err(e) = st.events.prune(&st.db, events::now_ms()).await {
                     tracing::warn!(error = %e, "Pruning old events failed");
                 }
-                if let Err(e) = recordings::expire(&st2, now_unix()).await {
+                if let Err(e) = recordings::expire(&st, now_unix()).await {
                     tracing::warn!(error = format!("{e:#}"), "Removing expired recordings failed");
                 }
             }

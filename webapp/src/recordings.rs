@@ -130,13 +130,21 @@ fn path_of(st: &AppState, row: &RecordingRow) -> Result<PathBuf, ApiError> {
     if row.id.is_empty() || !row.id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
         return Err(ApiError::NotFound("recording"));
     }
-    Ok(dir.join(format!("{}.portrec", row.id)))
+    Ok(dir.join(portico_proto::recording::file_name(&row.id)))
 }
 
-/// Check a stored recording chunk by chunk (read in pieces: recordings may be large).
-async fn check(path: &std::path::Path) -> std::io::Result<Result<Stored, RecordingError>> {
-    let mut f = tokio::fs::File::open(path).await?;
+/// Check a stored recording chunk by chunk (the file read in pieces: recordings may be large).
+async fn check_file(path: &std::path::Path) -> std::io::Result<Result<Stored, RecordingError>> {
+    let f = tokio::fs::File::open(path).await?;
     let bytes = f.metadata().await?.len();
+    check(f, bytes).await
+}
+
+/// Check a recording of `bytes` bytes read from `f`, chunk by chunk.
+async fn check(
+    mut f: impl tokio::io::AsyncRead + Unpin,
+    bytes: u64,
+) -> std::io::Result<Result<Stored, RecordingError>> {
     let mut r = Reader::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut stored = Stored {
@@ -203,7 +211,7 @@ async fn show(
 ) -> Result<Json<RecordingView>, ApiError> {
     let row = recording_row(&st, &id).await?;
     let stored = match path_of(&st, &row) {
-        Ok(path) => match check(&path).await {
+        Ok(path) => match check_file(&path).await {
             Ok(Ok(s)) => Some(s),
             Ok(Err(e)) => return Err(integrity(e)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -332,9 +340,9 @@ async fn asciicast(
         ));
     }
     let path = path_of(&st, &row)?;
-    let stored = match check(&path).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(integrity(e)),
+    // The export needs the whole recording in memory: read once, checked from there.
+    let mut bytes = match tokio::fs::read(&path).await {
+        Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ApiError::NotFound("recording file")),
         Err(e) => {
             return Err(ApiError::Unavailable(
@@ -342,9 +350,15 @@ async fn asciicast(
             ));
         }
     };
-    let mut bytes = tokio::fs::read(&path)
-        .await
-        .map_err(|e| ApiError::Unavailable(anyhow::Error::new(e).context("read the recording")))?;
+    let stored = match check(&bytes[..], bytes.len() as u64).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(integrity(e)),
+        Err(e) => {
+            return Err(ApiError::Unavailable(
+                anyhow::Error::new(e).context("read the recording"),
+            ));
+        }
+    };
     bytes.truncate(usize::try_from(stored.playable_bytes).unwrap_or(usize::MAX));
     let cast = tokio::task::spawn_blocking(move || portico_proto::recording::asciicast(&bytes))
         .await
@@ -421,16 +435,13 @@ pub async fn expire(st: &AppState, now: i64) -> anyhow::Result<usize> {
         return Ok(0);
     }
     let before = now - i64::try_from(days.saturating_mul(86_400)).unwrap_or(i64::MAX);
-    let ids = st.db.expired_recordings(before, 1000).await?;
+    let rows = st.db.expired_recordings(before, 1000).await?;
     let mut removed = 0;
-    for id in &ids {
-        let Some(row) = st.db.recording(id).await? else {
-            continue;
-        };
-        if remove_file(st, &row).await.is_err() {
+    for row in &rows {
+        if remove_file(st, row).await.is_err() {
             continue;
         }
-        if st.db.delete_recording(id).await? {
+        if st.db.delete_recording(&row.id).await? {
             removed += 1;
         }
     }

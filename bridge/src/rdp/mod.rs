@@ -750,11 +750,8 @@ impl Rdp {
             return;
         }
         let area = bounding(rects);
-        if usize::from(area.width) * usize::from(area.height) * 4 > INLINE_DECODE_BYTES * 16 {
-            off_worker(|| self.apply_area(area, rects));
-        } else {
-            self.apply_area(area, rects);
-        }
+        let heavy = usize::from(area.width) * usize::from(area.height) * 4 > INLINE_DECODE_BYTES * 16;
+        off_worker(heavy, || self.apply_area(area, rects));
     }
 
     fn apply_area(&mut self, area: Rect, rects: &mut Vec<Rect>) {
@@ -979,12 +976,8 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                         }
                     };
                     let read_at = rdp.framed.last_read_at();
-                    let processed = if payload.len() > INLINE_DECODE_BYTES {
-                        off_worker(|| rdp.stage.process(&mut rdp.image, action, &payload, read_at))
-                    } else {
-                        rdp.stage.process(&mut rdp.image, action, &payload, read_at)
-                    };
-                    let outputs = match processed {
+                    let heavy = payload.len() > INLINE_DECODE_BYTES;
+                    let outputs = match off_worker(heavy, || rdp.stage.process(&mut rdp.image, action, &payload, read_at)) {
                         Ok(o) => o,
                         Err(e) => {
                             let why = format!("the rdp server sent something undecodable: {}", e.report().to_string().to_lowercase());

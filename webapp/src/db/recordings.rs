@@ -145,11 +145,15 @@ impl Db {
     }
 
     /// Recordings that began before `before` (at most `limit` of them, oldest first), for the retention.
-    pub async fn expired_recordings(&self, before: i64, limit: i64) -> sqlx::Result<Vec<String>> {
-        sqlx::query_scalar("SELECT id FROM recordings WHERE created_at < $1 ORDER BY created_at LIMIT $2")
-            .bind(before)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
+    pub async fn expired_recordings(&self, before: i64, limit: i64) -> sqlx::Result<Vec<RecordingRow>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLS} FROM recordings r LEFT JOIN sessions s ON s.id = r.id WHERE r.created_at < $1 \
+             ORDER BY r.created_at LIMIT $2"
+        )))
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(row).collect()
     }
 }
