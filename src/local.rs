@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use portico_bridge::ControlPlane;
 use portico_proto::control::{
     ClaimRequest, ControlError, EndRequest, HostKeyReport, SyncRequest, SyncResponse, Target, TokenKeys,
-    WorkspaceEndpoint,
+    ViewerClaimRequest, ViewerGrant, ViewerLeft, WorkspaceEndpoint,
 };
 use portico_webapp::Internal;
 use portico_webapp::internal::CallerBridge;
@@ -62,5 +62,13 @@ impl ControlPlane for LocalControl {
 
     async fn workspace(&self, session_id: &str) -> Result<Option<WorkspaceEndpoint>, ControlError> {
         self.0.workspace(&self.1, session_id).await
+    }
+
+    async fn claim_viewer(&self, session_id: &str, req: &ViewerClaimRequest) -> Result<ViewerGrant, ControlError> {
+        self.0.claim_viewer(&self.1, session_id, req).await
+    }
+
+    async fn viewer_left(&self, session_id: &str, viewer_id: &str, req: &ViewerLeft) -> Result<(), ControlError> {
+        self.0.viewer_left(&self.1, session_id, viewer_id, &req.reason).await
     }
 }

@@ -10,7 +10,7 @@ use ed25519_dalek::VerifyingKey;
 use portico_proto::Secret;
 use portico_proto::control::{
     BridgeRegisterRequest, BridgeRegistered, ClaimRequest, ControlError, EndRequest, HostKeyReport, SyncRequest,
-    SyncResponse, Target, TokenKeys, WorkspaceEndpoint,
+    SyncResponse, Target, TokenKeys, ViewerClaimRequest, ViewerGrant, ViewerLeft, WorkspaceEndpoint,
 };
 
 #[async_trait]
@@ -23,6 +23,10 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// Where the session's workspace container is once ready; `None` while it is still starting (the call
     /// waits a few seconds first; ask again).
     async fn workspace(&self, session_id: &str) -> Result<Option<WorkspaceEndpoint>, ControlError>;
+    /// Claim a viewer's token (once, fleet-wide) for a session this bridge holds; the viewer's current mode.
+    async fn claim_viewer(&self, session_id: &str, req: &ViewerClaimRequest) -> Result<ViewerGrant, ControlError>;
+    /// A viewer of a session this bridge holds went.
+    async fn viewer_left(&self, session_id: &str, viewer_id: &str, req: &ViewerLeft) -> Result<(), ControlError>;
 }
 
 /// Decode the published token keys.
@@ -312,5 +316,26 @@ impl ControlPlane for HttpControlPlane {
             None::<&()>,
         )
         .await
+    }
+
+    async fn claim_viewer(&self, session_id: &str, req: &ViewerClaimRequest) -> Result<ViewerGrant, ControlError> {
+        required(
+            self.call(
+                reqwest::Method::POST,
+                &format!("/internal/v1/sessions/{session_id}/viewers/claim"),
+                Some(req),
+            )
+            .await?,
+        )
+    }
+
+    async fn viewer_left(&self, session_id: &str, viewer_id: &str, req: &ViewerLeft) -> Result<(), ControlError> {
+        self.call::<serde_json::Value>(
+            reqwest::Method::POST,
+            &format!("/internal/v1/sessions/{session_id}/viewers/{viewer_id}/left"),
+            Some(req),
+        )
+        .await
+        .map(|_| ())
     }
 }

@@ -1479,6 +1479,11 @@ impl Flow {
         self.metrics.passthrough_decoded.add(counts.decoded);
     }
 
+    /// The pointer image a full picture ends with (a viewer's flow learns it from the owner's frames).
+    pub fn set_cursor(&mut self, msg: ServerMsg) {
+        self.cursor = Some(msg);
+    }
+
     /// A new pointer image: remembered for reattaches, and part of the current frame.
     pub fn cursor(&mut self, frame: &mut Frame, msg: ServerMsg) {
         self.cursor = Some(msg.clone());

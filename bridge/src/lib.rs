@@ -162,6 +162,7 @@ impl Bridge {
         let last = SyncRequest {
             bridge_id: self.config.bridge_id.clone(),
             sessions: self.registry.ids(),
+            viewers: Vec::new(),
             draining: true,
             stopping: true,
         };
@@ -226,9 +227,11 @@ impl Bridge {
                     // Nothing to keep alive: the grace starts with the next session.
                     watch.reached(std::time::Instant::now());
                 }
+                let viewers = bridge.registry.viewers();
                 let req = SyncRequest {
                     bridge_id: bridge.config.bridge_id.clone(),
                     sessions: ids,
+                    viewers: viewers.iter().map(|(v, _)| v.clone()).collect(),
                     draining: bridge.draining.load(std::sync::atomic::Ordering::SeqCst),
                     stopping: false,
                 };
@@ -254,6 +257,20 @@ impl Bridge {
                         for id in &res.ended {
                             if let (Some(live), Some((code, reason))) = (bridge.registry.get(id), res.end_of(id)) {
                                 live.order_end(code, reason, true);
+                            }
+                        }
+                        // Viewers: a revoked share disconnects its viewers, a changed mode applies at once.
+                        for (viewer, live) in &viewers {
+                            if let Some(reason) = res.viewers_revoked.get(viewer) {
+                                live.order_viewer(lifecycle::Cmd::ViewerRevoked {
+                                    id: viewer.clone(),
+                                    reason: reason.clone(),
+                                });
+                            } else if let Some(&mode) = res.viewer_modes.get(viewer) {
+                                live.order_viewer(lifecycle::Cmd::ViewerMode {
+                                    id: viewer.clone(),
+                                    mode,
+                                });
                             }
                         }
                     }

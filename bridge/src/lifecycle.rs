@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use portico_proto::codes::CloseCode;
-use portico_proto::control::{ControlError, EndRequest, SyncRequest};
+use portico_proto::control::{ControlError, EndRequest, SyncRequest, ViewerLeft};
 use portico_proto::limits::MaxDesktop;
-use portico_proto::token::SessionClaims;
-use portico_proto::wire::{ClientMsg, Credentials, Hello, ServerMsg};
+use portico_proto::token::{SessionClaims, ShareMode, ViewerClaim};
+use portico_proto::wire::{ClientMsg, Credentials, Hello, ServerMsg, ShareInfo, ViewerInfo};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use tokio::sync::{mpsc, oneshot};
@@ -24,6 +24,11 @@ use crate::recorder::Recorder;
 pub const CLIENT_QUEUE: usize = 64;
 /// How long a session waits for the user to type credentials.
 pub const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Messages queued towards one viewer of a shared session. More than an owner's: nothing waits for a
+/// viewer (a slow one must not slow the session), so a frame's messages are queued at once; its own flow
+/// control bounds what is in flight in bytes, and a viewer whose queue fills is resynchronised.
+pub const VIEWER_QUEUE: usize = 512;
 
 pub type ClientTx = mpsc::Sender<ServerMsg>;
 
@@ -44,6 +49,31 @@ pub enum Cmd {
         reason: String,
         from_control: bool,
     },
+    /// A viewer joins (its token claimed for this session; `mode` is its share's current mode).
+    AttachViewer {
+        viewer: ViewerClaim,
+        client: ClientTx,
+        reply: oneshot::Sender<u64>,
+    },
+    /// A message from viewer `key`.
+    ViewerMsg {
+        key: u64,
+        msg: ClientMsg,
+    },
+    /// Viewer `key`'s WebSocket closed.
+    DetachViewer {
+        key: u64,
+    },
+    /// The control plane says viewer `id`'s share is now `mode`.
+    ViewerMode {
+        id: String,
+        mode: ShareMode,
+    },
+    /// The control plane revoked viewer `id` (its share was revoked or expired).
+    ViewerRevoked {
+        id: String,
+        reason: String,
+    },
 }
 
 /// What the registry knows of a live session.
@@ -62,6 +92,8 @@ pub struct LiveSession {
     pub bytes_from_browser: std::sync::atomic::AtomicU64,
     /// The bridge's metrics of the session's protocol.
     pub metrics: SessionMetrics,
+    /// The ids of the viewers attached now (reported in the heartbeat).
+    viewer_ids: Mutex<Vec<String>>,
 }
 
 impl LiveSession {
@@ -76,6 +108,30 @@ impl LiveSession {
             bytes_to_browser: Default::default(),
             bytes_from_browser: Default::default(),
             metrics,
+            viewer_ids: Mutex::default(),
+        }
+    }
+
+    /// The ids of the viewers attached now.
+    pub fn viewer_ids(&self) -> Vec<String> {
+        self.viewer_ids.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Whether viewer `id` is attached to this session.
+    pub fn has_viewer(&self, id: &str) -> bool {
+        self.viewer_ids.lock().is_ok_and(|v| v.iter().any(|v| v == id))
+    }
+
+    /// Pass an order about a viewer without waiting, like [`LiveSession::order_end`]: a revocation always
+    /// gets through; a mode, which every heartbeat repeats, is dropped while the actor's queue is full.
+    pub fn order_viewer(&self, cmd: Cmd) {
+        if let Err(mpsc::error::TrySendError::Full(cmd)) = self.cmd.try_send(cmd)
+            && matches!(cmd, Cmd::ViewerRevoked { .. })
+        {
+            let tx = self.cmd.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(cmd).await;
+            });
         }
     }
 
@@ -208,6 +264,20 @@ impl Drop for Waiting {
     }
 }
 
+/// A viewer of a shared session (docs/security.md, "Sharing"): its own queue, and its mode, which the bridge
+/// enforces: a view-only viewer's input is dropped here.
+pub struct Viewer {
+    /// This session's handle of the viewer (commands from its WebSocket carry it).
+    pub key: u64,
+    pub id: String,
+    pub name: String,
+    pub mode: ShareMode,
+    pub shadow: bool,
+    client: ClientTx,
+    /// A message to it was dropped (or it just joined): the protocol resynchronises it.
+    pub lagging: bool,
+}
+
 /// How a session ends.
 pub struct End {
     pub code: CloseCode,
@@ -239,6 +309,11 @@ pub struct Lifecycle {
     /// browser goes in (terminal output as the server produced it: [`Lifecycle::record_output`]), and the
     /// browser's messages that the policy keeps.
     pub recorder: Option<Recorder>,
+    /// Viewers of the shared session, in the order they joined.
+    viewers: Vec<Viewer>,
+    next_viewer: u64,
+    /// Terminal sessions: the size viewers' terminals take (the owner's).
+    pub term_size: Option<(u16, u16)>,
 }
 
 impl Lifecycle {
@@ -263,31 +338,54 @@ impl Lifecycle {
             max_desktop,
             caps: None,
             recorder: None,
+            viewers: Vec::new(),
+            next_viewer: 0,
+            term_size: None,
         }
     }
 
     /// Wait for the first browser (normally immediate); `Some` if the session ended instead.
     pub async fn wait_first_attach(&mut self, cmd_rx: &mut mpsc::Receiver<Cmd>) -> Option<End> {
         let grace = Duration::from_secs(self.claims.grace.max(1).into());
-        match tokio::time::timeout(grace, cmd_rx.recv()).await {
-            Ok(Some(Cmd::Attach { client, reply })) => {
-                self.attach(client, reply);
-                None
+        let deadline = Instant::now() + grace;
+        loop {
+            match tokio::time::timeout_at(deadline, cmd_rx.recv()).await {
+                Ok(Some(Cmd::Attach { client, reply })) => {
+                    self.attach(client, reply);
+                    return None;
+                }
+                Ok(Some(Cmd::End {
+                    code,
+                    reason,
+                    from_control,
+                })) => {
+                    return Some(End {
+                        code,
+                        reason,
+                        from_control,
+                    });
+                }
+                // Viewers (and their orders) may come first; they watch the connection start.
+                Ok(Some(
+                    cmd @ (Cmd::AttachViewer { .. }
+                    | Cmd::ViewerMsg { .. }
+                    | Cmd::DetachViewer { .. }
+                    | Cmd::ViewerMode { .. }
+                    | Cmd::ViewerRevoked { .. }),
+                )) => {
+                    if let Common::End(end) = self.common(cmd) {
+                        return Some(end);
+                    }
+                }
+                Ok(Some(Cmd::Client { .. } | Cmd::Detach { .. })) => {}
+                Ok(None) | Err(_) => {
+                    return Some(End {
+                        code: CloseCode::GraceExpired,
+                        reason: "no browser attached".into(),
+                        from_control: false,
+                    });
+                }
             }
-            Ok(Some(Cmd::End {
-                code,
-                reason,
-                from_control,
-            })) => Some(End {
-                code,
-                reason,
-                from_control,
-            }),
-            _ => Some(End {
-                code: CloseCode::GraceExpired,
-                reason: "no browser attached".into(),
-                from_control: false,
-            }),
         }
     }
 
@@ -396,7 +494,7 @@ impl Lifecycle {
                     self.last_input = Instant::now();
                     return Ok(c);
                 }
-                Some(Common::Input(_) | Common::Handled) => {}
+                Some(Common::Input(_) | Common::Handled | Common::ViewerJoined(_) | Common::ViewerAck { .. }) => {}
             }
         }
     }
@@ -449,6 +547,184 @@ impl Lifecycle {
         None
     }
 
+    /// The viewers attached now.
+    pub fn viewers(&self) -> &[Viewer] {
+        &self.viewers
+    }
+
+    pub fn viewers_mut(&mut self) -> &mut [Viewer] {
+        &mut self.viewers
+    }
+
+    /// Whether the owner or any viewer watches.
+    pub fn watched(&self) -> bool {
+        self.client.is_some() || !self.viewers.is_empty()
+    }
+
+    /// Queue a message for viewer `key` without waiting; a full queue marks it lagging.
+    pub fn send_viewer(&mut self, key: u64, msg: ServerMsg) -> bool {
+        let Some(v) = self.viewers.iter_mut().find(|v| v.key == key) else {
+            return false;
+        };
+        match v.client.try_send(msg) {
+            Ok(()) => true,
+            Err(_) => {
+                v.lagging = true;
+                false
+            }
+        }
+    }
+
+    /// Text copied on the remote side: to the owner, and to the viewers in control (the clipboard follows the
+    /// share's mode: a view-only viewer gets none).
+    pub fn send_clipboard(&mut self, text: String) {
+        let keys: Vec<u64> = self
+            .viewers
+            .iter()
+            .filter(|v| v.mode == ShareMode::Control)
+            .map(|v| v.key)
+            .collect();
+        for key in keys {
+            self.send_viewer(key, ServerMsg::RemoteClipboard(text.clone()));
+        }
+        self.send(ServerMsg::RemoteClipboard(text));
+    }
+
+    /// Room left in viewer `key`'s queue.
+    pub fn viewer_room(&self, key: u64) -> usize {
+        self.viewers
+            .iter()
+            .find(|v| v.key == key)
+            .map_or(0, |v| v.client.capacity())
+    }
+
+    /// Who watches, as the owner and each viewer are told.
+    fn share_info(&self, mode: Option<ShareMode>) -> ShareInfo {
+        ShareInfo {
+            mode,
+            viewers: self
+                .viewers
+                .iter()
+                .map(|v| ViewerInfo {
+                    id: v.id.clone(),
+                    name: v.name.clone(),
+                    mode: v.mode,
+                    shadow: v.shadow,
+                })
+                .collect(),
+            cols: mode.and(self.term_size.map(|(c, _)| c)),
+            rows: mode.and(self.term_size.map(|(_, r)| r)),
+        }
+    }
+
+    /// Tell the owner and every viewer who watches (after a join, a leave, a mode change, a resize).
+    pub fn announce_viewers(&mut self) {
+        if let Ok(mut ids) = self.live.viewer_ids.lock() {
+            *ids = self.viewers.iter().map(|v| v.id.clone()).collect();
+        }
+        let owner = self.share_info(None);
+        if let Some(c) = &self.client {
+            let _ = c.try_send(ServerMsg::Share(owner));
+        }
+        let infos: Vec<(u64, ShareInfo)> = self
+            .viewers
+            .iter()
+            .map(|v| (v.key, self.share_info(Some(v.mode))))
+            .collect();
+        for (key, info) in infos {
+            self.send_viewer(key, ServerMsg::Share(info));
+        }
+    }
+
+    fn attach_viewer(&mut self, claim: ViewerClaim, client: ClientTx, reply: oneshot::Sender<u64>) -> u64 {
+        self.next_viewer += 1;
+        let key = self.next_viewer;
+        let _ = client.try_send(ServerMsg::Hello(Hello {
+            session_id: self.claims.sid.clone(),
+            protocol: self.claims.proto.as_str().into(),
+            // A viewer does not reattach: it joins again through the control plane.
+            resume_token: String::new(),
+            grace_seconds: 0,
+            reattached: false,
+            recording: self.recorder.is_some(),
+        }));
+        tracing::info!(viewer_id = %claim.id, viewer = %claim.name, mode = claim.mode.as_str(), shadow = claim.shadow, "Viewer attached");
+        self.viewers.push(Viewer {
+            key,
+            id: claim.id,
+            name: claim.name,
+            mode: claim.mode,
+            shadow: claim.shadow,
+            client,
+            lagging: true,
+        });
+        self.live.metrics.viewers.inc();
+        let _ = reply.send(key);
+        self.announce_viewers();
+        key
+    }
+
+    /// Let viewer `key` go: told why (`close`) when the bridge disconnects it, and reported to the control
+    /// plane.
+    fn drop_viewer(&mut self, key: u64, close: Option<(CloseCode, String)>, why: &str) {
+        let Some(i) = self.viewers.iter().position(|v| v.key == key) else {
+            return;
+        };
+        let v = self.viewers.remove(i);
+        self.live.metrics.viewers.dec();
+        tracing::info!(viewer_id = %v.id, reason = why, "Viewer detached");
+        if let Some((code, reason)) = close {
+            let c = v.client.clone();
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(1), c.send(ServerMsg::closed(code, reason))).await;
+            });
+        }
+        let control = self.control.clone();
+        let (sid, vid, req) = (self.claims.sid.clone(), v.id, ViewerLeft { reason: why.to_owned() });
+        tokio::spawn(async move {
+            if let Err(e) = control.viewer_left(&sid, &vid, &req).await {
+                tracing::debug!(error = %e, viewer_id = %vid, "Could not report a viewer's departure");
+            }
+        });
+        self.announce_viewers();
+    }
+
+    /// A message from a viewer: view-only viewers' input is dropped here (the bridge, not the page, enforces
+    /// the mode); a viewer in control types and points like the owner (never resizes the owner's desktop).
+    fn viewer_msg(&mut self, key: u64, msg: ClientMsg) -> Common {
+        let Some(mode) = self.viewers.iter().find(|v| v.key == key).map(|v| v.mode) else {
+            return Common::Handled;
+        };
+        match msg {
+            ClientMsg::Ping(p) => {
+                self.send_viewer(key, ServerMsg::Pong(p));
+                Common::Handled
+            }
+            ClientMsg::FrameAck { frame_id } => Common::ViewerAck { key, frame_id },
+            ClientMsg::Disconnect => {
+                self.drop_viewer(key, None, "closed by the viewer");
+                Common::Handled
+            }
+            msg @ (ClientMsg::Key { .. }
+            | ClientMsg::Pointer { .. }
+            | ClientMsg::TermInput(_)
+            | ClientMsg::Clipboard(_))
+                if mode == ShareMode::Control =>
+            {
+                if let Some(r) = self.recorder.as_mut() {
+                    r.input(&msg);
+                }
+                Common::Input(msg)
+            }
+            ClientMsg::Key { .. } | ClientMsg::Pointer { .. } | ClientMsg::TermInput(_) | ClientMsg::Clipboard(_) => {
+                self.live.metrics.viewer_input_dropped.inc();
+                Common::Handled
+            }
+            // A viewer never resizes the owner's screen, and has no credentials to give.
+            _ => Common::Handled,
+        }
+    }
+
     /// The connection to the target failed: tell the browser why (fatal) and end the session.
     pub async fn fail(mut self, code: CloseCode, why: String) {
         tracing::warn!(code = code.as_str(), error = %why, "Upstream connection failed");
@@ -488,6 +764,13 @@ impl Lifecycle {
         }
         self.live.metrics.ended(code);
         self.live.set_end(code, &reason);
+        for v in std::mem::take(&mut self.viewers) {
+            self.live.metrics.viewers.dec();
+            let (c, reason) = (v.client, reason.clone());
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(1), c.send(ServerMsg::closed(code, reason))).await;
+            });
+        }
         if let Some(c) = self.client.take() {
             // The close message must get through even when the queue is full.
             let _ = tokio::time::timeout(Duration::from_secs(1), c.send(ServerMsg::closed(code, reason.clone()))).await;
@@ -526,6 +809,28 @@ impl Lifecycle {
             }),
             // From a replaced browser.
             Cmd::Client { .. } | Cmd::Detach { .. } => Common::Handled,
+            Cmd::AttachViewer { viewer, client, reply } => {
+                Common::ViewerJoined(self.attach_viewer(viewer, client, reply))
+            }
+            Cmd::ViewerMsg { key, msg } => self.viewer_msg(key, msg),
+            Cmd::DetachViewer { key } => {
+                self.drop_viewer(key, None, "the viewer's browser went");
+                Common::Handled
+            }
+            Cmd::ViewerMode { id, mode } => {
+                if let Some(v) = self.viewers.iter_mut().find(|v| v.id == id && v.mode != mode) {
+                    tracing::info!(viewer_id = %id, mode = mode.as_str(), "Viewer's mode changed");
+                    v.mode = mode;
+                    self.announce_viewers();
+                }
+                Common::Handled
+            }
+            Cmd::ViewerRevoked { id, reason } => {
+                if let Some(key) = self.viewers.iter().find(|v| v.id == id).map(|v| v.key) {
+                    self.drop_viewer(key, Some((CloseCode::ShareRevoked, reason.clone())), &reason);
+                }
+                Common::Handled
+            }
         }
     }
 
@@ -572,9 +877,17 @@ pub enum Common {
     Handled,
     /// A browser attached; `true` when it is a reattach (the protocol sends the current screen).
     Attached(bool),
-    /// Input for the protocol.
+    /// Input for the protocol (the owner's, or a viewer's in control).
     Input(ClientMsg),
     End(End),
+    /// A viewer joined (its key): the protocol sends it the current picture (or it is resynchronised as
+    /// lagging, which it starts as).
+    ViewerJoined(u64),
+    /// A viewer drew one of its frames.
+    ViewerAck {
+        key: u64,
+        frame_id: u32,
+    },
 }
 
 pub async fn sleep_until(deadline: Option<Instant>) {

@@ -45,6 +45,8 @@ pub struct BridgeMetrics {
     passthrough_decoded: CounterVec,
     recorded_bytes: CounterVec,
     recording_dropped: CounterVec,
+    viewers: GaugeVec,
+    viewer_input_dropped: CounterVec,
     encoder_waiting: Gauge,
     encoder_busy: Gauge,
     encoder_width: Gauge,
@@ -162,6 +164,16 @@ impl BridgeMetrics {
                 "Messages left out of a recording because its queue to the storage was full (the recording has a gap until its next keyframe).",
                 &["protocol"],
             ),
+            viewers: r.gauge_vec(
+                "portico_bridge_viewers",
+                "Viewers attached to shared sessions.",
+                &["protocol"],
+            ),
+            viewer_input_dropped: r.counter_vec(
+                "portico_bridge_viewer_input_dropped_total",
+                "Input messages from view-only viewers, dropped at the bridge.",
+                &["protocol"],
+            ),
             encoder_waiting: r.gauge(
                 "portico_bridge_encoder_queue_depth",
                 "Image encode/decode jobs waiting for the encoder pool.",
@@ -197,6 +209,8 @@ impl BridgeMetrics {
             from_browser: self.bytes_from_browser.with(&p),
             recorded: self.recorded_bytes.with(&p),
             recording_dropped: self.recording_dropped.with(&p),
+            viewers: self.viewers.with(&p),
+            viewer_input_dropped: self.viewer_input_dropped.with(&p),
             // Terminals have no frames.
             display: match protocol {
                 Protocol::Ssh => DisplayMetrics::default(),
@@ -227,6 +241,8 @@ pub struct SessionMetrics {
     pub from_browser: Counter,
     pub recorded: Counter,
     pub recording_dropped: Counter,
+    pub viewers: Gauge,
+    pub viewer_input_dropped: Counter,
     pub display: DisplayMetrics,
 }
 

@@ -63,6 +63,19 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// The viewers attached to live sessions, with the session holding each.
+    pub fn viewers(&self) -> Vec<(String, Arc<LiveSession>)> {
+        let sessions: Vec<Arc<LiveSession>> = self
+            .sessions
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        sessions
+            .into_iter()
+            .flat_map(|s| s.viewer_ids().into_iter().map(move |v| (v, s.clone())))
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.sessions.lock().map(|m| m.len()).unwrap_or(0)
     }

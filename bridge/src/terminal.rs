@@ -12,7 +12,7 @@ use portico_proto::control::{HostKeyReport, Target};
 use portico_proto::wire::{ClientMsg, ServerMsg};
 use tokio::sync::mpsc;
 
-use crate::lifecycle::{CLIENT_QUEUE, Cmd, Common, End, Lifecycle, sleep_until};
+use crate::lifecycle::{CLIENT_QUEUE, Cmd, Common, End, Lifecycle, VIEWER_QUEUE, sleep_until};
 use crate::ssh::{self, Output};
 
 /// Initial terminal size until the browser sends its own.
@@ -54,21 +54,44 @@ impl Terminal {
         r.keyframe(Some(&size), &[ServerMsg::TermOutput(repaint)]);
     }
 
+    /// Output to the owner and to every viewer that is not behind (a viewer behind gets a repaint once its
+    /// queue has room, like the owner: a slow viewer never holds the session up).
     fn forward(&self, life: &mut Lifecycle, data: Vec<u8>) {
+        let keys: Vec<u64> = life.viewers().iter().filter(|v| !v.lagging).map(|v| v.key).collect();
+        for key in keys {
+            life.send_viewer(key, ServerMsg::TermOutput(data.clone()));
+        }
         if !life.lagging {
             life.send(ServerMsg::TermOutput(data));
         }
+    }
+
+    /// Whether the owner or a viewer waits for a repaint.
+    fn behind(life: &Lifecycle) -> bool {
+        life.lagging || life.viewers().iter().any(|v| v.lagging)
     }
 
     fn try_repaint(&self, life: &mut Lifecycle) {
         let room = life.client().map(|c| c.capacity());
         match room {
             None => life.lagging = false,
-            Some(room) if room >= CLIENT_QUEUE / 2 => {
+            Some(room) if room >= CLIENT_QUEUE / 2 && life.lagging => {
                 life.lagging = false;
                 life.send(ServerMsg::TermOutput(self.repaint_bytes()));
             }
             Some(_) => {}
+        }
+        let behind: Vec<u64> = life.viewers().iter().filter(|v| v.lagging).map(|v| v.key).collect();
+        for key in behind {
+            if life.viewer_room(key) >= VIEWER_QUEUE / 2 {
+                if let Some(v) = life.viewers_mut().iter_mut().find(|v| v.key == key) {
+                    v.lagging = false;
+                }
+                // From a reset terminal: a viewer that just joined has drawn nothing, one behind missed some.
+                let mut repaint = b"\x1bc".to_vec();
+                repaint.extend_from_slice(&self.repaint_bytes());
+                life.send_viewer(key, ServerMsg::TermOutput(repaint));
+            }
         }
     }
 }
@@ -82,6 +105,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
     let mut term = Terminal {
         parser: vt100::Parser::new(DEFAULT_ROWS, DEFAULT_COLS, 0),
     };
+    life.term_size = Some((DEFAULT_COLS, DEFAULT_ROWS));
     life.send(ServerMsg::status(
         "connecting",
         format!("connecting to {}:{}", target.host, target.port),
@@ -96,7 +120,10 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                 cmd = cmd_rx.recv() => match cmd.map(|c| life.common(c)) {
                     None => return,
                     Some(Common::End(end)) => return life.end(end).await,
-                    Some(Common::Input(ClientMsg::Resize { cols, rows, .. })) if cols > 0 => term.parser.screen_mut().set_size(rows, cols),
+                    Some(Common::Input(ClientMsg::Resize { cols, rows, .. })) if cols > 0 => {
+                        term.parser.screen_mut().set_size(rows, cols);
+                        life.term_size = Some((cols, rows));
+                    }
                     Some(_) => {}
                 },
             }
@@ -164,6 +191,8 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                 Some(Common::Attached(_)) => {
                     life.send(ServerMsg::TermOutput(term.repaint_bytes()));
                 }
+                Some(Common::ViewerJoined(_)) => term.try_repaint(&mut life),
+                Some(Common::ViewerAck { .. }) => {}
                 Some(Common::Input(msg)) => match msg {
                     ClientMsg::TermInput(bytes) => {
                         life.last_input = tokio::time::Instant::now();
@@ -173,6 +202,14 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                     }
                     ClientMsg::Resize { cols, rows, width_px, height_px } if cols > 0 => {
                         term.parser.screen_mut().set_size(rows, cols);
+                        if life.term_size != Some((cols, rows)) {
+                            // Viewers' terminals take the owner's size, then its screen.
+                            life.term_size = Some((cols, rows));
+                            life.announce_viewers();
+                            for v in life.viewers_mut() {
+                                v.lagging = true;
+                            }
+                        }
                         let _ = channel.window_change(cols.into(), rows.into(), width_px.into(), height_px.into()).await;
                     }
                     // Display and clipboard messages mean nothing to a terminal.
@@ -184,7 +221,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                     break end;
                 }
             }
-            _ = repaint_tick.tick(), if life.lagging => term.try_repaint(&mut life),
+            _ = repaint_tick.tick(), if Terminal::behind(&life) => term.try_repaint(&mut life),
         }
     };
     let _ = channel.close().await;

@@ -59,6 +59,8 @@ struct Display {
     refresh: bool,
     /// Remote clipboard changes go to the browser.
     clipboard_down: bool,
+    /// The viewers of the shared session, each with its own flow control.
+    viewers: crate::screen::ViewerScreens,
 }
 
 // The Tight JPEG quality level asked for at first is the ceiling of the quality control.
@@ -127,7 +129,14 @@ impl Display {
             return;
         }
         if let Some(fb) = &mut self.fb {
-            crate::screen::send_frame(&mut self.flow, std::mem::take(&mut self.frame), fb, life).await;
+            crate::screen::send_frame(
+                &mut self.flow,
+                std::mem::take(&mut self.frame),
+                fb,
+                life,
+                &mut self.viewers,
+            )
+            .await;
         }
     }
 
@@ -139,6 +148,13 @@ impl Display {
             return None;
         }
         self.flow.room_at().map(tokio::time::Instant::from_std)
+    }
+
+    /// Viewers that are behind get what they missed, once they have room.
+    async fn catch_up_viewers(&mut self, life: &mut Lifecycle) {
+        if let Some(fb) = &mut self.fb {
+            self.viewers.catch_up(fb, life).await;
+        }
     }
 
     /// Everything a freshly attached browser needs: the size, the whole screen, the pointer.
@@ -246,7 +262,7 @@ impl Display {
                     self.flush(life).await;
                 }
                 RfbEvent::CutText(text) if self.clipboard_down => {
-                    life.send(ServerMsg::RemoteClipboard(text));
+                    life.send_clipboard(text);
                 }
                 RfbEvent::CutText(_) => tracing::debug!("Remote clipboard not forwarded (clipboard_down is off)"),
                 RfbEvent::ResizeRefused(why) => {
@@ -304,7 +320,7 @@ async fn wait_workspace(life: &mut Lifecycle, cmd_rx: &mut mpsc::Receiver<Cmd>) 
                     None => return Err(WaitEnd::Ended(End { code: CloseCode::Ended, reason: "bridge shutting down".into(), from_control: false })),
                     Some(Common::End(end)) => return Err(WaitEnd::Ended(end)),
                     Some(Common::Attached(_)) => { life.send(ServerMsg::status("connecting", status)); }
-                    Some(Common::Input(_) | Common::Handled) => {}
+                    Some(Common::Input(_) | Common::Handled | Common::ViewerJoined(_) | Common::ViewerAck { .. }) => {}
                 },
             }
         };
@@ -399,6 +415,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
         full_update: false,
         refresh: false,
         clipboard_down: settings.clipboard_down,
+        viewers: crate::screen::ViewerScreens::new(DEFAULT_JPEG_LEVEL),
     };
     // INVARIANT: the password is in the RFB client's config now; the target is not needed any more.
     drop(target);
@@ -443,7 +460,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                         life.send(ServerMsg::error(rfb_code(&e), e.to_string()));
                         break End { code: rfb_code(&e), reason: e.to_string(), from_control: false };
                     }
-                    d.maybe_request(life.client().is_some());
+                    d.maybe_request(life.watched());
                 }
             },
             cmd = cmd_rx.recv() => match cmd.map(|c| life.common(c)) {
@@ -453,6 +470,14 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                 Some(Common::Attached(_)) => {
                     d.full_frame(&mut life).await;
                     d.maybe_request(true);
+                }
+                Some(Common::ViewerJoined(_)) => {
+                    d.catch_up_viewers(&mut life).await;
+                    d.maybe_request(true);
+                }
+                Some(Common::ViewerAck { key, frame_id }) => {
+                    d.viewers.ack(key, frame_id);
+                    d.catch_up_viewers(&mut life).await;
                 }
                 Some(Common::Input(msg)) => {
                     let (w, h) = d.rfb.size();
@@ -469,7 +494,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                         ClientMsg::FrameAck { frame_id } => {
                             d.on_ack(frame_id);
                             d.flush(&mut life).await;
-                            d.maybe_request(life.client().is_some());
+                            d.maybe_request(life.watched());
                         }
                         ClientMsg::Resize { width_px, height_px, .. } if !d.rfb.set_desktop_size(width_px, height_px) => {
                             let why = "this vnc server cannot be resized remotely; the view is scaled instead";
@@ -484,12 +509,13 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                 if d.content.check(std::time::Instant::now()).is_some() {
                     d.follow_encodings();
                 }
-                d.maybe_request(life.client().is_some());
+                d.maybe_request(life.watched());
             }
             () = sleep_until(d.room_at(life.client().is_some())) => {
                 d.flush(&mut life).await;
-                d.maybe_request(life.client().is_some());
+                d.maybe_request(life.watched());
             }
+            () = sleep_until(d.viewers.wake_at()) => d.catch_up_viewers(&mut life).await,
             () = sleep_until(deadline) => {
                 if !d.rfb.is_connected() {
                     let why = format!("no rfb handshake with {addr} within {} s", HANDSHAKE_TIMEOUT.as_secs());

@@ -9,13 +9,14 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt as _, StreamExt as _};
 use portico_proto::codes::CloseCode;
-use portico_proto::control::{ClaimRequest, ControlError};
+use portico_proto::control::{ClaimRequest, ControlError, ViewerClaimRequest};
+use portico_proto::token::ViewerClaim;
 use portico_proto::wire::{self, ClientMsg, ServerMsg};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Bridge;
-use crate::lifecycle::{CLIENT_QUEUE, Cmd, LiveSession};
+use crate::lifecycle::{CLIENT_QUEUE, Cmd, LiveSession, VIEWER_QUEUE};
 
 /// Initial WebSocket read/write buffer per connection.
 const WS_BUFFER: usize = 8 * 1024;
@@ -117,13 +118,6 @@ pub async fn handler(
             }
         },
         Some(Credential::Token(token)) => {
-            // A draining bridge keeps its sessions (reattaches above) but starts none: the token is not
-            // claimed, so it still works on another bridge.
-            if bridge.draining.load(std::sync::atomic::Ordering::SeqCst) {
-                tracing::info!(%session_id, "Refused a new session: this bridge is draining");
-                metrics.refused("draining");
-                return refuse(StatusCode::SERVICE_UNAVAILABLE, "this bridge is draining");
-            }
             let claims = match bridge.verify(&token, &session_id).await {
                 Ok(c) => c,
                 Err(e) => {
@@ -137,6 +131,16 @@ pub async fn handler(
                     return refuse(status, &e.to_string());
                 }
             };
+            if let Some(viewer) = claims.viewer.clone() {
+                return join_viewer(&bridge, &session_id, &claims.jti, viewer, ws).await;
+            }
+            // A draining bridge keeps its sessions (reattaches above) but starts none: the token is not
+            // claimed, so it still works on another bridge.
+            if bridge.draining.load(std::sync::atomic::Ordering::SeqCst) {
+                tracing::info!(%session_id, "Refused a new session: this bridge is draining");
+                metrics.refused("draining");
+                return refuse(StatusCode::SERVICE_UNAVAILABLE, "this bridge is draining");
+            }
             let req = ClaimRequest {
                 jti: claims.jti.clone(),
                 bridge_id: bridge.config.bridge_id.clone(),
@@ -183,6 +187,11 @@ pub async fn handler(
             )
         }
     };
+    upgrade(ws).on_upgrade(move |socket| pump(socket, live, Role::Owner))
+}
+
+/// The WebSocket settings of every session's socket.
+fn upgrade(ws: WebSocketUpgrade) -> WebSocketUpgrade {
     ws.protocols([wire::SUBPROTOCOL])
         .max_message_size(wire::MAX_CLIENT_MESSAGE + 16)
         // Small initial buffers (they grow on demand): the 128 KiB defaults dominate idle-session memory.
@@ -190,25 +199,111 @@ pub async fn handler(
         .write_buffer_size(WS_BUFFER)
         // Back-pressure instead of unbounded buffering when a browser stops reading.
         .max_write_buffer_size(WS_MAX_WRITE_BUFFER)
-        .on_upgrade(move |socket| pump(socket, live))
 }
 
-async fn pump(socket: WebSocket, live: Arc<LiveSession>) {
-    let (client_tx, mut client_rx) = mpsc::channel(CLIENT_QUEUE);
+/// A viewer's token (verified): the session must live on this bridge, and the token is claimed once,
+/// fleet-wide, through the control plane, which answers with the share's current mode.
+async fn join_viewer(
+    bridge: &Arc<Bridge>,
+    session_id: &str,
+    jti: &str,
+    mut viewer: ViewerClaim,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let metrics = &bridge.registry.metrics;
+    let Some(live) = bridge.registry.get(session_id) else {
+        tracing::info!(%session_id, viewer_id = %viewer.id, "Refused a viewer: the session is not live on this bridge");
+        metrics.refused("viewer_no_session");
+        return refuse(StatusCode::NOT_FOUND, "the session is not live on this bridge");
+    };
+    let req = ViewerClaimRequest {
+        jti: jti.to_owned(),
+        bridge_id: bridge.config.bridge_id.clone(),
+        viewer_id: viewer.id.clone(),
+    };
+    match bridge.control.claim_viewer(session_id, &req).await {
+        Ok(grant) => viewer.mode = grant.mode,
+        Err(
+            e @ (ControlError::AlreadyUsed | ControlError::Ended | ControlError::NotFound | ControlError::Refused(_)),
+        ) => {
+            tracing::warn!(%session_id, viewer_id = %viewer.id, error = %e, "Refused viewer claim");
+            metrics.refused("viewer_claim");
+            return refuse(StatusCode::FORBIDDEN, &e.to_string());
+        }
+        Err(e) => {
+            tracing::error!(%session_id, error = %e, "Viewer claim failed");
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "control plane unavailable");
+        }
+    }
+    metrics.upgrades.with(&["viewer"]).inc();
+    upgrade(ws).on_upgrade(move |socket| pump(socket, live, Role::Viewer(viewer)))
+}
+
+/// Who is at the other end of a session's socket.
+enum Role {
+    Owner,
+    Viewer(ViewerClaim),
+}
+
+/// How the socket's messages reach the actor.
+#[derive(Clone, Copy)]
+enum Handle {
+    Owner(u64),
+    Viewer(u64),
+}
+
+impl Handle {
+    fn msg(self, msg: ClientMsg) -> Cmd {
+        match self {
+            Handle::Owner(generation) => Cmd::Client { generation, msg },
+            Handle::Viewer(key) => Cmd::ViewerMsg { key, msg },
+        }
+    }
+
+    fn gone(self) -> Cmd {
+        match self {
+            Handle::Owner(generation) => Cmd::Detach { generation },
+            Handle::Viewer(key) => Cmd::DetachViewer { key },
+        }
+    }
+}
+
+async fn pump(socket: WebSocket, live: Arc<LiveSession>, role: Role) {
     let (reply_tx, reply_rx) = oneshot::channel();
-    if live
-        .cmd
-        .send(Cmd::Attach {
-            client: client_tx,
-            reply: reply_tx,
-        })
-        .await
-        .is_err()
-    {
+    let (attach, mut client_rx) = match role {
+        Role::Owner => {
+            let (client, rx) = mpsc::channel(CLIENT_QUEUE);
+            (
+                Cmd::Attach {
+                    client,
+                    reply: reply_tx,
+                },
+                rx,
+            )
+        }
+        Role::Viewer(viewer) => {
+            let (client, rx) = mpsc::channel(VIEWER_QUEUE);
+            (
+                Cmd::AttachViewer {
+                    viewer,
+                    client,
+                    reply: reply_tx,
+                },
+                rx,
+            )
+        }
+    };
+    let viewer = matches!(attach, Cmd::AttachViewer { .. });
+    if live.cmd.send(attach).await.is_err() {
         return;
     }
-    let Ok(generation) = reply_rx.await else {
+    let Ok(key) = reply_rx.await else {
         return;
+    };
+    let handle = if viewer {
+        Handle::Viewer(key)
+    } else {
+        Handle::Owner(key)
     };
     let (mut tx, mut rx) = socket.split();
     loop {
@@ -241,7 +336,7 @@ async fn pump(socket: WebSocket, live: Arc<LiveSession>) {
                 let reply = match incoming {
                     Some(Ok(Message::Binary(b))) => match ClientMsg::decode(&b) {
                         Ok(msg) => {
-                            if live.cmd.send(Cmd::Client { generation, msg }).await.is_err() {
+                            if live.cmd.send(handle.msg(msg)).await.is_err() {
                                 // The session ended: what it queued for us (its final error and the
                                 // close) must still reach the browser, or the browser would keep
                                 // trying to reattach to a session that no longer exists.
@@ -265,7 +360,7 @@ async fn pump(socket: WebSocket, live: Arc<LiveSession>) {
             }
         }
     }
-    let _ = live.cmd.send(Cmd::Detach { generation }).await;
+    let _ = live.cmd.send(handle.gone()).await;
 }
 
 /// Forward what the ended session left in the queue, then close the WebSocket. A session whose actor

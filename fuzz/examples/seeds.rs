@@ -512,6 +512,7 @@ fn tokens() -> Vec<(String, Vec<u8>)> {
         idle_timeout: 0,
         max_duration: 0,
         grace: 60,
+        viewer: None,
     };
     let token = TokenSigner::new(key.clone()).sign(&claims);
     let json = serde_json::to_vec(&claims).unwrap();

@@ -105,5 +105,12 @@ fn claims() -> SessionClaims {
         idle_timeout: 0,
         max_duration: 0,
         grace: 60,
+        // A viewer's token: an edit that flips its mode must never verify either.
+        viewer: Some(portico_proto::token::ViewerClaim {
+            id: "v1".into(),
+            mode: portico_proto::token::ShareMode::View,
+            name: "alice".into(),
+            shadow: false,
+        }),
     }
 }

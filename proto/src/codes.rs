@@ -113,6 +113,9 @@ close_codes! {
     /// The session must be recorded and the recording could not start.
     RecordingUnavailable = "recording_unavailable", ends_session: true, retryable: Some(true),
         meaning: "the connection's policy records its sessions and the bridge could not start the recording (no recording storage, or it cannot be written); nothing was connected";
+    /// A viewer's share was revoked or expired (the session goes on for its owner).
+    ShareRevoked = "share_revoked", ends_session: true, retryable: Some(false),
+        meaning: "(to a viewer only) the owner or an administrator stopped sharing the session with you, or the share expired; the session goes on for its owner";
     /// Another browser attached to the session.
     Replaced = "replaced", ends_session: true, retryable: Some(false),
         meaning: "(to the replaced socket only) the session was opened in another window, which now has it";
@@ -206,6 +209,7 @@ mod tests {
                 "logon_error",
                 "grace_expired",
                 "recording_unavailable",
+                "share_revoked",
                 "replaced",
             ]
         );

@@ -236,6 +236,31 @@ impl RecordingPolicy {
     }
 }
 
+/// The most a connection's sessions may be shared with ([`ConnectionSettings::sharing`]) or shadowed by an
+/// administrator without an invitation ([`ConnectionSettings::shadowing`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShareLimit {
+    #[default]
+    Off,
+    /// View-only viewers.
+    View,
+    /// View-only viewers, and viewers who may take control.
+    Control,
+}
+
+impl ShareLimit {
+    /// Whether a viewer of `mode` is allowed.
+    pub fn allows(self, mode: crate::token::ShareMode) -> bool {
+        use crate::token::ShareMode;
+        match self {
+            ShareLimit::Off => false,
+            ShareLimit::View => mode == ShareMode::View,
+            ShareLimit::Control => true,
+        }
+    }
+}
+
 /// Per-connection settings beyond host, port and credentials. Unknown keys are refused by the API;
 /// every field has a safe default, so older rows (`{}`) stay valid.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,6 +292,11 @@ pub struct ConnectionSettings {
     pub workspace: Option<WorkspaceSpec>,
     /// Record the sessions (the user is told): off, on, or with keystrokes.
     pub recording: RecordingPolicy,
+    /// The owner of a session (or an administrator) may share it live with other users: off, view-only
+    /// viewers, or viewers who may also take control.
+    pub sharing: ShareLimit,
+    /// Administrators may join a session without an invitation (the owner is told), up to this mode.
+    pub shadowing: ShareLimit,
 }
 
 impl Default for ConnectionSettings {
@@ -284,6 +314,8 @@ impl Default for ConnectionSettings {
             h264: false,
             workspace: None,
             recording: RecordingPolicy::Off,
+            sharing: ShareLimit::Off,
+            shadowing: ShareLimit::Off,
         }
     }
 }
@@ -312,11 +344,34 @@ pub struct EndRequest {
     pub duration_ms: u64,
 }
 
+/// A bridge claims a viewer's token (once, fleet-wide) for the session it holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ViewerClaimRequest {
+    pub jti: String,
+    pub bridge_id: String,
+    pub viewer_id: String,
+}
+
+/// A viewer went: why (for the events).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ViewerLeft {
+    pub reason: String,
+}
+
+/// The claim's answer: the viewer's current mode (the owner may have changed it since the token).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ViewerGrant {
+    pub mode: crate::token::ShareMode,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SyncRequest {
     pub bridge_id: String,
     /// Sessions live on this bridge.
     pub sessions: Vec<String>,
+    /// Viewers attached to those sessions (their ids): the answer says which may stay, and in which mode.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub viewers: Vec<String>,
     /// The bridge is draining (a signal, or the control plane asked): it takes no new sessions.
     #[serde(default)]
     pub draining: bool,
@@ -352,6 +407,12 @@ pub struct SyncResponse {
     /// Set while an administrator has this bridge drained.
     #[serde(default)]
     pub drain: Option<DrainOrder>,
+    /// The current mode of each viewer of the request that may stay (the owner may have switched it).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub viewer_modes: std::collections::BTreeMap<String, crate::token::ShareMode>,
+    /// Viewers of the request whose share was revoked or expired, with why: the bridge disconnects them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub viewers_revoked: std::collections::BTreeMap<String, String>,
 }
 
 impl SyncResponse {

@@ -55,6 +55,47 @@ struct Header {
     kid: String,
 }
 
+/// What a viewer of a shared session may do: watch, or also type and point (and use the clipboard, as the
+/// connection allows). The bridge enforces it: a view-only viewer's input never reaches the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShareMode {
+    View,
+    Control,
+}
+
+impl ShareMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShareMode::View => "view",
+            ShareMode::Control => "control",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "view" => Some(ShareMode::View),
+            "control" => Some(ShareMode::Control),
+            _ => None,
+        }
+    }
+}
+
+/// The viewer part of a token that joins a live session owned by someone else (docs/security.md,
+/// "Sharing"): the token names the session as an owner's does, and this says who joins and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewerClaim {
+    /// The viewer's id: claimed once, fleet-wide, like the token.
+    pub id: String,
+    /// The mode at the time the token was minted (the claim returns the current one).
+    pub mode: ShareMode,
+    /// The viewer's user name, shown to the owner.
+    pub name: String,
+    /// An administrator joined without an invitation, as the connection's policy allows.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
+}
+
 /// Claims of a session token. All times are Unix seconds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionClaims {
@@ -81,6 +122,9 @@ pub struct SessionClaims {
     pub max_duration: u32,
     /// Seconds the bridge keeps a session whose browser dropped, waiting for a reattach.
     pub grace: u32,
+    /// Set when the token joins the session as a viewer (its owner shared it); `None` for the owner's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub viewer: Option<ViewerClaim>,
 }
 
 /// Why a token was refused.
@@ -251,6 +295,7 @@ mod tests {
             idle_timeout: 0,
             max_duration: 0,
             grace: 60,
+            viewer: None,
         }
     }
 

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::codes::CloseCode;
+use crate::token::ShareMode;
 
 pub const VERSION: u8 = 1;
 /// WebSocket sub-protocol the bridge selects.
@@ -25,6 +26,7 @@ mod ty {
     pub const ERROR: u8 = 0x04;
     pub const CLOSED: u8 = 0x05;
     pub const PONG: u8 = 0x06;
+    pub const SHARE: u8 = 0x07;
     pub const DISPLAY_SIZE: u8 = 0x20;
     pub const IMAGE: u8 = 0x21;
     pub const COPY: u8 = 0x22;
@@ -61,6 +63,33 @@ pub struct Hello {
     /// The session is recorded (the client shows it); omitted when false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recording: bool,
+}
+
+/// Who watches a shared session ([`ServerMsg::Share`]): sent to the owner whenever it changes, and to each
+/// viewer when it joins and when its mode or the owner's terminal size changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareInfo {
+    /// This browser's mode when it is a viewer; absent for the owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ShareMode>,
+    /// The viewers attached now.
+    pub viewers: Vec<ViewerInfo>,
+    /// Terminal sessions, to a viewer: the owner's terminal size (the viewer's terminal takes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cols: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u16>,
+}
+
+/// One viewer of a shared session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewerInfo {
+    pub id: String,
+    pub name: String,
+    pub mode: ShareMode,
+    /// An administrator watching without an invitation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +140,8 @@ pub enum ServerMsg {
     Error(ErrorInfo),
     Closed(Closed),
     Pong([u8; 8]),
+    /// Who watches the session (shared sessions only).
+    Share(ShareInfo),
     /// The remote display has this size; the client clears its canvas to it.
     DisplaySize {
         width: u16,
@@ -320,6 +351,7 @@ impl ServerMsg {
             ServerMsg::Error(e) => json_frame(ty::ERROR, e),
             ServerMsg::Closed(c) => json_frame(ty::CLOSED, c),
             ServerMsg::Pong(p) => frame(ty::PONG, p),
+            ServerMsg::Share(i) => json_frame(ty::SHARE, i),
             ServerMsg::DisplaySize { width, height } => frame(ty::DISPLAY_SIZE, &u16s(&[*width, *height])),
             ServerMsg::Image { rect, format, data } => {
                 let mut p = rect_bytes(rect);
@@ -384,6 +416,7 @@ impl ServerMsg {
             ty::ERROR => ServerMsg::Error(json(payload)?),
             ty::CLOSED => ServerMsg::Closed(json(payload)?),
             ty::PONG => ServerMsg::Pong(fixed(t, payload)?),
+            ty::SHARE => ServerMsg::Share(json(payload)?),
             ty::DISPLAY_SIZE => {
                 let p: [u8; 4] = fixed(t, payload)?;
                 ServerMsg::DisplaySize {

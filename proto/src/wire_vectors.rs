@@ -12,8 +12,11 @@ use serde::{Deserialize, Serialize};
 use crate::codes::CloseCode;
 use crate::generated;
 use crate::wire::{
-    CAPS_H264, ClientMsg, Closed, Credentials, ErrorInfo, Hello, ImageFormat, Rect, ServerMsg, Status, VERSION,
+    CAPS_H264, ClientMsg, Closed, Credentials, ErrorInfo, Hello, ImageFormat, Rect, ServerMsg, ShareInfo, Status,
+    VERSION, ViewerInfo,
 };
+
+use crate::token::ShareMode;
 
 const FILE: &str = "proto/vectors/wire.json";
 
@@ -50,6 +53,15 @@ enum ServerValue {
     },
     Pong {
         data: String,
+    },
+    Share {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<ShareMode>,
+        viewers: Vec<ViewerInfo>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cols: Option<u16>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rows: Option<u16>,
     },
     DisplaySize {
         width: u16,
@@ -223,6 +235,12 @@ fn server_value(m: &ServerMsg) -> ServerValue {
             reason: c.reason,
         },
         ServerMsg::Pong(p) => ServerValue::Pong { data: hex::encode(p) },
+        ServerMsg::Share(i) => ServerValue::Share {
+            mode: i.mode,
+            viewers: i.viewers,
+            cols: i.cols,
+            rows: i.rows,
+        },
         ServerMsg::DisplaySize { width, height } => ServerValue::DisplaySize { width, height },
         ServerMsg::Image { rect, format, data } => ServerValue::Image {
             x: rect.x,
@@ -311,6 +329,17 @@ fn server_msg(v: &ServerValue) -> ServerMsg {
         ServerValue::Error { code, message, fatal } => ServerMsg::Error(ErrorInfo { code, message, fatal }),
         ServerValue::Closed { code, reason } => ServerMsg::Closed(Closed { code, reason }),
         ServerValue::Pong { data } => ServerMsg::Pong(fixed(&data)),
+        ServerValue::Share {
+            mode,
+            viewers,
+            cols,
+            rows,
+        } => ServerMsg::Share(ShareInfo {
+            mode,
+            viewers,
+            cols,
+            rows,
+        }),
         ServerValue::DisplaySize { width, height } => ServerMsg::DisplaySize { width, height },
         ServerValue::Image {
             x,
@@ -484,6 +513,37 @@ fn server_cases() -> Vec<(&'static str, ServerMsg)> {
                 grace_seconds: 60,
                 reattached: false,
                 recording: true,
+            }),
+        ),
+        (
+            "share, to the owner: two viewers, one an administrator",
+            ServerMsg::Share(ShareInfo {
+                mode: None,
+                viewers: vec![
+                    ViewerInfo {
+                        id: "v1".into(),
+                        name: "alice".into(),
+                        mode: ShareMode::View,
+                        shadow: false,
+                    },
+                    ViewerInfo {
+                        id: "v2".into(),
+                        name: "root".into(),
+                        mode: ShareMode::Control,
+                        shadow: true,
+                    },
+                ],
+                cols: None,
+                rows: None,
+            }),
+        ),
+        (
+            "share, to a view-only viewer of a terminal",
+            ServerMsg::Share(ShareInfo {
+                mode: Some(ShareMode::View),
+                viewers: vec![],
+                cols: Some(132),
+                rows: Some(43),
             }),
         ),
         (
@@ -1013,6 +1073,15 @@ fn malformed_server() -> Vec<(&'static str, Vec<u8>)> {
             json_msg(0x04, r#"{"code":4,"message":"m","fatal":true}"#),
         ),
         ("closed, reason missing", json_msg(0x05, r#"{"code":"ended"}"#)),
+        ("share, viewers missing", json_msg(0x07, r#"{"mode":"view"}"#)),
+        (
+            "share, an unknown mode",
+            json_msg(0x07, r#"{"mode":"admin","viewers":[]}"#),
+        ),
+        (
+            "share, a viewer without a name",
+            json_msg(0x07, r#"{"viewers":[{"id":"v1","mode":"view"}]}"#),
+        ),
         ("closed, an unknown code", json_msg(0x05, r#"{"code":"","reason":"r"}"#)),
     ]
 }
@@ -1197,7 +1266,7 @@ fn every_message_type_has_a_vector() {
     assert_eq!(
         server.into_iter().collect::<Vec<_>>(),
         [
-            0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28, 0x40
+            0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28, 0x40
         ]
     );
     let client: std::collections::BTreeSet<u8> = file.client.iter().map(|v| bytes(&v.hex)[1]).collect();

@@ -3,16 +3,8 @@
 // connections first; an admin gives access in the UI; removing the user's group membership closes their open
 // terminal tab with the reason.
 'use strict';
-const { launch, newPage, shot, waitState, waitText, main, goto, openTab } = require('./lib');
+const { launch, newPage, shot, waitState, waitText, main, goto, openTab, loginAs } = require('./lib');
 const env = process.env;
-
-async function loginAs(page, user, password) {
-  await goto(page, `${env.PORTICO_URL}/`);
-  await page.fill('#login-username', user);
-  await page.fill('#login-password', password);
-  await page.click('#login-submit');
-  await page.waitForSelector('#conn-list[data-total]', { timeout: 15000 });
-}
 
 /** Type a search and wait for the list to show its result; returns the time from the last key, in ms. */
 async function searchFor(page, q) {
@@ -29,7 +21,7 @@ const total = (page) => page.$eval('#conn-list', (t) => Number(t.dataset.total))
 main(async () => {
   const browser = await launch();
   let page = await newPage(browser);
-  await loginAs(page, env.USER_NAME, env.USER_PASSWORD);
+  await loginAs(page, env.USER_NAME, env.USER_PASSWORD, '#conn-list[data-total]');
   // Exactly the granted folder's 50 connections and the SSH one, 50 per page, under their folder heading.
   if (await total(page) !== 51) throw new Error(`the user's list has ${await total(page)} connections`);
   const first = await names(page);
@@ -92,7 +84,7 @@ main(async () => {
 
   // The admin: the whole list, searched on the server, and gives access in the UI.
   const adminPage = await newPage(browser);
-  await loginAs(adminPage, 'admin', env.ADMIN_PASSWORD);
+  await loginAs(adminPage, 'admin', env.ADMIN_PASSWORD, '#conn-list[data-total]');
   if (await total(adminPage) !== 1001) throw new Error(`the admin's list has ${await total(adminPage)}`);
   const adminMs = await searchFor(adminPage, 'pc-0999');
   if ((await names(adminPage)).join() !== 'pc-0999') throw new Error('admin search pc-0999');

@@ -60,6 +60,15 @@ async function waitText(page, needle, timeout = 15000) {
   await page.waitForFunction((n) => typeof window.porticoTerminalText === 'function' && window.porticoTerminalText().includes(n), needle, { timeout });
 }
 
+/** Log in as `user` and wait until the home page shows `ready` (a selector). */
+async function loginAs(page, user, password, ready) {
+  await goto(page, `${process.env.PORTICO_URL}/`);
+  await page.fill('#login-username', user);
+  await page.fill('#login-password', password);
+  await page.click('#login-submit');
+  await page.waitForSelector(ready, { timeout: 15000 });
+}
+
 async function login(page, password) {
   await goto(page, `${process.env.PORTICO_URL}/`);
   await page.fill('#login-username', 'admin');
@@ -138,4 +147,4 @@ async function typeUS(page, text) {
   }
 }
 
-module.exports = { typeUS, launch, newPage, openTab, goto, shot, waitState, waitText, waitFile, login, main, pixel, waitPixel, at, createConnection };
+module.exports = { typeUS, launch, newPage, openTab, goto, shot, waitState, waitText, waitFile, login, loginAs, main, pixel, waitPixel, at, createConnection };

@@ -56,7 +56,8 @@ main(async () => {
   const admin = await page.context().newPage();
   await goto(admin, `${env.PORTICO_URL}/`);
   const live = admin.locator(`tr.session-row[data-id="${sid}"]`);
-  await live.waitFor({ timeout: 10000 });
+  // The home page builds its cards one after the other: on a busy 2-core machine that took over 10 s.
+  await live.waitFor({ timeout: 30000 });
   const text = await live.textContent();
   if (!/e2e workspace/.test(text)) throw new Error(`live session row shows ${text}`);
   await live.locator('.session-kill').click();
@@ -64,6 +65,6 @@ main(async () => {
   const status = await page.textContent('#session-status');
   if (!/ended/.test(status)) throw new Error(`the workspace tab says ${status}`);
   console.log(`workspace tab: ${status}`);
-  await admin.locator(`tr.session-row[data-id="${sid}"]`).waitFor({ state: 'detached', timeout: 10000 });
+  await admin.locator(`tr.session-row[data-id="${sid}"]`).waitFor({ state: 'detached', timeout: 30000 });
   await browser.close();
 });

@@ -165,6 +165,47 @@ impl Api {
         Ok(v["id"].as_str().unwrap_or_default().to_owned())
     }
 
+    /// Create a local user as [`Api::create_user`] does and log them in (through this client's base URL):
+    /// their id and their API client.
+    pub async fn user_api(&self, p: &Portico, name: &str, role: &str) -> anyhow::Result<(String, Api)> {
+        let id = self.create_user(name, role).await?;
+        let mut api = Api::new(p)?;
+        api.base = self.base.clone();
+        api.login(name, &format!("{name}-password-1")).await?;
+        Ok((id, api))
+    }
+
+    /// Share live session `sid` as a link (`mode`: `view` or `control`): the share and the link's secret.
+    pub async fn share_link(&self, sid: &str, mode: &str) -> anyhow::Result<(Value, String)> {
+        let share = self
+            .ok(
+                reqwest::Method::POST,
+                &format!("/api/v1/sessions/{sid}/shares"),
+                Some(json!({ "mode": mode, "link": true })),
+            )
+            .await?;
+        let secret = share["link_url"]
+            .as_str()
+            .and_then(|u| u.split("#join=").nth(1))
+            .context("a link share's link_url")?
+            .to_owned();
+        Ok((share, secret))
+    }
+
+    /// Join a shared session (`body`: a share, a link, or a session to shadow) and open the viewer's socket
+    /// where the answer says: the join's answer and the socket.
+    pub async fn join_session(&self, cert_sha256: &str, body: Value) -> anyhow::Result<(Value, WsStream)> {
+        let j = self.ok(reqwest::Method::POST, "/api/v1/join", Some(body)).await?;
+        let ws = ws_with_token(
+            j["ws_url"].as_str().unwrap_or_default(),
+            cert_sha256,
+            j["token"].as_str().unwrap_or_default(),
+        )
+        .await?
+        .map_err(|r| anyhow::anyhow!("viewer upgrade refused: {} {}", r.status, r.body))?;
+        Ok((j, ws))
+    }
+
     pub async fn create_connection(&self, body: Value) -> anyhow::Result<String> {
         let v = self
             .ok(reqwest::Method::POST, "/api/v1/connections", Some(body))
@@ -272,6 +313,10 @@ pub struct Term {
     pub display: Vec<ServerMsg>,
     /// Clipboard texts from the remote side.
     pub clipboard: Vec<String>,
+    /// The last word on who watches the session (shared sessions).
+    pub share: Option<wire::ShareInfo>,
+    /// Pongs received (their payloads), in order.
+    pub pongs: Vec<[u8; 8]>,
 }
 
 impl Term {
@@ -285,6 +330,8 @@ impl Term {
             statuses: Vec::new(),
             display: Vec::new(),
             clipboard: Vec::new(),
+            share: None,
+            pongs: Vec::new(),
         }
     }
 
@@ -323,8 +370,9 @@ impl Term {
                     ServerMsg::Status(s) => self.statuses.push(s),
                     ServerMsg::Error(e) => self.errors.push(e),
                     ServerMsg::Closed(c) => self.closed = Some(c),
-                    ServerMsg::Pong(_) => {}
+                    ServerMsg::Pong(p) => self.pongs.push(p),
                     ServerMsg::RemoteClipboard(t) => self.clipboard.push(t),
+                    ServerMsg::Share(i) => self.share = Some(i),
                     other => self.display.push(other),
                 }
                 Ok(true)
@@ -366,6 +414,15 @@ impl Term {
                 );
             }
         }
+    }
+
+    /// A ping answered: everything this socket sent before it was handled by the session (its actor
+    /// answers in order).
+    pub async fn barrier(&mut self, n: u8) -> anyhow::Result<()> {
+        let data = [b'b', n, 0, 0, 0, 0, 0, 0];
+        self.send(ClientMsg::Ping(data)).await?;
+        self.until("the pong", Duration::from_secs(10), |t| t.pongs.contains(&data))
+            .await
     }
 
     /// Wait until the remote shell is connected (a STATUS "connected").
@@ -540,8 +597,13 @@ pub struct Screen {
 
 impl Screen {
     pub fn new(ws: WsStream) -> Screen {
+        Screen::of(Term::new(ws))
+    }
+
+    /// A screen over a terminal client that already has its socket.
+    pub fn of(term: Term) -> Screen {
         Screen {
-            term: Term::new(ws),
+            term,
             canvas: Canvas::default(),
             ack: true,
         }

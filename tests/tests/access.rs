@@ -12,17 +12,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 async fn user(admin: &Api, p: &Portico, name: &str, role: &str) -> anyhow::Result<(String, Api)> {
-    let password = format!("{name}-password-1");
-    let v = admin
-        .ok(
-            Method::POST,
-            "/api/v1/users",
-            Some(json!({ "username": name, "password": password, "role": role })),
-        )
-        .await?;
-    let mut api = Api::new(p)?;
-    api.login(name, &password).await?;
-    Ok((v["id"].as_str().unwrap_or_default().to_owned(), api))
+    admin.user_api(p, name, role).await
 }
 
 async fn id_of(admin: &Api, path: &str, body: Value) -> anyhow::Result<String> {

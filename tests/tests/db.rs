@@ -109,6 +109,7 @@ async fn exercise(db: &Db) -> anyhow::Result<()> {
         ids,
         "another bridge's session is over for b2"
     );
+    shares(db, now).await?;
     bridges(db, now).await?;
     assert!(db.end_session("s1", CloseCode::IdleTimeout, "test", now + 5).await?);
     assert!(
@@ -891,6 +892,138 @@ async fn bridges(db: &Db, now: i64) -> anyhow::Result<()> {
 }
 
 /// A new session `id` of user u1 on connection c1, its token not yet claimed.
+/// Sharing of the live session `s1` (owned by `u1`, claimed by bridge `b1`): shares by link and by user,
+/// the viewer limit under concurrent joins, viewer claims (once, by the holding bridge only), modes and
+/// revocation as the heartbeat sees them, departures.
+async fn shares(db: &Db, now: i64) -> anyhow::Result<()> {
+    use portico_webapp::db::{ShareRow, ViewerClaim, ViewerRow, ViewerState};
+    db.insert_user("u-bob", "bob-viewer", "hash", "user", now).await?;
+    let share = |id: &str, kind: &str, subject: Option<&str>, link: Option<&str>| ShareRow {
+        id: id.into(),
+        session_id: "s1".into(),
+        created_by: "u1".into(),
+        kind: kind.into(),
+        subject_id: subject.map(Into::into),
+        link_hash: link.map(Into::into),
+        mode: "view".into(),
+        created_at: now,
+        expires_at: now + 100,
+        revoked_at: None,
+    };
+    db.insert_share(&share("sh-link", "link", None, Some("hash-1"))).await?;
+    db.insert_share(&share("sh-bob", "user", Some("u-bob"), None)).await?;
+    assert_eq!(db.share_by_link("hash-1").await?.map(|s| s.id), Some("sh-link".into()));
+    assert!(db.share_by_link("hash-2").await?.is_none());
+    let mine = db.shared_with("u-bob", now).await?;
+    assert_eq!(
+        mine.iter()
+            .map(|s| (s.share_id.as_str(), s.owner.as_str()))
+            .collect::<Vec<_>>(),
+        [("sh-bob", "alice")]
+    );
+    assert!(
+        db.shared_with("u1", now).await?.is_empty(),
+        "the owner's own session is not shared with them"
+    );
+    assert!(
+        db.shared_with("u-bob", now + 100).await?.is_empty(),
+        "an expired share lists nothing"
+    );
+
+    let viewer = |id: &str| ViewerRow {
+        id: id.into(),
+        share_id: "sh-link".into(),
+        session_id: "s1".into(),
+        user_id: "u-bob".into(),
+        username: "bob-viewer".into(),
+        token_jti: format!("jti-{id}"),
+        token_expires_at: now + 60,
+        created_at: now,
+        claimed_at: None,
+        bridge_id: None,
+        left_at: None,
+    };
+    // At most 2 viewers, whatever the concurrency.
+    let joined = futures_util::future::try_join_all(
+        (0..6).map(|i| async move { db.insert_viewer(&viewer(&format!("v{i}")), 2, now).await }),
+    )
+    .await?;
+    assert_eq!(joined.iter().filter(|j| **j).count(), 2, "{joined:?}");
+    let v = (0..6)
+        .map(|i| format!("v{i}"))
+        .zip(&joined)
+        .find(|(_, j)| **j)
+        .map(|(v, _)| v)
+        .unwrap_or_default();
+    let jti = format!("jti-{v}");
+    assert!(
+        matches!(
+            db.claim_viewer(&v, "s1", &jti, "b2", now).await?,
+            ViewerClaim::Refused(_)
+        ),
+        "not the holding bridge"
+    );
+    assert!(matches!(
+        db.claim_viewer(&v, "s1", "jti-wrong", "b1", now).await?,
+        ViewerClaim::Refused(_)
+    ));
+    assert!(
+        matches!(
+            db.claim_viewer(&v, "s1", &jti, "b1", now + 66).await?,
+            ViewerClaim::Refused(_)
+        ),
+        "an expired viewer token"
+    );
+    assert_eq!(
+        db.claim_viewer(&v, "s1", &jti, "b1", now).await?,
+        ViewerClaim::Claimed("view".into())
+    );
+    assert!(
+        matches!(
+            db.claim_viewer(&v, "s1", &jti, "b1", now).await?,
+            ViewerClaim::Refused(_)
+        ),
+        "once"
+    );
+    let states = |s: Vec<(String, ViewerState)>| s.into_iter().map(|(_, st)| st).collect::<Vec<_>>();
+    assert_eq!(
+        states(db.viewer_states(&[v.clone(), "ghost".into()], "b1", now).await?),
+        [
+            ViewerState::Allowed("view".into()),
+            ViewerState::Revoked("unknown viewer".into())
+        ]
+    );
+    assert!(db.set_share_mode("s1", "sh-link", "control").await?);
+    assert_eq!(
+        states(db.viewer_states(std::slice::from_ref(&v), "b1", now).await?),
+        [ViewerState::Allowed("control".into())]
+    );
+    assert_eq!(
+        states(db.viewer_states(std::slice::from_ref(&v), "b2", now).await?),
+        [ViewerState::Revoked("unknown viewer".into())],
+        "another bridge's viewer"
+    );
+    assert_eq!(db.live_viewers("s1", now).await?.len(), 2);
+    assert_eq!(db.revoke_shares("s1", Some("sh-link"), now + 1).await?, 1);
+    assert_eq!(
+        db.revoke_shares("s1", Some("sh-link"), now + 2).await?,
+        0,
+        "revoked once"
+    );
+    assert!(
+        !db.set_share_mode("s1", "sh-link", "view").await?,
+        "a revoked share keeps its mode"
+    );
+    assert_eq!(
+        states(db.viewer_states(std::slice::from_ref(&v), "b1", now).await?),
+        [ViewerState::Revoked("the owner stopped sharing the session".into())]
+    );
+    assert!(db.viewer_left(&v, "b1", now + 3).await?);
+    assert!(!db.viewer_left(&v, "b1", now + 4).await?);
+    assert_eq!(db.revoke_shares("s1", None, now + 5).await?, 1, "the other share");
+    Ok(())
+}
+
 fn pending(id: &str, jti: &str, now: i64) -> SessionRow {
     SessionRow {
         id: id.into(),

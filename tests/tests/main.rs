@@ -20,6 +20,7 @@ mod ra3;
 mod rdp;
 pub mod recording;
 pub mod rfb;
+mod sharing;
 mod ssh;
 mod sso;
 mod token;

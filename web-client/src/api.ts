@@ -29,7 +29,12 @@ export interface ConnectionSettings {
   workspace?: WorkspaceSpec | null;
   h264?: boolean;
   recording?: Recording;
+  /** Live sharing of its sessions, and administrators' shadowing without an invitation: the most allowed. */
+  sharing?: ShareLimit;
+  shadowing?: ShareLimit;
 }
+/** proto/src/control.rs `ShareLimit`. */
+export type ShareLimit = 'off' | 'view' | 'control';
 /** Whether a connection's sessions are recorded (proto/src/control.rs `RecordingPolicy`). */
 export type Recording = 'off' | 'on' | 'keystrokes';
 /** A container workspace's image and limits (proto/src/control.rs `WorkspaceSpec`). */
@@ -236,3 +241,26 @@ export async function recording(id: string): Promise<RecordingInfo> {
 export async function deleteRecording(id: string): Promise<void> {
   await call<null>('DELETE', `/api/v1/recordings/${encodeURIComponent(id)}`);
 }
+
+/** Live session sharing (docs/security.md, "Sharing"). */
+export type ShareMode = 'view' | 'control';
+export interface Share {
+  id: string; session_id: string; created_by: string; kind: 'user' | 'group' | 'link' | 'shadow';
+  subject_id: string | null; mode: ShareMode; created_at: number; expires_at: number; revoked_at: number | null;
+  /** Only in the answer that created a link share. */ link_url?: string;
+}
+export interface Viewer { id: string; share_id: string; user_id: string; username: string; claimed_at: number | null; left_at: number | null }
+export interface Shares { shares: Share[]; viewers: Viewer[] }
+export interface SharedSession { share_id: string; session_id: string; mode: ShareMode; expires_at: number; owner: string; connection_name: string; protocol: string }
+export interface Joined { session_id: string; viewer_id: string; mode: ShareMode; protocol: string; owner: string; token: string; ws_url: string; expires_at: number }
+export type ShareBody = { mode: ShareMode; expires_in_secs?: number } & ({ username: string } | { user_id: string } | { group_id: string } | { link: true });
+export type JoinBody = { share_id: string } | { link: string } | { session_id: string; mode?: ShareMode };
+const sessionPath = (id: string) => `/api/v1/sessions/${encodeURIComponent(id)}`;
+export const shares = (sessionId: string) => call<Shares>('GET', `${sessionPath(sessionId)}/shares`);
+export const createShare = (sessionId: string, b: ShareBody) => call<Share>('POST', `${sessionPath(sessionId)}/shares`, b);
+export const setShareMode = (sessionId: string, shareId: string, mode: ShareMode) =>
+  call<Share>('PATCH', `${sessionPath(sessionId)}/shares/${encodeURIComponent(shareId)}`, { mode });
+export const revokeShare = (sessionId: string, shareId: string | null) =>
+  call<unknown>('DELETE', `${sessionPath(sessionId)}/shares${shareId ? `/${encodeURIComponent(shareId)}` : ''}`);
+export const sharedWithMe = () => call<SharedSession[]>('GET', '/api/v1/shared');
+export const join = (b: JoinBody) => call<Joined>('POST', '/api/v1/join', b);

@@ -16,6 +16,7 @@ export type CloseCode =
   | 'logon_error'
   | 'grace_expired'
   | 'recording_unavailable'
+  | 'share_revoked'
   | 'replaced';
 
 export interface CloseCodeInfo {
@@ -41,6 +42,7 @@ export const CLOSE_CODES: { readonly [C in CloseCode]: CloseCodeInfo } = {
   logon_error: { endsSession: false, retryable: null, meaning: "(not fatal) the RDP server reported a logon problem (Windows' logon error notification); the session shows what the server shows" },
   grace_expired: { endsSession: true, retryable: true, meaning: "(log only: no browser is there to hear it) no client reattached within the grace period" },
   recording_unavailable: { endsSession: true, retryable: true, meaning: "the connection's policy records its sessions and the bridge could not start the recording (no recording storage, or it cannot be written); nothing was connected" },
+  share_revoked: { endsSession: true, retryable: false, meaning: "(to a viewer only) the owner or an administrator stopped sharing the session with you, or the share expired; the session goes on for its owner" },
   replaced: { endsSession: true, retryable: false, meaning: "(to the replaced socket only) the session was opened in another window, which now has it" },
 };
 

@@ -6,6 +6,7 @@ import { CLOSE_CODES, type CloseCode } from './codes';
 import * as wire from './wire';
 import { TerminalView } from './terminal';
 import { DisplayView, decodesH264 } from './display';
+import { OwnerSharing } from './share';
 
 export interface SessionTarget {
   sessionId: string;
@@ -25,6 +26,10 @@ export interface SessionOptions {
   /** The session as the control plane sees it (logged-in users): while reattaching, tells a session that
    * ended elsewhere (its bridge was lost) from a network that is slow to come back. */
   sessionState?: (id: string) => Promise<{ state: string; end_reason?: string | null }>;
+  /** The owner (logged in) may share the session live: the Share panel. */
+  sharing?: boolean;
+  /** This page watches someone else's session: its owner's name and the mode it joined with. */
+  viewer?: { owner: string; mode: wire.ShareMode };
 }
 
 /** What a protocol's view does with the session. */
@@ -63,10 +68,25 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
   const title = h('span', { class: 'title' }, first.title);
   // Shown while the bridge says the session is recorded (its policy is the connection's).
   const recording = h('span', { id: 'session-recording', class: 'recording', hidden: true, title: 'this session is recorded' }, '● REC');
+  // A viewer's mode, as the bridge says (it enforces it: view-only input never reaches the target).
+  const watching = h('span', { id: 'session-watching', class: 'watching', hidden: !opts.viewer });
   const viewControls = h('span', { class: 'view-controls' });
   const stage = h('div', { id: 'stage' });
-  const toolbar = h('div', { class: 'toolbar' }, backBtn, title, recording, status, viewControls, reconnectBtn, endBtn);
+  const shareControls = h('span', { class: 'share-controls' });
+  const toolbar = h('div', { class: 'toolbar' }, backBtn, title, recording, watching, status, shareControls, viewControls, reconnectBtn, endBtn);
   mount(h('div', { class: 'session' }, toolbar, stage));
+  let viewerMode: wire.ShareMode | null = opts.viewer?.mode ?? null;
+  const showMode = () => {
+    if (!opts.viewer || !viewerMode) return;
+    watching.textContent = `👁 ${opts.viewer.owner}'s session · ${viewerMode === 'control' ? 'in control' : 'view only'}`;
+    watching.dataset.mode = viewerMode;
+    stage.dataset.viewer = viewerMode;
+  };
+  showMode();
+  if (opts.viewer) {
+    endBtn.textContent = 'Leave';
+    reconnectBtn.textContent = 'Join again';
+  }
 
   let target = first;
   let ws: WebSocket | null = null;
@@ -91,9 +111,16 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
     view?.state(state, text);
   };
 
+  // A viewer sends acknowledgements and pings, and input only in control (never a resize: the owner's
+  // screen keeps its size). The bridge drops the rest anyway; not sending it keeps the page honest.
+  const viewerMay = (type: number | undefined) => type === wire.C_FRAME_ACK || type === wire.C_PING || type === wire.C_CAPS ||
+    type === wire.C_DISCONNECT || (viewerMode === 'control' && type !== wire.C_RESIZE && type !== wire.C_CREDENTIALS);
   const send: Send = (bytes) => {
+    if (opts.viewer && !viewerMay(bytes[1])) return;
     if (ws && ws.readyState === WebSocket.OPEN) ws.send(bytes);
   };
+  const owner = opts.sharing && !opts.viewer && !opts.embed ? new OwnerSharing(() => target.sessionId, stage) : null;
+  if (owner) shareControls.replaceChildren(...owner.controls);
 
   // `code`: how the bridge said the session ended; the stage carries it (data-close-code) and the status
   // line's tooltip explains it.
@@ -172,6 +199,16 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
           }
           break;
         }
+        case 'share':
+          if (opts.viewer) {
+            viewerMode = msg.share.mode ?? viewerMode;
+            showMode();
+            if (msg.share.cols && msg.share.rows && view instanceof TerminalView) view.resizeTo(msg.share.cols, msg.share.rows);
+          } else {
+            owner?.update(msg.share);
+            stage.dataset.viewers = String(msg.share.viewers.length);
+          }
+          break;
         default:
           view?.handle(msg);
       }
@@ -181,6 +218,11 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
       ws = null;
       if (!attached && !resumeToken) {
         finish('closed: the session could not be opened (the link expired or was already used)');
+        return;
+      }
+      if (opts.viewer) {
+        // A viewer does not reattach: it joins again through the control plane (Join again).
+        finish('closed: connection lost');
         return;
       }
       if (!lostAt) lostAt = Date.now();
@@ -251,7 +293,7 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
 
   endBtn.addEventListener('click', () => {
     send(wire.disconnect());
-    finish('closed: ended');
+    finish(opts.viewer ? 'closed: you left' : 'closed: ended');
     if (opts.endSession) void opts.endSession(target.sessionId).catch(() => undefined);
   });
   backBtn.addEventListener('click', () => {

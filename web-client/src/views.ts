@@ -3,6 +3,7 @@
 import * as api from './api';
 import { h, mount, errorText } from './dom';
 import { openSession, type SessionTarget } from './session';
+import { joinRequest, joinTarget } from './share';
 import { foldersCard, grantsEditor, groupsCard } from './access';
 import { identityProvidersCard, loginExtras } from './sso';
 import { eventsCard } from './events';
@@ -112,8 +113,15 @@ export async function launch(conn: api.Connection, me: api.Me, back: () => void)
     return { sessionId: s.session_id, token: s.token, wsUrl: s.ws_url, title: conn.name };
   };
   const first = await start();
-  openSession(first, { embed: false, onBack: back, newSession: start, endSession: api.endSession, sessionState: api.session });
+  openSession(first, { embed: false, onBack: back, newSession: start, endSession: api.endSession, sessionState: api.session, sharing: true });
   void me;
+}
+
+/** Watch a session someone shared (or, an administrator, one the policy lets them shadow). */
+export async function watch(body: api.JoinBody, back: () => void): Promise<void> {
+  const first = await joinTarget(body);
+  const again = async (): Promise<SessionTarget> => (await joinTarget(body)).target;
+  openSession(first.target, { embed: false, onBack: back, newSession: again, viewer: { owner: first.joined.owner, mode: first.joined.mode } });
 }
 
 function connectionEditor(existing: api.Connection | null, onSaved: () => void, onCancel: () => void): HTMLElement {
@@ -145,6 +153,11 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
   const recording = h('select', { id: 'conn-recording' },
     ...[['off', 'Off'], ['on', 'On: what the user sees'], ['keystrokes', 'On, with keystrokes']].map(([v, t]) =>
       h('option', { value: v, selected: (st?.recording ?? 'off') === v }, t)));
+  const limitSelect = (id: string, v: api.ShareLimit | undefined) => h('select', { id },
+    ...[['off', 'Off'], ['view', 'View only'], ['control', 'View or control']].map(([k, t]) =>
+      h('option', { value: k, selected: (v ?? 'off') === k }, t)));
+  const sharing = limitSelect('conn-sharing', st?.sharing);
+  const shadowing = limitSelect('conn-shadowing', st?.shadowing);
   const ws = st?.workspace;
   const image = h('input', { id: 'conn-image', value: ws?.image ?? 'portico/workspace:latest', placeholder: 'docker image' });
   const cpus = h('input', { id: 'conn-cpus', type: 'number', min: '0.1', max: '64', step: '0.1', value: String((ws?.cpu_millis ?? 1000) / 1000) });
@@ -184,6 +197,8 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
       h('label', {}, clipDown, ' Clipboard remote → browser')),
     h('div', { class: 'wide' }, h('label', {}, ask, ' Ask for the user name and password at every connection (never stored)')),
     h('div', {}, h('label', { for: 'conn-recording' }, 'Recording (the user sees REC)'), recording),
+    h('div', {}, h('label', { for: 'conn-sharing' }, 'Live sharing by the session\'s owner'), sharing),
+    h('div', {}, h('label', { for: 'conn-shadowing' }, 'Admins join uninvited (the owner is told)'), shadowing),
   ];
   const containerFields = [
     h('div', { class: 'wide' }, h('label', { for: 'conn-image' }, 'Image (a VNC desktop; a fresh container per session)'), image),
@@ -242,7 +257,8 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
         pids_limit: Number(pids.value), geometry: geometry.value.trim() || null,
       };
       const settings = { ...(st ?? {}), workspace, clipboard_up: clipUp.checked, clipboard_down: clipDown.checked,
-        recording: recording.value as api.Recording } as api.ConnectionSettings;
+        recording: recording.value as api.Recording, sharing: sharing.value as api.ShareLimit,
+        shadowing: shadowing.value as api.ShareLimit } as api.ConnectionSettings;
       await submit({ name: name.value.trim(), protocol: 'container', settings, folder_id: folder.value || null });
       return;
     }
@@ -259,6 +275,8 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
       // Settings the editor does not show (e.g. h264) are kept.
       ...(st ?? {}),
       recording: recording.value as api.Recording,
+      sharing: sharing.value as api.ShareLimit,
+      shadowing: shadowing.value as api.ShareLimit,
       domain: domain.value.trim() || null, security: security.value as api.ConnectionSettings['security'],
       width: wh ? Number(wh[1]) : null, height: wh ? Number(wh[2]) : null, color_depth: Number(depth.value),
       clipboard_up: clipUp.checked, clipboard_down: clipDown.checked, ask_credentials: ask.checked,
@@ -472,6 +490,7 @@ export async function showMain(me: api.Me, onLogout: () => void): Promise<void> 
   await Promise.all([load(false), loadQuick().catch((e) => { err.textContent = errorText(e); })]);
 
   page.append(await sessionsCard(me, refresh));
+  page.append(await sharedCard());
   page.append(await apiKeysCard());
   page.append(await mfaCard(me, refresh));
   if (isAdmin) {
@@ -492,6 +511,16 @@ export async function showMain(me: api.Me, onLogout: () => void): Promise<void> 
   if (played && me.user.role !== 'user') {
     history.replaceState(null, '', location.pathname);
     await openPlayer(decodeURIComponent(played[1] ?? ''), refresh);
+    return;
+  }
+  const joining = joinRequest(location.hash);
+  if (joining) {
+    history.replaceState(null, '', location.pathname);
+    try {
+      await watch(joining, refresh);
+    } catch (e) {
+      err.textContent = `Could not join the session: ${errorText(e)}`;
+    }
     return;
   }
   const m = /^#open=(.+)$/.exec(location.hash);
@@ -554,6 +583,29 @@ async function recordingsCard(me: api.Me, refresh: () => void): Promise<HTMLElem
       h('th', {}, 'Protocol'), h('th', {}, 'Input'), h('th', {}, 'Ended'), h('th', {}, ''))), list), err);
 }
 
+/** Live sessions other users shared with this one (directly or through a group): Join opens it in a tab. */
+async function sharedCard(): Promise<HTMLElement> {
+  const err = h('div', { class: 'error', role: 'alert' });
+  const list = h('tbody', { id: 'shared-sessions' });
+  const card = h('section', { class: 'card', id: 'shared-card' }, h('h2', {}, 'Shared with me'),
+    h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Connection'), h('th', {}, 'Owner'), h('th', {}, 'Mode'),
+      h('th', {}, 'Until'), h('th', {}))), list), err);
+  try {
+    const rows = await api.sharedWithMe();
+    if (rows.length === 0) list.append(h('tr', {}, h('td', { colspan: '5', class: 'muted' }, 'Nothing is shared with you now.')));
+    for (const s of rows) {
+      list.append(h('tr', { class: 'shared-row', 'data-id': s.share_id, 'data-session': s.session_id },
+        h('td', {}, s.connection_name), h('td', {}, s.owner), h('td', {}, s.mode === 'control' ? 'view and control' : 'view only'),
+        h('td', {}, fmtTime(s.expires_at)),
+        h('td', { class: 'actions' }, h('a', { class: 'shared-join button primary', href: `/#view=${encodeURIComponent(s.share_id)}`,
+          target: '_blank', rel: 'noopener' }, 'Join'))));
+    }
+  } catch (e) {
+    err.textContent = errorText(e);
+  }
+  return card;
+}
+
 /** Live sessions (own; all for admins), each with an End button: an admin's End is the kill switch. */
 async function sessionsCard(me: api.Me, refresh: () => void): Promise<HTMLElement> {
   const err = h('div', { class: 'error', role: 'alert' });
@@ -585,7 +637,13 @@ async function sessionsCard(me: api.Me, refresh: () => void): Promise<HTMLElemen
       });
       list.append(h('tr', { class: 'session-row', 'data-id': s.id, 'data-connection': conn?.name ?? '' },
         h('td', {}, conn?.name ?? s.connection_id), h('td', {}, userName(s.user_id)),
-        h('td', {}, h('span', { class: 'tag' }, s.state)), h('td', {}, fmtTime(s.created_at)), h('td', { class: 'actions' }, me.user.role === 'auditor' ? null : end)));
+        h('td', {}, h('span', { class: 'tag' }, s.state)), h('td', {}, fmtTime(s.created_at)), h('td', { class: 'actions' },
+          // An administrator may watch another user's session where its connection's policy allows it.
+          me.user.role === 'admin' && s.user_id !== me.user.id
+            ? h('a', { class: 'session-shadow button', href: `/#shadow=${encodeURIComponent(s.id)}`, target: '_blank', rel: 'noopener',
+              title: 'watch without an invitation (the owner is told)' }, 'Watch')
+            : null,
+          me.user.role === 'auditor' ? null : end)));
     }
   } catch (e) {
     err.textContent = errorText(e);

@@ -17,6 +17,7 @@ export const S_STATUS = 0x03;
 export const S_ERROR = 0x04;
 export const S_CLOSED = 0x05;
 export const S_PONG = 0x06;
+export const S_SHARE = 0x07;
 export const S_DISPLAY_SIZE = 0x20;
 export const S_IMAGE = 0x21;
 export const S_COPY = 0x22;
@@ -46,6 +47,11 @@ export interface Hello { session_id: string; protocol: string; resume_token: str
 export interface Status { state: string; message: string; graphics?: string }
 export interface ErrorInfo { code: CloseCode; message: string; fatal: boolean }
 export interface Closed { code: CloseCode; reason: string }
+export type ShareMode = 'view' | 'control';
+export interface ViewerInfo { id: string; name: string; mode: ShareMode; shadow?: boolean }
+/** Who watches a shared session; `mode` is this browser's when it is a viewer (absent for the owner), and
+ * `cols`/`rows` the owner's terminal size. */
+export interface ShareInfo { mode?: ShareMode; viewers: ViewerInfo[]; cols?: number; rows?: number }
 
 export interface Rect { x: number; y: number; w: number; h: number }
 
@@ -56,6 +62,7 @@ export type ServerMsg =
   | { type: 'error'; error: ErrorInfo }
   | { type: 'closed'; closed: Closed }
   | { type: 'pong'; data: Uint8Array }
+  | { type: 'share'; share: ShareInfo }
   | { type: 'size'; width: number; height: number }
   | { type: 'image'; rect: Rect; mime: string; data: Uint8Array<ArrayBuffer> }
   | { type: 'copy'; sx: number; sy: number; rect: Rect }
@@ -101,6 +108,37 @@ const HELLO: Record<keyof Hello, Field> = { session_id: 'string', protocol: 'str
 const STATUS: Record<keyof Status, Field> = { state: 'string', message: 'string', graphics: 'string?' };
 const ERROR: Record<keyof ErrorInfo, Field> = { code: 'code', message: 'string', fatal: 'boolean' };
 const CLOSED: Record<keyof Closed, Field> = { code: 'code', reason: 'string' };
+
+const isMode = (v: unknown): v is ShareMode => v === 'view' || v === 'control';
+const isU16 = (v: unknown): boolean => typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= 0xffff;
+
+/** A SHARE payload, checked as the Rust codec checks it (unknown fields of a later version left out). */
+function shareInfo(payload: Uint8Array): ShareInfo {
+  const v: unknown = JSON.parse(utf8.decode(payload));
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('share is not an object');
+  const o = v as Record<string, unknown>;
+  const out: ShareInfo = { viewers: [] };
+  if (o.mode !== undefined && o.mode !== null) {
+    if (!isMode(o.mode)) throw new Error('share: bad mode');
+    out.mode = o.mode;
+  }
+  for (const k of ['cols', 'rows'] as const) {
+    if (o[k] === undefined || o[k] === null) continue;
+    if (!isU16(o[k])) throw new Error(`share: bad ${k}`);
+    out[k] = o[k] as number;
+  }
+  if (!Array.isArray(o.viewers)) throw new Error('share: bad or missing viewers');
+  for (const w of o.viewers as unknown[]) {
+    if (typeof w !== 'object' || w === null || Array.isArray(w)) throw new Error('share: a viewer is not an object');
+    const r = w as Record<string, unknown>;
+    if (typeof r.id !== 'string' || typeof r.name !== 'string' || !isMode(r.mode)) throw new Error('share: bad viewer');
+    if (r.shadow !== undefined && r.shadow !== null && typeof r.shadow !== 'boolean') throw new Error('share: bad viewer');
+    const info: ViewerInfo = { id: r.id, name: r.name, mode: r.mode };
+    if (r.shadow === true) info.shadow = true;
+    out.viewers.push(info);
+  }
+  return out;
+}
 
 /** At least `n` payload bytes (exactly `n` unless `more`). */
 function need(payload: Uint8Array, n: number, what: string, more = false): DataView {
@@ -151,6 +189,7 @@ export function decode(buf: ArrayBuffer): ServerMsg {
     case S_ERROR: return { type: 'error', error: json<ErrorInfo>(payload, 'error', ERROR) };
     case S_CLOSED: return { type: 'closed', closed: json<Closed>(payload, 'closed', CLOSED) };
     case S_PONG: need(payload, 8, 'pong'); return { type: 'pong', data: payload };
+    case S_SHARE: return { type: 'share', share: shareInfo(payload) };
     default: throw new Error(`unknown message type ${bytes[1]}`);
   }
 }

@@ -58,6 +58,7 @@ export function serverValue(m: wire.ServerMsg): Value {
     case 'error': return { type: 'error', ...m.error };
     case 'closed': return { type: 'closed', ...m.closed };
     case 'pong': return { type: 'pong', data: hex(m.data) };
+    case 'share': return { type: 'share', ...m.share };
     case 'size': return { type: 'display_size', width: m.width, height: m.height };
     case 'image': return { type: 'image', x: m.rect.x, y: m.rect.y, width: m.rect.w, height: m.rect.h, format: FORMAT[m.mime], data: hex(m.data) };
     case 'copy': return { type: 'copy', src_x: m.sx, src_y: m.sy, x: m.rect.x, y: m.rect.y, width: m.rect.w, height: m.rect.h };

@@ -1146,6 +1146,7 @@ async fn create_session(
         idle_timeout: cfg.session_idle_timeout.as_secs() as u32,
         max_duration: cfg.session_max_duration.as_secs() as u32,
         grace: cfg.session_grace.as_secs() as u32,
+        viewer: None,
     };
     let started = st
         .db

@@ -157,6 +157,21 @@ event_types! {
     RecordingDeleted = "recording_deleted" / Warning,
     /// Recordings older than the retention were removed (`count`).
     RecordingsExpired = "recordings_expired" / Info,
+    /// A live session was shared (`share_id`, `kind`: `user`, `group` or `link`, `mode`, `subject`,
+    /// `expires_at`).
+    ShareCreated = "share_created" / Notice,
+    /// A share's mode changed (`share_id`, `before`, `after`).
+    ShareChanged = "share_changed" / Notice,
+    /// Shares were revoked (`share_id`, or every share of the session: `count`).
+    ShareRevoked = "share_revoked" / Notice,
+    /// A viewer was let into a shared session (`share_id`, `viewer_id`, `mode`); the actor is the viewer.
+    ViewerJoined = "viewer_joined" / Notice,
+    /// A bridge attached the viewer (`viewer_id`, `bridge_id`).
+    ViewerClaimed = "viewer_claimed" / Info,
+    /// A viewer left or was disconnected (`viewer_id`, `reason`).
+    ViewerLeft = "viewer_left" / Info,
+    /// An administrator joined a session without an invitation (`viewer_id`, `mode`); its owner is told.
+    SessionShadowed = "session_shadowed" / Warning,
 }
 
 impl EventType {

@@ -17,7 +17,7 @@ use portico_proto::codes::CloseCode;
 use portico_proto::control::{
     AgentRegisterRequest, AgentRegistered, AgentSync, AgentSyncResponse, BridgeRegisterRequest, BridgeRegistered,
     ClaimRequest, ControlError, EndRequest, HostKeyReport, SyncRequest, SyncResponse, Target, TokenKey, TokenKeys,
-    WorkspaceEndpoint,
+    ViewerClaimRequest, ViewerGrant, WorkspaceEndpoint,
 };
 use portico_proto::token::key_id;
 use subtle::ConstantTimeEq as _;
@@ -197,6 +197,80 @@ impl Internal {
         })
     }
 
+    /// Claim a viewer's token for the session `caller` holds: once, fleet-wide, while its share lets it in.
+    pub async fn claim_viewer(
+        &self,
+        caller: &CallerBridge,
+        session_id: &str,
+        req: &ViewerClaimRequest,
+    ) -> Result<ViewerGrant, ControlError> {
+        let now = now_unix();
+        let s = self.own_session(caller, session_id).await?;
+        match self
+            .st
+            .db
+            .claim_viewer(&req.viewer_id, session_id, &req.jti, &caller.id, now)
+            .await
+            .map_err(db_err)?
+        {
+            crate::db::ViewerClaim::Claimed(mode) => {
+                self.st.events.emit(
+                    Event::new(EventType::ViewerClaimed)
+                        .user(&s.user_id)
+                        .connection(&s.connection_id)
+                        .session(session_id)
+                        .detail("viewer_id", &req.viewer_id)
+                        .detail("bridge_id", &caller.id),
+                );
+                let mode = portico_proto::token::ShareMode::parse(&mode)
+                    .ok_or_else(|| ControlError::Unavailable("bad share mode".into()))?;
+                Ok(ViewerGrant { mode })
+            }
+            crate::db::ViewerClaim::Refused(why) => {
+                tracing::warn!(%session_id, viewer_id = %req.viewer_id, bridge_id = %caller.id, why, "Refused viewer claim");
+                self.st.events.emit(
+                    Event::new(EventType::TokenRefused)
+                        .user(&s.user_id)
+                        .connection(&s.connection_id)
+                        .session(session_id)
+                        .detail("reason", why)
+                        .detail("viewer_id", &req.viewer_id)
+                        .detail("bridge_id", &caller.id),
+                );
+                Err(ControlError::Refused(why.into()))
+            }
+        }
+    }
+
+    /// A viewer of a session `caller` holds went (`reason`: why, for the events).
+    pub async fn viewer_left(
+        &self,
+        caller: &CallerBridge,
+        session_id: &str,
+        viewer_id: &str,
+        reason: &str,
+    ) -> Result<(), ControlError> {
+        let s = self.own_session(caller, session_id).await?;
+        if self
+            .st
+            .db
+            .viewer_left(viewer_id, &caller.id, now_unix())
+            .await
+            .map_err(db_err)?
+        {
+            let reason: String = reason.chars().take(200).collect();
+            self.st.events.emit(
+                Event::new(EventType::ViewerLeft)
+                    .user(&s.user_id)
+                    .connection(&s.connection_id)
+                    .session(session_id)
+                    .detail("viewer_id", viewer_id)
+                    .detail("reason", reason),
+            );
+        }
+        Ok(())
+    }
+
     /// The session `session_id` if `caller` claimed it (else `NotFound`: another bridge's sessions do not
     /// exist for it).
     async fn own_session(
@@ -329,11 +403,30 @@ impl Internal {
             .iter()
             .filter_map(|(id, _, code)| Some((id.clone(), (*code)?)))
             .collect();
+        let mut viewer_modes = std::collections::BTreeMap::new();
+        let mut viewers_revoked = std::collections::BTreeMap::new();
+        for (id, st) in db.viewer_states(&req.viewers, &caller.id, now).await.map_err(db_err)? {
+            match st {
+                crate::db::ViewerState::Allowed(mode) => match portico_proto::token::ShareMode::parse(&mode) {
+                    Some(m) => {
+                        viewer_modes.insert(id, m);
+                    }
+                    None => {
+                        viewers_revoked.insert(id, "bad share mode".into());
+                    }
+                },
+                crate::db::ViewerState::Revoked(why) => {
+                    viewers_revoked.insert(id, why);
+                }
+            }
+        }
         Ok(SyncResponse {
             ended: ended.into_iter().map(|(id, ..)| id).collect(),
             reasons,
             codes,
             drain,
+            viewer_modes,
+            viewers_revoked,
         })
     }
 
@@ -706,6 +799,36 @@ pub fn routes() -> Router<AppState> {
                         .await
                         .map(Json)
                         .map_err(control_err)
+                },
+            ),
+        )
+        .route(
+            "/internal/v1/sessions/{id}/viewers/claim",
+            post(
+                |State(st): State<AppState>,
+                 caller: CallerBridge,
+                 Path(id): Path<String>,
+                 ApiJson(b): ApiJson<ViewerClaimRequest>| async move {
+                    Internal::new(st)
+                        .claim_viewer(&caller, &id, &b)
+                        .await
+                        .map(Json)
+                        .map_err(control_err)
+                },
+            ),
+        )
+        .route(
+            "/internal/v1/sessions/{id}/viewers/{viewer}/left",
+            post(
+                |State(st): State<AppState>,
+                 caller: CallerBridge,
+                 Path((id, viewer)): Path<(String, String)>,
+                 ApiJson(b): ApiJson<portico_proto::control::ViewerLeft>| async move {
+                    Internal::new(st)
+                        .viewer_left(&caller, &id, &viewer, &b.reason)
+                        .await
+                        .map_err(control_err)?;
+                    Ok::<_, ApiError>(StatusCode::NO_CONTENT)
                 },
             ),
         )

@@ -24,6 +24,7 @@ pub mod mfa;
 pub mod oidc;
 pub mod openapi;
 pub mod recordings;
+pub mod shares;
 pub mod tls;
 pub mod workspaces;
 
@@ -330,6 +331,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api::routes())
         .merge(internal::routes())
         .merge(recordings::routes())
+        .merge(shares::routes())
         .merge(assets::routes());
     headers::layer(metrics::layer(routes, state.metrics.clone())).with_state(state)
 }

@@ -165,6 +165,13 @@ pub fn document() -> Value {
         v["parameters"] = id.clone();
         v
     };
+    let with_share = |mut v: Value| {
+        v["parameters"] = json!([
+            { "name": "id", "in": "path", "required": true, "schema": { "type": "string" } },
+            { "name": "share_id", "in": "path", "required": true, "schema": { "type": "string" } }
+        ]);
+        v
+    };
     json!({
         "openapi": "3.1.0",
         "info": { "title": "Portico API", "version": "1",
@@ -415,6 +422,17 @@ pub fn document() -> Value {
                 "get": with_id(op("get a session", None, "200", Some("Session"))),
                 "delete": with_id(op("end a session; the bridge closes it within 2 s", None, "204", None))
             },
+            "/api/v1/sessions/{id}/shares": {
+                "get": with_id(op("the session's shares (revoked and expired ones too) and its viewers now (the owner, admins, auditors)", None, "200", None)),
+                "post": with_id(op("share a live session with a user (user_id or username), a group (group_id) or as a link (link: true; the answer's link_url holds its secret, shown once), view or control, for expires_in_secs (60 s to a week, default an hour); the connection's policy (settings.sharing) bounds the mode (the owner or an admin; an audited event)", None, "201", None)),
+                "delete": with_id(op("stop sharing: revoke every share of the session; its viewers are closed within 2 s (share_revoked)", None, "204", None))
+            },
+            "/api/v1/sessions/{id}/shares/{share_id}": {
+                "patch": with_share(op("switch a share between view and control (body {\"mode\": ...}); its viewers follow within a heartbeat", None, "200", None)),
+                "delete": with_share(op("revoke one share; its viewers are closed within 2 s", None, "204", None))
+            },
+            "/api/v1/shared": { "get": op("live sessions shared with the caller, directly or through one of their groups", None, "200", None) },
+            "/api/v1/join": { "post": op("join a shared session as a viewer: by share_id (a share naming the caller or their group), by link (a link share's secret), or an administrator by session_id (shadowing, as the connection's settings.shadowing allows; the owner is told); the answer is a viewer token (60 s, used once) and the websocket url of the bridge holding the session; 409 when the share was revoked or expired, the session ended, or 16 viewers are attached", None, "201", None) },
             "/api/v1/recordings": { "get": recordings_list(op("session recordings, newest first: search by user, connection, name and time (admin, auditor; an audited event)", None, "200", None)) },
             "/api/v1/recordings/{id}": {
                 "get": with_id(op("a recording with its stored file checked: size, duration, keyframes, intact (admin, auditor); 409 when it fails its integrity check", None, "200", Some("Recording"))),

@@ -251,6 +251,8 @@ struct Rdp {
     max_desktop: MaxDesktop,
     /// The graphics pipeline, when the bridge asked for it.
     gfx: Option<GfxPath>,
+    /// The viewers of the shared session, each with its own flow control.
+    viewers: crate::screen::ViewerScreens,
 }
 
 /// The graphics pipeline of a session: the channel's queue, the sans-IO translator, and the server frames
@@ -297,6 +299,7 @@ impl Rdp {
         for pdu in pdus {
             for out in g.core.handle(pdu) {
                 let gfx::GfxOut::Frame { msgs, server_frame } = out;
+                self.viewers.frame(&msgs, life);
                 if life.client().is_none() {
                     // No browser draws it: not acknowledged until one attaches, so the server pauses and the
                     // history a reattach replays stays short.
@@ -371,10 +374,7 @@ impl Rdp {
             g.decoded = g.decoded.wrapping_add(1);
             acks.push(gfx::frame_ack(server, g.decoded));
         }
-        let picture = g.core.full_picture().unwrap_or_else(|| {
-            let (width, height) = g.core.desktop();
-            vec![ServerMsg::DisplaySize { width, height }]
-        });
+        let picture = gfx_picture(&g.core);
         if g.core.h264 {
             life.send(graphics_status("h264"));
         }
@@ -797,9 +797,26 @@ impl Rdp {
     async fn flush(&mut self, life: &mut Lifecycle) {
         if !self.frame.is_empty() && self.flow.can_send_at(std::time::Instant::now()) {
             let frame = std::mem::take(&mut self.frame);
-            crate::screen::send_frame(&mut self.flow, frame, &mut self.fb, life).await;
+            crate::screen::send_frame(&mut self.flow, frame, &mut self.fb, life, &mut self.viewers).await;
         }
     }
+
+    /// Viewers that are behind get what they missed once they have room: on the graphics pipeline its full
+    /// picture (the history since the last key frame), else the regions from the framebuffer.
+    async fn catch_up_viewers(&mut self, life: &mut Lifecycle) {
+        match self.gfx.as_ref() {
+            Some(g) if g.core.active => self.viewers.catch_up_with(|| gfx_picture(&g.core), life),
+            _ => self.viewers.catch_up(&mut self.fb, life).await,
+        }
+    }
+}
+
+/// The graphics pipeline's full picture for a browser that starts watching (the size at least).
+fn gfx_picture(core: &gfx::Gfx) -> Vec<ServerMsg> {
+    core.full_picture().unwrap_or_else(|| {
+        let (width, height) = core.desktop();
+        vec![ServerMsg::DisplaySize { width, height }]
+    })
 }
 
 /// A plain arrow for the server's "default pointer": black with a white edge.
@@ -930,6 +947,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
         fb: Framebuffer::new(w, h),
         frame: Frame::default(),
         flow: Flow::new(DEFAULT_JPEG_LEVEL, life.live.metrics.display.clone()),
+        viewers: crate::screen::ViewerScreens::new(DEFAULT_JPEG_LEVEL),
         buttons: 0,
         refresh_rect: result.refresh_rect_support,
         suppress_output: result.suppress_output_support,
@@ -1017,7 +1035,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                     ClipEvent::Message(msg) => rdp.clipboard(msg),
                     ClipEvent::RemoteText(text) => {
                         if text.len() <= MAX_CLIPBOARD_TEXT {
-                            life.send(ServerMsg::RemoteClipboard(text));
+                            life.send_clipboard(text);
                         }
                         Vec::new()
                     }
@@ -1042,6 +1060,15 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                             Err(end) => break end,
                         }
                         rdp.frame = Frame::default();
+                        Vec::new()
+                    }
+                    Some(Common::ViewerJoined(_)) => {
+                        rdp.catch_up_viewers(&mut life).await;
+                        Vec::new()
+                    }
+                    Some(Common::ViewerAck { key, frame_id }) => {
+                        rdp.viewers.ack(key, frame_id);
+                        rdp.catch_up_viewers(&mut life).await;
                         Vec::new()
                     }
                     Some(Common::Input(msg)) => match msg {
@@ -1099,6 +1126,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                     break end;
                 }
             }
+            () = sleep_until(rdp.viewers.wake_at()) => rdp.catch_up_viewers(&mut life).await,
             // A pending frame behind one larger than the budget: the link has drained room for it.
             () = sleep_until(room) => {
                 rdp.flush(&mut life).await;

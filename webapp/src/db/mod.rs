@@ -14,10 +14,12 @@ mod events;
 mod identity;
 mod mfa;
 mod recordings;
+mod shares;
 pub use access::{Change, Folder, Grants, Group, GroupBody, Limits, ListQuery, REVOKED, SessionStart, split_list};
 pub use events::{EventQuery, EventRecord};
 pub use identity::{ExternalIdentity, IdentityProvider, OidcLogin};
 pub use recordings::{RecordingFilter, RecordingRow};
+pub use shares::{ShareRow, SharedSession, ViewerClaim, ViewerRow, ViewerState, share_closed, share_kind};
 
 static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");

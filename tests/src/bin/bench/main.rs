@@ -97,6 +97,9 @@ struct Args {
     /// VNC: recording off and on side by side (bridge cores, fps, bytes written per minute per session).
     #[arg(long)]
     recording: bool,
+    /// VNC: one shared session watched by these numbers of viewers (bridge cores, owner's and viewers' fps).
+    #[arg(long, value_delimiter = ',')]
+    viewers: Vec<usize>,
     /// Soak: after the settle, call glibc's malloc_trim(0) in the process through gdb and report its RSS.
     #[arg(long)]
     trim_probe: bool,
@@ -437,6 +440,7 @@ async fn main() -> anyhow::Result<()> {
         let (header, rows) = match args.which.as_str() {
             "vnc" if !args.links.is_empty() => (vnc::LINK_HEADER, vnc::run_links(&args).await?),
             "vnc" if args.recording => (vnc::RECORDING_HEADER, vnc::run_recording(&args).await?),
+            "vnc" if !args.viewers.is_empty() => (vnc::VIEWERS_HEADER, vnc::run_viewers(&args).await?),
             "vnc" => (vnc::HEADER, vnc::run(&args).await?),
             "rdp" if !args.links.is_empty() => (rdp::LINK_HEADER, rdp::run_links(&args).await?),
             "rdp" => (rdp::HEADER, rdp::run(&args).await?),

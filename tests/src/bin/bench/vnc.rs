@@ -184,6 +184,8 @@ pub struct Sample {
     pub worst_second_fps: f64,
     /// Frames in each second of the window (per session).
     pub per_second: Vec<f64>,
+    /// Frames per second of each client, in the order of the counters.
+    pub each_fps: Vec<f64>,
 }
 
 /// Measure over the window: proxy and Xvnc CPU, bytes and frames per session.
@@ -194,6 +196,7 @@ async fn window(proxy_pid: u32, server_pid: u32, counters: &[Arc<Counters>], arg
     let bytes = |c: &Counters| c.bytes.load(Ordering::Relaxed);
     let frames = |c: &Counters| c.frames.load(Ordering::Relaxed);
     let video = |c: &Counters| c.video.load(Ordering::Relaxed);
+    let each0: Vec<u64> = counters.iter().map(|c| frames(c)).collect();
     let (p0, s0, b0, f0, v0, t0) = (
         tree_ticks(proxy_pid),
         tree_ticks(server_pid),
@@ -249,6 +252,11 @@ async fn window(proxy_pid: u32, server_pid: u32, counters: &[Arc<Counters>], arg
             worst_second_fps
         },
         per_second,
+        each_fps: counters
+            .iter()
+            .zip(each0)
+            .map(|(c, f0)| (frames(c) - f0) as f64 / secs)
+            .collect(),
     }
 }
 
@@ -276,70 +284,7 @@ pub async fn portico_run(
         let c = Arc::new(Counters::new());
         counters.push(c.clone());
         // The first session also pings: the latency behind its frames.
-        let pinging = i == 0;
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(PING_EVERY);
-            let mut ping: Option<([u8; 8], Instant)> = None;
-            let mut seq = 0u64;
-            loop {
-                tokio::select! {
-                    m = ws.next() => {
-                        let Some(Ok(m)) = m else { break };
-                        let Message::Binary(b) = m else { continue };
-                        c.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
-                        if let (Some(Ok(mut k)), Some(t)) = (c.kinds.as_ref().map(|k| k.lock()), b.get(1)) {
-                            // IMAGE (0x21): x, y, w, h, then the format (1 PNG, 2 JPEG).
-                            let label = match (t, b.get(10)) {
-                                (0x21, Some(1)) => "image/png".to_string(),
-                                (0x21, Some(2)) => "image/jpeg".to_string(),
-                                _ => format!("0x{t:02x}"),
-                            };
-                            let e = k.entry(label).or_default();
-                            e.0 += 1;
-                            e.1 += b.len() as u64;
-                        }
-                        if b.len() > 2
-                            && b[1] == 0x04
-                            && let Ok(ServerMsg::Error(e)) = ServerMsg::decode(&b)
-                        {
-                            eprintln!("session {i}: error {}: {}", e.code, e.message);
-                        }
-                        if b.len() > 2 && b[1] == 0x26 {
-                            c.video.fetch_add(1, Ordering::Relaxed);
-                        }
-                        if b.len() == 10 && b[1] == 0x06
-                            && let Ok(ServerMsg::Pong(p)) = ServerMsg::decode(&b)
-                            && let Some((want, at)) = ping
-                            && p == want
-                        {
-                            ping = None;
-                            if let Ok(mut v) = c.pings.lock() {
-                                v.push((Instant::now(), at.elapsed().as_secs_f64() * 1000.0));
-                            }
-                        }
-                        // FRAME_END is type 0x25 with a 4-byte id: decode only that.
-                        if b.len() == 6
-                            && b[1] == 0x25
-                            && let Ok(ServerMsg::FrameEnd { frame_id }) = ServerMsg::decode(&b)
-                        {
-                            c.frames.fetch_add(1, Ordering::Relaxed);
-                            let ack = ClientMsg::FrameAck { frame_id }.encode();
-                            if ws.send(Message::Binary(ack.into())).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                    _ = tick.tick(), if pinging && ping.is_none() => {
-                        seq += 1;
-                        let nonce = seq.to_be_bytes();
-                        ping = Some((nonce, Instant::now()));
-                        if ws.send(Message::Binary(ClientMsg::Ping(nonce).encode().into())).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-        }));
+        tasks.push(drive(ws, c, i == 0, i));
     }
     let mut s = window(p.pid(), server_pid, &counters, args).await;
     if let Some(c) = counters.first()
@@ -356,6 +301,79 @@ pub async fn portico_run(
     }
     end_all(api).await?;
     Ok(s)
+}
+
+/// A client that draws every frame at once (acknowledges it as it arrives) and counts what it gets; the
+/// pinging one also measures the latency behind the frames.
+fn drive(
+    mut ws: portico_tests::client::WsStream,
+    c: Arc<Counters>,
+    pinging: bool,
+    i: usize,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PING_EVERY);
+        let mut ping: Option<([u8; 8], Instant)> = None;
+        let mut seq = 0u64;
+        loop {
+            tokio::select! {
+                m = ws.next() => {
+                    let Some(Ok(m)) = m else { break };
+                    let Message::Binary(b) = m else { continue };
+                    c.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    if let (Some(Ok(mut k)), Some(t)) = (c.kinds.as_ref().map(|k| k.lock()), b.get(1)) {
+                        // IMAGE (0x21): x, y, w, h, then the format (1 PNG, 2 JPEG).
+                        let label = match (t, b.get(10)) {
+                            (0x21, Some(1)) => "image/png".to_string(),
+                            (0x21, Some(2)) => "image/jpeg".to_string(),
+                            _ => format!("0x{t:02x}"),
+                        };
+                        let e = k.entry(label).or_default();
+                        e.0 += 1;
+                        e.1 += b.len() as u64;
+                    }
+                    if b.len() > 2
+                        && b[1] == 0x04
+                        && let Ok(ServerMsg::Error(e)) = ServerMsg::decode(&b)
+                    {
+                        eprintln!("session {i}: error {}: {}", e.code, e.message);
+                    }
+                    if b.len() > 2 && b[1] == 0x26 {
+                        c.video.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if b.len() == 10 && b[1] == 0x06
+                        && let Ok(ServerMsg::Pong(p)) = ServerMsg::decode(&b)
+                        && let Some((want, at)) = ping
+                        && p == want
+                    {
+                        ping = None;
+                        if let Ok(mut v) = c.pings.lock() {
+                            v.push((Instant::now(), at.elapsed().as_secs_f64() * 1000.0));
+                        }
+                    }
+                    // FRAME_END is type 0x25 with a 4-byte id: decode only that.
+                    if b.len() == 6
+                        && b[1] == 0x25
+                        && let Ok(ServerMsg::FrameEnd { frame_id }) = ServerMsg::decode(&b)
+                    {
+                        c.frames.fetch_add(1, Ordering::Relaxed);
+                        let ack = ClientMsg::FrameAck { frame_id }.encode();
+                        if ws.send(Message::Binary(ack.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                _ = tick.tick(), if pinging && ping.is_none() => {
+                    seq += 1;
+                    let nonce = seq.to_be_bytes();
+                    ping = Some((nonce, Instant::now()));
+                    if ws.send(Message::Binary(ClientMsg::Ping(nonce).encode().into())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    })
 }
 
 pub async fn end_all(api: &Api) -> anyhow::Result<()> {
@@ -819,6 +837,75 @@ pub async fn run_recording(args: &Args) -> anyhow::Result<Vec<String>> {
     }
     Ok(rows)
 }
+
+/// One session watched by 0, 1, 5 and 10 viewers (`--viewers`; a link share, view-only), each viewer a
+/// client that draws at once: the bridge's cores in all (not per session), the owner's fps and the
+/// viewers' mean fps. The viewers get the owner's frames as encoded while they keep up.
+pub async fn run_viewers(args: &Args) -> anyhow::Result<Vec<String>> {
+    let mut rows = Vec::new();
+    let p = Portico::start()?;
+    let api = Api::admin(&p).await?;
+    let (_, viewer_api) = api.user_api(&p, "bench-viewer", "user").await?;
+    for w in selected(args, &[Workload::TextHeavy, Workload::VideoFull]) {
+        eprintln!("== vnc {} with viewers", w.name());
+        let scene = scene(VncServer::xvnc(None, WIDTH, HEIGHT)?, w)?;
+        let server_pid = scene.server.pid();
+        let conn = api
+            .create_connection(json!({ "name": format!("bench {} shared", w.name()), "protocol": "vnc",
+                "host": "127.0.0.1", "port": scene.server.port, "settings": { "sharing": "view" } }))
+            .await?;
+        for &v in &args.viewers {
+            let mut runs: Vec<(f64, f64, f64)> = Vec::new();
+            for r in 0..args.repeats {
+                let (s, ws) = portico_tests::client::attach(&p, &api, &conn).await?;
+                let sid = s["session_id"].as_str().unwrap_or_default().to_owned();
+                let mut counters = vec![Arc::new(Counters::new())];
+                let mut tasks = vec![drive(ws, counters[0].clone(), true, 0)];
+                if v > 0 {
+                    let (_, link) = api.share_link(&sid, "view").await?;
+                    for i in 0..v {
+                        let (_, ws) = viewer_api.join_session(&p.cert_sha256, json!({ "link": link })).await?;
+                        let c = Arc::new(Counters::new());
+                        counters.push(c.clone());
+                        tasks.push(drive(ws, c, false, i + 1));
+                    }
+                }
+                let sample = window(p.pid(), server_pid, &counters, args).await;
+                for t in tasks {
+                    t.abort();
+                }
+                end_all(&api).await?;
+                let cores = sample.proxy_cores * counters.len() as f64;
+                let owner = sample.each_fps.first().copied().unwrap_or(0.0);
+                let viewers = if v == 0 {
+                    0.0
+                } else {
+                    sample.each_fps[1..].iter().sum::<f64>() / v as f64
+                };
+                eprintln!(
+                    "  viewers={v} run {r}: {cores:.4} bridge cores, owner {owner:.1} fps, viewers {viewers:.1} fps"
+                );
+                runs.push((cores, owner, viewers));
+            }
+            let med = |f: fn(&(f64, f64, f64)) -> f64| median_range(runs.iter().map(f).collect());
+            let (c, c_lo, c_hi) = med(|r| r.0);
+            rows.push(format!(
+                "| {} | {v} | {c:.4} ({c_lo:.4}–{c_hi:.4}) | {:.1} | {} |",
+                w.name(),
+                med(|r| r.1).0,
+                if v == 0 {
+                    "–".to_owned()
+                } else {
+                    format!("{:.1}", med(|r| r.2).0)
+                },
+            ));
+        }
+    }
+    Ok(rows)
+}
+
+pub const VIEWERS_HEADER: &str =
+    "| workload | viewers | bridge cores in all (range) | owner fps | viewers' mean fps |\n|---|---|---|---|---|";
 
 pub const RECORDING_HEADER: &str = "| workload | N | bridge cores/session, off | on | difference | fps off | fps on | KiB/s to the browser (on) | KiB written/min per session (on) |\n|---|---|---|---|---|---|---|---|---|";
 
