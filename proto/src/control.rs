@@ -214,8 +214,9 @@ pub enum RdpSecurity {
     Nla,
 }
 
-/// Whether a connection's sessions are recorded (docs/protocol.md "Recording format").
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Whether a connection's sessions are recorded (docs/protocol.md "Recording format"); ordered from the
+/// least to the most recorded (a group's policy can only make a session's stricter).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RecordingPolicy {
     #[default]
@@ -227,6 +228,23 @@ pub enum RecordingPolicy {
 }
 
 impl RecordingPolicy {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "off" => Some(RecordingPolicy::Off),
+            "on" => Some(RecordingPolicy::On),
+            "keystrokes" => Some(RecordingPolicy::Keystrokes),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordingPolicy::Off => "off",
+            RecordingPolicy::On => "on",
+            RecordingPolicy::Keystrokes => "keystrokes",
+        }
+    }
+
     pub fn records(self) -> bool {
         self != RecordingPolicy::Off
     }
@@ -290,8 +308,11 @@ pub struct ConnectionSettings {
     pub h264: bool,
     /// Protocol `container`: the workspace image and its limits.
     pub workspace: Option<WorkspaceSpec>,
-    /// Record the sessions (the user is told): off, on, or with keystrokes.
+    /// Record the sessions (the user is told): off, on, or with keystrokes (or more where a group of the
+    /// session's owner says so: the stricter policy wins).
     pub recording: RecordingPolicy,
+    /// The session's owner may play their own recordings (admins and auditors play every one).
+    pub recording_owner_access: bool,
     /// The owner of a session (or an administrator) may share it live with other users: off, view-only
     /// viewers, or viewers who may also take control.
     pub sharing: ShareLimit,
@@ -314,6 +335,7 @@ impl Default for ConnectionSettings {
             h264: false,
             workspace: None,
             recording: RecordingPolicy::Off,
+            recording_owner_access: false,
             sharing: ShareLimit::Off,
             shadowing: ShareLimit::Off,
         }

@@ -345,6 +345,7 @@ async fn identities(db: &Db, now: i64) -> anyhow::Result<()> {
                 name: name.into(),
                 max_sessions: None,
                 protocols: None,
+                recording: None,
             },
             now,
         )
@@ -462,7 +463,8 @@ async fn access(db: &Db, now: i64) -> anyhow::Result<()> {
             &GroupBody {
                 name: "helpdesk".into(),
                 max_sessions: Some(3),
-                protocols: None
+                protocols: None,
+                recording: None,
             },
             now
         )
@@ -474,7 +476,8 @@ async fn access(db: &Db, now: i64) -> anyhow::Result<()> {
             &GroupBody {
                 name: "helpdesk".into(),
                 max_sessions: None,
-                protocols: None
+                protocols: None,
+                recording: None,
             },
             now
         )
@@ -530,7 +533,8 @@ async fn access(db: &Db, now: i64) -> anyhow::Result<()> {
         db.limits(&ann).await?,
         Limits {
             max_sessions: Some(3),
-            protocols: None
+            protocols: None,
+            recording: portico_proto::control::RecordingPolicy::Off,
         }
     );
     let row = |i: usize, user: &str, conn: &str| SessionRow {

@@ -159,15 +159,20 @@ async fn an_ssh_session_recorded_with_keystrokes_is_searched_checked_seeked_and_
     assert_eq!(rec["protocol"], "ssh");
     assert_eq!(rec["input"], true);
 
-    // Only admins and auditors read recordings; a user, even the session's owner, does not.
+    // Only admins and auditors read recordings; a user reads none of others' (403 whether it exists or not).
     let auditor_id = admin.create_user("rec-auditor", "auditor").await?;
     admin.create_user("rec-user", "user").await?;
     let mut auditor = Api::new(&p)?;
     auditor.login("rec-auditor", "rec-auditor-password-1").await?;
     let mut user = Api::new(&p)?;
     user.login("rec-user", "rec-user-password-1").await?;
+    let listed = user.ok(Method::GET, "/api/v1/recordings", None).await?;
+    assert_eq!(
+        listed.as_array().map(Vec::len),
+        Some(0),
+        "a user lists only their own: {listed}"
+    );
     for path in [
-        "/api/v1/recordings".to_owned(),
         format!("/api/v1/recordings/{sid}"),
         format!("/api/v1/recordings/{sid}/asciicast"),
         format!("/api/v1/recordings/{sid}/file"),
@@ -531,5 +536,213 @@ async fn recordings_outlive_their_bridge_and_no_storage_means_no_session() -> an
         rec["completed_at"].is_null(),
         "never completed: cut short by its bridge's death: {rec}"
     );
+    Ok(())
+}
+
+/// Who else reads recordings, by policy: a connection may let a session's owner play their own recordings
+/// (only theirs, only of that connection); a group records its members' sessions at least as it says, even on
+/// a connection that records nothing (the stricter policy wins).
+#[tokio::test(flavor = "multi_thread")]
+async fn owners_play_their_recordings_where_allowed_and_groups_record_more() -> anyhow::Result<()> {
+    let sshd = Sshd::start()?;
+    let p = Portico::start()?;
+    let admin = Api::admin(&p).await?;
+    let shared = ssh_connection(
+        &admin,
+        &sshd,
+        json!({ "name": "owner plays", "password": sshd.user.password,
+                "settings": { "recording": "on", "recording_owner_access": true } }),
+    )
+    .await?;
+    let plain = ssh_connection(
+        &admin,
+        &sshd,
+        json!({ "name": "not recorded", "password": sshd.user.password }),
+    )
+    .await?;
+    let (owner_id, owner) = admin.user_api(&p, "rec-owner", "user").await?;
+    let (_, other) = admin.user_api(&p, "rec-other", "user").await?;
+    for c in [&shared, &plain] {
+        admin
+            .ok(
+                Method::PUT,
+                &format!("/api/v1/connections/{c}/grants"),
+                Some(json!({ "user_ids": [owner_id], "group_ids": [] })),
+            )
+            .await?;
+    }
+    let (status, v) = admin
+        .request(
+            Method::POST,
+            "/api/v1/groups",
+            Some(json!({ "name": "bad", "recording": "sometimes" })),
+        )
+        .await?;
+    assert_eq!(status, 400, "{v}");
+    let group = admin
+        .ok(
+            Method::POST,
+            "/api/v1/groups",
+            Some(json!({ "name": "audited", "recording": "keystrokes" })),
+        )
+        .await?;
+    let gid = group["id"].as_str().unwrap_or_default();
+    admin
+        .ok(
+            Method::PUT,
+            &format!("/api/v1/groups/{gid}/members"),
+            Some(json!({ "user_ids": [owner_id] })),
+        )
+        .await?;
+    let mut ids = Vec::new();
+    for (c, tag) in [(&shared, "one"), (&plain, "two")] {
+        let (s, mut t) = crate::open_term(&p, &owner, c).await?;
+        t.connected().await?;
+        assert_eq!(
+            t.hello.as_ref().map(|h| h.recording),
+            Some(true),
+            "{tag}: the user is told"
+        );
+        t.input(&format!("echo rec-{tag}-$((6*7))\r")).await?;
+        t.until("the output", WAIT, |t| t.text().contains(&format!("rec-{tag}-42")))
+            .await?;
+        let sid = session_id(&s);
+        owner
+            .ok(Method::DELETE, &format!("/api/v1/sessions/{sid}"), None)
+            .await?;
+        t.closed_within(Duration::from_secs(5)).await?;
+        recording_until(&admin, &sid, "complete", |v| !v["completed_at"].is_null()).await?;
+        ids.push(sid);
+    }
+    let (one, two) = (&ids[0], &ids[1]);
+    let second = admin
+        .ok(Method::GET, &format!("/api/v1/recordings/{two}"), None)
+        .await?;
+    assert_eq!(second["input"], true, "the group's keystrokes policy: {second}");
+    assert_eq!(second["owner_access"], false);
+
+    // The owner lists and plays the recording the connection lets them play, and no other.
+    let mine = owner.ok(Method::GET, "/api/v1/recordings", None).await?;
+    let listed: Vec<&str> = mine
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(listed, [one.as_str()]);
+    let (status, _, bytes) = owner.get_bytes(&format!("/api/v1/recordings/{one}/file"), None).await?;
+    assert_eq!(status, 200);
+    let mut r = Reader::new();
+    r.push(&bytes);
+    let mut text = String::new();
+    while let Some(c) = r.next_chunk()? {
+        for rec in c.records.iter().filter(|r| r.kind == Kind::Output) {
+            if let Ok(ServerMsg::TermOutput(b)) = ServerMsg::decode(&rec.data) {
+                text.push_str(&String::from_utf8_lossy(&b));
+            }
+        }
+    }
+    assert!(text.contains("rec-one-42"), "{text}");
+    let (status, _) = owner
+        .request(Method::GET, &format!("/api/v1/recordings/{one}"), None)
+        .await?;
+    assert_eq!(status, 200);
+    for path in [
+        format!("/api/v1/recordings/{two}"),
+        format!("/api/v1/recordings/{two}/file"),
+        "/api/v1/recordings/00000000-0000-0000-0000-000000000000".to_owned(),
+    ] {
+        let (status, _, _) = owner.get_bytes(&path, None).await?;
+        assert_eq!(status, 403, "{path}");
+    }
+    let (status, _) = owner
+        .request(Method::DELETE, &format!("/api/v1/recordings/{one}"), None)
+        .await?;
+    assert_eq!(status, 403, "owners never delete");
+    // Another user gets nothing of it.
+    let (status, _, _) = other.get_bytes(&format!("/api/v1/recordings/{one}/file"), None).await?;
+    assert_eq!(status, 403);
+    let none = other.ok(Method::GET, "/api/v1/recordings", None).await?;
+    assert_eq!(none.as_array().map(Vec::len), Some(0));
+    Ok(())
+}
+
+/// An RDP session on the graphics pipeline (FreeRDP's shadow server, H.264 passed through) is recorded with
+/// keyframes a player can start at: the stream since the last H.264 key frame, which starts with a key frame.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_h264_session_is_recorded_with_keyframes_that_start_at_a_key_frame() -> anyhow::Result<()> {
+    use portico_proto::wire::CAPS_H264;
+    use portico_tests::peers::{RdpServer, ShadowAuth};
+    let shadow = RdpServer::shadow(ShadowAuth::None, 640, 480)?;
+    shadow.x("xsetroot", &["-solid", "#203040"])?;
+    let p = Portico::start()?;
+    let api = Api::admin(&p).await?;
+    let conn = crate::rdp::rdp_connection(
+        &api,
+        &shadow,
+        "any",
+        json!({ "width": 640, "height": 480, "h264": true, "recording": "on" }),
+    )
+    .await?;
+    let (s, ws) = portico_tests::client::attach(&p, &api, &conn).await?;
+    let sid = session_id(&s);
+    let mut screen = portico_tests::client::Screen::new(ws);
+    screen.term.send(ClientMsg::Caps { flags: CAPS_H264 }).await?;
+    screen.until("the first H.264 frame", WAIT, |c| c.videos >= 1).await?;
+    // The screen keeps changing (H.264 frames), and keyframes come every 10 s while it does: wait for one
+    // whose stream holds video, and check that it starts at a key frame (each keyframe's picture starts with
+    // the size).
+    let _painter = shadow.spawn(
+        "xterm",
+        &[
+            "-geometry",
+            "80x24+0+0",
+            "-e",
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 900 ]; do echo line $i; i=$((i+1)); sleep 0.05; done",
+        ],
+    )?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let first_video = loop {
+        screen.pump(Duration::from_millis(200)).await?;
+        let (_, _, bytes) = api.get_bytes(&format!("/api/v1/recordings/{sid}/file"), None).await?;
+        let idx = index(&bytes)?;
+        let mut found = None;
+        for k in &idx.keyframes {
+            let from = records_from(&bytes, k.offset, &hex::encode(k.prev), &idx.meta)?;
+            let state: Vec<ServerMsg> = from
+                .iter()
+                .take_while(|r| r.kind == Kind::State)
+                .map(|r| ServerMsg::decode(&r.data))
+                .collect::<Result<_, _>>()?;
+            assert!(
+                matches!(
+                    state.first(),
+                    Some(ServerMsg::DisplaySize {
+                        width: 640,
+                        height: 480
+                    })
+                ),
+                "a keyframe starts with the size: {:?}",
+                state.first()
+            );
+            assert!(state.len() > 2, "a keyframe holds a picture: {} messages", state.len());
+            if let Some(key) = state.iter().find_map(|m| match m {
+                ServerMsg::Video { key, .. } => Some(*key),
+                _ => None,
+            }) {
+                found = Some(key);
+            }
+        }
+        if let Some(key) = found {
+            break key;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no keyframe with H.264 in {} keyframes",
+            idx.keyframes.len()
+        );
+    };
+    api.ok(Method::DELETE, &format!("/api/v1/sessions/{sid}"), None).await?;
+    assert!(first_video, "the keyframe's stream starts at an H.264 key frame");
     Ok(())
 }

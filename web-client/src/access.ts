@@ -60,6 +60,10 @@ export async function groupsCard(): Promise<HTMLElement> {
   const name = h('input', { id: 'group-name', placeholder: 'group name', autocomplete: 'off' });
   const max = h('input', { id: 'group-max', type: 'number', min: '1', max: '1000', placeholder: 'max sessions (empty: no limit)' });
   const protocols = h('input', { id: 'group-protocols', placeholder: 'protocols, e.g. ssh,rdp (empty: any)' });
+  // Members' sessions are recorded at least so, whatever their connections say.
+  const recording = h('select', { id: 'group-recording', title: "members' sessions are recorded at least so" },
+    h('option', { value: 'off' }, 'recording: as the connection says'), h('option', { value: 'on' }, 'recording: always'),
+    h('option', { value: 'keystrokes' }, 'recording: always, with keystrokes'));
   const create = h('button', { id: 'group-create' }, 'Add group');
   const list = h('tbody', { id: 'groups' });
   const load = async () => {
@@ -84,24 +88,26 @@ export async function groupsCard(): Promise<HTMLElement> {
       });
       return h('tr', { class: 'group-row', 'data-name': g.name }, h('td', {}, g.name), h('td', {}, String(g.members)),
         h('td', {}, g.max_sessions === null ? '—' : String(g.max_sessions)), h('td', {}, g.protocols?.join(', ') ?? 'any'),
-        h('td', { class: 'actions' }, edit, del));
+        h('td', {}, g.recording ?? '—'), h('td', { class: 'actions' }, edit, del));
     }));
-    if (page.items.length === 0) list.append(h('tr', {}, h('td', { colspan: '5', class: 'muted' }, 'No group yet.')));
+    if (page.items.length === 0) list.append(h('tr', {}, h('td', { colspan: '6', class: 'muted' }, 'No group yet.')));
   };
   create.addEventListener('click', async () => {
     err.textContent = '';
     try {
       const p = protocols.value.split(',').map((x) => x.trim()).filter((x) => x);
-      await api.createGroup({ name: name.value.trim(), max_sessions: max.value ? Number(max.value) : null, protocols: p.length ? p : null });
-      name.value = ''; max.value = ''; protocols.value = '';
+      await api.createGroup({ name: name.value.trim(), max_sessions: max.value ? Number(max.value) : null, protocols: p.length ? p : null,
+        recording: recording.value as api.Recording });
+      name.value = ''; max.value = ''; protocols.value = ''; recording.value = 'off';
       await load();
     } catch (e) {
       err.textContent = errorText(e);
     }
   });
   await load().catch((e) => { err.textContent = errorText(e); });
-  return h('section', { class: 'card' }, h('h2', {}, 'Groups'), h('div', { class: 'inline-form' }, name, max, protocols, create), slot,
-    h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Group'), h('th', {}, 'Members'), h('th', {}, 'Max sessions'), h('th', {}, 'Protocols'), h('th', {}))), list), err);
+  return h('section', { class: 'card' }, h('h2', {}, 'Groups'), h('div', { class: 'inline-form' }, name, max, protocols, recording, create), slot,
+    h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Group'), h('th', {}, 'Members'), h('th', {}, 'Max sessions'), h('th', {}, 'Protocols'),
+      h('th', {}, 'Recording'), h('th', {}))), list), err);
 }
 
 /** Folders as a tree: create (under a parent), delete when empty, and edit who may use each. */

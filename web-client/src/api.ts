@@ -16,7 +16,7 @@ export interface Connection {
   folder_id: string | null; /** "Site A / Floor 1": the folders above it, top first. */ folder_path: string | null;
   created_at: number; updated_at: number;
 }
-export interface Group { id: string; name: string; max_sessions: number | null; protocols: string[] | null; created_at: number; members: number }
+export interface Group { id: string; name: string; max_sessions: number | null; protocols: string[] | null; recording: Recording | null; created_at: number; members: number }
 export interface Folder { id: string; name: string; parent_id: string | null; created_at: number }
 export interface Grants { user_ids: string[]; group_ids: string[] }
 /** One page of a list and the number of all that matched. */
@@ -29,6 +29,8 @@ export interface ConnectionSettings {
   workspace?: WorkspaceSpec | null;
   h264?: boolean;
   recording?: Recording;
+  /** The session's owner may play their own recordings. */
+  recording_owner_access?: boolean;
   /** Live sharing of its sessions, and administrators' shadowing without an invitation: the most allowed. */
   sharing?: ShareLimit;
   shadowing?: ShareLimit;
@@ -146,7 +148,7 @@ export const users = (p: { q?: string; limit?: number; offset?: number } = { lim
 export const updateUser = (id: string, u: { role?: Role; max_sessions?: number | null; protocols?: string[] | null }) =>
   call<User>('PUT', `/api/v1/users/${encodeURIComponent(id)}`, u);
 export const groups = (p: { q?: string; limit?: number; offset?: number } = { limit: 1000 }) => page<Group>('/api/v1/groups', p);
-export const createGroup = (g: { name: string; max_sessions?: number | null; protocols?: string[] | null }) =>
+export const createGroup = (g: { name: string; max_sessions?: number | null; protocols?: string[] | null; recording?: Recording | null }) =>
   call<{ id: string }>('POST', '/api/v1/groups', g);
 export const deleteGroup = (id: string) => call<unknown>('DELETE', `/api/v1/groups/${encodeURIComponent(id)}`);
 export const members = (id: string) => call<{ user_ids: string[] }>('GET', `/api/v1/groups/${encodeURIComponent(id)}/members`);

@@ -156,6 +156,7 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
   const limitSelect = (id: string, v: api.ShareLimit | undefined) => h('select', { id },
     ...[['off', 'Off'], ['view', 'View only'], ['control', 'View or control']].map(([k, t]) =>
       h('option', { value: k, selected: (v ?? 'off') === k }, t)));
+  const ownerPlays = h('input', { id: 'conn-recording-owner', type: 'checkbox', checked: st?.recording_owner_access ?? false });
   const sharing = limitSelect('conn-sharing', st?.sharing);
   const shadowing = limitSelect('conn-shadowing', st?.shadowing);
   const ws = st?.workspace;
@@ -197,6 +198,7 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
       h('label', {}, clipDown, ' Clipboard remote → browser')),
     h('div', { class: 'wide' }, h('label', {}, ask, ' Ask for the user name and password at every connection (never stored)')),
     h('div', {}, h('label', { for: 'conn-recording' }, 'Recording (the user sees REC)'), recording),
+    h('div', {}, h('label', {}, ownerPlays, ' The session\'s owner may play its recordings')),
     h('div', {}, h('label', { for: 'conn-sharing' }, 'Live sharing by the session\'s owner'), sharing),
     h('div', {}, h('label', { for: 'conn-shadowing' }, 'Admins join uninvited (the owner is told)'), shadowing),
   ];
@@ -257,7 +259,7 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
         pids_limit: Number(pids.value), geometry: geometry.value.trim() || null,
       };
       const settings = { ...(st ?? {}), workspace, clipboard_up: clipUp.checked, clipboard_down: clipDown.checked,
-        recording: recording.value as api.Recording, sharing: sharing.value as api.ShareLimit,
+        recording: recording.value as api.Recording, recording_owner_access: ownerPlays.checked, sharing: sharing.value as api.ShareLimit,
         shadowing: shadowing.value as api.ShareLimit } as api.ConnectionSettings;
       await submit({ name: name.value.trim(), protocol: 'container', settings, folder_id: folder.value || null });
       return;
@@ -275,6 +277,7 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
       // Settings the editor does not show (e.g. h264) are kept.
       ...(st ?? {}),
       recording: recording.value as api.Recording,
+      recording_owner_access: ownerPlays.checked,
       sharing: sharing.value as api.ShareLimit,
       shadowing: shadowing.value as api.ShareLimit,
       domain: domain.value.trim() || null, security: security.value as api.ConnectionSettings['security'],
@@ -505,10 +508,13 @@ export async function showMain(me: api.Me, onLogout: () => void): Promise<void> 
   if (me.user.role !== 'user') {
     page.append(await recordingsCard(me, refresh));
     page.append(await eventsCard());
+  } else if ((await api.recordings({ limit: 1 }).catch(() => ({ total: 0 }))).total > 0) {
+    // A user's own recordings, where their connections let owners play them.
+    page.append(await recordingsCard(me, refresh));
   }
 
   const played = /^#recording=(.+)$/.exec(location.hash);
-  if (played && me.user.role !== 'user') {
+  if (played) {
     history.replaceState(null, '', location.pathname);
     await openPlayer(decodeURIComponent(played[1] ?? ''), refresh);
     return;

@@ -232,7 +232,7 @@ async fn delete_user(
 
 /// What events record of a group.
 fn group_value(g: &GroupBody) -> Value {
-    json!({ "name": g.name, "max_sessions": g.max_sessions, "protocols": g.protocols })
+    json!({ "name": g.name, "max_sessions": g.max_sessions, "protocols": g.protocols, "recording": g.recording })
 }
 
 #[derive(Deserialize)]
@@ -245,15 +245,27 @@ struct GroupInput {
     /// The protocols members may use (`null`: any).
     #[serde(default)]
     protocols: Option<Vec<String>>,
+    /// Members' sessions are recorded at least so: `on` or `keystrokes` (`null` or `off`: the connection
+    /// decides alone).
+    #[serde(default)]
+    recording: Option<String>,
 }
 
 impl GroupInput {
     fn body(self) -> Result<GroupBody, ApiError> {
         validate_limits(self.max_sessions, &self.protocols)?;
+        let recording = match self.recording.as_deref() {
+            None | Some("off") => None,
+            Some(r) => match portico_proto::control::RecordingPolicy::parse(r) {
+                Some(p) => Some(p.as_str().to_owned()),
+                None => return Err(ApiError::bad_request("recording must be off, on or keystrokes")),
+            },
+        };
         Ok(GroupBody {
             name: display_name(&self.name, "group")?,
             max_sessions: self.max_sessions,
             protocols: self.protocols,
+            recording,
         })
     }
 }
@@ -315,6 +327,7 @@ async fn update_group(
             name: g.name,
             max_sessions: g.max_sessions,
             protocols: g.protocols,
+            recording: g.recording,
         })
     });
     st.events.emit(

@@ -148,16 +148,17 @@ impl Internal {
                 .detail("target", crate::api::target_of(&c.host, c.port))
                 .detail("wait_secs", (now - s.created_at).max(0)),
         );
-        let settings: portico_proto::control::ConnectionSettings = serde_json::from_str(&c.settings)
+        let mut settings: portico_proto::control::ConnectionSettings = serde_json::from_str(&c.settings)
             .map_err(|e| ControlError::Unavailable(format!("bad connection settings: {e}")))?;
+        let owner = db.user(&s.user_id).await.map_err(db_err)?;
+        if let Some(u) = &owner {
+            // A group of the owner may record more than the connection does: the stricter policy applies.
+            let groups = db.limits(u).await.map_err(db_err)?.recording;
+            settings.recording = settings.recording.max(groups);
+        }
         if settings.recording.records() {
             // Listed before the first byte is written: a recording cut short by a bridge's death is found.
-            let username = db
-                .user(&s.user_id)
-                .await
-                .map_err(db_err)?
-                .map(|u| u.username)
-                .unwrap_or_default();
+            let username = owner.map(|u| u.username).unwrap_or_default();
             let row = crate::db::RecordingRow {
                 id: session_id.to_owned(),
                 user_id: s.user_id.clone(),
@@ -166,6 +167,7 @@ impl Internal {
                 connection_name: c.name.clone(),
                 protocol: c.protocol.clone(),
                 input: settings.recording.input(),
+                owner_access: settings.recording_owner_access,
                 bridge_id: caller.id.clone(),
                 created_at: now,
                 ended_at: None,

@@ -433,9 +433,9 @@ pub fn document() -> Value {
             },
             "/api/v1/shared": { "get": op("live sessions shared with the caller, directly or through one of their groups", None, "200", None) },
             "/api/v1/join": { "post": op("join a shared session as a viewer: by share_id (a share naming the caller or their group), by link (a link share's secret), or an administrator by session_id (shadowing, as the connection's settings.shadowing allows; the owner is told); the answer is a viewer token (60 s, used once) and the websocket url of the bridge holding the session; 409 when the share was revoked or expired, the session ended, or 16 viewers are attached", None, "201", None) },
-            "/api/v1/recordings": { "get": recordings_list(op("session recordings, newest first: search by user, connection, name and time (admin, auditor; an audited event)", None, "200", None)) },
+            "/api/v1/recordings": { "get": recordings_list(op("session recordings, newest first: search by user, connection, name and time (admin, auditor; other users list only their own that the connection let owners play; an audited event)", None, "200", None)) },
             "/api/v1/recordings/{id}": {
-                "get": with_id(op("a recording with its stored file checked: size, duration, keyframes, intact (admin, auditor); 409 when it fails its integrity check", None, "200", Some("Recording"))),
+                "get": with_id(op("a recording with its stored file checked: size, duration, keyframes, intact (admin, auditor, or its owner where the connection lets owners play them; 403 for anyone else, whatever the id); 409 when it fails its integrity check", None, "200", Some("Recording"))),
                 "delete": with_id(op("delete a recording, row and file (admin; an audited event)", None, "204", None))
             },
             "/api/v1/recordings/{id}/file": { "get": with_id(op("the recording as stored (docs/protocol.md \"Recording format\"), with byte ranges (admin, auditor; reading it is an audited event)", None, "200", None)) },

@@ -1,6 +1,7 @@
 //! Session recordings over the REST API: search, read (the recording as stored, with ranges; a terminal
-//! session as asciicast v2), delete, and the retention. Only admins and auditors read them (the
-//! [`Overseer`] extractor), only admins delete ([`Admin`]); every search, read and deletion is an event.
+//! session as asciicast v2), delete, and the retention. Admins and auditors read them all, a session's owner
+//! their own where the connection's policy said so when it was recorded (the [`Readable`] extractor; the
+//! list shows a user only those), only admins delete ([`Admin`]); every search, read and deletion is an event.
 //!
 //! The bytes are read from the recording storage ([`crate::config::WebappConfig::recording_dir`]), which
 //! the bridges write; every read checks the chain of chunk hashes (`portico_proto::recording`), so an
@@ -20,7 +21,7 @@ use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
 use crate::AppState;
 use crate::api::page;
-use crate::auth::{Admin, Overseer};
+use crate::auth::{Admin, CurrentUser};
 use crate::db::{RecordingFilter, RecordingRow};
 use crate::error::ApiError;
 use crate::events::{Event, EventType};
@@ -46,11 +47,7 @@ struct ListQuery {
     offset: Option<i64>,
 }
 
-async fn list(
-    State(st): State<AppState>,
-    Overseer(me): Overseer,
-    Query(q): Query<ListQuery>,
-) -> Result<Response, ApiError> {
+async fn list(State(st): State<AppState>, me: CurrentUser, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("limit must be between 1 and 1000"));
@@ -62,14 +59,26 @@ async fn list(
     if q.q.as_ref().is_some_and(|s| s.len() > 200) {
         return Err(ApiError::bad_request("q is at most 200 bytes"));
     }
+    // A user who is neither admin nor auditor lists only their own sessions' recordings that they may play.
+    let own = !me.sees_all();
     let filter = RecordingFilter {
-        user_id: q.user_id.filter(|s| !s.is_empty()),
+        user_id: if own {
+            Some(me.user.id.clone())
+        } else {
+            q.user_id.filter(|s| !s.is_empty())
+        },
         connection_id: q.connection_id.filter(|s| !s.is_empty()),
         q: q.q.filter(|s| !s.trim().is_empty()),
         since: q.since,
         until: q.until,
+        owner_access: own,
     };
     let (rows, total) = st.db.list_recordings(&filter, limit, offset).await?;
+    if own {
+        // A user listing what they may play of their own sessions searches nobody else's: no event (the home
+        // page asks on every load). Reading one is an event as for anyone.
+        return Ok(page(rows, total));
+    }
     st.events.emit(
         Event::new(EventType::RecordingsListed)
             .by(&me)
@@ -200,16 +209,33 @@ fn integrity(e: RecordingError) -> ApiError {
     ApiError::Conflict(format!("the recording fails its integrity check: {e}"))
 }
 
-async fn recording_row(st: &AppState, id: &str) -> Result<RecordingRow, ApiError> {
-    st.db.recording(id).await?.ok_or(ApiError::NotFound("recording"))
+/// A recording the caller may read, and the caller: admins and auditors read every recording; any other
+/// user only the recordings of their own sessions whose connection let owners play them (when recorded).
+/// Anything else is 403 whether it exists or not, so the answer tells nothing about others' sessions.
+struct Readable {
+    me: CurrentUser,
+    row: RecordingRow,
 }
 
-async fn show(
-    State(st): State<AppState>,
-    Overseer(_me): Overseer,
-    Path(id): Path<String>,
-) -> Result<Json<RecordingView>, ApiError> {
-    let row = recording_row(&st, &id).await?;
+impl axum::extract::FromRequestParts<AppState> for Readable {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, st: &AppState) -> Result<Self, ApiError> {
+        let me = CurrentUser::from_request_parts(parts, st).await?;
+        let Path(id) = Path::<String>::from_request_parts(parts, st)
+            .await
+            .map_err(|_| ApiError::bad_request("bad recording id"))?;
+        match st.db.recording(&id).await? {
+            Some(row) if me.sees_all() || (row.owner_access && row.user_id == me.user.id) => Ok(Readable { me, row }),
+            None if me.sees_all() => Err(ApiError::NotFound("recording")),
+            _ => Err(ApiError::Forbidden(
+                "admins and auditors read recordings, and owners where the connection lets them".into(),
+            )),
+        }
+    }
+}
+
+async fn show(State(st): State<AppState>, Readable { row, .. }: Readable) -> Result<Json<RecordingView>, ApiError> {
     let stored = match path_of(&st, &row) {
         Ok(path) => match check_file(&path).await {
             Ok(Ok(s)) => Some(s),
@@ -280,11 +306,9 @@ fn byte_range(headers: &HeaderMap, len: u64) -> Result<Option<(u64, u64)>, ()> {
 /// keyframe's offset). The client checks the chain as it reads (from the start, or from a keyframe's hash).
 async fn file(
     State(st): State<AppState>,
-    Overseer(me): Overseer,
-    Path(id): Path<String>,
+    Readable { me, row }: Readable,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let row = recording_row(&st, &id).await?;
     let (mut f, len) = open(&st, &row).await?;
     let range = match byte_range(&headers, len) {
         Ok(r) => r,
@@ -328,12 +352,7 @@ async fn file(
 
 /// A terminal session as asciicast v2 (`asciinema play` plays it), checked; a recording cut short is
 /// exported up to its last whole chunk (`X-Portico-Recording-Intact: false`).
-async fn asciicast(
-    State(st): State<AppState>,
-    Overseer(me): Overseer,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let row = recording_row(&st, &id).await?;
+async fn asciicast(State(st): State<AppState>, Readable { me, row }: Readable) -> Result<Response, ApiError> {
     if row.protocol != "ssh" {
         return Err(ApiError::bad_request(
             "only terminal (ssh) recordings export as asciicast",
@@ -395,7 +414,7 @@ fn viewed(st: &AppState, me: &crate::auth::CurrentUser, row: &RecordingRow, form
 }
 
 async fn delete(State(st): State<AppState>, Admin(me): Admin, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    let row = recording_row(&st, &id).await?;
+    let row = st.db.recording(&id).await?.ok_or(ApiError::NotFound("recording"))?;
     remove_file(&st, &row).await?;
     if !st.db.delete_recording(&row.id).await? {
         return Err(ApiError::NotFound("recording"));

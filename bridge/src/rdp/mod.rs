@@ -331,6 +331,17 @@ impl Rdp {
             g.reported = true;
             life.send(graphics_status("h264"));
         }
+        // The recording's keyframe on the pipeline: what a browser attaching now would get (the size and the
+        // stream since its last H.264 key frame), so a player can start there; not before anything is drawn.
+        if g.core.active
+            && life.recorder.as_ref().is_some_and(|r| r.wants_keyframe())
+            && let Some(mut state) = g.core.full_picture().filter(|p| p.len() > 1)
+        {
+            state.push(ServerMsg::FrameEnd { frame_id: 0 });
+            if let Some(r) = life.recorder.as_mut() {
+                r.keyframe(None, &state);
+            }
+        }
         Ok(())
     }
 

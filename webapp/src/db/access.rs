@@ -28,6 +28,8 @@ pub struct Group {
     pub name: String,
     pub max_sessions: Option<i64>,
     pub protocols: Option<Vec<String>>,
+    /// Its members' sessions are recorded at least so (`on` or `keystrokes`; `None`: the connection decides).
+    pub recording: Option<String>,
     pub created_at: i64,
     pub members: i64,
 }
@@ -38,6 +40,7 @@ pub struct GroupBody {
     pub name: String,
     pub max_sessions: Option<i64>,
     pub protocols: Option<Vec<String>>,
+    pub recording: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -64,6 +67,8 @@ pub struct Grants {
 pub struct Limits {
     pub max_sessions: Option<i64>,
     pub protocols: Option<Vec<String>>,
+    /// The strictest recording policy of the user's groups (their sessions are recorded at least so).
+    pub recording: portico_proto::control::RecordingPolicy,
 }
 
 impl Limits {
@@ -255,6 +260,7 @@ fn group(r: &AnyRow) -> sqlx::Result<Group> {
         name: r.try_get("name")?,
         max_sessions: r.try_get("max_sessions")?,
         protocols: split_list(r.try_get("protocols")?),
+        recording: r.try_get("recording")?,
         created_at: r.try_get("created_at")?,
         members: r.try_get("members")?,
     })
@@ -269,7 +275,7 @@ fn folder(r: &AnyRow) -> sqlx::Result<Folder> {
     })
 }
 
-const GROUP_SELECT: &str = "SELECT g.id, g.name, g.max_sessions, g.protocols, g.created_at, \
+const GROUP_SELECT: &str = "SELECT g.id, g.name, g.max_sessions, g.protocols, g.recording, g.created_at, \
      (SELECT COUNT(*) FROM group_members m WHERE m.group_id = g.id) AS members FROM user_groups g";
 
 /// Rebuild the closure of the folder tree (each folder with itself and its ancestors) and each folder's
@@ -546,15 +552,21 @@ impl Db {
     pub async fn limits(&self, u: &User) -> sqlx::Result<Limits> {
         let mut limits = Limits::default();
         limits.tighten(u.max_sessions, u.protocols.clone());
-        let rows: Vec<(Option<i64>, Option<String>)> = sqlx::query_as(
-            "SELECT g.max_sessions, g.protocols FROM user_groups g JOIN group_members m ON m.group_id = g.id \
-             WHERE m.user_id = $1",
+        let rows: Vec<(Option<i64>, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT g.max_sessions, g.protocols, g.recording FROM user_groups g \
+             JOIN group_members m ON m.group_id = g.id WHERE m.user_id = $1",
         )
         .bind(&u.id)
         .fetch_all(&self.pool)
         .await?;
-        for (max, protocols) in rows {
+        for (max, protocols, recording) in rows {
             limits.tighten(max, split_list(protocols));
+            if let Some(r) = recording
+                .as_deref()
+                .and_then(portico_proto::control::RecordingPolicy::parse)
+            {
+                limits.recording = limits.recording.max(r);
+            }
         }
         Ok(limits)
     }
@@ -604,14 +616,15 @@ impl Db {
     /// Create a group; `false` if the name is taken.
     pub async fn create_group(&self, id: &str, g: &GroupBody, now: i64) -> sqlx::Result<bool> {
         let r = sqlx::query(
-            "INSERT INTO user_groups (id, name, max_sessions, protocols, created_at) \
-             SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM user_groups WHERE name = $2)",
+            "INSERT INTO user_groups (id, name, max_sessions, protocols, created_at, recording) \
+             SELECT $1, $2, $3, $4, $5, $6 WHERE NOT EXISTS (SELECT 1 FROM user_groups WHERE name = $2)",
         )
         .bind(id)
         .bind(&g.name)
         .bind(g.max_sessions)
         .bind(join_list(&g.protocols))
         .bind(now)
+        .bind(&g.recording)
         .execute(&self.pool)
         .await;
         match r {
@@ -653,13 +666,16 @@ impl Db {
     }
 
     pub async fn update_group(&self, id: &str, g: &GroupBody) -> sqlx::Result<Change> {
-        let r = sqlx::query("UPDATE user_groups SET name = $1, max_sessions = $2, protocols = $3 WHERE id = $4")
-            .bind(&g.name)
-            .bind(g.max_sessions)
-            .bind(join_list(&g.protocols))
-            .bind(id)
-            .execute(&self.pool)
-            .await;
+        let r = sqlx::query(
+            "UPDATE user_groups SET name = $1, max_sessions = $2, protocols = $3, recording = $5 WHERE id = $4",
+        )
+        .bind(&g.name)
+        .bind(g.max_sessions)
+        .bind(join_list(&g.protocols))
+        .bind(id)
+        .bind(&g.recording)
+        .execute(&self.pool)
+        .await;
         match r {
             Ok(r) if r.rows_affected() == 1 => Ok(Change::Done),
             Ok(_) => Ok(Change::NotFound),

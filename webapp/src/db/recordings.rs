@@ -18,6 +18,8 @@ pub struct RecordingRow {
     pub protocol: String,
     /// Keystrokes were recorded too.
     pub input: bool,
+    /// The session's owner may play it (the connection's policy when it was recorded).
+    pub owner_access: bool,
     pub bridge_id: String,
     pub created_at: i64,
     /// When the session ended (`None`: live, or its end was never recorded).
@@ -38,10 +40,12 @@ pub struct RecordingFilter {
     pub since: Option<i64>,
     /// Began before (unix seconds).
     pub until: Option<i64>,
+    /// Only recordings their owners may play (what a user who is not an admin or auditor lists).
+    pub owner_access: bool,
 }
 
 const COLS: &str = "r.id, r.user_id, r.username, r.connection_id, r.connection_name, r.protocol, r.input, r.bridge_id, \
-                    r.created_at, s.ended_at, r.completed_at";
+                    r.created_at, s.ended_at, r.completed_at, r.owner_access";
 
 fn row(r: &sqlx::any::AnyRow) -> sqlx::Result<RecordingRow> {
     Ok(RecordingRow {
@@ -52,6 +56,7 @@ fn row(r: &sqlx::any::AnyRow) -> sqlx::Result<RecordingRow> {
         connection_name: r.try_get("connection_name")?,
         protocol: r.try_get("protocol")?,
         input: r.try_get::<i64, _>("input")? != 0,
+        owner_access: r.try_get::<i64, _>("owner_access")? != 0,
         bridge_id: r.try_get("bridge_id")?,
         created_at: r.try_get("created_at")?,
         ended_at: r.try_get("ended_at")?,
@@ -64,7 +69,7 @@ impl Db {
     pub async fn insert_recording(&self, row: &RecordingRow) -> sqlx::Result<()> {
         sqlx::query(
             "INSERT INTO recordings (id, user_id, username, connection_id, connection_name, protocol, input, bridge_id, \
-             created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING",
+             created_at, owner_access) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
         )
         .bind(&row.id)
         .bind(&row.user_id)
@@ -75,6 +80,7 @@ impl Db {
         .bind(i64::from(row.input))
         .bind(&row.bridge_id)
         .bind(row.created_at)
+        .bind(i64::from(row.owner_access))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -90,13 +96,14 @@ impl Db {
         let pattern = f.q.as_deref().map(super::access::like).unwrap_or_default();
         let filter = "($1 = '' OR r.user_id = $1) AND ($2 = '' OR r.connection_id = $2) \
                       AND ($3 = '' OR LOWER(r.username) LIKE $3 ESCAPE '\\' OR LOWER(r.connection_name) LIKE $3 ESCAPE '\\') \
-                      AND r.created_at >= $4 AND r.created_at < $5";
+                      AND r.created_at >= $4 AND r.created_at < $5 AND ($6 = 0 OR r.owner_access = 1)";
         let bind = |q: sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>| {
             q.bind(f.user_id.clone().unwrap_or_default())
                 .bind(f.connection_id.clone().unwrap_or_default())
                 .bind(pattern.clone())
                 .bind(f.since.unwrap_or(i64::MIN))
                 .bind(f.until.unwrap_or(i64::MAX))
+                .bind(i64::from(f.owner_access))
         };
         let total: i64 = bind(sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT COUNT(*) AS n FROM recordings r WHERE {filter}"
@@ -106,7 +113,7 @@ impl Db {
         .try_get("n")?;
         let rows = bind(sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLS} FROM recordings r LEFT JOIN sessions s ON s.id = r.id WHERE {filter} \
-             ORDER BY r.created_at DESC, r.id LIMIT $6 OFFSET $7"
+             ORDER BY r.created_at DESC, r.id LIMIT $7 OFFSET $8"
         ))))
         .bind(limit)
         .bind(offset)

@@ -204,9 +204,17 @@ impl Db {
     }
 
     /// Add a viewer unless the session already has `max` viewers attached or about to be (a token not yet
-    /// expired); false when it is full. One transaction, so concurrent joins cannot exceed `max`.
+    /// expired); false when it is full. One transaction that holds the session's row (PostgreSQL: a row lock;
+    /// SQLite: the write lock), so concurrent joins cannot exceed `max` (READ COMMITTED alone let a
+    /// concurrent count miss another join's insert).
     pub async fn insert_viewer(&self, v: &ViewerRow, max: i64, now: i64) -> sqlx::Result<bool> {
         let mut tx = self.begin_write().await?;
+        if self.dialect == super::Dialect::Postgres {
+            sqlx::query("SELECT id FROM sessions WHERE id = $1 FOR UPDATE")
+                .bind(&v.session_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        }
         let n: i64 = sqlx::query(
             "SELECT COUNT(*) AS n FROM session_viewers WHERE session_id = $1 AND left_at IS NULL \
              AND (claimed_at IS NOT NULL OR token_expires_at >= $2)",
