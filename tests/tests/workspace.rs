@@ -743,3 +743,67 @@ async fn workspaces_run_as_the_configured_user_on_a_managed_network_whatever_the
     anyhow::ensure!(problems.is_empty(), "{problems:#?}");
     Ok(())
 }
+
+/// A container workspace shared live (docs/security.md "Sharing"): a view-only viewer gets the container's
+/// desktop at once and sees what the owner types; its own keys never reach the container.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workspace_is_shared_with_a_view_only_viewer() -> anyhow::Result<()> {
+    let engine = Dockerd::start()?;
+    let image = engine.with_workspace_image()?;
+    let socket = engine.socket.display().to_string();
+    let p = webapp(1, &["--docker-socket", &socket, "--agent-name", "embedded"])?;
+    let api = Api::admin(&p).await?;
+    wait_json(&api, "/api/v1/agents", "embedded agent healthy", WAIT, |v| {
+        v.as_array()
+            .is_some_and(|a| a.iter().any(|x| x["name"] == "embedded" && x["state"] == "healthy"))
+    })
+    .await?;
+    let conn = api
+        .create_connection(json!({
+            "name": "shared workspace",
+            "protocol": "container",
+            "settings": { "sharing": "view", "workspace":
+                { "image": image, "cpu_millis": 500, "memory_mb": 256, "pids_limit": 200, "geometry": "800x600" } },
+        }))
+        .await?;
+    let (sid, mut owner) = launch_via(&p, &api, &conn).await?;
+    let (_, viewer_api) = api.user_api(&p, "ws-viewer", "user").await?;
+    let (_, link) = api.share_link(&sid, "view").await?;
+    let (_, ws) = viewer_api.join_session(&p.cert_sha256, json!({ "link": link })).await?;
+    let mut viewer = Screen::new(ws);
+    viewer
+        .until("the viewer's desktop", WAIT, |c| {
+            (c.width, c.height) == (800, 600) && c.pixel(795, 595) == ROOT && c.pixel(200, 120) != ROOT
+        })
+        .await?;
+    type_text(&mut owner, "xsetroot -solid '#10a040'\n").await?;
+    let green = [0x10, 0xa0, 0x40];
+    viewer
+        .until("the owner's command, seen by the viewer", WAIT, |c| {
+            c.pixel(795, 595) == green
+        })
+        .await?;
+    // The viewer's keys are dropped at the bridge; the owner's next command runs.
+    type_text(&mut viewer, "echo viewer > /tmp/viewer\n").await?;
+    viewer.term.barrier(1).await?;
+    type_text(&mut owner, "echo owner > /tmp/owner\n").await?;
+    let id = containers_of(&engine, &sid)?.into_iter().next().unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while engine
+        .docker(&["exec", &id, "cat", "/tmp/owner"])
+        .unwrap_or_default()
+        .trim()
+        != "owner"
+    {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the owner's command did not run"
+        );
+        owner.pump(Duration::from_millis(200)).await?;
+    }
+    assert!(
+        engine.docker(&["exec", &id, "cat", "/tmp/viewer"]).is_err(),
+        "a view-only viewer's keys reached the container"
+    );
+    Ok(())
+}
