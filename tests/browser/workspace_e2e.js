@@ -54,10 +54,16 @@ main(async () => {
 
   // The admin ends it from the live sessions list in another tab: the workspace tab says so.
   const admin = await page.context().newPage();
+  admin.on('console', (m) => console.log(`[admin console.${m.type()}] ${m.text()}`));
+  admin.on('pageerror', (e) => console.log(`[admin pageerror] ${e.message}`));
   await goto(admin, `${env.PORTICO_URL}/`);
   const live = admin.locator(`tr.session-row[data-id="${sid}"]`);
   // The home page builds its cards one after the other: on a busy 2-core machine that took over 10 s.
-  await live.waitFor({ timeout: 30000 });
+  await live.waitFor({ timeout: 30000 }).catch(async (e) => {
+    // What the admin's tab shows instead (the login page? an error? the list without the session?).
+    const shown = await admin.evaluate(() => document.body.innerText.slice(0, 1500)).catch(() => '?');
+    throw new Error(`${e.message}\nthe admin's tab shows:\n${shown}`);
+  });
   const text = await live.textContent();
   if (!/e2e workspace/.test(text)) throw new Error(`live session row shows ${text}`);
   await live.locator('.session-kill').click();

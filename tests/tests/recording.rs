@@ -246,8 +246,10 @@ async fn an_ssh_session_recorded_with_keystrokes_is_searched_checked_seeked_and_
             _ => None,
         })
         .collect();
-    // The picture shows the last line output before the keyframe, as the live terminal did.
-    let want = last_tick_before(&bytes, last["at_ms"].as_u64().unwrap_or_default(), n)?;
+    // The picture shows the last line output before the keyframe, as the live terminal did: the output of
+    // the chunks before the keyframe's (by position, not time: output of the same millisecond may come
+    // after the keyframe).
+    let want = last_tick_before(&bytes[..usize::try_from(offset)?], u64::MAX, n)?;
     assert!(
         state.contains(&format!("tick-{want}\r\n")),
         "the keyframe's picture shows the earlier output (tick-{want}): {state:?}"
