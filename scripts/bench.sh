@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks against real peers (release build); prints a markdown table. Usage: scripts/bench.sh ssh|vnc|rdp|workspace|upgrades|events|soak [options]
+# Benchmarks against real peers (release build); prints a markdown table. Usage: scripts/bench.sh ssh|vnc|rdp|workspace|upgrades|events|soak|files [options]
 # Options: --window 30 --warmup 5 --repeats 3 --sessions 1,5,20 --idle 100,1000 --rate 200 --minutes 10 (see portico-bench --help).
 # The soak: scripts/bench.sh soak --minutes 60 (the hour; CI runs --minutes 5), --plot docs/img/soak-60min.png.
 set -euo pipefail

@@ -7,6 +7,7 @@ use portico_proto::control::{
     ClaimRequest, ControlError, EndRequest, HostKeyReport, SyncRequest, SyncResponse, Target, TokenKeys,
     ViewerClaimRequest, ViewerGrant, ViewerLeft, WorkspaceEndpoint,
 };
+use portico_proto::files::TransferReport;
 use portico_webapp::Internal;
 use portico_webapp::internal::CallerBridge;
 
@@ -50,6 +51,10 @@ impl ControlPlane for LocalControl {
 
     async fn record_host_key(&self, session_id: &str, report: &HostKeyReport) -> Result<(), ControlError> {
         self.0.record_host_key(&self.1, session_id, report).await
+    }
+
+    async fn record_transfer(&self, session_id: &str, report: &TransferReport) -> Result<(), ControlError> {
+        self.0.record_transfer(&self.1, session_id, report).await
     }
 
     async fn end_session(&self, session_id: &str, req: &EndRequest) -> Result<(), ControlError> {

@@ -12,12 +12,15 @@ use portico_proto::control::{
     BridgeRegisterRequest, BridgeRegistered, ClaimRequest, ControlError, EndRequest, HostKeyReport, SyncRequest,
     SyncResponse, Target, TokenKeys, ViewerClaimRequest, ViewerGrant, ViewerLeft, WorkspaceEndpoint,
 };
+use portico_proto::files::TransferReport;
 
 #[async_trait]
 pub trait ControlPlane: Send + Sync + 'static {
     async fn token_keys(&self) -> Result<TokenKeys, ControlError>;
     async fn claim(&self, session_id: &str, req: &ClaimRequest) -> Result<Target, ControlError>;
     async fn record_host_key(&self, session_id: &str, report: &HostKeyReport) -> Result<(), ControlError>;
+    /// A file transfer of the session ended (an audit event).
+    async fn record_transfer(&self, session_id: &str, report: &TransferReport) -> Result<(), ControlError>;
     async fn end_session(&self, session_id: &str, req: &EndRequest) -> Result<(), ControlError>;
     async fn sync(&self, req: &SyncRequest) -> Result<SyncResponse, ControlError>;
     /// Where the session's workspace container is once ready; `None` while it is still starting (the call
@@ -286,6 +289,16 @@ impl ControlPlane for HttpControlPlane {
         self.call::<serde_json::Value>(
             reqwest::Method::POST,
             &format!("/internal/v1/sessions/{session_id}/host-key"),
+            Some(report),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn record_transfer(&self, session_id: &str, report: &TransferReport) -> Result<(), ControlError> {
+        self.call::<serde_json::Value>(
+            reqwest::Method::POST,
+            &format!("/internal/v1/sessions/{session_id}/transfer"),
             Some(report),
         )
         .await

@@ -7,6 +7,7 @@
 
 pub mod control;
 pub mod display;
+pub mod files;
 pub mod lifecycle;
 pub mod metrics;
 pub mod pool;
@@ -382,6 +383,7 @@ mod tests {
         &["pool", "control", "ssh", "recorder"],
         &["metrics"],
         &["display", "lifecycle"],
+        &["files"],
         &["screen", "terminal"],
         &["vnc", "rdp"],
         &["session"],

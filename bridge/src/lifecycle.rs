@@ -431,6 +431,11 @@ impl Lifecycle {
     }
 
     /// Queue a message for the browser without waiting; a full queue marks the session as lagging.
+    /// The browser's queue, for a task that answers it directly (file transfers).
+    pub fn client_tx(&self) -> Option<ClientTx> {
+        self.client.clone()
+    }
+
     pub fn send(&mut self, msg: ServerMsg) -> bool {
         let Some(c) = &self.client else { return false };
         record_sent(&mut self.recorder, &msg);
@@ -720,7 +725,7 @@ impl Lifecycle {
                 self.live.metrics.viewer_input_dropped.inc();
                 Common::Handled
             }
-            // A viewer never resizes the owner's screen, and has no credentials to give.
+            // A viewer never resizes the owner's screen, has no credentials to give, and moves no files.
             _ => Common::Handled,
         }
     }
@@ -866,7 +871,10 @@ impl Lifecycle {
 /// produced it, so a repaint for a browser that was behind is not recorded twice) and pongs.
 fn record_sent(recorder: &mut Option<Recorder>, msg: &ServerMsg) {
     if let Some(r) = recorder
-        && !matches!(msg, ServerMsg::TermOutput(_) | ServerMsg::Pong(_))
+        && !matches!(
+            msg,
+            ServerMsg::TermOutput(_) | ServerMsg::Pong(_) | ServerMsg::FileReply(_) | ServerMsg::FileData { .. }
+        )
     {
         r.output(msg);
     }

@@ -149,8 +149,17 @@ pub async fn connect(target: &Target, cols: u16, rows: u16) -> Result<SshShell, 
     }
     let proto = |e: russh::Error| SshError::Protocol(e.to_string().to_lowercase());
     let channel = handle.channel_open_session().await.map_err(proto)?;
+    // The browser's terminal is UTF-8: ask for a locale that says so (a server that does not accept it
+    // ignores it, as it does OpenSSH's `SendEnv LANG`).
+    let locale = target
+        .settings
+        .locale
+        .as_deref()
+        .unwrap_or(portico_proto::control::DEFAULT_LOCALE);
+    channel.set_env(false, "LANG", locale).await.map_err(proto)?;
     channel
-        .request_pty(false, TERM, cols.into(), rows.into(), 0, 0, &[])
+        // The browser sends UTF-8: with IUTF8 the line discipline erases a whole character on backspace.
+        .request_pty(false, TERM, cols.into(), rows.into(), 0, 0, &[(russh::Pty::IUTF8, 1)])
         .await
         .map_err(proto)?;
     channel.request_shell(false).await.map_err(proto)?;

@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use portico_proto::codes::CloseCode;
 use portico_proto::control::{HostKeyReport, Target};
-use portico_proto::wire::{ClientMsg, ServerMsg};
+use portico_proto::files::{FileEvent, FilePolicy, FileReply};
+use portico_proto::wire::{ClientMsg, ServerMsg, Status};
 use tokio::sync::mpsc;
 
+use crate::files::{FileCmd, Files, FilesContext};
 use crate::lifecycle::{CLIENT_QUEUE, Cmd, Common, End, Lifecycle, VIEWER_QUEUE, sleep_until};
 use crate::ssh::{self, Output};
 
@@ -152,10 +154,15 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
     if (cols, rows) != (DEFAULT_COLS, DEFAULT_ROWS) {
         let _ = channel.window_change(cols.into(), rows.into(), 0, 0).await;
     }
-    life.send(ServerMsg::status(
-        "connected",
-        format!("connected to {}@{}", target.username, target.host),
-    ));
+    let policy = target.settings.files;
+    let files_max_bytes = u64::from(target.settings.files_max_mb) << 20;
+    life.send(ServerMsg::Status(Status {
+        state: "connected".into(),
+        message: format!("connected to {}@{}", target.username, target.host),
+        graphics: None,
+        files: (policy != FilePolicy::None).then_some(policy),
+    }));
+    let mut files: Option<Files> = None;
     tracing::info!("Upstream connected");
     term.record_keyframe(&mut life);
     // INVARIANT: the credentials are not needed any more; do not keep them for the session's lifetime.
@@ -190,6 +197,9 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                 Some(Common::Handled) => {}
                 Some(Common::Attached(_)) => {
                     life.send(ServerMsg::TermOutput(term.repaint_bytes()));
+                    if let Some(f) = &files {
+                        f.send(FileCmd::Client(life.client_tx()));
+                    }
                 }
                 Some(Common::ViewerJoined(_)) => term.try_repaint(&mut life),
                 Some(Common::ViewerAck { .. }) => {}
@@ -212,6 +222,32 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                         }
                         let _ = channel.window_change(cols.into(), rows.into(), width_px.into(), height_px.into()).await;
                     }
+                    ClientMsg::FileRequest(r) => {
+                        let id = r.id;
+                        if let Err(why) = policy.check(&r.op) {
+                            life.send(file_failed(id, why));
+                        } else {
+                            let f = match &files {
+                                Some(f) => f,
+                                None => files.insert(start_files(&handle, &life, policy, files_max_bytes).await),
+                            };
+                            if !f.send(FileCmd::Request(r)) {
+                                life.send(file_failed(id, "too many file messages in flight"));
+                            }
+                        }
+                    }
+                    ClientMsg::FileChunk { id, data } => {
+                        match &files {
+                            None => {
+                                life.send(file_failed(id, "no upload under way with this id"));
+                            }
+                            Some(f) => {
+                                if !f.send(FileCmd::Chunk { id, data }) {
+                                    life.send(file_failed(id, "too many file messages in flight"));
+                                }
+                            }
+                        }
+                    }
                     // Display and clipboard messages mean nothing to a terminal.
                     _ => {}
                 },
@@ -229,4 +265,43 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
         .disconnect(russh::Disconnect::ByApplication, "session ended", "en")
         .await;
     life.end(end).await;
+}
+
+fn file_failed(id: u32, why: &str) -> ServerMsg {
+    ServerMsg::FileReply(FileReply {
+        id,
+        event: FileEvent::Failed { message: why.into() },
+    })
+}
+
+/// Open SFTP on a second channel of the session's SSH connection and start the file task; a server
+/// without SFTP gets a task that says so to every request.
+async fn start_files(
+    handle: &russh::client::Handle<ssh::KeyCheck>,
+    life: &Lifecycle,
+    policy: FilePolicy,
+    max_bytes: u64,
+) -> Files {
+    let ctx = FilesContext {
+        policy,
+        max_bytes,
+        control: life.control.clone(),
+        session_id: life.claims.sid.clone(),
+    };
+    let opened = async {
+        let channel = handle.channel_open_session().await?;
+        channel.request_subsystem(true, "sftp").await?;
+        Ok::<_, russh::Error>(channel)
+    };
+    match tokio::time::timeout(Duration::from_secs(15), opened).await {
+        Ok(Ok(channel)) => Files::start(channel.into_stream(), life.client_tx(), ctx),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "SFTP channel refused");
+            Files::refusing(
+                life.client_tx(),
+                format!("the server refused sftp: {}", e.to_string().to_lowercase()),
+            )
+        }
+        Err(_) => Files::refusing(life.client_tx(), "the server did not open sftp within 15 s".into()),
+    }
 }

@@ -401,6 +401,17 @@ fn client_msgs() -> Vec<ClientMsg> {
             buttons: 1,
         },
         ClientMsg::Caps { flags: 1 },
+        ClientMsg::FileRequest(portico_proto::files::FileRequest {
+            id: 2,
+            op: portico_proto::files::FileOp::Upload {
+                path: "a.txt".into(),
+                size: 3,
+            },
+        }),
+        ClientMsg::FileChunk {
+            id: 2,
+            data: b"abc".to_vec(),
+        },
         ClientMsg::Pointer {
             x: 10,
             y: 20,
@@ -435,7 +446,16 @@ fn server_msgs() -> Vec<ServerMsg> {
             state: "connected".into(),
             message: "ok".into(),
             graphics: Some("h264".into()),
+            files: Some(portico_proto::files::FilePolicy::Both),
         }),
+        ServerMsg::FileReply(portico_proto::files::FileReply {
+            id: 1,
+            event: portico_proto::files::FileEvent::Progress { bytes: 32768 },
+        }),
+        ServerMsg::FileData {
+            id: 1,
+            data: vec![1, 2, 3],
+        },
         ServerMsg::Error(ErrorInfo {
             code: CloseCode::AuthFailed,
             message: "no".into(),

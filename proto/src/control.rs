@@ -318,6 +318,15 @@ pub struct ConnectionSettings {
     pub sharing: ShareLimit,
     /// Administrators may join a session without an invitation (the owner is told), up to this mode.
     pub shadowing: ShareLimit,
+    /// SSH: the locale asked for the shell (`LANG`), taken where the server accepts it (OpenSSH with
+    /// `AcceptEnv LANG LC_*`, Debian's default). `None`: `C.UTF-8`, the browser's terminal being UTF-8, as
+    /// OpenSSH's client sends the locale of a UTF-8 terminal.
+    pub locale: Option<String>,
+    /// SSH: file transfer through SFTP on the session's own connection (the bridge enforces it): none,
+    /// download, upload or both.
+    pub files: crate::files::FilePolicy,
+    /// The largest file one transfer may move, in MiB.
+    pub files_max_mb: u32,
 }
 
 impl Default for ConnectionSettings {
@@ -338,8 +347,23 @@ impl Default for ConnectionSettings {
             recording_owner_access: false,
             sharing: ShareLimit::Off,
             shadowing: ShareLimit::Off,
+            locale: None,
+            files: crate::files::FilePolicy::None,
+            files_max_mb: DEFAULT_FILES_MAX_MB,
         }
     }
+}
+
+/// The largest transfer by default, in MiB.
+pub const DEFAULT_FILES_MAX_MB: u32 = 1024;
+
+/// The locale of an SSH session when its connection names none.
+pub const DEFAULT_LOCALE: &str = "C.UTF-8";
+
+/// A locale name as `LANG` takes it (`de_DE.UTF-8`, `C.UTF-8`, `sr_RS@latin`): at most 64 characters of
+/// letters, digits and `_ . @ -`.
+pub fn valid_locale(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.@-".contains(c))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -4,6 +4,7 @@
 
 pub mod codes;
 pub mod control;
+pub mod files;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::codes::CloseCode;
+use crate::files::{FILE_CHUNK, FilePolicy, FileReply, FileRequest};
 use crate::token::ShareMode;
 
 pub const VERSION: u8 = 1;
@@ -27,6 +28,8 @@ mod ty {
     pub const CLOSED: u8 = 0x05;
     pub const PONG: u8 = 0x06;
     pub const SHARE: u8 = 0x07;
+    pub const FILE_REPLY: u8 = 0x08;
+    pub const FILE_DATA: u8 = 0x09;
     pub const DISPLAY_SIZE: u8 = 0x20;
     pub const IMAGE: u8 = 0x21;
     pub const COPY: u8 = 0x22;
@@ -48,6 +51,8 @@ mod ty {
     pub const POINTER: u8 = 0x88;
     pub const CREDENTIALS: u8 = 0x89;
     pub const CAPS: u8 = 0x8a;
+    pub const FILE_REQUEST: u8 = 0x8b;
+    pub const FILE_CHUNK: u8 = 0x8c;
 }
 
 /// [`ClientMsg::Caps`] flag: the client decodes H.264 (AVC420, Annex B) in [`ServerMsg::Video`].
@@ -100,6 +105,9 @@ pub struct Status {
     /// `"bitmap"`: images the bridge encodes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graphics: Option<String>,
+    /// Sessions with file transfer: what the connection allows (`"download"`, `"upload"`, `"both"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilePolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +150,13 @@ pub enum ServerMsg {
     Pong([u8; 8]),
     /// Who watches the session (shared sessions only).
     Share(ShareInfo),
+    /// The answer to a file request (see [`crate::files`]).
+    FileReply(FileReply),
+    /// A chunk of download `id`.
+    FileData {
+        id: u32,
+        data: Vec<u8>,
+    },
     /// The remote display has this size; the client clears its canvas to it.
     DisplaySize {
         width: u16,
@@ -238,6 +253,13 @@ pub enum ClientMsg {
     Caps {
         flags: u32,
     },
+    /// A file operation (see [`crate::files`]).
+    FileRequest(FileRequest),
+    /// A chunk of upload `id`.
+    FileChunk {
+        id: u32,
+        data: Vec<u8>,
+    },
 }
 
 /// Credentials the user typed for one connection attempt.
@@ -326,6 +348,25 @@ fn split_rect(ty: u8, p: &[u8]) -> Result<(Rect, &[u8]), WireError> {
     ))
 }
 
+/// A transfer id and its bytes, as `FILE_DATA` and `FILE_CHUNK` carry them.
+fn id_and(id: u32, data: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(4 + data.len());
+    p.extend_from_slice(&id.to_be_bytes());
+    p.extend_from_slice(data);
+    p
+}
+
+fn split_id(ty: u8, p: &[u8]) -> Result<(u32, Vec<u8>), WireError> {
+    match p {
+        [a, b, c, d, data @ ..] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), data.to_vec())),
+        _ => Err(WireError::Length {
+            ty,
+            expected: 4,
+            got: p.len(),
+        }),
+    }
+}
+
 fn split(bytes: &[u8]) -> Result<(u8, &[u8]), WireError> {
     match bytes {
         [] | [_] => Err(WireError::Empty),
@@ -352,6 +393,8 @@ impl ServerMsg {
             ServerMsg::Closed(c) => json_frame(ty::CLOSED, c),
             ServerMsg::Pong(p) => frame(ty::PONG, p),
             ServerMsg::Share(i) => json_frame(ty::SHARE, i),
+            ServerMsg::FileReply(r) => json_frame(ty::FILE_REPLY, r),
+            ServerMsg::FileData { id, data } => frame(ty::FILE_DATA, &id_and(*id, data)),
             ServerMsg::DisplaySize { width, height } => frame(ty::DISPLAY_SIZE, &u16s(&[*width, *height])),
             ServerMsg::Image { rect, format, data } => {
                 let mut p = rect_bytes(rect);
@@ -417,6 +460,11 @@ impl ServerMsg {
             ty::CLOSED => ServerMsg::Closed(json(payload)?),
             ty::PONG => ServerMsg::Pong(fixed(t, payload)?),
             ty::SHARE => ServerMsg::Share(json(payload)?),
+            ty::FILE_REPLY => ServerMsg::FileReply(json(payload)?),
+            ty::FILE_DATA => {
+                let (id, data) = split_id(t, payload)?;
+                ServerMsg::FileData { id, data }
+            }
             ty::DISPLAY_SIZE => {
                 let p: [u8; 4] = fixed(t, payload)?;
                 ServerMsg::DisplaySize {
@@ -547,6 +595,7 @@ impl ServerMsg {
             state: state.into(),
             message: message.into(),
             graphics: None,
+            files: None,
         })
     }
 }
@@ -585,6 +634,8 @@ impl ClientMsg {
                 frame(ty::POINTER, &p)
             }
             ClientMsg::Caps { flags } => frame(ty::CAPS, &flags.to_be_bytes()),
+            ClientMsg::FileRequest(r) => json_frame(ty::FILE_REQUEST, r),
+            ClientMsg::FileChunk { id, data } => frame(ty::FILE_CHUNK, &id_and(*id, data)),
         }
     }
 
@@ -662,6 +713,17 @@ impl ClientMsg {
             ty::CAPS => ClientMsg::Caps {
                 flags: u32::from_be_bytes(fixed(t, payload)?),
             },
+            ty::FILE_REQUEST => {
+                let r: FileRequest = serde_json::from_slice(payload).map_err(|_| WireError::Json)?;
+                ClientMsg::FileRequest(r)
+            }
+            ty::FILE_CHUNK => {
+                let (id, data) = split_id(t, payload)?;
+                if data.len() > FILE_CHUNK {
+                    return Err(WireError::TooLarge(data.len()));
+                }
+                ClientMsg::FileChunk { id, data }
+            }
             other => return Err(WireError::UnknownType(other)),
         })
     }

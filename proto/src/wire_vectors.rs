@@ -16,6 +16,7 @@ use crate::wire::{
     VERSION, ViewerInfo,
 };
 
+use crate::files::{FileEntry, FileEvent, FileOp, FilePolicy, FileReply, FileRequest};
 use crate::token::ShareMode;
 
 const FILE: &str = "proto/vectors/wire.json";
@@ -41,6 +42,8 @@ enum ServerValue {
         message: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         graphics: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        files: Option<FilePolicy>,
     },
     Error {
         code: CloseCode,
@@ -123,6 +126,13 @@ enum ServerValue {
         x: u16,
         y: u16,
     },
+    FileReply {
+        reply: FileReply,
+    },
+    FileData {
+        id: u32,
+        data: String,
+    },
 }
 
 /// A [`ClientMsg`] as a vector's value.
@@ -165,6 +175,13 @@ enum ClientValue {
     },
     Caps {
         flags: u32,
+    },
+    FileRequest {
+        request: FileRequest,
+    },
+    FileChunk {
+        id: u32,
+        data: String,
     },
 }
 
@@ -224,6 +241,7 @@ fn server_value(m: &ServerMsg) -> ServerValue {
             state: s.state,
             message: s.message,
             graphics: s.graphics,
+            files: s.files,
         },
         ServerMsg::Error(e) => ServerValue::Error {
             code: e.code,
@@ -295,6 +313,11 @@ fn server_value(m: &ServerMsg) -> ServerValue {
             height: rect.height,
         },
         ServerMsg::CacheDraw { slot, x, y } => ServerValue::CacheDraw { slot, x, y },
+        ServerMsg::FileReply(reply) => ServerValue::FileReply { reply },
+        ServerMsg::FileData { id, data } => ServerValue::FileData {
+            id,
+            data: hex::encode(data),
+        },
     }
 }
 
@@ -321,10 +344,12 @@ fn server_msg(v: &ServerValue) -> ServerMsg {
             state,
             message,
             graphics,
+            files,
         } => ServerMsg::Status(Status {
             state,
             message,
             graphics,
+            files,
         }),
         ServerValue::Error { code, message, fatal } => ServerMsg::Error(ErrorInfo { code, message, fatal }),
         ServerValue::Closed { code, reason } => ServerMsg::Closed(Closed { code, reason }),
@@ -412,6 +437,8 @@ fn server_msg(v: &ServerValue) -> ServerMsg {
             rect: rect(x, y, width, height),
         },
         ServerValue::CacheDraw { slot, x, y } => ServerMsg::CacheDraw { slot, x, y },
+        ServerValue::FileReply { reply } => ServerMsg::FileReply(reply),
+        ServerValue::FileData { id, data } => ServerMsg::FileData { id, data: bytes(&data) },
     }
 }
 
@@ -441,6 +468,11 @@ fn client_value(m: &ClientMsg) -> ClientValue {
             domain: c.domain,
         },
         ClientMsg::Caps { flags } => ClientValue::Caps { flags },
+        ClientMsg::FileRequest(request) => ClientValue::FileRequest { request },
+        ClientMsg::FileChunk { id, data } => ClientValue::FileChunk {
+            id,
+            data: hex::encode(data),
+        },
     }
 }
 
@@ -474,6 +506,8 @@ fn client_msg(v: &ClientValue) -> ClientMsg {
             domain,
         }),
         ClientValue::Caps { flags } => ClientMsg::Caps { flags },
+        ClientValue::FileRequest { request } => ClientMsg::FileRequest(request),
+        ClientValue::FileChunk { id, data } => ClientMsg::FileChunk { id, data: bytes(&data) },
     }
 }
 
@@ -702,7 +736,85 @@ fn server_cases() -> Vec<(&'static str, ServerMsg)> {
                 state: "connected".into(),
                 message: "connected to 127.0.0.1:3389".into(),
                 graphics: Some("h264".into()),
+                files: None,
             }),
+        ),
+        (
+            "status of a terminal with file transfer",
+            ServerMsg::Status(Status {
+                state: "connected".into(),
+                message: "connected to u@127.0.0.1".into(),
+                graphics: None,
+                files: Some(FilePolicy::Both),
+            }),
+        ),
+        (
+            "file reply: a directory's entries",
+            ServerMsg::FileReply(FileReply {
+                id: 1,
+                event: FileEvent::Entries {
+                    path: "/home/u".into(),
+                    entries: vec![
+                        FileEntry {
+                            name: "docs".into(),
+                            dir: true,
+                            size: 4096,
+                            mtime: 1_764_000_000,
+                        },
+                        FileEntry {
+                            name: UNICODE.into(),
+                            dir: false,
+                            size: 5_000_000_000,
+                            mtime: 0,
+                        },
+                    ],
+                    truncated: 0,
+                },
+            }),
+        ),
+        (
+            "file reply: a download started",
+            ServerMsg::FileReply(FileReply {
+                id: 2,
+                event: FileEvent::Started { size: 65536 },
+            }),
+        ),
+        (
+            "file reply: upload progress",
+            ServerMsg::FileReply(FileReply {
+                id: 3,
+                event: FileEvent::Progress { bytes: 32768 },
+            }),
+        ),
+        (
+            "file reply: done",
+            ServerMsg::FileReply(FileReply {
+                id: 3,
+                event: FileEvent::Done { bytes: 65536 },
+            }),
+        ),
+        (
+            "file reply: failed",
+            ServerMsg::FileReply(FileReply {
+                id: u32::MAX,
+                event: FileEvent::Failed {
+                    message: "this connection allows downloads only".into(),
+                },
+            }),
+        ),
+        (
+            "file data",
+            ServerMsg::FileData {
+                id: 2,
+                data: vec![0, 1, 0xfe, 0xff],
+            },
+        ),
+        (
+            "file data, the last (empty)",
+            ServerMsg::FileData {
+                id: 2,
+                data: Vec::new(),
+            },
         ),
         (
             "video key frame with one region",
@@ -943,6 +1055,67 @@ fn client_cases() -> Vec<(&'static str, ClientMsg)> {
         ("caps: h264", ClientMsg::Caps { flags: CAPS_H264 }),
         ("caps: none", ClientMsg::Caps { flags: 0 }),
         ("caps: flags of later versions", ClientMsg::Caps { flags: u32::MAX }),
+        (
+            "file request: list the home directory",
+            ClientMsg::FileRequest(FileRequest {
+                id: 1,
+                op: FileOp::List { path: String::new() },
+            }),
+        ),
+        (
+            "file request: upload",
+            ClientMsg::FileRequest(FileRequest {
+                id: 2,
+                op: FileOp::Upload {
+                    path: format!("/tmp/{UNICODE}"),
+                    size: 5_000_000_000,
+                },
+            }),
+        ),
+        (
+            "file request: download",
+            ClientMsg::FileRequest(FileRequest {
+                id: 3,
+                op: FileOp::Download {
+                    path: "report.pdf".into(),
+                },
+            }),
+        ),
+        (
+            "file request: ack",
+            ClientMsg::FileRequest(FileRequest {
+                id: 3,
+                op: FileOp::Ack { bytes: 262_144 },
+            }),
+        ),
+        (
+            "file request: mkdir",
+            ClientMsg::FileRequest(FileRequest {
+                id: 4,
+                op: FileOp::Mkdir { path: "new".into() },
+            }),
+        ),
+        (
+            "file request: remove",
+            ClientMsg::FileRequest(FileRequest {
+                id: 5,
+                op: FileOp::Remove { path: "old".into() },
+            }),
+        ),
+        (
+            "file request: cancel",
+            ClientMsg::FileRequest(FileRequest {
+                id: 2,
+                op: FileOp::Cancel,
+            }),
+        ),
+        (
+            "file chunk",
+            ClientMsg::FileChunk {
+                id: 2,
+                data: vec![0xde, 0xad, 0xbe, 0xef],
+            },
+        ),
     ]
 }
 
@@ -986,7 +1159,13 @@ fn malformed_server() -> Vec<(&'static str, Vec<u8>)> {
         ("version only", vec![VERSION]),
         ("version 0", vec![0, 0x25, 0, 0, 0, 1]),
         ("version 2", vec![2, 0x25, 0, 0, 0, 1]),
-        ("unknown type 0x07", msg(0x07, &[])),
+        ("share without its json", msg(0x07, &[])),
+        ("file data of 3 bytes", msg(0x09, &[0, 0, 1])),
+        (
+            "file reply of an unknown kind",
+            json_msg(0x08, r#"{"id":1,"kind":"teleported"}"#),
+        ),
+        ("unknown type 0x0a", msg(0x0a, &[])),
         ("reserved display type 0x29", msg(0x29, &[0; 8])),
         ("video of 8 bytes", msg(0x26, &[0; 8])),
         (
@@ -1094,8 +1273,26 @@ fn malformed_client() -> Vec<(&'static str, Vec<u8>)> {
         ("version 0", vec![0, 0x86]),
         ("version 2", vec![2, 0x86]),
         ("a server type", msg(0x01, b"{}")),
-        ("unknown type 0x8b", msg(0x8b, &[])),
+        ("file request without its json", msg(0x8b, &[])),
         ("caps of 3 bytes", msg(0x8a, &[0, 0, 1])),
+        (
+            "file request of an unknown operation",
+            json_msg(0x8b, r#"{"id":1,"op":"chmod","path":"x"}"#),
+        ),
+        (
+            "file request without an id",
+            json_msg(0x8b, r#"{"op":"list","path":""}"#),
+        ),
+        (
+            "file request with a negative id",
+            json_msg(0x8b, r#"{"id":-1,"op":"cancel"}"#),
+        ),
+        ("file chunk of 3 bytes", msg(0x8c, &[0, 0, 1])),
+        ("file chunk over the chunk limit", {
+            let mut p = vec![0, 0, 0, 1];
+            p.resize(4 + crate::files::FILE_CHUNK + 1, 0x41);
+            msg(0x8c, &p)
+        }),
         ("caps of 5 bytes", msg(0x8a, &[0, 0, 0, 1, 0])),
         ("unknown type 0xff", msg(0xff, &[])),
         ("resize of 7 bytes", msg(0x82, &[0, 80, 0, 24, 0, 0, 0])),
@@ -1266,13 +1463,14 @@ fn every_message_type_has_a_vector() {
     assert_eq!(
         server.into_iter().collect::<Vec<_>>(),
         [
-            0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28, 0x40
+            0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28,
+            0x40
         ]
     );
     let client: std::collections::BTreeSet<u8> = file.client.iter().map(|v| bytes(&v.hex)[1]).collect();
     assert_eq!(
         client.into_iter().collect::<Vec<_>>(),
-        [0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8a]
+        [0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8a, 0x8b, 0x8c]
     );
     // Every close code appears in an ERROR.
     for &code in CloseCode::ALL {

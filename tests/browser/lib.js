@@ -117,7 +117,7 @@ function main(fn) {
 }
 
 /** Create a connection in the editor (`username` only for protocols that have one) and wait for its row. */
-async function createConnection(page, { name, protocol, port, username, password, recording }) {
+async function createConnection(page, { name, protocol, port, username, password, recording, files }) {
   await page.click('#conn-new');
   await page.waitForSelector('#conn-form');
   await page.fill('#conn-name', name);
@@ -127,6 +127,7 @@ async function createConnection(page, { name, protocol, port, username, password
   if (username !== undefined) await page.fill('#conn-username', username);
   await page.fill('#conn-password', password);
   if (recording !== undefined) await page.selectOption('#conn-recording', recording);
+  if (files !== undefined) await page.selectOption('#conn-files', files);
   await page.click('#conn-save');
   await page.locator(`tr.conn-row[data-name="${name}"]`).waitFor({ timeout: 10000 });
 }

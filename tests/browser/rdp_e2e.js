@@ -53,6 +53,12 @@ main(async () => {
   await page.mouse.click(p.x, p.y);
   await typeUS(page, `echo typed-in-browser-$((6*7)) > ${env.MARKER_FILE}\n`);
   await waitFile(env.MARKER_FILE, 'the command typed into the remote xterm never ran');
+  // Text without key events (on-screen and mobile keyboards, dead keys: `insertText`) goes as RDP Unicode
+  // events; xrdp 0.9 types the characters its keymap holds.
+  await page.keyboard.insertText(`echo unicode-$((6*7)) > ${env.UNICODE_FILE}`);
+  await page.keyboard.press('Enter');
+  await waitFile(env.UNICODE_FILE, 'the command typed as Unicode events never ran');
+  console.log('text typed as unicode events ran a command');
   // Remote → browser clipboard.
   await typeUS(page, `echo -n remote-clip-rdp | xclip -i -selection clipboard\n`);
   await page.waitForFunction(() => window.porticoDisplay.clipboard === 'remote-clip-rdp', null, { timeout: 20000 });

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use futures_util::{SinkExt as _, StreamExt as _};
+use portico_proto::files::{FILE_CHUNK, FILE_WINDOW, FileEvent, FileOp, FileRequest};
 use portico_proto::wire::{self, ClientMsg, ServerMsg};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -317,6 +318,10 @@ pub struct Term {
     pub share: Option<wire::ShareInfo>,
     /// Pongs received (their payloads), in order.
     pub pongs: Vec<[u8; 8]>,
+    /// File replies, in order.
+    pub file_replies: Vec<portico_proto::files::FileReply>,
+    /// File data by transfer id.
+    pub file_data: std::collections::HashMap<u32, Vec<u8>>,
 }
 
 impl Term {
@@ -332,6 +337,8 @@ impl Term {
             clipboard: Vec::new(),
             share: None,
             pongs: Vec::new(),
+            file_replies: Vec::new(),
+            file_data: std::collections::HashMap::new(),
         }
     }
 
@@ -373,6 +380,8 @@ impl Term {
                     ServerMsg::Pong(p) => self.pongs.push(p),
                     ServerMsg::RemoteClipboard(t) => self.clipboard.push(t),
                     ServerMsg::Share(i) => self.share = Some(i),
+                    ServerMsg::FileReply(r) => self.file_replies.push(r),
+                    ServerMsg::FileData { id, data } => self.file_data.entry(id).or_default().extend_from_slice(&data),
                     other => self.display.push(other),
                 }
                 Ok(true)
@@ -677,3 +686,116 @@ impl Screen {
         }
     }
 }
+
+/// File transfers over the wire, as the web client does them (the bridge's side: `bridge/src/files.rs`).
+impl Term {
+    /// The replies to file request `id` so far.
+    pub fn replies(&self, id: u32) -> Vec<FileEvent> {
+        self.file_replies
+            .iter()
+            .filter(|r| r.id == id)
+            .map(|r| r.event.clone())
+            .collect()
+    }
+
+    /// The bytes of download `id` so far.
+    pub fn downloaded(&self, id: u32) -> usize {
+        self.file_data.get(&id).map_or(0, Vec::len)
+    }
+
+    fn finished(&self, id: u32) -> Option<FileEvent> {
+        self.file_replies.iter().rev().find_map(|r| {
+            (r.id == id
+                && matches!(
+                    r.event,
+                    FileEvent::Done { .. } | FileEvent::Entries { .. } | FileEvent::Failed { .. }
+                ))
+            .then(|| r.event.clone())
+        })
+    }
+
+    pub async fn file_request(&mut self, id: u32, op: FileOp) -> anyhow::Result<()> {
+        self.send(ClientMsg::FileRequest(FileRequest { id, op })).await
+    }
+
+    /// Send a request and wait for its final reply (done, entries or failed).
+    pub async fn ask(&mut self, id: u32, op: FileOp) -> anyhow::Result<FileEvent> {
+        self.file_request(id, op).await?;
+        self.until(&format!("the answer to file request {id}"), FILE_WAIT, |t| {
+            t.finished(id).is_some()
+        })
+        .await?;
+        Ok(self.finished(id).unwrap_or(FileEvent::Done { bytes: 0 }))
+    }
+
+    /// Upload `data`, never more than a window ahead of the bridge's progress; the final reply.
+    pub async fn upload(&mut self, id: u32, path: &str, data: &[u8]) -> anyhow::Result<FileEvent> {
+        self.file_request(
+            id,
+            FileOp::Upload {
+                path: path.into(),
+                size: data.len() as u64,
+            },
+        )
+        .await?;
+        self.until("the upload to start", FILE_WAIT, |t| !t.replies(id).is_empty())
+            .await?;
+        if !matches!(self.replies(id)[0], FileEvent::Started { .. }) {
+            return Ok(self.replies(id).remove(0));
+        }
+        let mut sent = 0usize;
+        let mut seen = 0usize;
+        loop {
+            if let Some(end) = self.finished(id) {
+                return Ok(end);
+            }
+            let written = self
+                .file_replies
+                .iter()
+                .rev()
+                .find_map(|r| match r.event {
+                    FileEvent::Progress { bytes } if r.id == id => Some(bytes as usize),
+                    _ => None,
+                })
+                .unwrap_or(0);
+            if sent < data.len() && sent - written < FILE_WINDOW as usize {
+                let end = (sent + FILE_CHUNK).min(data.len());
+                self.send(ClientMsg::FileChunk {
+                    id,
+                    data: data[sent..end].to_vec(),
+                })
+                .await?;
+                sent = end;
+                continue;
+            }
+            seen = seen.max(self.file_replies.len());
+            let before = seen;
+            self.until("upload progress", FILE_WAIT, |t| t.file_replies.len() > before)
+                .await?;
+        }
+    }
+
+    /// Download `path`, acknowledging every half window: the final reply and the bytes.
+    pub async fn download(&mut self, id: u32, path: &str) -> anyhow::Result<(FileEvent, Vec<u8>)> {
+        self.file_request(id, FileOp::Download { path: path.into() }).await?;
+        let mut acked = 0usize;
+        loop {
+            if let Some(end) = self.finished(id) {
+                return Ok((end, self.file_data.remove(&id).unwrap_or_default()));
+            }
+            let got = self.downloaded(id);
+            if got - acked >= FILE_WINDOW as usize / 2 {
+                acked = got;
+                self.file_request(id, FileOp::Ack { bytes: got as u64 }).await?;
+            }
+            let (replies, bytes) = (self.file_replies.len(), got);
+            self.until("download data", FILE_WAIT, |t| {
+                t.file_replies.len() > replies || t.downloaded(id) > bytes
+            })
+            .await?;
+        }
+    }
+}
+
+/// How long one step of a file transfer may take.
+const FILE_WAIT: Duration = Duration::from_secs(20);

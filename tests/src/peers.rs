@@ -218,7 +218,7 @@ impl Sshd {
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {dir}/ssh_host_ed25519_key\nPidFile {dir}/sshd.pid\n\
                  PermitRootLogin no\nPasswordAuthentication yes\nPubkeyAuthentication yes\nKbdInteractiveAuthentication no\n\
                  UsePAM yes\nAuthorizedKeysFile .ssh/authorized_keys\nAllowUsers {user}\nMaxStartups 2000:30:4000\nMaxSessions 100\n\
-                 LogLevel VERBOSE\nPrintMotd no\n{extra}\n",
+                 LogLevel VERBOSE\nPrintMotd no\nAcceptEnv LANG LC_*\nSubsystem sftp /usr/lib/openssh/sftp-server\n{extra}\n",
                 port = self.port,
                 dir = self.dir.display(),
                 user = self.user.name,
@@ -1233,8 +1233,14 @@ pub trait XDisplay {
 
     /// Start an X client (e.g. `xterm`) on this display in the background; it stops when dropped.
     fn spawn(&self, program: &str, args: &[&str]) -> anyhow::Result<Background> {
+        self.spawn_env(program, args, &[])
+    }
+
+    /// [`XDisplay::spawn`] with more environment (e.g. a UTF-8 locale).
+    fn spawn_env(&self, program: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Background> {
         let child = self
             .x_command(program)
+            .envs(env.iter().copied())
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

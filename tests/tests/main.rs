@@ -10,6 +10,7 @@ mod browser;
 mod db;
 mod events;
 mod failover;
+pub mod files;
 mod headers;
 mod health;
 mod hostile;

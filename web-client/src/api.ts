@@ -34,7 +34,13 @@ export interface ConnectionSettings {
   /** Live sharing of its sessions, and administrators' shadowing without an invitation: the most allowed. */
   sharing?: ShareLimit;
   shadowing?: ShareLimit;
+  /** SSH: the shell's locale (LANG); null = C.UTF-8. */
+  locale?: string | null;
+  /** SSH: file transfer through SFTP (the bridge enforces it), and the largest file in MiB. */
+  files?: FilePolicy;
+  files_max_mb?: number;
 }
+export type FilePolicy = 'none' | 'download' | 'upload' | 'both';
 /** proto/src/control.rs `ShareLimit`. */
 export type ShareLimit = 'off' | 'view' | 'control';
 /** Whether a connection's sessions are recorded (proto/src/control.rs `RecordingPolicy`). */

@@ -13,7 +13,7 @@
 
 import { h } from './dom';
 import * as wire from './wire';
-import { type KeyCode, keysymOf, scancodeOf, SPECIAL_KEYS } from './keysym';
+import { imeKey, inputKeys, type KeyCode, keysymOf, scancodeOf, SPECIAL_KEYS, textKeys } from './keysym';
 import type { Send, State, View } from './session';
 
 declare global {
@@ -21,7 +21,7 @@ declare global {
     /** Diagnostics for tests: one pixel of the canvas as [r, g, b]. */
     porticoCanvasPixel?: (x: number, y: number) => number[];
     /** Diagnostics for tests: frames drawn, the remote size, video frames decoded and dropped. */
-    porticoDisplay?: { frames: number; width: number; height: number; clipboard: string; videoFrames?: number; videoDropped?: number };
+    porticoDisplay?: { frames: number; width: number; height: number; clipboard: string; videoFrames?: number; videoDropped?: number; typed?: number };
   }
 }
 
@@ -163,6 +163,9 @@ function rfbButtons(domButtons: number): number {
 export class DisplayView implements View {
   readonly controls: HTMLElement[];
   private readonly canvas: HTMLCanvasElement;
+  /** Where the keyboard goes: an invisible text field over the canvas, so that input methods, dead keys and
+   * mobile keyboards compose there and their text reaches the remote side (a canvas gets no text input). */
+  private readonly sink: HTMLTextAreaElement;
   private readonly ctx: CanvasRenderingContext2D;
   private readonly wrap: HTMLElement;
   private readonly overlay: HTMLElement;
@@ -201,7 +204,11 @@ export class DisplayView implements View {
     if (!ctx) throw new Error('no 2d canvas');
     this.ctx = ctx;
     this.overlay = h('div', { id: 'display-overlay' });
-    this.wrap = h('div', { id: 'display-wrap' }, this.canvas, this.overlay);
+    this.sink = h('textarea', {
+      id: 'display-input', autocomplete: 'off', autocapitalize: 'off', autocorrect: 'off', spellcheck: 'false',
+      'aria-label': 'Keyboard input for the remote desktop',
+    });
+    this.wrap = h('div', { id: 'display-wrap' }, this.canvas, this.sink, this.overlay);
     this.clipText = h('textarea', { id: 'clipboard-text', placeholder: 'Text to send to the remote clipboard; text copied there appears here.' });
     const clipSend = h('button', { id: 'clipboard-send' }, 'Send to remote');
     this.clipPanel = h('div', { id: 'clipboard-panel', hidden: true }, this.clipText, clipSend);
@@ -222,7 +229,7 @@ export class DisplayView implements View {
       this.scale = scaleSel.value as Scale;
       this.layout();
       if (this.scale === 'remote') this.requestRemoteSize();
-      this.canvas.focus();
+      this.focus();
     });
     keysSel.addEventListener('change', () => {
       const combo = SPECIAL_KEYS[Number(keysSel.value)];
@@ -230,7 +237,7 @@ export class DisplayView implements View {
       if (!combo) return;
       for (const [k, sc] of combo[1]) send(wire.key(k, true, sc));
       for (const [k, sc] of [...combo[1]].reverse()) send(wire.key(k, false, sc));
-      this.canvas.focus();
+      this.focus();
     });
     clipBtn.addEventListener('click', () => {
       this.clipPanel.hidden = !this.clipPanel.hidden;
@@ -238,7 +245,7 @@ export class DisplayView implements View {
     });
     clipSend.addEventListener('click', () => {
       this.sendClipboard(this.clipText.value);
-      this.canvas.focus();
+      this.focus();
     });
     fullBtn.addEventListener('click', () => {
       const root = stage.closest('.session') ?? stage;
@@ -248,7 +255,7 @@ export class DisplayView implements View {
         const kb = (navigator as unknown as { keyboard?: { lock?: () => Promise<void> } }).keyboard;
         void kb?.lock?.().catch(() => undefined);
       }, () => undefined);
-      this.canvas.focus();
+      this.focus();
     });
 
     this.bindInput();
@@ -459,6 +466,13 @@ export class DisplayView implements View {
     this.send(wire.key(k[0], down, k[1]));
   }
 
+  /** Put the text field where the pointer is (an input method opens its candidates next to it). */
+  private placeSink(e: MouseEvent): void {
+    const w = this.wrap.getBoundingClientRect();
+    this.sink.style.left = `${Math.round(e.clientX - w.left + this.wrap.scrollLeft)}px`;
+    this.sink.style.top = `${Math.round(e.clientY - w.top + this.wrap.scrollTop)}px`;
+  }
+
   private flushMove(): void {
     this.moveScheduled = false;
     if (!this.move) return;
@@ -481,7 +495,8 @@ export class DisplayView implements View {
     const buttonEvent = (e: PointerEvent) => {
       e.preventDefault();
       if (e.type === 'pointerdown') {
-        c.focus();
+        this.placeSink(e);
+        this.focus();
         c.setPointerCapture(e.pointerId);
       }
       this.move = null;
@@ -504,41 +519,59 @@ export class DisplayView implements View {
       }
     }, { passive: false });
 
-    c.addEventListener('keydown', (e) => {
+    // The canvas takes no keys: focus goes to the text field, which sits under the pointer so that an input
+    // method's candidate window opens where the user works.
+    c.addEventListener('focus', () => this.focus());
+    const k = this.sink;
+    k.addEventListener('keydown', (e) => {
+      // An input method's keys compose in the field; their text comes as input or composition events.
+      if (imeKey(e)) return;
       const keysym = keysymOf(e);
       if (keysym === null) return;
-      const k: KeyCode = [keysym, scancodeOf(e)];
+      const key: KeyCode = [keysym, scancodeOf(e)];
       const id = e.code || e.key;
       if ((e.ctrlKey || e.metaKey) && !e.altKey && e.key.toLowerCase() === 'v') {
         // Let the browser run its paste, so the remote clipboard is updated before the remote sees Ctrl+V.
         this.flushPasteKey();
-        this.pressed.set(id, k);
+        this.pressed.set(id, key);
         const timer = window.setTimeout(() => this.flushPasteKey(), 150);
-        this.pendingPasteKey = { code: id, key: k, timer };
+        this.pendingPasteKey = { code: id, key, timer };
         return;
       }
+      // A key typed as itself: no input event follows it.
       e.preventDefault();
-      this.pressed.set(id, k);
-      this.key(k, true);
+      this.pressed.set(id, key);
+      this.key(key, true);
     });
-    c.addEventListener('keyup', (e) => {
+    k.addEventListener('keyup', (e) => {
       const id = e.code || e.key;
       if (this.pendingPasteKey?.code === id) this.flushPasteKey();
-      const sym = keysymOf(e);
-      const k: KeyCode | null = this.pressed.get(id) ?? (sym === null ? null : [sym, scancodeOf(e)]);
+      const held = this.pressed.get(id);
       this.pressed.delete(id);
-      if (k === null) return;
+      if (held === undefined) return; // its press went to an input method, or elsewhere
       e.preventDefault();
-      this.key(k, false);
+      this.key(held, false);
     });
-    c.addEventListener('paste', (e) => {
+    // Text without keys: `insertText` (dead keys, mobile keyboards, automation), line breaks and deletions
+    // of virtual keyboards. A composition's text is typed once, when it is committed.
+    k.addEventListener('input', (e) => {
+      const ev = e as InputEvent;
+      if (ev.isComposing || ev.inputType === 'insertCompositionText') return;
+      this.typeKeys(inputKeys(ev.inputType, ev.data));
+      k.value = '';
+    });
+    k.addEventListener('compositionend', (e) => {
+      this.typeKeys(textKeys(e.data ?? ''));
+      k.value = '';
+    });
+    k.addEventListener('paste', (e) => {
       const text = e.clipboardData?.getData('text/plain');
       if (text) this.sendClipboard(text);
       e.preventDefault();
       this.flushPasteKey();
     });
-    c.addEventListener('blur', () => this.releaseAll());
-    c.addEventListener('focus', () => {
+    k.addEventListener('blur', () => this.releaseAll());
+    k.addEventListener('focus', () => {
       // Seamless clipboard where the browser allows reading it (Chromium with permission).
       void this.clipWrite
         .then(() => navigator.clipboard?.readText?.())
@@ -546,6 +579,15 @@ export class DisplayView implements View {
           if (t && t !== this.lastClipboard) this.sendClipboard(t);
         }, () => undefined);
     });
+  }
+
+  /** Type keys that no physical key pressed: each pressed and released. */
+  private typeKeys(keys: KeyCode[]): void {
+    for (const key of keys) {
+      this.key(key, true);
+      this.key(key, false);
+    }
+    if (keys.length && window.porticoDisplay) window.porticoDisplay.typed = (window.porticoDisplay.typed ?? 0) + keys.length;
   }
 
   private flushPasteKey(): void {
@@ -594,7 +636,7 @@ export class DisplayView implements View {
   }
 
   focus(): void {
-    this.canvas.focus();
+    this.sink.focus({ preventScroll: true });
   }
 
   dispose(): void {

@@ -107,3 +107,50 @@ export const SPECIAL_KEYS: [string, KeyCode[]][] = [
   ['Ctrl+Alt+F1', [[0xffe3, 0x1d], [0xffe9, 0x38], [0xffbe, 0x3b]]],
   ['Ctrl+Alt+F7', [[0xffe3, 0x1d], [0xffe9, 0x38], [0xffc4, 0x41]]],
 ];
+
+/** At most this many characters of one text input are typed (a pasted novel goes through the clipboard). */
+export const MAX_TYPED_TEXT = 4096;
+
+/** The keys that type `text` where no physical key produced it (an input method's composition, a dead key,
+ * a mobile keyboard, `insertText`): each character's keysym with no scan code, so VNC gets the keysym and
+ * RDP a Unicode event. Line breaks and tabs are their keys; other control characters are dropped. */
+export function textKeys(text: string): KeyCode[] {
+  const keys: KeyCode[] = [];
+  let n = 0;
+  for (const ch of text.replace(/\r\n?/g, '\n')) {
+    if (++n > MAX_TYPED_TEXT) break;
+    const cp = ch.codePointAt(0) ?? 0;
+    if (ch === '\n') keys.push([0xff0d, 0x1c]);
+    else if (ch === '\t') keys.push([0xff09, 0x0f]);
+    else if (cp >= 0x20 && cp !== 0x7f && !(cp >= 0x80 && cp < 0xa0)) keys.push([charKeysym(ch), 0]);
+  }
+  return keys;
+}
+
+/** The keys an `input` event of the keyboard sink stands for. A composition's text is typed once, when it
+ * ends (`compositionend`), so `insertCompositionText` types nothing; so does anything else that is not
+ * typing (formatting, drag and drop; a paste goes through the clipboard). */
+export function inputKeys(inputType: string, data: string | null): KeyCode[] {
+  switch (inputType) {
+    case 'insertText':
+    case 'insertReplacementText':
+      return data ? textKeys(data) : [];
+    case 'insertLineBreak':
+    case 'insertParagraph':
+      return [[0xff0d, 0x1c]];
+    case 'deleteContentBackward':
+    case 'deleteWordBackward':
+      return [[0xff08, 0x0e]];
+    case 'deleteContentForward':
+    case 'deleteWordForward':
+      return [[0xffff, 0xe053]];
+    default:
+      return [];
+  }
+}
+
+/** A key event that belongs to an input method (its composition is under way, or the browser hands it to
+ * one: "Process", key code 229): its text arrives as an input or composition event instead. */
+export function imeKey(e: Pick<KeyboardEvent, 'isComposing' | 'keyCode' | 'key'>): boolean {
+  return e.isComposing || e.keyCode === 229 || e.key === 'Process' || e.key === 'Dead';
+}

@@ -7,6 +7,7 @@ import * as wire from './wire';
 import { TerminalView } from './terminal';
 import { DisplayView, decodesH264 } from './display';
 import { OwnerSharing } from './share';
+import { FilePanel } from './files';
 
 export interface SessionTarget {
   sessionId: string;
@@ -100,6 +101,8 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
   let protocol = '';
   /** New sessions started by themselves after a lost bridge, in a row (reset once one is attached). */
   let autoRestarts = 0;
+  /** The Files panel, once the bridge said the connection allows file transfer (owners only). */
+  let filePanel: FilePanel | null = null;
 
   const setState = (state: State, text: string) => {
     status.dataset.state = state;
@@ -114,7 +117,8 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
   // A viewer sends acknowledgements and pings, and input only in control (never a resize: the owner's
   // screen keeps its size). The bridge drops the rest anyway; not sending it keeps the page honest.
   const viewerMay = (type: number | undefined) => type === wire.C_FRAME_ACK || type === wire.C_PING || type === wire.C_CAPS ||
-    type === wire.C_DISCONNECT || (viewerMode === 'control' && type !== wire.C_RESIZE && type !== wire.C_CREDENTIALS);
+    type === wire.C_DISCONNECT || (viewerMode === 'control' && type !== wire.C_RESIZE && type !== wire.C_CREDENTIALS &&
+      type !== wire.C_FILE_REQUEST && type !== wire.C_FILE_CHUNK);
   const send: Send = (bytes) => {
     if (opts.viewer && !viewerMay(bytes[1])) return;
     if (ws && ws.readyState === WebSocket.OPEN) ws.send(bytes);
@@ -166,6 +170,7 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
           recording.hidden = !msg.hello.recording;
           if (!view) view = makeView(msg.hello.protocol);
           if (msg.hello.reattached) setState('connected', 'connected (reattached)');
+          filePanel?.reset('the connection was interrupted');
           view.attached(msg.hello.reattached);
           view.focus();
           break;
@@ -176,6 +181,10 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
             break;
           }
           credForm?.remove();
+          if (msg.status.files && msg.status.files !== 'none' && !filePanel && !opts.viewer && view) {
+            filePanel = new FilePanel(stage, send, msg.status.files);
+            viewControls.append(...filePanel.controls);
+          }
           if (msg.status.graphics) {
             // Which graphics path the session uses (connection info in the toolbar).
             status.dataset.graphics = msg.status.graphics;
@@ -208,6 +217,10 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
             owner?.update(msg.share);
             stage.dataset.viewers = String(msg.share.viewers.length);
           }
+          break;
+        case 'file':
+        case 'file_data':
+          filePanel?.handle(msg);
           break;
         default:
           view?.handle(msg);

@@ -135,6 +135,11 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
   const password = h('input', { id: 'conn-password', type: 'password', autocomplete: 'new-password',
     placeholder: existing?.has_password ? '(stored; leave empty to keep)' : '' });
   const key = h('textarea', { id: 'conn-private-key', placeholder: existing?.has_private_key ? '(stored; leave empty to keep)' : '-----BEGIN OPENSSH PRIVATE KEY-----' });
+  const filesPolicy = h('select', { id: 'conn-files' },
+    ...[['none', 'Off'], ['download', 'Download only'], ['upload', 'Upload only'], ['both', 'Upload and download']].map(([v, t]) =>
+      h('option', { value: v, selected: (existing?.settings?.files ?? 'none') === v }, t)));
+  const filesMax = h('input', { id: 'conn-files-max', type: 'number', min: '1', max: '1048576', value: String(existing?.settings?.files_max_mb ?? 1024) });
+  const locale = h('input', { id: 'conn-locale', value: existing?.settings?.locale ?? '', placeholder: 'C.UTF-8' });
   const hostKey = h('input', { id: 'conn-host-key', value: existing?.host_key_fingerprint ?? '', placeholder: 'empty = trust on first use' });
   const st = existing?.settings;
   const domain = h('input', { id: 'conn-domain', value: st?.domain ?? '', placeholder: 'optional' });
@@ -182,6 +187,9 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
   const userField = h('div', {}, h('label', { for: 'conn-username' }, 'User name'), username);
   const sshFields = [
     h('div', { class: 'wide' }, h('label', { for: 'conn-private-key' }, 'Private key (SSH)'), key),
+    h('div', {}, h('label', { for: 'conn-locale', title: 'LANG for the shell, where the server accepts it' }, 'Locale (LANG)'), locale),
+    h('div', {}, h('label', { for: 'conn-files', title: 'SFTP on the session\'s connection, enforced by the bridge' }, 'Files (SFTP)'), filesPolicy),
+    h('div', {}, h('label', { for: 'conn-files-max' }, 'Largest file (MiB)'), filesMax),
   ];
   const hostKeyField = h('div', { class: 'wide' }, h('label', { for: 'conn-host-key', id: 'conn-host-key-label' },
     'Host key fingerprint (SHA256:…)'), hostKey);
@@ -284,6 +292,8 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
       width: wh ? Number(wh[1]) : null, height: wh ? Number(wh[2]) : null, color_depth: Number(depth.value),
       clipboard_up: clipUp.checked, clipboard_down: clipDown.checked, ask_credentials: ask.checked,
       danger_accept_any_certificate: anyCert.checked, workspace: null,
+      locale: locale.value.trim() || null,
+      files: filesPolicy.value as api.FilePolicy, files_max_mb: Number(filesMax.value) || 1024,
     };
     if (password.value) body.password = password.value;
     if (key.value.trim()) body.private_key = key.value;

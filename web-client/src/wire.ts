@@ -18,6 +18,8 @@ export const S_ERROR = 0x04;
 export const S_CLOSED = 0x05;
 export const S_PONG = 0x06;
 export const S_SHARE = 0x07;
+export const S_FILE_REPLY = 0x08;
+export const S_FILE_DATA = 0x09;
 export const S_DISPLAY_SIZE = 0x20;
 export const S_IMAGE = 0x21;
 export const S_COPY = 0x22;
@@ -39,12 +41,37 @@ export const C_KEY = 0x87;
 export const C_CREDENTIALS = 0x89;
 export const C_POINTER = 0x88;
 export const C_CAPS = 0x8a;
+export const C_FILE_REQUEST = 0x8b;
+export const C_FILE_CHUNK = 0x8c;
+
+/** The largest chunk of file data in one message, and the bytes in flight per transfer (proto/src/files.rs). */
+export const FILE_CHUNK = 32 * 1024;
+export const FILE_WINDOW = 8 * FILE_CHUNK;
 
 /** CAPS flag: this client decodes H.264 (AVC420, Annex B) in VIDEO messages. */
 export const CAPS_H264 = 1;
 
 export interface Hello { session_id: string; protocol: string; resume_token: string; grace_seconds: number; reattached: boolean; recording?: boolean }
-export interface Status { state: string; message: string; graphics?: string }
+/** What a session's connection lets its user move (proto/src/files.rs `FilePolicy`). */
+export type FilePolicy = 'none' | 'download' | 'upload' | 'both';
+export interface Status { state: string; message: string; graphics?: string; files?: FilePolicy }
+export interface FileEntry { name: string; dir: boolean; size: number; mtime: number }
+/** The bridge's answer to file request `id` (proto/src/files.rs `FileReply`). */
+export type FileReply = { id: number } & (
+  | { kind: 'entries'; path: string; entries: FileEntry[]; truncated?: number }
+  | { kind: 'started'; size: number }
+  | { kind: 'progress'; bytes: number }
+  | { kind: 'done'; bytes: number }
+  | { kind: 'failed'; message: string });
+/** A file operation (proto/src/files.rs `FileRequest`). */
+export type FileRequest = { id: number } & (
+  | { op: 'list'; path: string }
+  | { op: 'mkdir'; path: string }
+  | { op: 'remove'; path: string }
+  | { op: 'download'; path: string }
+  | { op: 'upload'; path: string; size: number }
+  | { op: 'ack'; bytes: number }
+  | { op: 'cancel' });
 export interface ErrorInfo { code: CloseCode; message: string; fatal: boolean }
 export interface Closed { code: CloseCode; reason: string }
 export type ShareMode = 'view' | 'control';
@@ -63,6 +90,8 @@ export type ServerMsg =
   | { type: 'closed'; closed: Closed }
   | { type: 'pong'; data: Uint8Array }
   | { type: 'share'; share: ShareInfo }
+  | { type: 'file'; reply: FileReply }
+  | { type: 'file_data'; id: number; data: Uint8Array<ArrayBuffer> }
   | { type: 'size'; width: number; height: number }
   | { type: 'image'; rect: Rect; mime: string; data: Uint8Array<ArrayBuffer> }
   | { type: 'copy'; sx: number; sy: number; rect: Rect }
@@ -77,7 +106,9 @@ export type ServerMsg =
 // Invalid UTF-8 makes a message malformed (as in the bridge's codec), it is not replaced.
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
-type Field = 'string' | 'string?' | 'boolean' | 'boolean?' | 'u32' | 'code';
+type Field = 'string' | 'string?' | 'boolean' | 'boolean?' | 'u32' | 'code' | 'policy?';
+
+const POLICIES: readonly string[] = ['none', 'download', 'upload', 'both'];
 
 function fieldOk(v: unknown, kind: Field): boolean {
   switch (kind) {
@@ -87,6 +118,7 @@ function fieldOk(v: unknown, kind: Field): boolean {
     case 'boolean?': return v === undefined || v === null || typeof v === 'boolean';
     case 'u32': return typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= 0xffffffff;
     case 'code': return isCloseCode(v);
+    case 'policy?': return v === undefined || v === null || (typeof v === 'string' && POLICIES.includes(v));
   }
 }
 
@@ -105,7 +137,7 @@ function json<T>(payload: Uint8Array, what: string, fields: Record<keyof T, Fiel
 }
 
 const HELLO: Record<keyof Hello, Field> = { session_id: 'string', protocol: 'string', resume_token: 'string', grace_seconds: 'u32', reattached: 'boolean', recording: 'boolean?' };
-const STATUS: Record<keyof Status, Field> = { state: 'string', message: 'string', graphics: 'string?' };
+const STATUS: Record<keyof Status, Field> = { state: 'string', message: 'string', graphics: 'string?', files: 'policy?' };
 const ERROR: Record<keyof ErrorInfo, Field> = { code: 'code', message: 'string', fatal: 'boolean' };
 const CLOSED: Record<keyof Closed, Field> = { code: 'code', reason: 'string' };
 
@@ -138,6 +170,40 @@ function shareInfo(payload: Uint8Array): ShareInfo {
     out.viewers.push(info);
   }
   return out;
+}
+
+const isCount = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+
+/** A FILE_REPLY payload, checked as the Rust codec checks it. */
+function fileReply(payload: Uint8Array): FileReply {
+  const v: unknown = JSON.parse(utf8.decode(payload));
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('file reply is not an object');
+  const o = v as Record<string, unknown>;
+  if (!fieldOk(o.id, 'u32')) throw new Error('file reply: bad id');
+  const id = o.id as number;
+  switch (o.kind) {
+    case 'entries': {
+      if (typeof o.path !== 'string' || !Array.isArray(o.entries)) throw new Error('file reply: bad entries');
+      const entries = (o.entries as unknown[]).map((e) => {
+        const r = (typeof e === 'object' && e !== null ? e : {}) as Record<string, unknown>;
+        if (typeof r.name !== 'string' || typeof r.dir !== 'boolean' || !isCount(r.size) || !isCount(r.mtime)) {
+          throw new Error('file reply: bad entry');
+        }
+        return { name: r.name, dir: r.dir, size: r.size, mtime: r.mtime };
+      });
+      const out: FileReply = { id, kind: 'entries', path: o.path, entries };
+      if (o.truncated !== undefined && o.truncated !== null) {
+        if (!fieldOk(o.truncated, 'u32')) throw new Error('file reply: bad truncated');
+        if ((o.truncated as number) > 0) out.truncated = o.truncated as number;
+      }
+      return out;
+    }
+    case 'started': if (!isCount(o.size)) throw new Error('file reply: bad size'); return { id, kind: 'started', size: o.size };
+    case 'progress': if (!isCount(o.bytes)) throw new Error('file reply: bad bytes'); return { id, kind: 'progress', bytes: o.bytes };
+    case 'done': if (!isCount(o.bytes)) throw new Error('file reply: bad bytes'); return { id, kind: 'done', bytes: o.bytes };
+    case 'failed': if (typeof o.message !== 'string') throw new Error('file reply: bad message'); return { id, kind: 'failed', message: o.message };
+    default: throw new Error('file reply: unknown kind');
+  }
 }
 
 /** At least `n` payload bytes (exactly `n` unless `more`). */
@@ -190,6 +256,8 @@ export function decode(buf: ArrayBuffer): ServerMsg {
     case S_CLOSED: return { type: 'closed', closed: json<Closed>(payload, 'closed', CLOSED) };
     case S_PONG: need(payload, 8, 'pong'); return { type: 'pong', data: payload };
     case S_SHARE: return { type: 'share', share: shareInfo(payload) };
+    case S_FILE_REPLY: return { type: 'file', reply: fileReply(payload) };
+    case S_FILE_DATA: v = need(payload, 4, 'file data', true); return { type: 'file_data', id: v.getUint32(0), data: payload.slice(4) };
     default: throw new Error(`unknown message type ${bytes[1]}`);
   }
 }
@@ -273,4 +341,17 @@ export function caps(flags: number): Uint8Array<ArrayBuffer> {
   const p = new Uint8Array(4);
   new DataView(p.buffer).setUint32(0, flags >>> 0);
   return frame(C_CAPS, p);
+}
+
+/** A file operation: JSON with the fields in the bridge's order (id, op, then the operation's). */
+export function fileRequest(r: FileRequest): Uint8Array<ArrayBuffer> {
+  return frame(C_FILE_REQUEST, new TextEncoder().encode(JSON.stringify(r)));
+}
+
+/** A chunk of upload `id` (at most FILE_CHUNK bytes). */
+export function fileChunk(id: number, data: Uint8Array): Uint8Array<ArrayBuffer> {
+  const p = new Uint8Array(4 + data.length);
+  new DataView(p.buffer).setUint32(0, id);
+  p.set(data, 4);
+  return frame(C_FILE_CHUNK, p);
 }

@@ -69,6 +69,8 @@ export function serverValue(m: wire.ServerMsg): Value {
     case 'video': return { type: 'video', stream: m.stream, x: m.x, y: m.y, key: m.key, rects: m.rects.map((r) => [r.x, r.y, r.w, r.h]), data: hex(m.data) };
     case 'cache_store': return { type: 'cache_store', slot: m.slot, x: m.rect.x, y: m.rect.y, width: m.rect.w, height: m.rect.h };
     case 'cache_draw': return { type: 'cache_draw', slot: m.slot, x: m.x, y: m.y };
+    case 'file': return { type: 'file_reply', reply: m.reply };
+    case 'file_data': return { type: 'file_data', id: m.id, data: hex(m.data) };
   }
 }
 
@@ -96,6 +98,8 @@ export function encodeClient(v: Value): Uint8Array {
     case 'pointer': return wire.pointer(num(v, 'x'), num(v, 'y'), num(v, 'buttons'));
     case 'credentials': return wire.credentials(str(v, 'username'), str(v, 'password'), v.domain === null ? null : str(v, 'domain'));
     case 'caps': return wire.caps(num(v, 'flags'));
+    case 'file_request': return wire.fileRequest(v.request as wire.FileRequest);
+    case 'file_chunk': return wire.fileChunk(num(v, 'id'), bytes(str(v, 'data')));
     default: throw new Error(`no encoder for client message ${v.type}`);
   }
 }

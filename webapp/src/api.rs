@@ -709,6 +709,19 @@ fn validate_settings(s: &ConnectionSettings) -> Result<(), ApiError> {
     if ![16, 24, 32].contains(&s.color_depth) {
         return Err(ApiError::bad_request("settings.color_depth must be 16, 24 or 32"));
     }
+    if !(1..=1024 * 1024).contains(&s.files_max_mb) {
+        return Err(ApiError::bad_request(
+            "settings.files_max_mb must be between 1 and 1048576",
+        ));
+    }
+    if s.locale
+        .as_deref()
+        .is_some_and(|l| !portico_proto::control::valid_locale(l))
+    {
+        return Err(ApiError::bad_request(
+            "settings.locale must be a locale name such as de_DE.UTF-8 (letters, digits, _ . @ -)",
+        ));
+    }
     Ok(())
 }
 

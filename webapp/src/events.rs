@@ -109,6 +109,9 @@ event_types! {
     ConnectionDeleted = "connection_deleted" / Notice,
     /// A host key or certificate pinned on first use.
     HostKeyPinned = "host_key_pinned" / Notice,
+    /// A file moved in or out of a session (`direction`, `path`, `bytes`, `outcome`: `done`, `cancelled` or
+    /// `failed`).
+    FileTransferred = "file_transferred" / Notice,
     IdentityProviderCreated = "identity_provider_created" / Notice,
     IdentityProviderUpdated = "identity_provider_updated" / Notice,
     IdentityProviderDeleted = "identity_provider_deleted" / Notice,

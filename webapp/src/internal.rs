@@ -19,6 +19,7 @@ use portico_proto::control::{
     ClaimRequest, ControlError, EndRequest, HostKeyReport, SyncRequest, SyncResponse, Target, TokenKey, TokenKeys,
     ViewerClaimRequest, ViewerGrant, WorkspaceEndpoint,
 };
+use portico_proto::files::{TransferDirection, TransferReport};
 use portico_proto::token::key_id;
 use subtle::ConstantTimeEq as _;
 
@@ -317,6 +318,35 @@ impl Internal {
                     .detail("bridge_id", &caller.id),
             );
         }
+        Ok(())
+    }
+
+    /// A file transfer of a session ended: an audit event.
+    pub async fn record_transfer(
+        &self,
+        caller: &CallerBridge,
+        session_id: &str,
+        report: &TransferReport,
+    ) -> Result<(), ControlError> {
+        let s = self.own_session(caller, session_id).await?;
+        let direction = match report.direction {
+            TransferDirection::Upload => "upload",
+            TransferDirection::Download => "download",
+        };
+        let path: String = report.path.chars().take(4096).collect();
+        let outcome: String = report.outcome.chars().take(32).collect();
+        tracing::info!(session_id, direction, path = %path, bytes = report.bytes, outcome = %outcome, "File transferred");
+        self.st.events.emit(
+            Event::new(EventType::FileTransferred)
+                .user(&s.user_id)
+                .connection(&s.connection_id)
+                .session(session_id)
+                .detail("direction", direction)
+                .detail("path", &path)
+                .detail("bytes", report.bytes)
+                .detail("outcome", &outcome)
+                .detail("bridge_id", &caller.id),
+        );
         Ok(())
     }
 
@@ -843,6 +873,21 @@ pub fn routes() -> Router<AppState> {
                  ApiJson(b): ApiJson<HostKeyReport>| async move {
                     Internal::new(st)
                         .record_host_key(&caller, &id, &b)
+                        .await
+                        .map_err(control_err)?;
+                    Ok::<_, ApiError>(StatusCode::NO_CONTENT)
+                },
+            ),
+        )
+        .route(
+            "/internal/v1/sessions/{id}/transfer",
+            post(
+                |State(st): State<AppState>,
+                 caller: CallerBridge,
+                 Path(id): Path<String>,
+                 ApiJson(b): ApiJson<TransferReport>| async move {
+                    Internal::new(st)
+                        .record_transfer(&caller, &id, &b)
                         .await
                         .map_err(control_err)?;
                     Ok::<_, ApiError>(StatusCode::NO_CONTENT)

@@ -265,6 +265,9 @@ pub fn document() -> Value {
                     "danger_accept_any_certificate": { "type": "boolean", "default": false, "description": "RDP: accept any server certificate (allows a man in the middle)" },
                     "h264": { "type": "boolean", "default": false, "description": "RDP: the graphics pipeline with the server's H.264 passed through when the browser decodes it (off by default: xrdp 0.9 failed some session starts when it was announced); false: bitmap updates only" },
                     "workspace": { "oneOf": [{ "type": "null" }, { "$ref": "#/components/schemas/WorkspaceSpec" }], "description": "protocol container" },
+                    "files": { "enum": ["none", "download", "upload", "both"], "default": "none", "description": "SSH: file transfer through SFTP on the session's connection, enforced by the bridge (upload includes creating folders and deleting)" },
+                    "files_max_mb": { "type": "integer", "minimum": 1, "maximum": 1048576, "default": 1024, "description": "the largest file one transfer may move, in MiB" },
+                    "locale": { "type": ["string", "null"], "example": "de_DE.UTF-8", "description": "SSH: LANG asked for the shell (where the server accepts it, e.g. AcceptEnv LANG LC_*); null = C.UTF-8" },
                     "recording": { "enum": ["off", "on", "keystrokes"], "default": "off", "description": "record the sessions (the user sees a REC mark): on records what the bridge sends the browser; keystrokes adds the user's keystrokes, pointer and typed text (never credentials or the clipboard). A bridge without recording storage refuses such sessions (recording_unavailable)" } } },
                 "Recording": { "type": "object", "properties": {
                     "id": { "type": "string", "description": "the session's id" }, "user_id": { "type": "string" }, "username": { "type": "string", "description": "at the time of the session" },

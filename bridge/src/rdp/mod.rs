@@ -38,6 +38,7 @@ use ironrdp_tokio::FramedWrite as _;
 use portico_proto::codes::CloseCode;
 use portico_proto::control::{HostKeyReport, Target};
 use portico_proto::limits::MaxDesktop;
+use portico_proto::secret::Secret;
 use portico_proto::wire::{CAPS_H264, ClientMsg, Rect, ServerMsg, Status};
 use tokio::sync::mpsc;
 
@@ -127,6 +128,7 @@ fn graphics_status(path: &str) -> ServerMsg {
         state: "connected".into(),
         message: format!("connected; graphics: {path}"),
         graphics: Some(path.into()),
+        files: None,
     })
 }
 
@@ -148,6 +150,18 @@ fn rect_of(r: &InclusiveRectangle, width: u16, height: u16) -> Option<Rect> {
         width: right - x + 1,
         height: bottom - y + 1,
     })
+}
+
+/// The reason of an MCS Disconnect Provider Ultimatum, if the PDU is one.
+fn ultimatum(pdu: &[u8]) -> Option<ironrdp_pdu::mcs::DisconnectReason> {
+    use ironrdp_pdu::mcs::McsMessage;
+    match ironrdp_core::decode::<ironrdp_pdu::x224::X224<McsMessage<'_>>>(pdu)
+        .ok()?
+        .0
+    {
+        McsMessage::DisconnectProviderUltimatum(u) => Some(u.reason),
+        _ => None,
+    }
 }
 
 /// The character a keysym types, for Unicode input of keys without a scancode.
@@ -253,6 +267,9 @@ struct Rdp {
     gfx: Option<GfxPath>,
     /// The viewers of the shared session, each with its own flow control.
     viewers: crate::screen::ViewerScreens,
+    /// The server ended the connection with a Disconnect Provider Ultimatum in the middle of a reactivation
+    /// (the session may be redialled).
+    ultimatum_in_reactivation: bool,
 }
 
 /// The graphics pipeline of a session: the channel's queue, the sans-IO translator, and the server frames
@@ -553,6 +570,10 @@ impl Rdp {
                         .read_by_hint(hint)
                         .await
                         .map_err(|e| fail(e.to_string().to_lowercase()))?;
+                    if let Some(reason) = ultimatum(&pdu) {
+                        self.ultimatum_in_reactivation = true;
+                        return Err(fail(format!("the server disconnected ({reason})")));
+                    }
                     // Static channel data (clipboard, dynamic channels) keeps flowing while the server
                     // reactivates; the sequence understands only the I/O channel's PDUs. Answering it
                     // before the reactivation completes makes xrdp disconnect, so it waits until then
@@ -852,44 +873,45 @@ fn default_pointer() -> (u16, u16, Vec<u8>) {
     (W, H, rgba)
 }
 
-#[tracing::instrument(name = "session", skip_all, fields(session_id = %life.claims.sid, protocol = "rdp"))]
-pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver<Cmd>) {
-    tracing::info!(host = %target.host, port = target.port, "Session started");
-    if let Some(end) = life.wait_first_attach(&mut cmd_rx).await {
-        return life.end(end).await;
-    }
-    let settings = target.settings.clone();
-    let (username, password, domain) = if settings.ask_credentials {
-        let prompt = format!("credentials for {}", target.host);
-        match life.ask_credentials(&mut cmd_rx, &prompt).await {
-            Ok(c) => (c.username, c.password, c.domain.or_else(|| settings.domain.clone())),
-            Err(end) => return life.end(end).await,
-        }
-    } else {
-        (
-            target.username.clone(),
-            target.password.as_ref().map(|p| p.expose().clone()).unwrap_or_default(),
-            settings.domain.clone(),
-        )
+/// What a connection to the RDP server needs, kept for one redial.
+struct Dial {
+    host: String,
+    port: u16,
+    username: String,
+    password: Secret<String>,
+    domain: Option<String>,
+    width: u16,
+    height: u16,
+    h264: bool,
+    /// `SHA256:<base64>` of the certificate to expect; set by the first connection when trusted on first use.
+    pinned: Option<String>,
+}
+
+/// What a redialled session keeps from the connection it replaces: the browser's flow control (its frame
+/// ids) and the viewers.
+struct Carried {
+    flow: Flow,
+    viewers: crate::screen::ViewerScreens,
+}
+
+/// Connect to the RDP server and activate: the session's state, and the clipboard backend's events.
+async fn establish(
+    life: &mut Lifecycle,
+    settings: &portico_proto::control::ConnectionSettings,
+    dial: &mut Dial,
+    carried: Option<Carried>,
+) -> Result<(Rdp, mpsc::UnboundedReceiver<ClipEvent>), End> {
+    let failed = |code: CloseCode, reason: String| End {
+        code,
+        reason,
+        from_control: false,
     };
-    let fixed = match (settings.width, settings.height) {
-        (Some(w), Some(h)) => Some(clamp_size(w, h, life.max_desktop)),
-        _ => None,
-    };
-    let (width, height) = match browser_hints(&mut life, &mut cmd_rx, fixed.is_none()).await {
-        Ok(size) => fixed.or(size).unwrap_or(DEFAULT_SIZE),
-        Err(end) => return life.end(end).await,
-    };
-    // The graphics pipeline with H.264 passthrough when the connection allows it and the browser decodes it.
-    let h264 = settings.h264 && life.caps.is_some_and(|c| c & CAPS_H264 != 0);
-    if settings.h264 {
-        // Why a session that may use H.264 does not: the browser's capabilities decide.
-        tracing::info!(offered = h264, browser_caps = ?life.caps, "RDP graphics pipeline with H.264");
-    }
-    let addr = format!("{}:{}", target.host, target.port);
+    let h264 = dial.h264;
+    let (width, height) = (dial.width, dial.height);
+    let addr = format!("{}:{}", dial.host, dial.port);
     life.send(ServerMsg::status("connecting", format!("connecting to {addr}")));
 
-    let (clip_tx, mut clip_rx) = mpsc::unbounded_channel::<ClipEvent>();
+    let (clip_tx, clip_rx) = mpsc::unbounded_channel::<ClipEvent>();
     let local_clip = Arc::new(Mutex::new(None));
     let cliprdr = CliprdrClient::new(Box::new(TextClipboard::new(
         clip_tx,
@@ -902,30 +924,30 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
         drdynvc = drdynvc.with_dynamic_channel(gfx::GfxChannel::new(gfx_queue.clone()));
     }
     let params = connect::ConnectParams {
-        host: &target.host,
-        port: target.port,
-        username,
-        password,
-        domain,
+        host: &dial.host,
+        port: dial.port,
+        username: dial.username.clone(),
+        password: dial.password.expose().clone(),
+        domain: dial.domain.clone(),
         width,
         height,
-        settings: &settings,
-        pinned: target.host_key_fingerprint.as_deref(),
+        settings,
+        pinned: dial.pinned.as_deref(),
         gfx: h264,
     };
     let connecting = connect::connect(params, |c| c.with_static_channel(drdynvc).with_static_channel(cliprdr));
     let connected = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => return life.fail(e.code(), e.to_string()).await,
+        Ok(Err(e)) => return Err(failed(e.code(), e.to_string())),
         Err(_) => {
             let why = format!("no rdp connection to {addr} within {} s", HANDSHAKE_TIMEOUT.as_secs());
-            return life.fail(CloseCode::TargetError, why).await;
+            return Err(failed(CloseCode::TargetError, why));
         }
     };
-    let tofu = target.host_key_fingerprint.is_none() && !settings.danger_accept_any_certificate;
-    // INVARIANT: the credentials went into the connector, which is consumed; the target is not needed.
-    drop(target);
+    let tofu = dial.pinned.is_none() && !settings.danger_accept_any_certificate;
     if tofu {
+        // A redial must meet the same certificate.
+        dial.pinned = Some(connected.cert_fingerprint.clone());
         let report = HostKeyReport {
             fingerprint: connected.cert_fingerprint.clone(),
         };
@@ -937,9 +959,16 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
     let (w, h) = (result.desktop_size.width, result.desktop_size.height);
     if let Err(end) = check_desktop(w, h, life.max_desktop) {
         tracing::warn!(width = w, height = h, limit = %life.max_desktop, "RDP desktop over the limit");
-        return life.fail(end.code, end.reason).await;
+        return Err(end);
     }
-    let mut rdp = Rdp {
+    let (flow, viewers) = match carried {
+        Some(c) => (c.flow, c.viewers),
+        None => (
+            Flow::new(DEFAULT_JPEG_LEVEL, life.live.metrics.display.clone()),
+            crate::screen::ViewerScreens::new(DEFAULT_JPEG_LEVEL),
+        ),
+    };
+    let rdp = Rdp {
         framed: connected.framed,
         image: DecodedImage::new(PixelFormat::RgbA32, w, h),
         activation: result.activation_factory,
@@ -957,8 +986,9 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
         input: ironrdp_input::Database::new(),
         fb: Framebuffer::new(w, h),
         frame: Frame::default(),
-        flow: Flow::new(DEFAULT_JPEG_LEVEL, life.live.metrics.display.clone()),
-        viewers: crate::screen::ViewerScreens::new(DEFAULT_JPEG_LEVEL),
+        flow,
+        viewers,
+        ultimatum_in_reactivation: false,
         buttons: 0,
         refresh_rect: result.refresh_rect_support,
         suppress_output: result.suppress_output_support,
@@ -980,9 +1010,21 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
         state: "connected".into(),
         message: format!("connected to {addr}"),
         graphics: Some("bitmap".into()),
+        files: None,
     }));
+    Ok((rdp, clip_rx))
+}
 
-    let end = 'session: loop {
+/// The connected session until it ends: the server's updates to the browser, the browser's input to the
+/// server.
+async fn session(
+    rdp: &mut Rdp,
+    life: &mut Lifecycle,
+    clip_rx: &mut mpsc::UnboundedReceiver<ClipEvent>,
+    cmd_rx: &mut mpsc::Receiver<Cmd>,
+    settings: &portico_proto::control::ConnectionSettings,
+) -> End {
+    'session: loop {
         let deadline = life.deadline();
         let room = rdp.room_at();
         tokio::select! {
@@ -1022,10 +1064,10 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                             outputs.extend(frames.into_iter().map(ActiveStageOutput::ResponseFrame));
                         }
                     }
-                    if let Err(end) = rdp.deliver(&mut life, outputs).await {
+                    if let Err(end) = rdp.deliver(life, outputs).await {
                         break 'session end;
                     }
-                    if let Err(end) = rdp.pump_gfx(&mut life).await {
+                    if let Err(end) = rdp.pump_gfx(life).await {
                         break 'session end;
                     }
                     if let Err(end) = rdp.pace_gfx().await {
@@ -1039,7 +1081,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                     // The browser is behind: this update merges into the pending frame.
                     rdp.flow.merged();
                 }
-                rdp.flush(&mut life).await;
+                rdp.flush(life).await;
             }
             Some(ev) = clip_rx.recv() => {
                 let outputs = match ev {
@@ -1051,7 +1093,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                         Vec::new()
                     }
                 };
-                if let Err(end) = rdp.deliver(&mut life, outputs).await {
+                if let Err(end) = rdp.deliver(life, outputs).await {
                     break end;
                 }
             }
@@ -1061,25 +1103,25 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                     Some(Common::End(end)) => break end,
                     Some(Common::Handled) => Vec::new(),
                     Some(Common::Attached(_)) => {
-                        match rdp.gfx_attached(&mut life).await {
+                        match rdp.gfx_attached(life).await {
                             Ok(true) => {
                                 if let Err(end) = rdp.pace_gfx().await {
                                     break end;
                                 }
                             }
-                            Ok(false) => crate::screen::send_full_picture(&mut rdp.flow, &mut rdp.fb, &mut life).await,
+                            Ok(false) => crate::screen::send_full_picture(&mut rdp.flow, &mut rdp.fb, life).await,
                             Err(end) => break end,
                         }
                         rdp.frame = Frame::default();
                         Vec::new()
                     }
                     Some(Common::ViewerJoined(_)) => {
-                        rdp.catch_up_viewers(&mut life).await;
+                        rdp.catch_up_viewers(life).await;
                         Vec::new()
                     }
                     Some(Common::ViewerAck { key, frame_id }) => {
                         rdp.viewers.ack(key, frame_id);
-                        rdp.catch_up_viewers(&mut life).await;
+                        rdp.catch_up_viewers(life).await;
                         Vec::new()
                     }
                     Some(Common::Input(msg)) => match msg {
@@ -1105,16 +1147,16 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                             if let Err(end) = rdp.pace_gfx().await {
                                 break end;
                             }
-                            rdp.flush(&mut life).await;
+                            rdp.flush(life).await;
                             Vec::new()
                         }
                         ClientMsg::Resize { width_px, height_px, .. } if width_px > 0 && height_px > 0 => {
-                            resize(&mut rdp, &mut life, &settings, width_px, height_px)
+                            resize(rdp, life, settings, width_px, height_px)
                         }
                         _ => Vec::new(),
                     },
                 };
-                if let Err(end) = rdp.deliver(&mut life, outputs).await {
+                if let Err(end) = rdp.deliver(life, outputs).await {
                     break end;
                 }
             }
@@ -1133,14 +1175,14 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                     .request_full_redraw(w, h, rdp.refresh_rect, rdp.suppress_output)
                     .map(|frames| frames.into_iter().map(ActiveStageOutput::ResponseFrame).collect())
                     .unwrap_or_default();
-                if let Err(end) = rdp.deliver(&mut life, outputs).await {
+                if let Err(end) = rdp.deliver(life, outputs).await {
                     break end;
                 }
             }
-            () = sleep_until(rdp.viewers.wake_at()) => rdp.catch_up_viewers(&mut life).await,
+            () = sleep_until(rdp.viewers.wake_at()) => rdp.catch_up_viewers(life).await,
             // A pending frame behind one larger than the budget: the link has drained room for it.
             () = sleep_until(room) => {
-                rdp.flush(&mut life).await;
+                rdp.flush(life).await;
                 if let Err(end) = rdp.pace_gfx().await {
                     break end;
                 }
@@ -1150,6 +1192,83 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                     break end;
                 }
             }
+        }
+    }
+}
+
+#[tracing::instrument(name = "session", skip_all, fields(session_id = %life.claims.sid, protocol = "rdp"))]
+pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver<Cmd>) {
+    tracing::info!(host = %target.host, port = target.port, "Session started");
+    if let Some(end) = life.wait_first_attach(&mut cmd_rx).await {
+        return life.end(end).await;
+    }
+    let settings = target.settings.clone();
+    let (username, password, domain) = if settings.ask_credentials {
+        let prompt = format!("credentials for {}", target.host);
+        match life.ask_credentials(&mut cmd_rx, &prompt).await {
+            Ok(c) => (c.username, c.password, c.domain.or_else(|| settings.domain.clone())),
+            Err(end) => return life.end(end).await,
+        }
+    } else {
+        (
+            target.username.clone(),
+            target.password.as_ref().map(|p| p.expose().clone()).unwrap_or_default(),
+            settings.domain.clone(),
+        )
+    };
+    let fixed = match (settings.width, settings.height) {
+        (Some(w), Some(h)) => Some(clamp_size(w, h, life.max_desktop)),
+        _ => None,
+    };
+    let (width, height) = match browser_hints(&mut life, &mut cmd_rx, fixed.is_none()).await {
+        Ok(size) => fixed.or(size).unwrap_or(DEFAULT_SIZE),
+        Err(end) => return life.end(end).await,
+    };
+    // The graphics pipeline with H.264 passthrough when the connection allows it and the browser decodes it.
+    let h264 = settings.h264 && life.caps.is_some_and(|c| c & CAPS_H264 != 0);
+    if settings.h264 {
+        // Why a session that may use H.264 does not: the browser's capabilities decide.
+        tracing::info!(offered = h264, browser_caps = ?life.caps, "RDP graphics pipeline with H.264");
+    }
+    let mut dial = Dial {
+        host: target.host.clone(),
+        port: target.port,
+        username,
+        password: Secret::new(password),
+        domain,
+        width,
+        height,
+        h264,
+        pinned: target.host_key_fingerprint.clone(),
+    };
+    // INVARIANT: what the connection needs was copied into `dial`, kept for one redial (below) and dropped
+    // with the session.
+    drop(target);
+    let (mut rdp, mut clip_rx) = match establish(&mut life, &settings, &mut dial, None).await {
+        Ok(up) => up,
+        Err(end) => return life.fail(end.code, end.reason).await,
+    };
+    let mut redial = Some(dial);
+    let end = loop {
+        let end = session(&mut rdp, &mut life, &mut clip_rx, &mut cmd_rx, &settings).await;
+        // xrdp (0.9) sometimes answers a reactivation (a resize, or its own when it reattaches a logon session)
+        // with a Disconnect Provider Ultimatum instead of the new desktop. A new connection lands in the same
+        // logon session: dial once more, at the size the session had, before giving up.
+        let Some(mut dial) = redial.take().filter(|_| rdp.ultimatum_in_reactivation) else {
+            break end;
+        };
+        tracing::warn!(reason = %end.reason, "RDP server dropped the connection during a reactivation; reconnecting once");
+        (dial.width, dial.height) = rdp.desktop();
+        let carried = Carried {
+            flow: std::mem::replace(
+                &mut rdp.flow,
+                Flow::new(DEFAULT_JPEG_LEVEL, life.live.metrics.display.clone()),
+            ),
+            viewers: std::mem::replace(&mut rdp.viewers, crate::screen::ViewerScreens::new(DEFAULT_JPEG_LEVEL)),
+        };
+        match establish(&mut life, &settings, &mut dial, Some(carried)).await {
+            Ok((up, clip)) => (rdp, clip_rx) = (up, clip),
+            Err(end) => break end,
         }
     };
     // Release what the browser held down and say goodbye; the server may already be gone.
@@ -1300,6 +1419,57 @@ mod tests {
     }
 
     #[test]
+    fn text_without_a_scancode_goes_as_unicode_events_in_utf16() {
+        use ironrdp_pdu::input::fast_path::{FastPathInputEvent as E, KeyboardFlags as F};
+        let mut db = ironrdp_input::Database::new();
+        let mut typed = |keysym: u32| {
+            let mut events = Vec::new();
+            for down in [true, false] {
+                events.extend(db.apply(key_operation(keysym, down, 0)));
+            }
+            events
+        };
+        assert_eq!(
+            typed(0xe9),
+            [
+                E::UnicodeKeyboardEvent(F::empty(), 0xe9),
+                E::UnicodeKeyboardEvent(F::RELEASE, 0xe9)
+            ]
+        );
+        assert_eq!(
+            typed(0xdf),
+            [
+                E::UnicodeKeyboardEvent(F::empty(), 0xdf),
+                E::UnicodeKeyboardEvent(F::RELEASE, 0xdf)
+            ]
+        );
+        assert_eq!(
+            typed(0x0100_4e2d),
+            [
+                E::UnicodeKeyboardEvent(F::empty(), 0x4e2d),
+                E::UnicodeKeyboardEvent(F::RELEASE, 0x4e2d)
+            ]
+        );
+        // Beyond the Basic Multilingual Plane: a surrogate pair, pressed and released.
+        let emoji = typed(0x0101_f600);
+        assert_eq!(
+            emoji,
+            [
+                E::UnicodeKeyboardEvent(F::empty(), 0xd83d),
+                E::UnicodeKeyboardEvent(F::empty(), 0xde00),
+                E::UnicodeKeyboardEvent(F::RELEASE, 0xd83d),
+                E::UnicodeKeyboardEvent(F::RELEASE, 0xde00),
+            ]
+        );
+        // A key the browser knows physically goes as its scancode.
+        let physical = db.apply(key_operation(0x61, true, 0x1e));
+        assert!(
+            matches!(physical.as_slice(), [E::KeyboardEvent(_, 0x1e)]),
+            "{physical:?}"
+        );
+    }
+
+    #[test]
     fn rectangles_are_inclusive_and_clamped() {
         let r = InclusiveRectangle {
             left: 10,
@@ -1356,6 +1526,19 @@ mod tests {
             end.reason,
             "the rdp server's desktop of 8192x8192 exceeds the limit of 4096x2160"
         );
+    }
+
+    #[test]
+    fn a_disconnect_provider_ultimatum_is_told_apart() {
+        use ironrdp_pdu::mcs::{DisconnectProviderUltimatum, DisconnectReason, McsMessage};
+        let msg = McsMessage::DisconnectProviderUltimatum(DisconnectProviderUltimatum::from_reason(
+            DisconnectReason::ProviderInitiated,
+        ));
+        let pdu = ironrdp_core::encode_vec(&ironrdp_pdu::x224::X224(msg)).unwrap();
+        assert_eq!(ultimatum(&pdu), Some(DisconnectReason::ProviderInitiated));
+        // Anything else (a truncated one, other bytes) is not one.
+        assert_eq!(ultimatum(&pdu[..pdu.len() - 1]), None);
+        assert_eq!(ultimatum(&[0x03, 0x00, 0x00, 0x04]), None);
     }
 
     #[test]

@@ -32,6 +32,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 mod events;
+mod files;
 mod rdp;
 mod soak;
 mod upgrades;
@@ -40,7 +41,7 @@ mod workspace;
 
 #[derive(Parser)]
 struct Args {
-    /// Which benchmark: `ssh`, `vnc`, `rdp`, `workspace`, `upgrades`, `events` or `soak`.
+    /// Which benchmark: `ssh`, `vnc`, `rdp`, `workspace`, `upgrades`, `events`, `soak` or `files`.
     which: String,
     /// Workspace benchmark: launches to time.
     #[arg(long, default_value_t = 20)]
@@ -417,8 +418,8 @@ async fn idle_memory(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(
-        ["ssh", "vnc", "rdp", "workspace", "upgrades", "events", "soak"].contains(&args.which.as_str()),
-        "unknown benchmark {:?} (available: ssh, vnc, rdp, workspace, upgrades, events, soak)",
+        ["ssh", "vnc", "rdp", "workspace", "upgrades", "events", "soak", "files"].contains(&args.which.as_str()),
+        "unknown benchmark {:?} (available: ssh, vnc, rdp, workspace, upgrades, events, soak, files)",
         args.which
     );
     if !args.links.is_empty() && !portico_tests::link::inside() {
@@ -446,6 +447,7 @@ async fn main() -> anyhow::Result<()> {
             "rdp" => (rdp::HEADER, rdp::run(&args).await?),
             "upgrades" => (upgrades::HEADER, upgrades::run(&args).await?),
             "events" => (events::HEADER, events::run(&args).await?),
+            "files" => (files::HEADER, files::run(&args).await?),
             _ => (workspace::HEADER, workspace::run(&args).await?),
         };
         println!("{header}");
