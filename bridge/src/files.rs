@@ -29,6 +29,10 @@ const QUEUE: usize = 64;
 /// How long a message to the browser may wait for room before the transfer is given up.
 const SEND_LIMIT: Duration = Duration::from_secs(30);
 
+/// Bytes of a download read with one SFTP request (sent as chunks of `FILE_CHUNK`): a read is a round
+/// trip to the server, so the larger, the fewer (OpenSSH's sftp-server serves up to 256 KiB).
+const READ: usize = 4 * FILE_CHUNK;
+
 /// How long one SFTP request may take.
 const SFTP_TIMEOUT_SECS: u64 = 30;
 
@@ -186,7 +190,7 @@ impl Task {
     }
 
     fn download_has_room(&self) -> bool {
-        matches!(&self.transfer, Some(Transfer::Down { sent, acked, .. }) if sent - acked < FILE_WINDOW)
+        matches!(&self.transfer, Some(Transfer::Down { sent, acked, .. }) if sent - acked + READ as u64 <= FILE_WINDOW)
     }
 
     /// Send to the browser, waiting for room (bounded); `false` when it is gone or stuck.
@@ -347,11 +351,16 @@ impl Task {
             return;
         };
         let id = *id;
-        let mut buf = vec![0u8; FILE_CHUNK];
-        let n = match file.read(&mut buf).await {
-            Ok(n) => n,
-            Err(e) => return self.fail(&lower(&e)).await,
-        };
+        let mut buf = vec![0u8; READ];
+        let mut n = 0;
+        // Fill the buffer (a read may return less), up to the end of the file.
+        while n < READ {
+            match file.read(&mut buf[n..]).await {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) => return self.fail(&lower(&e)).await,
+            }
+        }
         let total = *sent + n as u64;
         if total > self.ctx.max_bytes {
             // The file grew past the limit while it was read.
@@ -367,8 +376,16 @@ impl Task {
             tracing::info!(id, path = %path, bytes = total, "Download done");
             return self.report(TransferDirection::Download, path, total, "done").await;
         }
-        if !self.send(ServerMsg::FileData { id, data: buf }).await {
-            self.abandon("failed", "the browser stopped reading").await;
+        for chunk in buf.chunks(FILE_CHUNK) {
+            if !self
+                .send(ServerMsg::FileData {
+                    id,
+                    data: chunk.to_vec(),
+                })
+                .await
+            {
+                return self.abandon("failed", "the browser stopped reading").await;
+            }
         }
     }
 

@@ -87,6 +87,8 @@ pub struct LiveSession {
     /// actor that does not obey in time ([`LiveSession::overdue`]).
     ordered: Mutex<Option<(CloseCode, String)>>,
     order: tokio::sync::Notify,
+    /// Viewers whose revocation was passed on (every heartbeat repeats it until the viewer is gone).
+    revoking: Mutex<std::collections::HashSet<String>>,
     /// WebSocket message bytes sent to and received from the browsers of the session (reported at its end).
     pub bytes_to_browser: std::sync::atomic::AtomicU64,
     pub bytes_from_browser: std::sync::atomic::AtomicU64,
@@ -105,6 +107,7 @@ impl LiveSession {
             end: Mutex::new(None),
             ordered: Mutex::new(None),
             order: tokio::sync::Notify::new(),
+            revoking: Mutex::new(std::collections::HashSet::new()),
             bytes_to_browser: Default::default(),
             bytes_from_browser: Default::default(),
             metrics,
@@ -123,8 +126,14 @@ impl LiveSession {
     }
 
     /// Pass an order about a viewer without waiting, like [`LiveSession::order_end`]: a revocation always
-    /// gets through; a mode, which every heartbeat repeats, is dropped while the actor's queue is full.
+    /// gets through, once (the heartbeats that repeat it meanwhile add nothing); a mode, which every
+    /// heartbeat repeats, is dropped while the actor's queue is full.
     pub fn order_viewer(&self, cmd: Cmd) {
+        if let Cmd::ViewerRevoked { id, .. } = &cmd
+            && !self.revoking.lock().is_ok_and(|mut r| r.insert(id.clone()))
+        {
+            return;
+        }
         if let Err(mpsc::error::TrySendError::Full(cmd)) = self.cmd.try_send(cmd)
             && matches!(cmd, Cmd::ViewerRevoked { .. })
         {
@@ -166,6 +175,11 @@ impl LiveSession {
                 });
             }
         }
+    }
+
+    /// The session was ordered to end (its actor may not have seen the order yet).
+    pub fn end_ordered(&self) -> bool {
+        self.ordered.lock().is_ok_and(|o| o.is_some())
     }
 
     /// `n` bytes of WebSocket messages went to the browser.
@@ -453,16 +467,26 @@ impl Lifecycle {
     }
 
     /// Send and wait for room (bounded by the protocol's own flow control); a browser that takes longer
-    /// than 5 s is treated as gone.
+    /// than 5 s is treated as gone. An order to end stops the wait at once: the actor must see it before
+    /// the watchdog's limit (as long as this wait), not after.
     pub async fn send_wait(&mut self, msg: ServerMsg) -> bool {
         let Some(c) = &self.client else { return false };
         record_sent(&mut self.recorder, &msg);
-        match tokio::time::timeout(Duration::from_secs(5), c.send(msg)).await {
-            Ok(Ok(())) => true,
-            _ => {
-                self.detach();
-                false
+        let live = self.live.clone();
+        let ordered = async move {
+            while !live.end_ordered() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
+        };
+        tokio::select! {
+            sent = tokio::time::timeout(Duration::from_secs(5), c.send(msg)) => match sent {
+                Ok(Ok(())) => true,
+                _ => {
+                    self.detach();
+                    false
+                }
+            },
+            () = ordered => false,
         }
     }
 
@@ -902,5 +926,34 @@ pub async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revocation_is_passed_on_once_however_often_the_heartbeat_repeats_it() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let live = LiveSession::new("s".into(), tx, SessionMetrics::default());
+        let revoke = |id: &str| Cmd::ViewerRevoked {
+            id: id.into(),
+            reason: "revoked".into(),
+        };
+        for _ in 0..3 {
+            live.order_viewer(revoke("v"));
+        }
+        live.order_viewer(revoke("w"));
+        let mut got = Vec::new();
+        while let Ok(cmd) = rx.try_recv() {
+            if let Cmd::ViewerRevoked { id, .. } = cmd {
+                got.push(id);
+            }
+        }
+        assert_eq!(got, ["v", "w"]);
+        assert!(!live.end_ordered());
+        live.order_end(CloseCode::Ended, "bye".into(), false);
+        assert!(live.end_ordered());
     }
 }

@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use portico_proto::codes::CloseCode;
+use portico_proto::files::{FileEvent, FileOp};
 use portico_proto::token::ShareMode;
 use portico_proto::wire::ClientMsg;
 use portico_tests::client::{Api, Screen, Term, ws_with_token};
@@ -67,7 +68,7 @@ async fn an_ssh_session_is_shared_view_only_then_in_control_then_revoked() -> an
     let conn = ssh_connection(
         &admin,
         &sshd,
-        json!({ "password": sshd.user.password, "settings": { "sharing": "control" } }),
+        json!({ "password": sshd.user.password, "settings": { "sharing": "control", "files": "both" } }),
     )
     .await?;
     let closed_conn = ssh_connection(&admin, &sshd, json!({ "password": sshd.user.password })).await?;
@@ -214,6 +215,24 @@ async fn an_ssh_session_is_shared_view_only_then_in_control_then_revoked() -> an
     owner
         .until("the owner's size", WAIT, |t| t.text().contains("24 80"))
         .await?;
+    // Nor moves files, even in control: its requests never reach the session (the connection allows
+    // files: the owner's same request works after them, in the same order).
+    let dir = marker_path("share-files");
+    v.file_request(1, FileOp::Mkdir { path: dir.clone() }).await?;
+    v.send(ClientMsg::FileChunk {
+        id: 1,
+        data: vec![1; 8],
+    })
+    .await?;
+    v.barrier(3).await?;
+    assert!(v.file_replies.is_empty(), "{:?}", v.file_replies);
+    let made = owner.ask(1, FileOp::Mkdir { path: dir.clone() }).await?;
+    assert_eq!(
+        made,
+        FileEvent::Done { bytes: 0 },
+        "a viewer's file request reached the server first"
+    );
+    let _ = std::fs::remove_dir(&dir);
 
     // Revoked: the viewer is closed with the reason within 2 s; the owner goes on.
     let revoked_at = Instant::now();
