@@ -55,63 +55,92 @@ pub struct FilesContext {
     pub session_id: String,
 }
 
-/// The session's file task, once started.
+/// The session's file task.
 pub struct Files {
     tx: mpsc::Sender<FileCmd>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Files {
-    /// Start the task on an SFTP channel (`stream`: the channel after its `sftp` subsystem request).
-    pub fn start<S>(stream: S, client: Option<ClientTx>, ctx: FilesContext) -> Files
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(async move {
-            let sftp = match SftpSession::new(stream).await {
-                Ok(s) => s,
-                Err(e) => {
+    /// Start the task on a session channel of the SSH connection; it asks for the `sftp` subsystem at the
+    /// first command (a session that never moves a file starts no SFTP server).
+    pub fn start(channel: russh::Channel<russh::client::Msg>, client: Option<ClientTx>, ctx: FilesContext) -> Files {
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(async move {
+            let Some(first) = rx.recv().await else { return };
+            let opened = async {
+                channel.request_subsystem(true, "sftp").await.map_err(|e| lower(&e))?;
+                SftpSession::new(channel.into_stream()).await.map_err(|e| lower(&e))
+            };
+            let sftp = match tokio::time::timeout(Duration::from_secs(SFTP_TIMEOUT_SECS), opened).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "SFTP did not start");
-                    return refuse_all(rx, client, format!("the server's sftp did not start: {}", lower(&e))).await;
+                    let why = format!("the server's sftp did not start: {e}");
+                    return refuse_all(first, rx, client, why).await;
+                }
+                Err(_) => {
+                    let why = format!("the server's sftp did not start within {SFTP_TIMEOUT_SECS} s");
+                    return refuse_all(first, rx, client, why).await;
                 }
             };
             sftp.set_timeout(SFTP_TIMEOUT_SECS);
-            Task {
+            let mut task = Task {
                 sftp,
                 client,
                 ctx,
                 transfer: None,
-            }
-            .run(rx)
-            .await;
+            };
+            task.command(first).await;
+            task.run(rx).await;
         });
-        Files { tx }
-    }
-
-    /// A task that refuses every request with `why` (the server has no SFTP).
-    pub fn refusing(client: Option<ClientTx>, why: String) -> Files {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(refuse_all(rx, client, why));
-        Files { tx }
+        Files { tx, task }
     }
 
     /// Hand the task a command; `false` when its queue is full (a browser beyond its window).
     pub fn send(&self, cmd: FileCmd) -> bool {
         self.tx.try_send(cmd).is_ok()
     }
+
+    /// Hand the task a command that must not be lost (a new browser, a cancel), waiting for room in a task
+    /// of its own when the queue is full.
+    pub fn hand(&self, cmd: FileCmd) {
+        if let Err(mpsc::error::TrySendError::Full(cmd)) = self.tx.try_send(cmd) {
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(cmd).await;
+            });
+        }
+    }
+
+    /// The session ends: the transfer under way is abandoned (a partial upload removed) while the SSH
+    /// connection is still up, for at most [`SHUTDOWN_LIMIT`].
+    pub async fn shutdown(self) {
+        drop(self.tx);
+        let _ = tokio::time::timeout(SHUTDOWN_LIMIT, self.task).await;
+    }
 }
 
-async fn refuse_all(mut rx: mpsc::Receiver<FileCmd>, mut client: Option<ClientTx>, why: String) {
-    while let Some(cmd) = rx.recv().await {
+/// How long the end of a session waits for the file task to clean up.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(3);
+
+/// How long a transfer may wait for the browser (a chunk, an acknowledgement) before it is given up.
+const IDLE_LIMIT: Duration = Duration::from_secs(60);
+
+/// Every request is refused with `why` (the server's SFTP did not start).
+async fn refuse_all(first: FileCmd, mut rx: mpsc::Receiver<FileCmd>, mut client: Option<ClientTx>, why: String) {
+    let mut next = Some(first);
+    while let Some(cmd) = next.take() {
         match cmd {
             FileCmd::Request(r) if !matches!(r.op, FileOp::Ack { .. } | FileOp::Cancel) => {
                 if let Some(c) = &client {
-                    let _ = c.try_send(failed(r.id, why.clone()));
+                    let _ = tokio::time::timeout(SEND_LIMIT, c.send(failed(r.id, why.clone()))).await;
                 }
             }
             FileCmd::Client(c) => client = c,
             _ => {}
         }
+        next = rx.recv().await;
     }
 }
 
@@ -134,9 +163,12 @@ enum Transfer {
         sent: u64,
         acked: u64,
     },
+    /// Written to `part` (next to `path`), renamed over `path` once whole: a cancelled or failed upload
+    /// never touches a file that was there.
     Up {
         id: u32,
         path: String,
+        part: String,
         file: File,
         size: u64,
         written: u64,
@@ -161,7 +193,8 @@ struct Task {
 impl Task {
     async fn run(mut self, mut rx: mpsc::Receiver<FileCmd>) {
         loop {
-            // A download with room in its window reads on between commands; otherwise wait for one.
+            // A download with room in its window reads on between commands; otherwise wait for one (a
+            // transfer waits at most [`IDLE_LIMIT`] for its browser).
             let cmd = if self.download_has_room() {
                 match rx.try_recv() {
                     Ok(c) => Some(c),
@@ -169,24 +202,37 @@ impl Task {
                     Err(mpsc::error::TryRecvError::Disconnected) => break,
                 }
             } else {
-                match rx.recv().await {
-                    Some(c) => Some(c),
-                    None => break,
+                match tokio::time::timeout(IDLE_LIMIT, rx.recv()).await {
+                    Ok(Some(c)) => Some(c),
+                    Ok(None) => break,
+                    Err(_) => {
+                        if self.transfer.is_some() {
+                            let why = format!("the browser sent nothing for {} s", IDLE_LIMIT.as_secs());
+                            self.fail(&why).await;
+                        }
+                        continue;
+                    }
                 }
             };
             match cmd {
-                Some(FileCmd::Request(r)) => self.request(r).await,
-                Some(FileCmd::Chunk { id, data }) => self.chunk(id, data).await,
-                Some(FileCmd::Client(c)) => {
-                    self.abandon("failed", "the browser reconnected").await;
-                    self.client = c;
-                }
+                Some(c) => self.command(c).await,
                 None => self.pump().await,
             }
         }
         // The session ended.
         self.abandon("cancelled", "the session ended").await;
         let _ = self.sftp.close().await;
+    }
+
+    async fn command(&mut self, cmd: FileCmd) {
+        match cmd {
+            FileCmd::Request(r) => self.request(r).await,
+            FileCmd::Chunk { id, data } => self.chunk(id, data).await,
+            FileCmd::Client(c) => {
+                self.abandon("failed", "the browser reconnected").await;
+                self.client = c;
+            }
+        }
     }
 
     fn download_has_room(&self) -> bool {
@@ -234,23 +280,31 @@ impl Task {
                 self.reply(id, event).await;
             }
             FileOp::Mkdir { path } => {
-                let event = match self.sftp.create_dir(path).await {
+                let event = match self.sftp.create_dir(path.clone()).await {
                     Ok(()) => FileEvent::Done { bytes: 0 },
                     Err(e) => FileEvent::Failed { message: lower(&e) },
                 };
+                let done = matches!(event, FileEvent::Done { .. });
                 self.reply(id, event).await;
+                if done {
+                    self.report(TransferDirection::Mkdir, path, 0, "done").await;
+                }
             }
             FileOp::Remove { path } => {
                 let removed = match self.sftp.symlink_metadata(path.clone()).await {
-                    Ok(m) if m.is_dir() => self.sftp.remove_dir(path).await,
-                    Ok(_) => self.sftp.remove_file(path).await,
+                    Ok(m) if m.is_dir() => self.sftp.remove_dir(path.clone()).await,
+                    Ok(_) => self.sftp.remove_file(path.clone()).await,
                     Err(e) => Err(e),
                 };
                 let event = match removed {
                     Ok(()) => FileEvent::Done { bytes: 0 },
                     Err(e) => FileEvent::Failed { message: lower(&e) },
                 };
+                let done = matches!(event, FileEvent::Done { .. });
                 self.reply(id, event).await;
+                if done {
+                    self.report(TransferDirection::Remove, path, 0, "done").await;
+                }
             }
             FileOp::Download { path } | FileOp::Upload { path, .. } if self.transfer.is_some() => {
                 let _ = path;
@@ -279,12 +333,14 @@ impl Task {
                     );
                     return self.reply(id, FileEvent::Failed { message }).await;
                 }
-                match self.sftp.create(path.clone()).await {
+                let part = part_path(&path, id);
+                match self.sftp.create(part.clone()).await {
                     Ok(file) => {
                         tracing::info!(id, path = %path, size, "Upload started");
                         self.transfer = Some(Transfer::Up {
                             id,
                             path,
+                            part,
                             file,
                             size,
                             written: 0,
@@ -419,6 +475,7 @@ impl Task {
         let Some(Transfer::Up {
             id,
             path,
+            part,
             file,
             written,
             ..
@@ -426,15 +483,26 @@ impl Task {
         else {
             return;
         };
-        match file.close().await {
+        let placed = async {
+            file.close().await.map_err(|e| lower(&e))?;
+            // SFTP's rename does not replace a file: the old one goes first, once the new one is whole.
+            if self.sftp.try_exists(path.clone()).await.unwrap_or(false) {
+                self.sftp.remove_file(path.clone()).await.map_err(|e| lower(&e))?;
+            }
+            self.sftp
+                .rename(part.clone(), path.clone())
+                .await
+                .map_err(|e| lower(&e))
+        };
+        match placed.await {
             Ok(()) => {
                 self.reply(id, FileEvent::Done { bytes: written }).await;
                 tracing::info!(id, path = %path, bytes = written, "Upload done");
                 self.report(TransferDirection::Upload, path, written, "done").await;
             }
-            Err(e) => {
-                let _ = self.sftp.remove_file(path.clone()).await;
-                self.reply(id, FileEvent::Failed { message: lower(&e) }).await;
+            Err(message) => {
+                let _ = self.sftp.remove_file(part).await;
+                self.reply(id, FileEvent::Failed { message }).await;
                 self.report(TransferDirection::Upload, path, written, "failed").await;
             }
         }
@@ -457,11 +525,15 @@ impl Task {
                 (TransferDirection::Download, path, sent)
             }
             Transfer::Up {
-                path, written, file, ..
+                path,
+                part,
+                written,
+                file,
+                ..
             } => {
                 let _ = file.close().await;
-                if let Err(e) = self.sftp.remove_file(path.clone()).await {
-                    tracing::warn!(path = %path, error = %e, "Partial upload not removed");
+                if let Err(e) = self.sftp.remove_file(part.clone()).await {
+                    tracing::warn!(path = %part, error = %e, "Partial upload not removed");
                 }
                 (TransferDirection::Upload, path, written)
             }
@@ -480,5 +552,25 @@ impl Task {
         if let Err(e) = self.ctx.control.record_transfer(&self.ctx.session_id, &report).await {
             tracing::warn!(error = %e, "Could not report a file transfer");
         }
+    }
+}
+
+/// Where an upload to `path` is written until it is whole: a hidden name next to it.
+fn part_path(path: &str, id: u32) -> String {
+    match path.rsplit_once('/') {
+        Some((dir, name)) => format!("{dir}/.{name}.portico-{id}.part"),
+        None => format!(".{path}.portico-{id}.part"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upload_is_written_next_to_its_file_under_a_hidden_name() {
+        assert_eq!(part_path("/home/u/a b.txt", 7), "/home/u/.a b.txt.portico-7.part");
+        assert_eq!(part_path("report.pdf", 1), ".report.pdf.portico-1.part");
+        assert_eq!(part_path("/x", 2), "/.x.portico-2.part");
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use portico_proto::codes::CloseCode;
 use portico_proto::control::{HostKeyReport, Target};
-use portico_proto::files::{FileEvent, FilePolicy, FileReply};
+use portico_proto::files::{FileEvent, FileOp, FilePolicy, FileReply, FileRequest};
 use portico_proto::wire::{ClientMsg, ServerMsg, Status};
 use tokio::sync::mpsc;
 
@@ -162,7 +162,13 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
         graphics: None,
         files: (policy != FilePolicy::None).then_some(policy),
     }));
-    let mut files: Option<Files> = None;
+    // Connections that allow files get a second channel now (one round trip, before the terminal runs);
+    // the SFTP server behind it starts at the first file request.
+    let files: Result<Files, String> = if policy == FilePolicy::None {
+        Err("file transfer is off for this connection".into())
+    } else {
+        start_files(&handle, &life, policy, files_max_bytes).await
+    };
     tracing::info!("Upstream connected");
     term.record_keyframe(&mut life);
     // INVARIANT: the credentials are not needed any more; do not keep them for the session's lifetime.
@@ -197,8 +203,8 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                 Some(Common::Handled) => {}
                 Some(Common::Attached(_)) => {
                     life.send(ServerMsg::TermOutput(term.repaint_bytes()));
-                    if let Some(f) = &files {
-                        f.send(FileCmd::Client(life.client_tx()));
+                    if let Ok(f) = &files {
+                        f.hand(FileCmd::Client(life.client_tx()));
                     }
                 }
                 Some(Common::ViewerJoined(_)) => term.try_repaint(&mut life),
@@ -224,30 +230,35 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                     }
                     ClientMsg::FileRequest(r) => {
                         let id = r.id;
-                        if let Err(why) = policy.check(&r.op) {
-                            life.send(file_failed(id, why));
-                        } else {
-                            let f = match &files {
-                                Some(f) => f,
-                                None => files.insert(start_files(&handle, &life, policy, files_max_bytes).await),
-                            };
-                            if !f.send(FileCmd::Request(r)) {
-                                life.send(file_failed(id, "too many file messages in flight"));
+                        let quiet = matches!(r.op, FileOp::Ack { .. } | FileOp::Cancel);
+                        match (&files, policy.check(&r.op)) {
+                            (_, Err(why)) => {
+                                life.send(file_failed(id, why));
                             }
-                        }
-                    }
-                    ClientMsg::FileChunk { id, data } => {
-                        match &files {
-                            None => {
-                                life.send(file_failed(id, "no upload under way with this id"));
+                            (Err(why), Ok(())) if !quiet => {
+                                life.send(file_failed(id, why));
                             }
-                            Some(f) => {
-                                if !f.send(FileCmd::Chunk { id, data }) {
+                            (Err(_), Ok(())) => {}
+                            (Ok(f), Ok(())) => {
+                                if !f.send(FileCmd::Request(r)) {
                                     life.send(file_failed(id, "too many file messages in flight"));
+                                    f.hand(FileCmd::Request(FileRequest { id, op: FileOp::Cancel }));
                                 }
                             }
                         }
                     }
+                    ClientMsg::FileChunk { id, data } => match &files {
+                        Err(_) => {
+                            life.send(file_failed(id, "no upload under way with this id"));
+                        }
+                        Ok(f) => {
+                            if !f.send(FileCmd::Chunk { id, data }) {
+                                // Beyond the window: the upload cannot be whole any more.
+                                life.send(file_failed(id, "too many file messages in flight"));
+                                f.hand(FileCmd::Request(FileRequest { id, op: FileOp::Cancel }));
+                            }
+                        }
+                    },
                     // Display and clipboard messages mean nothing to a terminal.
                     _ => {}
                 },
@@ -260,6 +271,10 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
             _ = repaint_tick.tick(), if Terminal::behind(&life) => term.try_repaint(&mut life),
         }
     };
+    // A transfer under way is abandoned (a partial upload removed) while the connection is still up.
+    if let Ok(f) = files {
+        f.shutdown().await;
+    }
     let _ = channel.close().await;
     let _ = handle
         .disconnect(russh::Disconnect::ByApplication, "session ended", "en")
@@ -274,34 +289,35 @@ fn file_failed(id: u32, why: &str) -> ServerMsg {
     })
 }
 
-/// Open SFTP on a second channel of the session's SSH connection and start the file task; a server
-/// without SFTP gets a task that says so to every request.
+/// Open a second channel of the session's SSH connection for its file task (the task asks for SFTP on it
+/// at the first file request); why not, when the server refuses the channel.
 async fn start_files(
     handle: &russh::client::Handle<ssh::KeyCheck>,
     life: &Lifecycle,
     policy: FilePolicy,
     max_bytes: u64,
-) -> Files {
+) -> Result<Files, String> {
     let ctx = FilesContext {
         policy,
         max_bytes,
         control: life.control.clone(),
         session_id: life.claims.sid.clone(),
     };
-    let opened = async {
-        let channel = handle.channel_open_session().await?;
-        channel.request_subsystem(true, "sftp").await?;
-        Ok::<_, russh::Error>(channel)
-    };
-    match tokio::time::timeout(Duration::from_secs(15), opened).await {
-        Ok(Ok(channel)) => Files::start(channel.into_stream(), life.client_tx(), ctx),
+    match tokio::time::timeout(FILES_CHANNEL_LIMIT, handle.channel_open_session()).await {
+        Ok(Ok(channel)) => Ok(Files::start(channel, life.client_tx(), ctx)),
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "SFTP channel refused");
-            Files::refusing(
-                life.client_tx(),
-                format!("the server refused sftp: {}", e.to_string().to_lowercase()),
-            )
+            tracing::warn!(error = %e, "No channel for file transfer");
+            Err(format!(
+                "the server refused a channel for sftp: {}",
+                e.to_string().to_lowercase()
+            ))
         }
-        Err(_) => Files::refusing(life.client_tx(), "the server did not open sftp within 15 s".into()),
+        Err(_) => Err(format!(
+            "the server did not open a channel for sftp within {} s",
+            FILES_CHANNEL_LIMIT.as_secs()
+        )),
     }
 }
+
+/// How long the session waits for the server to open the file task's channel.
+const FILES_CHANNEL_LIMIT: Duration = Duration::from_secs(5);

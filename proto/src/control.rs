@@ -321,11 +321,17 @@ pub struct ConnectionSettings {
     /// SSH: the locale asked for the shell (`LANG`), taken where the server accepts it (OpenSSH with
     /// `AcceptEnv LANG LC_*`, Debian's default). `None`: `C.UTF-8`, the browser's terminal being UTF-8, as
     /// OpenSSH's client sends the locale of a UTF-8 terminal.
+    ///
+    /// This field and the two below are left out when they hold their defaults, so that a bridge of the
+    /// previous version (which refuses unknown keys) takes a new webapp's targets during a rolling upgrade.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub locale: Option<String>,
     /// SSH: file transfer through SFTP on the session's own connection (the bridge enforces it): none,
     /// download, upload or both.
+    #[serde(skip_serializing_if = "crate::files::FilePolicy::is_none")]
     pub files: crate::files::FilePolicy,
     /// The largest file one transfer may move, in MiB.
+    #[serde(skip_serializing_if = "is_default_files_max")]
     pub files_max_mb: u32,
 }
 
@@ -356,6 +362,10 @@ impl Default for ConnectionSettings {
 
 /// The largest transfer by default, in MiB.
 pub const DEFAULT_FILES_MAX_MB: u32 = 1024;
+
+fn is_default_files_max(mb: &u32) -> bool {
+    *mb == DEFAULT_FILES_MAX_MB
+}
 
 /// The locale of an SSH session when its connection names none.
 pub const DEFAULT_LOCALE: &str = "C.UTF-8";
@@ -582,6 +592,25 @@ pub struct AgentRegistered {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_added_later_are_left_out_at_their_defaults() {
+        // A bridge of the previous version refuses unknown keys: defaults must not show up.
+        let v = serde_json::to_value(ConnectionSettings::default()).unwrap();
+        for key in ["locale", "files", "files_max_mb"] {
+            assert!(v.get(key).is_none(), "{key} in {v}");
+        }
+        let s = ConnectionSettings {
+            locale: Some("de_DE.UTF-8".into()),
+            files: crate::files::FilePolicy::Download,
+            files_max_mb: 5,
+            ..ConnectionSettings::default()
+        };
+        let back: ConnectionSettings = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        assert!(valid_locale("sr_RS@latin") && valid_locale("C.UTF-8"));
+        assert!(!valid_locale("") && !valid_locale("a b") && !valid_locale("x;id") && !valid_locale(&"a".repeat(65)));
+    }
 
     #[test]
     fn bridge_routes_are_plain_names() {

@@ -35,6 +35,10 @@ pub enum FilePolicy {
 }
 
 impl FilePolicy {
+    pub fn is_none(&self) -> bool {
+        *self == FilePolicy::None
+    }
+
     pub fn download(self) -> bool {
         matches!(self, FilePolicy::Download | FilePolicy::Both)
     }
@@ -167,7 +171,8 @@ pub struct FileEntry {
     pub mtime: u64,
 }
 
-/// What the bridge reports to the control plane at the end of a transfer (an audit event).
+/// What the bridge reports to the control plane at the end of a transfer, or after a folder made or a
+/// file removed (an audit event).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransferReport {
     pub direction: TransferDirection,
@@ -183,6 +188,10 @@ pub struct TransferReport {
 pub enum TransferDirection {
     Upload,
     Download,
+    /// A folder made (`bytes` 0).
+    Mkdir,
+    /// A file or folder removed (`bytes` 0).
+    Remove,
 }
 
 #[cfg(test)]

@@ -13,11 +13,15 @@ const env = process.env;
 const TEXT = 'é ß 中文';
 
 /** Type `printf '%s\n' 'é ß 中文' > file` with the non-Latin text entered in the three ways. */
-async function typeComposed(page, file) {
+// `settled` waits until what was typed before the composition arrived: a person's input method starts
+// long after the last key, the DevTools protocol at once, and xterm.js reads a composition from its text
+// field a tick later.
+async function typeComposed(page, file, settled = async () => undefined) {
   const cdp = await page.context().newCDPSession(page);
   await page.keyboard.type(`printf '%s\\n' '`);
   await page.keyboard.insertText('é');
   await page.keyboard.type(' ß ');
+  await settled();
   // An IME: pinyin composed, candidates chosen, then committed.
   await cdp.send('Input.imeSetComposition', { text: 'zhong', selectionStart: 5, selectionEnd: 5 });
   await cdp.send('Input.imeSetComposition', { text: '中文', selectionStart: 2, selectionEnd: 2 });
@@ -38,7 +42,8 @@ main(async () => {
   page = await openTab(home, home.locator('tr.conn-row[data-name="kb ssh"] .conn-open'));
   await waitState(page, 'connected');
   await page.click('#terminal');
-  await typeComposed(page, env.SSH_FILE);
+  await typeComposed(page, env.SSH_FILE, () => page.waitForFunction(
+    () => window.porticoTerminalText().includes("'é ß "), null, { timeout: 15000 }));
   const ssh = await waitFile(env.SSH_FILE, 'the command with composed text never ran over ssh');
   console.log(`ssh wrote: ${ssh.trim()}`);
   await page.close();

@@ -42,7 +42,7 @@ pub async fn transfer_events(api: &Api, path_part: &str, want: usize) -> anyhow:
         let all = api
             .ok(
                 reqwest::Method::GET,
-                "/api/v1/events?type=file_transferred&limit=200",
+                "/api/v1/events?type=file_transferred,file_changed&limit=200",
                 None,
             )
             .await?;
@@ -208,8 +208,9 @@ async fn sftp_transfers_enforce_policy_limits_and_windows() -> anyhow::Result<()
         "more bytes than the upload announced"
     );
 
-    // Cancel an upload half way: the partial file goes.
+    // Cancel an upload half way over a file that exists: the file stays as it was, the part goes.
     let half = format!("{dir}/half.bin");
+    std::fs::write(&half, "the original\n")?;
     let d = pattern(200 * 1024, 9);
     t.file_request(
         11,
@@ -265,7 +266,7 @@ async fn sftp_transfers_enforce_policy_limits_and_windows() -> anyhow::Result<()
     assert_eq!(failure(&e), "a directory cannot be downloaded");
 
     // The events say what moved, cancelled or not (the cancelled upload's file is gone by then).
-    let events = transfer_events(&api, &dir, 5).await?;
+    let events = transfer_events(&api, &dir, 6).await?;
     let has = |direction: &str, name: &str, outcome: &str| {
         events.iter().any(|e| {
             let d = &e["details"];
@@ -279,9 +280,16 @@ async fn sftp_transfers_enforce_policy_limits_and_windows() -> anyhow::Result<()
     assert!(has("download", "big.bin", "cancelled"), "{events:#?}");
     assert!(has("upload", "half.bin", "cancelled"), "{events:#?}");
     assert!(has("upload", "liar.bin", "failed"), "{events:#?}");
-    assert!(
-        !std::path::Path::new(&half).exists(),
-        "a cancelled upload left its partial file"
+    assert!(has("mkdir", &dir, "done"), "{events:#?}");
+    let parts: Vec<_> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".part"))
+        .collect();
+    assert!(parts.is_empty(), "parts left behind: {parts:?}");
+    assert_eq!(
+        std::fs::read_to_string(&half)?,
+        "the original\n",
+        "a cancelled upload touched the file it was to replace"
     );
     assert!(
         !std::path::Path::new(&liar).exists(),
@@ -305,6 +313,38 @@ async fn sftp_transfers_enforce_policy_limits_and_windows() -> anyhow::Result<()
         FileEvent::Done { .. }
     ));
     assert!(!std::path::Path::new(&up).exists());
+    let removed = transfer_events(&api, "up load é.bin", 3).await?;
+    assert!(
+        removed
+            .iter()
+            .any(|e| e["type"] == "file_changed" && e["details"]["direction"] == "remove"),
+        "{removed:#?}"
+    );
+    // A session that ends in the middle of an upload removes its part (the connection is still up then).
+    let ended = format!("{dir}/ended.bin");
+    t.file_request(
+        16,
+        FileOp::Upload {
+            path: ended.clone(),
+            size: 200 * 1024,
+        },
+    )
+    .await?;
+    t.until("the upload to start", WAIT, |t| !t.replies(16).is_empty())
+        .await?;
+    t.send(ClientMsg::FileChunk {
+        id: 16,
+        data: vec![7; FILE_CHUNK],
+    })
+    .await?;
+    t.until("progress", WAIT, |t| t.replies(16).len() > 1).await?;
+    t.send(ClientMsg::Disconnect).await?;
+    let events = transfer_events(&api, "ended.bin", 1).await?;
+    assert_eq!(events[0]["details"]["outcome"], "cancelled", "{events:#?}");
+    assert!(
+        std::fs::read_dir(&dir)?.all(|e| e.is_ok_and(|e| !e.file_name().to_string_lossy().contains("ended.bin"))),
+        "the ended session's upload left its part"
+    );
     drop(t);
 
     // Download only, 1 MiB: no upload, folder or delete, whatever the client sends.

@@ -188,6 +188,8 @@ export class DisplayView implements View {
   /** The last write to the local clipboard (a read on focus waits for it). */
   private clipWrite: Promise<void> = Promise.resolve();
   private pendingPasteKey: { code: string; key: KeyCode; timer: number } | null = null;
+  /** A dead key was pressed and no composition started: the next character key is the composed one. */
+  private afterDead = false;
   private resizeTimer: number | undefined;
   private disposed = false;
   private readonly streams = new Map<number, VideoStream>();
@@ -525,7 +527,20 @@ export class DisplayView implements View {
     const k = this.sink;
     k.addEventListener('keydown', (e) => {
       // An input method's keys compose in the field; their text comes as input or composition events.
-      if (imeKey(e)) return;
+      if (imeKey(e)) {
+        if (e.key === 'Dead' && !e.isComposing) this.afterDead = true;
+        return;
+      }
+      // Where the browser composes a dead key without composition events (Windows, Linux without an input
+      // method), the next key carries the composed character on the physical key's code: as a scancode
+      // the remote would type the plain letter, so it goes as text.
+      if (this.afterDead && [...e.key].length === 1) {
+        this.afterDead = false;
+        e.preventDefault();
+        this.typeKeys(textKeys(e.key));
+        return;
+      }
+      this.afterDead = false;
       const keysym = keysymOf(e);
       if (keysym === null) return;
       const key: KeyCode = [keysym, scancodeOf(e)];
@@ -561,6 +576,7 @@ export class DisplayView implements View {
       k.value = '';
     });
     k.addEventListener('compositionend', (e) => {
+      this.afterDead = false;
       this.typeKeys(textKeys(e.data ?? ''));
       k.value = '';
     });

@@ -100,6 +100,8 @@ export class FileTransfers {
             else resolve(new Blob(parts));
           } else if (r.kind === 'failed') {
             this.waiting.delete(id);
+            // The bridge may still hold the transfer (a message of it was refused): let it go.
+            this.send(wire.fileRequest({ id, op: 'cancel' }));
             reject(new Error(r.message));
           }
         },
@@ -170,6 +172,7 @@ export class FileTransfers {
           } else if (r.kind === 'failed') {
             stopped = true;
             this.waiting.delete(id);
+            this.send(wire.fileRequest({ id, op: 'cancel' }));
             reject(new Error(r.message));
           }
         },

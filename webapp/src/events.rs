@@ -112,6 +112,8 @@ event_types! {
     /// A file moved in or out of a session (`direction`, `path`, `bytes`, `outcome`: `done`, `cancelled` or
     /// `failed`).
     FileTransferred = "file_transferred" / Notice,
+    /// A folder made or a file removed in a session (`direction`: `mkdir` or `remove`, `path`).
+    FileChanged = "file_changed" / Notice,
     IdentityProviderCreated = "identity_provider_created" / Notice,
     IdentityProviderUpdated = "identity_provider_updated" / Notice,
     IdentityProviderDeleted = "identity_provider_deleted" / Notice,

@@ -329,15 +329,17 @@ impl Internal {
         report: &TransferReport,
     ) -> Result<(), ControlError> {
         let s = self.own_session(caller, session_id).await?;
-        let direction = match report.direction {
-            TransferDirection::Upload => "upload",
-            TransferDirection::Download => "download",
+        let (event, direction) = match report.direction {
+            TransferDirection::Upload => (EventType::FileTransferred, "upload"),
+            TransferDirection::Download => (EventType::FileTransferred, "download"),
+            TransferDirection::Mkdir => (EventType::FileChanged, "mkdir"),
+            TransferDirection::Remove => (EventType::FileChanged, "remove"),
         };
         let path: String = report.path.chars().take(4096).collect();
         let outcome: String = report.outcome.chars().take(32).collect();
         tracing::info!(session_id, direction, path = %path, bytes = report.bytes, outcome = %outcome, "File transferred");
         self.st.events.emit(
-            Event::new(EventType::FileTransferred)
+            Event::new(event)
                 .user(&s.user_id)
                 .connection(&s.connection_id)
                 .session(session_id)

@@ -270,6 +270,11 @@ struct Rdp {
     /// The server ended the connection with a Disconnect Provider Ultimatum in the middle of a reactivation
     /// (the session may be redialled).
     ultimatum_in_reactivation: bool,
+    /// What one redial needs (the credentials among it), until the first reactivation completes: xrdp's
+    /// ultimatum comes in the first one, and the credentials are not kept longer than that.
+    redial: Option<Dial>,
+    /// The desktop size the browser last asked for (a redial asks for it again).
+    requested: Option<(u16, u16)>,
 }
 
 /// The graphics pipeline of a session: the channel's queue, the sans-IO translator, and the server frames
@@ -646,6 +651,7 @@ impl Rdp {
                     self.frame = Frame::default();
                     self.frame.message(ServerMsg::DisplaySize { width: w, height: h });
                     tracing::info!(width = w, height = h, held = held.len(), "Desktop reactivated");
+                    self.redial = None;
                     for pdu in held {
                         let outputs = self
                             .stage
@@ -694,7 +700,9 @@ impl Rdp {
                 Ok(())
             }
             Err(end) => {
-                if end.code == CloseCode::TargetError {
+                // A reactivation cut by the server is redialled first (`run`): the browser hears of it only if
+                // that fails.
+                if end.code == CloseCode::TargetError && !self.ultimatum_in_reactivation {
                     life.send(ServerMsg::error(end.code, end.reason.clone()));
                 }
                 Err(end)
@@ -892,6 +900,7 @@ struct Dial {
 struct Carried {
     flow: Flow,
     viewers: crate::screen::ViewerScreens,
+    local_clip: Arc<Mutex<Option<String>>>,
 }
 
 /// Connect to the RDP server and activate: the session's state, and the clipboard backend's events.
@@ -912,7 +921,9 @@ async fn establish(
     life.send(ServerMsg::status("connecting", format!("connecting to {addr}")));
 
     let (clip_tx, clip_rx) = mpsc::unbounded_channel::<ClipEvent>();
-    let local_clip = Arc::new(Mutex::new(None));
+    let local_clip = carried
+        .as_ref()
+        .map_or_else(|| Arc::new(Mutex::new(None)), |c| c.local_clip.clone());
     let cliprdr = CliprdrClient::new(Box::new(TextClipboard::new(
         clip_tx,
         local_clip.clone(),
@@ -989,6 +1000,8 @@ async fn establish(
         flow,
         viewers,
         ultimatum_in_reactivation: false,
+        redial: None,
+        requested: None,
         buttons: 0,
         refresh_rect: result.refresh_rect_support,
         suppress_output: result.suppress_output_support,
@@ -1241,34 +1254,47 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
         h264,
         pinned: target.host_key_fingerprint.clone(),
     };
-    // INVARIANT: what the connection needs was copied into `dial`, kept for one redial (below) and dropped
-    // with the session.
+    // INVARIANT: what the connection needs was copied into `dial`, kept for one redial (below) until the
+    // first reactivation completes, then dropped.
     drop(target);
     let (mut rdp, mut clip_rx) = match establish(&mut life, &settings, &mut dial, None).await {
         Ok(up) => up,
         Err(end) => return life.fail(end.code, end.reason).await,
     };
-    let mut redial = Some(dial);
+    rdp.redial = Some(dial);
     let end = loop {
         let end = session(&mut rdp, &mut life, &mut clip_rx, &mut cmd_rx, &settings).await;
         // xrdp (0.9) sometimes answers a reactivation (a resize, or its own when it reattaches a logon session)
         // with a Disconnect Provider Ultimatum instead of the new desktop. A new connection lands in the same
         // logon session: dial once more, at the size the session had, before giving up.
-        let Some(mut dial) = redial.take().filter(|_| rdp.ultimatum_in_reactivation) else {
+        let retry = if rdp.ultimatum_in_reactivation {
+            rdp.redial.take()
+        } else {
+            None
+        };
+        let Some(mut dial) = retry else {
+            if rdp.ultimatum_in_reactivation {
+                // Not redialled (once already): the browser hears why now.
+                life.send(ServerMsg::error(end.code, end.reason.clone()));
+            }
             break end;
         };
         tracing::warn!(reason = %end.reason, "RDP server dropped the connection during a reactivation; reconnecting once");
-        (dial.width, dial.height) = rdp.desktop();
+        (dial.width, dial.height) = rdp.requested.unwrap_or_else(|| rdp.desktop());
         let carried = Carried {
             flow: std::mem::replace(
                 &mut rdp.flow,
                 Flow::new(DEFAULT_JPEG_LEVEL, life.live.metrics.display.clone()),
             ),
             viewers: std::mem::replace(&mut rdp.viewers, crate::screen::ViewerScreens::new(DEFAULT_JPEG_LEVEL)),
+            local_clip: rdp.local_clip.clone(),
         };
         match establish(&mut life, &settings, &mut dial, Some(carried)).await {
             Ok((up, clip)) => (rdp, clip_rx) = (up, clip),
-            Err(end) => break end,
+            Err(end) => {
+                life.send(ServerMsg::error(end.code, end.reason.clone()));
+                break end;
+            }
         }
     };
     // Release what the browser held down and say goodbye; the server may already be gone.
@@ -1310,6 +1336,7 @@ fn resize(
         );
     }
     let (w, h) = clamp_size(width, height, rdp.max_desktop);
+    rdp.requested = Some((w, h));
     if (w, h) == rdp.desktop() {
         return Vec::new();
     }
