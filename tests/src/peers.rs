@@ -1250,6 +1250,13 @@ pub trait XDisplay {
         Ok(Background(Some(child)))
     }
 
+    /// An xterm at the top left printing a line 20 times a second, `lines` lines in all: a screen that keeps
+    /// changing, bounded (one small process per line, so it loads the machine little).
+    fn painter(&self, lines: u32) -> anyhow::Result<Background> {
+        let script = format!("i=0; while [ $i -lt {lines} ]; do echo line $i; i=$((i+1)); sleep 0.05; done");
+        self.spawn("xterm", &["-geometry", "80x24+0+0", "-e", "sh", "-c", &script])
+    }
+
     /// A maximized xterm (black on white, DejaVu Sans Mono 10, no scroll bar) running `command` (a shell
     /// command line): the benchmarks' text workloads.
     fn text_xterm(&self, command: &str) -> anyhow::Result<Background> {

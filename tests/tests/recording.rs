@@ -692,17 +692,7 @@ async fn an_h264_session_is_recorded_with_keyframes_that_start_at_a_key_frame() 
     // The screen keeps changing (H.264 frames), and keyframes come every 10 s while it does: wait for one
     // whose stream holds video, and check that it starts at a key frame (each keyframe's picture starts with
     // the size).
-    let _painter = shadow.spawn(
-        "xterm",
-        &[
-            "-geometry",
-            "80x24+0+0",
-            "-e",
-            "sh",
-            "-c",
-            "i=0; while [ $i -lt 900 ]; do echo line $i; i=$((i+1)); sleep 0.05; done",
-        ],
-    )?;
+    let _painter = shadow.painter(900)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let first_video = loop {
         screen.pump(Duration::from_millis(200)).await?;

@@ -731,17 +731,7 @@ async fn rdp_viewers_on_bitmaps_and_on_h264() -> anyhow::Result<()> {
         .await?;
     let (_, mut t) = join(&p, &viewer_api, json!({ "link": link })).await?;
     // The screen changes while the viewer watches.
-    let _painter = shadow.spawn(
-        "xterm",
-        &[
-            "-geometry",
-            "80x24+0+0",
-            "-e",
-            "sh",
-            "-c",
-            "i=0; while [ $i -lt 600 ]; do echo line $i; i=$((i+1)); sleep 0.05; done",
-        ],
-    )?;
+    let _painter = shadow.painter(600)?;
     let deadline = Instant::now() + WAIT;
     let mut videos = Vec::new();
     while videos.len() < 5 {

@@ -143,11 +143,11 @@ async fn wait_containers(engine: &Dockerd, sid: &str, n: usize, within: Duration
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_workspace_launches_with_its_limits_and_is_destroyed_when_the_session_ends() -> anyhow::Result<()> {
+/// A private engine with the workspace image, and an all-in-one Portico whose embedded agent runs on it
+/// (what `cargo run` does with a Docker socket), once the agent is healthy.
+async fn embedded_workspaces() -> anyhow::Result<(Dockerd, &'static str, Portico, Api)> {
     let engine = Dockerd::start()?;
     let image = engine.with_workspace_image()?;
-    // All-in-one with its embedded agent on this engine (what `cargo run` does with a Docker socket).
     let socket = engine.socket.display().to_string();
     let p = webapp(1, &["--docker-socket", &socket, "--agent-name", "embedded"])?;
     let api = Api::admin(&p).await?;
@@ -157,6 +157,12 @@ async fn a_workspace_launches_with_its_limits_and_is_destroyed_when_the_session_
     })
     .await
     .map_err(|e| anyhow::anyhow!("{e}\nportico log:\n{}", p.log()))?;
+    Ok((engine, image, p, api))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workspace_launches_with_its_limits_and_is_destroyed_when_the_session_ends() -> anyhow::Result<()> {
+    let (engine, image, p, api) = embedded_workspaces().await?;
     let conn = workspace_connection(&api, image, json!({})).await?;
 
     let t0 = tokio::time::Instant::now();
@@ -748,16 +754,7 @@ async fn workspaces_run_as_the_configured_user_on_a_managed_network_whatever_the
 /// desktop at once and sees what the owner types; its own keys never reach the container.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_workspace_is_shared_with_a_view_only_viewer() -> anyhow::Result<()> {
-    let engine = Dockerd::start()?;
-    let image = engine.with_workspace_image()?;
-    let socket = engine.socket.display().to_string();
-    let p = webapp(1, &["--docker-socket", &socket, "--agent-name", "embedded"])?;
-    let api = Api::admin(&p).await?;
-    wait_json(&api, "/api/v1/agents", "embedded agent healthy", WAIT, |v| {
-        v.as_array()
-            .is_some_and(|a| a.iter().any(|x| x["name"] == "embedded" && x["state"] == "healthy"))
-    })
-    .await?;
+    let (engine, image, p, api) = embedded_workspaces().await?;
     let conn = api
         .create_connection(json!({
             "name": "shared workspace",

@@ -8,12 +8,11 @@ use std::process::Command;
 use std::time::Instant;
 
 use portico_proto::files::FileEvent;
-use portico_tests::client::{Api, Term, attach};
+use portico_tests::client::{Term, attach};
 use portico_tests::peers::Sshd;
-use portico_tests::portico::{Options, Portico};
 use serde_json::json;
 
-use crate::{Args, clk_tck, median_range, tree_ticks};
+use crate::{Args, clk_tck, median_range, portico_with_ssh, tree_ticks};
 
 pub const HEADER: &str =
     "| transfer (64 MiB, loopback) | Portico (bridge) | OpenSSH sftp, direct | bridge CPU |\n|---|---|---|---|";
@@ -56,18 +55,7 @@ fn sftp_direct(sshd: &Sshd, batch: &str) -> anyhow::Result<f64> {
 
 pub async fn run(args: &Args) -> anyhow::Result<Vec<String>> {
     let sshd = Sshd::start()?;
-    let p = Portico::start_with(Options {
-        extra_env: vec![("PORTICO_LOG".into(), "warn".into())],
-        ..Options::default()
-    })?;
-    let api = Api::admin(&p).await?;
-    let conn = api
-        .create_connection(json!({
-            "protocol": "ssh", "host": "127.0.0.1", "port": sshd.port,
-            "username": sshd.user.name, "password": sshd.user.password,
-            "settings": {"files": "both", "files_max_mb": 4096},
-        }))
-        .await?;
+    let (p, api, conn) = portico_with_ssh(&sshd, json!({"files": "both", "files_max_mb": 4096})).await?;
     let dir = format!("/tmp/portico-bench-files-{}", uuid::Uuid::new_v4());
     std::fs::create_dir_all(&dir)?;
     let home = std::fs::metadata(&sshd.user.home)?;

@@ -197,6 +197,11 @@ async fn open(p: &Portico, api: &Api, conn: &str) -> anyhow::Result<(String, WsS
 
 /// A Portico (release build, quiet logs) with an admin client and a password connection to `sshd`.
 async fn portico_with_connection(sshd: &Sshd) -> anyhow::Result<(Portico, Api, String)> {
+    portico_with_ssh(sshd, json!({})).await
+}
+
+/// [`portico_with_connection`] with these connection settings.
+async fn portico_with_ssh(sshd: &Sshd, settings: serde_json::Value) -> anyhow::Result<(Portico, Api, String)> {
     let p = Portico::start_with(Options {
         extra_env: vec![("PORTICO_LOG".into(), "warn".into())],
         ..Options::default()
@@ -205,7 +210,7 @@ async fn portico_with_connection(sshd: &Sshd) -> anyhow::Result<(Portico, Api, S
     let conn = api
         .create_connection(json!({
             "protocol": "ssh", "host": "127.0.0.1", "port": sshd.port,
-            "username": sshd.user.name, "password": sshd.user.password,
+            "username": sshd.user.name, "password": sshd.user.password, "settings": settings,
         }))
         .await?;
     Ok((p, api, conn))
