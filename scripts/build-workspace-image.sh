@@ -1,27 +1,36 @@
 #!/usr/bin/env bash
-# Build Portico's default workspace image (Xvnc + twm + xterm on Debian bookworm) without
-# any container registry: debootstrap a minbase rootfs from the Debian mirror apt already
-# uses, install the packages listed in scripts/workspace/packages, add the files from
-# scripts/workspace/, and `docker import` the result.
+# Build a Portico workspace image (Debian bookworm with Xvnc) without any container
+# registry: debootstrap a minbase rootfs from the Debian mirror apt already uses, install
+# the flavor's package list from scripts/workspace/, add the flavor's files from
+# scripts/workspace/, and `docker import` the result. Flavors:
+#   default  portico/workspace:latest: twm + xterm (packages; start-vnc, twmrc)
+#   browser  portico/workspace-browser:latest: Chromium full-screen under matchbox, as a
+#            secure browser (browser-packages; start-vnc, browser-session, chromium-policy.json,
+#            start.html); the image also carries the label org.portico.workspace.flavor=browser
 #
-# usage: scripts/build-workspace-image.sh [--docker-host unix:///path/docker.sock]
+# usage: scripts/build-workspace-image.sh [--flavor default|browser]
+#                                         [--docker-host unix:///path/docker.sock]
 #                                         [--tag portico/workspace:latest]
 #                                         [--cache-dir DIR] [--force] [--rootfs-only]
 #
+#   --flavor       which image (default: default)
 #   --docker-host  daemon to import into (default: $DOCKER_HOST, else the docker default)
-#   --tag          image tag (default: portico/workspace:latest)
+#   --tag          image tag (default: portico/workspace:latest, or
+#                  portico/workspace-browser:latest for --flavor browser)
 #   --cache-dir    where the rootfs tarball is cached
 #                  (default: ${PORTICO_CACHE:-/var/cache/portico})
 #   --force        rebuild the rootfs and re-import even if everything is up to date
 #   --rootfs-only  only make sure the cached rootfs tarball exists (no Docker needed); the test
 #                  command runs this first, so tests themselves only import from the cache
 #
-# Idempotent: the image carries the label org.portico.workspace.hash, a hash of
-# scripts/workspace/* and of this script. If the tagged image has the current hash the
-# script exits at once ("image up to date"). Otherwise it imports the cached rootfs
-# tarball <cache-dir>/workspace-rootfs-<hash>.tar (seconds) or builds it first (1-3 min).
-# That tarball only depends on scripts/workspace/packages and this script; start-vnc and
-# twmrc are added at import time, so editing them costs a re-import, not a rebuild.
+# Idempotent: the image carries the label org.portico.workspace.hash, a hash of the flavor's
+# files in scripts/workspace/ and of this script. If the tagged image has the current hash the
+# script exits at once ("image up to date"). Otherwise it imports the cached rootfs tarball
+# <cache-dir>/workspace-rootfs-<flavor>-<hash>.tar (seconds) or builds it first (1-3 min for
+# the default flavor, 2-4 min for the browser). That tarball only depends on the flavor's
+# package list and this script; the other files are added at import time, so editing them
+# costs a re-import, not a rebuild. The cache keeps the 3 most recently used tarballs of
+# each flavor.
 # Env: PORTICO_DEBIAN_MIRROR overrides the mirror (default: the first URIs: of
 # /etc/apt/sources.list.d/debian.sources).
 set -euo pipefail
@@ -29,13 +38,12 @@ set -euo pipefail
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
 WS_DIR=$(dirname "$SELF")/workspace
 SUITE=bookworm
-TAG=portico/workspace:latest
+FLAVOR=default
+TAG=
 CACHE_DIR=${PORTICO_CACHE:-/var/cache/portico}
 FORCE=0
 ROOTFS_ONLY=0
 LABEL_KEY=org.portico.workspace.hash
-# scripts/workspace/<file> -> path and mode in the image (added on top of the cached rootfs).
-WS_FILES=("start-vnc:/usr/local/bin/start-vnc:0755" "twmrc:/etc/portico/twmrc:0644")
 
 die() { echo "build-workspace-image: error: $*" >&2; exit 1; }
 say() { echo "== $*"; }
@@ -47,6 +55,8 @@ while [ $# -gt 0 ]; do
   case $1 in
     --docker-host) [ $# -ge 2 ] || die "--docker-host needs a value"; export DOCKER_HOST=$2; shift 2 ;;
     --docker-host=*) export DOCKER_HOST=${1#*=}; shift ;;
+    --flavor) [ $# -ge 2 ] || die "--flavor needs a value"; FLAVOR=$2; shift 2 ;;
+    --flavor=*) FLAVOR=${1#*=}; shift ;;
     --tag) [ $# -ge 2 ] || die "--tag needs a value"; TAG=$2; shift 2 ;;
     --tag=*) TAG=${1#*=}; shift ;;
     --cache-dir) [ $# -ge 2 ] || die "--cache-dir needs a value"; CACHE_DIR=$2; shift 2 ;;
@@ -58,9 +68,35 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+# Per flavor: package list, default tag, image title, extra labels, and the files
+# scripts/workspace/<file> -> path and mode in the image (added on top of the cached rootfs).
+EXTRA_LABELS=()
+case $FLAVOR in
+  default)
+    PACKAGES=packages
+    DEFAULT_TAG=portico/workspace:latest
+    TITLE="Portico workspace (Xvnc + twm + xterm, Debian bookworm)"
+    WS_FILES=("start-vnc:/usr/local/bin/start-vnc:0755" "twmrc:/etc/portico/twmrc:0644"
+      "pulse.pa:/etc/portico/pulse.pa:0644" "portico-audio:/usr/local/bin/portico-audio:0755")
+    ;;
+  browser)
+    PACKAGES=browser-packages
+    DEFAULT_TAG=portico/workspace-browser:latest
+    TITLE="Portico secure browser workspace (Xvnc + Chromium, Debian bookworm)"
+    EXTRA_LABELS=("org.portico.workspace.flavor=browser")
+    WS_FILES=("start-vnc:/usr/local/bin/start-vnc:0755"
+      "browser-session:/etc/portico/session:0755"
+      "chromium-policy.json:/etc/chromium/policies/managed/portico.json:0644"
+      "start.html:/usr/share/portico/start.html:0644"
+      "pulse.pa:/etc/portico/pulse.pa:0644" "portico-audio:/usr/local/bin/portico-audio:0755")
+    ;;
+  *) die "unknown --flavor '$FLAVOR' (default or browser)" ;;
+esac
+TAG=${TAG:-$DEFAULT_TAG}
+
 T_TOTAL=$(now)
 [ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap, chroot and mount need it)"
-[ -f "$WS_DIR/packages" ] || die "missing $WS_DIR/packages"
+[ -f "$WS_DIR/$PACKAGES" ] || die "missing $WS_DIR/$PACKAGES"
 for spec in "${WS_FILES[@]}"; do
   [ -f "$WS_DIR/${spec%%:*}" ] || die "missing $WS_DIR/${spec%%:*}"
 done
@@ -72,19 +108,19 @@ fi
 
 # ---- content hashes ----
 sha() { sha256sum | cut -d' ' -f1; }
-# The rootfs tarball: the package list and this script (which holds the recipe).
-BASE_HASH=$(printf 'packages %s\nscript %s\nsuite %s\narch %s\n' "$(sha < "$WS_DIR/packages")" \
-  "$(sha < "$SELF")" "$SUITE" "$(dpkg --print-architecture)" | sha)
-# The image: the rootfs plus every file under scripts/workspace/.
+# The rootfs tarball: the flavor's package list and this script (which holds the recipe).
+BASE_HASH=$(printf 'flavor %s\npackages %s\nscript %s\nsuite %s\narch %s\n' "$FLAVOR" \
+  "$(sha < "$WS_DIR/$PACKAGES")" "$(sha < "$SELF")" "$SUITE" "$(dpkg --print-architecture)" | sha)
+# The image: the rootfs plus the flavor's files (name, path and mode in the image, content).
 HASH=$(
   printf 'base %s\n' "$BASE_HASH"
-  cd "$WS_DIR" && find . -type f -print | LC_ALL=C sort | while IFS= read -r f; do
-    printf '%s %s\n' "$f" "$(sha < "$f")"
+  for spec in "${WS_FILES[@]}"; do
+    printf '%s %s\n' "$spec" "$(sha < "$WS_DIR/${spec%%:*}")"
   done | sha
 )
 HASH=$(printf '%s' "$HASH" | sha)
 SHORT=${HASH:0:16}
-TARBALL=$CACHE_DIR/workspace-rootfs-${BASE_HASH:0:16}.tar
+TARBALL=$CACHE_DIR/workspace-rootfs-$FLAVOR-${BASE_HASH:0:16}.tar
 
 image_hash() { [ "$ROOTFS_ONLY" -eq 1 ] || docker image inspect --format "{{ index .Config.Labels \"$LABEL_KEY\" }}" "$TAG" 2>/dev/null || true; }
 
@@ -131,27 +167,56 @@ step() {
   fi
 }
 
-# Delete files that hard dependencies pull in but nothing in this image runs (~280 MB of
-# ~450 MB). dpkg still lists the packages; a derived image that needs them back runs
-# `apt-get install --reinstall <package>` (list in /etc/portico/slimmed).
+# Delete files that hard dependencies pull in but nothing in this image runs (default flavor:
+# ~280 MB of ~450 MB). dpkg still lists the packages; a derived image that needs them back runs
+# `apt-get install --reinstall <package>` (list in /etc/portico/slimmed). Chromium (browser
+# flavor) does not need Mesa's GL drivers either: it runs with --disable-gpu (software
+# compositing), and it bundles its own ICU data.
 slim_rootfs() {
   local R=$1 before after missing
   before=$(du -sxm "$R" | cut -f1)
   mkdir -p "$R/etc/portico"
-  cat > "$R/etc/portico/slimmed" <<'EOF'
-# Removed from this image by scripts/build-workspace-image.sh (not used by Xvnc/twm/xterm);
-# restore with: apt-get install --reinstall <package>
+  {
+    cat <<'EOF'
+# Removed from this image by scripts/build-workspace-image.sh (not used by Xvnc and the desktop
+# session); restore with: apt-get install --reinstall <package>
 # libgl1-mesa-dri libllvm15 libz3-4 libxml2 libicu72: Mesa GL drivers and their libraries
 #   (Xvnc's GLX extension is then unavailable; Xvnc itself runs fine)
 # cpp-12: the C preprocessor binary cc1 (only `xrdb` uses it; `xrdb -nocpp` still works)
 # perl-modules-5.36 libperl5.36: full Perl (only the `vncserver` wrapper needs it; perl-base stays)
+# libasound2-plugins libavcodec59 librsvg2-2: ALSA's A52 and libav rate plugins with their codec
+#   library (PulseAudio depends on them; it plays into a null sink and never loads ALSA plugins)
+# shared-mime-info: update-mime-database (a dpkg trigger tool, the last user of libxml2 here;
+#   reinstall it after libxml2 before installing more packages)
 EOF
+    if [ "$FLAVOR" = browser ]; then
+      cat <<'EOF'
+# chromium: the Vulkan validation layer and mock driver in /usr/lib/chromium (debugging aids;
+#   Chromium runs with --disable-gpu)
+EOF
+    fi
+  } > "$R/etc/portico/slimmed"
   (
     cd "$R"
     rm -rf usr/lib/*-linux-gnu/dri usr/lib/*-linux-gnu/libLLVM-*.so* usr/lib/*-linux-gnu/libz3.so* \
       usr/lib/*-linux-gnu/libxml2.so* usr/lib/*-linux-gnu/libicu*.so* \
       usr/lib/gcc/*-linux-gnu/*/cc1 \
-      usr/share/perl/5.* usr/lib/*-linux-gnu/perl/5.* usr/lib/*-linux-gnu/libperl.so*
+      usr/share/perl/5.* usr/lib/*-linux-gnu/perl/5.* usr/lib/*-linux-gnu/libperl.so* \
+      usr/lib/*-linux-gnu/alsa-lib/libasound_module_pcm_a52.so \
+      usr/lib/*-linux-gnu/alsa-lib/libasound_module_rate_lavrate*.so \
+      usr/lib/*-linux-gnu/libavcodec.so* usr/lib/*-linux-gnu/librsvg-2.so* usr/bin/update-mime-database
+    # The video codecs only libavcodec used (about 90 MB).
+    for lib in libcodec2 libx265 libx264 libmfx libmfxhw64 libmfx-tracer libSvtAv1Enc libaom libjxl \
+      libjxl_threads libhwy libhwy_contrib libhwy_test libvpx librav1e libzvbi libzvbi-chains \
+      libshine libsnappy libgsm libtwolame libtheoraenc libtheoradec libxvidcore libva libva-drm \
+      libva-x11 libvdpau libOpenCL libzimg libvpl libspeex libudfread libavutil libswresample; do
+      rm -f usr/lib/*-linux-gnu/"$lib".so*
+    done
+    rm -rf usr/lib/*-linux-gnu/mfx
+    if [ "$FLAVOR" = browser ]; then
+      rm -f usr/lib/chromium/libVkLayer_khronos_validation.so* \
+        usr/lib/chromium/libVkICD_mock_icd.so*
+    fi
   )
   # Safety net: every remaining binary and library must still find its libraries.
   missing=$(chroot "$R" sh -c 'find /usr /etc /opt -xdev -type f \( -perm -u+x -o -name "*.so*" \) -print 2>/dev/null \
@@ -226,8 +291,8 @@ EOF
   rm -rf "$R"/usr/share/man/* "$R"/usr/share/info/* "$R"/usr/share/lintian/*
   find "$R/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
 
-  pkgs=$(sed -e 's/#.*//' "$WS_DIR/packages" | xargs)
-  [ -n "$pkgs" ] || die "no packages listed in $WS_DIR/packages"
+  pkgs=$(sed -e 's/#.*//' "$WS_DIR/$PACKAGES" | xargs)
+  [ -n "$pkgs" ] || die "no packages listed in $WS_DIR/$PACKAGES"
   mount --bind /proc "$R/proc"
   say "installing in the rootfs: $pkgs"
   step "apt-get update (chroot)" chroot "$R" apt-get -o DPkg::Lock::Timeout=60 update
@@ -257,8 +322,13 @@ EOF
   mv "$TARBALL.tmp" "$TARBALL"
   rm -rf --one-file-system "$R"
   echo "   tarball: $(since "$t") ($(du -m "$TARBALL" | cut -f1) MB)"
-  # Keep the 3 most recently used rootfs tarballs (other checkouts may use other recipes).
-  ls -1t "$CACHE_DIR"/workspace-rootfs-*.tar | tail -n +4 | while IFS= read -r f; do
+  # Keep the 3 most recently used rootfs tarballs of each flavor (other checkouts may use other
+  # recipes); a name without a flavor (workspace-rootfs-<hash>.tar, older scripts) counts as default.
+  ls -1t "$CACHE_DIR"/workspace-rootfs-*.tar | awk '{
+    n = split($0, p, "/"); name = p[n]; sub(/^workspace-rootfs-/, "", name)
+    flavor = (name ~ /-/) ? substr(name, 1, index(name, "-") - 1) : "default"
+    if (++kept[flavor] > 3) print
+  }' | while IFS= read -r f; do
     rm -f "$f" && echo "   removed old $f"
   done
 }
@@ -289,6 +359,8 @@ for spec in "${WS_FILES[@]}"; do
   IFS=: read -r src dst mode <<<"$spec"
   install -D -m "$mode" "$WS_DIR/$src" "$STAGE$dst"
 done
+label_args=()
+for l in "${EXTRA_LABELS[@]}"; do label_args+=(-c "LABEL $l"); done
 old_id=$(docker image inspect --format '{{.Id}}' "$TAG" 2>/dev/null || true)
 say "docker import -> $TAG"
 # The cached tarball was written with 512-byte records (tar -b 1), so it ends with exactly
@@ -307,7 +379,8 @@ for spec in "${WS_FILES[@]}"; do IFS=: read -r _ dst _ <<<"$spec"; files+=(".$ds
   -c 'WORKDIR /home/portico' \
   -c 'EXPOSE 5901' \
   -c "LABEL $LABEL_KEY=$HASH" \
-  -c 'LABEL org.opencontainers.image.title="Portico workspace (Xvnc + twm + xterm, Debian bookworm)"' \
+  -c "LABEL org.opencontainers.image.title=\"$TITLE\"" \
+  "${label_args[@]}" \
   -m "scripts/build-workspace-image.sh $SHORT" \
   - "$TAG" >/dev/null || die "docker import failed"
 echo "   import: $(since "$t")"

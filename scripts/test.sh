@@ -13,6 +13,7 @@ if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
 
 echo "== workspace image rootfs (built once per machine, cached; the tests import it into their engines)"
 ./scripts/build-workspace-image.sh --rootfs-only
+./scripts/build-workspace-image.sh --flavor browser --rootfs-only
 
 echo "== web client: typecheck, build, and its codec against the shared wire-protocol vectors"
 (cd web-client && npm run --silent typecheck && npm run --silent build && npm test --silent)

@@ -23,8 +23,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use portico_proto::Secret;
 use portico_proto::control::{
-    AgentCapacity, AgentNetwork, AgentRegisterRequest, AgentRegistered, AgentSync, AgentSyncResponse, ContainerReport,
-    DesiredContainer,
+    AgentCapacity, AgentImage, AgentNetwork, AgentRegisterRequest, AgentRegistered, AgentSync, AgentSyncResponse,
+    ContainerReport, DesiredContainer,
 };
 
 #[derive(Debug, Clone)]
@@ -557,6 +557,41 @@ impl Workspaces {
     }
 }
 
+/// The images `docker` holds, for the webapp's catalog: each repository tag (newest images first, at most
+/// [`AgentSync::MAX_IMAGES`]) with its size and its `org.portico.*` / `org.opencontainers.image.*` labels.
+pub async fn list_images(docker: &bollard::Docker) -> anyhow::Result<Vec<AgentImage>> {
+    let mut list = docker
+        .list_images(None::<bollard::query_parameters::ListImagesOptions>)
+        .await
+        .context("list the engine's images")?;
+    list.sort_by_key(|i| std::cmp::Reverse(i.created));
+    let mut out = Vec::new();
+    for i in list {
+        let labels: std::collections::BTreeMap<String, String> = i
+            .labels
+            .iter()
+            .filter(|(k, v)| {
+                (k.starts_with("org.portico.") || k.starts_with("org.opencontainers.image."))
+                    && k.len() <= 128
+                    && v.len() <= 512
+            })
+            .take(32)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for tag in i.repo_tags.iter().filter(|t| !t.contains("<none>") && t.len() <= 255) {
+            if out.len() == AgentSync::MAX_IMAGES {
+                return Ok(out);
+            }
+            out.push(AgentImage {
+                name: tag.clone(),
+                size_mb: u64::try_from(i.size).unwrap_or(0) / 1_000_000,
+                labels: labels.clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Wait until a VNC server answers with its RFB banner (or the container stops, or [`READY_TIMEOUT`]).
 async fn wait_for_rfb(docker: &bollard::Docker, id: &str, ip: &str, port: u16) -> anyhow::Result<()> {
     use tokio::io::AsyncReadExt as _;
@@ -702,6 +737,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         // The host's capacity is probed once (again only if that failed); listing the containers is what
         // every sync asks Docker.
         let mut wait_ms = 0;
+        let mut images_at: Option<tokio::time::Instant> = None;
         loop {
             if engine.is_none() {
                 engine = probe(&docker).await.ok();
@@ -720,11 +756,28 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     continue;
                 }
             };
+            // The image catalog, every few syncs (and at once after a registration).
+            let due = images_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(AgentSync::IMAGES_EVERY_SECS));
+            let images = if due {
+                match list_images(&docker).await {
+                    Ok(i) => {
+                        images_at = Some(tokio::time::Instant::now());
+                        Some(i)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = format!("{e:#}"), "Could not list the engine's images");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
             let req = AgentSync {
                 capacity: capacity(info),
                 containers: reports,
                 wait_ms,
                 networks: networks.clone(),
+                images,
             };
             metrics.capacity(&req.capacity);
             metrics.reported(&req.containers);

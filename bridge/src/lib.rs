@@ -5,6 +5,7 @@
 //! translates between the target protocol (SSH, VNC, RDP) and the browser wire protocol (`portico_proto::wire`).
 //! It keeps no durable state: live sessions exist only in memory.
 
+pub mod audio;
 pub mod control;
 pub mod display;
 pub mod files;
@@ -383,7 +384,7 @@ mod tests {
         &["pool", "control", "ssh", "recorder"],
         &["metrics"],
         &["display", "lifecycle"],
-        &["files"],
+        &["files", "audio"],
         &["screen", "terminal"],
         &["vnc", "rdp"],
         &["session"],

@@ -161,6 +161,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
         message: format!("connected to {}@{}", target.username, target.host),
         graphics: None,
         files: (policy != FilePolicy::None).then_some(policy),
+        audio: None,
     }));
     // Connections that allow files get a second channel now (one round trip, before the terminal runs);
     // the SFTP server behind it starts at the first file request.

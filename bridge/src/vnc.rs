@@ -40,6 +40,8 @@ fn rfb_code(e: &RfbError) -> CloseCode {
 }
 
 struct Display {
+    /// The workspace's sound, when it has some.
+    audio: Option<crate::audio::Audio>,
     rfb: RfbClient,
     fb: Option<Framebuffer>,
     frame: Frame,
@@ -172,7 +174,11 @@ impl Display {
                     self.fb = Some(Framebuffer::new(width, height));
                     self.content.resize(width, height);
                     life.send(ServerMsg::DisplaySize { width, height });
-                    life.send(ServerMsg::status("connected", format!("connected to {name}")));
+                    let mut status = ServerMsg::status("connected", format!("connected to {name}"));
+                    if let (Some(_), ServerMsg::Status(s)) = (&self.audio, &mut status) {
+                        s.audio = Some(portico_proto::wire::AUDIO_CODEC.into());
+                    }
+                    life.send(status);
                     tracing::info!(width, height, "Upstream connected");
                     self.requested = true; // The RFB client asked for the first full update.
                     self.full_update = true;
@@ -355,9 +361,20 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
     }
     let mut target = target;
     let workspace = target.workspace_pending;
+    let mut audio = None;
     if workspace {
         match wait_workspace(&mut life, &mut cmd_rx).await {
             Ok(e) => {
+                // Sound from the container's audio server, unless the connection turned it off.
+                if target.settings.workspace.as_ref().is_none_or(|w| w.audio) {
+                    let client = life.client().cloned();
+                    audio = Some(crate::audio::Audio::start(
+                        e.host.clone(),
+                        crate::audio::AUDIO_PORT,
+                        e.password.clone(),
+                        client,
+                    ));
+                }
                 target.host = e.host;
                 target.port = e.port;
                 target.password = Some(e.password);
@@ -416,6 +433,7 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
         refresh: false,
         clipboard_down: settings.clipboard_down,
         viewers: crate::screen::ViewerScreens::new(DEFAULT_JPEG_LEVEL),
+        audio,
     };
     // INVARIANT: the password is in the RFB client's config now; the target is not needed any more.
     drop(target);
@@ -468,6 +486,9 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                 Some(Common::End(end)) => break end,
                 Some(Common::Handled) => {}
                 Some(Common::Attached(_)) => {
+                    if let Some(a) = &d.audio {
+                        a.command(crate::audio::AudioCmd::Client(life.client().cloned()));
+                    }
                     d.full_frame(&mut life).await;
                     d.maybe_request(true);
                 }
@@ -491,6 +512,11 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                             d.rfb.pointer(x.min(w.saturating_sub(1)), y.min(h.saturating_sub(1)), buttons);
                         }
                         ClientMsg::Clipboard(text) if settings.clipboard_up => d.rfb.cut_text(&text),
+                        ClientMsg::AudioControl { play } => {
+                            if let Some(a) = &d.audio {
+                                a.command(crate::audio::AudioCmd::Play(play));
+                            }
+                        }
                         ClientMsg::FrameAck { frame_id } => {
                             d.on_ack(frame_id);
                             d.flush(&mut life).await;

@@ -412,6 +412,7 @@ fn client_msgs() -> Vec<ClientMsg> {
             id: 2,
             data: b"abc".to_vec(),
         },
+        ClientMsg::AudioControl { play: false },
         ClientMsg::Pointer {
             x: 10,
             y: 20,
@@ -447,7 +448,12 @@ fn server_msgs() -> Vec<ServerMsg> {
             message: "ok".into(),
             graphics: Some("h264".into()),
             files: Some(portico_proto::files::FilePolicy::Both),
+            audio: Some("opus".into()),
         }),
+        ServerMsg::Audio {
+            seq: 7,
+            data: vec![0xfc, 0xff, 0xfe],
+        },
         ServerMsg::FileReply(portico_proto::files::FileReply {
             id: 1,
             event: portico_proto::files::FileEvent::Progress { bytes: 32768 },

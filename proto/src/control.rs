@@ -57,6 +57,10 @@ pub struct WorkspaceEndpoint {
     pub password: Secret<String>,
 }
 
+/// Where a workspace image serves its sound: after a line `PORTICO-AUDIO <password>`, raw PCM (s16le,
+/// 48 kHz, stereo) until the connection closes.
+pub const AUDIO_PORT: u16 = 4714;
+
 /// What an ephemeral workspace container runs with (a connection of protocol `container`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,9 +82,41 @@ pub struct WorkspaceSpec {
     /// Desktop size the container starts with (`WIDTHxHEIGHT`).
     #[serde(default)]
     pub geometry: Option<String>,
+    /// Warm pool: how many containers of this spec each healthy agent keeps started and unclaimed, so a
+    /// launch takes one at once (never reused: each ends with its session, and a new one replaces it).
+    /// A connection setting, not the container's: [`WorkspaceSpec::container`] leaves it out, and it is
+    /// not serialized at 0 (an agent of the previous version still reads the spec).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub warm: u32,
+    /// Sound: the bridge plays the container's audio server ([`AUDIO_PORT`]) in the browser. On by
+    /// default; an image without one simply has no sound. A connection setting (left out for agents).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub audio: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl WorkspaceSpec {
+    /// What the container itself is made of (what a spare must match to serve a launch): the spec
+    /// without the connection's pool settings.
+    pub fn container(&self) -> WorkspaceSpec {
+        WorkspaceSpec {
+            warm: 0,
+            audio: true,
+            ..self.clone()
+        }
+    }
+
     fn default_cpu_millis() -> u32 {
         1000
     }
@@ -98,6 +134,9 @@ impl WorkspaceSpec {
 /// A container the agent should be running, as the webapp wants it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DesiredContainer {
+    /// The container's key (its label and name): the session's id, or `spare-<uuid>` for a container of
+    /// the warm pool (it keeps that key when a session claims it). The field keeps its first name so
+    /// agents and webapps of neighbouring versions understand each other.
     pub session_id: String,
     pub spec: WorkspaceSpec,
     /// One-time VNC password of this session's container.
@@ -119,6 +158,7 @@ pub enum ContainerState {
 /// One workspace container on an agent's Docker engine.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ContainerReport {
+    /// The container's key (see [`DesiredContainer::session_id`]).
     pub session_id: String,
     pub container_id: String,
     pub state: ContainerState,
@@ -181,6 +221,48 @@ pub struct AgentSync {
     /// one of them.
     #[serde(default)]
     pub networks: Vec<AgentNetwork>,
+    /// The images the agent's engine holds (refreshed every [`AgentSync::IMAGES_EVERY_SECS`]); `None` from
+    /// an agent that does not tell (the webapp then assumes it holds any image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<Vec<AgentImage>>,
+}
+
+impl AgentSync {
+    /// How often an agent lists its engine's images for the catalog.
+    pub const IMAGES_EVERY_SECS: u64 = 15;
+    /// Most images an agent reports (the newest first).
+    pub const MAX_IMAGES: usize = 256;
+}
+
+/// An image an agent's Docker engine holds: what the connection editor offers, and where a launch of it
+/// can be placed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentImage {
+    /// A repository tag, e.g. `portico/workspace:latest`.
+    pub name: String,
+    pub size_mb: u64,
+    /// The image's `org.portico.*` and `org.opencontainers.image.*` labels.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl AgentImage {
+    /// `name` as a tag Docker lists: `:latest` added to a reference without tag or digest.
+    pub fn canonical(name: &str) -> String {
+        let last = name.rsplit('/').next().unwrap_or(name);
+        if last.contains(':') || name.contains('@') {
+            name.to_owned()
+        } else {
+            format!("{name}:latest")
+        }
+    }
+
+    /// Whether an engine holding `images` (`None`: it does not say) can run `image`. A digest reference
+    /// cannot be told from tags: it is assumed held.
+    pub fn held(images: Option<&[AgentImage]>, image: &str) -> bool {
+        let want = Self::canonical(image);
+        images.is_none_or(|list| image.contains('@') || list.iter().any(|i| Self::canonical(&i.name) == want))
+    }
 }
 
 /// One subnet of a Docker network an agent's containers are on (from Docker's network inspect).

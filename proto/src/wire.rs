@@ -30,6 +30,7 @@ mod ty {
     pub const SHARE: u8 = 0x07;
     pub const FILE_REPLY: u8 = 0x08;
     pub const FILE_DATA: u8 = 0x09;
+    pub const AUDIO: u8 = 0x0a;
     pub const DISPLAY_SIZE: u8 = 0x20;
     pub const IMAGE: u8 = 0x21;
     pub const COPY: u8 = 0x22;
@@ -53,7 +54,17 @@ mod ty {
     pub const CAPS: u8 = 0x8a;
     pub const FILE_REQUEST: u8 = 0x8b;
     pub const FILE_CHUNK: u8 = 0x8c;
+    pub const AUDIO_CONTROL: u8 = 0x8d;
 }
+
+/// The sound of [`ServerMsg::Audio`]: Opus (RFC 6716) packets of 20 ms at 48 kHz, stereo.
+pub const AUDIO_CODEC: &str = "opus";
+pub const AUDIO_SAMPLE_RATE: u32 = 48_000;
+pub const AUDIO_CHANNELS: u8 = 2;
+/// Samples per channel in one packet (20 ms).
+pub const AUDIO_FRAME_SAMPLES: usize = 960;
+/// Largest Opus packet (RFC 6716 §3.2.1).
+pub const MAX_AUDIO_PACKET: usize = 1275;
 
 /// [`ClientMsg::Caps`] flag: the client decodes H.264 (AVC420, Annex B) in [`ServerMsg::Video`].
 pub const CAPS_H264: u32 = 1;
@@ -108,6 +119,9 @@ pub struct Status {
     /// Sessions with file transfer: what the connection allows (`"download"`, `"upload"`, `"both"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<FilePolicy>,
+    /// Sessions with sound: its codec ([`AUDIO_CODEC`]); the client plays [`ServerMsg::Audio`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +169,12 @@ pub enum ServerMsg {
     /// A chunk of download `id`.
     FileData {
         id: u32,
+        data: Vec<u8>,
+    },
+    /// One packet of the session's sound ([`AUDIO_CODEC`], 20 ms): `seq` counts packets, with gaps where
+    /// the session was silent or a packet was dropped.
+    Audio {
+        seq: u32,
         data: Vec<u8>,
     },
     /// The remote display has this size; the client clears its canvas to it.
@@ -260,6 +280,10 @@ pub enum ClientMsg {
         id: u32,
         data: Vec<u8>,
     },
+    /// Play the session's sound (`true`) or not: a muted client is sent no [`ServerMsg::Audio`].
+    AudioControl {
+        play: bool,
+    },
 }
 
 /// Credentials the user typed for one connection attempt.
@@ -302,6 +326,8 @@ pub enum WireError {
     Json,
     #[error("unknown image format {0}")]
     ImageFormat(u8),
+    #[error("invalid flag byte {0}")]
+    Flag(u8),
 }
 
 fn frame(ty: u8, payload: &[u8]) -> Vec<u8> {
@@ -395,6 +421,7 @@ impl ServerMsg {
             ServerMsg::Share(i) => json_frame(ty::SHARE, i),
             ServerMsg::FileReply(r) => json_frame(ty::FILE_REPLY, r),
             ServerMsg::FileData { id, data } => frame(ty::FILE_DATA, &id_and(*id, data)),
+            ServerMsg::Audio { seq, data } => frame(ty::AUDIO, &id_and(*seq, data)),
             ServerMsg::DisplaySize { width, height } => frame(ty::DISPLAY_SIZE, &u16s(&[*width, *height])),
             ServerMsg::Image { rect, format, data } => {
                 let mut p = rect_bytes(rect);
@@ -464,6 +491,17 @@ impl ServerMsg {
             ty::FILE_DATA => {
                 let (id, data) = split_id(t, payload)?;
                 ServerMsg::FileData { id, data }
+            }
+            ty::AUDIO => {
+                let (seq, data) = split_id(t, payload)?;
+                if data.is_empty() || data.len() > MAX_AUDIO_PACKET {
+                    return Err(WireError::Length {
+                        ty: t,
+                        expected: 4 + MAX_AUDIO_PACKET,
+                        got: payload.len(),
+                    });
+                }
+                ServerMsg::Audio { seq, data }
             }
             ty::DISPLAY_SIZE => {
                 let p: [u8; 4] = fixed(t, payload)?;
@@ -596,6 +634,7 @@ impl ServerMsg {
             message: message.into(),
             graphics: None,
             files: None,
+            audio: None,
         })
     }
 }
@@ -636,6 +675,7 @@ impl ClientMsg {
             ClientMsg::Caps { flags } => frame(ty::CAPS, &flags.to_be_bytes()),
             ClientMsg::FileRequest(r) => json_frame(ty::FILE_REQUEST, r),
             ClientMsg::FileChunk { id, data } => frame(ty::FILE_CHUNK, &id_and(*id, data)),
+            ClientMsg::AudioControl { play } => frame(ty::AUDIO_CONTROL, &[u8::from(*play)]),
         }
     }
 
@@ -724,6 +764,11 @@ impl ClientMsg {
                 }
                 ClientMsg::FileChunk { id, data }
             }
+            ty::AUDIO_CONTROL => match fixed::<1>(t, payload)? {
+                [0] => ClientMsg::AudioControl { play: false },
+                [1] => ClientMsg::AudioControl { play: true },
+                [b] => return Err(WireError::Flag(b)),
+            },
             other => return Err(WireError::UnknownType(other)),
         })
     }

@@ -44,6 +44,8 @@ enum ServerValue {
         graphics: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         files: Option<FilePolicy>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        audio: Option<String>,
     },
     Error {
         code: CloseCode,
@@ -133,6 +135,10 @@ enum ServerValue {
         id: u32,
         data: String,
     },
+    Audio {
+        seq: u32,
+        data: String,
+    },
 }
 
 /// A [`ClientMsg`] as a vector's value.
@@ -182,6 +188,9 @@ enum ClientValue {
     FileChunk {
         id: u32,
         data: String,
+    },
+    AudioControl {
+        play: bool,
     },
 }
 
@@ -242,6 +251,7 @@ fn server_value(m: &ServerMsg) -> ServerValue {
             message: s.message,
             graphics: s.graphics,
             files: s.files,
+            audio: s.audio,
         },
         ServerMsg::Error(e) => ServerValue::Error {
             code: e.code,
@@ -318,6 +328,10 @@ fn server_value(m: &ServerMsg) -> ServerValue {
             id,
             data: hex::encode(data),
         },
+        ServerMsg::Audio { seq, data } => ServerValue::Audio {
+            seq,
+            data: hex::encode(data),
+        },
     }
 }
 
@@ -345,11 +359,13 @@ fn server_msg(v: &ServerValue) -> ServerMsg {
             message,
             graphics,
             files,
+            audio,
         } => ServerMsg::Status(Status {
             state,
             message,
             graphics,
             files,
+            audio,
         }),
         ServerValue::Error { code, message, fatal } => ServerMsg::Error(ErrorInfo { code, message, fatal }),
         ServerValue::Closed { code, reason } => ServerMsg::Closed(Closed { code, reason }),
@@ -439,6 +455,10 @@ fn server_msg(v: &ServerValue) -> ServerMsg {
         ServerValue::CacheDraw { slot, x, y } => ServerMsg::CacheDraw { slot, x, y },
         ServerValue::FileReply { reply } => ServerMsg::FileReply(reply),
         ServerValue::FileData { id, data } => ServerMsg::FileData { id, data: bytes(&data) },
+        ServerValue::Audio { seq, data } => ServerMsg::Audio {
+            seq,
+            data: bytes(&data),
+        },
     }
 }
 
@@ -473,6 +493,7 @@ fn client_value(m: &ClientMsg) -> ClientValue {
             id,
             data: hex::encode(data),
         },
+        ClientMsg::AudioControl { play } => ClientValue::AudioControl { play },
     }
 }
 
@@ -508,6 +529,7 @@ fn client_msg(v: &ClientValue) -> ClientMsg {
         ClientValue::Caps { flags } => ClientMsg::Caps { flags },
         ClientValue::FileRequest { request } => ClientMsg::FileRequest(request),
         ClientValue::FileChunk { id, data } => ClientMsg::FileChunk { id, data: bytes(&data) },
+        ClientValue::AudioControl { play } => ClientMsg::AudioControl { play },
     }
 }
 
@@ -737,6 +759,7 @@ fn server_cases() -> Vec<(&'static str, ServerMsg)> {
                 message: "connected to 127.0.0.1:3389".into(),
                 graphics: Some("h264".into()),
                 files: None,
+                audio: None,
             }),
         ),
         (
@@ -746,6 +769,7 @@ fn server_cases() -> Vec<(&'static str, ServerMsg)> {
                 message: "connected to u@127.0.0.1".into(),
                 graphics: None,
                 files: Some(FilePolicy::Both),
+                audio: None,
             }),
         ),
         (
@@ -807,6 +831,23 @@ fn server_cases() -> Vec<(&'static str, ServerMsg)> {
             ServerMsg::FileData {
                 id: 2,
                 data: vec![0, 1, 0xfe, 0xff],
+            },
+        ),
+        (
+            "status of a workspace with sound",
+            ServerMsg::Status(Status {
+                state: "connected".into(),
+                message: "connected to 10.201.254.2:5901".into(),
+                graphics: None,
+                files: None,
+                audio: Some("opus".into()),
+            }),
+        ),
+        (
+            "audio packet",
+            ServerMsg::Audio {
+                seq: 0x0102_0304,
+                data: vec![0xfc, 0xff, 0xfe],
             },
         ),
         (
@@ -1116,6 +1157,8 @@ fn client_cases() -> Vec<(&'static str, ClientMsg)> {
                 data: vec![0xde, 0xad, 0xbe, 0xef],
             },
         ),
+        ("audio on", ClientMsg::AudioControl { play: true }),
+        ("audio off", ClientMsg::AudioControl { play: false }),
     ]
 }
 
@@ -1165,7 +1208,10 @@ fn malformed_server() -> Vec<(&'static str, Vec<u8>)> {
             "file reply of an unknown kind",
             json_msg(0x08, r#"{"id":1,"kind":"teleported"}"#),
         ),
-        ("unknown type 0x0a", msg(0x0a, &[])),
+        ("unknown type 0x0b", msg(0x0b, &[])),
+        ("audio without a packet", msg(0x0a, &[0, 0, 0, 1])),
+        ("audio of 3 bytes", msg(0x0a, &[0, 0, 1])),
+        ("audio packet beyond opus's largest", msg(0x0a, &[0u8; 4 + 1276])),
         ("reserved display type 0x29", msg(0x29, &[0; 8])),
         ("video of 8 bytes", msg(0x26, &[0; 8])),
         (
@@ -1275,6 +1321,8 @@ fn malformed_client() -> Vec<(&'static str, Vec<u8>)> {
         ("a server type", msg(0x01, b"{}")),
         ("file request without its json", msg(0x8b, &[])),
         ("caps of 3 bytes", msg(0x8a, &[0, 0, 1])),
+        ("audio control of 2 bytes", msg(0x8d, &[1, 0])),
+        ("audio control with flag 2", msg(0x8d, &[2])),
         (
             "file request of an unknown operation",
             json_msg(0x8b, r#"{"id":1,"op":"chmod","path":"x"}"#),
@@ -1463,14 +1511,16 @@ fn every_message_type_has_a_vector() {
     assert_eq!(
         server.into_iter().collect::<Vec<_>>(),
         [
-            0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28,
-            0x40
+            0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27,
+            0x28, 0x40
         ]
     );
     let client: std::collections::BTreeSet<u8> = file.client.iter().map(|v| bytes(&v.hex)[1]).collect();
     assert_eq!(
         client.into_iter().collect::<Vec<_>>(),
-        [0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8a, 0x8b, 0x8c]
+        [
+            0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8a, 0x8b, 0x8c, 0x8d
+        ]
     );
     // Every close code appears in an ERROR.
     for &code in CloseCode::ALL {

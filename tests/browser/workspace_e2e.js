@@ -49,6 +49,27 @@ main(async () => {
   await page.keyboard.type("xsetroot -solid '#10a040'\n");
   await waitPixel(page, 1000, 620, [0x10, 0xa0, 0x40], 15000);
   console.log('typed command ran in the container');
+
+  // Sound: the session says it has some (the toolbar's button), and a 1 kHz tone played in the container
+  // (written by awk, played by PulseAudio's pacat, typed into the xterm like a user would) arrives in the
+  // page as decoded samples at that frequency.
+  await page.locator('#session-audio[data-muted="false"]').waitFor({ timeout: 15000 });
+  const silent = await page.evaluate(() => window.porticoAudio.packets);
+  if (silent !== 0) throw new Error(`${silent} audio packets before anything played: silence must not be sent`);
+  await page.keyboard.type("LC_ALL=C awk 'BEGIN{for(i=0;i<192000;i++)printf \"%c\",128+100*sin(6.2831853*1000*i/48000)}' | pacat --raw --format=u8 --rate=48000 --channels=1\n");
+  const tone = await page.waitForFunction(() => {
+    const a = window.porticoAudio;
+    if (!a || a.decoded < 25) return null;
+    const t = a.analyze();
+    return t.samples >= 24000 && t.rms > 0.05 && Math.abs(t.hz - 1000) < 20 ? { ...t, packets: a.packets, decoded: a.decoded } : null;
+  }, null, { timeout: 30000, polling: 100 }).then((h) => h.jsonValue()).catch(async (e) => {
+    const got = await page.evaluate(() => ({ ...window.porticoAudio, now: window.porticoAudio?.analyze() }));
+    throw new Error(`${e.message}: no 1 kHz tone decoded in the page: ${JSON.stringify(got)}`);
+  });
+  console.log(`TONE ${tone.hz.toFixed(1)} Hz rms ${tone.rms.toFixed(3)} after ${tone.packets} packets`);
+  // Muted: the bridge stops sending.
+  await page.click('#session-audio');
+  await page.locator('#session-audio[data-muted="true"]').waitFor({ timeout: 5000 });
   const sid = await page.evaluate(() => window.porticoSessionId);
   console.log(`SESSION ${sid}`);
 
@@ -72,5 +93,31 @@ main(async () => {
   if (!/ended/.test(status)) throw new Error(`the workspace tab says ${status}`);
   console.log(`workspace tab: ${status}`);
   await admin.locator(`tr.session-row[data-id="${sid}"]`).waitFor({ state: 'detached', timeout: 30000 });
+
+  // The secure-browsing workspace: the editor offers the agent's images (the catalog); the browser image
+  // shows Chromium full-screen on its start page (a solid #3a7d44 below the toolbar), with sound.
+  await admin.click('#conn-new');
+  await admin.waitForSelector('#conn-form');
+  await admin.fill('#conn-name', 'e2e secure browser');
+  await admin.selectOption('#conn-protocol', 'container');
+  await admin.waitForFunction((img) => [...document.querySelectorAll('#conn-image-list option')].some((o) => o.value === img),
+    env.BROWSER_IMAGE, { timeout: 15000 });
+  const offered = await admin.$$eval('#conn-image-list option', (os) => os.map((o) => `${o.value} (${o.textContent})`));
+  console.log(`catalog: ${offered.join('; ')}`);
+  await admin.fill('#conn-image', env.BROWSER_IMAGE);
+  await admin.fill('#conn-memory', '1024');
+  await admin.fill('#conn-pids', '512');
+  await admin.fill('#conn-geometry', '1024x640');
+  await admin.click('#conn-save');
+  const browserRow = admin.locator('tr.conn-row[data-name="e2e secure browser"]');
+  await browserRow.waitFor({ timeout: 10000 });
+  const tab = await openTab(admin, browserRow.locator('.conn-open'));
+  await waitState(tab, 'connected', 60000);
+  await waitPixel(tab, 40, 600, [0x3a, 0x7d, 0x44], 60000);
+  await tab.locator('#session-audio').waitFor({ timeout: 15000 });
+  console.log('secure browser: Chromium shows its start page');
+  await shot(tab, 'workspace-browser');
+  await tab.click('#session-end');
+  await waitState(tab, 'closed', 15000);
   await browser.close();
 });

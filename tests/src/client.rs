@@ -322,6 +322,10 @@ pub struct Term {
     pub file_replies: Vec<portico_proto::files::FileReply>,
     /// File data by transfer id.
     pub file_data: std::collections::HashMap<u32, Vec<u8>>,
+    /// Sound: `AUDIO` packets received, their bytes, and the last one's sequence number.
+    pub audio_packets: u64,
+    pub audio_bytes: u64,
+    pub audio_seq: Option<u32>,
 }
 
 impl Term {
@@ -339,6 +343,9 @@ impl Term {
             pongs: Vec::new(),
             file_replies: Vec::new(),
             file_data: std::collections::HashMap::new(),
+            audio_packets: 0,
+            audio_bytes: 0,
+            audio_seq: None,
         }
     }
 
@@ -382,6 +389,11 @@ impl Term {
                     ServerMsg::Share(i) => self.share = Some(i),
                     ServerMsg::FileReply(r) => self.file_replies.push(r),
                     ServerMsg::FileData { id, data } => self.file_data.entry(id).or_default().extend_from_slice(&data),
+                    ServerMsg::Audio { seq, data } => {
+                        self.audio_packets += 1;
+                        self.audio_bytes += data.len() as u64;
+                        self.audio_seq = Some(seq);
+                    }
                     other => self.display.push(other),
                 }
                 Ok(true)

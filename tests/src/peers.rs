@@ -1144,15 +1144,24 @@ impl Dockerd {
     /// Import Portico's default workspace image into this engine (`scripts/build-workspace-image.sh`: it
     /// builds the rootfs once per machine, cached, then each import takes seconds); returns the tag.
     pub fn with_workspace_image(&self) -> anyhow::Result<&'static str> {
-        const TAG: &str = "portico/workspace:latest";
+        self.with_image("default", "portico/workspace:latest")
+    }
+
+    /// Import Portico's browser workspace image (`--flavor browser`: Chromium full-screen) into this
+    /// engine, like [`Dockerd::with_workspace_image`]; returns the tag.
+    pub fn with_browser_image(&self) -> anyhow::Result<&'static str> {
+        self.with_image("browser", "portico/workspace-browser:latest")
+    }
+
+    fn with_image(&self, flavor: &str, tag: &'static str) -> anyhow::Result<&'static str> {
         let script = crate::workspace_root().join("scripts/build-workspace-image.sh");
         run(
             Command::new("bash")
                 .arg(&script)
-                .args(["--docker-host", &self.host, "--tag", TAG]),
+                .args(["--flavor", flavor, "--docker-host", &self.host, "--tag", tag]),
             "scripts/build-workspace-image.sh",
         )?;
-        Ok(TAG)
+        Ok(tag)
     }
 
     /// Run the docker CLI against this engine.

@@ -191,17 +191,27 @@ impl FakeAgent {
 
     /// One sync (no long poll) reporting `containers` on `networks`.
     pub async fn sync(&self, credential: &str, containers: Value, networks: &Value) -> anyhow::Result<(u16, Value)> {
-        self.post(
-            "/internal/v1/agents/sync",
-            Some(credential),
-            json!({
-                "capacity": { "cores": 8, "memory_mb": 8192, "running": 0 },
-                "containers": containers,
-                "wait_ms": 0,
-                "networks": networks,
-            }),
-        )
-        .await
+        self.sync_with(credential, containers, networks, json!({})).await
+    }
+
+    /// [`FakeAgent::sync`] with more fields in the body (e.g. an image catalog).
+    pub async fn sync_with(
+        &self,
+        credential: &str,
+        containers: Value,
+        networks: &Value,
+        extra: Value,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut body = json!({
+            "capacity": { "cores": 8, "memory_mb": 8192, "running": 0 },
+            "containers": containers,
+            "wait_ms": 0,
+            "networks": networks,
+        });
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        self.post("/internal/v1/agents/sync", Some(credential), body).await
     }
 }
 
@@ -211,13 +221,15 @@ const REFUSED_PER_ADDRESS: usize = 10;
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_registration_changes_no_agent_and_is_rate_limited() -> anyhow::Result<()> {
     let dockerd = Dockerd::start()?;
+    // A launch goes only to an agent holding the image (its catalog).
+    let image = dockerd.with_workspace_image()?;
     let p = webapp()?;
     let api = Api::admin(&p).await?;
     let agent = AgentProcess::start(&p, &dockerd.socket, "agent-a", TOKEN)?;
     let before = wait_agent(&api, "agent-a", Duration::from_secs(30), |a| a["state"] == "healthy")
         .await
         .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", agent.log()))?;
-    let conn = crate::workspace::workspace_connection(&api, "portico/workspace:latest", json!({})).await?;
+    let conn = crate::workspace::workspace_connection(&api, image, json!({})).await?;
     let fake = FakeAgent::new(&p)?;
     let mut problems = Vec::new();
 

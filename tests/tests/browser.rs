@@ -260,6 +260,7 @@ async fn rdp_h264_through_the_graphics_pipeline_in_the_browser() -> anyhow::Resu
 async fn a_container_workspace_in_the_browser() -> anyhow::Result<()> {
     let engine = portico_tests::peers::Dockerd::start()?;
     let image = engine.with_workspace_image()?;
+    let browser_image = engine.with_browser_image()?;
     let socket = engine.socket.display().to_string();
     let p = Portico::start_with(portico_tests::portico::Options {
         extra_args: vec![
@@ -280,9 +281,10 @@ async fn a_container_workspace_in_the_browser() -> anyhow::Result<()> {
             ("ADMIN_PASSWORD", p.admin_password.as_str()),
             ("AGENT_NAME", "browser-agent"),
             ("IMAGE", image),
+            ("BROWSER_IMAGE", browser_image),
             ("SCREENSHOT_DIR", shots.as_str()),
         ],
-        Duration::from_secs(150),
+        Duration::from_secs(240),
     )
     .map_err(|e| anyhow::anyhow!("{e:#}\nportico log:\n{}", p.log()))?;
     let sid = out
@@ -291,6 +293,15 @@ async fn a_container_workspace_in_the_browser() -> anyhow::Result<()> {
         .map(str::trim)
         .ok_or_else(|| anyhow::anyhow!("no session id in the output:\n{out}"))?
         .to_owned();
+    // The tone played in the container was decoded in the page at its frequency (the script checks it).
+    let tone = out.lines().find(|l| l.starts_with("TONE ")).unwrap_or_default();
+    assert!(tone.contains(" Hz rms "), "no tone in the output:\n{out}");
+    eprintln!("{tone}");
+    assert!(
+        p.log().contains("Sound connected"),
+        "the bridge never reached the audio server"
+    );
+    assert!(out.contains("secure browser: Chromium shows its start page"), "{out}");
     // Ending the session in the browser destroyed the container.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {

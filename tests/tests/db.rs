@@ -1048,6 +1048,8 @@ fn pending(id: &str, jti: &str, now: i64) -> SessionRow {
 fn starting(sid: &str, agent: &str, memory_mb: i64, cpu_millis: i64, now: i64) -> ContainerRow {
     ContainerRow {
         session_id: sid.into(),
+        container_key: sid.into(),
+        spare_for: None,
         agent_id: agent.into(),
         spec: "{}".into(),
         vnc_password_enc: "sealed".into(),
@@ -1155,7 +1157,10 @@ async fn agent_identities(db: &Db, now: i64) -> anyhow::Result<()> {
     assert_eq!(won, 1, "{outcomes:?}");
     // Removal: the name is free for another identity, the agent's workspaces fail, its refusals go.
     db.insert_session(&pending("on-bound", "jti-on-bound", now)).await?;
-    assert!(db.place_container(&starting("on-bound", &id, 256, 100, now)).await?);
+    assert!(
+        db.place_container(&starting("on-bound", &id, 256, 100, now), None)
+            .await?
+    );
     assert_eq!(db.delete_agent(&id, now + 10).await?.as_deref(), Some("bound"));
     assert_eq!(db.delete_agent(&id, now + 10).await?, None);
     assert_eq!(
@@ -1171,7 +1176,7 @@ async fn agent_identities(db: &Db, now: i64) -> anyhow::Result<()> {
     );
     assert!(db.agent_refusals().await?.iter().all(|r| r.name != "bound"));
     assert!(
-        !db.place_container(&starting("late", &id, 256, 100, now)).await?,
+        !db.place_container(&starting("late", &id, 256, 100, now), None).await?,
         "no placement on a removed agent"
     );
     assert!(matches!(
@@ -1193,7 +1198,7 @@ async fn workspaces(db: &Db, now: i64) -> anyhow::Result<()> {
     for (sid, agent) in [("w1", &a), ("w2", &a), ("w3", &b)] {
         db.insert_session(&pending(sid, &format!("jti-{sid}"), now)).await?;
         assert!(
-            db.place_container(&starting(sid, agent, 512, 1500, now)).await?,
+            db.place_container(&starting(sid, agent, 512, 1500, now), None).await?,
             "room for {sid}"
         );
     }
@@ -1216,7 +1221,7 @@ async fn workspaces(db: &Db, now: i64) -> anyhow::Result<()> {
         .collect();
     assert_eq!(want, ["w1", "w2"]);
     let ready = ContainerUpdate {
-        session_id: "w1",
+        container_key: "w1",
         container_id: "abc",
         state: container_state::READY,
         host: Some("172.31.0.2"),
@@ -1246,7 +1251,7 @@ async fn workspaces(db: &Db, now: i64) -> anyhow::Result<()> {
         .await?;
     assert_eq!(db.desired_containers(&a).await?.len(), 1);
     let late = ContainerUpdate {
-        session_id: "w2",
+        container_key: "w2",
         state: container_state::READY,
         ..ready
     };
@@ -1271,7 +1276,7 @@ async fn workspaces(db: &Db, now: i64) -> anyhow::Result<()> {
     // Placement is atomic: 20 concurrent placements of 256 MiB on 2048 MiB, exactly 8 fit.
     let d = id_of(register(db, "host-d", "identity-d", "cred-d", (64, 2048), now).await?)?;
     let rows: Vec<ContainerRow> = (0..20).map(|i| starting(&format!("p{i}"), &d, 256, 100, now)).collect();
-    let placed = futures_util::future::join_all(rows.iter().map(|r| db.place_container(r))).await;
+    let placed = futures_util::future::join_all(rows.iter().map(|r| db.place_container(r, None))).await;
     let ok = placed.iter().filter(|r| matches!(r, Ok(true))).count();
     let errors: Vec<String> = placed
         .iter()
@@ -1287,6 +1292,102 @@ async fn workspaces(db: &Db, now: i64) -> anyhow::Result<()> {
             .map(|l| l.used_memory_mb),
         Some(2048)
     );
+
+    // Warm pool. 10 concurrent spare placements for a pool of 3 on one agent: exactly 3.
+    let e = id_of(register(db, "host-e", "identity-e", "cred-e", (64, 65536), now).await?)?;
+    let spare = |k: &str, conn: &str| ContainerRow {
+        spare_for: Some(conn.into()),
+        spec: r#"{"image":"i"}"#.into(),
+        ..starting(k, &e, 256, 100, now)
+    };
+    let rows: Vec<ContainerRow> = (0..10).map(|i| spare(&format!("spare-{i}"), "conn-1")).collect();
+    let placed = futures_util::future::join_all(rows.iter().map(|r| db.place_container(r, Some(3)))).await;
+    assert_eq!(placed.iter().filter(|r| matches!(r, Ok(true))).count(), 3, "{placed:?}");
+    // Unclaimed spares are wanted although no session has them.
+    let keys: Vec<String> = db
+        .live_spares()
+        .await?
+        .into_iter()
+        .filter(|c| c.agent_id == e)
+        .map(|c| c.container_key)
+        .collect();
+    assert_eq!(keys.len(), 3);
+    assert_eq!(db.desired_containers(&e).await?.len(), 3);
+    // Only a ready spare is claimed; the agent reports by key.
+    assert!(
+        db.claim_spare("conn-1", r#"{"image":"i"}"#, "s-0", now - 10)
+            .await?
+            .is_none()
+    );
+    for k in &keys {
+        let up = ContainerUpdate {
+            container_key: k,
+            container_id: "c",
+            state: container_state::READY,
+            host: Some("172.31.0.9"),
+            port: Some(5901),
+            error: None,
+        };
+        assert!(db.update_container(&e, &up, now + 1).await?, "{k}");
+    }
+    // Another connection's or another spec's launch takes none.
+    assert!(
+        db.claim_spare("conn-2", r#"{"image":"i"}"#, "s-0", now - 10)
+            .await?
+            .is_none()
+    );
+    assert!(
+        db.claim_spare("conn-1", r#"{"image":"j"}"#, "s-0", now - 10)
+            .await?
+            .is_none()
+    );
+    // 8 launches race for 3 spares: 3 win, each a different container, now keyed by its session.
+    let sids: Vec<String> = (0..8).map(|i| format!("s-{i}")).collect();
+    for sid in &sids {
+        db.insert_session(&pending(sid, &format!("jti-{sid}"), now)).await?;
+    }
+    let claims = futures_util::future::join_all(
+        sids.iter()
+            .map(|sid| db.claim_spare("conn-1", r#"{"image":"i"}"#, sid, now - 10)),
+    )
+    .await;
+    let won: Vec<ContainerRow> = claims
+        .into_iter()
+        .map(|r| r.map_err(anyhow::Error::from))
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(won.len(), 3, "{won:?}");
+    let mut taken: Vec<&str> = won.iter().map(|c| c.container_key.as_str()).collect();
+    taken.sort_unstable();
+    taken.dedup();
+    assert_eq!(taken.len(), 3, "a spare went to two sessions: {won:?}");
+    for c in &won {
+        assert!(c.spare_for.is_none() && sids.contains(&c.session_id), "{c:?}");
+    }
+    assert!(db.live_spares().await?.iter().all(|c| c.agent_id != e));
+    // The session's end lets its (claimed) container go like any other.
+    db.end_session(&won[0].session_id, CloseCode::Ended, "ended by the user", now + 2)
+        .await?;
+    assert_eq!(db.desired_containers(&e).await?.len(), 2);
+    // Failures of a pool's spares are counted for its back-off.
+    db.place_container(&spare("spare-x", "conn-1"), Some(3)).await?;
+    let failed = ContainerUpdate {
+        container_key: "spare-x",
+        container_id: "",
+        state: container_state::FAILED,
+        host: None,
+        port: None,
+        error: Some("no such image"),
+    };
+    assert!(db.update_container(&e, &failed, now + 3).await?);
+    assert_eq!(db.spare_failures(&e, "conn-1", now - 60).await?, 1);
+    assert_eq!(db.spare_failures(&e, "conn-2", now - 60).await?, 0);
+    // A day later the rows of spares that never served are pruned; the sessions' containers stay.
+    db.prune(now + 2 * 24 * 3600).await?;
+    assert!(db.container("spare-x").await?.is_none());
+    assert!(db.container(&won[0].session_id).await?.is_some());
     Ok(())
 }
 

@@ -211,6 +211,24 @@ async fn a_workspace_launches_with_its_limits_and_is_destroyed_when_the_session_
         .unwrap_or_default()
         .to_owned();
     assert_eq!(security_types(&ip, 5901).await?, [2], "VNC authentication only");
+    // So does its audio server: a wrong password, or none, gets no sound; the session's gets PCM.
+    let password = c["Config"]["Env"]
+        .as_array()
+        .and_then(|e| e.iter().find_map(|v| v.as_str()?.strip_prefix("VNC_PASSWORD=")))
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(password.len(), 8, "{}", c["Config"]["Env"]);
+    assert_eq!(
+        audio_bytes(&ip, Some("PORTICO-AUDIO wrong-pw")).await?,
+        0,
+        "a wrong password"
+    );
+    assert_eq!(audio_bytes(&ip, Some(&format!("PORTICO-AUDIO {password}x"))).await?, 0);
+    assert_eq!(audio_bytes(&ip, None).await?, 0, "no password line");
+    assert!(
+        audio_bytes(&ip, Some(&format!("PORTICO-AUDIO {password}"))).await? >= 3840,
+        "the session's password gets sound"
+    );
 
     // Input reaches the container: the xterm runs a command whose file appears inside it.
     type_text(&mut screen, "echo launched-$((6*7)) > /tmp/proof\n").await?;
@@ -260,6 +278,37 @@ async fn a_workspace_launches_with_its_limits_and_is_destroyed_when_the_session_
     api.ok(reqwest::Method::POST, "/api/v1/auth/logout", None).await?;
     wait_containers(&engine, &sid2, 0, Duration::from_secs(10)).await?;
     Ok(())
+}
+
+/// Bytes a workspace's audio server (port 4714) sends after `hello` (or after nothing), until it closes
+/// or 8 KiB came (sound: raw PCM, silence while nothing plays). Bounded: 15 s.
+async fn audio_bytes(ip: &str, hello: Option<&str>) -> anyhow::Result<usize> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    // PulseAudio starts after the desktop: wait for the port.
+    let mut tcp = loop {
+        match tokio::net::TcpStream::connect((ip, 4714)).await {
+            Ok(t) => break t,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => anyhow::bail!("the audio server at {ip}:4714 did not answer: {e}"),
+        }
+    };
+    if let Some(h) = hello {
+        tcp.write_all(format!("{h}\n").as_bytes()).await?;
+    }
+    let mut got = 0;
+    let mut buf = [0u8; 4096];
+    while got < 8192 {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got += n,
+            Err(_) => anyhow::bail!("the audio server neither sent sound nor closed within 15 s"),
+        }
+    }
+    Ok(got)
 }
 
 /// The RFB security types a VNC server offers (RFB 3.8 handshake, then hang up).
@@ -532,6 +581,7 @@ async fn workspace_errors_are_clear() -> anyhow::Result<()> {
         (json!({ "image": image, "cpu_millis": 0 }), "cpu_millis"),
         (json!({ "image": image, "pids_limit": 1 }), "pids_limit"),
         (json!({ "image": image, "geometry": "huge" }), "geometry"),
+        (json!({ "image": image, "warm": 33 }), "warm"),
         (json!({ "image": image, "privileged": true }), "privileged"),
     ] {
         let (status, body) = api
@@ -569,18 +619,50 @@ async fn workspace_errors_are_clear() -> anyhow::Result<()> {
     assert!(body.to_string().contains("room"), "{body}");
     drop(agent);
 
-    // An image that does not exist: the session fails with Docker's reason, in the browser.
+    // The catalog: the agent reports the images its engine holds, with their labels.
     let agent = AgentProcess::start_with(&p, &engine.socket, "big", TOKEN, &["--agent-memory-mb", "4096"])?;
     wait_agent_healthy(&api, "big", &agent).await?;
+    engine.docker(&["tag", image, "portico/vanishing:1"])?;
+    let catalog = wait_json(&api, "/api/v1/workspace-images", "the catalog", WAIT, |v| {
+        v.as_array()
+            .is_some_and(|a| a.iter().any(|i| i["name"] == "portico/vanishing:1"))
+    })
+    .await?;
+    let entry = catalog
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["name"] == image))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(entry["agents"], json!(["big"]), "{catalog}");
+    assert!(entry["size_mb"].as_u64().is_some_and(|m| m > 10), "{entry}");
+    assert!(
+        entry["labels"]["org.portico.workspace.hash"]
+            .as_str()
+            .is_some_and(|h| h.len() == 64),
+        "{entry}"
+    );
+    // An image no agent holds: refused at launch, saying so (no container is tried).
     let missing = workspace_connection(&api, "portico/no-such-image:1", json!({})).await?;
-    let (sid, mut screen) = open_via(&bridge, &api, &missing).await?;
+    let (status, body) = start_session(&api, &missing).await?;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("holds the image portico/no-such-image:1")),
+        "{body}"
+    );
+    // An image gone from the engine after the catalog listed it: the session fails with Docker's reason,
+    // in the browser.
+    let vanishing = workspace_connection(&api, "portico/vanishing:1", json!({})).await?;
+    engine.docker(&["rmi", "portico/vanishing:1"])?;
+    let (sid, mut screen) = open_via(&bridge, &api, &vanishing).await?;
     let closed = screen
         .term
         .closed_within(Duration::from_secs(30))
         .await?
         .expect("a close message");
     assert!(
-        closed.reason.contains("no-such-image") || closed.reason.contains("no such image"),
+        closed.reason.contains("vanishing") || closed.reason.contains("no such image"),
         "{closed:?}"
     );
     let v = api
@@ -662,6 +744,31 @@ async fn a_lying_agent_cannot_send_the_bridge_to_an_address_outside_its_networks
         {
             problems.push(format!("{host}:{port}: {}", s["workspace"]));
         }
+    }
+    // Its image catalog is bounded: too many images, or an oversized name or label, is refused and not
+    // stored (admins see the catalog).
+    let image = |name: String| json!({ "name": name, "size_mb": 1, "labels": {} });
+    let many: Vec<Value> = (0..257).map(|i| image(format!("junk/{i}:1"))).collect();
+    let long = vec![image("x".repeat(300))];
+    let labelled = vec![json!({ "name": "ok:1", "size_mb": 1, "labels": { "org.portico.x": "y".repeat(600) } })];
+    for (what, images) in [
+        ("257 images", many),
+        ("a 300-byte name", long),
+        ("a 600-byte label", labelled),
+    ] {
+        let (status, body) = fake
+            .sync_with(&cred, json!([]), &networks, json!({ "images": images }))
+            .await?;
+        if status != 403 || !body["error"].as_str().is_some_and(|e| e.contains("at most 256 images")) {
+            problems.push(format!("{what}: http {status} {body}"));
+        }
+    }
+    let catalog = api.ok(reqwest::Method::GET, "/api/v1/workspace-images", None).await?;
+    if catalog
+        .as_array()
+        .is_some_and(|a| a.iter().any(|i| i["agents"] == json!(["liar"])))
+    {
+        problems.push(format!("a refused catalog was stored: {catalog}"));
     }
     anyhow::ensure!(problems.is_empty(), "{problems:#?}");
     Ok(())
@@ -802,5 +909,139 @@ async fn a_workspace_is_shared_with_a_view_only_viewer() -> anyhow::Result<()> {
         engine.docker(&["exec", &id, "cat", "/tmp/viewer"]).is_err(),
         "a view-only viewer's keys reached the container"
     );
+    Ok(())
+}
+
+/// The keys (`org.portico.session` labels) of the warm pool's containers on `engine`.
+fn spare_keys(engine: &Dockerd) -> anyhow::Result<Vec<String>> {
+    let out = engine.docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        "label=org.portico.session",
+        "--format",
+        "{{.Label \"org.portico.session\"}}",
+    ])?;
+    Ok(out
+        .lines()
+        .filter(|k| k.starts_with("spare-"))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Wait until the embedded agent lists `ready` ready spares and none starting.
+async fn wait_spares(api: &Api, ready: u64, p: &Portico) -> anyhow::Result<()> {
+    wait_json(api, "/api/v1/agents", &format!("{ready} ready spares"), WAIT, |v| {
+        v.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|x| x["name"] == "embedded" && x["spares"]["ready"] == ready && x["spares"]["starting"] == 0)
+        })
+    })
+    .await
+    .map(|_| ())
+    .map_err(|e| anyhow::anyhow!("{e}\nportico log:\n{}", p.log()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warm_pool_serves_launches_at_once_and_never_reuses_a_container() -> anyhow::Result<()> {
+    let (engine, image, p, api) = embedded_workspaces().await?;
+
+    // A tenth of a core each: the 2-core machine has room for 3 sessions and 2 spares.
+    let conn = workspace_connection(&api, image, json!({ "warm": 2, "cpu_millis": 100 })).await?;
+    wait_spares(&api, 2, &p).await?;
+    let first: Vec<String> = spare_keys(&engine)?;
+    assert_eq!(first.len(), 2, "{first:?}");
+
+    // Three launches race for the two spares: each gets its own container, two of them the spares.
+    let launches = futures_util::future::join_all((0..3).map(|_| start_session(&api, &conn))).await;
+    let mut sessions = Vec::new();
+    for l in launches {
+        let (status, s) = l?;
+        assert_eq!(status, 201, "{s}");
+        sessions.push(s["session_id"].as_str().unwrap_or_default().to_owned());
+    }
+    let mut keys = Vec::new();
+    for sid in &sessions {
+        let s = api
+            .ok(reqwest::Method::GET, &format!("/api/v1/sessions/{sid}"), None)
+            .await?;
+        let key = s["workspace"]["container_key"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            s["workspace"]["spare_for"].is_null(),
+            "a claimed spare is the session's: {s}"
+        );
+        keys.push(key);
+    }
+    let mut distinct = keys.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "one container per session: {keys:?}");
+    let warm: Vec<&String> = keys.iter().filter(|k| first.contains(k)).collect();
+    assert_eq!(warm.len(), 2, "both spares taken: {keys:?} of {first:?}");
+    assert!(
+        keys.iter().zip(&sessions).any(|(k, s)| k == s),
+        "the third launch started its own container: {keys:?}"
+    );
+
+    // A warm session shows its desktop through the bridge: its container was ready before the launch.
+    let warm_sid = sessions[keys.iter().position(|k| first.contains(k)).unwrap_or(0)].clone();
+    let sess = api
+        .ok(reqwest::Method::GET, &format!("/api/v1/sessions/{warm_sid}"), None)
+        .await?;
+    assert_eq!(sess["workspace"]["state"], "ready", "claimed ready: {sess}");
+    // Audited: two launches on warm spares, one cold (events are written behind the request: wait).
+    wait_json(
+        &api,
+        "/api/v1/events?type=workspace_scheduled",
+        "3 scheduling events",
+        WAIT,
+        |v| {
+            let of = |warm: bool| {
+                v.as_array().map_or(0, |a| {
+                    a.iter()
+                        .filter(|e| {
+                            e["details"]["warm"] == warm && sessions.iter().any(|s| e["session_id"] == s.as_str())
+                        })
+                        .count()
+                })
+            };
+            of(true) == 2 && of(false) == 1
+        },
+    )
+    .await?;
+
+    // The pool starts replacements: two ready spares again, none of them a container a session had.
+    wait_spares(&api, 2, &p).await?;
+    let refilled = spare_keys(&engine)?;
+    let unclaimed: Vec<&String> = refilled.iter().filter(|k| !keys.contains(k)).collect();
+    assert_eq!(unclaimed.len(), 2, "fresh spares: {refilled:?}, sessions had {keys:?}");
+
+    // The sessions end: their containers (the claimed spares too) are destroyed, never returned to the pool.
+    for sid in &sessions {
+        api.request(reqwest::Method::DELETE, &format!("/api/v1/sessions/{sid}"), None)
+            .await?;
+    }
+    for k in &keys {
+        wait_containers(&engine, k, 0, WAIT).await?;
+    }
+    let after = spare_keys(&engine)?;
+    assert!(after.iter().all(|k| !keys.contains(k)), "{after:?}");
+
+    // No pool wanted: the spares go.
+    let c = api
+        .ok(reqwest::Method::GET, &format!("/api/v1/connections/{conn}"), None)
+        .await?;
+    let mut settings = c["settings"].clone();
+    settings["workspace"]["warm"] = json!(0);
+    api.ok(
+        reqwest::Method::PUT,
+        &format!("/api/v1/connections/{conn}"),
+        Some(json!({ "name": c["name"], "protocol": "container", "settings": settings })),
+    )
+    .await?;
+    wait_spares(&api, 0, &p).await?;
+    for k in &after {
+        wait_containers(&engine, k, 0, WAIT).await?;
+    }
     Ok(())
 }

@@ -48,11 +48,17 @@ export type Recording = 'off' | 'on' | 'keystrokes';
 /** A container workspace's image and limits (proto/src/control.rs `WorkspaceSpec`). */
 export interface WorkspaceSpec {
   image: string; cpu_millis: number; memory_mb: number; pids_limit: number; vnc_port?: number; geometry?: string | null;
+  /** Warm pool: spares each healthy agent keeps started for the connection (0: none). */
+  warm?: number;
+  /** Sound from the image's audio server (default true). */
+  audio?: boolean;
 }
 /** A Docker agent as `GET /api/v1/agents` lists it. */
 export interface Agent {
   id: string | null; name: string; state: 'healthy' | 'draining' | 'down' | 'failed'; last_error: string | null; remote_addr: string;
   docker_version: string; cores: number; memory_mb: number; running: number; last_heartbeat_at: number | null;
+  /** Its warm pool: unclaimed containers started ahead of launches. */
+  spares?: { ready: number; starting: number };
   networks: { name: string; subnet: string; gateway?: string | null }[];
   /** The latest refused registration under this name (never changes the agent). */
   refused: { reason: string; remote_addr: string; attempts: number; first_at: number; last_at: number } | null;
@@ -161,6 +167,9 @@ export const members = (id: string) => call<{ user_ids: string[] }>('GET', `/api
 export const setMembers = (id: string, userIds: string[]) =>
   call<unknown>('PUT', `/api/v1/groups/${encodeURIComponent(id)}/members`, { user_ids: userIds });
 export const folders = () => call<Folder[]>('GET', '/api/v1/folders');
+/** An image the healthy agents' engines hold (`GET /api/v1/workspace-images`). */
+export interface WorkspaceImage { name: string; size_mb: number; labels: Record<string, string>; agents: string[] }
+export const workspaceImages = () => call<WorkspaceImage[]>('GET', '/api/v1/workspace-images');
 export const createFolder = (name: string, parentId: string | null) => call<Folder>('POST', '/api/v1/folders', { name, parent_id: parentId });
 export const deleteFolder = (id: string) => call<unknown>('DELETE', `/api/v1/folders/${encodeURIComponent(id)}`);
 export type GrantTarget = 'connections' | 'folders';

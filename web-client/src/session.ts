@@ -8,6 +8,7 @@ import { TerminalView } from './terminal';
 import { DisplayView, decodesH264 } from './display';
 import { OwnerSharing } from './share';
 import { FilePanel } from './files';
+import { AudioPlayer } from './audio';
 
 export interface SessionTarget {
   sessionId: string;
@@ -103,6 +104,8 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
   let autoRestarts = 0;
   /** The Files panel, once the bridge said the connection allows file transfer (owners only). */
   let filePanel: FilePanel | null = null;
+  /** The session's sound, once the bridge said it has some (owners only). */
+  let audio: AudioPlayer | null = null;
 
   const setState = (state: State, text: string) => {
     status.dataset.state = state;
@@ -171,6 +174,7 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
           if (!view) view = makeView(msg.hello.protocol);
           if (msg.hello.reattached) setState('connected', 'connected (reattached)');
           filePanel?.reset('the connection was interrupted');
+          audio?.attached();
           view.attached(msg.hello.reattached);
           view.focus();
           break;
@@ -184,6 +188,10 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
           if (msg.status.files && msg.status.files !== 'none' && !filePanel && !opts.viewer && view) {
             filePanel = new FilePanel(stage, send, msg.status.files);
             viewControls.append(...filePanel.controls);
+          }
+          if (msg.status.audio && !audio && !opts.viewer && view) {
+            audio = new AudioPlayer(send);
+            viewControls.append(...audio.controls);
           }
           if (msg.status.graphics) {
             // Which graphics path the session uses (connection info in the toolbar).
@@ -221,6 +229,9 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
         case 'file':
         case 'file_data':
           filePanel?.handle(msg);
+          break;
+        case 'audio':
+          audio?.handle(msg.seq, msg.data);
           break;
         default:
           view?.handle(msg);
@@ -315,6 +326,7 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
     window.clearInterval(pinger);
     ws?.close();
     view?.dispose();
+    audio?.dispose();
     opts.onBack?.();
   });
   // While reattaching: has the session ended elsewhere? A bridge that died takes its sessions with it
@@ -357,6 +369,8 @@ export function openSession(first: SessionTarget, opts: SessionOptions): void {
       attempt = 0;
       view?.dispose();
       view = null;
+      audio?.dispose();
+      audio = null;
       viewControls.replaceChildren();
       setState('connecting', 'connecting…');
       connect([wire.SUBPROTOCOL, wire.TOKEN_PREFIX + target.token]);

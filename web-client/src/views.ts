@@ -165,11 +165,19 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
   const sharing = limitSelect('conn-sharing', st?.sharing);
   const shadowing = limitSelect('conn-shadowing', st?.shadowing);
   const ws = st?.workspace;
-  const image = h('input', { id: 'conn-image', value: ws?.image ?? 'portico/workspace:latest', placeholder: 'docker image' });
+  const image = h('input', { id: 'conn-image', list: 'conn-image-list', value: ws?.image ?? 'portico/workspace:latest', placeholder: 'docker image' });
+  // The catalog: the images the agents hold, with their title and which agents have them.
+  const imageList = h('datalist', { id: 'conn-image-list' });
+  void api.workspaceImages().then((all) => {
+    imageList.append(...all.map((i) => h('option', { value: i.name },
+      `${i.labels['org.opencontainers.image.title'] ?? i.name} · ${i.size_mb} MB · ${i.agents.join(', ')}`)));
+  }, () => undefined);
   const cpus = h('input', { id: 'conn-cpus', type: 'number', min: '0.1', max: '64', step: '0.1', value: String((ws?.cpu_millis ?? 1000) / 1000) });
   const memory = h('input', { id: 'conn-memory', type: 'number', min: '128', max: '262144', value: String(ws?.memory_mb ?? 512) });
   const pids = h('input', { id: 'conn-pids', type: 'number', min: '16', max: '65536', value: String(ws?.pids_limit ?? 256) });
   const geometry = h('input', { id: 'conn-geometry', value: ws?.geometry ?? '', placeholder: 'e.g. 1280x720 (default)' });
+  const warm = h('input', { id: 'conn-warm', type: 'number', min: '0', max: '32', value: String(ws?.warm ?? 0) });
+  const sound = h('input', { id: 'conn-audio', type: 'checkbox', checked: ws?.audio ?? true });
   const folder = h('select', { id: 'conn-folder' }, h('option', { value: '' }, '(top level)'));
   void api.folders().then((all) => {
     const byId = new Map(all.map((f) => [f.id, f]));
@@ -211,11 +219,14 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
     h('div', {}, h('label', { for: 'conn-shadowing' }, 'Admins join uninvited (the owner is told)'), shadowing),
   ];
   const containerFields = [
-    h('div', { class: 'wide' }, h('label', { for: 'conn-image' }, 'Image (a VNC desktop; a fresh container per session)'), image),
+    h('div', { class: 'wide' }, h('label', { for: 'conn-image' }, 'Image (a VNC desktop; a fresh container per session)'), image, imageList),
     h('div', {}, h('label', { for: 'conn-cpus' }, 'CPU cores'), cpus),
     h('div', {}, h('label', { for: 'conn-memory' }, 'Memory (MiB)'), memory),
     h('div', {}, h('label', { for: 'conn-pids' }, 'Process limit'), pids),
     h('div', {}, h('label', { for: 'conn-geometry' }, 'Desktop size (WxH)'), geometry),
+    h('div', {}, h('label', { for: 'conn-warm', title: 'Containers each agent keeps started for this connection: a launch takes one at once. Never reused: each ends with its session and is replaced.' },
+      'Warm pool (spares per agent)'), warm),
+    h('div', {}, h('label', { title: 'the image\'s PulseAudio output, Opus-encoded by the bridge' }, sound, ' Sound')),
   ];
   const hostField = h('div', {}, h('label', { for: 'conn-host' }, 'Host'), host);
   const portField = h('div', {}, h('label', { for: 'conn-port' }, 'Port'), port);
@@ -264,7 +275,7 @@ function connectionEditor(existing: api.Connection | null, onSaved: () => void, 
     if (protocol.value === 'container') {
       const workspace: api.WorkspaceSpec = {
         image: image.value.trim(), cpu_millis: Math.round(Number(cpus.value) * 1000), memory_mb: Number(memory.value),
-        pids_limit: Number(pids.value), geometry: geometry.value.trim() || null,
+        pids_limit: Number(pids.value), geometry: geometry.value.trim() || null, warm: Number(warm.value), audio: sound.checked,
       };
       const settings = { ...(st ?? {}), workspace, clipboard_up: clipUp.checked, clipboard_down: clipDown.checked,
         recording: recording.value as api.Recording, recording_owner_access: ownerPlays.checked, sharing: sharing.value as api.ShareLimit,
@@ -715,7 +726,11 @@ async function agentsCard(): Promise<HTMLElement> {
         h('td', {}, a.name), h('td', {}, state, a.last_error ? h('div', { class: 'error' }, a.last_error) : '', refused),
         h('td', {}, a.docker_version || '—'), h('td', {}, `${a.cores} cores · ${a.memory_mb} MiB`),
         h('td', {}, (a.networks ?? []).map((n) => n.subnet).join(', ') || '—'),
-        h('td', {}, String(a.running)), h('td', {}, fmtTime(a.last_heartbeat_at)), actions));
+        h('td', {}, String(a.running), a.spares && (a.spares.ready || a.spares.starting)
+          ? h('div', { class: 'agent-spares', title: 'warm pool: containers started ahead of launches' },
+            `${a.spares.ready} spare${a.spares.ready === 1 ? '' : 's'} ready${a.spares.starting ? `, ${a.spares.starting} starting` : ''}`)
+          : ''),
+        h('td', {}, fmtTime(a.last_heartbeat_at)), actions));
     }
   };
   await load().catch((e) => { err.textContent = errorText(e); });

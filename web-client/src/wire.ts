@@ -20,6 +20,7 @@ export const S_PONG = 0x06;
 export const S_SHARE = 0x07;
 export const S_FILE_REPLY = 0x08;
 export const S_FILE_DATA = 0x09;
+export const S_AUDIO = 0x0a;
 export const S_DISPLAY_SIZE = 0x20;
 export const S_IMAGE = 0x21;
 export const S_COPY = 0x22;
@@ -43,6 +44,12 @@ export const C_POINTER = 0x88;
 export const C_CAPS = 0x8a;
 export const C_FILE_REQUEST = 0x8b;
 export const C_FILE_CHUNK = 0x8c;
+export const C_AUDIO_CONTROL = 0x8d;
+
+/** AUDIO packets: Opus, 20 ms at 48 kHz, stereo (proto/src/wire.rs AUDIO_*). */
+export const AUDIO_SAMPLE_RATE = 48000;
+export const AUDIO_CHANNELS = 2;
+export const MAX_AUDIO_PACKET = 1275;
 
 /** The largest chunk of file data in one message, and the bytes in flight per transfer (proto/src/files.rs). */
 export const FILE_CHUNK = 32 * 1024;
@@ -54,7 +61,7 @@ export const CAPS_H264 = 1;
 export interface Hello { session_id: string; protocol: string; resume_token: string; grace_seconds: number; reattached: boolean; recording?: boolean }
 /** What a session's connection lets its user move (proto/src/files.rs `FilePolicy`). */
 export type FilePolicy = 'none' | 'download' | 'upload' | 'both';
-export interface Status { state: string; message: string; graphics?: string; files?: FilePolicy }
+export interface Status { state: string; message: string; graphics?: string; files?: FilePolicy; audio?: string }
 export interface FileEntry { name: string; dir: boolean; size: number; mtime: number }
 /** The bridge's answer to file request `id` (proto/src/files.rs `FileReply`). */
 export type FileReply = { id: number } & (
@@ -92,6 +99,7 @@ export type ServerMsg =
   | { type: 'share'; share: ShareInfo }
   | { type: 'file'; reply: FileReply }
   | { type: 'file_data'; id: number; data: Uint8Array<ArrayBuffer> }
+  | { type: 'audio'; seq: number; data: Uint8Array<ArrayBuffer> }
   | { type: 'size'; width: number; height: number }
   | { type: 'image'; rect: Rect; mime: string; data: Uint8Array<ArrayBuffer> }
   | { type: 'copy'; sx: number; sy: number; rect: Rect }
@@ -137,7 +145,7 @@ function json<T>(payload: Uint8Array, what: string, fields: Record<keyof T, Fiel
 }
 
 const HELLO: Record<keyof Hello, Field> = { session_id: 'string', protocol: 'string', resume_token: 'string', grace_seconds: 'u32', reattached: 'boolean', recording: 'boolean?' };
-const STATUS: Record<keyof Status, Field> = { state: 'string', message: 'string', graphics: 'string?', files: 'policy?' };
+const STATUS: Record<keyof Status, Field> = { state: 'string', message: 'string', graphics: 'string?', files: 'policy?', audio: 'string?' };
 const ERROR: Record<keyof ErrorInfo, Field> = { code: 'code', message: 'string', fatal: 'boolean' };
 const CLOSED: Record<keyof Closed, Field> = { code: 'code', reason: 'string' };
 
@@ -258,6 +266,11 @@ export function decode(buf: ArrayBuffer): ServerMsg {
     case S_SHARE: return { type: 'share', share: shareInfo(payload) };
     case S_FILE_REPLY: return { type: 'file', reply: fileReply(payload) };
     case S_FILE_DATA: v = need(payload, 4, 'file data', true); return { type: 'file_data', id: v.getUint32(0), data: payload.slice(4) };
+    case S_AUDIO: {
+      v = need(payload, 5, 'audio', true);
+      if (payload.length > 4 + MAX_AUDIO_PACKET) throw new Error(`audio packet of ${payload.length - 4} bytes`);
+      return { type: 'audio', seq: v.getUint32(0), data: payload.slice(4) };
+    }
     default: throw new Error(`unknown message type ${bytes[1]}`);
   }
 }
@@ -354,4 +367,9 @@ export function fileChunk(id: number, data: Uint8Array): Uint8Array<ArrayBuffer>
   new DataView(p.buffer).setUint32(0, id);
   p.set(data, 4);
   return frame(C_FILE_CHUNK, p);
+}
+
+/** Play the session's sound, or not (a muted client is sent none). */
+export function audioControl(play: boolean): Uint8Array<ArrayBuffer> {
+  return frame(C_AUDIO_CONTROL, Uint8Array.of(play ? 1 : 0));
 }

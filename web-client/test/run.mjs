@@ -13,7 +13,7 @@ after(() => rmSync(out, { recursive: true, force: true }));
 
 // Every file bundled and imported before the first test is registered: the runner may end (and clean up)
 // once the tests it knows of are done.
-const names = ['wire.test', 'recording.test', 'keyboard.test', 'files.test'];
+const names = ['wire.test', 'recording.test', 'keyboard.test', 'files.test', 'audio.test'];
 const mods = [];
 for (const name of names) {
   const outfile = join(out, `${name}.mjs`);

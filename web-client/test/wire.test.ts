@@ -71,6 +71,7 @@ export function serverValue(m: wire.ServerMsg): Value {
     case 'cache_draw': return { type: 'cache_draw', slot: m.slot, x: m.x, y: m.y };
     case 'file': return { type: 'file_reply', reply: m.reply };
     case 'file_data': return { type: 'file_data', id: m.id, data: hex(m.data) };
+    case 'audio': return { type: 'audio', seq: m.seq, data: hex(m.data) };
   }
 }
 
@@ -100,6 +101,7 @@ export function encodeClient(v: Value): Uint8Array {
     case 'caps': return wire.caps(num(v, 'flags'));
     case 'file_request': return wire.fileRequest(v.request as wire.FileRequest);
     case 'file_chunk': return wire.fileChunk(num(v, 'id'), bytes(str(v, 'data')));
+    case 'audio_control': return wire.audioControl(v.play === true);
     default: throw new Error(`no encoder for client message ${v.type}`);
   }
 }

@@ -64,6 +64,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/auth/me", get(me))
         .route("/api/v1/auth/password", post(change_password))
         .route("/api/v1/agents", get(list_agents))
+        .route("/api/v1/workspace-images", get(workspace_images))
         .route("/api/v1/agents/{id}", delete(delete_agent))
         .route("/api/v1/agents/{id}/drain", post(drain_agent).delete(undrain_agent))
         .route("/api/v1/bridges", get(list_bridges))
@@ -342,6 +343,7 @@ async fn list_agents(State(st): State<AppState>, _: Admin) -> Result<Json<Vec<Va
     let alive_since = st.agents_alive_since(now);
     let agents = st.db.list_agents().await?;
     let mut refusals = st.db.agent_refusals().await?;
+    let spares = st.db.live_spares().await?;
     let mut out: Vec<Value> = agents
         .into_iter()
         .map(|a| {
@@ -359,6 +361,11 @@ async fn list_agents(State(st): State<AppState>, _: Admin) -> Result<Json<Vec<Va
             v["state"] = json!(state);
             v["networks"] = serde_json::from_str(&a.networks).unwrap_or_else(|_| json!([]));
             v["refused"] = serde_json::to_value(refused).unwrap_or(Value::Null);
+            let mine = spares.iter().filter(|c| c.agent_id == a.id);
+            v["spares"] = json!({
+                "ready": mine.clone().filter(|c| c.state == crate::db::container_state::READY).count(),
+                "starting": mine.filter(|c| c.state == crate::db::container_state::STARTING).count(),
+            });
             v
         })
         .collect();
@@ -372,6 +379,33 @@ async fn list_agents(State(st): State<AppState>, _: Admin) -> Result<Json<Vec<Va
         })
     }));
     Ok(Json(out))
+}
+
+/// The image catalog: every image a healthy agent's engine holds, with the agents that hold it (what the
+/// connection editor offers; a launch is placed only on an agent holding its image).
+async fn workspace_images(State(st): State<AppState>, _: Admin) -> Result<Json<Vec<Value>>, ApiError> {
+    let alive_since = st.agents_alive_since(now_unix());
+    let mut by_name: std::collections::BTreeMap<String, (portico_proto::control::AgentImage, Vec<String>)> =
+        std::collections::BTreeMap::new();
+    for (agent, heartbeat, json) in st.db.agent_images().await? {
+        if heartbeat.is_none_or(|t| t < alive_since) {
+            continue;
+        }
+        let images: Vec<portico_proto::control::AgentImage> = serde_json::from_str(&json).unwrap_or_default();
+        for i in images {
+            by_name
+                .entry(i.name.clone())
+                .or_insert_with(|| (i, Vec::new()))
+                .1
+                .push(agent.clone());
+        }
+    }
+    Ok(Json(
+        by_name
+            .into_values()
+            .map(|(i, agents)| json!({ "name": i.name, "size_mb": i.size_mb, "labels": i.labels, "agents": agents }))
+            .collect(),
+    ))
 }
 
 /// Remove an agent: its live workspaces fail and their sessions end, and its name is free for the next
@@ -1188,7 +1222,7 @@ async fn create_session(
         )));
     }
     if let Some(spec) = &workspace
-        && let Err(e) = crate::workspaces::schedule(&st, &session_id, spec).await
+        && let Err(e) = crate::workspaces::schedule(&st, &session_id, &conn.id, spec).await
     {
         st.db
             .end_session(&session_id, CloseCode::Ended, &format!("not scheduled: {e}"), now)

@@ -286,12 +286,15 @@ pub fn document() -> Value {
                     "memory_mb": { "type": "integer", "minimum": 128, "maximum": 262144, "default": 512, "description": "no swap on top" },
                     "pids_limit": { "type": "integer", "minimum": 16, "maximum": 65536, "default": 256 },
                     "vnc_port": { "type": "integer", "default": 5901 },
-                    "geometry": { "type": ["string", "null"], "example": "1280x720" } } },
+                    "geometry": { "type": ["string", "null"], "example": "1280x720" },
+                    "warm": { "type": "integer", "minimum": 0, "maximum": 32, "default": 0, "description": "warm pool: containers of this spec each healthy agent keeps started for this connection, so a launch takes one at once; never reused (each ends with its session and is replaced)" },
+                    "audio": { "type": "boolean", "default": true, "description": "sound: the bridge plays the image's audio server (port 4714, after the session's password) in the browser as Opus" } } },
                 "Agent": { "type": "object", "properties": {
                     "id": { "type": ["string", "null"], "description": "null for a name that only ever had refused registrations" }, "name": { "type": "string" },
                     "state": { "enum": ["healthy", "down", "failed"], "description": "down: three heartbeats missed; failed: a name whose registrations were all refused (last_error); refusals never change a registered agent" },
                     "networks": { "type": "array", "description": "the subnets its containers are on, as the agent declared them; a container address outside them is refused", "items": { "type": "object", "properties": {
                         "name": { "type": "string" }, "subnet": { "type": "string" }, "gateway": { "type": ["string", "null"] } } } },
+                    "spares": { "type": "object", "description": "its warm pool: unclaimed containers started ahead of launches", "properties": { "ready": { "type": "integer" }, "starting": { "type": "integer" } } },
                     "refused": { "type": ["object", "null"], "description": "the latest refused registration under this name (wrong token, or another identity trying to take the name)", "properties": {
                         "reason": { "type": "string" }, "remote_addr": { "type": "string" }, "attempts": { "type": "integer" },
                         "first_at": { "type": "integer" }, "last_at": { "type": "integer" } } },
@@ -412,6 +415,7 @@ pub fn document() -> Value {
                 "get": op("list live sessions (own; all for admins and auditors)", None, "200", None),
                 "post": op("start a session: one-time token, websocket url and embeddable connect url; for a workspace also schedules its container (503 when no healthy agent has room)", Some("NewSession"), "201", Some("SessionCreated"))
             },
+            "/api/v1/workspace-images": { "get": op("the image catalog: each image (name, size_mb, its org.portico.* and org.opencontainers.image.* labels) a healthy agent's engine holds, with the agents holding it; launches are placed only on those (admin)", None, "200", None) },
             "/api/v1/agents": { "get": op("docker agents with their state (healthy, draining, down, failed), capacity, networks and refused registrations (admin)", None, "200", None) },
             "/api/v1/agents/{id}/drain": {
                 "post": with_id(op("drain an agent: no new workspaces are placed on it; its live ones run to their end (admin)", None, "204", None)),

@@ -12,8 +12,8 @@ use std::time::Duration;
 use portico_proto::Secret;
 use portico_proto::codes::CloseCode;
 use portico_proto::control::{
-    AgentNetwork, AgentSync, AgentSyncResponse, ContainerState, ControlError, DesiredContainer, WorkspaceEndpoint,
-    WorkspaceSpec,
+    AgentImage, AgentNetwork, AgentSync, AgentSyncResponse, ContainerState, ControlError, DesiredContainer,
+    WorkspaceEndpoint, WorkspaceSpec,
 };
 
 use crate::db::{AgentRow, ContainerRow, ContainerUpdate, container_state, state};
@@ -60,6 +60,11 @@ pub fn validate_spec(w: &WorkspaceSpec) -> Result<(), ApiError> {
             "settings.workspace.pids_limit must be between 16 and 65536",
         ));
     }
+    if w.warm > MAX_WARM {
+        return Err(ApiError::bad_request(format!(
+            "settings.workspace.warm must be between 0 and {MAX_WARM} (spares kept started per agent)"
+        )));
+    }
     if w.vnc_port == 0 {
         return Err(ApiError::bad_request("settings.workspace.vnc_port must be a port"));
     }
@@ -87,45 +92,119 @@ fn vnc_password() -> String {
         .collect()
 }
 
-fn aad(session_id: &str) -> String {
-    format!("container:{session_id}:vnc_password")
+/// The associated data of a container's sealed VNC password: bound to the container's key (a spare's
+/// password stays valid when a session claims it).
+fn aad(container_key: &str) -> String {
+    format!("container:{container_key}:vnc_password")
 }
 
-/// Schedule the container of a new session: on the healthy agent with the most free memory that has room
-/// for the spec's memory and cores. Returns the agent's name.
-pub async fn schedule(st: &AppState, session_id: &str, spec: &WorkspaceSpec) -> Result<String, ApiError> {
-    let now = now_unix();
-    st.sweep_lost(now).await?;
-    let mut loads = st.db.agent_loads(st.agents_alive_since(now)).await?;
-    let need_mem = i64::from(spec.memory_mb);
-    let need_cpu = i64::from(spec.cpu_millis);
-    // Most free memory first; the placement itself re-checks under a lock (another webapp may have
-    // taken the room meanwhile), so the next candidate is tried.
-    loads.sort_by_key(|a| std::cmp::Reverse(a.memory_mb - a.used_memory_mb));
-    let sealed = st.keys.seal(&vnc_password(), &aad(session_id))?;
-    let mut row = ContainerRow {
-        session_id: session_id.into(),
+/// Most spares per connection and agent an admin may ask for.
+pub const MAX_WARM: u32 = 32;
+/// A pool whose spares failed this many times in [`SPARE_BACKOFF_SECS`] on an agent starts no more
+/// there until the window passes (a broken image is not started again and again).
+const SPARE_FAILURES: i64 = 3;
+const SPARE_BACKOFF_SECS: i64 = 60;
+
+/// The JSON a container row keeps of its spec (what a spare must equal to serve a launch).
+fn spec_json(spec: &WorkspaceSpec) -> Result<String, ApiError> {
+    serde_json::to_string(&spec.container()).map_err(|e| ApiError::Internal(e.into()))
+}
+
+/// A new wanted container row (not yet placed on an agent), with a fresh sealed VNC password.
+fn new_row(
+    st: &AppState,
+    key: &str,
+    spare_for: Option<&str>,
+    spec: &WorkspaceSpec,
+    now: i64,
+) -> Result<ContainerRow, ApiError> {
+    Ok(ContainerRow {
+        session_id: key.into(),
+        container_key: key.into(),
+        spare_for: spare_for.map(Into::into),
         agent_id: String::new(),
-        spec: serde_json::to_string(spec).map_err(|e| ApiError::Internal(e.into()))?,
-        vnc_password_enc: sealed,
+        spec: spec_json(spec)?,
+        vnc_password_enc: st.keys.seal(&vnc_password(), &aad(key))?,
         state: container_state::STARTING.into(),
         container_id: None,
         host: None,
         port: None,
         error: None,
-        memory_mb: need_mem,
-        cpu_millis: need_cpu,
+        memory_mb: i64::from(spec.memory_mb),
+        cpu_millis: i64::from(spec.cpu_millis),
         created_at: now,
         ready_at: None,
         removed_at: None,
-    };
-    let mut placed = None;
-    for a in loads
-        .iter()
-        .filter(|a| a.memory_mb - a.used_memory_mb >= need_mem && a.cores * 1000 - a.used_cpu_millis >= need_cpu)
+    })
+}
+
+/// Schedule the container of a new session of `connection_id`: a ready spare of the connection's warm
+/// pool when there is one (the pool then starts its replacement), else a new container on the healthy
+/// agent with the most free memory that has room for the spec's memory and cores. Returns the agent's
+/// name.
+pub async fn schedule(
+    st: &AppState,
+    session_id: &str,
+    connection_id: &str,
+    spec: &WorkspaceSpec,
+) -> Result<String, ApiError> {
+    let now = now_unix();
+    st.sweep_lost(now).await?;
+    let mut loads = st.db.agent_loads(st.agents_alive_since(now)).await?;
+    if spec.warm > 0
+        && let Some(row) = st
+            .db
+            .claim_spare(connection_id, &spec_json(spec)?, session_id, st.agents_alive_since(now))
+            .await?
     {
+        let agent = loads
+            .iter()
+            .find(|a| a.id == row.agent_id)
+            .map_or_else(|| row.agent_id.clone(), |a| a.name.clone());
+        tracing::info!(%session_id, agent = %agent, container_key = %row.container_key, image = %spec.image, "Workspace scheduled on a warm spare");
+        st.events.emit(
+            Event::new(EventType::WorkspaceScheduled)
+                .session(session_id)
+                .connection(connection_id)
+                .detail("agent", &agent)
+                .detail("agent_id", &row.agent_id)
+                .detail("image", &spec.image)
+                .detail("memory_mb", spec.memory_mb)
+                .detail("cpu_millis", spec.cpu_millis)
+                .detail("warm", true),
+        );
+        // The pool starts the taken spare's replacement now (the agent's held sync sees it at once).
+        let load = loads.iter().find(|a| a.id == row.agent_id);
+        let images: Option<Vec<AgentImage>> = load
+            .and_then(|a| a.images.as_deref())
+            .and_then(|j| serde_json::from_str(j).ok());
+        if let Err(e) = top_up(st, &row.agent_id, load.is_some(), images.as_deref(), now).await {
+            tracing::warn!(agent = %agent, error = %e, "Could not replace a claimed spare");
+        }
+        return Ok(agent);
+    }
+    let need_mem = i64::from(spec.memory_mb);
+    let need_cpu = i64::from(spec.cpu_millis);
+    // Most free memory first; the placement itself re-checks under a lock (another webapp may have
+    // taken the room meanwhile), so the next candidate is tried.
+    loads.sort_by_key(|a| std::cmp::Reverse(a.memory_mb - a.used_memory_mb));
+    let mut row = new_row(st, session_id, None, spec, now)?;
+    // Only agents whose engine holds the image (the catalog they report).
+    let holders = loads.iter().filter(|a| a.holds(&spec.image)).count();
+    if !loads.is_empty() && holders == 0 {
+        return Err(ApiError::NoCapacity(format!(
+            "no healthy docker agent holds the image {} (build or load it on an agent's engine)",
+            spec.image
+        )));
+    }
+    let mut placed = None;
+    for a in loads.iter().filter(|a| {
+        a.holds(&spec.image)
+            && a.memory_mb - a.used_memory_mb >= need_mem
+            && a.cores * 1000 - a.used_cpu_millis >= need_cpu
+    }) {
         row.agent_id = a.id.clone();
-        if st.db.place_container(&row).await? {
+        if st.db.place_container(&row, None).await? {
             placed = Some(a);
             break;
         }
@@ -146,13 +225,96 @@ pub async fn schedule(st: &AppState, session_id: &str, spec: &WorkspaceSpec) -> 
     st.events.emit(
         Event::new(EventType::WorkspaceScheduled)
             .session(session_id)
+            .connection(connection_id)
             .detail("agent", &agent.name)
             .detail("agent_id", &agent.id)
             .detail("image", &spec.image)
             .detail("memory_mb", spec.memory_mb)
-            .detail("cpu_millis", spec.cpu_millis),
+            .detail("cpu_millis", spec.cpu_millis)
+            .detail("warm", false),
     );
     Ok(agent.name.clone())
+}
+
+/// The warm pools of the connections that want one: connection id → its spec.
+async fn warm_pools(st: &AppState) -> Result<Vec<(String, WorkspaceSpec)>, sqlx::Error> {
+    let rows = st.db.connection_settings_of(PROTOCOL).await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, settings)| {
+            let s: portico_proto::control::ConnectionSettings = serde_json::from_str(&settings).ok()?;
+            s.workspace.filter(|w| w.warm > 0).map(|w| (id, w))
+        })
+        .collect())
+}
+
+/// Make `agent_id`'s spares match what the connections want: spares of a connection that no longer wants
+/// them (deleted, fewer spares, another spec, the agent drained) are let go (the agent removes them), and
+/// missing ones are placed (within the agent's room; a pool whose spares keep failing waits
+/// [`SPARE_BACKOFF_SECS`]). `usable`: the agent is healthy and not drained; `images`: its catalog (a pool
+/// of an image it does not hold gets no spares there). Idempotent; any webapp may run it.
+pub async fn top_up(
+    st: &AppState,
+    agent_id: &str,
+    usable: bool,
+    images: Option<&[AgentImage]>,
+    now: i64,
+) -> Result<(), ApiError> {
+    let pools = warm_pools(st).await?;
+    let spares: Vec<ContainerRow> = st
+        .db
+        .live_spares()
+        .await?
+        .into_iter()
+        .filter(|c| c.agent_id == agent_id)
+        .collect();
+    let mut kept: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+    for c in &spares {
+        let conn = c.spare_for.as_deref().unwrap_or_default();
+        let wanted = pools
+            .iter()
+            .find(|(id, _)| id == conn)
+            .filter(|(_, spec)| usable && AgentImage::held(images, &spec.image))
+            .and_then(|(_, spec)| Some((spec.warm, spec_json(spec).ok()?)));
+        let keep = match wanted {
+            Some((warm, json)) if json == c.spec => {
+                let n = kept.entry(conn).or_default();
+                *n += 1;
+                *n <= warm
+            }
+            _ => false,
+        };
+        if !keep
+            && st
+                .db
+                .close_container(&c.container_key, container_state::REMOVED, None, now)
+                .await?
+        {
+            tracing::info!(agent_id = %agent_id, connection_id = %conn, container_key = %c.container_key, "Warm spare let go");
+        }
+    }
+    if !usable {
+        return Ok(());
+    }
+    for (conn, spec) in &pools {
+        let have = kept.get(conn.as_str()).copied().unwrap_or(0).min(spec.warm);
+        if have >= spec.warm || !AgentImage::held(images, &spec.image) {
+            continue;
+        }
+        if st.db.spare_failures(agent_id, conn, now - SPARE_BACKOFF_SECS).await? >= SPARE_FAILURES {
+            continue;
+        }
+        for _ in have..spec.warm {
+            let key = format!("spare-{}", uuid::Uuid::new_v4());
+            let mut row = new_row(st, &key, Some(conn), spec, now)?;
+            row.agent_id = agent_id.to_owned();
+            if !st.db.place_container(&row, Some(i64::from(spec.warm))).await? {
+                break; // No room (or another webapp filled the pool meanwhile).
+            }
+            tracing::info!(agent_id = %agent_id, connection_id = %conn, container_key = %key, image = %spec.image, "Warm spare wanted");
+        }
+    }
+    Ok(())
 }
 
 fn db_err(e: sqlx::Error) -> ControlError {
@@ -161,12 +323,24 @@ fn db_err(e: sqlx::Error) -> ControlError {
 }
 
 /// A workspace that failed: its container row says why (unless the agent's report already did) and its
-/// session ends with `workspace failed: <why>`.
-async fn fail(st: &AppState, session_id: &str, why: &str, now: i64) -> Result<(), ControlError> {
+/// session ends with `workspace failed: <why>`. An unclaimed spare has no session: only its row closes
+/// (the pool backs off when spares keep failing).
+async fn fail(st: &AppState, c: &ContainerRow, why: &str, now: i64) -> Result<(), ControlError> {
     st.db
-        .close_container(session_id, container_state::FAILED, Some(why), now)
+        .close_container(&c.container_key, container_state::FAILED, Some(why), now)
         .await
         .map_err(db_err)?;
+    if let Some(conn) = &c.spare_for {
+        tracing::warn!(container_key = %c.container_key, connection_id = %conn, error = %why, "Warm spare failed");
+        st.events.emit(
+            Event::new(EventType::WorkspaceFailed)
+                .connection(conn)
+                .detail("reason", why)
+                .detail("spare", &c.container_key),
+        );
+        return Ok(());
+    }
+    let session_id = c.session_id.as_str();
     let reason = format!("workspace failed: {why}");
     st.events.emit(
         Event::new(EventType::WorkspaceFailed)
@@ -188,6 +362,24 @@ async fn fail(st: &AppState, session_id: &str, why: &str, now: i64) -> Result<()
     Ok(())
 }
 
+/// Refuse a catalog beyond the bounds an agent may report (it is stored and shown to admins).
+fn check_images(images: &[AgentImage]) -> Result<(), ControlError> {
+    let bad = images.len() > AgentSync::MAX_IMAGES
+        || images.iter().any(|i| {
+            i.name.is_empty()
+                || i.name.len() > 255
+                || i.labels.len() > 32
+                || i.labels.iter().any(|(k, v)| k.len() > 128 || v.len() > 512)
+        });
+    if bad {
+        return Err(ControlError::Refused(format!(
+            "an agent may report at most {} images, each named in at most 255 bytes with at most 32 short labels",
+            AgentSync::MAX_IMAGES
+        )));
+    }
+    Ok(())
+}
+
 /// Take an agent's report, then answer with the containers it should run (held while nothing changed).
 pub async fn agent_sync(st: &AppState, agent: &AgentRow, req: &AgentSync) -> Result<AgentSyncResponse, ControlError> {
     let now = now_unix();
@@ -200,6 +392,21 @@ pub async fn agent_sync(st: &AppState, agent: &AgentRow, req: &AgentSync) -> Res
         )));
     }
     let networks = serde_json::to_string(&req.networks).unwrap_or_else(|_| "[]".into());
+    if let Some(images) = &req.images {
+        check_images(images)?;
+        let json = serde_json::to_string(images).unwrap_or_else(|_| "[]".into());
+        db.set_agent_images(&agent.id, &json).await.map_err(db_err)?;
+    }
+    // The catalog the pools go by: this sync's, else the last one stored (an agent lists its images
+    // every few syncs).
+    let images: Option<Vec<AgentImage>> = match &req.images {
+        Some(i) => Some(i.clone()),
+        None => db
+            .agent_images_of(&agent.id)
+            .await
+            .map_err(db_err)?
+            .and_then(|j| serde_json::from_str(&j).ok()),
+    };
     db.agent_heartbeat(
         &agent.id,
         i64::from(c.cores),
@@ -217,7 +424,7 @@ pub async fn agent_sync(st: &AppState, agent: &AgentRow, req: &AgentSync) -> Res
     for r in &req.containers {
         // A report for a row that is not live (an orphan, an ended session) changes nothing: the agent
         // removes the container because nobody wants it.
-        let Some(row) = live.iter().find(|c| c.session_id == r.session_id) else {
+        let Some(row) = live.iter().find(|c| c.container_key == r.session_id) else {
             continue;
         };
         let (mut row_state, mut error) = match r.state {
@@ -257,7 +464,7 @@ pub async fn agent_sync(st: &AppState, agent: &AgentRow, req: &AgentSync) -> Res
         }
         let error = error.as_deref();
         let update = ContainerUpdate {
-            session_id: &r.session_id,
+            container_key: &r.session_id,
             container_id: &r.container_id,
             state: row_state,
             host,
@@ -266,13 +473,15 @@ pub async fn agent_sync(st: &AppState, agent: &AgentRow, req: &AgentSync) -> Res
         };
         if db.update_container(&agent.id, &update, now).await.map_err(db_err)? {
             if let Some(why) = error {
-                tracing::warn!(session_id = %r.session_id, agent = %agent.name, error = ?why, "Workspace container failed");
-                fail(st, &r.session_id, why, now).await?;
+                tracing::warn!(container_key = %r.session_id, session_id = %row.session_id, agent = %agent.name, error = ?why, "Workspace container failed");
+                fail(st, row, why, now).await?;
+            } else if r.state == ContainerState::Ready && row.spare_for.is_some() {
+                tracing::info!(container_key = %r.session_id, agent = %agent.name, container_id = %r.container_id, "Warm spare ready");
             } else if r.state == ContainerState::Ready {
                 tracing::info!(session_id = %r.session_id, agent = %agent.name, container_id = %r.container_id, "Workspace ready");
                 st.events.emit(
                     Event::new(EventType::WorkspaceReady)
-                        .session(&r.session_id)
+                        .session(&row.session_id)
                         .detail("agent", &agent.name)
                         .detail("container_id", &r.container_id),
                 );
@@ -283,12 +492,27 @@ pub async fn agent_sync(st: &AppState, agent: &AgentRow, req: &AgentSync) -> Res
     // agent has not created yet is fine for a while; an ended session's container is gone as it should be.
     for c in live
         .iter()
-        .filter(|c| !req.containers.iter().any(|r| r.session_id == c.session_id))
+        .filter(|c| !req.containers.iter().any(|r| r.session_id == c.container_key))
     {
+        if c.spare_for.is_some() {
+            // A spare nobody uses: one that vanished is let go (the pool replaces it).
+            if c.state == container_state::READY {
+                db.close_container(&c.container_key, container_state::REMOVED, None, now)
+                    .await
+                    .map_err(db_err)?;
+            } else if now - c.created_at > START_TIMEOUT_SECS {
+                let why = format!(
+                    "agent {} did not start the spare within {START_TIMEOUT_SECS} s",
+                    agent.name
+                );
+                fail(st, c, &why, now).await?;
+            }
+            continue;
+        }
         let session = db.session(&c.session_id).await.map_err(db_err)?;
         let ended = session.as_ref().is_none_or(|s| s.state == state::ENDED);
         if ended {
-            db.close_container(&c.session_id, container_state::REMOVED, None, now)
+            db.close_container(&c.container_key, container_state::REMOVED, None, now)
                 .await
                 .map_err(db_err)?;
             st.events.emit(
@@ -299,14 +523,18 @@ pub async fn agent_sync(st: &AppState, agent: &AgentRow, req: &AgentSync) -> Res
             );
         } else if c.state == container_state::READY {
             tracing::warn!(session_id = %c.session_id, agent = %agent.name, "Workspace container vanished");
-            fail(st, &c.session_id, "the workspace container vanished", now).await?;
+            fail(st, c, "the workspace container vanished", now).await?;
         } else if now - c.created_at > START_TIMEOUT_SECS {
             let why = format!(
                 "agent {} did not start the workspace within {START_TIMEOUT_SECS} s",
                 agent.name
             );
-            fail(st, &c.session_id, &why, now).await?;
+            fail(st, c, &why, now).await?;
         }
+    }
+    // The warm pools of this agent: spares let go or wanted (what the answer below then carries).
+    if let Err(e) = top_up(st, &agent.id, agent.draining_at.is_none(), images.as_deref(), now).await {
+        tracing::warn!(agent = %agent.name, error = %e, "Could not top up the warm pools");
     }
     // Long poll: answer as soon as the wanted set differs from what the agent has.
     let mut have: Vec<&str> = req
@@ -323,7 +551,7 @@ pub async fn agent_sync(st: &AppState, agent: &AgentRow, req: &AgentSync) -> Res
     let deadline = tokio::time::Instant::now() + wait;
     let desired = loop {
         let desired = db.desired_containers(&agent.id).await.map_err(db_err)?;
-        let mut want: Vec<&str> = desired.iter().map(|c| c.session_id.as_str()).collect();
+        let mut want: Vec<&str> = desired.iter().map(|c| c.container_key.as_str()).collect();
         want.sort_unstable();
         if want != have || tokio::time::Instant::now() >= deadline {
             break desired;
@@ -334,12 +562,12 @@ pub async fn agent_sync(st: &AppState, agent: &AgentRow, req: &AgentSync) -> Res
     for c in desired {
         let spec: WorkspaceSpec = serde_json::from_str(&c.spec)
             .map_err(|e| ControlError::Unavailable(format!("bad workspace spec in the database: {e}")))?;
-        let password = st.keys.open(&c.vnc_password_enc, &aad(&c.session_id)).map_err(|e| {
-            tracing::error!(error = format!("{e:#}"), session_id = %c.session_id, "Cannot decrypt a workspace password");
+        let password = st.keys.open(&c.vnc_password_enc, &aad(&c.container_key)).map_err(|e| {
+            tracing::error!(error = format!("{e:#}"), container_key = %c.container_key, "Cannot decrypt a workspace password");
             ControlError::Unavailable("cannot decrypt the workspace password".into())
         })?;
         out.push(DesiredContainer {
-            session_id: c.session_id,
+            session_id: c.container_key,
             spec,
             vnc_password: Secret::new(password),
         });
@@ -370,7 +598,7 @@ pub async fn wait_ready(st: &AppState, session_id: &str) -> Result<Option<Worksp
                 };
                 let password = st
                     .keys
-                    .open(&c.vnc_password_enc, &aad(session_id))
+                    .open(&c.vnc_password_enc, &aad(&c.container_key))
                     .map_err(|_| ControlError::Unavailable("cannot decrypt the workspace password".into()))?;
                 return Ok(Some(WorkspaceEndpoint {
                     host,

@@ -129,6 +129,7 @@ fn graphics_status(path: &str) -> ServerMsg {
         message: format!("connected; graphics: {path}"),
         graphics: Some(path.into()),
         files: None,
+        audio: None,
     })
 }
 
@@ -1024,6 +1025,7 @@ async fn establish(
         message: format!("connected to {addr}"),
         graphics: Some("bitmap".into()),
         files: None,
+        audio: None,
     }));
     Ok((rdp, clip_rx))
 }

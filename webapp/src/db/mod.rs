@@ -254,7 +254,13 @@ fn agent(r: &AnyRow) -> sqlx::Result<AgentRow> {
 /// A workspace container as the control plane knows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ContainerRow {
+    /// The session the container serves; for an unclaimed spare, its [`ContainerRow::container_key`].
     pub session_id: String,
+    /// What the agent knows the container by (its label and name): the session id, or `spare-<uuid>` for
+    /// a container of the warm pool, kept when a session claims it.
+    pub container_key: String,
+    /// For an unclaimed spare of the warm pool: the connection it was started for.
+    pub spare_for: Option<String>,
     pub agent_id: String,
     /// JSON of `portico_proto::control::WorkspaceSpec`.
     pub spec: String,
@@ -286,11 +292,13 @@ pub mod container_state {
     pub const REMOVED: &str = "removed";
 }
 
-const CONTAINER_COLS: &str = "session_id, agent_id, spec, vnc_password_enc, state, container_id, host, port, error, memory_mb, cpu_millis, created_at, ready_at, removed_at";
+const CONTAINER_COLS: &str = "session_id, container_key, spare_for, agent_id, spec, vnc_password_enc, state, container_id, host, port, error, memory_mb, cpu_millis, created_at, ready_at, removed_at";
 
 fn container(r: &AnyRow) -> sqlx::Result<ContainerRow> {
     Ok(ContainerRow {
         session_id: r.try_get("session_id")?,
+        container_key: r.try_get("container_key")?,
+        spare_for: r.try_get("spare_for")?,
         agent_id: r.try_get("agent_id")?,
         spec: r.try_get("spec")?,
         vnc_password_enc: r.try_get("vnc_password_enc")?,
@@ -316,11 +324,22 @@ pub struct AgentLoad {
     pub memory_mb: i64,
     pub used_memory_mb: i64,
     pub used_cpu_millis: i64,
+    /// JSON of the images it holds (`portico_proto::control::AgentImage`); `None`: it does not say.
+    pub images: Option<String>,
+}
+
+impl AgentLoad {
+    /// Whether this agent can run `image` (its catalog says so, or it keeps no catalog).
+    pub fn holds(&self, image: &str) -> bool {
+        let images: Option<Vec<portico_proto::control::AgentImage>> =
+            self.images.as_deref().and_then(|j| serde_json::from_str(j).ok());
+        portico_proto::control::AgentImage::held(images.as_deref(), image)
+    }
 }
 
 /// What the agent reported of one container, as the database takes it.
 pub struct ContainerUpdate<'a> {
-    pub session_id: &'a str,
+    pub container_key: &'a str,
     pub container_id: &'a str,
     pub state: &'a str,
     pub host: Option<&'a str>,
@@ -672,7 +691,8 @@ impl Db {
             .map(|_| ())
     }
 
-    /// Drop expired login sessions and old login attempts.
+    /// Drop expired login sessions, old login attempts and refusals, and the rows of spare containers
+    /// that never served a session.
     pub async fn prune(&self, now: i64) -> sqlx::Result<()> {
         sqlx::query("DELETE FROM login_sessions WHERE expires_at <= $1")
             .bind(now)
@@ -686,6 +706,14 @@ impl Db {
             .bind(now - 24 * 3600)
             .execute(&self.pool)
             .await?;
+        // Spares that never served a session (let go, failed) keep no history worth a row after a day.
+        sqlx::query(
+            "DELETE FROM containers WHERE spare_for IS NOT NULL AND state NOT IN ('starting', 'ready') \
+             AND COALESCE(removed_at, created_at) <= $1",
+        )
+        .bind(now - 24 * 3600)
+        .execute(&self.pool)
+        .await?;
         sqlx::query(
             "UPDATE sessions SET state = $1, ended_at = $2, end_reason = $3, end_code = $6 \
              WHERE state = $4 AND token_expires_at < $5",
@@ -987,7 +1015,7 @@ impl Db {
             .await?;
         let reason = format!("agent {name} was removed by an admin");
         for c in self.live_containers(id).await? {
-            self.close_container(&c.session_id, container_state::FAILED, Some(&reason), now)
+            self.close_container(&c.container_key, container_state::FAILED, Some(&reason), now)
                 .await?;
             self.end_session(
                 &c.session_id,
@@ -1033,6 +1061,32 @@ impl Db {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Take an agent's image catalog (JSON); written only when it changed.
+    pub async fn set_agent_images(&self, id: &str, images: &str) -> sqlx::Result<()> {
+        sqlx::query("UPDATE agents SET images = $2 WHERE id = $1 AND (images IS NULL OR images <> $2)")
+            .bind(id)
+            .bind(images)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// One agent's image catalog (JSON), if it reports one.
+    pub async fn agent_images_of(&self, id: &str) -> sqlx::Result<Option<String>> {
+        let v: Option<Option<String>> = sqlx::query_scalar("SELECT images FROM agents WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(v.flatten())
+    }
+
+    /// The image catalogs of the agents that report one: (name, last heartbeat, images JSON).
+    pub async fn agent_images(&self) -> sqlx::Result<Vec<(String, Option<i64>, String)>> {
+        sqlx::query_as("SELECT name, last_heartbeat_at, images FROM agents WHERE images IS NOT NULL ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
     }
 
     pub async fn list_agents(&self) -> sqlx::Result<Vec<AgentRow>> {
@@ -1418,8 +1472,10 @@ impl Db {
 
     /// Insert `c` only if its agent still has room for it (memory and CPU limits of its live containers
     /// plus this one within the agent's capacity); `false` if not. Atomic across webapps: the agent's row
-    /// is locked (PostgreSQL row lock, SQLite write lock) for the check and the insert.
-    pub async fn place_container(&self, c: &ContainerRow) -> sqlx::Result<bool> {
+    /// is locked (PostgreSQL row lock, SQLite write lock) for the check and the insert. A spare
+    /// (`c.spare_for`) is placed only while its connection has fewer than `spares` live spares on the
+    /// agent, checked under the same lock (two webapps topping up one pool never overfill it).
+    pub async fn place_container(&self, c: &ContainerRow, spares: Option<i64>) -> sqlx::Result<bool> {
         let mut tx = self.begin_write().await?;
         // Locks the agent's row; a drained agent takes nothing (checked under the lock).
         let locked = sqlx::query("UPDATE agents SET running = running WHERE id = $1 AND draining_at IS NULL")
@@ -1441,10 +1497,25 @@ impl Db {
         if memory_mb - used_mem < c.memory_mb || cores * 1000 - used_cpu < c.cpu_millis {
             return Ok(false); // Dropping the transaction rolls it back.
         }
+        if let (Some(conn), Some(limit)) = (&c.spare_for, spares) {
+            let have: i64 = sqlx::query_scalar(
+                "SELECT CAST(COUNT(*) AS BIGINT) FROM containers \
+                 WHERE agent_id = $1 AND spare_for = $2 AND state IN ('starting', 'ready')",
+            )
+            .bind(&c.agent_id)
+            .bind(conn)
+            .fetch_one(&mut *tx)
+            .await?;
+            if have >= limit {
+                return Ok(false);
+            }
+        }
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO containers ({CONTAINER_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+            "INSERT INTO containers ({CONTAINER_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
         )))
         .bind(&c.session_id)
+        .bind(&c.container_key)
+        .bind(&c.spare_for)
         .bind(&c.agent_id)
         .bind(&c.spec)
         .bind(&c.vnc_password_enc)
@@ -1477,12 +1548,12 @@ impl Db {
     /// Agents with a heartbeat at or after `alive_since`, with what their live containers take.
     pub async fn agent_loads(&self, alive_since: i64) -> sqlx::Result<Vec<AgentLoad>> {
         let rows = sqlx::query(
-            "SELECT a.id, a.name, a.cores, a.memory_mb, \
+            "SELECT a.id, a.name, a.cores, a.memory_mb, a.images, \
              CAST(COALESCE(SUM(c.memory_mb), 0) AS BIGINT) AS used_memory_mb, \
              CAST(COALESCE(SUM(c.cpu_millis), 0) AS BIGINT) AS used_cpu_millis \
              FROM agents a LEFT JOIN containers c ON c.agent_id = a.id AND c.state IN ('starting', 'ready') \
              WHERE a.state = 'healthy' AND a.last_heartbeat_at >= $1 AND a.draining_at IS NULL \
-             GROUP BY a.id, a.name, a.cores, a.memory_mb ORDER BY a.name",
+             GROUP BY a.id, a.name, a.cores, a.memory_mb, a.images ORDER BY a.name",
         )
         .bind(alive_since)
         .fetch_all(&self.pool)
@@ -1496,17 +1567,20 @@ impl Db {
                     memory_mb: r.try_get("memory_mb")?,
                     used_memory_mb: r.try_get("used_memory_mb")?,
                     used_cpu_millis: r.try_get("used_cpu_millis")?,
+                    images: r.try_get("images")?,
                 })
             })
             .collect()
     }
 
-    /// The containers `agent_id` should run: wanted (starting or ready) and their session not ended.
+    /// The containers `agent_id` should run: wanted (starting or ready), and either an unclaimed spare or
+    /// their session not ended.
     pub async fn desired_containers(&self, agent_id: &str) -> sqlx::Result<Vec<ContainerRow>> {
         let cols: Vec<String> = CONTAINER_COLS.split(", ").map(|c| format!("c.{c}")).collect();
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {} FROM containers c JOIN sessions s ON s.id = c.session_id \
-             WHERE c.agent_id = $1 AND c.state IN ('starting', 'ready') AND s.state <> 'ended' ORDER BY c.created_at",
+            "SELECT {} FROM containers c LEFT JOIN sessions s ON s.id = c.session_id \
+             WHERE c.agent_id = $1 AND c.state IN ('starting', 'ready') \
+             AND (c.spare_for IS NOT NULL OR s.state <> 'ended') ORDER BY c.created_at",
             cols.join(", ")
         )))
         .bind(agent_id)
@@ -1515,16 +1589,16 @@ impl Db {
         rows.iter().map(container).collect()
     }
 
-    /// Take what an agent reported of one of its containers; `false` if the row is not this agent's or its
-    /// session ended (the container is being removed: what it reports now does not matter).
+    /// Take what an agent reported of one of its containers (by its key); `false` if the row is not this
+    /// agent's or its session ended (the container is being removed: what it reports now does not matter).
     pub async fn update_container(&self, agent_id: &str, u: &ContainerUpdate<'_>, now: i64) -> sqlx::Result<bool> {
         let r = sqlx::query(
             "UPDATE containers SET state = $3, container_id = $4, host = $5, port = $6, error = $7, \
              ready_at = CASE WHEN $3 = 'ready' AND ready_at IS NULL THEN $8 ELSE ready_at END \
-             WHERE session_id = $1 AND agent_id = $2 AND state IN ('starting', 'ready') \
-             AND session_id IN (SELECT id FROM sessions WHERE state <> 'ended')",
+             WHERE container_key = $1 AND agent_id = $2 AND state IN ('starting', 'ready') \
+             AND (spare_for IS NOT NULL OR session_id IN (SELECT id FROM sessions WHERE state <> 'ended'))",
         )
-        .bind(u.session_id)
+        .bind(u.container_key)
         .bind(agent_id)
         .bind(u.state)
         .bind(u.container_id)
@@ -1548,25 +1622,98 @@ impl Db {
         rows.iter().map(container).collect()
     }
 
-    /// Set a container's final state (`failed`, `removed`, `lost`) unless it already has one.
+    /// Set a container's final state (`failed`, `removed`, `lost`) unless it already has one; by its key.
     pub async fn close_container(
         &self,
-        session_id: &str,
+        container_key: &str,
         state: &str,
         error: Option<&str>,
         now: i64,
     ) -> sqlx::Result<bool> {
         let r = sqlx::query(
             "UPDATE containers SET state = $2, error = COALESCE($3, error), removed_at = $4 \
-             WHERE session_id = $1 AND state IN ('starting', 'ready')",
+             WHERE container_key = $1 AND state IN ('starting', 'ready')",
         )
-        .bind(session_id)
+        .bind(container_key)
         .bind(state)
         .bind(error)
         .bind(now)
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)
+    }
+
+    /// Claim a ready spare of the warm pool for `session_id`: one of `connection_id` with exactly `spec`,
+    /// on an agent with a heartbeat since `alive_since` that is not draining. One conditional `UPDATE` per
+    /// candidate, so two launches racing for one spare never both get it (the loser tries the next).
+    /// Returns the claimed row (now the session's).
+    pub async fn claim_spare(
+        &self,
+        connection_id: &str,
+        spec: &str,
+        session_id: &str,
+        alive_since: i64,
+    ) -> sqlx::Result<Option<ContainerRow>> {
+        let candidates: Vec<String> = sqlx::query_scalar(
+            "SELECT c.container_key FROM containers c JOIN agents a ON a.id = c.agent_id \
+             WHERE c.spare_for = $1 AND c.spec = $2 AND c.state = 'ready' \
+             AND a.state = 'healthy' AND a.last_heartbeat_at >= $3 AND a.draining_at IS NULL \
+             ORDER BY c.ready_at",
+        )
+        .bind(connection_id)
+        .bind(spec)
+        .bind(alive_since)
+        .fetch_all(&self.pool)
+        .await?;
+        for key in candidates {
+            let taken = sqlx::query(
+                "UPDATE containers SET session_id = $1, spare_for = NULL \
+                 WHERE container_key = $2 AND spare_for = $3 AND state = 'ready'",
+            )
+            .bind(session_id)
+            .bind(&key)
+            .bind(connection_id)
+            .execute(&self.pool)
+            .await?;
+            if taken.rows_affected() == 1 {
+                return self.container(session_id).await;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Spares of the warm pool (unclaimed, starting or ready) on every agent, with the connection each
+    /// was started for.
+    pub async fn live_spares(&self) -> sqlx::Result<Vec<ContainerRow>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CONTAINER_COLS} FROM containers WHERE spare_for IS NOT NULL AND state IN ('starting', 'ready')"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(container).collect()
+    }
+
+    /// How many spares of `connection_id` on `agent_id` failed (not removed on purpose) since `since`: the
+    /// pool backs off instead of starting a broken image again and again.
+    pub async fn spare_failures(&self, agent_id: &str, connection_id: &str, since: i64) -> sqlx::Result<i64> {
+        sqlx::query_scalar(
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM containers \
+             WHERE agent_id = $1 AND spare_for = $2 AND state = 'failed' \
+             AND COALESCE(removed_at, created_at) >= $3",
+        )
+        .bind(agent_id)
+        .bind(connection_id)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// Connections of protocol `protocol` with their settings (JSON), for the warm pool.
+    pub async fn connection_settings_of(&self, protocol: &str) -> sqlx::Result<Vec<(String, String)>> {
+        sqlx::query_as("SELECT id, settings FROM connections WHERE protocol = $1")
+            .bind(protocol)
+            .fetch_all(&self.pool)
+            .await
     }
 
     /// Live workspace sessions of a user.
@@ -1584,17 +1731,18 @@ impl Db {
     /// with a reason that says so, their containers marked `lost`. Idempotent, so every webapp may run it
     /// on its reads (the webapp tier keeps no timers); returns the sessions it ended.
     pub async fn sweep_lost(&self, now: i64, alive_since: i64) -> sqlx::Result<Vec<String>> {
-        let lost: Vec<(String, String)> = sqlx::query_as(
-            "SELECT c.session_id, a.name FROM containers c JOIN agents a ON a.id = c.agent_id \
+        let lost: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT c.container_key, c.session_id, a.name FROM containers c JOIN agents a ON a.id = c.agent_id \
              WHERE c.state IN ('starting', 'ready') AND (a.last_heartbeat_at IS NULL OR a.last_heartbeat_at < $1)",
         )
         .bind(alive_since)
         .fetch_all(&self.pool)
         .await?;
         let mut ended = Vec::new();
-        for (sid, agent) in lost {
+        // An unclaimed spare has no session: only its row closes.
+        for (key, sid, agent) in lost {
             let reason = format!("lost: agent {agent} stopped responding; relaunch for a fresh workspace");
-            self.close_container(&sid, container_state::LOST, Some(&reason), now)
+            self.close_container(&key, container_state::LOST, Some(&reason), now)
                 .await?;
             if self.end_session(&sid, CloseCode::Lost, &reason, now).await? {
                 ended.push(sid);

@@ -4,6 +4,11 @@
 //! - Launch to first frame: `POST /api/v1/sessions` → the bridge's first frame showing the desktop,
 //!   `--launches` times (default 20), one at a time, each a fresh container (the previous one is removed
 //!   first). p50 / p95 / max.
+//! - The same from a warm pool of one spare (`settings.workspace.warm = 1`): each launch claims the ready
+//!   spare (the pool has replaced the previous one before the next launch). Side by side with the cold
+//!   path, same image and spec.
+//! - Sound: one session open, the Portico process's CPU and the `AUDIO` bytes it sends while the desktop
+//!   is silent and while a 1 kHz tone plays in the container (PulseAudio → the bridge's Opus encoder).
 //! - Density: the agent offers `--memory-budget` MiB; workspaces of `--workspace-memory` MiB are launched
 //!   and kept open until the scheduler refuses (503), and each container's real memory use is read from
 //!   Docker.
@@ -14,6 +19,8 @@ use portico_tests::client::{Api, Screen, attach};
 use portico_tests::peers::Dockerd;
 use portico_tests::portico::{Options, Portico};
 use serde_json::json;
+
+use anyhow::Context as _;
 
 use crate::{Args, pct};
 
@@ -50,6 +57,98 @@ async fn wait_no_containers(engine: &Dockerd) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
+}
+
+/// Seconds of each sound measurement.
+const SOUND_SECS: u64 = 8;
+
+/// The Portico process's CPU (share of a core) and the sound sent (kbit/s, packets) over `SOUND_SECS`.
+async fn measure_sound(p: &Portico, screen: &mut Screen) -> anyhow::Result<(f64, f64, u64)> {
+    let tck = crate::clk_tck();
+    let (bytes0, packets0) = (screen.term.audio_bytes, screen.term.audio_packets);
+    let before = crate::tree_ticks(p.pid());
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(SOUND_SECS) {
+        screen.pump(Duration::from_millis(100)).await?;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let cpu = crate::cores(&before, &crate::tree_ticks(p.pid()), secs, tck);
+    let kbits = (screen.term.audio_bytes - bytes0) as f64 * 8.0 / 1000.0 / secs;
+    Ok((cpu, kbits, screen.term.audio_packets - packets0))
+}
+
+async fn sound(engine: &Dockerd, p: &Portico, api: &Api, conn: &str) -> anyhow::Result<String> {
+    let (sid, mut screen) = first_frame(p, api, conn).await?;
+    let id = containers(engine)?
+        .into_iter()
+        .next()
+        .context("the session's container")?;
+    // The bridge reaches the audio server once PulseAudio is up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !p.log().contains("Sound connected") {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the bridge never reached the workspace's audio server"
+        );
+        screen.pump(Duration::from_millis(100)).await?;
+    }
+    let (cpu_silent, kbits_silent, _) = measure_sound(p, &mut screen).await?;
+    // A tone for longer than the measurement, played by the session's user with PulseAudio's pacat.
+    let samples = 48_000 * (SOUND_SECS + 3);
+    let script = format!(
+        "LC_ALL=C awk 'BEGIN{{for(i=0;i<{samples};i++)printf \"%c\",128+100*sin(6.2831853*1000*i/48000)}}' | pacat --raw --format=u8 --rate=48000 --channels=1"
+    );
+    let player = {
+        let host = engine.host.clone();
+        std::thread::spawn(move || {
+            std::process::Command::new("docker")
+                .args([
+                    "-H",
+                    &host,
+                    "exec",
+                    "-e",
+                    "XDG_RUNTIME_DIR=/tmp/portico-run",
+                    &id,
+                    "sh",
+                    "-c",
+                    &script,
+                ])
+                .output()
+        })
+    };
+    // From the first packet on.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while screen.term.audio_packets == 0 {
+        anyhow::ensure!(Instant::now() < deadline, "no sound reached the client within 10 s");
+        screen.pump(Duration::from_millis(50)).await?;
+    }
+    let (cpu_tone, kbits_tone, packets) = measure_sound(p, &mut screen).await?;
+    let _ = player.join();
+    api.request(reqwest::Method::DELETE, &format!("/api/v1/sessions/{sid}"), None)
+        .await?;
+    let expected = SOUND_SECS * 50;
+    Ok(format!(
+        "| sound of one workspace session (Opus 64 kbit/s, 20 ms packets) | a tone: {kbits_tone:.1} kbit/s to the browser ({packets} packets in {SOUND_SECS} s, {expected} expected), Portico at {:.1} % of a core; silent: {kbits_silent:.1} kbit/s, {:.1} % | | the all-in-one process (webapp, agent, bridge): the tone's extra CPU is the bridge reading 1536 kbit/s of PCM and encoding it; silence is read and dropped without encoding |",
+        cpu_tone * 100.0,
+        cpu_silent * 100.0
+    ))
+}
+
+/// Wait until the engine has exactly one container, a ready spare of the warm pool.
+async fn wait_one_ready_spare(engine: &Dockerd, api: &Api) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let agents = api.ok(reqwest::Method::GET, "/api/v1/agents", None).await?;
+        let ready = agents.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|x| x["spares"]["ready"] == 1 && x["spares"]["starting"] == 0)
+        });
+        if ready && containers(engine)?.len() == 1 {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no ready spare alone within 60 s: {agents}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Memory used by a container (cgroup), MiB, as `docker stats` reports it.
@@ -139,6 +238,63 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<String>> {
             pct(&mut bridge_ms, 0.95)
         ));
     }
+
+    eprintln!(
+        "== launch to first frame from a warm pool of 1, {} launches",
+        args.launches
+    );
+    wait_no_containers(&engine).await?;
+    let warm_conn = api
+        .create_connection(json!({
+            "name": "bench warm workspace", "protocol": "container",
+            "settings": { "workspace": {
+                "image": image, "cpu_millis": 100, "memory_mb": args.workspace_memory, "pids_limit": 256,
+                "geometry": "1280x720", "warm": 1,
+            } },
+        }))
+        .await?;
+    let mut warm_times = Vec::with_capacity(args.launches);
+    for i in 0..args.launches {
+        // The previous session's container gone and its replacement spare ready: one container left.
+        wait_one_ready_spare(&engine, &api).await?;
+        let t0 = Instant::now();
+        let (sid, _screen) = first_frame(&p, &api, &warm_conn).await?;
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        eprintln!("  warm launch {i}: {ms:.0} ms");
+        warm_times.push(ms);
+        api.request(reqwest::Method::DELETE, &format!("/api/v1/sessions/{sid}"), None)
+            .await?;
+    }
+    let warm_claimed = p
+        .log()
+        .lines()
+        .filter(|l| l.contains("Workspace scheduled on a warm spare"))
+        .count();
+    anyhow::ensure!(
+        warm_claimed == args.launches,
+        "only {warm_claimed} of {} warm launches claimed a spare",
+        args.launches
+    );
+    let (w50, w95, wmax) = (
+        pct(&mut warm_times, 0.5),
+        pct(&mut warm_times, 0.95),
+        pct(&mut warm_times, 1.0),
+    );
+    rows.push(format!(
+        "| launch to first frame, warm pool of 1 (same image and spec) | p50 {w50:.0} ms, p95 {w95:.0} ms, max {wmax:.0} ms | p50 < 300 ms | {} launches, each claiming the ready spare (cold p50 {p50:.0} ms above: {:.1}× faster); a spare is never reused: it ends with its session and the pool starts a new one |",
+        args.launches,
+        p50 / w50.max(1.0)
+    ));
+    api.request(
+        reqwest::Method::DELETE,
+        &format!("/api/v1/connections/{warm_conn}"),
+        None,
+    )
+    .await?;
+
+    eprintln!("== sound: one session, silent then a tone");
+    wait_no_containers(&engine).await?;
+    rows.push(sound(&engine, &p, &api, &conn).await?);
 
     eprintln!(
         "== density: {} MiB workspaces in a {} MiB budget",
