@@ -77,7 +77,8 @@ case $FLAVOR in
     DEFAULT_TAG=portico/workspace:latest
     TITLE="Portico workspace (Xvnc + twm + xterm, Debian bookworm)"
     WS_FILES=("start-vnc:/usr/local/bin/start-vnc:0755" "twmrc:/etc/portico/twmrc:0644"
-      "pulse.pa:/etc/portico/pulse.pa:0644" "portico-audio:/usr/local/bin/portico-audio:0755")
+      "pulse.pa:/etc/portico/pulse.pa:0644" "portico-audio:/usr/local/bin/portico-audio:0755"
+      "pulse-client.conf:/etc/pulse/client.conf.d/portico.conf:0644")
     ;;
   browser)
     PACKAGES=browser-packages
@@ -88,7 +89,8 @@ case $FLAVOR in
       "browser-session:/etc/portico/session:0755"
       "chromium-policy.json:/etc/chromium/policies/managed/portico.json:0644"
       "start.html:/usr/share/portico/start.html:0644"
-      "pulse.pa:/etc/portico/pulse.pa:0644" "portico-audio:/usr/local/bin/portico-audio:0755")
+      "pulse.pa:/etc/portico/pulse.pa:0644" "portico-audio:/usr/local/bin/portico-audio:0755"
+      "pulse-client.conf:/etc/pulse/client.conf.d/portico.conf:0644")
     ;;
   *) die "unknown --flavor '$FLAVOR' (default or browser)" ;;
 esac

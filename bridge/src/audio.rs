@@ -87,14 +87,26 @@ impl AudioEncoder {
         })
     }
 
-    /// Take PCM bytes (any split) that arrived at `now`; every whole frame that is not silence becomes a
-    /// packet `(seq, bytes)`, within the pace of real time.
-    pub fn push(&mut self, now: std::time::Instant, mut pcm: &[u8], out: &mut Vec<(u32, Vec<u8>)>) {
+    fn refill(&mut self, now: std::time::Instant) {
         if let Some(at) = self.at {
             let frames = now.saturating_duration_since(at).as_secs_f64() * 50.0 * PACE;
             self.budget = (self.budget + frames).min(BURST_FRAMES);
         }
         self.at = Some(now);
+    }
+
+    /// How long to wait at `now` before reading more: the server may not run further ahead of real time
+    /// (the task stops reading, and TCP holds the server back).
+    pub fn wait(&mut self, now: std::time::Instant) -> Option<Duration> {
+        self.refill(now);
+        (self.budget < 1.0).then(|| Duration::from_secs_f64((1.0 - self.budget) / (50.0 * PACE)))
+    }
+
+    /// Take PCM bytes (any split) that arrived at `now`; every whole frame that is not silence becomes a
+    /// packet `(seq, bytes)`, within the pace of real time. With `encode` false (nobody listens) frames
+    /// are counted and paced but neither converted nor encoded.
+    pub fn push(&mut self, now: std::time::Instant, mut pcm: &[u8], encode: bool, out: &mut Vec<(u32, Vec<u8>)>) {
+        self.refill(now);
         let mut samples = [0i16; AUDIO_FRAME_SAMPLES * AUDIO_CHANNELS as usize];
         while !pcm.is_empty() {
             let take = (FRAME_BYTES - self.pending.len()).min(pcm.len());
@@ -103,17 +115,22 @@ impl AudioEncoder {
             if self.pending.len() < FRAME_BYTES {
                 break;
             }
-            for (s, b) in samples.iter_mut().zip(self.pending.chunks_exact(2)) {
-                *s = i16::from_le_bytes([b[0], b[1]]);
-            }
-            self.pending.clear();
             let seq = self.seq;
             self.seq = self.seq.wrapping_add(1);
             if self.budget < 1.0 {
+                self.pending.clear();
                 self.over_pace += 1;
                 continue;
             }
             self.budget -= 1.0;
+            if !encode {
+                self.pending.clear();
+                continue;
+            }
+            for (s, b) in samples.iter_mut().zip(self.pending.chunks_exact(2)) {
+                *s = i16::from_le_bytes([b[0], b[1]]);
+            }
+            self.pending.clear();
             if samples.iter().all(|s| s.unsigned_abs() <= SILENCE as u16) {
                 continue;
             }
@@ -162,15 +179,26 @@ impl Drop for Audio {
     }
 }
 
-/// Connect (retrying within [`CONNECT_WINDOW`]: the server starts after the desktop) and say the password.
-async fn connect(host: &str, port: u16, password: &Secret<String>) -> Option<tokio::net::TcpStream> {
-    let deadline = tokio::time::Instant::now() + CONNECT_WINDOW;
+/// What the bridge proves it knows: SHA-256 of `portico-audio:<password>`, hex (the password itself never
+/// crosses the network in the clear; VNC authentication is challenge-response).
+pub fn audio_token(password: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(format!("portico-audio:{password}")))
+}
+
+/// Connect (retrying until `deadline`: the server starts after the desktop) and present the token.
+async fn connect(
+    host: &str,
+    port: u16,
+    token: &Secret<String>,
+    deadline: tokio::time::Instant,
+) -> Option<tokio::net::TcpStream> {
     let mut last = String::new();
     while tokio::time::Instant::now() < deadline {
         match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect((host, port))).await {
             Ok(Ok(mut tcp)) => {
                 let _ = tcp.set_nodelay(true);
-                let hello = format!("PORTICO-AUDIO {}\n", password.expose());
+                let hello = format!("PORTICO-AUDIO {}\n", token.expose());
                 if tcp.write_all(hello.as_bytes()).await.is_ok() {
                     return Some(tcp);
                 }
@@ -199,39 +227,68 @@ async fn run(
             return;
         }
     };
-    let mut play = true;
-    let connected = tokio::select! {
-        c = connect(&host, port, &password) => c,
-        () = follow(&mut rx, &mut client, &mut play) => None,
-    };
+    // Nothing is sent until the browser says it plays (AUDIO_CONTROL): a page that cannot decode Opus,
+    // or has it muted, costs nothing.
+    let mut play = false;
+    // Kept until the first sound arrives: a server that closes before that (PulseAudio not up yet) is
+    // asked again, within the window.
+    let mut token = Some(Secret::new(audio_token(password.expose())));
     drop(password);
-    let Some(mut tcp) = connected else { return };
-    tracing::info!(%host, port, "Sound connected");
+    let deadline = tokio::time::Instant::now() + CONNECT_WINDOW;
     let mut buf = vec![0u8; 16 * 1024];
     let mut packets = Vec::new();
     let (mut sent, mut dropped) = (0u64, 0u64);
-    loop {
-        tokio::select! {
-            read = tcp.read(&mut buf) => match read {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    encoder.push(std::time::Instant::now(), &buf[..n], &mut packets);
-                    for (seq, data) in packets.drain(..) {
-                        let Some(c) = client.as_ref().filter(|_| play) else { continue };
-                        // The display first: only while the browser's queue is at most half full.
-                        if c.capacity() >= CLIENT_QUEUE / 2 && c.try_send(ServerMsg::Audio { seq, data }).is_ok() {
-                            sent += 1;
-                        } else {
-                            dropped += 1;
+    'connection: while let Some(t) = token.as_ref() {
+        let connected = tokio::select! {
+            c = connect(&host, port, t, deadline) => c,
+            () = follow(&mut rx, &mut client, &mut play) => None,
+        };
+        let Some(mut tcp) = connected else { break };
+        loop {
+            // Paced: while the server is ahead of real time, do not read (TCP holds it back).
+            if let Some(wait) = encoder.wait(std::time::Instant::now()) {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    cmd = rx.recv() => match cmd {
+                        None => break 'connection,
+                        Some(cmd) => apply(cmd, &mut client, &mut play),
+                    },
+                }
+                continue;
+            }
+            tokio::select! {
+                read = tcp.read(&mut buf) => match read {
+                    Ok(0) | Err(_) if token.is_some() && tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(RETRY).await;
+                        continue 'connection;
+                    }
+                    Ok(0) | Err(_) => break 'connection,
+                    Ok(n) => {
+                        if token.take().is_some() {
+                            tracing::info!(%host, port, "Sound connected");
+                        }
+                        let listening = play && client.is_some();
+                        encoder.push(std::time::Instant::now(), &buf[..n], listening, &mut packets);
+                        for (seq, data) in packets.drain(..) {
+                            let Some(c) = client.as_ref().filter(|_| play) else { continue };
+                            // The display first: only while the browser's queue is at most half full.
+                            if c.capacity() >= CLIENT_QUEUE / 2 && c.try_send(ServerMsg::Audio { seq, data }).is_ok() {
+                                sent += 1;
+                            } else {
+                                dropped += 1;
+                            }
                         }
                     }
-                }
-            },
-            cmd = rx.recv() => match cmd {
-                None => break,
-                Some(cmd) => apply(cmd, &mut client, &mut play),
-            },
+                },
+                cmd = rx.recv() => match cmd {
+                    None => break 'connection,
+                    Some(cmd) => apply(cmd, &mut client, &mut play),
+                },
+            }
         }
+    }
+    if token.is_some() {
+        tracing::info!(%host, port, "No sound: the workspace's audio server sent none");
     }
     tracing::info!(sent, dropped, over_pace = encoder.over_pace, "Sound ended");
 }
@@ -239,9 +296,9 @@ async fn run(
 fn apply(cmd: AudioCmd, client: &mut Option<ClientTx>, play: &mut bool) {
     match cmd {
         AudioCmd::Client(c) => {
-            // A new browser starts with sound on (its own button state follows).
+            // A new browser gets sound once it says it plays.
             *client = c;
-            *play = true;
+            *play = false;
         }
         AudioCmd::Play(p) => *play = p,
     }
@@ -277,7 +334,7 @@ mod tests {
         let now = std::time::Instant::now();
         // Odd splits, even through a sample.
         for chunk in pcm.chunks(1001) {
-            enc.push(now, chunk, &mut out);
+            enc.push(now, chunk, true, &mut out);
         }
         let seqs: Vec<u32> = out.iter().map(|(s, _)| *s).collect();
         assert_eq!(seqs, [0, 1, 2, 3, 4]);
@@ -295,11 +352,11 @@ mod tests {
         pcm.extend(tone(440.0, 1, 8000.0));
         let mut out = Vec::new();
         let now = std::time::Instant::now();
-        enc.push(now, &pcm, &mut out);
+        enc.push(now, &pcm, true, &mut out);
         let seqs: Vec<u32> = out.iter().map(|(s, _)| *s).collect();
         assert_eq!(seqs, [0, 1, 5]);
         // Half a frame waits for the rest.
-        enc.push(now, &tone(440.0, 1, 8000.0)[..FRAME_BYTES / 2], &mut out);
+        enc.push(now, &tone(440.0, 1, 8000.0)[..FRAME_BYTES / 2], true, &mut out);
         assert_eq!(out.len(), 3);
     }
 
@@ -310,7 +367,7 @@ mod tests {
         let start = std::time::Instant::now();
         // Arriving in real time, 20 ms apart.
         for (i, frame) in tone(1000.0, 50, 12000.0).chunks(FRAME_BYTES).enumerate() {
-            enc.push(start + Duration::from_millis(20 * i as u64), frame, &mut out);
+            enc.push(start + Duration::from_millis(20 * i as u64), frame, true, &mut out);
         }
         assert_eq!(out.len(), 50);
         let mut dec = opus_rs::OpusDecoder::new(AUDIO_SAMPLE_RATE as i32, 2).expect("decoder");
@@ -340,17 +397,42 @@ mod tests {
         let mut out = Vec::new();
         let start = std::time::Instant::now();
         // 10 s of sound in one go: the burst allowance is encoded, the rest is not.
-        enc.push(start, &tone(440.0, 500, 8000.0), &mut out);
+        enc.push(start, &tone(440.0, 500, 8000.0), true, &mut out);
         assert_eq!(out.len(), BURST_FRAMES as usize);
         assert_eq!(enc.over_pace, 500 - BURST_FRAMES as u64);
         // Then twice as fast as real time for 2 s (5 frames every 50 ms): 1.25× real time is encoded.
         out.clear();
         let chunk = tone(440.0, 5, 8000.0);
         for i in 1..=40 {
-            enc.push(start + Duration::from_millis(50 * i), &chunk, &mut out);
+            enc.push(start + Duration::from_millis(50 * i), &chunk, true, &mut out);
         }
         assert!((123..=126).contains(&out.len()), "{} of 200 frames encoded", out.len());
         // Numbering went on through what was not encoded.
         assert_eq!(out.first().map(|p| p.0), Some(500));
+    }
+
+    #[test]
+    fn nobody_listening_costs_no_encoding_and_the_server_is_held_to_real_time() {
+        let mut enc = AudioEncoder::new().expect("encoder");
+        let mut out = Vec::new();
+        let start = std::time::Instant::now();
+        enc.push(start, &tone(440.0, 10, 8000.0), false, &mut out);
+        assert!(out.is_empty(), "muted: nothing encoded");
+        enc.push(start, &tone(440.0, 1, 8000.0), true, &mut out);
+        assert_eq!(out.iter().map(|p| p.0).collect::<Vec<_>>(), [10], "numbering went on");
+        // The burst spent: the task waits before reading more, about a frame's time at 1.25x.
+        enc.push(start, &tone(440.0, 14, 8000.0), false, &mut out);
+        let wait = enc.wait(start).expect("a wait");
+        assert!(wait <= Duration::from_millis(20), "{wait:?}");
+        assert!(enc.wait(start + Duration::from_millis(20)).is_none());
+    }
+
+    #[test]
+    fn the_token_is_what_the_image_computes() {
+        // scripts/workspace/start-vnc: printf 'portico-audio:%s' "$VNC_PASSWORD" | sha256sum
+        assert_eq!(
+            audio_token("secret12"),
+            "d45a9c70d03e39879bde2117999a88e8722e0cebb303c50c802e6b3c3d06ffd4"
+        );
     }
 }

@@ -488,6 +488,14 @@ pub async fn run(mut life: Lifecycle, target: Target, mut cmd_rx: mpsc::Receiver
                 Some(Common::Attached(_)) => {
                     if let Some(a) = &d.audio {
                         a.command(crate::audio::AudioCmd::Client(life.client().cloned()));
+                        // A page that attaches later learns the session has sound (it then asks for it).
+                        if d.rfb.is_connected() {
+                            let mut status = ServerMsg::status("connected", "connected (reattached)");
+                            if let ServerMsg::Status(s) = &mut status {
+                                s.audio = Some(portico_proto::wire::AUDIO_CODEC.into());
+                            }
+                            life.send(status);
+                        }
                     }
                     d.full_frame(&mut life).await;
                     d.maybe_request(true);

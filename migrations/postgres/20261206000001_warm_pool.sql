@@ -13,3 +13,16 @@ CREATE INDEX containers_spare ON containers(spare_for, agent_id, state);
 -- Image catalog: the images an agent's Docker engine holds (JSON list of `AgentImage`), as its latest sync
 -- said; NULL for an agent that does not report them (a previous version: it is assumed to hold any).
 ALTER TABLE agents ADD COLUMN images TEXT;
+
+-- During a rolling upgrade, webapps of the previous version insert rows without a key: the key of such
+-- a row is its session id (what the agent is told), as for every row before this migration.
+CREATE FUNCTION containers_key_default() RETURNS trigger AS $$
+BEGIN
+    IF NEW.container_key IS NULL THEN
+        NEW.container_key := NEW.session_id;
+    END IF;
+    RETURN NEW;
+END
+$$ LANGUAGE plpgsql;
+CREATE TRIGGER containers_key_default BEFORE INSERT ON containers
+    FOR EACH ROW EXECUTE FUNCTION containers_key_default();

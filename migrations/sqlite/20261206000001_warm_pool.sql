@@ -13,3 +13,11 @@ CREATE INDEX containers_spare ON containers(spare_for, agent_id, state);
 -- Image catalog: the images an agent's Docker engine holds (JSON list of `AgentImage`), as its latest sync
 -- said; NULL for an agent that does not report them (a previous version: it is assumed to hold any).
 ALTER TABLE agents ADD COLUMN images TEXT;
+
+-- During a rolling upgrade, webapps of the previous version insert rows without a key: the key of such
+-- a row is its session id (what the agent is told), as for every row before this migration.
+CREATE TRIGGER containers_key_default AFTER INSERT ON containers
+WHEN NEW.container_key IS NULL
+BEGIN
+    UPDATE containers SET container_key = NEW.session_id WHERE session_id = NEW.session_id;
+END;

@@ -57,7 +57,8 @@ pub struct WorkspaceEndpoint {
     pub password: Secret<String>,
 }
 
-/// Where a workspace image serves its sound: after a line `PORTICO-AUDIO <password>`, raw PCM (s16le,
+/// Where a workspace image serves its sound: after a line `PORTICO-AUDIO <token>` (hex SHA-256 of
+/// `portico-audio:<password>`), raw PCM (s16le,
 /// 48 kHz, stereo) until the connection closes.
 pub const AUDIO_PORT: u16 = 4714;
 
@@ -247,13 +248,22 @@ pub struct AgentImage {
 }
 
 impl AgentImage {
-    /// `name` as a tag Docker lists: `:latest` added to a reference without tag or digest.
+    /// `name` as Docker lists its tags: Docker Hub's default registry and `library/` left out
+    /// (`docker.io/library/debian:12` is listed as `debian:12`), `:latest` added to a reference without
+    /// tag or digest.
     pub fn canonical(name: &str) -> String {
-        let last = name.rsplit('/').next().unwrap_or(name);
-        if last.contains(':') || name.contains('@') {
-            name.to_owned()
+        let mut n = name;
+        for hub in ["docker.io/", "index.docker.io/", "registry-1.docker.io/"] {
+            if let Some(rest) = n.strip_prefix(hub) {
+                n = rest.strip_prefix("library/").unwrap_or(rest);
+                break;
+            }
+        }
+        let last = n.rsplit('/').next().unwrap_or(n);
+        if last.contains(':') || n.contains('@') {
+            n.to_owned()
         } else {
-            format!("{name}:latest")
+            format!("{n}:latest")
         }
     }
 
@@ -674,6 +684,35 @@ pub struct AgentRegistered {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_image_is_held_under_any_of_its_names() {
+        let held = |tags: &[&str], image: &str| {
+            let list: Vec<AgentImage> = tags
+                .iter()
+                .map(|t| AgentImage {
+                    name: (*t).into(),
+                    size_mb: 1,
+                    labels: Default::default(),
+                })
+                .collect();
+            AgentImage::held(Some(&list), image)
+        };
+        assert!(held(&["portico/workspace:latest"], "portico/workspace"));
+        assert!(held(
+            &["portico/workspace:latest"],
+            "docker.io/portico/workspace:latest"
+        ));
+        assert!(held(&["debian:12"], "docker.io/library/debian:12"));
+        assert!(held(&["debian:12"], "index.docker.io/library/debian:12"));
+        assert!(held(&["registry.example:5000/ws:1"], "registry.example:5000/ws:1"));
+        assert!(!held(&["registry.example:5000/ws:1"], "registry.example:5000/ws"));
+        assert!(!held(&["debian:12"], "debian:11"));
+        assert!(!held(&["portico/workspace:latest"], "other/workspace:latest"));
+        // A digest cannot be told from tags; an agent without a catalog holds anything.
+        assert!(held(&[], "debian@sha256:0123"));
+        assert!(AgentImage::held(None, "anything:1"));
+    }
 
     #[test]
     fn settings_added_later_are_left_out_at_their_defaults() {

@@ -218,16 +218,22 @@ async fn a_workspace_launches_with_its_limits_and_is_destroyed_when_the_session_
         .unwrap_or_default()
         .to_owned();
     assert_eq!(password.len(), 8, "{}", c["Config"]["Env"]);
+    let token = portico_bridge::audio::audio_token(&password);
     assert_eq!(
         audio_bytes(&ip, Some("PORTICO-AUDIO wrong-pw")).await?,
         0,
-        "a wrong password"
+        "a wrong token"
     );
-    assert_eq!(audio_bytes(&ip, Some(&format!("PORTICO-AUDIO {password}x"))).await?, 0);
-    assert_eq!(audio_bytes(&ip, None).await?, 0, "no password line");
+    assert_eq!(audio_bytes(&ip, Some(&format!("PORTICO-AUDIO {token}x"))).await?, 0);
+    assert_eq!(
+        audio_bytes(&ip, Some(&format!("PORTICO-AUDIO {password}"))).await?,
+        0,
+        "the password itself is not the token"
+    );
+    assert_eq!(audio_bytes(&ip, None).await?, 0, "no token line");
     assert!(
-        audio_bytes(&ip, Some(&format!("PORTICO-AUDIO {password}"))).await? >= 3840,
-        "the session's password gets sound"
+        audio_bytes(&ip, Some(&format!("PORTICO-AUDIO {token}"))).await? >= 3840,
+        "the session's token gets sound"
     );
 
     // Input reaches the container: the xterm runs a command whose file appears inside it.
@@ -1026,6 +1032,20 @@ async fn a_warm_pool_serves_launches_at_once_and_never_reuses_a_container() -> a
     }
     let after = spare_keys(&engine)?;
     assert!(after.iter().all(|k| !keys.contains(k)), "{after:?}");
+
+    // Spares yield to launches: a workspace that needs the room of one spare gets it (the spare goes),
+    // and the pool refills once that session ends.
+    let agents = api.ok(reqwest::Method::GET, "/api/v1/agents", None).await?;
+    let cores = agents[0]["cores"].as_i64().unwrap_or(2);
+    let big = workspace_connection(&api, image, json!({ "cpu_millis": cores * 1000 - 150 })).await?;
+    let (status, s) = start_session(&api, &big).await?;
+    assert_eq!(status, 201, "a launch that needs a spare's room: {s}");
+    let big_sid = s["session_id"].as_str().unwrap_or_default().to_owned();
+    wait_spares(&api, 1, &p).await?;
+    assert!(p.log().contains("A spare made room for a launch"));
+    api.request(reqwest::Method::DELETE, &format!("/api/v1/sessions/{big_sid}"), None)
+        .await?;
+    wait_spares(&api, 2, &p).await?;
 
     // No pool wanted: the spares go.
     let c = api

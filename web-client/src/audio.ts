@@ -73,6 +73,8 @@ export class AudioPlayer {
   private recentAt = 0;
   private lastSeq = -1;
   private muted = false;
+  private disposed = false;
+  private readonly resume = () => { if (!this.muted && !this.disposed) void this.context().resume(); };
   readonly stats: AudioStats;
 
   constructor(private readonly send: Send) {
@@ -99,27 +101,31 @@ export class AudioPlayer {
     });
     this.decoder.configure({ codec: 'opus', sampleRate: wire.AUDIO_SAMPLE_RATE, numberOfChannels: wire.AUDIO_CHANNELS });
     // Browsers start a page's sound only after a gesture on it.
-    const resume = () => { if (!this.muted) void this.context().resume(); };
-    document.addEventListener('pointerdown', resume, { capture: true });
-    document.addEventListener('keydown', resume, { capture: true });
+    document.addEventListener('pointerdown', this.resume, { capture: true });
+    document.addEventListener('keydown', this.resume, { capture: true });
     this.show();
+    // The bridge sends nothing until this page says it plays.
+    this.send(wire.audioControl(true));
   }
 
-  /** The browser (re)attached: the bridge sends sound again unless this page has it muted. */
+  /** The browser (re)attached: the bridge waits for this page to say it plays (again). */
   attached(): void {
     this.lastSeq = -1;
-    if (this.muted && this.decoder) this.send(wire.audioControl(false));
+    if (this.decoder) this.send(wire.audioControl(!this.muted));
   }
 
   handle(seq: number, data: Uint8Array<ArrayBuffer>): void {
     this.stats.packets++;
-    if (!this.decoder || this.muted || this.decoder.state !== 'configured') return;
+    if (this.disposed || !this.decoder || this.muted || this.decoder.state !== 'configured') return;
     if (this.lastSeq >= 0 && seq !== ((this.lastSeq + 1) >>> 0)) this.stats.gaps++;
     this.lastSeq = seq;
     this.decoder.decode(new EncodedAudioChunk({ type: 'key', timestamp: seq * 20_000, data }));
   }
 
   dispose(): void {
+    this.disposed = true;
+    document.removeEventListener('pointerdown', this.resume, { capture: true });
+    document.removeEventListener('keydown', this.resume, { capture: true });
     if (this.decoder && this.decoder.state !== 'closed') this.decoder.close();
     void this.ctx?.close();
     if (window.porticoAudio === this.stats) delete window.porticoAudio;

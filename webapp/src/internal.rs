@@ -151,6 +151,11 @@ impl Internal {
         );
         let mut settings: portico_proto::control::ConnectionSettings = serde_json::from_str(&c.settings)
             .map_err(|e| ControlError::Unavailable(format!("bad connection settings: {e}")))?;
+        // The warm pool is the control plane's business: the bridge gets the spec without it (a bridge of
+        // the previous version refuses fields it does not know).
+        if let Some(w) = settings.workspace.as_mut() {
+            w.warm = 0;
+        }
         let owner = db.user(&s.user_id).await.map_err(db_err)?;
         if let Some(u) = &owner {
             // A group of the owner may record more than the connection does: the stricter policy applies.

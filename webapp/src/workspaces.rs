@@ -209,6 +209,9 @@ pub async fn schedule(
             break;
         }
     }
+    if placed.is_none() {
+        placed = make_room(st, &loads, spec, &mut row, now).await?;
+    }
     let Some(agent) = placed else {
         let why = if loads.is_empty() {
             "no healthy docker agent is registered (or every one is drained)".to_owned()
@@ -234,6 +237,52 @@ pub async fn schedule(
             .detail("warm", false),
     );
     Ok(agent.name.clone())
+}
+
+/// Spares yield to launches: when no agent has room, let go as few idle spares as make room on one agent
+/// that holds the image, and place `row` there. The pools refill when room comes back.
+async fn make_room<'a>(
+    st: &AppState,
+    loads: &'a [crate::db::AgentLoad],
+    spec: &WorkspaceSpec,
+    row: &mut ContainerRow,
+    now: i64,
+) -> Result<Option<&'a crate::db::AgentLoad>, ApiError> {
+    let spares = st.db.live_spares().await?;
+    for a in loads.iter().filter(|a| a.holds(&spec.image)) {
+        let mut mem = a.memory_mb - a.used_memory_mb;
+        let mut cpu = a.cores * 1000 - a.used_cpu_millis;
+        let mut mine: Vec<&ContainerRow> = spares.iter().filter(|c| c.agent_id == a.id).collect();
+        // The largest first: the fewest spares go.
+        mine.sort_by_key(|c| std::cmp::Reverse(c.memory_mb));
+        let mut take = Vec::new();
+        for c in mine {
+            if mem >= row.memory_mb && cpu >= row.cpu_millis {
+                break;
+            }
+            mem += c.memory_mb;
+            cpu += c.cpu_millis;
+            take.push(c);
+        }
+        if take.is_empty() || mem < row.memory_mb || cpu < row.cpu_millis {
+            continue;
+        }
+        for c in take {
+            // Only while still a spare (a launch may claim it meanwhile: then the placement may fail).
+            if st
+                .db
+                .close_spare(&c.container_key, container_state::REMOVED, None, now)
+                .await?
+            {
+                tracing::info!(agent = %a.name, container_key = %c.container_key, "A spare made room for a launch");
+            }
+        }
+        row.agent_id = a.id.clone();
+        if st.db.place_container(row, None).await? {
+            return Ok(Some(a));
+        }
+    }
+    Ok(None)
 }
 
 /// The warm pools of the connections that want one: connection id → its spec.
@@ -284,10 +333,11 @@ pub async fn top_up(
             }
             _ => false,
         };
+        // Only while still a spare: a launch may have claimed it since it was read.
         if !keep
             && st
                 .db
-                .close_container(&c.container_key, container_state::REMOVED, None, now)
+                .close_spare(&c.container_key, container_state::REMOVED, None, now)
                 .await?
         {
             tracing::info!(agent_id = %agent_id, connection_id = %conn, container_key = %c.container_key, "Warm spare let go");
@@ -326,11 +376,34 @@ fn db_err(e: sqlx::Error) -> ControlError {
 /// session ends with `workspace failed: <why>`. An unclaimed spare has no session: only its row closes
 /// (the pool backs off when spares keep failing).
 async fn fail(st: &AppState, c: &ContainerRow, why: &str, now: i64) -> Result<(), ControlError> {
-    st.db
-        .close_container(&c.container_key, container_state::FAILED, Some(why), now)
-        .await
-        .map_err(db_err)?;
-    if let Some(conn) = &c.spare_for {
+    // A spare read earlier may have been claimed since: then it is a session's container, and its
+    // session ends below.
+    let still_spare = c.spare_for.is_some()
+        && st
+            .db
+            .close_spare(&c.container_key, container_state::FAILED, Some(why), now)
+            .await
+            .map_err(db_err)?;
+    let claimed;
+    let c = if c.spare_for.is_some() && !still_spare {
+        match st.db.container_by_key(&c.container_key).await.map_err(db_err)? {
+            Some(row) if row.spare_for.is_none() => {
+                claimed = row;
+                &claimed
+            }
+            // Still a spare, whose state was final already: nothing more to do.
+            _ => return Ok(()),
+        }
+    } else {
+        c
+    };
+    if !still_spare {
+        st.db
+            .close_container(&c.container_key, container_state::FAILED, Some(why), now)
+            .await
+            .map_err(db_err)?;
+    }
+    if let (true, Some(conn)) = (still_spare, &c.spare_for) {
         tracing::warn!(container_key = %c.container_key, connection_id = %conn, error = %why, "Warm spare failed");
         st.events.emit(
             Event::new(EventType::WorkspaceFailed)
@@ -427,6 +500,18 @@ pub async fn agent_sync(st: &AppState, agent: &AgentRow, req: &AgentSync) -> Res
         let Some(row) = live.iter().find(|c| c.container_key == r.session_id) else {
             continue;
         };
+        // A spare still starting long after its creation (its agent restarted and reports it unchecked):
+        // let it go; the pool starts a fresh one.
+        if row.spare_for.is_some() && r.state == ContainerState::Starting && now - row.created_at > START_TIMEOUT_SECS {
+            if db
+                .close_spare(&row.container_key, container_state::REMOVED, None, now)
+                .await
+                .map_err(db_err)?
+            {
+                tracing::warn!(container_key = %row.container_key, agent = %agent.name, "A spare never became ready; let go");
+            }
+            continue;
+        }
         let (mut row_state, mut error) = match r.state {
             ContainerState::Starting => (container_state::STARTING, None),
             ContainerState::Ready => (container_state::READY, None),
@@ -497,7 +582,7 @@ pub async fn agent_sync(st: &AppState, agent: &AgentRow, req: &AgentSync) -> Res
         if c.spare_for.is_some() {
             // A spare nobody uses: one that vanished is let go (the pool replaces it).
             if c.state == container_state::READY {
-                db.close_container(&c.container_key, container_state::REMOVED, None, now)
+                db.close_spare(&c.container_key, container_state::REMOVED, None, now)
                     .await
                     .map_err(db_err)?;
             } else if now - c.created_at > START_TIMEOUT_SECS {

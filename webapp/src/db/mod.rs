@@ -1630,10 +1630,34 @@ impl Db {
         error: Option<&str>,
         now: i64,
     ) -> sqlx::Result<bool> {
-        let r = sqlx::query(
+        self.close_row(container_key, state, error, now, "").await
+    }
+
+    /// Let an unclaimed spare go (`removed` or `failed`): `false` if it is no longer a live spare (a launch
+    /// claimed it meanwhile: it is a session's container now and must not be touched).
+    pub async fn close_spare(
+        &self,
+        container_key: &str,
+        state: &str,
+        error: Option<&str>,
+        now: i64,
+    ) -> sqlx::Result<bool> {
+        self.close_row(container_key, state, error, now, " AND spare_for IS NOT NULL")
+            .await
+    }
+
+    async fn close_row(
+        &self,
+        container_key: &str,
+        state: &str,
+        error: Option<&str>,
+        now: i64,
+        and: &'static str,
+    ) -> sqlx::Result<bool> {
+        let r = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE containers SET state = $2, error = COALESCE($3, error), removed_at = $4 \
-             WHERE container_key = $1 AND state IN ('starting', 'ready')",
-        )
+             WHERE container_key = $1 AND state IN ('starting', 'ready'){and}"
+        )))
         .bind(container_key)
         .bind(state)
         .bind(error)
@@ -1714,6 +1738,17 @@ impl Db {
             .bind(protocol)
             .fetch_all(&self.pool)
             .await
+    }
+
+    /// A container by its key (what the agent reports).
+    pub async fn container_by_key(&self, container_key: &str) -> sqlx::Result<Option<ContainerRow>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CONTAINER_COLS} FROM containers WHERE container_key = $1"
+        )))
+        .bind(container_key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(container).transpose()
     }
 
     /// Live workspace sessions of a user.

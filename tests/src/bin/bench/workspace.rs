@@ -79,6 +79,11 @@ async fn measure_sound(p: &Portico, screen: &mut Screen) -> anyhow::Result<(f64,
 
 async fn sound(engine: &Dockerd, p: &Portico, api: &Api, conn: &str) -> anyhow::Result<String> {
     let (sid, mut screen) = first_frame(p, api, conn).await?;
+    // Like the web client: it plays the sound (the bridge sends none until told).
+    screen
+        .term
+        .send(portico_proto::wire::ClientMsg::AudioControl { play: true })
+        .await?;
     let id = containers(engine)?
         .into_iter()
         .next()
