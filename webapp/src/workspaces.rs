@@ -310,12 +310,13 @@ pub async fn top_up(
     now: i64,
 ) -> Result<(), ApiError> {
     let pools = warm_pools(st).await?;
+    // This agent's live rows (what its sync reads anyway), the spares among them.
     let spares: Vec<ContainerRow> = st
         .db
-        .live_spares()
+        .live_containers(agent_id)
         .await?
         .into_iter()
-        .filter(|c| c.agent_id == agent_id)
+        .filter(|c| c.spare_for.is_some())
         .collect();
     let mut kept: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
     for c in &spares {

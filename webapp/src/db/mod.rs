@@ -1536,13 +1536,19 @@ impl Db {
     }
 
     pub async fn container(&self, session_id: &str) -> sqlx::Result<Option<ContainerRow>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {CONTAINER_COLS} FROM containers WHERE session_id = $1"
-        )))
-        .bind(session_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(container).transpose()
+        Ok(self.containers_where("session_id = $1", Some(session_id)).await?.pop())
+    }
+
+    /// Container rows matching `cond` (SQL over the `containers` columns, `$1` bound to `arg`).
+    async fn containers_where(&self, cond: &'static str, arg: Option<&str>) -> sqlx::Result<Vec<ContainerRow>> {
+        let q = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {CONTAINER_COLS} FROM containers WHERE {cond}"
+        )));
+        let q = match arg {
+            Some(a) => q.bind(a.to_owned()),
+            None => q,
+        };
+        q.fetch_all(&self.pool).await?.iter().map(container).collect()
     }
 
     /// Agents with a heartbeat at or after `alive_since`, with what their live containers take.
@@ -1613,13 +1619,8 @@ impl Db {
 
     /// Containers of `agent_id` in one of the live states (starting, ready).
     pub async fn live_containers(&self, agent_id: &str) -> sqlx::Result<Vec<ContainerRow>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {CONTAINER_COLS} FROM containers WHERE agent_id = $1 AND state IN ('starting', 'ready')"
-        )))
-        .bind(agent_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(container).collect()
+        self.containers_where("agent_id = $1 AND state IN ('starting', 'ready')", Some(agent_id))
+            .await
     }
 
     /// Set a container's final state (`failed`, `removed`, `lost`) unless it already has one; by its key.
@@ -1709,12 +1710,8 @@ impl Db {
     /// Spares of the warm pool (unclaimed, starting or ready) on every agent, with the connection each
     /// was started for.
     pub async fn live_spares(&self) -> sqlx::Result<Vec<ContainerRow>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {CONTAINER_COLS} FROM containers WHERE spare_for IS NOT NULL AND state IN ('starting', 'ready')"
-        )))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(container).collect()
+        self.containers_where("spare_for IS NOT NULL AND state IN ('starting', 'ready')", None)
+            .await
     }
 
     /// How many spares of `connection_id` on `agent_id` failed (not removed on purpose) since `since`: the
@@ -1742,13 +1739,10 @@ impl Db {
 
     /// A container by its key (what the agent reports).
     pub async fn container_by_key(&self, container_key: &str) -> sqlx::Result<Option<ContainerRow>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {CONTAINER_COLS} FROM containers WHERE container_key = $1"
-        )))
-        .bind(container_key)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(container).transpose()
+        Ok(self
+            .containers_where("container_key = $1", Some(container_key))
+            .await?
+            .pop())
     }
 
     /// Live workspace sessions of a user.
